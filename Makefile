@@ -1,0 +1,49 @@
+# jitgate — the two commands a newcomer runs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+VENV := .venv
+SAM_VENV := .venv-sam
+PY := $(VENV)/bin/python
+PIP_FLAGS := --only-binary=:all: --disable-pip-version-check -q
+
+.PHONY: setup sam-setup lint types pytest test proof demo clean
+
+$(VENV)/.installed: pyproject.toml
+	@py=$$(scripts/find-python312) || exit 1; \
+	  echo "using $$py"; \
+	  [ -x $(PY) ] || $$py -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade 'pip>=24'
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]'
+	@touch $@
+
+# aws-sam-cli pins typing-extensions against mitmproxy: it lives in a venv of its own.
+$(SAM_VENV)/.installed:
+	@py=$$(scripts/find-python312) || exit 1; \
+	  [ -x $(SAM_VENV)/bin/python ] || $$py -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade 'pip>=24'
+	$(SAM_VENV)/bin/python -m pip install $(PIP_FLAGS) 'aws-sam-cli>=1.120,<2'
+	@touch $@
+
+setup: $(VENV)/.installed
+sam-setup: $(SAM_VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+types: setup
+	$(VENV)/bin/mypy
+
+pytest: setup sam-setup
+	JITGATE_SAM=$(CURDIR)/$(SAM_VENV)/bin/sam $(VENV)/bin/pytest -q
+
+test: lint types pytest
+
+# The whole suite, long cases included.
+proof: setup sam-setup
+	JITGATE_SAM=$(CURDIR)/$(SAM_VENV)/bin/sam $(VENV)/bin/pytest -q -m '' --timeout 1800
+
+demo: setup
+	$(PY) -m jitgate.demo
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""mitmproxy addons: the jitgate gateway chain."""

@@ -1,0 +1,1 @@
+"""The broker Lambda: OIDC-checked, KMS-signed just-in-time tokens."""

@@ -1,0 +1,25 @@
+"""The `jitgate` command. Each command group lives in its own module under `jitgate/commands/`."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Just-in-time access for rerank pipelines.")
+
+# (module under jitgate.commands, command group name); each module exposes `app: typer.Typer`.
+_GROUPS: list[tuple[str, str]] = [
+    ("policy", "policy"),
+]
+
+
+def _register() -> None:
+    for module, name in _GROUPS:
+        sub = importlib.import_module(f"jitgate.commands.{module}")
+        app.add_typer(sub.app, name=name)
+
+
+def main() -> None:
+    _register()
+    app()

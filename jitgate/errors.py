@@ -1,0 +1,107 @@
+"""One root error with narrow children, each carrying a stable `code` and HTTP status.
+
+The codes are a public contract: clients, tests and dashboards match on them. Messages are
+for humans and never contain a token, a secret or an exception's text from below.
+"""
+
+from __future__ import annotations
+
+
+class JitgateError(Exception):
+    """Root of every error jitgate reports across a boundary."""
+
+    code: str = "internal_error"
+    status: int = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class BadRequest(JitgateError):
+    """The request is malformed: bad JSON, a missing or ill-typed field."""
+
+    code = "bad_request"
+    status = 400
+
+
+class Unauthenticated(JitgateError):
+    """No identity could be established (missing or invalid OIDC token)."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class InvalidToken(Unauthenticated):
+    """A token failed verification; every signature failure collapses into this one error."""
+
+    code = "invalid_token"
+
+
+class UnknownKeyId(InvalidToken):
+    """The token names a `kid` the verifier does not hold; the caller may refresh its JWKS once."""
+
+
+class TokenExpired(InvalidToken):
+    """The token's signature is good but its `exp` has passed."""
+
+    code = "token_expired"
+
+
+class TokenNotYetValid(InvalidToken):
+    """The token's signature is good but its `nbf` lies in the future."""
+
+    code = "token_not_yet_valid"
+
+
+class Forbidden(JitgateError):
+    """The caller is known but may not do this."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotGranted(Forbidden):
+    """No grant in the policy allows this identity this connection or these operations."""
+
+    code = "not_granted"
+
+
+class TokenRevoked(Forbidden):
+    """The token was revoked."""
+
+    code = "token_revoked"
+
+
+class NotFound(JitgateError):
+    """The named thing does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class UnknownConnection(NotFound):
+    """The policy has no connection of that name."""
+
+    code = "unknown_connection"
+
+
+class Unavailable(JitgateError):
+    """A check could not be made (a dependency is down); the request is refused, fail closed."""
+
+    code = "unavailable"
+    status = 503
+
+
+class PolicyError(JitgateError):
+    """The policy file is invalid; the message names the field and the line."""
+
+    code = "policy_invalid"
+    status = 500

@@ -1,0 +1,423 @@
+"""The policy: connections and grants, loaded from one YAML file and validated on load.
+
+Broker and gateway read the same file. A bad policy fails at start with a message that names
+the field and the line. `evaluate_grants` is the pure decision the broker makes at issuance.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jitgate.dialects import DEFAULT_ROUTES, Route
+from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
+from jitgate.token import Limits
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DEFAULT_TTL = 15 * 60
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds from `900`, `"900"`, `"30s"`, `"15m"`, `"1h"` or `"1d"`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '15m'")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"invalid duration {value!r}: use seconds or a string like '15m'")
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Issuer(_Model):
+    """An OIDC issuer whose identity tokens the broker trusts."""
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_uri: str | None = None
+    algorithms: tuple[Literal["RS256", "ES256"], ...] = ("RS256", "ES256")
+
+
+class Credential(_Model):
+    """How the gateway injects the upstream credential, and where it lives."""
+
+    secret_id: str = Field(min_length=1)
+    json_key: str | None = None
+    header: str = "Authorization"
+    format: str = "Bearer {secret}"
+
+    @field_validator("format")
+    @classmethod
+    def _has_placeholder(cls, v: str) -> str:
+        if "{secret}" not in v:
+            raise ValueError("format must contain '{secret}'")
+        return v
+
+
+class RouteSpec(_Model):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(pattern=r"^/")
+
+
+class ApprovalRules(_Model):
+    """Which requests on a connection are risky enough to hold for a human."""
+
+    operations: tuple[str, ...] = ()
+    max_documents: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1)
+
+
+class Connection(_Model):
+    """One upstream (a reranker or a store) reachable through the gateway."""
+
+    name: str = Field(pattern=_NAME)
+    dialect: Literal["cohere", "jina", "voyage", "tei", "chroma", "generic"]
+    upstream: str = Field(pattern=r"^https?://[^/\s]+")
+    hosts: tuple[str, ...] = ()
+    credential: Credential
+    key_env: str | None = None
+    mask: str = "default"
+    operations: Mapping[str, tuple[RouteSpec, ...]] = Field(default_factory=dict)
+    approval: ApprovalRules = ApprovalRules()
+
+    @cached_property
+    def routes(self) -> tuple[Route, ...]:
+        own = tuple(Route(op, r.method, r.path) for op, specs in self.operations.items() for r in specs)
+        overridden = set(self.operations)
+        inherited = tuple(r for r in DEFAULT_ROUTES[self.dialect] if r.operation not in overridden)
+        return own + inherited
+
+    @cached_property
+    def operation_names(self) -> frozenset[str]:
+        return frozenset(r.operation for r in self.routes)
+
+    @cached_property
+    def upstream_host(self) -> str:
+        return self.upstream.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
+
+    @cached_property
+    def all_hosts(self) -> frozenset[str]:
+        """Host names that belong to this connection: its public names and its real upstream."""
+        return frozenset(h.lower() for h in self.hosts) | {self.upstream_host}
+
+
+class Approvers(_Model):
+    groups: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+    count: int = Field(default=1, ge=1)
+
+
+class GrantApproval(_Model):
+    required: bool = False
+    approvers: Approvers = Approvers()
+    timeout: int = 3600
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: int | str) -> int:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _needs_approvers(self) -> GrantApproval:
+        if self.required and not (self.approvers.groups or self.approvers.subjects):
+            raise ValueError("approval.required needs approvers (groups or subjects)")
+        return self
+
+
+class Match(_Model):
+    """Which OIDC identities a grant applies to: issuer plus claim patterns (shell globs)."""
+
+    issuer: str = Field(min_length=1)
+    claims: Mapping[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("claims", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: (x,) if isinstance(x, str) else x for k, x in v.items()}
+        return v
+
+
+class Grant(_Model):
+    """Who may get tokens for which connections and operations, for how long, within which limits."""
+
+    name: str = Field(pattern=_NAME)
+    match: Match
+    connections: tuple[str, ...] = Field(min_length=1)
+    operations: tuple[str, ...] = ("*",)
+    collections: tuple[str, ...] = ()
+    fields: tuple[str, ...] | None = None
+    max_ttl: int = DEFAULT_TTL
+    default_ttl: int | None = None
+    limits: Limits = Limits()
+    mask: str | None = None
+    approval: GrantApproval = GrantApproval()
+
+    @field_validator("max_ttl", "default_ttl", mode="before")
+    @classmethod
+    def _duration(cls, v: int | str | None) -> int | None:
+        return None if v is None else parse_duration(v)
+
+
+class MaskProfile(_Model):
+    """What the gateway does with findings, per direction (inspection reads this)."""
+
+    request_secrets: Literal["block", "mask", "review"] = "block"
+    request_pii: Literal["mask", "block", "review", "allow"] = "mask"
+    response_secrets: Literal["mask", "allow"] = "mask"
+    response_pii: Literal["mask", "allow"] = "mask"
+    pii_types: tuple[str, ...] = ("email", "phone", "card", "iban", "ssn", "ip")
+
+
+class Admins(_Model):
+    groups: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+
+
+class Policy(_Model):
+    version: Literal[1] = 1
+    issuers: tuple[Issuer, ...] = Field(min_length=1)
+    admins: Admins = Admins()
+    profiles: Mapping[str, MaskProfile] = Field(default_factory=lambda: {"default": MaskProfile()})
+    connections: Mapping[str, Connection]
+    grants: tuple[Grant, ...] = ()
+
+    @field_validator("connections", mode="before")
+    @classmethod
+    def _name_connections(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: {"name": k, **c} if isinstance(c, Mapping) else c for k, c in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        profiles = set(self.profiles) | {"default"}
+        issuers = {i.issuer for i in self.issuers}
+        hosts: dict[str, str] = {}
+        for name, conn in self.connections.items():
+            if conn.mask not in profiles:
+                raise ValueError(f"connection {name!r}: unknown mask profile {conn.mask!r}")
+            for host in conn.all_hosts:
+                if host in hosts and hosts[host] != name:
+                    raise ValueError(f"host {host!r} belongs to both {hosts[host]!r} and {name!r}")
+                hosts[host] = name
+            unknown_ops = set(conn.approval.operations) - conn.operation_names
+            if unknown_ops:
+                raise ValueError(f"connection {name!r}: approval names unknown operations {sorted(unknown_ops)}")
+        seen: set[str] = set()
+        for grant in self.grants:
+            if grant.name in seen:
+                raise ValueError(f"grant {grant.name!r} is defined twice")
+            seen.add(grant.name)
+            if grant.match.issuer not in issuers:
+                raise ValueError(f"grant {grant.name!r}: issuer {grant.match.issuer!r} is not in issuers")
+            if grant.mask is not None and grant.mask not in profiles:
+                raise ValueError(f"grant {grant.name!r}: unknown mask profile {grant.mask!r}")
+            for cname in grant.connections:
+                if cname != "*" and cname not in self.connections:
+                    raise ValueError(f"grant {grant.name!r}: unknown connection {cname!r}")
+                conn_ops = (
+                    self.connections[cname].operation_names if cname != "*" else None
+                )
+                if conn_ops is not None:
+                    missing = {op for op in grant.operations if op != "*"} - conn_ops
+                    if missing:
+                        raise ValueError(
+                            f"grant {grant.name!r}: connection {cname!r} has no operations {sorted(missing)}"
+                        )
+            if grant.default_ttl is not None and grant.default_ttl > grant.max_ttl:
+                raise ValueError(f"grant {grant.name!r}: default_ttl exceeds max_ttl")
+        return self
+
+    def profile(self, name: str) -> MaskProfile:
+        return self.profiles.get(name) or MaskProfile()
+
+    def connection_for_host(self, host: str) -> Connection | None:
+        host = host.lower().rstrip(".")
+        for conn in self.connections.values():
+            if host in conn.all_hosts:
+                return conn
+        return None
+
+    def issuer(self, iss: str) -> Issuer | None:
+        return next((i for i in self.issuers if i.issuer == iss), None)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _node_at(node: yaml.Node | None, loc: Sequence[int | str]) -> yaml.Node | None:
+    """The deepest YAML node along a pydantic error location."""
+    best = node
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if child is None:
+                # The field is missing: point at the mapping that should hold it.
+                return best
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            continue
+        best = node
+    return best
+
+
+def _describe(errors: list[Any], root: yaml.Node | None, source: str) -> str:
+    lines = []
+    for err in errors[:10]:
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        # pydantic appends the validator kind to some locations; keep only real path parts.
+        field = ".".join(str(p) for p in loc) or "<policy>"
+        node = _node_at(root, loc)
+        where = f"line {node.start_mark.line + 1}" if node is not None else "unknown line"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{source}: {where}: {field}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
+    """Parse and validate policy YAML; raise PolicyError naming the field and the line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "unknown line"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PolicyError(f"{source}: {where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: line 1: the policy must be a mapping")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_describe(exc.errors(), root, source)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{p}: cannot read policy: {exc.strerror}") from None
+    return parse_policy(text, source=str(p))
+
+
+# -- grants --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified OIDC identity: issuer, subject and the token's other claims."""
+
+    issuer: str
+    subject: str
+    claims: Mapping[str, Any]
+
+    def values(self, claim: str) -> list[str]:
+        if claim == "sub":
+            return [self.subject]
+        v = self.claims.get(claim)
+        if isinstance(v, str | int):
+            return [str(v)]
+        if isinstance(v, list):
+            return [str(x) for x in v if isinstance(x, str | int)]
+        return []
+
+    def in_any(self, groups: Sequence[str], subjects: Sequence[str]) -> bool:
+        return self.subject in subjects or bool(set(self.values("groups")) & set(groups))
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    connection: str
+    operations: tuple[str, ...] | None = None
+    ttl: int | None = None
+    job: str | None = None
+    purpose: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a grant allows for one request: the token's scope, lifetime, limits and mask."""
+
+    grant: str
+    connection: str
+    operations: tuple[str, ...]
+    collections: tuple[str, ...]
+    fields: tuple[str, ...] | None
+    ttl: int
+    clamped: bool
+    limits: Limits
+    mask: str
+    approval: GrantApproval
+
+
+def _matches(grant: Grant, identity: Identity) -> bool:
+    if grant.match.issuer != identity.issuer:
+        return False
+    for claim, patterns in grant.match.claims.items():
+        values = identity.values(claim)
+        if not any(fnmatch.fnmatchcase(v, p) for v in values for p in patterns):
+            return False
+    return True
+
+
+def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -> Decision:
+    """The first grant that gives `identity` the requested connection and operations."""
+    conn = policy.connections.get(request.connection)
+    if conn is None:
+        raise UnknownConnection(f"no connection named {request.connection!r}")
+    if request.operations is not None:
+        unknown = set(request.operations) - conn.operation_names
+        if unknown:
+            raise BadRequest(f"connection {conn.name!r} has no operations {sorted(unknown)}")
+        if not request.operations:
+            raise BadRequest("operations, when given, must name at least one operation")
+    for grant in policy.grants:
+        if not _matches(grant, identity):
+            continue
+        if "*" not in grant.connections and conn.name not in grant.connections:
+            continue
+        allowed = conn.operation_names if "*" in grant.operations else frozenset(grant.operations)
+        wanted = frozenset(request.operations) if request.operations is not None else allowed
+        if not wanted or not wanted <= allowed:
+            continue
+        wanted_ttl = request.ttl if request.ttl is not None else (grant.default_ttl or grant.max_ttl)
+        ttl = min(wanted_ttl, grant.max_ttl)
+        return Decision(
+            grant=grant.name,
+            connection=conn.name,
+            operations=tuple(sorted(wanted)),
+            collections=grant.collections,
+            fields=grant.fields,
+            ttl=ttl,
+            clamped=ttl < wanted_ttl,
+            limits=grant.limits,
+            mask=grant.mask or conn.mask,
+            approval=grant.approval,
+        )
+    raise NotGranted(f"no grant allows this identity {conn.name!r} with the requested operations")
+
+
+def is_admin(policy: Policy, identity: Identity) -> bool:
+    return identity.in_any(policy.admins.groups, policy.admins.subjects)
