@@ -8,7 +8,7 @@ PIP_FLAGS := --only-binary=:all: --disable-pip-version-check -q
 
 .PHONY: setup sam-setup lint types pytest test proof demo clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@py=$$(scripts/find-python312) || exit 1; \
 	  echo "using $$py"; \
 	  [ -x $(PY) ] || $$py -m venv $(VENV)
@@ -17,11 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # aws-sam-cli pins typing-extensions against mitmproxy: it lives in a venv of its own.
-$(SAM_VENV)/.installed:
+$(SAM_VENV)/.installed: constraints-sam.txt
 	@py=$$(scripts/find-python312) || exit 1; \
 	  [ -x $(SAM_VENV)/bin/python ] || $$py -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade 'pip>=24'
-	$(SAM_VENV)/bin/python -m pip install $(PIP_FLAGS) 'aws-sam-cli>=1.120,<2'
+	$(SAM_VENV)/bin/python -m pip install $(PIP_FLAGS) -c constraints-sam.txt 'aws-sam-cli>=1.120,<2'
 	@touch $@
 
 setup: $(VENV)/.installed
