@@ -14,7 +14,18 @@ _GROUPS: list[tuple[str, str]] = [
 ]
 
 
+# (module under jitgate.commands, function name, command name) for top-level commands.
+_COMMANDS: list[tuple[str, str, str]] = [
+    ("run", "run", "run"),
+    ("run", "token", "token"),
+    ("run", "revoke", "revoke"),
+]
+
+
 def _register() -> None:
+    for module, func, name in _COMMANDS:
+        fn = getattr(importlib.import_module(f"jitgate.commands.{module}"), func)
+        app.command(name, context_settings={"allow_interspersed_args": False})(fn)
     for module, name in _GROUPS:
         sub = importlib.import_module(f"jitgate.commands.{module}")
         app.add_typer(sub.app, name=name)
