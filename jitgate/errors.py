@@ -105,3 +105,9 @@ class PolicyError(JitgateError):
 
     code = "policy_invalid"
     status = 500
+
+
+class AuditUnavailable(Unavailable):
+    """The session recorder cannot write the flow's record; the flow is refused, not forwarded."""
+
+    code = "audit_unavailable"

@@ -1,0 +1,159 @@
+"""The session record: one per flow, one field per column of the Glue table `sessions`.
+
+`COLUMNS` is the single source of the column names and types; the writer (the recorder), the
+Glue table in `template.yaml` (checked by a test) and the DuckDB reader (`jitgate audit`) all
+follow it. docs/audit.md documents every field. `dt` and `hour` are not fields: they are the
+Hive partitions of the object key (`sessions/dt=YYYY-MM-DD/hour=HH/...`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict
+
+DECISIONS = ("allowed", "blocked", "masked", "held", "approved", "denied")
+
+# (name, Glue/Hive type), in record order. Nested struct field names avoid SQL keywords.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("record_id", "string"),
+    ("ts", "string"),
+    ("gateway", "string"),
+    ("flow_id", "string"),
+    ("jti", "string"),
+    ("sub", "string"),
+    ("conn", "string"),
+    ("job", "string"),
+    ("apv", "string"),
+    ("token_sha256", "string"),
+    ("client", "string"),
+    ("method", "string"),
+    ("host", "string"),
+    ("path", "string"),
+    ("operation", "string"),
+    ("collection", "string"),
+    ("status", "int"),
+    ("request_bytes", "bigint"),
+    ("response_bytes", "bigint"),
+    ("latency_ms", "double"),
+    ("decision", "string"),
+    ("error", "string"),
+    ("findings", "array<struct<type:string,location:string,action:string>>"),
+    ("rerank_query", "string"),
+    ("doc_count", "int"),
+    ("doc_sha256", "array<string>"),
+    ("ranking", "array<struct<index:int,score:double>>"),
+    ("embeddings", "array<struct<location:string,dim:int,sha256:string>>"),
+    ("request_body", "string"),
+    ("response_body", "string"),
+    ("truncated", "boolean"),
+)
+
+PARTITIONS: tuple[tuple[str, str], ...] = (("dt", "string"), ("hour", "string"))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Finding(_Frozen):
+    """What leak_guard found, without the matched text: detector type, where, what it did."""
+
+    type: str
+    location: str
+    action: str
+
+
+class RankEntry(_Frozen):
+    """One result of a rerank answer: the index of the document in the request and its score."""
+
+    index: int
+    score: float | None = None
+
+
+class VectorDigest(_Frozen):
+    """An embedding vector replaced by its dimension and the SHA-256 of its JSON text."""
+
+    location: str
+    dim: int
+    sha256: str
+
+
+class SessionRecord(_Frozen):
+    """One flow through the gateway, after masking. Never a raw secret, credential or vector."""
+
+    record_id: str
+    ts: str
+    gateway: str
+    flow_id: str
+    jti: str | None = None
+    sub: str | None = None
+    conn: str | None = None
+    job: str | None = None
+    apv: str | None = None
+    token_sha256: str | None = None
+    client: str | None = None
+    method: str
+    host: str
+    path: str
+    operation: str | None = None
+    collection: str | None = None
+    status: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    latency_ms: float | None = None
+    decision: str = "allowed"
+    error: str | None = None
+    findings: tuple[Finding, ...] = ()
+    rerank_query: str | None = None
+    doc_count: int | None = None
+    doc_sha256: tuple[str, ...] = ()
+    ranking: tuple[RankEntry, ...] = ()
+    embeddings: tuple[VectorDigest, ...] = ()
+    request_body: str | None = None
+    response_body: str | None = None
+    truncated: bool = False
+
+    def to_json_line(self) -> bytes:
+        """One JSON line, every column present (null when unknown) so readers see one shape."""
+        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def record_id(gateway: str, flow_id: str) -> str:
+    """Stable per flow: the same flow shipped twice carries the same id, so queries can drop it."""
+    return hashlib.sha256(f"{gateway}\x00{flow_id}".encode()).hexdigest()[:32]
+
+
+def iso_ts(epoch: float) -> str:
+    """UTC ISO 8601 with milliseconds and `Z`: sorts as text, parses in Athena and DuckDB."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# ---- the same columns for DuckDB ---------------------------------------------------------
+
+_SCALARS = {"string": "VARCHAR", "int": "INTEGER", "bigint": "BIGINT", "double": "DOUBLE", "boolean": "BOOLEAN"}
+_STRUCT_FIELD = re.compile(r"([a-z_]+):([a-z]+)")
+
+
+def duckdb_type(glue_type: str) -> str:
+    """Translate the Hive types used in `COLUMNS` (scalars, arrays of scalars or flat structs)."""
+    if glue_type in _SCALARS:
+        return _SCALARS[glue_type]
+    if glue_type.startswith("array<") and glue_type.endswith(">"):
+        return duckdb_type(glue_type[len("array<") : -1]) + "[]"
+    if glue_type.startswith("struct<") and glue_type.endswith(">"):
+        fields = _STRUCT_FIELD.findall(glue_type[len("struct<") : -1])
+        return "STRUCT(" + ", ".join(f'"{n}" {_SCALARS[t]}' for n, t in fields) + ")"
+    raise ValueError(f"unsupported column type {glue_type!r}")
+
+
+def duckdb_columns(columns: tuple[tuple[str, str], ...] = COLUMNS) -> dict[str, str]:
+    return {name: duckdb_type(t) for name, t in columns}
+
+
+def model_field_names() -> tuple[str, ...]:
+    return tuple(SessionRecord.model_fields)
+
