@@ -1,0 +1,306 @@
+"""An HTTPS rerank upstream and a small Chroma-style store on loopback, for tests and benchmarks.
+
+It answers the shapes real clients expect (Cohere v1 and v2, Jina, Voyage, TEI, Chroma v1/v2
+collections) with real lexical BM25 scores, checks an API key, and records what it received so
+tests can assert that the real key arrived and the JIT token did not. TLS comes from a private
+CA (trustme); TCP_NODELAY is set so small responses are not delayed by Nagle.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import math
+import re
+import socket
+import ssl
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import trustme
+
+_WORD = re.compile(r"\w+")
+_CHROMA = re.compile(
+    r"^/api/v(?:1|2/tenants/[^/]+/databases/[^/]+)/collections/(?P<name>[^/]+)(?:/(?P<op>add|upsert|get|query|delete))?/?$"
+)
+V1Shape = Literal["cohere", "jina", "voyage"]
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the upstream saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def bm25(query: str, documents: Sequence[str], *, k1: float = 1.5, b: float = 0.75) -> list[float]:
+    """Okapi BM25 of `query` against each document, IDF taken over `documents` themselves."""
+    docs = [_tokens(d) for d in documents]
+    n = len(docs)
+    if n == 0:
+        return []
+    avgdl = sum(len(d) for d in docs) / n or 1.0
+    df: collections.Counter[str] = collections.Counter()
+    for d in docs:
+        df.update(set(d))
+    terms = set(_tokens(query))
+    scores = []
+    for d in docs:
+        tf = collections.Counter(d)
+        s = 0.0
+        for t in terms:
+            f = tf.get(t, 0)
+            if not f:
+                continue
+            idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+            s += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(d) / avgdl))
+        scores.append(s)
+    return scores
+
+
+def _doc_text(doc: Any) -> str:
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        return str(doc.get("text", ""))
+    return ""
+
+
+@dataclass
+class _Collection:
+    ids: list[str] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
+    metadatas: list[Any] = field(default_factory=list)
+    embeddings: list[Any] = field(default_factory=list)
+
+
+class Upstream:
+    """The server. `start()` binds 127.0.0.1 on a free port; `url` is its base URL."""
+
+    def __init__(
+        self,
+        *,
+        api_keys: Iterable[str],
+        ca: trustme.CA | None = None,
+        v1_shape: V1Shape = "cohere",
+        record: bool = True,
+        max_records: int = 10_000,
+    ) -> None:
+        self.ca = ca or trustme.CA()
+        self._keys = [k.encode() for k in api_keys]
+        self.v1_shape = v1_shape
+        self.record = record
+        self.received: collections.deque[Received] = collections.deque(maxlen=max_records)
+        self.collections: dict[str, _Collection] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Upstream:
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        upstream = self
+
+        class _Handler(_RequestHandler):
+            owner = upstream
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="jitgate-upstream", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "upstream is not started"
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def ca_pem(self) -> bytes:
+        return self.ca.cert_pem.bytes()
+
+    def set_api_keys(self, keys: Iterable[str]) -> None:
+        """Rotate: from now on only `keys` are accepted."""
+        with self._lock:
+            self._keys = [k.encode() for k in keys]
+
+    # -- request handling (called from handler threads) --------------------------------------
+
+    def authorized(self, headers: dict[str, str]) -> bool:
+        presented = []
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            presented.append(auth[7:].strip())
+        for name in ("x-chroma-token", "x-api-key"):
+            if name in headers:
+                presented.append(headers[name].strip())
+        with self._lock:
+            keys = list(self._keys)
+        ok = False
+        for p in presented:
+            for k in keys:
+                # Compare every pair so timing does not depend on which one matched.
+                ok |= hmac.compare_digest(p.encode(), k)
+        return ok
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        if self.record:
+            self.received.append(Received(method, path, headers, body))
+        if not self.authorized(headers):
+            return 401, {"message": "invalid api token"}
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            return 400, {"message": "body is not JSON"}
+        if not isinstance(payload, dict):
+            return 400, {"message": "body must be a JSON object"}
+        route = path.split("?", 1)[0]
+        if method == "POST" and route in ("/v1/rerank", "/v2/rerank", "/rerank"):
+            return self._rerank(route, payload)
+        m = _CHROMA.match(route)
+        if m:
+            return self._store(method, m.group("name"), m.group("op"), payload)
+        return 404, {"message": f"no route {method} {route}"}
+
+    def _rerank(self, route: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        query = payload.get("query")
+        raw_docs = payload.get("texts") if route == "/rerank" else payload.get("documents")
+        if not isinstance(query, str) or not isinstance(raw_docs, list):
+            return 400, {"message": "query and documents are required"}
+        docs = [_doc_text(d) for d in raw_docs]
+        scores = bm25(query, docs)
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
+        top = payload.get("top_n", payload.get("top_k"))
+        if isinstance(top, int) and top > 0:
+            order = order[:top]
+        rid = str(uuid.uuid4())
+        if route == "/rerank":  # TEI
+            return 200, [{"index": i, "score": scores[i]} for i in order]
+        results: list[dict[str, Any]]
+        if route == "/v2/rerank":
+            results = [{"index": i, "relevance_score": scores[i]} for i in order]
+            return 200, {"id": rid, "results": results, "meta": {"api_version": {"version": "2"}}}
+        if self.v1_shape == "voyage":
+            data = [{"index": i, "relevance_score": scores[i]} for i in order]
+            return 200, {"object": "list", "data": data, "model": payload.get("model"), "usage": {"total_tokens": 0}}
+        if self.v1_shape == "jina":
+            results = [{"index": i, "relevance_score": scores[i], "document": {"text": docs[i]}} for i in order]
+            return 200, {"model": payload.get("model"), "results": results, "usage": {"total_tokens": 0}}
+        results = [{"index": i, "relevance_score": scores[i]} for i in order]
+        return 200, {"id": rid, "results": results, "meta": {"api_version": {"version": "1"}}}
+
+    def _store(self, method: str, name: str, op: str | None, payload: dict[str, Any]) -> tuple[int, Any]:
+        with self._lock:
+            if op is None:
+                if method == "DELETE":
+                    self.collections.pop(name, None)
+                    return 200, {}
+                return 200, {"name": name, "count": len(self.collections.get(name, _Collection()).ids)}
+            col = self.collections.setdefault(name, _Collection())
+            if op in ("add", "upsert"):
+                ids = [str(i) for i in payload.get("ids") or []]
+                docs = payload.get("documents") or [""] * len(ids)
+                metas = payload.get("metadatas") or [None] * len(ids)
+                embs = payload.get("embeddings") or [None] * len(ids)
+                for i, doc, meta, emb in zip(ids, docs, metas, embs, strict=False):
+                    if i in col.ids:
+                        k = col.ids.index(i)
+                        col.documents[k], col.metadatas[k], col.embeddings[k] = doc, meta, emb
+                    else:
+                        col.ids.append(i)
+                        col.documents.append(doc)
+                        col.metadatas.append(meta)
+                        col.embeddings.append(emb)
+                return 201, True
+            if op == "delete":
+                gone = set(payload.get("ids") or [])
+                keep = [k for k, i in enumerate(col.ids) if i not in gone]
+                col.ids = [col.ids[k] for k in keep]
+                col.documents = [col.documents[k] for k in keep]
+                col.metadatas = [col.metadatas[k] for k in keep]
+                col.embeddings = [col.embeddings[k] for k in keep]
+                return 200, [i for i in gone]
+            if op == "get":
+                wanted = payload.get("ids")
+                idx = [k for k, i in enumerate(col.ids) if wanted is None or i in wanted]
+                return 200, {
+                    "ids": [col.ids[k] for k in idx],
+                    "documents": [col.documents[k] for k in idx],
+                    "metadatas": [col.metadatas[k] for k in idx],
+                    "embeddings": [col.embeddings[k] for k in idx],
+                    "included": ["documents", "metadatas", "embeddings"],
+                }
+            # query
+            texts = payload.get("query_texts") or [""]
+            n = int(payload.get("n_results") or 10)
+            out: dict[str, list[Any]] = {"ids": [], "documents": [], "metadatas": [], "distances": [], "embeddings": []}
+            for text in texts:
+                scores = bm25(str(text), col.documents)
+                order = sorted(range(len(col.ids)), key=lambda k: (-scores[k], k))[:n]
+                out["ids"].append([col.ids[k] for k in order])
+                out["documents"].append([col.documents[k] for k in order])
+                out["metadatas"].append([col.metadatas[k] for k in order])
+                out["distances"].append([1.0 / (1.0 + scores[k]) for k in order])
+                out["embeddings"].append([col.embeddings[k] for k in order])
+            return 200, {**out, "included": ["documents", "metadatas", "distances", "embeddings"]}
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    owner: Upstream
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, payload = self.owner.handle(self.command, self.path, headers, body)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_POST = _serve
+    do_GET = _serve
+    do_DELETE = _serve
+    do_PUT = _serve
