@@ -111,3 +111,82 @@ class AuditUnavailable(Unavailable):
     """The session recorder cannot write the flow's record; the flow is refused, not forwarded."""
 
     code = "audit_unavailable"
+
+
+# -- gateway data path (token_gate, scope_guard, credential_inject) -------------------------------
+
+
+class TokenRequired(Unauthenticated):
+    """No JIT token came with the request: neither as proxy credentials nor as the API key."""
+
+    code = "token_required"
+    status = 407
+
+
+class KeysUnavailable(Unavailable):
+    """The token names an unknown `kid` and the broker's JWKS could not be fetched."""
+
+    code = "jwks_unavailable"
+
+
+class RevocationUnavailable(Unavailable):
+    """The revocation list is older than its staleness bound; no token can be trusted."""
+
+    code = "revocation_unavailable"
+
+
+class HostNotAllowed(Forbidden):
+    """The destination host belongs to no connection: the gateway is no open proxy."""
+
+    code = "host_not_allowed"
+
+
+class WrongConnection(Forbidden):
+    """The token was issued for another connection than the one this host belongs to."""
+
+    code = "wrong_connection"
+
+
+class OperationNotAllowed(Forbidden):
+    """The request is not one of the token's operations (or no named operation at all)."""
+
+    code = "operation_not_allowed"
+
+
+class CollectionNotAllowed(Forbidden):
+    """The request touches a store collection outside the token's scope."""
+
+    code = "collection_not_allowed"
+
+
+class RequestLimitExceeded(Forbidden):
+    """The token has used up its `max_requests`."""
+
+    code = "request_limit_exceeded"
+    status = 429
+
+
+class PayloadTooLarge(Forbidden):
+    """The request is over the token's `max_bytes` or `max_documents`."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class UsageUnavailable(Unavailable):
+    """The per-token request counter could not be updated."""
+
+    code = "usage_unavailable"
+
+
+class CredentialUnavailable(Unavailable):
+    """The upstream credential could not be read from Secrets Manager and none is cached."""
+
+    code = "credential_unavailable"
+
+
+class UpstreamResponseInvalid(JitgateError):
+    """A store response could not be filtered to the token's fields, so it is withheld."""
+
+    code = "upstream_response_invalid"
+    status = 502
