@@ -114,9 +114,7 @@ class _Redactor:
                 self.digests.append(digest)
             return {"$vector": {"dim": digest.dim, "sha256": digest.sha256}}
         if isinstance(value, dict):
-            return {
-                k: self.walk(v, f"{location}.{k}", in_vector_key or k in _VECTOR_KEYS) for k, v in value.items()
-            }
+            return {k: self.walk(v, f"{location}.{k}", in_vector_key or k in _VECTOR_KEYS) for k, v in value.items()}
         if isinstance(value, list):
             return [self.walk(v, f"{location}[{i}]", in_vector_key) for i, v in enumerate(value)]
         return value

@@ -156,4 +156,3 @@ def duckdb_columns(columns: tuple[tuple[str, str], ...] = COLUMNS) -> dict[str, 
 
 def model_field_names() -> tuple[str, ...]:
     return tuple(SessionRecord.model_fields)
-

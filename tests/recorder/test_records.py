@@ -61,11 +61,17 @@ def _sha(text: str) -> str:
             {"results": [{"index": 2, "relevance_score": 0.9}, {"index": 0, "relevance_score": 0.1}]},
             [0.9, 0.1],
         ),
-        ({"query": "q", "documents": [{"text": "a"}, {"text": "b"}, {"text": "c"}]},
-         {"results": [{"index": 2, "relevance_score": 0.5}, {"index": 0, "relevance_score": 0.2}]}, [0.5, 0.2]),
+        (
+            {"query": "q", "documents": [{"text": "a"}, {"text": "b"}, {"text": "c"}]},
+            {"results": [{"index": 2, "relevance_score": 0.5}, {"index": 0, "relevance_score": 0.2}]},
+            [0.5, 0.2],
+        ),
         # Voyage: data[...]
-        ({"query": "q", "documents": ["a", "b", "c"]}, {"data": [{"index": 2, "relevance_score": 0.7},
-                                                                  {"index": 0, "relevance_score": 0.3}]}, [0.7, 0.3]),
+        (
+            {"query": "q", "documents": ["a", "b", "c"]},
+            {"data": [{"index": 2, "relevance_score": 0.7}, {"index": 0, "relevance_score": 0.3}]},
+            [0.7, 0.3],
+        ),
         # TEI: texts, bare list with score
         ({"query": "q", "texts": ["a", "b", "c"]}, [{"index": 2, "score": 3.0}, {"index": 0, "score": -1.0}], [3, -1]),
     ],

@@ -1,0 +1,313 @@
+"""A durable local spool of session records, shipped to S3 by a background thread.
+
+Records are appended as JSON lines to the open segment (`<dir>/open/`) with one `write(2)` each,
+so a SIGKILL never loses a record whose write returned. The segment is fsync'd at a short
+interval and at rotation; it rotates by size, by age and at the hour boundary, then moves to
+`<dir>/closed/`. The uploader ships each closed segment, gzipped, to
+`<prefix>dt=YYYY-MM-DD/hour=HH/<gateway>-<segment>.jsonl.gz` — the key depends only on the
+segment, so a retry or a re-ship after a crash overwrites the same object — and deletes it
+locally only after S3 said yes. Open segments left by a crash are closed and shipped at start.
+
+A quota bounds the spool (open + closed bytes): when S3 is down long enough to fill it, appends
+fail with `SpoolFull` and the gateway refuses flows rather than forward them unrecorded.
+Callers may reserve room for a record before forwarding a flow, so its record always fits.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import logging
+import os
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SEGMENT = re.compile(r"^(?P<day>\d{8})T(?P<hour>\d{2})\d{4}\.\d{6}Z-\d{6}-[0-9a-f]{8}\.jsonl$")
+
+
+class SpoolFull(OSError):
+    """The spool quota is reached: nothing more can be recorded until segments are shipped."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ENOSPC, "spool quota reached")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    directory: Path
+    gateway: str
+    max_segment_bytes: int = 8 * 1024 * 1024
+    max_segment_age: float = 60.0
+    fsync_interval: float = 1.0
+    max_bytes: int = 1024 * 1024 * 1024
+
+
+def segment_key(prefix: str, gateway: str, segment: str) -> str:
+    """The S3 key of a closed segment: Hive partitions from the segment's opening hour (UTC)."""
+    m = _SEGMENT.match(segment)
+    if m is None:
+        raise ValueError(f"not a segment name: {segment!r}")
+    day = m.group("day")
+    stem = segment.removesuffix(".jsonl")
+    return f"{prefix}dt={day[:4]}-{day[4:6]}-{day[6:]}/hour={m.group('hour')}/{gateway}-{stem}.jsonl.gz"
+
+
+def _segment_name(now: float, seq: int) -> str:
+    """Sorts by opening time then sequence; the random part keeps restarted gateways apart."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}-{seq % 1_000_000:06d}-{secrets.token_hex(4)}.jsonl"
+
+
+def _hour(now: float) -> int:
+    return int(now // 3600)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The writer half: append, fsync, rotate, quota. Thread-safe; the clock is passed in."""
+
+    def __init__(self, config: SpoolConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_dir = config.directory / "open"
+        self._closed_dir = config.directory / "closed"
+        self._fd: int | None = None
+        self._name = ""
+        self._seq = 0
+        self._size = 0
+        self._opened_at = 0.0
+        self._dirty = False
+        self._synced_at = 0.0
+        self._used = 0  # bytes on disk: open + closed segments
+        self._reserved = 0
+        self.records = 0
+        self.fsyncs = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the directories and close every segment left open by a previous process."""
+        self._open_dir.mkdir(parents=True, exist_ok=True)
+        self._closed_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            for leftover in sorted(self._open_dir.glob("*.jsonl")):
+                os.replace(leftover, self._closed_dir / leftover.name)
+            _fsync_dir(self._closed_dir)
+            self._used = sum(p.stat().st_size for p in self._closed_dir.glob("*.jsonl"))
+
+    def close(self) -> None:
+        """Rotate the open segment so the uploader can ship it."""
+        with self._lock:
+            self._rotate_locked()
+
+    # ---- quota -------------------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def reserve(self, n: int) -> None:
+        """Hold `n` bytes of quota for a record to be appended later; SpoolFull if they are not there."""
+        with self._lock:
+            if self._used + self._reserved + n > self.config.max_bytes:
+                raise SpoolFull()
+            self._reserved += n
+
+    def unreserve(self, n: int) -> None:
+        with self._lock:
+            self._reserved = max(0, self._reserved - n)
+
+    # ---- writing -----------------------------------------------------------------------
+    def append(self, line: bytes, *, reserved: int = 0) -> None:
+        """Append one complete JSON line; on any failure nothing of it stays in the segment."""
+        with self._lock:
+            self._reserved = max(0, self._reserved - reserved)
+            if self._used + self._reserved + len(line) > self.config.max_bytes:
+                raise SpoolFull()
+            now = self._clock()
+            if self._fd is not None and (
+                self._size + len(line) > self.config.max_segment_bytes or _hour(now) != _hour(self._opened_at)
+            ):
+                self._rotate_locked()
+            if self._fd is None:
+                self._open_locked(now)
+            assert self._fd is not None
+            try:
+                written = os.write(self._fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, "short write to spool")
+            except OSError:
+                os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
+                raise
+            self._size += written
+            self._used += written
+            self._dirty = True
+            self.records += 1
+
+    def tick(self) -> None:
+        """Called often by the uploader thread: fsync on the interval, rotate by age."""
+        with self._lock:
+            if self._fd is None:
+                return
+            now = self._clock()
+            if now - self._opened_at >= self.config.max_segment_age or _hour(now) != _hour(self._opened_at):
+                self._rotate_locked()
+            elif self._dirty and now - self._synced_at >= self.config.fsync_interval:
+                os.fsync(self._fd)
+                self.fsyncs += 1
+                self._dirty = False
+                self._synced_at = now
+
+    def rotate(self) -> None:
+        with self._lock:
+            self._rotate_locked()
+
+    def _open_locked(self, now: float) -> None:
+        self._seq += 1
+        self._name = _segment_name(now, self._seq)
+        self._fd = os.open(self._open_dir / self._name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = 0
+        self._opened_at = now
+        self._synced_at = now
+        self._dirty = False
+
+    def _rotate_locked(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+            self.fsyncs += 1
+        finally:
+            os.close(fd)
+        src = self._open_dir / self._name
+        if self._size == 0:
+            src.unlink(missing_ok=True)
+            return
+        os.replace(src, self._closed_dir / self._name)
+        _fsync_dir(self._closed_dir)
+
+    # ---- the uploader's side -----------------------------------------------------------
+    def closed_segments(self) -> list[Path]:
+        return sorted(self._closed_dir.glob("*.jsonl"))
+
+    def shipped(self, path: Path) -> None:
+        """Forget a segment S3 has accepted."""
+        size = path.stat().st_size
+        path.unlink()
+        with self._lock:
+            self._used = max(0, self._used - size)
+
+
+def read_segment(path: Path) -> bytes:
+    """A segment's complete lines; a torn last line (power loss mid-write) is dropped."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n")
+    return data[: end + 1] if end >= 0 else b""
+
+
+Put = Callable[[str, bytes], None]
+
+
+class Uploader:
+    """Ships closed segments with retries and capped exponential backoff, on its own thread."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        put: Put,
+        *,
+        prefix: str = "sessions/",
+        tick: float = 0.2,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.spool = spool
+        self._put = put
+        self.prefix = prefix
+        self._tick = tick
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.puts = 0
+        self.put_failures = 0
+        self.bytes_shipped = 0
+
+    def ship_pending(self) -> int:
+        """Ship every closed segment once, oldest first; raise on the first failure."""
+        count = 0
+        for path in self.spool.closed_segments():
+            body = read_segment(path)
+            if body:
+                key = segment_key(self.prefix, self.spool.config.gateway, path.name)
+                payload = gzip.compress(body, compresslevel=6)
+                try:
+                    self._put(key, payload)
+                except Exception:
+                    self.put_failures += 1
+                    raise
+                self.puts += 1
+                self.bytes_shipped += len(payload)
+            self.spool.shipped(path)
+            count += 1
+        return count
+
+    def _delay(self, failures: int) -> float:
+        ceiling = min(self._backoff_max, self._backoff_base * 2 ** min(failures - 1, 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _run(self) -> None:
+        failures = 0
+        next_try = 0.0
+        while not self._stop.is_set():
+            try:
+                self.spool.tick()
+            except OSError:
+                log.exception("spool fsync/rotation failed")
+            if time.monotonic() >= next_try:
+                try:
+                    self.ship_pending()
+                    failures = 0
+                except Exception as exc:  # any S3/network failure: keep the segment, back off
+                    failures += 1
+                    next_try = time.monotonic() + self._delay(failures)
+                    log.warning(
+                        "segment upload failed (%s); retry %d in %.1fs",
+                        type(exc).__name__,
+                        failures,
+                        next_try - time.monotonic(),
+                    )
+            self._stop.wait(self._tick)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="jitgate-spool-uploader", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, flush_timeout: float = 5.0) -> None:
+        """Close the open segment and try to ship what is left for up to `flush_timeout` seconds."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.spool.close()
+        deadline = time.monotonic() + flush_timeout
+        while self.spool.closed_segments() and time.monotonic() < deadline:
+            try:
+                self.ship_pending()
+            except Exception:  # left on disk; shipped at the next start
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
