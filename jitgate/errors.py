@@ -190,3 +190,57 @@ class UpstreamResponseInvalid(JitgateError):
 
     code = "upstream_response_invalid"
     status = 502
+
+
+# -- approvals (issuance approvals and data-path holds) -------------------------------------------
+
+
+class ApprovalDenied(Forbidden):
+    """An approver denied the request (one denial denies)."""
+
+    code = "approval_denied"
+
+
+class ApprovalTimeout(Forbidden):
+    """No approver decided a held request before its timeout; the request was not forwarded."""
+
+    code = "approval_timeout"
+
+
+class ApprovalExpired(Forbidden):
+    """The approval request expired before enough approvers agreed."""
+
+    code = "approval_expired"
+    status = 410
+
+
+class ApprovalClosed(JitgateError):
+    """The approval was already decided (or collected); it takes no more votes."""
+
+    code = "approval_closed"
+    status = 409
+
+
+class SelfApproval(Forbidden):
+    """The requester may never approve or deny their own request."""
+
+    code = "self_approval"
+
+
+class NotAnApprover(Forbidden):
+    """The caller is not among the approvers the policy names for this request."""
+
+    code = "not_an_approver"
+
+
+class AlreadyVoted(JitgateError):
+    """This approver already voted on this approval; N of M counts distinct approvers."""
+
+    code = "already_voted"
+    status = 409
+
+
+class ApprovalUnavailable(Unavailable):
+    """The approval state could not be read or written; the request stays held or is refused."""
+
+    code = "approval_unavailable"

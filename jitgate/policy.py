@@ -77,12 +77,20 @@ class RouteSpec(_Model):
     path: str = Field(pattern=r"^/")
 
 
+class Approvers(_Model):
+    groups: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+    count: int = Field(default=1, ge=1)
+
+
 class ApprovalRules(_Model):
     """Which requests on a connection are risky enough to hold for a human."""
 
     operations: tuple[str, ...] = ()
     max_documents: int | None = Field(default=None, ge=1)
     max_bytes: int | None = Field(default=None, ge=1)
+    # Who decides a held request on this connection; None: the policy's admins.
+    approvers: Approvers | None = None
 
 
 class Connection(_Model):
@@ -117,12 +125,6 @@ class Connection(_Model):
     def all_hosts(self) -> frozenset[str]:
         """Host names that belong to this connection: its public names and its real upstream."""
         return frozenset(h.lower() for h in self.hosts) | {self.upstream_host}
-
-
-class Approvers(_Model):
-    groups: tuple[str, ...] = ()
-    subjects: tuple[str, ...] = ()
-    count: int = Field(default=1, ge=1)
 
 
 class GrantApproval(_Model):

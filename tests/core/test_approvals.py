@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jitgate.approvals import (
+    Approval,
+    RequestFacts,
+    close,
+    decide,
+    from_item,
+    hold_approvers,
+    hold_summary,
+    item_expired,
+    kind_of,
+    may_decide,
+    new_id,
+    pk_for,
+    risk_reasons,
+    state_at,
+    to_item,
+    view,
+)
+from jitgate.errors import (
+    AlreadyVoted,
+    ApprovalClosed,
+    ApprovalExpired,
+    BadRequest,
+    NotAnApprover,
+    SelfApproval,
+)
+from jitgate.policy import ApprovalRules, Approvers, Identity, parse_policy
+from jitgate.state import APPROVAL_PK, HOLD_PK
+
+NOW = 1_800_000_000.0
+ISS = "https://oidc.test"
+REQUESTER = "system:serviceaccount:ranking-admin:janitor"
+
+
+def _who(sub: str, *groups: str) -> Identity:
+    return Identity(ISS, sub, {"groups": list(groups)})
+
+
+LEAD_A = _who("alice", "search-leads")
+LEAD_B = _who("bob", "search-leads")
+LEAD_C = _who("carol", "search-leads")
+OUTSIDER = _who("mallory", "interns")
+NAMED = _who("dave")
+
+
+def _approval(count: int = 1, *, ttl: float = 3600, **over: Any) -> Approval:
+    base: dict[str, Any] = {
+        "id": new_id("issuance"),
+        "kind": "issuance",
+        "requester": REQUESTER,
+        "connection": "store-test",
+        "approvers": Approvers(groups=("search-leads",), subjects=("dave",), count=count),
+        "created_at": NOW,
+        "expires_at": NOW + ttl,
+    }
+    base.update(over)
+    return Approval(**base)
+
+
+def test_new_approval_is_pending_until_it_expires() -> None:
+    a = _approval(ttl=60)
+    assert state_at(a, NOW) == "pending"
+    assert state_at(a, NOW + 59.9) == "pending"
+    assert state_at(a, NOW + 60) == "expired"
+
+
+@pytest.mark.parametrize(
+    ("count", "voters", "expected"),
+    [
+        (1, [LEAD_A], "approved"),
+        (2, [LEAD_A], "pending"),
+        (2, [LEAD_A, LEAD_B], "approved"),
+        (2, [LEAD_A, NAMED], "approved"),
+        (3, [LEAD_A, LEAD_B], "pending"),
+        (3, [LEAD_A, LEAD_B, LEAD_C], "approved"),
+    ],
+)
+def test_n_of_m_counts_distinct_approvers(count: int, voters: list[Identity], expected: str) -> None:
+    a = _approval(count)
+    for i, who in enumerate(voters):
+        a = decide(a, who, "approve", "looks fine", now=NOW + i)
+    assert state_at(a, NOW + 10) == expected
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("approvals_before", [0, 1])
+def test_one_denial_denies(count: int, approvals_before: int) -> None:
+    a = _approval(count)
+    if approvals_before and count > 1:
+        a = decide(a, LEAD_A, "approve", "ok", now=NOW)
+    a = decide(a, LEAD_B, "deny", "too broad", now=NOW + 1)
+    assert state_at(a, NOW + 2) == "denied"
+    with pytest.raises(ApprovalClosed):
+        decide(a, LEAD_C, "approve", "late", now=NOW + 3)
+
+
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_requester_never_decides_even_when_in_the_group(verdict: str) -> None:
+    requester_in_group = _who(REQUESTER, "search-leads")
+    a = _approval()
+    with pytest.raises(SelfApproval):
+        decide(a, requester_in_group, verdict, "mine", now=NOW)  # type: ignore[arg-type]
+    assert not may_decide(a, requester_in_group, NOW)
+
+
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_outsider_cannot_decide(verdict: str) -> None:
+    a = _approval()
+    with pytest.raises(NotAnApprover):
+        decide(a, OUTSIDER, verdict, "why not", now=NOW)  # type: ignore[arg-type]
+    assert not may_decide(a, OUTSIDER, NOW)
+
+
+def test_same_approver_counts_once() -> None:
+    a = decide(_approval(2), LEAD_A, "approve", "ok", now=NOW)
+    with pytest.raises(AlreadyVoted):
+        decide(a, LEAD_A, "approve", "again", now=NOW + 1)
+    assert not may_decide(a, LEAD_A, NOW + 1)
+    assert may_decide(a, LEAD_B, NOW + 1)
+
+
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_expired_takes_no_votes(verdict: str) -> None:
+    a = _approval(ttl=10)
+    with pytest.raises(ApprovalExpired):
+        decide(a, LEAD_A, verdict, "late", now=NOW + 10)  # type: ignore[arg-type]
+    assert not may_decide(a, LEAD_A, NOW + 10)
+
+
+def test_approved_stays_approved_after_the_request_window() -> None:
+    a = decide(_approval(ttl=10), LEAD_A, "approve", "ok", now=NOW + 5)
+    assert state_at(a, NOW + 10_000) == "approved"
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 501])
+def test_reason_is_required_and_bounded(reason: str) -> None:
+    with pytest.raises(BadRequest):
+        decide(_approval(), LEAD_A, "approve", reason, now=NOW)
+
+
+def test_close_ends_a_pending_hold_but_not_a_decided_one() -> None:
+    a = _approval()
+    assert state_at(close(a, "expired", now=NOW), NOW) == "expired"
+    approved = decide(a, LEAD_A, "approve", "ok", now=NOW)
+    with pytest.raises(ApprovalClosed):
+        close(approved, "expired", now=NOW + 1)
+
+
+@pytest.mark.parametrize("kind", ["issuance", "hold"])
+def test_ids_name_their_kind_and_partition(kind: str) -> None:
+    approval_id = new_id(kind)  # type: ignore[arg-type]
+    assert kind_of(approval_id) == kind
+    assert pk_for(approval_id) == (HOLD_PK if kind == "hold" else APPROVAL_PK)
+    assert new_id(kind) != approval_id  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "apv-", "apv-xyz", "hold-" + "g" * 32, "../apv-" + "0" * 32, "APV-" + "0" * 32])
+def test_kind_of_rejects_anything_else(bad: str) -> None:
+    assert kind_of(bad) is None
+
+
+@pytest.mark.parametrize("votes", [[], [("alice", "approve")], [("alice", "approve"), ("bob", "deny")]])
+def test_item_round_trip(votes: list[tuple[str, str]]) -> None:
+    a = _approval(2, summary={"operation": "delete"}, request={"grant": "store-maintenance", "ttl": 600})
+    for i, (sub, verdict) in enumerate(votes):
+        a = decide(a, _who(sub, "search-leads"), verdict, f"reason {i}", now=NOW + i)  # type: ignore[arg-type]
+    item = to_item(a, version=7, now=NOW + 5)
+    back, version = from_item(item)
+    assert version == 7
+    assert back == a
+    assert item["state"]["S"] == state_at(a, NOW + 5)
+    assert item["pk"]["S"] == APPROVAL_PK and item["sk"]["S"] == a.id
+
+
+def test_decided_items_outlive_the_request_window_pending_ones_do_not() -> None:
+    a = _approval(ttl=60)
+    assert not item_expired(to_item(a, version=1, now=NOW), NOW + 59)
+    assert item_expired(to_item(a, version=1, now=NOW), NOW + 61)
+    approved = decide(a, LEAD_A, "approve", "ok", now=NOW + 30)
+    assert not item_expired(to_item(approved, version=2, now=NOW + 30), NOW + 3600)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {},
+        {"doc": {"S": "not json"}, "version": {"N": "1"}},
+        {"doc": {"S": "{}"}, "version": {"N": "1"}},
+    ],
+)
+def test_from_item_rejects_malformed(item: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        from_item(item)
+
+
+def test_view_has_counts_and_no_request_internals() -> None:
+    a = decide(_approval(2, request={"grant": "g"}), LEAD_A, "approve", "ok", now=NOW)
+    v = view(a, NOW + 1)
+    assert v["state"] == "pending" and v["approvals"] == 1 and v["required"] == 2
+    assert v["votes"][0]["approver"] == "alice"
+    assert "request" not in v
+
+
+@pytest.mark.parametrize(
+    ("rules", "facts", "expected"),
+    [
+        (ApprovalRules(), RequestFacts("delete", None, 10), ()),
+        (ApprovalRules(operations=("delete",)), RequestFacts("delete", None, 10), ("operation:delete",)),
+        (ApprovalRules(operations=("delete",)), RequestFacts("query", None, 10), ()),
+        (ApprovalRules(max_documents=1000), RequestFacts("rerank", 1000, 10), ()),
+        (ApprovalRules(max_documents=1000), RequestFacts("rerank", 1001, 10), ("documents:1001>1000",)),
+        (ApprovalRules(max_documents=5), RequestFacts("rerank", None, 10), ()),
+        (ApprovalRules(max_bytes=100), RequestFacts("rerank", 3, 100), ()),
+        (ApprovalRules(max_bytes=100), RequestFacts("rerank", 3, 101), ("bytes:101>100",)),
+        (
+            ApprovalRules(),
+            RequestFacts("rerank", 3, 10, ({"type": "email", "where": "body", "action": "review"},)),
+            ("finding:email",),
+        ),
+        (
+            ApprovalRules(),
+            RequestFacts("rerank", 3, 10, ({"type": "email", "where": "body", "action": "mask"},)),
+            (),
+        ),
+        (
+            ApprovalRules(operations=("upsert",), max_documents=2, max_bytes=5),
+            RequestFacts(
+                "upsert",
+                3,
+                6,
+                (
+                    {"type": "ssn", "where": "body", "action": "review"},
+                    {"type": "email", "where": "body", "action": "review"},
+                    {"type": "email", "where": "query", "action": "review"},
+                ),
+            ),
+            ("operation:upsert", "documents:3>2", "bytes:6>5", "finding:email", "finding:ssn"),
+        ),
+    ],
+)
+def test_risk_reasons(rules: ApprovalRules, facts: RequestFacts, expected: tuple[str, ...]) -> None:
+    assert risk_reasons(rules, facts) == expected
+
+
+def test_hold_summary_drops_query_string_and_finding_values() -> None:
+    facts = RequestFacts("rerank", 2000, 123_456, ({"type": "aws_key", "where": "body", "action": "review",
+                                                    "tag": "[AWS_KEY_1]", "value": "secret-looking"},))
+    s = hold_summary(sub="ci", jti="j" * 32, job="nightly", connection="cohere-test", facts=facts, method="POST",
+                     host="api.example", path="/v2/rerank?api_key=abc", reasons=("documents:2000>1000",))
+    assert s["path"] == "/v2/rerank"
+    assert s["findings"] == [{"type": "aws_key", "where": "body", "action": "review"}]
+    assert "abc" not in str(s) and "secret-looking" not in str(s)
+    assert (s["bytes"], s["documents"], s["jti"]) == (123_456, 2000, "j" * 32)
+
+
+_POLICY = """
+version: 1
+issuers: [{issuer: https://oidc.test, audience: jitgate}]
+admins: {groups: [platform-security], subjects: [root]}
+connections:
+  plain:
+    dialect: cohere
+    upstream: https://plain.test
+    credential: {secret_id: s1}
+  guarded:
+    dialect: chroma
+    upstream: https://guarded.test
+    credential: {secret_id: s2}
+    approval:
+      operations: [delete]
+      approvers: {groups: [search-leads], count: 2}
+"""
+
+
+def test_hold_approvers_come_from_the_connection_else_the_admins() -> None:
+    policy = parse_policy(_POLICY)
+    assert hold_approvers(policy, policy.connections["guarded"]) == Approvers(groups=("search-leads",), count=2)
+    admins = hold_approvers(policy, policy.connections["plain"])
+    assert admins.groups == ("platform-security",) and admins.subjects == ("root",) and admins.count == 1
