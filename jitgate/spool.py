@@ -230,7 +230,7 @@ class Uploader:
     def __init__(
         self,
         spool: Spool,
-        put: Put,
+        put: Put | None,
         *,
         prefix: str = "sessions/",
         tick: float = 0.2,
@@ -252,6 +252,8 @@ class Uploader:
     def ship_pending(self) -> int:
         """Ship every closed segment once, oldest first; raise on the first failure."""
         count = 0
+        if self._put is None:  # no bucket: segments stay in the spool
+            return 0
         for path in self.spool.closed_segments():
             body = read_segment(path)
             if body:
@@ -305,6 +307,8 @@ class Uploader:
         if self._thread is not None:
             self._thread.join()
         self.spool.close()
+        if self._put is None:
+            return
         deadline = time.monotonic() + flush_timeout
         while self.spool.closed_segments() and time.monotonic() < deadline:
             try:

@@ -1,0 +1,292 @@
+"""session_recorder: one record per flow, after masking, into the durable spool, shipped to S3.
+
+Last in the chain. Its `request` hook reserves room in the spool for the flow's record before
+anything is forwarded: a spool that cannot take it (quota reached, disk failing) refuses the flow
+with 503 `audit_unavailable` (option `jitgate_audit_required`, on by default). Its `response`
+and `error` hooks build the record from the flow and `flow.metadata` (addon/meta.py) and append
+it on a writer thread, so the event loop never waits on the disk; the answer goes back to the
+client only once the record's write returned. Refused flows are recorded like any other.
+
+Never recorded: headers (the JIT token and the injected credential live there), query strings,
+raw embedding vectors (dimension + SHA-256 instead), store fields the token could not see, and a
+body holding a finding that was not masked in place (blocked, held for review or allowed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from addon import meta, settings
+from addon.respond import refuse
+from jitgate import digest
+from jitgate.errors import AuditUnavailable
+from jitgate.policy import Connection
+from jitgate.records import Finding, SessionRecord, VectorDigest, iso_ts, record_id
+from jitgate.spool import Spool, SpoolConfig, Uploader
+from jitgate.token import Claims
+
+logger = logging.getLogger(__name__)
+
+RESERVED = "jitgate.recorder.reserved"  # bytes of spool quota held for this flow's record
+_FORWARDED_SAFE = "jitgate.recorder.checked"  # the request hook let this flow through
+_OWN = frozenset(
+    {
+        "jitgate_bucket",
+        "jitgate_spool_dir",
+        "jitgate_gateway_id",
+        "jitgate_sessions_prefix",
+        "jitgate_segment_bytes",
+        "jitgate_segment_seconds",
+        "jitgate_fsync_interval",
+        "jitgate_spool_max_bytes",
+        "jitgate_record_body_cap",
+        "jitgate_audit_required",
+    }
+)
+
+
+def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
+    """A body with a finding that was not masked in place still holds the matched text."""
+    return any(str(f.get("where", "request")).startswith(side) and f.get("action") != "mask" for f in findings)
+
+
+def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
+    """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
+    md = flow.metadata
+    claims: Claims | None = md.get(meta.CLAIMS)
+    connection: Connection | None = md.get(meta.CONNECTION)
+    raw_findings: list[dict[str, Any]] = list(md.get(meta.FINDINGS) or [])
+    findings = tuple(
+        Finding(type=str(f.get("type", "")), location=str(f.get("where", "")), action=str(f.get("action", "")))
+        for f in raw_findings
+    )
+    request, response = flow.request, flow.response
+    operation: str | None = md.get(meta.OPERATION)
+    req_content = request.raw_content and request.get_content(strict=False)
+    resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
+    visible = claims.scope.fields if claims is not None else None
+
+    vectors: list[VectorDigest] = []
+    truncated = False
+    request_body: str | None = None
+    response_body: str | None = None
+    if not _body_withheld(raw_findings, "request"):
+        d = digest.digest_body(req_content or None, location="request", limit=body_cap)
+        request_body, truncated = d.text, d.truncated
+        vectors += d.vectors
+    if response is not None and not _body_withheld(raw_findings, "response"):
+        d = digest.digest_body(resp_content or None, location="response", limit=body_cap, visible_fields=visible)
+        response_body, truncated = d.text, truncated or d.truncated
+        vectors += d.vectors
+
+    summary = digest.RerankSummary()
+    if operation == "rerank":
+        summary = digest.summarize_rerank(
+            digest.parse_json(req_content or None),
+            digest.parse_json(resp_content or None) if response is not None and response.status_code < 400 else None,
+        )
+    query = summary.query
+    if query is not None:
+        query = None if _body_withheld(raw_findings, "request") else digest.cap(query, body_cap)[0]
+
+    error = md.get(meta.ERROR)
+    if response is None and flow.error is not None and error is None:
+        error = "upstream_error"
+    decision = md.get(meta.DECISION) or ("blocked" if error else "allowed")
+    started = request.timestamp_start
+    ended = (response.timestamp_end if response is not None else None) or now
+    peer = flow.client_conn.peername
+    return SessionRecord(
+        record_id=record_id(gateway, flow.id),
+        ts=iso_ts(started),
+        gateway=gateway,
+        flow_id=flow.id,
+        jti=claims.jti if claims else None,
+        sub=claims.sub if claims else None,
+        conn=claims.conn if claims else (connection.name if connection else None),
+        job=claims.job if claims else None,
+        apv=claims.apv if claims else None,
+        token_sha256=md.get(meta.TOKEN_HASH),
+        client=f"{peer[0]}:{peer[1]}" if peer else None,
+        method=request.method,
+        host=request.pretty_host,
+        path=request.path.split("?", 1)[0],
+        operation=operation,
+        collection=md.get(meta.COLLECTION),
+        status=response.status_code if response is not None else 0,
+        request_bytes=len(request.raw_content or b""),
+        response_bytes=len(response.raw_content or b"") if response is not None else 0,
+        latency_ms=round(max(0.0, ended - started) * 1000, 3),
+        decision=decision,
+        error=error,
+        findings=findings,
+        rerank_query=query,
+        doc_count=summary.doc_count,
+        doc_sha256=summary.doc_sha256,
+        ranking=summary.ranking,
+        embeddings=tuple(vectors[: digest.MAX_VECTOR_DIGESTS]),
+        request_body=request_body,
+        response_body=response_body,
+        truncated=truncated,
+    )
+
+
+class SessionRecorder:
+    def __init__(self, *, s3: Any = None, clock: Any = time.time) -> None:
+        self._s3 = s3
+        self._clock = clock
+        self.spool: Spool | None = None
+        self.uploader: Uploader | None = None
+        self.gateway = ""
+        self.body_cap = 8192
+        self.required = True
+        self.reserve_bytes = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitgate-recorder")
+        self.write_failures = 0
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        settings.add_shared_options(loader)
+        loader.add_option("jitgate_bucket", str, "", "Audit bucket for session records; empty keeps them in the spool.")
+        loader.add_option("jitgate_spool_dir", str, "", "Durable spool directory; empty means <confdir>/jitgate-spool.")
+        loader.add_option(
+            "jitgate_gateway_id", str, "", "This gateway's id in records and object keys; empty: hostname."
+        )
+        loader.add_option("jitgate_sessions_prefix", str, "sessions/", "Key prefix of session objects in the bucket.")
+        loader.add_option("jitgate_segment_bytes", int, 8 * 1024 * 1024, "Rotate a spool segment at this size.")
+        loader.add_option("jitgate_segment_seconds", float, 60.0, "Rotate a spool segment at this age.")
+        loader.add_option("jitgate_fsync_interval", float, 1.0, "Seconds between fsyncs of the open segment.")
+        loader.add_option(
+            "jitgate_spool_max_bytes", int, 1024 * 1024 * 1024, "Spool quota; when reached, flows are refused (503)."
+        )
+        loader.add_option("jitgate_record_body_cap", int, 8192, "Bytes of each masked body kept in a record.")
+        loader.add_option(
+            "jitgate_audit_required",
+            bool,
+            True,
+            "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not (updated & (_OWN | settings.SHARED | {"confdir"})):
+            return
+        opts = ctx.options
+        for name in ("jitgate_segment_bytes", "jitgate_spool_max_bytes", "jitgate_record_body_cap"):
+            if getattr(opts, name) <= 0:
+                raise settings.options_error(f"{name} must be positive")
+        for name in ("jitgate_segment_seconds", "jitgate_fsync_interval"):
+            if getattr(opts, name) <= 0:
+                raise settings.options_error(f"{name} must be positive")
+        gateway = opts.jitgate_gateway_id or socket.gethostname()
+        if not gateway.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise settings.options_error("jitgate_gateway_id may hold letters, digits, '-', '_' and '.' only")
+        directory = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
+        config = SpoolConfig(
+            directory=directory,
+            gateway=gateway,
+            max_segment_bytes=opts.jitgate_segment_bytes,
+            max_segment_age=opts.jitgate_segment_seconds,
+            fsync_interval=opts.jitgate_fsync_interval,
+            max_bytes=opts.jitgate_spool_max_bytes,
+        )
+        self.gateway = gateway
+        self.body_cap = opts.jitgate_record_body_cap
+        self.required = opts.jitgate_audit_required
+        # A record holds two capped bodies, the query and its lists: hold room for the worst case.
+        self.reserve_bytes = 4 * self.body_cap + 64 * 1024
+        if self.spool is not None and self.spool.config == config and self.uploader is not None:
+            return
+        self._stop()
+        spool = Spool(config, clock=self._clock)
+        try:
+            spool.start()
+        except OSError as exc:
+            raise settings.options_error(f"jitgate_spool_dir: cannot use {directory}: {exc.strerror}") from None
+        self.spool = spool
+        self.uploader = Uploader(spool, self._put_fn(opts), prefix=opts.jitgate_sessions_prefix)
+        self.uploader.start()  # ships leftovers of a previous run first
+
+    def _put_fn(self, opts: Any) -> Any:
+        bucket = opts.jitgate_bucket
+        if not bucket:
+            logger.warning("jitgate_bucket is empty: session records stay in the spool")
+            return None
+        s3 = self._s3 or boto3.client(
+            "s3", endpoint_url=opts.jitgate_aws_endpoint or None, region_name=settings.region(opts.jitgate_aws_region)
+        )
+
+        def put(key: str, body: bytes) -> None:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
+
+        return put
+
+    def _stop(self) -> None:
+        if self.uploader is not None:
+            self.uploader.stop()
+            self.uploader = None
+
+    def done(self) -> None:
+        self._stop()
+        self._executor.shutdown(wait=True)
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow) or self.spool is None:
+            return
+        try:
+            self.spool.reserve(self.reserve_bytes)
+        except OSError:
+            if self.required:
+                refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
+                return
+        else:
+            flow.metadata[RESERVED] = self.reserve_bytes
+        flow.metadata[_FORWARDED_SAFE] = True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._record(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            await self._record(flow)
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        # A CONNECT refused by token_gate never reaches `response`: record it here.
+        if flow.response is not None and flow.response.status_code != 200:
+            await self._record(flow)
+
+    async def _record(self, flow: http.HTTPFlow) -> None:
+        if self.spool is None:
+            return
+        reserved = int(flow.metadata.pop(RESERVED, 0))
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._write, flow, reserved)
+        except Exception as exc:
+            self.write_failures += 1
+            logger.error("session record of flow %s not written: %s", flow.id, type(exc).__name__)
+            if self.spool is not None and reserved:
+                self.spool.unreserve(reserved)
+            if self.required and flow.metadata.get(_FORWARDED_SAFE) and flow.response is not None:
+                # The upstream answered but the answer cannot be recorded: it goes no further.
+                flow.response = None
+                refuse(flow, AuditUnavailable("the session record cannot be written; the answer is withheld"))
+
+    def _write(self, flow: http.HTTPFlow, reserved: int) -> None:
+        assert self.spool is not None
+        record = build_record(flow, gateway=self.gateway, body_cap=self.body_cap, now=self._clock())
+        self.spool.append(record.to_json_line(), reserved=reserved)
+

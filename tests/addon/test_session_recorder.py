@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from addon import meta
+from addon.respond import refuse
+from addon.session_recorder import SessionRecorder
+from jitgate.digest import sha256_text
+from jitgate.errors import InvalidToken
+from jitgate.records import COLUMNS
+from jitgate.token import Claims, Limits, Scope
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _claims(fields: tuple[str, ...] | None = None) -> Claims:
+    return Claims(
+        iss="https://broker.test",
+        aud="jitgate",
+        sub="repo:acme/search:ref:refs/heads/main",
+        iat=1,
+        nbf=1,
+        exp=2,
+        jti="jti-" + secrets.token_hex(8),
+        conn="cohere-prod",
+        scope=Scope(operations=("rerank",), fields=fields),
+        limits=Limits(),
+        mask="default",
+        job="nightly-rerank",
+    )
+
+
+def _records(spool_dir: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for sub in ("open", "closed"):
+        for p in sorted((spool_dir / sub).glob("*.jsonl")):
+            out += [json.loads(line) for line in p.read_bytes().splitlines()]
+    return out
+
+
+def _answer(f: Any) -> None:
+    """What the upstream sends back; set after the request hooks ran, as in the proxy."""
+    f.response = tflow.tresp()
+    f.response.status_code = 200
+    f.response.content = json.dumps(
+        {"results": [{"index": 1, "relevance_score": 0.93}, {"index": 0, "relevance_score": 0.12}]}
+    ).encode()
+
+
+def _rerank_flow(claims: Claims, credential: str, docs: list[str]) -> Any:
+    f = tflow.tflow()
+    f.request.method = "POST"
+    f.request.host = "api.cohere.com"
+    f.request.path = "/v2/rerank?debug=" + credential
+    f.request.headers["Authorization"] = "Bearer " + credential
+    f.request.content = json.dumps({"model": "rerank-v3.5", "query": "refund policy", "documents": docs}).encode()
+    f.metadata[meta.CLAIMS] = claims
+    f.metadata[meta.TOKEN_HASH] = sha256_text("the-token")
+    f.metadata[meta.OPERATION] = "rerank"
+    f.metadata[meta.DECISION] = "allowed"
+    f.metadata[meta.INJECTED] = True
+    return f
+
+
+async def test_rerank_flow_is_recorded_without_credential(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    credential = "co-" + secrets.token_urlsafe(24)
+    claims = _claims()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path), jitgate_gateway_id="gw-test")
+        flow = _rerank_flow(claims, credential, ["shipping times", "refund policy for damaged goods"])
+        rec.request(flow)
+        assert flow.response is None  # not refused
+        _answer(flow)
+        await rec.response(flow)
+        rec.spool.rotate()
+        raw = b"".join(p.read_bytes() for p in (tmp_path / "closed").glob("*.jsonl"))
+        rec.done()
+    assert credential.encode() not in raw and b"the-token" not in raw
+    (r,) = _records(tmp_path)
+    assert list(r) == [c for c, _ in COLUMNS]
+    assert (r["jti"], r["sub"], r["conn"], r["job"]) == (claims.jti, claims.sub, "cohere-prod", "nightly-rerank")
+    assert r["gateway"] == "gw-test" and r["flow_id"] == flow.id
+    assert (r["method"], r["host"], r["path"], r["status"]) == ("POST", "api.cohere.com", "/v2/rerank", 200)
+    assert r["rerank_query"] == "refund policy"
+    assert r["doc_count"] == 2
+    assert r["doc_sha256"] == [sha256_text("shipping times"), sha256_text("refund policy for damaged goods")]
+    assert r["ranking"] == [{"index": 1, "score": 0.93}, {"index": 0, "score": 0.12}]
+    assert r["decision"] == "allowed" and r["error"] is None
+    assert r["request_bytes"] == len(flow.request.raw_content)
+
+
+async def test_refused_flow_is_recorded(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = tflow.tflow()
+        refuse(flow, InvalidToken("token signature is invalid"))
+        rec.request(flow)  # already refused: nothing reserved
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert (r["status"], r["decision"], r["error"]) == (401, "blocked", "invalid_token")
+    assert r["jti"] is None
+
+
+async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    secret = "".join(["AK", "IA"]) + "".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", k=16))
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "x", ["my key is " + secret])
+        flow.request.content = json.dumps({"query": "find " + secret, "documents": ["my key is " + secret]}).encode()
+        flow.metadata[meta.FINDINGS] = [{"type": "aws_access_key", "where": "request.body", "action": "block"}]
+        _answer(flow)
+        refuse(flow, InvalidToken("placeholder"), extra=None)
+        flow.metadata[meta.DECISION] = "blocked"
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert secret not in json.dumps(r)
+    assert r["request_body"] is None and r["rerank_query"] is None
+    assert r["findings"] == [{"type": "aws_access_key", "location": "request.body", "action": "block"}]
+    assert r["doc_sha256"] == [sha256_text("my key is " + secret)]
+
+
+async def test_store_answer_keeps_only_visible_fields_and_no_vectors(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    rng = random.Random(3)
+    qvec = [rng.uniform(-1, 1) for _ in range(32)]
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = tflow.tflow()
+        flow.request.method = "POST"
+        flow.request.path = "/api/v1/collections/candidates/query"
+        flow.request.content = json.dumps({"query_embeddings": [qvec], "n_results": 2}).encode()
+        flow.metadata[meta.CLAIMS] = _claims(fields=("ids", "documents", "distances"))
+        flow.metadata[meta.OPERATION] = "query"
+        flow.metadata[meta.COLLECTION] = "candidates"
+        rec.request(flow)
+        assert rec.spool is not None and flow.metadata["jitgate.recorder.reserved"] > 0
+        flow.response = tflow.tresp()
+        flow.response.content = json.dumps(
+            {
+                "ids": [["a", "b"]],
+                "documents": [["da", "db"]],
+                "metadatas": [[{"owner": "x"}, {}]],
+                "embeddings": [[qvec, qvec]],
+                "distances": [[0.1, 0.2]],
+            }
+        ).encode()
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert r["collection"] == "candidates" and r["operation"] == "query"
+    text = json.dumps(r)
+    assert str(qvec[0]) not in text
+    assert "owner" not in r["response_body"] and "embeddings" not in r["response_body"]
+    assert json.loads(r["response_body"])["distances"] == [[0.1, 0.2]]
+    assert r["embeddings"] == [
+        {"location": "request.query_embeddings[0]", "dim": 32, "sha256": r["embeddings"][0]["sha256"]}
+    ]
+    assert r["doc_count"] is None
+
+
+async def test_spool_full_refuses_before_forwarding(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path), jitgate_spool_max_bytes=1000, jitgate_record_body_cap=64)
+        flow = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(flow)
+        assert flow.response is not None and flow.response.status_code == 503
+        assert json.loads(flow.response.content)["code"] == "audit_unavailable"
+        assert meta.refused(flow)
+        rec.done()
+
+
+async def test_audit_not_required_lets_flows_through(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path), jitgate_spool_max_bytes=1000, jitgate_audit_required=False)
+        flow = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(flow)
+        assert flow.response is None
+        rec.done()
+
+
+async def test_write_failure_withholds_the_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(flow)
+        _answer(flow)
+
+        def broken(line: bytes, *, reserved: int = 0) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(rec.spool, "append", broken)
+        await rec.response(flow)
+        assert flow.response.status_code == 503
+        assert json.loads(flow.response.content)["code"] == "audit_unavailable"
+        assert b"relevance_score" not in flow.response.content
+        assert rec.write_failures == 1
+        rec.done()
+
+
+async def test_upstream_error_is_recorded(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = tflow.tflow(err=True)
+        rec.request(flow)
+        await rec.error(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert (r["status"], r["error"], r["decision"]) == (0, "upstream_error", "blocked")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("jitgate_gateway_id", "gw/../x"), ("jitgate_spool_max_bytes", 0), ("jitgate_fsync_interval", 0.0)],
+)
+async def test_bad_options_stop_the_start(tmp_path: Path, option: str, value: object) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx, pytest.raises(exceptions.OptionsError):
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path), **{option: value})
+    rec.done()
+
+
+async def test_leftovers_are_shipped_at_start(tmp_path: Path) -> None:
+    shipped: dict[str, bytes] = {}
+
+    class S3:
+        def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
+            shipped[Key] = Body
+
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "20270115T080000.000000Z-000001-0a0b0c0d.jsonl").write_bytes(b'{"record_id":"x"}\n')
+    rec = SessionRecorder(s3=S3())
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path), jitgate_bucket="audit", jitgate_gateway_id="gw1")
+        rec.done()
+    assert list(shipped) == ["sessions/dt=2027-01-15/hour=08/gw1-20270115T080000.000000Z-000001-0a0b0c0d.jsonl.gz"]
