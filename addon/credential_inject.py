@@ -1,0 +1,223 @@
+"""credential_inject: the real upstream credential goes on the request, and nowhere else.
+
+The connection's secret comes from Secrets Manager through `aws-secretsmanager-caching` and is
+held in memory only. Any client-supplied credential is stripped, the secret is set in the
+connection's header format, and the request is pointed at the connection's real upstream (so a
+client using its vendor's default URL works unchanged). If the upstream answers 401, the secret
+is fetched afresh (rotation) and the request is sent once more with it.
+
+Upstream TLS trusts the public roots plus an optional private CA (`jitgate_upstream_ca`):
+mitmproxy's `ssl_verify_upstream_trusted_ca` replaces the roots, so a combined bundle is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import certifi
+import httpx
+from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader, traverse
+
+from addon import meta, settings
+from addon.respond import refuse
+from jitgate.errors import CredentialUnavailable, JitgateError
+from jitgate.policy import Connection, Policy
+
+logger = logging.getLogger(__name__)
+
+RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
+# Client headers that may carry someone's own credential; never forwarded.
+_CLIENT_CREDENTIALS = ("Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Chroma-Token")
+
+
+def secret_value(raw: str | None, json_key: str | None) -> str:
+    """The credential inside a secret string, optionally one key of a JSON secret."""
+    if raw is None:
+        raise ValueError("secret has no string value")
+    if json_key is None:
+        value: object = raw
+    else:
+        doc = json.loads(raw)
+        value = doc.get(json_key) if isinstance(doc, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ValueError("secret has no usable value")
+    return value
+
+
+def apply_credential(request: http.Request, conn: Connection, secret: str) -> None:
+    """Strip client credentials, set the connection's header and point at the real upstream."""
+    for name in (*_CLIENT_CREDENTIALS, conn.credential.header):
+        request.headers.pop(name, None)
+    request.headers[conn.credential.header] = conn.credential.format.replace("{secret}", secret)
+    target = urlsplit(conn.upstream)
+    request.scheme = target.scheme
+    request.port = target.port or (443 if target.scheme == "https" else 80)
+    request.host = target.hostname or conn.upstream_host
+
+
+def combined_bundle(private_ca: str) -> str:
+    """A CA file holding the public roots plus `private_ca`, written owner-only; its path."""
+    try:
+        extra = Path(private_ca).read_bytes()
+    except OSError as exc:
+        raise settings.options_error(f"jitgate_upstream_ca: cannot read {private_ca}: {exc.strerror}") from None
+    if b"BEGIN CERTIFICATE" not in extra:
+        raise settings.options_error(f"jitgate_upstream_ca: {private_ca} holds no PEM certificate")
+    fd, path = tempfile.mkstemp(prefix="jitgate-upstream-ca-", suffix=".pem")
+    with os.fdopen(fd, "wb") as out:
+        out.write(Path(certifi.where()).read_bytes() + b"\n" + extra)
+    return path
+
+
+class CredentialInject:
+    def __init__(
+        self, *, secretsmanager: Any = None, cache_factory: Callable[[Any], SecretCache] | None = None
+    ) -> None:
+        self._sm = secretsmanager
+        self._given_sm = secretsmanager is not None
+        self._cache_factory = cache_factory or (lambda client: SecretCache(SecretCacheConfig(), client))
+        self._caches: dict[str, SecretCache] = {}
+        self.policy: Policy | None = None
+        self._bundle: str | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    def load(self, loader: Loader) -> None:
+        settings.add_shared_options(loader)
+        loader.add_option(
+            "jitgate_upstream_ca", str, "", "PEM file of a private CA trusted upstream, besides the public roots."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        # Eager CONNECTs turn refusals into 502s from unreachable hosts; jitgate answers itself.
+        if updated & {"connection_strategy", "jitgate_policy"} and ctx.options.connection_strategy != "lazy":
+            ctx.options.update(connection_strategy="lazy")  # type: ignore[no-untyped-call]
+        if "jitgate_upstream_ca" in updated and ctx.options.jitgate_upstream_ca:
+            self._bundle = combined_bundle(ctx.options.jitgate_upstream_ca)
+            ctx.options.update(ssl_verify_upstream_trusted_ca=self._bundle)  # type: ignore[no-untyped-call]
+        if updated & (settings.SHARED | {"jitgate_upstream_ca", "ssl_verify_upstream_trusted_ca", "ssl_insecure"}):
+            self._http = None  # rebuilt with the current trust settings on first use
+        if not (updated & settings.SHARED):
+            return
+        self.policy = settings.policy_from(ctx.options.jitgate_policy)
+        if not self._given_sm:
+            self._sm = settings.aws_client(
+                "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
+            )
+        self._caches.clear()
+
+    def done(self) -> None:
+        if self._bundle is not None:
+            Path(self._bundle).unlink(missing_ok=True)
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    def _cache(self, secret_id: str) -> SecretCache:
+        cache = self._caches.get(secret_id)
+        if cache is None:
+            cache = self._caches[secret_id] = self._cache_factory(self._sm)
+        return cache
+
+    def secret(self, conn: Connection) -> str:
+        """The connection's credential (blocking on a cache miss; run in a thread)."""
+        cred = conn.credential
+        return secret_value(self._cache(cred.secret_id).get_secret_string(cred.secret_id), cred.json_key)
+
+    def rotate(self, conn: Connection) -> str | None:
+        """Fetch the secret afresh into a new cache; the old one stays if the fetch fails."""
+        cred = conn.credential
+        fresh = self._cache_factory(self._sm)
+        try:
+            value = secret_value(fresh.get_secret_string(cred.secret_id), cred.json_key)
+        except Exception as exc:
+            logger.warning("jitgate: secret refresh for %s failed (%s)", conn.name, type(exc).__name__)
+            return None
+        self._caches[cred.secret_id] = fresh
+        return value
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return
+        conn = flow.metadata.get(meta.CONNECTION)
+        if not isinstance(conn, Connection):
+            refuse(flow, JitgateError("the request was not checked against a scope"))
+            return
+        try:
+            secret = await asyncio.to_thread(self.secret, conn)
+        except Exception:
+            refuse(flow, CredentialUnavailable(f"the credential of {conn.name!r} is unavailable"))
+            return
+        apply_credential(flow.request, conn, secret)
+        flow.metadata[meta.INJECTED] = True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or flow.response.status_code != 401 or not flow.metadata.get(meta.INJECTED):
+            return
+        if flow.metadata.get(RETRIED):
+            return
+        flow.metadata[RETRIED] = True
+        conn = flow.metadata.get(meta.CONNECTION)
+        if not isinstance(conn, Connection):
+            return
+        old = flow.request.headers.get(conn.credential.header)
+        fresh = await asyncio.to_thread(self.rotate, conn)
+        if fresh is None:
+            return
+        apply_credential(flow.request, conn, fresh)
+        if flow.request.headers.get(conn.credential.header) == old:
+            return  # same credential: another try would get the same 401
+        try:
+            flow.response = await self._resend(flow.request)
+        except httpx.HTTPError as exc:
+            logger.warning("jitgate: retry after 401 on %s failed (%s)", conn.name, type(exc).__name__)
+            return
+        await self._rerun_earlier_response_hooks(flow)
+
+    async def _resend(self, request: http.Request) -> http.Response:
+        if self._http is None:
+            self._http = httpx.AsyncClient(verify=self._verify(), timeout=30.0, follow_redirects=False)
+        fields = request.headers.items(multi=True)  # type: ignore[no-untyped-call]
+        headers = [(k, v) for k, v in fields if k.lower() not in _HOP_BY_HOP]
+        req = self._http.build_request(request.method, request.url, headers=headers, content=request.raw_content)
+        resp = await self._http.send(req, stream=True)
+        try:
+            body = b"".join([chunk async for chunk in resp.aiter_raw()])
+        finally:
+            await resp.aclose()
+        out_headers = [(k.encode(), v.encode()) for k, v in resp.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
+        out_headers = [h for h in out_headers if h[0].lower() != b"content-length"]
+        out_headers.append((b"content-length", str(len(body)).encode()))
+        answer = http.Response.make(resp.status_code, b"", http.Headers(out_headers))
+        answer.raw_content = body  # as the upstream encoded it; its headers say how
+        return answer
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if ctx.options.ssl_insecure:
+            return False
+        return ssl.create_default_context(cafile=ctx.options.ssl_verify_upstream_trusted_ca or certifi.where())
+
+    async def _rerun_earlier_response_hooks(self, flow: http.HTTPFlow) -> None:
+        """The retried answer is a new response: the response checks that ran on the 401 run on it too."""
+        for addon in traverse(ctx.master.addons.chain):  # type: ignore[no-untyped-call]
+            if addon is self:
+                return
+            hook = getattr(addon, "response", None)
+            if hook is None or not callable(hook):
+                continue
+            result = hook(flow)
+            if inspect.isawaitable(result):
+                await result

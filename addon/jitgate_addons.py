@@ -1,0 +1,21 @@
+"""The jitgate addon chain, for `mitmdump -s addon/jitgate_addons.py`.
+
+Order matters (DESIGN.md, addon/meta.py): each request hook skips flows an earlier addon
+answered; response hooks run in the same order. The marked places are filled by the engineers
+who own those addons; until then the chain runs without them.
+"""
+
+from __future__ import annotations
+
+from addon.credential_inject import CredentialInject
+from addon.scope_guard import ScopeGuard
+from addon.token_gate import TokenGate
+
+token_gate = TokenGate()
+scope_guard = ScopeGuard()
+# leak_guard: request scanning / response masking (addon/leak_guard.py) goes here.
+# approval_hold: holds risky operations for a human (addon/approval_hold.py) goes here.
+credential_inject = CredentialInject()
+# session_recorder: records every flow to the spool and S3 (addon/session_recorder.py) goes here.
+
+addons = [token_gate, scope_guard, credential_inject]

@@ -1,0 +1,219 @@
+"""scope_guard: a verified token may do only what its scope and limits say, only on its connection.
+
+The destination host picks the connection (its public names and its real upstream); hosts of no
+connection are refused, on CONNECT already, so the gateway is no open proxy. Method + path map
+to the connection's named operations; operations and collections outside the token's scope
+are refused, as are bodies over `max_bytes` and rerank calls over `max_documents`.
+`max_requests` is a conditional DynamoDB counter, so it holds across gateway instances. For a
+store, JSON responses keep only the fields ("columns") the token was granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.addonmanager import Loader
+
+from addon import meta, settings
+from addon.respond import refuse
+from jitgate.dialects import RERANK_DIALECTS, match_route
+from jitgate.errors import (
+    BadRequest,
+    CollectionNotAllowed,
+    HostNotAllowed,
+    InvalidToken,
+    JitgateError,
+    OperationNotAllowed,
+    PayloadTooLarge,
+    RequestLimitExceeded,
+    UpstreamResponseInvalid,
+    UsageUnavailable,
+    WrongConnection,
+)
+from jitgate.policy import Connection, Policy
+from jitgate.state import USAGE_SK, usage_pk
+from jitgate.token import Claims
+
+_STORE_DIALECTS = frozenset({"chroma"})
+_BATCH_OPERATIONS = frozenset({"add", "upsert"})
+
+
+def scope_error(
+    claims: Claims, conn: Connection, method: str, path: str
+) -> tuple[JitgateError | None, str, str | None]:
+    """Check one request against the token's scope: (error or None, operation, collection)."""
+    if claims.conn != conn.name:
+        return WrongConnection(f"this token is for connection {claims.conn!r}, not {conn.name!r}"), "", None
+    route = match_route(conn.routes, method, path)
+    if route is None:
+        return OperationNotAllowed(f"{method} {path.split('?', 1)[0]} is no operation of {conn.name!r}"), "", None
+    scope = claims.scope
+    if route.operation not in scope.operations:
+        return OperationNotAllowed(f"operation {route.operation!r} is not in this token's scope"), route.operation, None
+    if scope.methods and method.upper() not in scope.methods:
+        return OperationNotAllowed(f"method {method} is not in this token's scope"), route.operation, None
+    bare = path.split("?", 1)[0]
+    if scope.paths and not any(fnmatch.fnmatchcase(bare, p) for p in scope.paths):
+        return OperationNotAllowed("this path is not in this token's scope"), route.operation, None
+    if route.collection is not None and "*" not in scope.collections and route.collection not in scope.collections:
+        msg = f"collection {route.collection!r} is not in this token's scope"
+        return CollectionNotAllowed(msg), route.operation, route.collection
+    return None, route.operation, route.collection
+
+
+def document_count(dialect: str, operation: str, body: Any) -> int | None:
+    """How many documents a call carries: rerank `documents` (TEI `texts`), store add/upsert `ids`."""
+    if not isinstance(body, dict):
+        return None
+    if dialect in RERANK_DIALECTS and operation == "rerank":
+        docs = body.get("texts" if dialect == "tei" else "documents")
+    elif dialect in _STORE_DIALECTS and operation in _BATCH_OPERATIONS:
+        docs = body.get("ids")
+    else:
+        return 0
+    return len(docs) if isinstance(docs, list) else None
+
+
+def filter_fields(body: Any, fields: tuple[str, ...]) -> Any:
+    """Keep only granted top-level fields of a store answer (plus `included`, trimmed to them)."""
+    if not isinstance(body, dict):
+        return body
+    kept = {k: v for k, v in body.items() if k in fields}
+    if isinstance(body.get("included"), list):
+        kept["included"] = [f for f in body["included"] if f in fields]
+    return kept
+
+
+def count_request(dynamodb: Any, table: str, claims: Claims) -> bool:
+    """Add one use to the token's counter unless it is at `max_requests`; False when used up."""
+    assert claims.limits.max_requests is not None
+    try:
+        dynamodb.update_item(
+            TableName=table,
+            Key={"pk": {"S": usage_pk(claims.jti)}, "sk": {"S": USAGE_SK}},
+            UpdateExpression="ADD n :one SET expires_at = if_not_exists(expires_at, :exp)",
+            ConditionExpression="attribute_not_exists(n) OR n < :max",
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":max": {"N": str(claims.limits.max_requests)},
+                ":exp": {"N": str(claims.exp)},
+            },
+        )
+    except dynamodb.exceptions.ConditionalCheckFailedException:
+        return False
+    return True
+
+
+class ScopeGuard:
+    def __init__(self, *, dynamodb: Any = None, clock: Callable[[], float] = time.time) -> None:
+        self._dynamodb = dynamodb
+        self._given_dynamodb = dynamodb is not None
+        self._clock = clock
+        self.policy: Policy | None = None
+        self.table = ""
+
+    def load(self, loader: Loader) -> None:
+        settings.add_shared_options(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        if not (updated & settings.SHARED):
+            return
+        from mitmproxy import ctx
+
+        self.policy = settings.policy_from(ctx.options.jitgate_policy)
+        self.table = ctx.options.jitgate_table
+        if not self.table:
+            raise settings.options_error("jitgate_table is required: per-token request counters live in it")
+        if not self._given_dynamodb:
+            self._dynamodb = settings.aws_client(
+                "dynamodb", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
+            )
+
+    def _connection(self, host: str) -> Connection | None:
+        return self.policy.connection_for_host(host) if self.policy is not None else None
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return
+        if self._connection(flow.request.host) is None:
+            refuse(flow, HostNotAllowed("this host belongs to no connection; the gateway is no open proxy"))
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return
+        claims = flow.metadata.get(meta.CLAIMS)
+        if not isinstance(claims, Claims):
+            refuse(flow, InvalidToken("no verified token for this request"))
+            return
+        conn = self._connection(flow.request.host)
+        tunnel = flow.server_conn.address
+        # Inside a CONNECT tunnel the Host header must stay on the tunnel's connection.
+        if conn is None or (tunnel is not None and self._connection(str(tunnel[0])) is not conn):
+            refuse(flow, HostNotAllowed("this host belongs to no connection; the gateway is no open proxy"))
+            return
+        err, operation, collection = scope_error(claims, conn, flow.request.method, flow.request.path)
+        if err is not None:
+            refuse(flow, err)
+            return
+        limit_err = self._limits_error(claims, conn, operation, flow.request)
+        if limit_err is not None:
+            refuse(flow, limit_err)
+            return
+        if claims.limits.max_requests is not None:
+            try:
+                within = await asyncio.to_thread(count_request, self._dynamodb, self.table, claims)
+            except Exception:
+                refuse(flow, UsageUnavailable("the request counter cannot be updated; refused until it can"))
+                return
+            if not within:
+                refuse(flow, RequestLimitExceeded(f"this token's {claims.limits.max_requests} requests are used up"))
+                return
+        flow.metadata[meta.CONNECTION] = conn
+        flow.metadata[meta.OPERATION] = operation
+        flow.metadata[meta.COLLECTION] = collection
+
+    def _limits_error(self, claims: Claims, conn: Connection, operation: str, req: http.Request) -> JitgateError | None:
+        limits = claims.limits
+        raw = req.raw_content or b""
+        if limits.max_bytes is not None and len(raw) > limits.max_bytes:
+            return PayloadTooLarge(f"the request body is over this token's {limits.max_bytes} bytes")
+        if limits.max_documents is None:
+            return None
+        try:
+            body = json.loads(req.get_content(strict=False) or b"null")
+        except ValueError:
+            return BadRequest("the request body is not JSON, so its documents cannot be counted")
+        count = document_count(conn.dialect, operation, body)
+        if count is None:
+            return BadRequest("the request's documents cannot be counted")
+        if count > limits.max_documents:
+            return PayloadTooLarge(f"{count} documents are over this token's {limits.max_documents}")
+        return None
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if meta.ERROR in flow.metadata or flow.response is None:
+            return
+        claims = flow.metadata.get(meta.CLAIMS)
+        conn = flow.metadata.get(meta.CONNECTION)
+        if not isinstance(claims, Claims) or not isinstance(conn, Connection):
+            return
+        fields = claims.scope.fields
+        if fields is None or conn.dialect not in _STORE_DIALECTS or not 200 <= flow.response.status_code < 300:
+            return
+        content = flow.response.get_content(strict=False) or b""
+        if not content.strip():
+            return
+        try:
+            body = json.loads(content)
+        except ValueError:
+            flow.response = None
+            msg = "the store's answer is not JSON, so it cannot be limited to your fields"
+            refuse(flow, UpstreamResponseInvalid(msg))
+            return
+        flow.response.set_content(json.dumps(filter_fields(body, fields)).encode())

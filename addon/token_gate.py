@@ -1,0 +1,335 @@
+"""token_gate: every request carries a valid, unrevoked JIT token, or it goes no further.
+
+The token comes as proxy credentials (`Proxy-Authorization` on CONNECT, bound to that client
+connection, or on a plain-HTTP proxy request) or in place of the upstream API key
+(`Authorization: Bearer`, or the connection's own key header). It is verified with
+`jitgate.token.verify_token` against the broker's JWKS; the result is cached by the token's
+SHA-256 until `exp`, so the hot path does no crypto. Revocations are pulled from DynamoDB by a
+background thread; a list older than its staleness bound refuses everything (fail closed).
+The token is removed from everything forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from mitmproxy import connection, http
+from mitmproxy.addonmanager import Loader
+
+from addon import meta, settings
+from addon.respond import refuse
+from jitgate.errors import (
+    InvalidToken,
+    JitgateError,
+    KeysUnavailable,
+    RevocationUnavailable,
+    TokenExpired,
+    TokenRequired,
+    TokenRevoked,
+    UnknownKeyId,
+)
+from jitgate.policy import Connection, Policy
+from jitgate.state import REVOCATION_PK
+from jitgate.token import DEFAULT_LEEWAY, Claims, KeySet, verify_token
+
+logger = logging.getLogger(__name__)
+
+JWKS_PATH = "/.well-known/jwks.json"
+PROXY_AUTHENTICATE = 'Basic realm="jitgate"'
+_CACHE_MAX = 10_000
+_OWN = frozenset(
+    {
+        "jitgate_jwks_url",
+        "jitgate_issuer",
+        "jitgate_revocation_refresh",
+        "jitgate_revocation_staleness",
+        "jitgate_jwks_refetch_interval",
+    }
+)
+
+
+def looks_like_token(value: str) -> bool:
+    """A compact JWS with a JSON header: the only shape a JIT token has."""
+    return value.startswith("eyJ") and value.count(".") == 2
+
+
+def proxy_token(header: str) -> str | None:
+    """The token in a `Proxy-Authorization` value: `Basic base64(user:token)` or `Bearer token`."""
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, sep, password = decoded.partition(":")
+    return password if sep and password else None
+
+
+def key_header_token(value: str, fmt: str) -> str | None:
+    """The token inside a key header written in the connection's `format` (e.g. `Bearer {secret}`)."""
+    prefix, _, suffix = fmt.partition("{secret}")
+    if not value.startswith(prefix) or not value.endswith(suffix) or len(value) < len(prefix) + len(suffix):
+        return None
+    inner = value[len(prefix) : len(value) - len(suffix)].strip()
+    return inner if looks_like_token(inner) else None
+
+
+def take_token(request: http.Request, conn: Connection | None) -> str | None:
+    """Find the JIT token in `request` and strip every copy of it from the headers."""
+    found: str | None = None
+    if "Proxy-Authorization" in request.headers:
+        found = proxy_token(request.headers["Proxy-Authorization"])
+        del request.headers["Proxy-Authorization"]
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer " and looks_like_token(auth[7:].strip()):
+        found = found or auth[7:].strip()
+        del request.headers["Authorization"]
+    if conn is not None and conn.credential.header in request.headers:
+        inner = key_header_token(request.headers[conn.credential.header], conn.credential.format)
+        if inner is not None:
+            found = found or inner
+            del request.headers[conn.credential.header]
+    return found
+
+
+def fetch_jwks(url: str) -> KeySet:
+    """The broker's JWKS (blocking; called from a worker thread)."""
+    resp = httpx.get(url, timeout=3.0, follow_redirects=False)
+    resp.raise_for_status()
+    return KeySet.from_jwks(resp.json())
+
+
+def fetch_revocations(dynamodb: Any, table: str, *, now: float) -> frozenset[str]:
+    """Revoked `jti`s whose tokens have not expired yet (DynamoDB TTL deletes late, so filter)."""
+    revoked: set[str] = set()
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk",
+        "FilterExpression": "expires_at > :now",
+        "ProjectionExpression": "sk",
+        "ExpressionAttributeValues": {":pk": {"S": REVOCATION_PK}, ":now": {"N": str(int(now))}},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = dynamodb.query(**kwargs)
+        revoked.update(item["sk"]["S"] for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return frozenset(revoked)
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenGate:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        jwks_fetcher: Callable[[str], KeySet] = fetch_jwks,
+        dynamodb: Any = None,
+    ) -> None:
+        self._clock = clock
+        self._monotonic = monotonic
+        self._jwks_fetcher = jwks_fetcher
+        self._dynamodb = dynamodb
+        self._given_dynamodb = dynamodb is not None
+        self.policy: Policy | None = None
+        self.jwks_url = ""
+        self.issuer = ""
+        self.table = ""
+        self.refresh = 2.0
+        self.staleness = 5.0
+        self.refetch_interval = 10.0
+        self.keys = KeySet({})
+        self._keys_fetched_at = float("-inf")
+        self._keys_ok = False
+        self.revoked: frozenset[str] = frozenset()
+        self.revocations_at = float("-inf")
+        self._verified: dict[str, Claims] = {}
+        self._bound: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._jwks_lock = asyncio.Lock()
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        settings.add_shared_options(loader)
+        loader.add_option("jitgate_jwks_url", str, "", "The broker's JWKS URL (https://<broker>/.well-known/jwks.json).")
+        loader.add_option(
+            "jitgate_issuer", str, "", "Expected token `iss` (the broker URL); empty: the JWKS URL without its path."
+        )
+        loader.add_option("jitgate_revocation_refresh", float, 2.0, "Seconds between revocation list refreshes.")
+        loader.add_option(
+            "jitgate_revocation_staleness",
+            float,
+            5.0,
+            "Refuse every request (503) when the last good revocation refresh is older than this many seconds.",
+        )
+        loader.add_option(
+            "jitgate_jwks_refetch_interval", float, 10.0, "Least seconds between JWKS refetches for an unknown kid."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not (updated & (_OWN | settings.SHARED)):
+            return
+        from mitmproxy import ctx
+
+        opts = ctx.options
+        self.policy = settings.policy_from(opts.jitgate_policy)
+        url = opts.jitgate_jwks_url
+        if not url.startswith(("https://", "http://")):
+            raise settings.options_error("jitgate_jwks_url must be the broker's http(s) JWKS URL")
+        self.jwks_url = url
+        self.issuer = opts.jitgate_issuer or (url.removesuffix(JWKS_PATH) if url.endswith(JWKS_PATH) else "")
+        if not self.issuer:
+            raise settings.options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
+        if not opts.jitgate_table:
+            raise settings.options_error("jitgate_table is required: revocations are read from it")
+        if opts.jitgate_revocation_refresh <= 0:
+            raise settings.options_error("jitgate_revocation_refresh must be positive")
+        if opts.jitgate_revocation_staleness <= opts.jitgate_revocation_refresh:
+            raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
+        if opts.jitgate_jwks_refetch_interval < 0:
+            raise settings.options_error("jitgate_jwks_refetch_interval must not be negative")
+        self.table = opts.jitgate_table
+        self.refresh = opts.jitgate_revocation_refresh
+        self.staleness = opts.jitgate_revocation_staleness
+        self.refetch_interval = opts.jitgate_jwks_refetch_interval
+        if not self._given_dynamodb:
+            self._dynamodb = settings.aws_client(
+                "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
+            )
+
+    def running(self) -> None:
+        # One synchronous round at start so the first requests are not refused as stale.
+        self.refresh_keys()
+        self.refresh_revocations()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._refresh_loop, name="jitgate-revocations", daemon=True)
+            self._thread.start()
+
+    def done(self) -> None:
+        self._stop.set()
+
+    # -- background state -------------------------------------------------------------------
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh):
+            self.refresh_revocations()
+
+    def refresh_revocations(self) -> bool:
+        """Pull the revocation list once; on failure keep the old list and let it go stale."""
+        try:
+            revoked = fetch_revocations(self._dynamodb, self.table, now=self._clock())
+        except Exception as exc:  # any failure only ages the list; staleness refuses later
+            logger.warning("jitgate: revocation refresh failed (%s)", type(exc).__name__)
+            return False
+        self.revoked = revoked
+        self.revocations_at = self._monotonic()
+        return True
+
+    def refresh_keys(self) -> bool:
+        try:
+            self.keys = self._jwks_fetcher(self.jwks_url)
+        except Exception as exc:
+            logger.warning("jitgate: JWKS fetch failed (%s)", type(exc).__name__)
+            self._keys_ok = False
+            return False
+        finally:
+            self._keys_fetched_at = self._monotonic()
+        self._keys_ok = True
+        return True
+
+    # -- verification -----------------------------------------------------------------------
+
+    async def verify(self, token: str, digest: str) -> Claims:
+        now = self._clock()
+        claims = self._verified.get(digest)
+        if claims is not None:
+            if now >= claims.exp + DEFAULT_LEEWAY:
+                self._verified.pop(digest, None)
+                raise TokenExpired("token has expired")
+            return claims
+        try:
+            claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+        except UnknownKeyId:
+            await self._refetch_keys()
+            claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+        if len(self._verified) >= _CACHE_MAX:
+            self._verified = {d: c for d, c in self._verified.items() if now < c.exp + DEFAULT_LEEWAY}
+            if len(self._verified) >= _CACHE_MAX:
+                self._verified.clear()
+        self._verified[digest] = claims
+        return claims
+
+    async def _refetch_keys(self) -> None:
+        async with self._jwks_lock:
+            if self._monotonic() - self._keys_fetched_at < self.refetch_interval:
+                if not self._keys_ok:
+                    raise KeysUnavailable("the broker's signing keys cannot be fetched")
+                return  # rate-limited: the kid stays unknown (InvalidToken)
+            if not await asyncio.to_thread(self.refresh_keys):
+                raise KeysUnavailable("the broker's signing keys cannot be fetched")
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        header = flow.request.headers.get("Proxy-Authorization")
+        if header is None:
+            return
+        del flow.request.headers["Proxy-Authorization"]
+        token = proxy_token(header)
+        if token is not None:
+            self._bound[flow.client_conn.id] = token
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._bound.pop(client.id, None)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return
+        flow.metadata.setdefault(meta.STARTED, time.monotonic())
+        conn = self.policy.connection_for_host(flow.request.host) if self.policy is not None else None
+        token = take_token(flow.request, conn) or self._bound.get(flow.client_conn.id)
+        if token is None:
+            refuse(
+                flow,
+                TokenRequired("a JIT token is required: send it as proxy credentials or as the API key"),
+                headers={"Proxy-Authenticate": PROXY_AUTHENTICATE},
+            )
+            return
+        if self._monotonic() - self.revocations_at > self.staleness:
+            refuse(flow, RevocationUnavailable("the revocation list is stale; requests are refused until it refreshes"))
+            return
+        digest = token_sha256(token)
+        try:
+            claims = await self.verify(token, digest)
+        except JitgateError as err:
+            refuse(flow, err)
+            return
+        except Exception:  # never let an unexpected verifier failure through
+            refuse(flow, InvalidToken("token could not be verified"))
+            return
+        if claims.jti in self.revoked:
+            refuse(flow, TokenRevoked("token has been revoked"))
+            return
+        flow.metadata[meta.CLAIMS] = claims
+        flow.metadata[meta.TOKEN_HASH] = digest
