@@ -192,6 +192,39 @@ class UpstreamResponseInvalid(JitgateError):
     status = 502
 
 
+# -- broker (issuance, revocation) -----------------------------------------------------------------
+
+
+class UnknownTokenId(NotFound):
+    """No live token with that `jti` was issued by this broker (or it has already expired)."""
+
+    code = "unknown_token"
+
+
+class NotTokenOwner(Forbidden):
+    """Only the token's own subject or a policy admin may revoke it."""
+
+    code = "not_token_owner"
+
+
+class ApprovalRequired(Forbidden):
+    """The grant needs a human approval before issuance, and none was given."""
+
+    code = "approval_required"
+
+
+class SigningUnavailable(Unavailable):
+    """The KMS signing key could not be used; no token is issued."""
+
+    code = "signing_unavailable"
+
+
+class IssuerUnavailable(Unavailable):
+    """The OIDC issuer's keys could not be fetched and none are cached."""
+
+    code = "issuer_unavailable"
+
+
 # -- approvals (issuance approvals and data-path holds) -------------------------------------------
 
 

@@ -18,3 +18,5 @@ def usage_pk(jti: str) -> str:
 
 
 USAGE_SK = "count"
+
+TOKEN_PK = "token"  # sk = jti; attrs: sub, oidc_iss, conn, issued_at, expires_at (who may revoke it)

@@ -1,0 +1,121 @@
+"""The broker's settings and clients, built once per Lambda container from the environment.
+
+Environment (declared in template.yaml): JITGATE_POLICY, JITGATE_ISSUER, JITGATE_KMS_KEY_IDS
+(first one signs, all are published), JITGATE_TABLE, JITGATE_BUCKET, JITGATE_TOPIC_ARN,
+JITGATE_DEFAULT_TTL. boto3 honours AWS_ENDPOINT_URL, so a moto server stands in locally.
+Routes call `services()`; tests install their own with `use()`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from broker.audit import EventSink
+from broker.oidc import OidcVerifier
+from broker.revocation import TokenStore
+from broker.signer import KmsJwks, KmsSigner
+from jitgate.errors import JitgateError
+from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration
+
+BUNDLED_POLICY = Path(__file__).resolve().parent / "policy.yaml"
+_CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
+
+
+class Misconfigured(JitgateError):
+    """A required setting is missing or invalid; the broker refuses every request."""
+
+    code = "broker_misconfigured"
+    status = 500
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy_path: str
+    issuer: str
+    kms_key_ids: tuple[str, ...]
+    table: str
+    bucket: str
+    topic_arn: str | None
+    default_ttl: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        def need(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise Misconfigured(f"the broker is misconfigured: {name} is not set")
+            return value
+
+        key_ids = tuple(k.strip() for k in need("JITGATE_KMS_KEY_IDS").split(",") if k.strip())
+        try:
+            default_ttl = parse_duration(env.get("JITGATE_DEFAULT_TTL") or DEFAULT_TTL)
+        except ValueError:
+            raise Misconfigured("the broker is misconfigured: JITGATE_DEFAULT_TTL is not a duration") from None
+        return cls(
+            policy_path=env.get("JITGATE_POLICY") or str(BUNDLED_POLICY),
+            issuer=need("JITGATE_ISSUER").rstrip("/"),
+            kms_key_ids=key_ids,
+            table=need("JITGATE_TABLE"),
+            bucket=need("JITGATE_BUCKET"),
+            topic_arn=env.get("JITGATE_TOPIC_ARN") or None,
+            default_ttl=default_ttl,
+        )
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    policy: Policy
+    verifier: OidcVerifier
+    signer: KmsSigner
+    jwks: KmsJwks
+    tokens: TokenStore
+    events: EventSink
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        client: Callable[[str], Any] | None = None,
+    ) -> Services:
+        make = client or (lambda name: boto3.client(name, config=_CLIENT_CONFIG))  # type: ignore[call-overload]
+        kms = make("kms")
+        policy = load_policy(settings.policy_path)
+        return cls(
+            settings=settings,
+            policy=policy,
+            verifier=OidcVerifier(policy.issuers),
+            signer=KmsSigner(kms, settings.kms_key_ids[0]),
+            jwks=KmsJwks(kms, settings.kms_key_ids),
+            tokens=TokenStore(make("dynamodb"), settings.table),
+            events=EventSink(make("s3"), settings.bucket),
+            clock=clock,
+        )
+
+
+_current: Services | None = None
+
+
+def services() -> Services:
+    """The container's services, built from the environment on first use."""
+    global _current
+    if _current is None:
+        _current = Services.build(Settings.from_env(os.environ))
+    return _current
+
+
+def use(new: Services | None) -> None:
+    """Install `new` (or forget the current one, to rebuild from the environment)."""
+    global _current
+    _current = new

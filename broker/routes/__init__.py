@@ -1,0 +1,1 @@
+"""HTTP routes of the broker, one Router per concern."""

@@ -1,0 +1,161 @@
+"""POST /v1/tokens (mint) and DELETE /v1/tokens/{jti} (revoke).
+
+Mint: verify the caller's OIDC token, evaluate the grants (pure, jitgate.policy), record who
+owns the token, sign with KMS, write the issuance event, answer. A longer TTL than the grant
+allows is clamped, and the answer says the real expiry. Any failure after the identity check
+is written as a denial event; an issuance whose event cannot be written is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from broker.deps import Services, services
+from broker.observability import logger, metrics
+from broker.routes.common import base_event, bearer, json_body, json_response, record_denial
+from jitgate.errors import ApprovalRequired, BadRequest, JitgateError
+from jitgate.events import TokenEvent
+from jitgate.policy import Decision, Identity, TokenRequest, evaluate_grants, is_admin, parse_duration
+from jitgate.token import AUDIENCE, Claims, Scope, new_jti
+
+router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]
+
+_JTI = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+PROXY_HINT = "HTTPS_PROXY=http://jit:<token>@<gateway>:8080"
+
+
+class MintRequest(BaseModel):
+    """The body of POST /v1/tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connection: str = Field(min_length=1, max_length=128)
+    operations: tuple[str, ...] | None = Field(default=None, max_length=64)
+    ttl: int | str | None = None
+    job: str | None = Field(default=None, min_length=1, max_length=128)
+    purpose: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+def _parse(body: dict[str, Any]) -> TokenRequest:
+    try:
+        req = MintRequest.model_validate(body)
+    except ValidationError as exc:
+        # Name the fields, never echo their values.
+        fields = sorted({".".join(str(p) for p in e["loc"][:1]) or "body" for e in exc.errors()})
+        raise BadRequest(f"invalid fields: {', '.join(fields)}") from None
+    try:
+        ttl = None if req.ttl is None else parse_duration(req.ttl)
+    except ValueError:
+        raise BadRequest("ttl must be a positive number of seconds or a duration like '15m'") from None
+    return TokenRequest(req.connection, req.operations, ttl, req.job, req.purpose)
+
+
+def _ttl(svc: Services, decision: Decision, request: TokenRequest) -> int:
+    """The grant's default, else the broker's JITGATE_DEFAULT_TTL, never above the grant's max."""
+    if request.ttl is not None:
+        return decision.ttl
+    grant = next(g for g in svc.policy.grants if g.name == decision.grant)
+    if grant.default_ttl is not None:
+        return decision.ttl
+    return min(svc.settings.default_ttl, grant.max_ttl)
+
+
+@router.post("/v1/tokens")
+def mint() -> Response[str]:
+    svc = services()
+    now = svc.clock()
+    fields = base_event(router, svc, now, "issued")
+    try:
+        identity = svc.verifier.verify(bearer(router.current_event), now=now)
+        fields.update(oidc_issuer=identity.issuer, sub=identity.subject)
+        request = _parse(json_body(router.current_event))
+        fields.update(conn=request.connection, job=request.job, purpose=request.purpose, requested_ttl=request.ttl)
+        decision = evaluate_grants(svc.policy, identity, request)
+        fields.update(grant_name=decision.grant, operations=list(decision.operations))
+        if decision.approval.required:
+            raise ApprovalRequired("this grant needs an approval before a token is issued")
+        return _issue(svc, identity, request, decision, fields, int(now))
+    except JitgateError as exc:
+        record_denial(svc, fields, exc)
+        metrics.add_metric(name="TokensDenied", unit=MetricUnit.Count, value=1)
+        logger.info("token denied", extra={"code": exc.code, "sub": fields.get("sub"), "conn": fields.get("conn")})
+        raise
+
+
+def _issue(
+    svc: Services, identity: Identity, request: TokenRequest, decision: Decision, fields: dict[str, Any], now: int
+) -> Response[str]:
+    ttl = _ttl(svc, decision, request)
+    conn = svc.policy.connections[decision.connection]
+    claims = Claims(
+        iss=svc.settings.issuer,
+        aud=AUDIENCE,
+        sub=identity.subject,
+        iat=now,
+        nbf=now,
+        exp=now + ttl,
+        jti=new_jti(),
+        conn=decision.connection,
+        scope=Scope(operations=decision.operations, collections=decision.collections, fields=decision.fields),
+        limits=decision.limits,
+        mask=decision.mask,
+        job=request.job,
+    )
+    fields.update(jti=claims.jti, ttl=ttl, clamped=decision.clamped, expires_at=claims.exp, mask=claims.mask)
+    fields.update(kid=svc.signer.key_id)
+    svc.tokens.record_issued(claims, oidc_issuer=identity.issuer)
+    token = svc.signer.sign(claims)
+    svc.events.write(TokenEvent(**fields, status=201))
+    metrics.add_metric(name="TokensIssued", unit=MetricUnit.Count, value=1)
+    logger.info("token issued", extra={"jti": claims.jti, "sub": claims.sub, "conn": claims.conn, "ttl": ttl})
+    return json_response(
+        201,
+        {
+            "token": token,
+            "jti": claims.jti,
+            "expires_at": claims.exp,
+            "ttl": ttl,
+            "clamped": decision.clamped,
+            "connection": claims.conn,
+            "operations": list(decision.operations),
+            "key_env": conn.key_env,
+            "proxy_hint": PROXY_HINT,
+        },
+    )
+
+
+@router.delete("/v1/tokens/<jti>")
+def revoke(jti: str) -> Response[str]:
+    svc = services()
+    now = svc.clock()
+    fields = base_event(router, svc, now, "revoked")
+    try:
+        identity = svc.verifier.verify(bearer(router.current_event), now=now)
+        fields.update(oidc_issuer=identity.issuer, actor=identity.subject)
+        if not _JTI.fullmatch(jti):
+            raise BadRequest("that is not a token id")
+        fields.update(jti=jti)
+        result = svc.tokens.revoke(jti, identity, admin=is_admin(svc.policy, identity), now=int(now))
+        fields.update(sub=result.sub, expires_at=result.expires_at)
+        svc.events.write(TokenEvent(**fields, status=200))
+    except JitgateError as exc:
+        record_denial(svc, fields, exc)
+        raise
+    metrics.add_metric(name="TokensRevoked", unit=MetricUnit.Count, value=1)
+    logger.info("token revoked", extra={"jti": jti, "by": identity.subject, "already": result.already})
+    return json_response(
+        200,
+        {
+            "jti": jti,
+            "revoked": True,
+            "already_revoked": result.already,
+            "revoked_at": result.revoked_at,
+            "expires_at": result.expires_at,
+        },
+    )

@@ -1,0 +1,57 @@
+"""A local server in a child process that prints its base URL as its first line of output."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+class ChildServer:
+    """Start `argv`, read the URL it prints first, then drain its output so the pipe never blocks it.
+
+    The last lines of its output are kept in `log`, for failure reports.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+        self._argv = list(argv)
+        self._env = dict(env) if env is not None else None
+        self._cwd = cwd
+        self._proc: subprocess.Popen[str] | None = None
+        self.log: collections.deque[str] = collections.deque(maxlen=200)
+        self.url = ""
+
+    def start(self) -> ChildServer:
+        self._proc = subprocess.Popen(
+            self._argv, env=self._env, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert self._proc.stdout is not None
+        first = self._proc.stdout.readline().strip()  # EOF ("") if the child dies first
+        if not first.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"{self._argv[-3:]} did not start: {first[:200]!r}")
+        self.url = first
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.log.append(line.rstrip())
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> ChildServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
