@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from jitgate import audit
+from jitgate.digest import sha256_text
+from jitgate.events import TokenEvent
+from jitgate.records import Finding, RankEntry, SessionRecord, record_id
+
+DOCS = ["refund policy for damaged goods", "shipping times to Norway", "warranty terms"]
+
+
+def _rec(flow: str, sub: str, jti: str, **over: Any) -> SessionRecord:
+    base: dict[str, Any] = dict(
+        record_id=record_id("gw1", flow),
+        ts="2027-01-15T08:00:00.000Z",
+        gateway="gw1",
+        flow_id=flow,
+        jti=jti,
+        sub=sub,
+        conn="cohere-prod",
+        method="POST",
+        host="api.cohere.com",
+        path="/v2/rerank",
+        operation="rerank",
+        status=200,
+        decision="allowed",
+    )
+    base.update(over)
+    return SessionRecord(**base)
+
+
+def _write_segment(cache: Path, key: str, records: list[SessionRecord]) -> None:
+    path = cache / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(r.to_json_line() for r in records)))
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    alice = _rec(
+        "f1",
+        "alice",
+        "jti-alice-1",
+        rerank_query="refund",
+        doc_count=2,
+        doc_sha256=(sha256_text(DOCS[0]), sha256_text(DOCS[1])),
+        ranking=(RankEntry(index=0, score=0.9), RankEntry(index=1, score=0.1)),
+    )
+    bob = _rec(
+        "f2",
+        "bob",
+        "jti-bob-1",
+        rerank_query="warranty",
+        doc_count=2,
+        doc_sha256=(sha256_text(DOCS[2]), sha256_text(DOCS[0])),
+    )
+    leak = _rec(
+        "f3",
+        "bob",
+        "jti-bob-1",
+        status=403,
+        decision="blocked",
+        error="leak_blocked",
+        findings=(Finding(type="aws_access_key", location="request.body", action="block"),),
+    )
+    held = _rec(
+        "f4",
+        "carol",
+        "jti-carol-1",
+        ts="2027-01-16T09:00:00.000Z",
+        operation="delete",
+        collection="candidates",
+        decision="approved",
+        apv="apv-1",
+        path="/api/v1/collections/candidates/delete",
+    )
+    _write_segment(tmp_path, "sessions/dt=2027-01-15/hour=08/gw1-a.jsonl.gz", [alice, bob])
+    # the same record shipped twice (a re-shipped segment under another key): counted once
+    _write_segment(tmp_path, "sessions/dt=2027-01-15/hour=08/gw1-b.jsonl.gz", [alice, leak])
+    _write_segment(tmp_path, "sessions/dt=2027-01-16/hour=09/gw1-c.jsonl.gz", [held])
+    events = tmp_path / "token-events" / "dt=2027-01-15"
+    events.mkdir(parents=True)
+    lines = [
+        TokenEvent(
+            event_time="2027-01-15T07:59:00.000Z",
+            event_type="issued",
+            broker="b",
+            status=200,
+            sub=s,
+            jti=j,
+            conn="cohere-prod",
+            operations=["rerank"],
+        ).line()
+        for s, j in (("alice", "jti-alice-1"), ("bob", "jti-bob-1"), ("dave", "jti-dave-1"))
+    ]
+    (events / "e.jsonl").write_text("".join(lines))
+    return tmp_path
+
+
+def _run(cache: Path, name: str, **args: str) -> list[dict[str, Any]]:
+    q = audit.NAMED_QUERIES[name]
+    res = audit.run_duckdb(audit.connect(cache), q.sql, audit.bind(q, args))
+    return [dict(zip(res.columns, row, strict=True)) for row in res.rows]
+
+
+def test_who_reranked_names_user_token_and_position(cache: Path) -> None:
+    rows = _run(cache, "who-reranked", sha256=audit.fingerprint_arg(DOCS[0]))
+    assert sorted((r["sub"], r["jti"], r["doc_index"]) for r in rows) == [
+        ("alice", "jti-alice-1", 0),
+        ("bob", "jti-bob-1", 1),
+    ]
+    assert _run(cache, "who-reranked", sha256=sha256_text("never sent")) == []
+
+
+def test_fingerprint_arg_accepts_text_or_hex() -> None:
+    h = sha256_text(DOCS[1])
+    assert audit.fingerprint_arg(DOCS[1]) == h == audit.fingerprint_arg(h.upper())
+
+
+def test_user_activity_per_day_drops_duplicates(cache: Path) -> None:
+    rows = {(r["day"], r["sub"]): r for r in _run(cache, "user-activity")}
+    assert set(rows) == {("2027-01-15", "alice"), ("2027-01-15", "bob"), ("2027-01-16", "carol")}
+    assert rows[("2027-01-15", "alice")]["requests"] == 1
+    assert (rows[("2027-01-15", "bob")]["requests"], rows[("2027-01-15", "bob")]["blocked"]) == (2, 1)
+    assert rows[("2027-01-16", "carol")]["held"] == 1
+
+
+def test_blocked_leaks_and_held_operations(cache: Path) -> None:
+    (leak,) = _run(cache, "blocked-leaks")
+    assert (leak["sub"], leak["finding"], leak["action"]) == ("bob", "aws_access_key", "block")
+    (held,) = _run(cache, "held-operations")
+    assert (held["sub"], held["apv"], held["decision"], held["operation"]) == ("carol", "apv-1", "approved", "delete")
+
+
+def test_tokens_issued_vs_used(cache: Path) -> None:
+    rows = {r["jti"]: r for r in _run(cache, "tokens-issued-vs-used")}
+    assert {j: r["requests"] for j, r in rows.items()} == {"jti-alice-1": 1, "jti-bob-1": 2, "jti-dave-1": 0}
+
+
+@pytest.mark.parametrize("name", sorted(audit.NAMED_QUERIES))
+def test_athena_text_runs_the_same(cache: Path, name: str) -> None:
+    """The Athena form (dedup CTE over the raw table) gives DuckDB's answer: same SQL dialect subset."""
+    q = audit.NAMED_QUERIES[name]
+    args = {p: sha256_text(DOCS[0]) for p in q.params}
+    con = audit.connect(cache)
+    local = audit.run_duckdb(con, q.sql, audit.bind(q, args))
+    athena_text = audit.run_duckdb(con, q.athena_sql(), audit.bind(q, args))
+    assert athena_text == local and local.rows
+
+
+def test_empty_cache_gives_empty_tables(tmp_path: Path) -> None:
+    con = audit.connect(tmp_path)
+    assert audit.run_duckdb(con, "SELECT count(*) FROM sessions_unique").rows == [(0,)]
+    assert _run(tmp_path, "tokens-issued-vs-used") == []
+
+
+def test_bind_needs_every_parameter() -> None:
+    with pytest.raises(ValueError):
+        audit.bind(audit.NAMED_QUERIES["who-reranked"], {})
+
+
+@mock_aws
+def test_sync_cache_pulls_only_missing_objects(tmp_path: Path) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="audit")
+    s3.put_object(Bucket="audit", Key="sessions/dt=2027-01-15/hour=08/gw1-a.jsonl.gz", Body=b"x")
+    s3.put_object(Bucket="audit", Key="token-events/dt=2027-01-15/e.jsonl", Body=b"y")
+    s3.put_object(Bucket="audit", Key="elsewhere/z", Body=b"z")
+    assert audit.sync_cache(s3, "audit", tmp_path) == 2
+    assert audit.sync_cache(s3, "audit", tmp_path) == 0
+    assert (tmp_path / "token-events/dt=2027-01-15/e.jsonl").read_bytes() == b"y"
+    assert not (tmp_path / "elsewhere").exists()
+
+
+class _FakeAthena:
+    """Records the call and answers like Athena: header row first, strings only."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict[str, Any] = {}
+        self.polls = 0
+
+    def start_query_execution(self, **kwargs: Any) -> dict[str, str]:
+        self.kwargs = kwargs
+        return {"QueryExecutionId": "q1"}
+
+    def get_query_execution(self, QueryExecutionId: str) -> dict[str, Any]:
+        self.polls += 1
+        state = "RUNNING" if self.polls < 2 else "SUCCEEDED"
+        return {"QueryExecution": {"Status": {"State": state}}}
+
+    def get_paginator(self, name: str) -> Any:
+        page = {
+            "ResultSet": {
+                "ResultSetMetadata": {"ColumnInfo": [{"Name": "sub"}, {"Name": "jti"}]},
+                "Rows": [
+                    {"Data": [{"VarCharValue": "sub"}, {"VarCharValue": "jti"}]},
+                    {"Data": [{"VarCharValue": "alice"}, {"VarCharValue": "j1"}]},
+                ],
+            }
+        }
+
+        class P:
+            def paginate(self, **_: Any) -> list[dict[str, Any]]:
+                return [page]
+
+        return P()
+
+
+def test_run_athena_passes_parameters_and_skips_header() -> None:
+    fake = _FakeAthena()
+    q = audit.NAMED_QUERIES["who-reranked"]
+    res = audit.run_athena(fake, q.athena_sql(), ["ab'c", "ab'c"], workgroup="jitgate", database="jitgate", poll=0)
+    assert res == audit.Result(("sub", "jti"), [("alice", "j1")])
+    assert fake.kwargs["ExecutionParameters"] == ["'ab''c'", "'ab''c'"]
+    assert fake.kwargs["QueryString"].startswith("WITH sessions_unique AS (")
