@@ -30,8 +30,8 @@ Verdict = Literal["approve", "deny"]
 DEFAULT_ISSUANCE_TIMEOUT = 3600
 DEFAULT_HOLD_TIMEOUT = 120
 MAX_REASON = 500
-# Decided items stay readable this long (the requester collects, the gateway resumes).
-RETAIN_DECIDED = 24 * 3600
+# Items stay readable this long after their window (the requester collects, the gateway resumes).
+RETAIN = 24 * 3600
 _ID_PREFIX: dict[Kind, str] = {"issuance": "apv-", "hold": "hold-"}
 
 
@@ -142,9 +142,10 @@ def decide(approval: Approval, who: Identity, verdict: Verdict, reason: str, *, 
 
 
 def close(approval: Approval, state: State, *, now: float) -> Approval:
-    """Mark a still-pending approval as ended without votes (a gateway's hold timed out)."""
+    """Record that an undecided approval ended without votes: a gateway's hold timed out, or the
+    broker noticed the request window passed (so the `expired` step is written once)."""
     current = state_at(approval, now)
-    if current != "pending":
+    if approval.closed is not None or current not in ("pending", "expired"):
         raise ApprovalClosed(f"the approval is already {current}")
     return replace(approval, closed=state)
 
@@ -191,8 +192,9 @@ def _doc(approval: Approval) -> dict[str, Any]:
 def to_item(approval: Approval, *, version: int, now: float) -> dict[str, dict[str, str]]:
     """The table item: the approval as one JSON document plus the attributes conditions use."""
     state = state_at(approval, now)
-    # Readers filter on expires_at (DynamoDB TTL deletes late); a decided item stays readable.
-    keep_until = approval.expires_at if state == "pending" else max(approval.expires_at, now) + RETAIN_DECIDED
+    # Readers filter on expires_at (DynamoDB TTL deletes late). An item outlives its request
+    # window so that `expired`, `denied` and `approved` stay readable states, not a 404.
+    keep_until = max(approval.expires_at, now) + RETAIN
     return {
         "pk": {"S": approval.pk},
         "sk": {"S": approval.id},

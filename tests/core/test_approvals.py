@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from jitgate.approvals import (
+    RETAIN,
     Approval,
     RequestFacts,
     close,
@@ -144,12 +145,19 @@ def test_reason_is_required_and_bounded(reason: str) -> None:
         decide(_approval(), LEAD_A, "approve", reason, now=NOW)
 
 
-def test_close_ends_a_pending_hold_but_not_a_decided_one() -> None:
-    a = _approval()
-    assert state_at(close(a, "expired", now=NOW), NOW) == "expired"
+def test_close_ends_an_undecided_approval_once() -> None:
+    a = _approval(ttl=60)
+    closed = close(a, "expired", now=NOW)
+    assert state_at(closed, NOW) == "expired"
+    with pytest.raises(ApprovalClosed):
+        close(closed, "expired", now=NOW + 1)
+    assert state_at(close(a, "expired", now=NOW + 61), NOW + 61) == "expired"  # window passed, not yet closed
     approved = decide(a, LEAD_A, "approve", "ok", now=NOW)
     with pytest.raises(ApprovalClosed):
         close(approved, "expired", now=NOW + 1)
+    denied = decide(a, LEAD_A, "deny", "no", now=NOW)
+    with pytest.raises(ApprovalClosed):
+        close(denied, "expired", now=NOW + 1)
 
 
 @pytest.mark.parametrize("kind", ["issuance", "hold"])
@@ -178,10 +186,11 @@ def test_item_round_trip(votes: list[tuple[str, str]]) -> None:
     assert item["pk"]["S"] == APPROVAL_PK and item["sk"]["S"] == a.id
 
 
-def test_decided_items_outlive_the_request_window_pending_ones_do_not() -> None:
+def test_items_stay_readable_past_their_window_then_expire() -> None:
     a = _approval(ttl=60)
-    assert not item_expired(to_item(a, version=1, now=NOW), NOW + 59)
-    assert item_expired(to_item(a, version=1, now=NOW), NOW + 61)
+    item = to_item(a, version=1, now=NOW)
+    assert not item_expired(item, NOW + 61)  # still readable as `expired`
+    assert item_expired(item, NOW + 60 + RETAIN)
     approved = decide(a, LEAD_A, "approve", "ok", now=NOW + 30)
     assert not item_expired(to_item(approved, version=2, now=NOW + 30), NOW + 3600)
 
