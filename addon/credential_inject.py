@@ -102,7 +102,9 @@ class CredentialInject:
 
     def configure(self, updated: set[str]) -> None:
         # Eager CONNECTs turn refusals into 502s from unreachable hosts; jitgate answers itself.
-        if updated & {"connection_strategy", "jitgate_policy"} and ctx.options.connection_strategy != "lazy":
+        opts = ctx.options
+        lazy_needed = "connection_strategy" in opts and opts.connection_strategy != "lazy"
+        if updated & {"connection_strategy", "jitgate_policy"} and lazy_needed:
             ctx.options.update(connection_strategy="lazy")  # type: ignore[no-untyped-call]
         if "jitgate_upstream_ca" in updated and ctx.options.jitgate_upstream_ca:
             self._bundle = combined_bundle(ctx.options.jitgate_upstream_ca)

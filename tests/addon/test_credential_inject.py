@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import certifi
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow
+
+from addon import meta
+from addon.credential_inject import CredentialInject, secret_value
+from jitgate.devstack.upstream import Upstream
+from jitgate.policy import Connection, parse_policy
+from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
+    POLICY,
+    anyio_backend_fixture,
+    aws_fixture,
+    policy_file_fixture,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _fake_key() -> str:
+    return "co-" + secrets.token_hex(16)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "expected"),
+    [
+        ("plain", None, "plain"),
+        ('{"api_key": "k"}', "api_key", "k"),
+        ('{"other": "k"}', "api_key", None),
+        ('{"api_key": 5}', "api_key", None),
+        ("[1]", "api_key", None),
+        ("", None, None),
+        (None, None, None),
+    ],
+)
+def test_secret_value(raw: str | None, key: str | None, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(ValueError):
+            secret_value(raw, key)
+    else:
+        assert secret_value(raw, key) == expected
+
+
+def _flow(conn: Connection | None, **headers: str) -> Any:
+    f = tflow.tflow()
+    f.request.host, f.request.port, f.request.scheme = "api.cohere.com", 443, "https"
+    f.request.method, f.request.path = "POST", "/v2/rerank"
+    f.request.headers["Host"] = "api.cohere.com"
+    for k, v in headers.items():
+        f.request.headers[k.replace("_", "-")] = v
+    if conn is not None:
+        f.metadata[meta.CONNECTION] = conn
+    return f
+
+
+async def test_injects_secret_strips_client_credentials_and_targets_upstream(
+    aws: dict[str, Any], policy_file: Path
+) -> None:
+    real = _fake_key()
+    aws["secretsmanager"].create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": real}))
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    conn = parse_policy(POLICY).connections["rerank"]
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file))
+        f = _flow(conn, Authorization="Bearer client-own", X_Api_Key="client-other")
+        await addon.request(f)
+    assert f.response is None and f.metadata[meta.INJECTED] is True
+    assert f.request.headers.get_all("Authorization") == [f"Bearer {real}"]
+    assert "X-Api-Key" not in f.request.headers
+    assert (f.request.scheme, f.request.host, f.request.port) == ("https", "127.0.0.1", 9443)
+    assert f.request.headers["Host"] == "127.0.0.1:9443"
+
+
+async def test_key_header_format_for_a_store(aws: dict[str, Any], policy_file: Path) -> None:
+    real = _fake_key()
+    aws["secretsmanager"].create_secret(Name="jitgate/store", SecretString=real)
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    conn = parse_policy(POLICY).connections["store"]
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file))
+        f = _flow(conn, X_Chroma_Token="client-supplied")
+        await addon.request(f)
+    assert f.request.headers.get_all("X-Chroma-Token") == [real]
+    assert "Authorization" not in f.request.headers
+    assert (f.request.host, f.request.port) == ("store.internal", 8000)
+
+
+async def test_secret_unavailable_fails_closed_but_a_cached_one_is_used(
+    aws: dict[str, Any], policy_file: Path
+) -> None:
+    conns = parse_policy(POLICY).connections
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    aws["secretsmanager"].create_secret(Name="jitgate/store", SecretString=_fake_key())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file))
+        missing = _flow(conns["rerank"])  # no such secret
+        await addon.request(missing)
+        first = _flow(conns["store"])
+        await addon.request(first)
+        aws["secretsmanager"].delete_secret(SecretId="jitgate/store", ForceDeleteWithoutRecovery=True)
+        cached = _flow(conns["store"])
+        await addon.request(cached)
+    assert (missing.response.status_code, missing.response.json()["code"]) == (503, "credential_unavailable")
+    assert meta.INJECTED not in missing.metadata
+    assert missing.request.host == "api.cohere.com"  # nothing was pointed anywhere
+    assert first.response is None and cached.response is None
+    assert cached.request.headers["X-Chroma-Token"] == first.request.headers["X-Chroma-Token"]
+
+
+async def test_unscoped_request_is_refused(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file))
+        f = _flow(None)
+        await addon.request(f)
+    assert f.response.status_code == 500 and meta.INJECTED not in f.metadata
+
+
+async def test_refused_flows_are_left_alone(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file))
+        f = _flow(parse_policy(POLICY).connections["rerank"])
+        f.metadata[meta.ERROR] = "token_required"
+        await addon.request(f)
+    assert meta.INJECTED not in f.metadata and "Authorization" not in f.request.headers
+
+
+async def test_upstream_ca_option_writes_a_combined_bundle(
+    aws: dict[str, Any], policy_file: Path, tmp_path: Path
+) -> None:
+    up = Upstream(api_keys=[_fake_key()])
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(up.ca_pem())
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file), jitgate_upstream_ca=str(ca))
+        bundle = Path(tctx.options.ssl_verify_upstream_trusted_ca).read_bytes()
+        with pytest.raises(exceptions.OptionsError, match="jitgate_upstream_ca"):
+            tctx.configure(addon, jitgate_upstream_ca=str(tmp_path / "missing.pem"))
+        addon.done()
+    assert up.ca_pem() in bundle
+    assert Path(certifi.where()).read_bytes() in bundle
+
+
+async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tmp_path: Path) -> None:
+    old, new = _fake_key(), _fake_key()
+    sm = aws["secretsmanager"]
+    sm.create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": old}))
+    with Upstream(api_keys=[old]) as up:
+        policy = tmp_path / "p.yaml"
+        policy.write_text(POLICY.replace("https://127.0.0.1:9443", up.url))
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(up.ca_pem())
+        conn = parse_policy(policy.read_text()).connections["rerank"]
+        addon = CredentialInject(secretsmanager=sm)
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(ca))
+            f = _flow(conn)
+            f.request.content = json.dumps({"query": "apple", "documents": ["pear", "apple"]}).encode()
+            await addon.request(f)  # injects the old key, still cached
+            up.set_api_keys([new])
+            sm.put_secret_value(SecretId="jitgate/rerank", SecretString=json.dumps({"api_key": new}))
+            f.response = http.Response.make(401, b'{"message": "invalid api token"}')
+            await addon.response(f)
+            second = http.Response.make(401, b"{}")
+            f.response = second
+            await addon.response(f)  # once only
+            addon.done()
+        seen = [r.headers.get("authorization") for r in up.received]
+    assert seen == [f"Bearer {new}"]
+    assert f.response is second
+    assert f.request.headers["Authorization"] == f"Bearer {new}"
+
+
+async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_path: Path) -> None:
+    old, new = _fake_key(), _fake_key()
+    sm = aws["secretsmanager"]
+    sm.create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": old}))
+    with Upstream(api_keys=[new]) as up:
+        policy = tmp_path / "p.yaml"
+        policy.write_text(POLICY.replace("https://127.0.0.1:9443", up.url))
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(up.ca_pem())
+        conn = parse_policy(policy.read_text()).connections["rerank"]
+        addon = CredentialInject(secretsmanager=sm)
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(ca))
+            f = _flow(conn)
+            f.request.content = json.dumps({"query": "apple", "documents": ["pear", "apple"]}).encode()
+            await addon.request(f)
+            sm.put_secret_value(SecretId="jitgate/rerank", SecretString=json.dumps({"api_key": new}))
+            f.response = http.Response.make(401, b"{}")
+            await addon.response(f)
+            addon.done()
+    assert f.response.status_code == 200
+    assert [r["index"] for r in f.response.json()["results"]] == [1, 0]
