@@ -11,6 +11,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Just-in-time
 # (module under jitgate.commands, command group name); each module exposes `app: typer.Typer`.
 _GROUPS: list[tuple[str, str]] = [
     ("policy", "policy"),
+    ("audit", "audit"),
+    ("sessions", "sessions"),
 ]
 
 
