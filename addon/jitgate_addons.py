@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from addon.credential_inject import CredentialInject
 from addon.scope_guard import ScopeGuard
+from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
 
 token_gate = TokenGate()
@@ -16,6 +17,6 @@ scope_guard = ScopeGuard()
 # leak_guard: request scanning / response masking (addon/leak_guard.py) goes here.
 # approval_hold: holds risky operations for a human (addon/approval_hold.py) goes here.
 credential_inject = CredentialInject()
-# session_recorder: records every flow to the spool and S3 (addon/session_recorder.py) goes here.
+session_recorder = SessionRecorder()
 
-addons = [token_gate, scope_guard, credential_inject]
+addons = [token_gate, scope_guard, credential_inject, session_recorder]
