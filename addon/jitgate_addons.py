@@ -7,6 +7,7 @@ who own those addons; until then the chain runs without them.
 
 from __future__ import annotations
 
+from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
@@ -15,8 +16,8 @@ from addon.token_gate import TokenGate
 token_gate = TokenGate()
 scope_guard = ScopeGuard()
 # leak_guard: request scanning / response masking (addon/leak_guard.py) goes here.
-# approval_hold: holds risky operations for a human (addon/approval_hold.py) goes here.
+approval_hold = ApprovalHold()
 credential_inject = CredentialInject()
 session_recorder = SessionRecorder()
 
-addons = [token_gate, scope_guard, credential_inject, session_recorder]
+addons = [token_gate, scope_guard, approval_hold, credential_inject, session_recorder]

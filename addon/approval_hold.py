@@ -1,0 +1,286 @@
+"""approval_hold: a risky request waits for a human before it goes upstream.
+
+The connection's approval rules (jitgate.approvals.risk_reasons) mark a request as risky: a
+named operation, a rerank over a document or byte threshold, or an inspection finding whose
+profile action is `review`. Such a flow is intercepted, a hold item with a masked summary
+(who, which token by jti, operation, host, path, sizes, findings; never a body or a secret) is
+written to the shared table (pk="hold"), and one background task per gateway polls the table
+for all of its holds at once. Approved: the flow resumes. Denied: 403 `approval_denied`. No
+decision within `jitgate_approval_timeout`: the hold is closed with a conditional write (so a
+late approval cannot land after it) and the answer is 403 `approval_timeout`. Other flows are
+never blocked; several gateways share the table, each polling only its own holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from addon import meta, settings
+from addon.respond import refuse
+from addon.scope_guard import document_count
+from jitgate.approval_store import ApprovalStore
+from jitgate.approvals import (
+    Approval,
+    RequestFacts,
+    State,
+    close,
+    hold_approvers,
+    hold_summary,
+    new_id,
+    risk_reasons,
+    state_at,
+)
+from jitgate.errors import ApprovalClosed, ApprovalDenied, ApprovalTimeout, ApprovalUnavailable
+from jitgate.policy import Connection, Policy
+from jitgate.token import Claims
+
+logger = logging.getLogger(__name__)
+
+HOLD = "jitgate.hold"  # flow.metadata: the hold id of a held flow
+_OWN = frozenset({"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic"})
+
+
+@dataclass
+class _Held:
+    flow: http.HTTPFlow
+    approval: Approval
+    deadline: float  # monotonic
+
+
+def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) -> RequestFacts:
+    raw = flow.request.raw_content or b""
+    documents: int | None = None
+    if operation is not None:
+        try:
+            body = json.loads(flow.request.get_content(strict=False) or b"null")
+        except ValueError:
+            body = None
+        documents = document_count(conn.dialect, operation, body)
+    findings = flow.metadata.get(meta.FINDINGS) or []
+    return RequestFacts(
+        operation=operation,
+        documents=documents,
+        size=len(raw),
+        findings=tuple(f for f in findings if isinstance(f, dict)),
+    )
+
+
+class ApprovalHold:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        dynamodb: Any = None,
+        sns: Any = None,
+    ) -> None:
+        self._clock = clock
+        self._monotonic = monotonic
+        self._dynamodb = dynamodb
+        self._given_dynamodb = dynamodb is not None
+        self._sns = sns
+        self._given_sns = sns is not None
+        self.policy: Policy | None = None
+        self.store: ApprovalStore | None = None
+        self.timeout = 120.0
+        self.poll = 1.0
+        self.topic = ""
+        self.gateway = socket.gethostname()
+        self.held: dict[str, _Held] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        settings.add_shared_options(loader)
+        loader.add_option(
+            "jitgate_approval_timeout",
+            float,
+            120.0,
+            "Seconds a risky request waits for an approver before it is answered 403 approval_timeout.",
+        )
+        loader.add_option(
+            "jitgate_approval_poll", float, 1.0, "Seconds between reads of the shared table for this gateway's holds."
+        )
+        loader.add_option(
+            "jitgate_approval_topic", str, "", "SNS topic ARN told about new holds; empty: approvers list them."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not (updated & (_OWN | settings.SHARED)):
+            return
+        opts = ctx.options
+        self.policy = settings.policy_from(opts.jitgate_policy)
+        if not opts.jitgate_table:
+            raise settings.options_error("jitgate_table is required: holds are written to it")
+        if opts.jitgate_approval_timeout <= 0:
+            raise settings.options_error("jitgate_approval_timeout must be positive")
+        if not 0 < opts.jitgate_approval_poll < opts.jitgate_approval_timeout:
+            raise settings.options_error("jitgate_approval_poll must be positive and shorter than the timeout")
+        if opts.jitgate_approval_topic and not opts.jitgate_approval_topic.startswith("arn:"):
+            raise settings.options_error("jitgate_approval_topic must be an SNS topic ARN")
+        self.timeout = opts.jitgate_approval_timeout
+        self.poll = opts.jitgate_approval_poll
+        self.topic = opts.jitgate_approval_topic
+        if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
+            self.gateway = opts.jitgate_gateway_id
+        if not self._given_dynamodb:
+            self._dynamodb = settings.aws_client(
+                "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
+            )
+        if self.topic and not self._given_sns:
+            self._sns = settings.aws_client(
+                "sns", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
+            )
+        self.store = ApprovalStore(self._dynamodb, opts.jitgate_table)
+
+    def done(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        for hold_id in list(self.held):
+            self._finish(hold_id, "expired")
+
+    # -- the hook ---------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow) or self.policy is None or self.store is None:
+            return
+        claims = flow.metadata.get(meta.CLAIMS)
+        if not isinstance(claims, Claims):
+            return  # token_gate refuses such a flow; nothing here to hold
+        conn = flow.metadata.get(meta.CONNECTION) or self.policy.connection_for_host(flow.request.host)
+        if not isinstance(conn, Connection):
+            return
+        operation = flow.metadata.get(meta.OPERATION)
+        facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
+        reasons = risk_reasons(conn.approval, facts)
+        if not reasons:
+            return
+        now = self._clock()
+        summary = hold_summary(
+            sub=claims.sub,
+            jti=claims.jti,
+            job=claims.job,
+            connection=conn.name,
+            facts=facts,
+            method=flow.request.method,
+            host=flow.request.pretty_host,
+            path=flow.request.path,
+            reasons=reasons,
+        )
+        approval = Approval(
+            id=new_id("hold"),
+            kind="hold",
+            requester=claims.sub,
+            connection=conn.name,
+            approvers=hold_approvers(self.policy, conn),
+            created_at=now,
+            expires_at=now + self.timeout,
+            summary={**summary, "gateway": self.gateway, "flow": flow.id},
+        )
+        try:
+            await asyncio.to_thread(self.store.create, approval, now=now)
+        except Exception:
+            refuse(flow, ApprovalUnavailable("this request needs an approval, and the hold cannot be recorded"))
+            return
+        flow.intercept()  # type: ignore[no-untyped-call]
+        flow.metadata[HOLD] = approval.id
+        flow.metadata[meta.DECISION] = "held"
+        self.held[approval.id] = _Held(flow, approval, self._monotonic() + self.timeout)
+        logger.info("jitgate: held %s %s (%s) as %s", conn.name, operation, ",".join(reasons), approval.id)
+        if self.topic:
+            asyncio.get_running_loop().create_task(self._notify(approval))
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    # -- background ---------------------------------------------------------------------------
+
+    async def _notify(self, approval: Approval) -> None:
+        message = {"type": "jitgate.approval_requested", "id": approval.id, "kind": "hold",
+                   "requester": approval.requester, "connection": approval.connection,
+                   "expires_at": int(approval.expires_at), "summary": dict(approval.summary)}
+        try:
+            await asyncio.to_thread(
+                self._sns.publish, TopicArn=self.topic, Subject=f"jitgate: request held on {approval.connection}"[:100],
+                Message=json.dumps(message, separators=(",", ":")),
+            )
+        except Exception as exc:
+            logger.warning("jitgate: hold notification not published (%s)", type(exc).__name__)
+
+    async def _poll_loop(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.poll)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """Read every hold of this gateway once; resume, refuse or time out what is due."""
+        if not self.held or self.store is None:
+            return
+        ids = list(self.held)
+        try:
+            found = await asyncio.to_thread(self.store.get_many, ids, now=self._clock())
+        except Exception as exc:  # keep holding; the timeout still ends every hold
+            logger.warning("jitgate: hold poll failed (%s)", type(exc).__name__)
+            found = {}
+        now, mono = self._clock(), self._monotonic()
+        for hold_id in ids:
+            held = self.held.get(hold_id)
+            if held is None:
+                continue
+            entry = found.get(hold_id)
+            state = state_at(entry[0], now) if entry is not None else None
+            if state in ("approved", "denied"):
+                self._finish(hold_id, state)
+            elif state == "expired" or mono >= held.deadline:
+                self._finish(hold_id, await self._close(hold_id))
+
+    async def _close(self, hold_id: str) -> State:
+        """End an undecided hold in the table; a decision that landed first wins."""
+        store = self.store
+        assert store is not None
+        try:
+            _, after = await asyncio.to_thread(
+                store.update, hold_id, lambda a: close(a, "expired", now=self._clock()), now=self._clock
+            )
+            return state_at(after, self._clock())
+        except ApprovalClosed:
+            try:
+                found = await asyncio.to_thread(store.get, hold_id, now=self._clock())
+            except Exception:
+                found = None
+            if found is not None:
+                return state_at(found[0], self._clock())
+        except Exception as exc:  # unreadable table: the hold still ends, refused (fail closed)
+            logger.warning("jitgate: hold %s not closed in the table (%s)", hold_id, type(exc).__name__)
+        return "expired"
+
+    def _finish(self, hold_id: str, state: State) -> None:
+        held = self.held.pop(hold_id, None)
+        if held is None:
+            return
+        flow = held.flow
+        if state == "approved":
+            flow.metadata[meta.DECISION] = "approved"
+        elif state == "denied":
+            flow.metadata[meta.DECISION] = "denied"
+            refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
+        else:
+            flow.metadata[meta.DECISION] = "denied"
+            refuse(
+                flow,
+                ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),
+                extra={"approval_id": hold_id},
+            )
+        logger.info("jitgate: hold %s ended: %s", hold_id, state)
+        flow.resume()  # type: ignore[no-untyped-call]

@@ -1,0 +1,337 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from addon import meta
+from addon.approval_hold import HOLD, ApprovalHold
+from jitgate.approval_store import ApprovalStore
+from jitgate.approvals import decide, state_at
+from jitgate.errors import ApprovalExpired, SelfApproval
+from jitgate.policy import Identity, parse_policy
+from jitgate.state import HOLD_PK
+from jitgate.token import Claims, new_jti
+from tests.addon.jit_fixtures import TABLE, anyio_backend_fixture, aws_fixture  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.anyio
+
+POLICY = """
+version: 1
+issuers: [{issuer: https://oidc.test, audience: jitgate}]
+admins: {groups: [platform-security]}
+connections:
+  rerank:
+    dialect: cohere
+    upstream: https://api.cohere.test
+    credential: {secret_id: jitgate/rerank}
+    approval: {max_documents: 3, max_bytes: 4000}
+  store:
+    dialect: chroma
+    upstream: https://store.test
+    credential: {secret_id: jitgate/store, header: X-Chroma-Token, format: "{secret}"}
+    approval:
+      operations: [delete, drop_collection]
+      approvers: {groups: [search-leads]}
+"""
+REQUESTER = "system:serviceaccount:ranking:janitor"
+LEAD = Identity("https://oidc.test", "alice", {"groups": ["search-leads"]})
+ADMIN = Identity("https://oidc.test", "root", {"groups": ["platform-security"]})
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    p = tmp_path / "policy.yaml"
+    p.write_text(POLICY)
+    return p
+
+
+def _claims(conn: str, sub: str = REQUESTER) -> Claims:
+    return Claims.model_validate(
+        {"iss": "https://broker.test", "aud": "jitgate", "sub": sub, "iat": 1, "nbf": 1, "exp": 2_000_000_000,
+         "jti": new_jti(), "conn": conn, "scope": {"operations": ["rerank", "query", "delete"]}, "limits": {},
+         "mask": "default", "job": "nightly"}
+    )
+
+
+def _flow(conn: str, operation: str, path: str, body: Any, *, findings: list[dict[str, str]] | None = None) -> Any:
+    policy = parse_policy(POLICY)
+    f = tflow.tflow()
+    f.request.host = policy.connections[conn].upstream_host
+    f.request.port = 443
+    f.request.scheme = "https"
+    f.request.method = "DELETE" if operation == "drop_collection" else "POST"
+    f.request.path = path
+    f.request.content = json.dumps(body).encode()
+    f.metadata[meta.CLAIMS] = _claims(conn)
+    f.metadata[meta.CONNECTION] = policy.connections[conn]
+    f.metadata[meta.OPERATION] = operation
+    if findings is not None:
+        f.metadata[meta.FINDINGS] = findings
+    return f
+
+
+def _rerank(n: int) -> Any:
+    return _flow("rerank", "rerank", "/v2/rerank?api_key=should-not-leak", {"query": "q", "documents": ["d"] * n})
+
+
+def _hold(aws: dict[str, Any], tctx: taddons.context, policy_file: Path, **over: Any) -> ApprovalHold:
+    addon = over.pop("addon")
+    opts = {"jitgate_policy": str(policy_file), "jitgate_table": TABLE, **over}
+    tctx.configure(addon, **opts)
+    return addon  # type: ignore[no-any-return]
+
+
+def _item(aws: dict[str, Any], hold_id: str) -> dict[str, Any]:
+    item = aws["dynamodb"].get_item(TableName=TABLE, Key={"pk": {"S": HOLD_PK}, "sk": {"S": hold_id}})["Item"]
+    return item  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("flow_args", "held"),
+    [
+        (("rerank", "rerank", "/v2/rerank", {"query": "q", "documents": ["a", "b", "c"]}), False),
+        (("rerank", "rerank", "/v2/rerank", {"query": "q", "documents": ["a", "b", "c", "d"]}), True),
+        (("rerank", "rerank", "/v2/rerank", {"query": "q", "documents": ["x" * 5000]}), True),
+        (("store", "query", "/api/v1/collections/c/query", {"query_texts": ["q"]}), False),
+        (("store", "delete", "/api/v1/collections/c/delete", {"ids": ["1"]}), True),
+        (("store", "drop_collection", "/api/v1/collections/c", {}), True),
+    ],
+)
+async def test_risky_requests_are_held_others_pass(
+    aws: dict[str, Any], policy_file: Path, flow_args: tuple[Any, ...], held: bool
+) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        f = _flow(*flow_args)
+        await addon.request(f)
+        assert f.intercepted is held
+        assert (HOLD in f.metadata) is held
+        assert f.response is None
+        addon.done()
+
+
+@pytest.mark.parametrize("action", ["review", "mask", "block"])
+async def test_findings_with_review_action_are_held(aws: dict[str, Any], policy_file: Path, action: str) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        f = _flow("rerank", "rerank", "/v2/rerank", {"query": "q", "documents": ["a"]},
+                  findings=[{"type": "email", "where": "request.body", "action": action, "tag": "[EMAIL_1]"}])
+        await addon.request(f)
+        assert f.intercepted is (action == "review")
+        addon.done()
+
+
+async def test_hold_item_has_masked_summary(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout=30.0)
+        f = _rerank(5)
+        await addon.request(f)
+        item = _item(aws, f.metadata[HOLD])
+        addon.done()
+    doc = json.loads(item["doc"]["S"])
+    summary = doc["summary"]
+    claims = f.metadata[meta.CLAIMS]
+    assert summary["sub"] == REQUESTER and summary["jti"] == claims.jti
+    assert summary["operation"] == "rerank" and summary["documents"] == 5
+    assert summary["bytes"] == len(f.request.raw_content) and summary["path"] == "/v2/rerank"
+    assert summary["reasons"] == ["documents:5>3"]
+    assert "should-not-leak" not in item["doc"]["S"] and '"d"' not in item["doc"]["S"]
+    assert doc["approvers"]["groups"] == ["platform-security"]  # no connection approvers: the admins
+    assert doc["expires_at"] - doc["created_at"] == 30.0
+    assert item["state"]["S"] == "pending"
+
+
+async def test_approved_hold_resumes_denied_is_403(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        ok, no, waiting = (_flow("store", "delete", "/api/v1/collections/c/delete", {"ids": ["1"]}) for _ in range(3))
+        for f in (ok, no, waiting):
+            await addon.request(f)
+        assert set(addon.held) == {f.metadata[HOLD] for f in (ok, no, waiting)}
+        store.update(ok.metadata[HOLD], lambda a: decide(a, LEAD, "approve", "planned cleanup", now=a.created_at),
+                     now=lambda: 0.0)
+        store.update(no.metadata[HOLD], lambda a: decide(a, LEAD, "deny", "not today", now=a.created_at),
+                     now=lambda: 0.0)
+        await addon.poll_once()
+        assert not ok.intercepted and ok.response is None and ok.metadata[meta.DECISION] == "approved"
+        assert not no.intercepted and no.response.status_code == 403
+        assert no.response.json()["code"] == "approval_denied"
+        assert no.metadata[meta.DECISION] == "denied"
+        assert waiting.intercepted and waiting.response is None  # still held, nobody decided
+        assert set(addon.held) == {waiting.metadata[HOLD]}
+        addon.done()
+
+
+async def test_requester_cannot_approve_own_hold_and_admins_do_not_decide_store_holds(
+    aws: dict[str, Any], policy_file: Path
+) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        f = _flow("store", "delete", "/api/v1/collections/c/delete", {"ids": ["1"]})
+        await addon.request(f)
+        me = Identity("https://oidc.test", REQUESTER, {"groups": ["search-leads"]})
+        with pytest.raises(SelfApproval):
+            store.update(f.metadata[HOLD], lambda a: decide(a, me, "approve", "mine", now=a.created_at),
+                         now=lambda: 0.0)
+        with pytest.raises(Exception) as err:
+            store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "admin", now=a.created_at),
+                         now=lambda: 0.0)
+        assert getattr(err.value, "code", None) == "not_an_approver"
+        await addon.poll_once()
+        assert f.intercepted
+        addon.done()
+
+
+async def test_timeout_is_403_and_closes_the_hold(aws: dict[str, Any], policy_file: Path) -> None:
+    mono, clock = Clock(100.0), Clock()
+    addon = ApprovalHold(dynamodb=aws["dynamodb"], monotonic=mono, clock=clock)
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout=10.0, jitgate_approval_poll=0.5)
+        f = _rerank(4)
+        await addon.request(f)
+        mono.t += 9.9
+        await addon.poll_once()
+        assert f.intercepted
+        mono.t += 0.2
+        clock.t += 10.1
+        await addon.poll_once()
+        assert not f.intercepted
+        assert f.response.status_code == 403 and f.response.json()["code"] == "approval_timeout"
+        found = store.get(f.metadata[HOLD], now=clock.t)
+        assert found is not None and state_at(found[0], clock.t) == "expired" and found[0].closed == "expired"
+        with pytest.raises(ApprovalExpired):  # a late approval cannot land after the timeout
+            store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "late", now=clock.t),
+                         now=clock)
+        addon.done()
+
+
+async def test_approval_landing_at_the_deadline_wins_over_the_timeout(aws: dict[str, Any], policy_file: Path) -> None:
+    mono = Clock(100.0)
+    addon = ApprovalHold(dynamodb=aws["dynamodb"], monotonic=mono)
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout=10.0, jitgate_approval_poll=0.5)
+        f = _rerank(4)
+        await addon.request(f)
+        store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
+                     now=lambda: 0.0)
+        mono.t += 11
+        await addon.poll_once()
+        assert not f.intercepted and f.response is None and f.metadata[meta.DECISION] == "approved"
+        addon.done()
+
+
+async def test_unwritable_table_refuses_instead_of_forwarding(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_table="no-such-table")
+        f = _rerank(4)
+        await addon.request(f)
+        assert not f.intercepted
+        assert f.response.status_code == 503 and f.response.json()["code"] == "approval_unavailable"
+        addon.done()
+
+
+async def test_refused_flows_and_flows_without_claims_are_left_alone(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        refused = _rerank(10)
+        refused.metadata[meta.ERROR] = "token_revoked"
+        no_claims = _rerank(10)
+        del no_claims.metadata[meta.CLAIMS]
+        for f in (refused, no_claims):
+            await addon.request(f)
+            assert not f.intercepted and HOLD not in f.metadata
+        addon.done()
+
+
+async def test_several_gateways_share_the_table(aws: dict[str, Any], policy_file: Path) -> None:
+    one, two = ApprovalHold(dynamodb=aws["dynamodb"]), ApprovalHold(dynamodb=aws["dynamodb"])
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(one) as ctx1:
+        _hold(aws, ctx1, policy_file, addon=one)
+        f1 = _rerank(4)
+        await one.request(f1)
+    with taddons.context(two) as ctx2:
+        _hold(aws, ctx2, policy_file, addon=two)
+        f2 = _rerank(4)
+        await two.request(f2)
+    store.update(f2.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at), now=lambda: 0.0)
+    await one.poll_once()
+    await two.poll_once()
+    assert f1.intercepted and not f2.intercepted  # each gateway resumes only its own, from the shared table
+    store.update(f1.metadata[HOLD], lambda a: decide(a, ADMIN, "deny", "no", now=a.created_at), now=lambda: 0.0)
+    await one.poll_once()
+    assert f1.response.json()["code"] == "approval_denied"
+    one.done()
+    two.done()
+
+
+async def test_background_poller_resumes_without_blocking_other_flows(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_poll=0.05)
+        held = _rerank(4)
+        await addon.request(held)
+        assert held.intercepted
+        passing = [_rerank(2) for _ in range(5)]
+        for f in passing:  # handled while the other one is held
+            await addon.request(f)
+            assert not f.intercepted
+        await asyncio.sleep(0.2)
+        assert held.intercepted
+        store.update(held.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
+                     now=lambda: 0.0)
+        await asyncio.wait_for(held.wait_for_resume(), timeout=10)
+        assert held.response is None and held.metadata[meta.DECISION] == "approved"
+        addon.done()
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"jitgate_approval_timeout": 0.0}, "jitgate_approval_timeout"),
+        ({"jitgate_approval_poll": 0.0}, "jitgate_approval_poll"),
+        ({"jitgate_approval_timeout": 1.0, "jitgate_approval_poll": 2.0}, "jitgate_approval_poll"),
+        ({"jitgate_table": ""}, "jitgate_table"),
+        ({"jitgate_approval_topic": "not-an-arn"}, "jitgate_approval_topic"),
+    ],
+)
+async def test_bad_options_stop_the_start(aws: dict[str, Any], policy_file: Path, over: dict[str, Any],
+                                          message: str) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)  # a good start, so the rollback has good options
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(addon, **over)
+
+
+async def test_default_timeout_is_120_seconds(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        assert tctx.options.jitgate_approval_timeout == 120.0 and addon.timeout == 120.0
