@@ -47,11 +47,12 @@ _OWN = frozenset(
         "jitgate_gateway_id",
         "jitgate_sessions_prefix",
         "jitgate_segment_bytes",
-        "jitgate_segment_seconds",
-        "jitgate_fsync_interval",
+        "jitgate_segment_ms",
+        "jitgate_fsync_ms",
         "jitgate_spool_max_bytes",
         "jitgate_record_body_cap",
         "jitgate_audit_required",
+        "jitgate_upload_backoff_max_ms",
     }
 )
 
@@ -154,6 +155,7 @@ class SessionRecorder:
         self.reserve_bytes = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitgate-recorder")
         self.write_failures = 0
+        self._wiring: tuple[Any, ...] = ()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -166,12 +168,14 @@ class SessionRecorder:
         )
         loader.add_option("jitgate_sessions_prefix", str, "sessions/", "Key prefix of session objects in the bucket.")
         loader.add_option("jitgate_segment_bytes", int, 8 * 1024 * 1024, "Rotate a spool segment at this size.")
-        loader.add_option("jitgate_segment_seconds", float, 60.0, "Rotate a spool segment at this age.")
-        loader.add_option("jitgate_fsync_interval", float, 1.0, "Seconds between fsyncs of the open segment.")
+        # Durations are integer milliseconds: mitmproxy's `--set` cannot parse float options.
+        loader.add_option("jitgate_segment_ms", int, 60_000, "Rotate a spool segment at this age (ms).")
+        loader.add_option("jitgate_fsync_ms", int, 1000, "Milliseconds between fsyncs of the open segment.")
         loader.add_option(
             "jitgate_spool_max_bytes", int, 1024 * 1024 * 1024, "Spool quota; when reached, flows are refused (503)."
         )
         loader.add_option("jitgate_record_body_cap", int, 8192, "Bytes of each masked body kept in a record.")
+        loader.add_option("jitgate_upload_backoff_max_ms", int, 30_000, "Longest wait (ms) between upload retries.")
         loader.add_option(
             "jitgate_audit_required",
             bool,
@@ -183,10 +187,14 @@ class SessionRecorder:
         if not (updated & (_OWN | settings.SHARED | {"confdir"})):
             return
         opts = ctx.options
-        for name in ("jitgate_segment_bytes", "jitgate_spool_max_bytes", "jitgate_record_body_cap"):
-            if getattr(opts, name) <= 0:
-                raise settings.options_error(f"{name} must be positive")
-        for name in ("jitgate_segment_seconds", "jitgate_fsync_interval"):
+        for name in (
+            "jitgate_segment_bytes",
+            "jitgate_spool_max_bytes",
+            "jitgate_record_body_cap",
+            "jitgate_segment_ms",
+            "jitgate_fsync_ms",
+            "jitgate_upload_backoff_max_ms",
+        ):
             if getattr(opts, name) <= 0:
                 raise settings.options_error(f"{name} must be positive")
         gateway = opts.jitgate_gateway_id or socket.gethostname()
@@ -197,8 +205,8 @@ class SessionRecorder:
             directory=directory,
             gateway=gateway,
             max_segment_bytes=opts.jitgate_segment_bytes,
-            max_segment_age=opts.jitgate_segment_seconds,
-            fsync_interval=opts.jitgate_fsync_interval,
+            max_segment_age=opts.jitgate_segment_ms / 1000,
+            fsync_interval=opts.jitgate_fsync_ms / 1000,
             max_bytes=opts.jitgate_spool_max_bytes,
         )
         self.gateway = gateway
@@ -206,8 +214,17 @@ class SessionRecorder:
         self.required = opts.jitgate_audit_required
         # A record holds two capped bodies, the query and its lists: hold room for the worst case.
         self.reserve_bytes = 4 * self.body_cap + 64 * 1024
-        if self.spool is not None and self.spool.config == config and self.uploader is not None:
-            return
+        wiring = (
+            config,
+            opts.jitgate_bucket,
+            opts.jitgate_aws_endpoint,
+            opts.jitgate_aws_region,
+            opts.jitgate_sessions_prefix,
+            opts.jitgate_upload_backoff_max_ms,
+        )
+        if self.uploader is not None and wiring == self._wiring:
+            return  # only the body cap / audit switch changed: keep the running spool
+        self._wiring = wiring
         self._stop()
         spool = Spool(config, clock=self._clock)
         try:
@@ -215,7 +232,13 @@ class SessionRecorder:
         except OSError as exc:
             raise settings.options_error(f"jitgate_spool_dir: cannot use {directory}: {exc.strerror}") from None
         self.spool = spool
-        self.uploader = Uploader(spool, self._put_fn(opts), prefix=opts.jitgate_sessions_prefix)
+        self.uploader = Uploader(
+            spool,
+            self._put_fn(opts),
+            prefix=opts.jitgate_sessions_prefix,
+            backoff_base=min(0.5, opts.jitgate_upload_backoff_max_ms / 1000),
+            backoff_max=opts.jitgate_upload_backoff_max_ms / 1000,
+        )
         self.uploader.start()  # ships leftovers of a previous run first
 
     def _put_fn(self, opts: Any) -> Any:
@@ -289,4 +312,3 @@ class SessionRecorder:
         assert self.spool is not None
         record = build_record(flow, gateway=self.gateway, body_cap=self.body_cap, now=self._clock())
         self.spool.append(record.to_json_line(), reserved=reserved)
-

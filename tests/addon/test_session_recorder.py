@@ -232,7 +232,7 @@ async def test_upstream_error_is_recorded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("jitgate_gateway_id", "gw/../x"), ("jitgate_spool_max_bytes", 0), ("jitgate_fsync_interval", 0.0)],
+    [("jitgate_gateway_id", "gw/../x"), ("jitgate_spool_max_bytes", 0), ("jitgate_fsync_ms", 0)],
 )
 async def test_bad_options_stop_the_start(tmp_path: Path, option: str, value: object) -> None:
     rec = SessionRecorder()

@@ -1,0 +1,42 @@
+"""The recorder-only gateway: a test addon standing in for token_gate/scope_guard, then the recorder.
+
+It takes the identity from `X-Test-Sub` / `X-Test-Jti` headers (removed before forwarding) and
+names the operation from the Cohere dialect, so the recorder sees the metadata the real chain
+would give it.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addon import meta
+from addon.session_recorder import SessionRecorder
+from jitgate.dialects import DEFAULT_ROUTES, match_route
+from jitgate.token import Claims, Limits, Scope
+
+
+class FakeGate:
+    def request(self, flow: http.HTTPFlow) -> None:
+        sub = flow.request.headers.pop("X-Test-Sub", None)
+        jti = flow.request.headers.pop("X-Test-Jti", None)
+        if sub and jti:
+            flow.metadata[meta.CLAIMS] = Claims(
+                iss="https://broker.test",
+                aud="jitgate",
+                sub=sub,
+                iat=0,
+                nbf=0,
+                exp=2**31,
+                jti=jti,
+                conn="cohere-test",
+                scope=Scope(operations=("rerank",)),
+                limits=Limits(),
+                mask="default",
+            )
+        route = match_route(DEFAULT_ROUTES["cohere"], flow.request.method, flow.request.path)
+        if route is not None:
+            flow.metadata[meta.OPERATION] = route.operation
+        flow.metadata[meta.DECISION] = "allowed"
+
+
+addons = [FakeGate(), SessionRecorder()]
