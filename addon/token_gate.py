@@ -131,6 +131,17 @@ def fetch_revocations(dynamodb: Any, table: str, *, now: float) -> frozenset[str
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
+    """A number of seconds from an option string (mitmproxy `--set` cannot parse floats)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise settings.options_error(f"{name} must be a number of seconds, not {value!r}") from None
+    if not (seconds >= 0 if zero_ok else seconds > 0) or seconds != seconds or seconds == float("inf"):
+        raise settings.options_error(f"{name} must be {'non-negative' if zero_ok else 'positive'} and finite")
+    return seconds
+
+
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -175,15 +186,15 @@ class TokenGate:
         loader.add_option(
             "jitgate_issuer", str, "", "Expected token `iss` (the broker URL); empty: the JWKS URL without its path."
         )
-        loader.add_option("jitgate_revocation_refresh", float, 2.0, "Seconds between revocation list refreshes.")
+        loader.add_option("jitgate_revocation_refresh", str, "2", "Seconds between revocation list refreshes.")
         loader.add_option(
             "jitgate_revocation_staleness",
-            float,
-            5.0,
+            str,
+            "5",
             "Refuse every request (503) when the last good revocation refresh is older than this many seconds.",
         )
         loader.add_option(
-            "jitgate_jwks_refetch_interval", float, 10.0, "Least seconds between JWKS refetches for an unknown kid."
+            "jitgate_jwks_refetch_interval", str, "10", "Least seconds between JWKS refetches for an unknown kid."
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -202,16 +213,13 @@ class TokenGate:
             raise settings.options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
         if not opts.jitgate_table:
             raise settings.options_error("jitgate_table is required: revocations are read from it")
-        if opts.jitgate_revocation_refresh <= 0:
-            raise settings.options_error("jitgate_revocation_refresh must be positive")
-        if opts.jitgate_revocation_staleness <= opts.jitgate_revocation_refresh:
+        refresh = _seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
+        staleness = _seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
+        refetch = _seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
+        if staleness <= refresh:
             raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
-        if opts.jitgate_jwks_refetch_interval < 0:
-            raise settings.options_error("jitgate_jwks_refetch_interval must not be negative")
         self.table = opts.jitgate_table
-        self.refresh = opts.jitgate_revocation_refresh
-        self.staleness = opts.jitgate_revocation_staleness
-        self.refetch_interval = opts.jitgate_jwks_refetch_interval
+        self.refresh, self.staleness, self.refetch_interval = refresh, staleness, refetch
         if not self._given_dynamodb:
             self._dynamodb = settings.aws_client(
                 "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region

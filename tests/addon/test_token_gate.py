@@ -266,7 +266,7 @@ async def test_stale_revocation_list_fails_closed(aws: dict[str, Any], policy_fi
     gate = _gate(aws, Fetcher(signer), mono)
     token = signer.mint()
     with taddons.context(gate) as tctx:
-        _configure(tctx, gate, policy_file, jitgate_revocation_refresh=1.0, jitgate_revocation_staleness=3.0)
+        _configure(tctx, gate, policy_file, jitgate_revocation_refresh="1", jitgate_revocation_staleness="3")
         gate.running()
         gate.done()  # stop the background thread: the list only ages from here
         ok = _flow(headers={"Authorization": f"Bearer {token}"})
@@ -289,7 +289,7 @@ async def test_unknown_kid_refetches_jwks_rate_limited(aws: dict[str, Any], poli
     mono = Clock()
     gate = _gate(aws, fetcher, mono)
     with taddons.context(gate) as tctx:
-        _configure(tctx, gate, policy_file, jitgate_jwks_refetch_interval=10.0, jitgate_revocation_staleness=60.0)
+        _configure(tctx, gate, policy_file, jitgate_jwks_refetch_interval="10", jitgate_revocation_staleness="60")
         gate.running()
         gate.done()
         assert fetcher.calls == 1
@@ -326,8 +326,11 @@ async def test_unknown_kid_with_broker_down_is_503(aws: dict[str, Any], policy_f
         ({"jitgate_jwks_url": "ftp://broker"}, "jitgate_jwks_url"),
         ({"jitgate_jwks_url": "https://broker.test/keys"}, "jitgate_issuer"),
         ({"jitgate_table": ""}, "jitgate_table"),
-        ({"jitgate_revocation_refresh": 0.0}, "positive"),
-        ({"jitgate_revocation_staleness": 1.0}, "longer"),
+        ({"jitgate_revocation_refresh": "0"}, "positive"),
+        ({"jitgate_revocation_refresh": "soon"}, "number of seconds"),
+        ({"jitgate_revocation_refresh": "nan"}, "finite"),
+        ({"jitgate_jwks_refetch_interval": "-1"}, "non-negative"),
+        ({"jitgate_revocation_staleness": "1"}, "longer"),
     ],
 )
 async def test_bad_options_stop_the_start(
