@@ -9,6 +9,7 @@ CA (trustme); TCP_NODELAY is set so small responses are not delayed by Nagle.
 from __future__ import annotations
 
 import collections
+import functools
 import hmac
 import json
 import math
@@ -41,7 +42,9 @@ class Received:
     body: bytes
 
 
+@functools.lru_cache(maxsize=8192)
 def _tokens(text: str) -> list[str]:
+    # Cached: load tests send the same documents again and again; the upstream should not be the bottleneck.
     return _WORD.findall(text.lower())
 
 
@@ -52,21 +55,17 @@ def bm25(query: str, documents: Sequence[str], *, k1: float = 1.5, b: float = 0.
     if n == 0:
         return []
     avgdl = sum(len(d) for d in docs) / n or 1.0
-    df: collections.Counter[str] = collections.Counter()
-    for d in docs:
-        df.update(set(d))
-    terms = set(_tokens(query))
-    scores = []
-    for d in docs:
-        tf = collections.Counter(d)
-        s = 0.0
-        for t in terms:
-            f = tf.get(t, 0)
-            if not f:
-                continue
-            idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-            s += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(d) / avgdl))
-        scores.append(s)
+    scores = [0.0] * n
+    # Only the query's terms matter: count them per document (list.count runs in C).
+    for t in set(_tokens(query)):
+        tf = [d.count(t) for d in docs]
+        df = sum(1 for f in tf if f)
+        if not df:
+            continue
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        for i, f in enumerate(tf):
+            if f:
+                scores[i] += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(docs[i]) / avgdl))
     return scores
 
 
@@ -304,3 +303,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_GET = _serve
     do_DELETE = _serve
     do_PUT = _serve
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until killed; print the base URL first. Keys come from JITGATE_UPSTREAM_KEYS (comma-separated)."""
+    import argparse
+    import os
+    import time
+
+    parser = argparse.ArgumentParser(description="HTTPS rerank upstream with a private CA, on loopback.")
+    parser.add_argument("--ca-out", required=True, help="where to write the private CA certificate (PEM)")
+    parser.add_argument("--v1-shape", choices=["cohere", "jina", "voyage"], default="cohere")
+    parser.add_argument("--no-record", action="store_true", help="do not keep received requests (load tests)")
+    args = parser.parse_args(argv)
+    keys = [k for k in os.environ.get("JITGATE_UPSTREAM_KEYS", "").split(",") if k]
+    if not keys:
+        parser.error("set JITGATE_UPSTREAM_KEYS")
+    up = Upstream(api_keys=keys, v1_shape=args.v1_shape, record=not args.no_record).start()
+    with open(args.ca_out, "wb") as out:
+        out.write(up.ca_pem())
+    print(up.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        up.stop()
+
+
+if __name__ == "__main__":
+    main()
