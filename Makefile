@@ -47,3 +47,7 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache
+
+# `sam build` (template.yaml: Metadata BuildMethod makefile) calls this target with ARTIFACTS_DIR set.
+build-BrokerFunction:
+	scripts/build-broker-bundle "$(ARTIFACTS_DIR)"

@@ -162,13 +162,30 @@ def local_broker(stack: Stack, policy_path: str | Path, *, cwd: Path | None = No
     return ChildServer(argv, env=broker_env(stack, policy_path), cwd=cwd)
 
 
-def _serve(port: int) -> None:
+def _serve(port: int, *, seed_policy: str | None, env_file: str | None, container_endpoint: str | None) -> None:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per AWS call otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()
-    print(f"http://{host}:{bound}", flush=True)
+    url = f"http://{host}:{bound}"
+    print(url, flush=True)
+    if seed_policy:
+        from jitgate.policy import load_policy
+
+        policy = load_policy(seed_policy)
+        fake = {c.credential.secret_id: f"fake-{uuid.uuid4().hex}" for c in policy.connections.values()}
+        stack = seed(url, policy=policy, secrets=fake)
+        env = {"JITGATE_ISSUER": "http://127.0.0.1:3000", "JITGATE_DEFAULT_TTL": "15m", **stack.env()}
+        if container_endpoint:
+            env["AWS_ENDPOINT_URL"] = container_endpoint
+        if env_file:
+            # The shape `sam local invoke/start-api --env-vars` reads: variables per function.
+            Path(env_file).write_text(json.dumps({"BrokerFunction": env}, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(env), flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -179,7 +196,14 @@ def _serve(port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run a moto server on loopback and print its endpoint.")
     parser.add_argument("--port", type=int, default=0)
-    _serve(parser.parse_args(argv).port)
+    parser.add_argument("--seed", metavar="POLICY", help="seed the broker's resources for this policy file")
+    parser.add_argument("--env-file", help="with --seed: write a `sam local --env-vars` file here")
+    parser.add_argument(
+        "--container-endpoint",
+        help="with --seed: the endpoint as a container sees it, e.g. http://host.docker.internal:5000",
+    )
+    args = parser.parse_args(argv)
+    _serve(args.port, seed_policy=args.seed, env_file=args.env_file, container_endpoint=args.container_endpoint)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The local adapter: HTTP requests become API Gateway HTTP API v2 events."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from broker.local import to_event
+
+
+def _event(**kw: object) -> dict[str, object]:
+    args: dict[str, object] = {
+        "method": "POST",
+        "target": "/v1/tokens",
+        "headers": [("Host", "127.0.0.1:8000"), ("Content-Type", "application/json")],
+        "body": b'{"connection": "c"}',
+        "source_ip": "127.0.0.1",
+        "host": "127.0.0.1:8000",
+    }
+    args.update(kw)
+    return to_event(**args)  # type: ignore[arg-type]
+
+
+def test_shape_is_payload_v2() -> None:
+    ev = _event()
+    assert ev["version"] == "2.0" and ev["rawPath"] == "/v1/tokens" and ev["isBase64Encoded"] is False
+    ctx = ev["requestContext"]
+    assert isinstance(ctx, dict) and ctx["http"]["method"] == "POST" and ctx["http"]["sourceIp"] == "127.0.0.1"
+    assert ev["body"] == '{"connection": "c"}'
+
+
+@pytest.mark.parametrize(
+    ("target", "raw", "params"),
+    [("/x?a=1&b=2", "a=1&b=2", {"a": "1", "b": "2"}), ("/x?a=1&a=2", "a=1&a=2", {"a": "1,2"}), ("/x", "", None)],
+)
+def test_query_strings(target: str, raw: str, params: dict[str, str] | None) -> None:
+    ev = _event(method="GET", target=target, body=b"")
+    assert ev["rawPath"] == "/x" and ev["rawQueryString"] == raw
+    assert ev.get("queryStringParameters") == params
+    assert ev["body"] is None
+
+
+def test_headers_are_lowercased_joined_and_cookies_split() -> None:
+    ev = _event(headers=[("X-A", "1"), ("x-a", "2"), ("Cookie", "s=1; t=2"), ("Authorization", "Bearer t")])
+    assert ev["headers"] == {"x-a": "1,2", "authorization": "Bearer t"}
+    assert ev["cookies"] == ["s=1", "t=2"]
+
+
+def test_binary_body_is_base64() -> None:
+    ev = _event(body=b"\xff\xfe")
+    assert ev["isBase64Encoded"] is True and base64.b64decode(str(ev["body"])) == b"\xff\xfe"

@@ -1,0 +1,164 @@
+"""template.yaml: linted by cfn-lint and `sam validate --lint`, Glue columns in step with the
+models, env vars in step with the broker's settings, and a `sam build` bundle without mitmproxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from jitgate.events import glue_columns
+from jitgate.records import COLUMNS, PARTITIONS
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form tags (!Ref, !Sub, ...) read as plain values."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    return loaded
+
+
+def _table(template: dict[str, Any], name: str) -> dict[str, Any]:
+    (table,) = [
+        r["Properties"]["TableInput"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::Glue::Table" and r["Properties"]["TableInput"]["Name"] == name
+    ]
+    return table
+
+
+def _columns(cols: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(c["Name"], c["Type"]) for c in cols]
+
+
+def test_token_events_table_matches_the_event_model(template: dict[str, Any]) -> None:
+    table = _table(template, "token_events")
+    assert _columns(table["StorageDescriptor"]["Columns"]) == glue_columns()
+    assert _columns(table["PartitionKeys"]) == [("dt", "string")]
+    params = table["Parameters"]
+    assert params["projection.enabled"] == "true" and params["projection.dt.type"] == "date"
+    assert "token-events/dt=${!dt}/" in params["storage.location.template"]["Sub"]
+
+
+def test_sessions_table_matches_the_record_model(template: dict[str, Any]) -> None:
+    table = _table(template, "sessions")
+    assert _columns(table["StorageDescriptor"]["Columns"]) == list(COLUMNS)
+    assert _columns(table["PartitionKeys"]) == list(PARTITIONS)
+    assert "sessions/dt=${!dt}/hour=${!hour}/" in table["Parameters"]["storage.location.template"]["Sub"]
+
+
+def test_function_env_is_the_shared_interface(template: dict[str, Any]) -> None:
+    fn = template["Resources"]["BrokerFunction"]
+    env = set(fn["Properties"]["Environment"]["Variables"])
+    assert {n for n in env if n.startswith("JITGATE_")} == {
+        "JITGATE_POLICY", "JITGATE_ISSUER", "JITGATE_KMS_KEY_IDS", "JITGATE_TABLE", "JITGATE_BUCKET",
+        "JITGATE_TOPIC_ARN", "JITGATE_DEFAULT_TTL",
+    }
+    assert fn["Properties"]["Handler"] == "broker.app.handler"
+    assert template["Globals"]["Function"]["Architectures"] == ["arm64"]
+    assert fn["Metadata"]["BuildMethod"] == "makefile"
+
+
+def test_iam_is_least_privilege(template: dict[str, Any]) -> None:
+    statements = template["Resources"]["BrokerFunction"]["Properties"]["Policies"][0]["Statement"]
+    actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert "kms:Sign" in actions and not any(a.endswith("*") for a in actions)
+    assert not any(a.startswith("secretsmanager:") for a in actions)  # the broker never reads credentials
+    (sign,) = [s for s in statements if s["Action"] == "kms:Sign"]
+    assert sign["Resource"] == {"GetAtt": "SigningKey.Arn"}
+    gateway = template["Resources"]["GatewayAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (secrets,) = [s for s in gateway if s["Action"] == "secretsmanager:GetSecretValue"]
+    assert "${SecretIdPrefix}*" in secrets["Resource"]["Sub"]
+
+
+def test_cfn_lint_passes() -> None:
+    lint = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or shutil.which("cfn-lint")
+    if lint is None:
+        pytest.skip("cfn-lint is not installed (it is in the dev extra)")
+    result = subprocess.run([lint, str(TEMPLATE)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _sam() -> str:
+    sam = os.environ.get("JITGATE_SAM") or str(REPO / ".venv-sam" / "bin" / "sam")
+    if not Path(sam).is_file():
+        pytest.skip(f"SAM CLI not found at {sam} (run `make sam-setup` or set JITGATE_SAM)")
+    return sam
+
+
+def _sam_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(SAM_CLI_TELEMETRY="0", AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing")
+    return env
+
+
+def test_sam_validate_lint_passes() -> None:
+    result = subprocess.run(
+        [_sam(), "validate", "--lint", "--template", str(TEMPLATE)],
+        capture_output=True, text=True, cwd=REPO, env=_sam_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sam_build_bundles_core_and_broker_without_mitmproxy(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [_sam(), "build", "--template", str(TEMPLATE), "--build-dir", str(tmp_path / "build"),
+         "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, cwd=REPO, env=_sam_env(), timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    bundle = tmp_path / "build" / "BrokerFunction"
+    for needed in ("jitgate/token.py", "jitgate/policy.py", "jitgate/events.py", "broker/app.py",
+                   "broker/policy.yaml", "aws_lambda_powertools", "jwt", "pydantic", "yaml", "cryptography"):
+        assert (bundle / needed).exists(), needed
+    names = {p.name for p in bundle.iterdir()}
+    for banned in ("mitmproxy", "moto", "hyperscan", "duckdb", "addon", "tests", ".venv"):
+        assert banned not in names, banned
+    assert not (bundle / "jitgate" / "devstack").exists()
+    assert any(p.name.endswith("aarch64-linux-gnu.so") for p in (bundle / "pydantic_core").iterdir())
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    assert size < 250 * 1024 * 1024  # Lambda's unzipped limit
+
+
+def test_bundle_imports_on_its_own(tmp_path: Path) -> None:
+    """Built for this machine's architecture, the bundle alone (no site-packages) loads the handler."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the import check builds an x86_64 bundle")
+    bundle = tmp_path / "bundle"
+    env = {**os.environ, "JITGATE_BUNDLE_ARCH": "x86_64"}
+    build = subprocess.run([str(REPO / "scripts" / "build-broker-bundle"), str(bundle)],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import broker.app, jitgate.policy, broker.deps;"
+        "jitgate.policy.load_policy(broker.deps.BUNDLED_POLICY);"
+        "assert 'mitmproxy' not in sys.modules; print('ok')"
+    )
+    run = subprocess.run([sys.executable, "-S", "-c", code, str(bundle)], capture_output=True, text=True,
+                         cwd=tmp_path, env={"PATH": os.environ["PATH"]}, timeout=120)
+    assert run.stdout.strip() == "ok", run.stderr[-3000:]
