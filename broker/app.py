@@ -8,6 +8,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from broker import approvals
 from broker.observability import logger, metrics
 from broker.routes import jwks, tokens
 from broker.routes.common import json_response
@@ -16,6 +17,7 @@ from jitgate.errors import JitgateError
 app = APIGatewayHttpResolver()
 app.include_router(tokens.router)
 app.include_router(jwks.router)
+app.include_router(approvals.router)
 
 
 @app.exception_handler(JitgateError)  # type: ignore[untyped-decorator]

@@ -16,7 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 EVENT_PREFIX = "token-events"
-EventType = Literal["issued", "denied", "revoked", "approval_decided"]
+EventType = Literal[
+    "issued", "denied", "revoked", "approval_decided", "approval_requested", "approval_expired"
+]
 
 
 class TokenEvent(BaseModel):

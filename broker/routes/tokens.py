@@ -16,10 +16,11 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from broker import approvals
 from broker.deps import Services, services
 from broker.observability import logger, metrics
 from broker.routes.common import base_event, bearer, json_body, json_response, record_denial
-from jitgate.errors import ApprovalRequired, BadRequest, JitgateError
+from jitgate.errors import BadRequest, JitgateError
 from jitgate.events import TokenEvent
 from jitgate.policy import Decision, Identity, TokenRequest, evaluate_grants, is_admin, parse_duration
 from jitgate.token import AUDIENCE, Claims, Scope, new_jti
@@ -79,8 +80,8 @@ def mint() -> Response[str]:
         decision = evaluate_grants(svc.policy, identity, request)
         fields.update(grant_name=decision.grant, operations=list(decision.operations))
         if decision.approval.required:
-            raise ApprovalRequired("this grant needs an approval before a token is issued")
-        return _issue(svc, identity, request, decision, fields, int(now))
+            return approvals.open_issuance(svc, identity, request, decision, fields, now)
+        return json_response(201, issue(svc, identity, request, decision, fields, int(now)))
     except JitgateError as exc:
         record_denial(svc, fields, exc)
         metrics.add_metric(name="TokensDenied", unit=MetricUnit.Count, value=1)
@@ -88,9 +89,18 @@ def mint() -> Response[str]:
         raise
 
 
-def _issue(
-    svc: Services, identity: Identity, request: TokenRequest, decision: Decision, fields: dict[str, Any], now: int
-) -> Response[str]:
+def issue(
+    svc: Services,
+    identity: Identity,
+    request: TokenRequest,
+    decision: Decision,
+    fields: dict[str, Any],
+    now: int,
+    *,
+    jti: str | None = None,
+    apv: str | None = None,
+) -> dict[str, Any]:
+    """Mint, record and audit one token; the answer body. `apv` names the approval it was collected from."""
     ttl = _ttl(svc, decision, request)
     conn = svc.policy.connections[decision.connection]
     claims = Claims(
@@ -100,13 +110,15 @@ def _issue(
         iat=now,
         nbf=now,
         exp=now + ttl,
-        jti=new_jti(),
+        jti=jti or new_jti(),
         conn=decision.connection,
         scope=Scope(operations=decision.operations, collections=decision.collections, fields=decision.fields),
         limits=decision.limits,
         mask=decision.mask,
         job=request.job,
+        apv=apv,
     )
+    fields.update(apv=apv)
     fields.update(jti=claims.jti, ttl=ttl, clamped=decision.clamped, expires_at=claims.exp, mask=claims.mask)
     fields.update(kid=svc.signer.key_id)
     svc.tokens.record_issued(claims, oidc_issuer=identity.issuer)
@@ -114,20 +126,17 @@ def _issue(
     svc.events.write(TokenEvent(**fields, status=201))
     metrics.add_metric(name="TokensIssued", unit=MetricUnit.Count, value=1)
     logger.info("token issued", extra={"jti": claims.jti, "sub": claims.sub, "conn": claims.conn, "ttl": ttl})
-    return json_response(
-        201,
-        {
-            "token": token,
-            "jti": claims.jti,
-            "expires_at": claims.exp,
-            "ttl": ttl,
-            "clamped": decision.clamped,
-            "connection": claims.conn,
-            "operations": list(decision.operations),
-            "key_env": conn.key_env,
-            "proxy_hint": PROXY_HINT,
-        },
-    )
+    return {
+        "token": token,
+        "jti": claims.jti,
+        "expires_at": claims.exp,
+        "ttl": ttl,
+        "clamped": decision.clamped,
+        "connection": claims.conn,
+        "operations": list(decision.operations),
+        "key_env": conn.key_env,
+        "proxy_hint": PROXY_HINT,
+    }
 
 
 @router.delete("/v1/tokens/<jti>")

@@ -133,10 +133,13 @@ def test_identity_not_matching_the_grant_claims_is_not_granted(
         assert (status, body["code"]) == (403, "not_granted")
 
 
-def test_grant_needing_approval_is_refused_without_one(invoke: Invoke, issuer: OidcIssuer, clock: Clock) -> None:
+def test_grant_needing_approval_answers_202_and_mints_nothing(
+    invoke: Invoke, issuer: OidcIssuer, clock: Clock
+) -> None:
     oidc = issuer.mint(MAINTAINER_SUB, now=clock.now)
     status, body, _ = invoke(load_event("mint", token=oidc, body={"connection": "store-test"}))
-    assert (status, body["code"]) == (403, "approval_required")
+    assert (status, body["state"]) == (202, "pending")
+    assert body["approval_id"].startswith("apv-") and "token" not in body
 
 
 def test_missing_identity_is_401_and_recorded_without_a_subject(invoke: Invoke, stack: Stack) -> None:
