@@ -13,6 +13,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("policy", "policy"),
     ("audit", "audit"),
     ("sessions", "sessions"),
+    ("approvals", "approvals"),
 ]
 
 
@@ -21,6 +22,8 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("run", "run", "run"),
     ("run", "token", "token"),
     ("run", "revoke", "revoke"),
+    ("dev", "dev", "dev"),
+    ("dev", "gateway", "gateway"),
 ]
 
 

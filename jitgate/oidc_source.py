@@ -9,6 +9,7 @@ that fails is an error, not a reason to fall through to a weaker one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,8 @@ def find_oidc_token(
     if dev:
         sub = subject or env.get("JITGATE_DEV_SUBJECT") or env.get("USER") or "dev-user"
         try:
-            resp = http.post(f"{dev.rstrip('/')}/dev/token", json={"sub": sub, "aud": audience})
+            claims = json.loads(env.get("JITGATE_DEV_CLAIMS") or "{}")
+            resp = http.post(f"{dev.rstrip('/')}/dev/token", json={"sub": sub, "aud": audience, "claims": claims})
             resp.raise_for_status()
             value = resp.json().get("token", "")
         except (httpx.HTTPError, ValueError, AttributeError):

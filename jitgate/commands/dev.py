@@ -1,0 +1,95 @@
+"""`jitgate dev`: the whole stack on loopback until Ctrl-C; `jitgate gateway`: mitmdump with the chain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from jitgate.capture import capture_unavailable_reason
+from jitgate.devstack.gateway import ENTRY, MITMDUMP
+
+out = Console(stderr=True)
+
+
+def dev(
+    state_dir: Annotated[Path, typer.Option(help="Folder that keeps the stack's state.")] = Path(".jitgate/dev"),
+) -> None:
+    """Start moto, a dev OIDC issuer, the broker, a sample upstream and the gateway; stop on Ctrl-C."""
+    from jitgate.devstack.stack import DevStack
+
+    stack = DevStack(state_dir)
+    with out.status("starting the jitgate dev stack") as status:
+
+        def step(name: str) -> None:
+            status.update(f"starting: {name}")
+            out.print(f"[green]✓[/green] {name}")
+
+        try:
+            stack.start(step)
+        except Exception as exc:  # a child failed to start: say which, then stop what did start
+            out.print(f"[red]jitgate dev: the stack did not start: {exc}[/red]")
+            raise typer.Exit(1) from None
+    out.print(f"\n[bold]ready.[/bold] Use it from a shell with:  source {stack.state_dir / 'env.sh'}")
+    for name, value in stack.env.items():
+        if not name.startswith("AWS_SECRET"):
+            out.print(f"  {name}={value}")
+    out.print("\nthen:  jitgate run -- python examples/rerank_job.py      (Ctrl-C here stops everything)")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.print("stopping the dev stack")
+        stack.stop()
+
+
+def gateway(
+    policy: Annotated[Path, typer.Option(envvar="JITGATE_POLICY", help="Policy YAML.")],
+    jwks_url: Annotated[str, typer.Option(envvar="JITGATE_JWKS_URL", help="Broker JWKS URL.")],
+    table: Annotated[str, typer.Option(envvar="JITGATE_TABLE", help="DynamoDB table.")],
+    bucket: Annotated[str, typer.Option(envvar="JITGATE_BUCKET", help="Audit bucket.")] = "",
+    issuer: Annotated[str, typer.Option(envvar="JITGATE_ISSUER", help="Token `iss` (broker URL).")] = "",
+    listen_host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    listen_port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    spool_dir: Annotated[str, typer.Option(envvar="JITGATE_SPOOL_DIR")] = "",
+    upstream_ca: Annotated[str, typer.Option(envvar="JITGATE_UPSTREAM_CA")] = "",
+    aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
+    capture: Annotated[str | None, typer.Option(help="Transparently capture this process (eBPF).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
+) -> None:
+    """Run the gateway in the foreground: mitmdump with the jitgate addon chain and its options."""
+    argv = [str(MITMDUMP), "--listen-host", listen_host, "--listen-port", str(listen_port)]
+    if capture:
+        reason = capture_unavailable_reason()
+        if reason:
+            out.print(f"[red]jitgate: {reason}[/red]")
+            raise typer.Exit(2)
+        argv += ["--mode", f"local:{capture}"]
+    options = {
+        "connection_strategy": "lazy",
+        "jitgate_policy": str(policy),
+        "jitgate_jwks_url": jwks_url,
+        "jitgate_table": table,
+        "jitgate_bucket": bucket,
+        "jitgate_issuer": issuer,
+        "jitgate_spool_dir": spool_dir,
+        "jitgate_upstream_ca": upstream_ca,
+        "jitgate_aws_endpoint": aws_endpoint,
+    }
+    for name, value in options.items():
+        if value:
+            argv += ["--set", f"{name}={value}"]
+    for extra in set_ or []:
+        argv += ["--set", extra]
+    argv += ["-s", str(ENTRY)]
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)

@@ -1,0 +1,154 @@
+"""`make demo`: the local stack, an unmodified rerank job under `jitgate run`, and what happened.
+
+Shows, in order: a rerank answered; a request carrying an AWS key blocked; an e-mail in a
+returned document masked; the token revoked when the job ended and refused afterwards; an audit
+query naming the user and the documents. Exits non-zero if any step fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from jitgate.devstack.stack import DevStack
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = REPO / "examples" / "rerank_job.py"
+console = Console()
+
+
+class DemoFailed(Exception):
+    """A demo step did not show what it should."""
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise DemoFailed(what)
+    console.print(f"  [green]✓[/green] {what}")
+
+
+def _wait_for(probe: Callable[[], Any], *, timeout: float, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def _run_job(stack: DevStack, token_file: Path) -> tuple[int, dict[str, dict[str, Any]], str]:
+    env = {**os.environ, **stack.env, "DEMO_TOKEN_FILE": str(token_file)}
+    jitgate = str(Path(sys.executable).with_name("jitgate"))
+    argv = [jitgate, "run", "--connection", "cohere-test", "--ttl", "10m", "--", sys.executable, str(JOB)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    steps = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("STEP "):
+            data = json.loads(line[5:])
+            steps[data["step"]] = data
+    return proc.returncode, steps, proc.stderr
+
+
+def _revoked_refusal(stack: DevStack, token: str) -> tuple[int, str]:
+    proxy = f"http://jit:{token}@{stack.env['JITGATE_GATEWAY']}"
+    with httpx.Client(proxy=proxy, verify=stack.env["JITGATE_CA_BUNDLE"], timeout=10) as client:
+        resp = client.post(
+            "https://api.cohere.com/v1/rerank",
+            json={"model": "rerank-v3.5", "query": "q", "documents": ["d"]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    try:
+        code = str(resp.json().get("code", ""))
+    except ValueError:
+        code = ""
+    return resp.status_code, code
+
+
+def _audit(stack: DevStack, document: str) -> list[dict[str, Any]]:
+    env = {**os.environ, **stack.env}
+    jitgate = str(Path(sys.executable).with_name("jitgate"))
+    cache = Path(stack.env["JITGATE_STATE_DIR"]) / "audit-cache"
+    argv = [jitgate, "audit", "who-reranked", document, "--cache", str(cache), "--format", "json"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        return []
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
+
+
+def run(state_dir: Path) -> None:
+    console.rule("[bold]jitgate demo")
+    console.print("starting the local stack (moto, OIDC issuer, broker, upstream, gateway)")
+    with DevStack(state_dir, segment_ms=500) as stack:
+        console.print(f"  [green]✓[/green] stack ready in {state_dir}")
+        token_file = state_dir / "demo-token"
+
+        console.rule("1. an unmodified cohere job under `jitgate run`")
+        rc, steps, stderr = _run_job(stack, token_file)
+        if rc != 0:
+            console.print(stderr[-2000:])
+        _check(rc == 0, f"the job exited 0 (got {rc})")
+        answered = steps.get("rerank_answered", {})
+        _check(bool(answered.get("ranking")), f"rerank answered: ranking {answered.get('ranking')}")
+
+        console.rule("2. a request carrying an AWS key")
+        leak = steps.get("leak_blocked", {})
+        _check(
+            leak.get("status") == 403 and leak.get("code") == "leak_blocked" and leak.get("echoed") is False,
+            f"blocked with 403 {leak.get('code')}, the key not echoed",
+        )
+
+        console.rule("3. an e-mail in a returned document")
+        docs = steps.get("email_in_returned_document", {}).get("documents", [])
+        masked = bool(docs) and all("@example.com" not in d and "[REDACTED:email:" in d for d in docs)
+        _check(masked, f"masked: {docs[0] if docs else None!r}")
+
+        console.rule("4. the token after the job")
+        _check("revoked" in stderr, "jitgate run revoked the token when the job ended")
+        token = token_file.read_text().strip()
+        # Gateways learn of revocations within the staleness bound (default 5 s).
+        _wait_for(lambda: _revoked_refusal(stack, token) == (403, "token_revoked"), timeout=10)
+        status, code = _revoked_refusal(stack, token)
+        _check(status == 403 and code == "token_revoked", f"the token is refused afterwards: {status} {code}")
+
+        console.rule("5. who reranked which document (DuckDB over the audit bucket)")
+        document = "Blue whales are the largest animals known to have lived."
+        rows = _wait_for(lambda: _audit(stack, document), timeout=30, every=1.0)
+        _check(bool(rows), "the audit query found the rerank calls")
+        table = Table("time", "sub", "jti", "connection", "document sha256")
+        for row in rows[:5]:
+            table.add_row(
+                str(row.get("time", ""))[:19],
+                str(row.get("sub", "")),
+                str(row.get("jti", ""))[:12],
+                str(row.get("conn", "")),
+                str(row.get("fingerprint", hashlib.sha256(document.encode()).hexdigest()))[:16],
+            )
+        console.print(table)
+        subjects = {row.get("sub") for row in rows}
+        _check(stack.env["JITGATE_DEV_SUBJECT"] in subjects, f"the audit names the user {subjects}")
+    console.rule("[bold green]demo passed")
+
+
+def main() -> None:
+    state = Path(os.environ.get("JITGATE_DEMO_DIR") or tempfile.mkdtemp(prefix="jitgate-demo-"))
+    try:
+        run(state)
+    except DemoFailed as exc:
+        console.print(f"[red]demo failed: {exc}[/red]")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

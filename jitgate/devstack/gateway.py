@@ -1,0 +1,171 @@
+"""Run a real `mitmdump` (bare, or with the jitgate addon chain) on a free loopback port.
+
+Used by `jitgate gateway`, `jitgate dev`, the demo, the benchmarks and the end-to-end tests.
+
+`start_gateway(...)` starts it with the right options, waits until it listens (mitmdump prints
+its port, so port 0 is race-free), and returns a `Gateway` with its URL, its CA and a client
+bundle (public roots + gateway CA) for SSL_CERT_FILE / REQUESTS_CA_BUNDLE. `stop()` ends it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import certifi
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY = REPO / "addon" / "jitgate_addons.py"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+_LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY")
+
+
+def write_bundle(path: Path, *pems: bytes) -> Path:
+    """A CA bundle: the public roots plus `pems` (mitmproxy and `requests` both replace the roots)."""
+    path.write_bytes(Path(certifi.where()).read_bytes() + b"".join(b"\n" + p for p in pems))
+    return path
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[str]
+    port: int
+    confdir: Path
+    log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=400))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def proxy_url(self, token: str | None = None) -> str:
+        return f"http://jit:{token}@127.0.0.1:{self.port}" if token else self.url
+
+    @property
+    def ca_pem(self) -> bytes:
+        return (self.confdir / "mitmproxy-ca-cert.pem").read_bytes()
+
+    def client_bundle(self, path: Path) -> Path:
+        return write_bundle(path, self.ca_pem)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def jitgate_options(
+    *,
+    policy: Path,
+    jwks_url: str,
+    table: str,
+    aws_endpoint: str,
+    region: str = "us-east-1",
+    upstream_ca: Path | None = None,
+    revocation_refresh: float = 2.0,
+    revocation_staleness: float = 5.0,
+) -> dict[str, str]:
+    opts = {
+        "jitgate_policy": str(policy),
+        "jitgate_jwks_url": jwks_url,
+        "jitgate_table": table,
+        "jitgate_aws_endpoint": aws_endpoint,
+        "jitgate_aws_region": region,
+        "jitgate_revocation_refresh": str(revocation_refresh),
+        "jitgate_revocation_staleness": str(revocation_staleness),
+    }
+    if upstream_ca is not None:
+        opts["jitgate_upstream_ca"] = str(upstream_ca)
+    return opts
+
+
+def start_gateway(
+    workdir: Path,
+    *,
+    options: Mapping[str, str],
+    script: Path | None = ENTRY,
+    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> Gateway:
+    """Start mitmdump with `script` (None: bare) and `--set` options; wait until it listens."""
+    confdir = workdir / "mitmproxy"
+    confdir.mkdir(parents=True, exist_ok=True)
+    argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0"]
+    argv += ["--set", f"confdir={confdir}", "--set", "connection_strategy=lazy", "--set", "flow_detail=0"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    for name, value in options.items():
+        argv += ["--set", f"{name}={value}"]
+    argv += list(extra_args)
+    child_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in _PROXY_ENV}
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    log: collections.deque[str] = collections.deque(maxlen=400)
+    port: int | None = None
+    deadline = time.monotonic() + timeout
+    while port is None:
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait(timeout=5)
+            raise RuntimeError("mitmdump exited before listening:\n" + "\n".join(log))
+        log.append(line.rstrip())
+        m = _LISTENING.search(line)
+        if m:
+            port = int(m.group(1))
+        elif time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("mitmdump did not start listening:\n" + "\n".join(log))
+    gateway = Gateway(proc=proc, port=port, confdir=confdir, log=log)
+
+    def _drain() -> None:
+        assert proc.stdout is not None
+        for rest in proc.stdout:
+            log.append(rest.rstrip())
+
+    threading.Thread(target=_drain, daemon=True).start()
+    # mitmdump listens before a failing script makes it exit: probe until the chain answers.
+    # A CONNECT to a host of no connection is refused (403) by jitgate and tunnelled (200) bare.
+    want = "200" if script is None else "403"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("mitmdump exited during start:\n" + "\n".join(log))
+        if _probe(port) == want:
+            return gateway
+        if time.monotonic() > deadline:
+            gateway.stop()
+            raise RuntimeError("mitmdump never became ready:\n" + "\n".join(log))
+        time.sleep(0.1)
+
+
+def _probe(port: int) -> str | None:
+    """The status code of a CONNECT to a host that no policy names, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"CONNECT jitgate-probe.invalid:443 HTTP/1.1\r\nHost: jitgate-probe.invalid:443\r\n\r\n")
+            line = sock.recv(256).split(b"\r\n", 1)[0].decode("latin-1")
+    except OSError:
+        return None
+    parts = line.split()
+    return parts[1] if len(parts) > 1 else None
