@@ -78,25 +78,30 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
     visible = claims.scope.fields if claims is not None else None
 
+    req_json = digest.parse_json(req_content or None)
+    resp_json = digest.parse_json(resp_content or None) if response is not None else None
+    summary = digest.RerankSummary()
+    req_view, resp_view = req_json, resp_json
+    if operation == "rerank":
+        ok = response is not None and response.status_code < 400
+        summary = digest.summarize_rerank(req_json, resp_json if ok else None)
+        req_view, resp_view = digest.rerank_request_view(req_json), digest.rerank_response_view(resp_json)
+
     vectors: list[VectorDigest] = []
     truncated = False
     request_body: str | None = None
     response_body: str | None = None
     if not _body_withheld(raw_findings, "request"):
-        d = digest.digest_body(req_content or None, location="request", limit=body_cap)
+        d = digest.digest_body(req_content or None, location="request", limit=body_cap, parsed=req_view)
         request_body, truncated = d.text, d.truncated
         vectors += d.vectors
     if response is not None and not _body_withheld(raw_findings, "response"):
-        d = digest.digest_body(resp_content or None, location="response", limit=body_cap, visible_fields=visible)
+        d = digest.digest_body(
+            resp_content or None, location="response", limit=body_cap, visible_fields=visible, parsed=resp_view
+        )
         response_body, truncated = d.text, truncated or d.truncated
         vectors += d.vectors
 
-    summary = digest.RerankSummary()
-    if operation == "rerank":
-        summary = digest.summarize_rerank(
-            digest.parse_json(req_content or None),
-            digest.parse_json(resp_content or None) if response is not None and response.status_code < 400 else None,
-        )
     query = summary.query
     if query is not None:
         query = None if _body_withheld(raw_findings, "request") else digest.cap(query, body_cap)[0]

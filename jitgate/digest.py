@@ -153,11 +153,35 @@ def cap(text: str, limit: int) -> tuple[str, bool]:
     return raw[:limit].decode(errors="ignore"), True
 
 
+def rerank_request_view(request: Any) -> Any:
+    """A rerank request without its documents: they are in the record as fingerprints."""
+    if not isinstance(request, dict):
+        return request
+    return {
+        k: ({"$documents": len(v)} if k in ("documents", "texts") and isinstance(v, list) else v)
+        for k, v in request.items()
+    }
+
+
+def rerank_response_view(response: Any) -> Any:
+    """A rerank answer without its results list: the record's `ranking` holds index and score."""
+    if isinstance(response, list):
+        return {"$results": len(response)}
+    if isinstance(response, dict):
+        for key in ("results", "data"):
+            if isinstance(response.get(key), list):
+                return {**response, key: {"$results": len(response[key])}}
+    return response
+
+
 @dataclass(frozen=True)
 class BodyDigest:
     text: str | None
     vectors: tuple[VectorDigest, ...]
     truncated: bool
+
+
+_UNPARSED: Any = object()
 
 
 def digest_body(
@@ -167,11 +191,15 @@ def digest_body(
     limit: int,
     visible_fields: Collection[str] | None = None,
     mask: Callable[[str], str] | None = None,
+    parsed: Any = _UNPARSED,
 ) -> BodyDigest:
-    """The recorded form of a (masked) body: vectors digested, unseen fields dropped, capped."""
+    """The recorded form of a (masked) body: vectors digested, unseen fields dropped, capped.
+
+    `parsed` is the body's JSON value when the caller has parsed it already (None: not JSON).
+    """
     if not content:
         return BodyDigest(None, (), False)
-    value = parse_json(content)
+    value = parse_json(content) if parsed is _UNPARSED else parsed
     vectors: tuple[VectorDigest, ...] = ()
     if value is not None:
         value, vectors = redact_vectors(drop_unseen_fields(value, visible_fields), location)

@@ -139,3 +139,14 @@ def test_digest_body_json_and_text() -> None:
     d3 = digest.digest_body(b"plain text body", location="request", limit=5, mask=str.upper)
     assert d3 == digest.BodyDigest("PLAIN", (), True)
     assert digest.digest_body(b"", location="request", limit=5) == digest.BodyDigest(None, (), False)
+
+
+def test_rerank_views_keep_parameters_not_documents_or_results() -> None:
+    req = {"model": "m", "query": "q", "documents": ["a", "b"], "top_n": 1}
+    assert digest.rerank_request_view(req) == {"model": "m", "query": "q", "documents": {"$documents": 2}, "top_n": 1}
+    assert digest.rerank_request_view({"query": "q", "texts": ["a"]})["texts"] == {"$documents": 1}
+    resp = {"id": "x", "results": [{"index": 0, "relevance_score": 1.0, "document": {"text": "a"}}], "meta": {"v": 2}}
+    assert digest.rerank_response_view(resp) == {"id": "x", "results": {"$results": 1}, "meta": {"v": 2}}
+    assert digest.rerank_response_view([{"index": 0, "score": 1.0, "text": "a"}]) == {"$results": 1}
+    assert digest.rerank_response_view({"data": [], "model": "v"}) == {"data": {"$results": 0}, "model": "v"}
+    assert digest.rerank_response_view("x") == "x"

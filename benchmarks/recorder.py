@@ -1,0 +1,187 @@
+"""Benchmark the session recorder: records per second, S3 PUTs per 10,000 flows, bytes per flow.
+
+Drives the real `SessionRecorder` addon (mitmproxy test context, its `request` and `response`
+hooks, the writer thread, the spool and the uploader) with realistic rerank flows, shipping to
+an in-process moto S3. The baseline, measured in the same run on the same flows, is mitmproxy's
+own flow-file writer (`mitmproxy.io.FlowWriter`, what `mitmdump -w` does), so the ratio says
+what recording costs next to the cheapest way mitmproxy itself keeps a flow.
+
+    .venv/bin/python benchmarks/recorder.py --json [--flows 10000] [--docs 20] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import boto3
+from mitmproxy import io as mio
+from mitmproxy.test import taddons, tflow
+from moto import mock_aws
+
+from addon import meta
+from addon.session_recorder import SessionRecorder
+from jitgate.token import Claims, Limits, Scope
+
+WORDS = [
+    "refund",
+    "policy",
+    "shipping",
+    "warranty",
+    "laptop",
+    "battery",
+    "return",
+    "order",
+    "invoice",
+    "customer",
+    "support",
+    "delivery",
+]
+
+
+def _flows(n: int, docs: int, seed: int = 1) -> list[Any]:
+    rng = random.Random(seed)
+    claims = Claims(
+        iss="https://broker.bench",
+        aud="jitgate",
+        sub="repo:acme/search-ranker:ref:refs/heads/main",
+        iat=0,
+        nbf=0,
+        exp=2**31,
+        jti="bench-jti-0001",
+        conn="cohere-prod",
+        scope=Scope(operations=("rerank",)),
+        limits=Limits(),
+        mask="default",
+        job="bench",
+    )
+    out = []
+    for i in range(n):
+        documents = [" ".join(rng.choices(WORDS, k=rng.randint(20, 60))) for _ in range(docs)]
+        f = tflow.tflow()
+        f.request.method = "POST"
+        f.request.host = "api.cohere.com"
+        f.request.path = "/v2/rerank"
+        f.request.content = json.dumps(
+            {"model": "rerank-v3.5", "query": f"refund {i}", "documents": documents}
+        ).encode()
+        order = sorted(range(docs), key=lambda _: rng.random())
+        f.metadata.update(
+            {meta.CLAIMS: claims, meta.OPERATION: "rerank", meta.DECISION: "allowed", meta.TOKEN_HASH: "0" * 64}
+        )
+        f.response = tflow.tresp()
+        f.response.content = json.dumps(
+            {"id": str(i), "results": [{"index": j, "relevance_score": rng.random()} for j in order]}
+        ).encode()
+        out.append(f)
+    return out
+
+
+def _baseline(flows: list[Any]) -> float:
+    """Flows per second through mitmproxy's FlowWriter into a file (no fsync, no upload).
+
+    The jitgate metadata holds a pydantic Claims object tnetstring cannot serialise, so the
+    baseline writes the flows without it (which only makes the baseline cheaper).
+    """
+    saved = [f.metadata for f in flows]
+    for f in flows:
+        f.metadata = {}
+    try:
+        with tempfile.TemporaryFile() as fh:
+            writer = mio.FlowWriter(fh)
+            t0 = time.perf_counter()
+            for f in flows:
+                writer.add(f)
+            fh.flush()
+            return len(flows) / (time.perf_counter() - t0)
+    finally:
+        for f, md in zip(flows, saved, strict=True):
+            f.metadata = md
+
+
+async def _record(flows: list[Any], spool_dir: Path, concurrency: int) -> dict[str, Any]:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="bench-audit")
+    rec = SessionRecorder(s3=s3)
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(spool_dir), jitgate_bucket="bench-audit", jitgate_gateway_id="bench")
+        responses = [f.response for f in flows]
+        t0 = time.perf_counter()
+        for start in range(0, len(flows), concurrency):
+            batch = flows[start : start + concurrency]
+            for f in batch:
+                f.response = None
+                rec.request(f)
+            for f, r in zip(batch, responses[start : start + concurrency], strict=True):
+                f.response = r
+            await asyncio.gather(*(rec.response(f) for f in batch))
+        elapsed = time.perf_counter() - t0
+        assert rec.spool is not None and rec.uploader is not None
+        spool, uploader = rec.spool, rec.uploader
+        rec.done()  # closes the open segment and ships what is left
+        records, fsyncs = spool.records, spool.fsyncs
+    objects = s3.list_objects_v2(Bucket="bench-audit", Prefix="sessions/").get("Contents", [])
+    raw = 0
+    for obj in objects:
+        raw += len(gzip.decompress(s3.get_object(Bucket="bench-audit", Key=obj["Key"])["Body"].read()))
+    return {
+        "records": records,
+        "records_per_s": round(len(flows) / elapsed, 1),
+        "s3_puts": uploader.puts,
+        "s3_objects": len(objects),
+        "s3_bytes": uploader.bytes_shipped,
+        "record_bytes": raw,
+        "fsyncs": fsyncs,
+        "write_failures": rec.write_failures,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
+    ap.add_argument("--flows", type=int, default=10_000)
+    ap.add_argument("--docs", type=int, default=20, help="documents per rerank call")
+    ap.add_argument("--concurrency", type=int, default=64, help="flows in flight at once")
+    args = ap.parse_args()
+    flows = _flows(args.flows, args.docs)
+    request_bytes = sum(len(f.request.raw_content) + len(f.response.raw_content) for f in flows) / len(flows)
+    baseline = _baseline(flows)
+    with mock_aws(), tempfile.TemporaryDirectory() as tmp:
+        got = asyncio.run(_record(flows, Path(tmp) / "spool", args.concurrency))
+    n = args.flows
+    result = {
+        "benchmark": "recorder",
+        "flows": n,
+        "docs_per_call": args.docs,
+        "concurrency": args.concurrency,
+        "records_per_s": got["records_per_s"],
+        "baseline_flowwriter_per_s": round(baseline, 1),
+        "ratio_to_baseline": round(got["records_per_s"] / baseline, 3),
+        "s3_puts_per_10k_flows": round(got["s3_puts"] * 10_000 / n, 2),
+        "record_bytes_per_flow": round(got["record_bytes"] / n, 1),
+        "s3_bytes_per_flow": round(got["s3_bytes"] / n, 1),
+        "payload_bytes_per_flow": round(request_bytes, 1),
+        "records_written": got["records"],
+        "fsyncs": got["fsyncs"],
+        "write_failures": got["write_failures"],
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
