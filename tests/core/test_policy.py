@@ -1,0 +1,282 @@
+"""Policy validation (field and line named) and grants evaluation, parametrized hard."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
+from jitgate.policy import (
+    Identity,
+    Policy,
+    TokenRequest,
+    evaluate_grants,
+    is_admin,
+    load_policy,
+    parse_duration,
+    parse_policy,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "policy.example.yaml"
+GH = "https://token.actions.githubusercontent.com"
+EKS = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE"
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy(EXAMPLE)
+
+
+def _ci(repo: str = "acme/search-ranker", ref: str = "refs/heads/main", **claims: Any) -> Identity:
+    return Identity(GH, f"repo:{repo}:ref:{ref}", {"repository": repo, "ref": ref, **claims})
+
+
+def _sa(namespace: str, name: str = "worker", **claims: Any) -> Identity:
+    return Identity(EKS, f"system:serviceaccount:{namespace}:{name}", claims)
+
+
+# -- loading and validation -------------------------------------------------------------------
+
+
+def test_example_policy_loads(policy: Policy) -> None:
+    assert set(policy.connections) == {"cohere-prod", "candidates-store"}
+    assert [g.name for g in policy.grants] == ["rerank-ci", "store-readers", "store-maintenance"]
+    assert policy.grants[0].max_ttl == 1800 and policy.grants[0].default_ttl == 600
+    assert policy.connection_for_host("API.cohere.com.") is policy.connections["cohere-prod"]
+    assert policy.connection_for_host("evil.example") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(900, 900), ("900", 900), ("30s", 30), ("15m", 900), ("1h", 3600), ("2d", 172800), (" 5 m ", 300)],
+)
+def test_durations(value: int | str, seconds: int) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", [0, -1, "0m", "15 minutes", "1w", "m", "", "1.5h", True])
+def test_bad_durations(value: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def _line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing `needle`."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def _mutate(old: str, new: str) -> str:
+    text = EXAMPLE.read_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# (description, old text in the example, new text, needle on the line the error must name, words in the message)
+LINE_CASES = [
+    ("bad dialect", "dialect: cohere", "dialect: openai", "dialect: openai", ["connections.cohere-prod.dialect"]),
+    ("format without placeholder", 'format: "Bearer {secret}"', 'format: "Bearer"', 'format: "Bearer"',
+     ["credential.format", "{secret}"]),
+    ("upstream without scheme", "upstream: https://api.cohere.com", "upstream: api.cohere.com",
+     "upstream: api.cohere.com", ["upstream"]),
+    ("unknown field in a connection", "    key_env: CO_API_KEY", "    key_env: CO_API_KEY\n    colour: red",
+     "colour: red", ["colour", "Extra inputs"]),
+    ("negative limit", "limits: {max_requests: 10000}", "limits: {max_requests: -1}", "max_requests: -1",
+     ["limits.max_requests"]),
+    ("bad duration", "max_ttl: 15m", "max_ttl: 15 minutes", "max_ttl: 15 minutes", ["max_ttl", "invalid duration"]),
+    ("uppercase grant name", "name: store-readers", "name: Store-Readers", "name: Store-Readers", ["grants.1.name"]),
+    ("bad approval count", "count: 2", "count: 0", "count: 0", ["approvers.count"]),
+    ("bad profile action", "request_pii: block", "request_pii: shout", "request_pii: shout",
+     ["profiles.strict.request_pii"]),
+    ("unknown algorithm", "    audience: jitgate\n  - issuer",
+     "    audience: jitgate\n    algorithms: [HS256]\n  - issuer", "algorithms: [HS256]", ["issuers.0.algorithms"]),
+    ("wrong version", "version: 1", "version: 2", "version: 2", ["version"]),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "needle", "words"), [c[1:] for c in LINE_CASES], ids=[c[0] for c in LINE_CASES])
+def test_invalid_field_names_field_and_line(old: str, new: str, needle: str, words: list[str]) -> None:
+    text = _mutate(old, new)
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, source="p.yaml")
+    message = err.value.message
+    assert f"p.yaml: line {_line_of(text, needle)}:" in message, message
+    for word in words:
+        assert word in message, message
+    assert err.value.code == "policy_invalid"
+
+
+# Cross-reference errors: the message names the offending item.
+REFERENCE_CASES = [
+    ("grant names an unknown connection", "connections: [cohere-prod]", "connections: [cohere-staging]",
+     "unknown connection 'cohere-staging'"),
+    ("grant names an unknown issuer",
+     "      issuer: https://token.actions.githubusercontent.com\n      claims:\n        repo",
+     "      issuer: https://gitlab.example.com\n      claims:\n        repo", "is not in issuers"),
+    ("operation the connection lacks", "operations: [rerank]", "operations: [rerank, embed]",
+     "has no operations ['embed']"),
+    ("default over max", "default_ttl: 10m", "default_ttl: 1h", "default_ttl exceeds max_ttl"),
+    ("approval without approvers", "approvers: {groups: [search-leads], count: 2}", "approvers: {count: 2}",
+     "needs approvers"),
+    ("unknown mask profile", "mask: strict", "mask: paranoid", "unknown mask profile 'paranoid'"),
+    ("host claimed twice", "hosts: [api.cohere.com, api.cohere.ai]", "hosts: [api.cohere.com, chroma.internal.example]",
+     "belongs to both"),
+    ("approval of unknown operation", "operations: [delete, drop_collection]", "operations: [delete, truncate]",
+     "unknown operations ['truncate']"),
+    ("duplicate grant", "name: store-maintenance", "name: store-readers", "defined twice"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "words"), [c[1:] for c in REFERENCE_CASES], ids=[c[0] for c in REFERENCE_CASES])
+def test_invalid_references(old: str, new: str, words: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(_mutate(old, new), source="p.yaml")
+    assert re.search(r"p\.yaml: line \d+: ", err.value.message)
+    assert words in err.value.message
+
+
+BAD_YAML = [
+    ("unclosed flow list", "version: 1\nissuers: [\n", 3),
+    ("tab indentation", "version: 1\nissuers:\n\t- issuer: x\n", 3),
+    ("bad mapping", "version: 1\nconnections:\n  a: b\n c: d\n", 4),
+    ("unterminated quote", 'version: 1\nissuers:\n  - issuer: "x\n', 4),
+]
+
+
+@pytest.mark.parametrize(("text", "line"), [c[1:] for c in BAD_YAML], ids=[c[0] for c in BAD_YAML])
+def test_bad_yaml_names_the_line(text: str, line: int) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, source="p.yaml")
+    assert err.value.message.startswith(f"p.yaml: line {line}: "), err.value.message
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n", "42\n"])
+def test_policy_must_be_a_mapping(text: str) -> None:
+    with pytest.raises(PolicyError, match="must be a mapping"):
+        parse_policy(text)
+
+
+def test_missing_required_sections_point_at_the_mapping() -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy("version: 1\nadmins: {groups: [x]}\n", source="p.yaml")
+    assert "issuers: Field required" in err.value.message and "connections: Field required" in err.value.message
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_errors_never_echo_yaml_anchors_or_objects() -> None:
+    # Safe loading: python object tags are a YAML error, never executed.
+    with pytest.raises(PolicyError):
+        parse_policy("version: !!python/object/apply:os.system ['true']\n")
+
+
+def test_every_round_trip_of_the_example_is_stable(policy: Policy) -> None:
+    again = parse_policy(yaml.safe_dump(yaml.safe_load(EXAMPLE.read_text())))
+    assert again == policy
+
+
+# -- grants evaluation ------------------------------------------------------------------------
+
+
+GRANT_CASES: list[tuple[str, Identity, TokenRequest, dict[str, Any]]] = [
+    ("ci default ttl", _ci(), TokenRequest("cohere-prod"),
+     {"grant": "rerank-ci", "operations": ("rerank",), "ttl": 600, "clamped": False, "mask": "default"}),
+    ("ci explicit ttl", _ci(), TokenRequest("cohere-prod", ttl=60), {"ttl": 60, "clamped": False}),
+    ("ci ttl at max", _ci(), TokenRequest("cohere-prod", ttl=1800), {"ttl": 1800, "clamped": False}),
+    ("ci ttl clamped", _ci(), TokenRequest("cohere-prod", ttl=7200), {"ttl": 1800, "clamped": True}),
+    ("ci named operation", _ci(), TokenRequest("cohere-prod", operations=("rerank",)), {"operations": ("rerank",)}),
+    ("ci glob repo", _ci("acme/search-x"), TokenRequest("cohere-prod"), {"grant": "rerank-ci"}),
+    ("ci limits", _ci(), TokenRequest("cohere-prod"),
+     {"limits.max_requests": 5000, "limits.max_documents": 1000, "limits.max_bytes": 4194304}),
+    ("reader default", _sa("ranking"), TokenRequest("candidates-store"),
+     {"grant": "store-readers", "operations": ("get", "query"), "collections": ("candidates",), "mask": "strict",
+      "ttl": 900, "fields": ("ids", "documents", "distances", "metadatas")}),
+    ("reader subset", _sa("ranking"), TokenRequest("candidates-store", operations=("query",)),
+     {"operations": ("query",)}),
+    ("maintainer delete needs approval", _sa("ranking-admin"), TokenRequest("candidates-store", operations=("delete",)),
+     {"grant": "store-maintenance", "approval.required": True, "ttl": 3600}),
+]
+
+
+@pytest.mark.parametrize(("identity", "request_", "expected"), [c[1:] for c in GRANT_CASES],
+                         ids=[c[0] for c in GRANT_CASES])
+def test_grants_allow(policy: Policy, identity: Identity, request_: TokenRequest, expected: dict[str, Any]) -> None:
+    decision = evaluate_grants(policy, identity, request_)
+    for path, value in expected.items():
+        got: Any = decision
+        for part in path.split("."):
+            got = getattr(got, part)
+        assert got == value, path
+
+
+DENY_CASES: list[tuple[str, Identity, TokenRequest, type[Exception]]] = [
+    ("other repo", _ci("evil/search-ranker"), TokenRequest("cohere-prod"), NotGranted),
+    ("glob is case-sensitive", _ci("ACME/search-ranker"), TokenRequest("cohere-prod"), NotGranted),
+    ("other branch", _ci(ref="refs/heads/feature"), TokenRequest("cohere-prod"), NotGranted),
+    ("claim missing", Identity(GH, "x", {"repository": "acme/search-ranker"}), TokenRequest("cohere-prod"), NotGranted),
+    ("claim of wrong type", Identity(GH, "x", {"repository": {"a": 1}, "ref": "refs/heads/main"}),
+     TokenRequest("cohere-prod"), NotGranted),
+    ("issuer of another grant", _sa("ranking"), TokenRequest("cohere-prod"), NotGranted),
+    ("untrusted issuer", Identity("https://evil.example", "repo:acme/search-ranker:ref:refs/heads/main",
+                                  {"repository": "acme/search-ranker", "ref": "refs/heads/main"}),
+     TokenRequest("cohere-prod"), NotGranted),
+    ("ci on the store", _ci(), TokenRequest("candidates-store"), NotGranted),
+    ("reader wants delete", _sa("ranking"), TokenRequest("candidates-store", operations=("delete",)), NotGranted),
+    ("reader wants more than granted", _sa("ranking"), TokenRequest("candidates-store", operations=("query", "add")),
+     NotGranted),
+    ("namespace prefix is not a match", _sa("ranking-evil"), TokenRequest("candidates-store"), NotGranted),
+    ("unknown connection", _ci(), TokenRequest("openai"), UnknownConnection),
+    ("unknown operation", _ci(), TokenRequest("cohere-prod", operations=("embed",)), BadRequest),
+    ("empty operations", _ci(), TokenRequest("cohere-prod", operations=()), BadRequest),
+]
+
+
+@pytest.mark.parametrize(("identity", "request_", "error"), [c[1:] for c in DENY_CASES], ids=[c[0] for c in DENY_CASES])
+def test_grants_deny(policy: Policy, identity: Identity, request_: TokenRequest, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        evaluate_grants(policy, identity, request_)
+
+
+def test_first_matching_grant_wins_and_wildcards() -> None:
+    text = """
+version: 1
+issuers: [{issuer: "https://i", audience: jitgate}]
+profiles: {default: {}, loose: {request_pii: allow}}
+connections:
+  a: {dialect: cohere, upstream: "https://a.example", credential: {secret_id: s/a}}
+  b: {dialect: jina, upstream: "https://b.example", credential: {secret_id: s/b}}
+grants:
+  - {name: narrow, match: {issuer: "https://i", claims: {groups: [ops]}}, connections: [a], max_ttl: 1m}
+  - {name: wide, match: {issuer: "https://i"}, connections: ["*"], max_ttl: 1h, mask: loose}
+"""
+    policy = parse_policy(text)
+    ops = Identity("https://i", "u", {"groups": ["dev", "ops"]})
+    dev = Identity("https://i", "u", {"groups": ["dev"]})
+    assert evaluate_grants(policy, ops, TokenRequest("a")).grant == "narrow"
+    assert evaluate_grants(policy, ops, TokenRequest("a")).ttl == 60
+    assert evaluate_grants(policy, dev, TokenRequest("a")).grant == "wide"
+    assert evaluate_grants(policy, ops, TokenRequest("b")).mask == "loose"
+
+
+@pytest.mark.parametrize(
+    ("claims", "subject", "admin"),
+    [({"groups": ["platform-security"]}, "x", True), ({"groups": ["dev"]}, "x", False), ({}, "x", False),
+     ({"groups": "platform-security"}, "x", True), ({"groups": [["platform-security"]]}, "x", False)],
+)
+def test_admins(policy: Policy, claims: dict[str, Any], subject: str, admin: bool) -> None:
+    assert is_admin(policy, Identity(GH, subject, claims)) is admin
+
+
+@pytest.mark.parametrize(
+    ("claims", "name", "values"),
+    [({"a": "x"}, "a", ["x"]), ({"a": 7}, "a", ["7"]), ({"a": ["x", 1, None, {}]}, "a", ["x", "1"]),
+     ({"a": None}, "a", []), ({}, "a", []), ({"sub": "spoof"}, "sub", ["real"])],
+)
+def test_identity_claim_values(claims: dict[str, Any], name: str, values: list[str]) -> None:
+    assert Identity("https://i", "real", claims).values(name) == values
