@@ -1,0 +1,154 @@
+"""Multi-pattern matching: one Hyperscan database compiled at start, or pure `re` with the same results.
+
+Both engines return, per rule, exactly the matches `rule.regex.finditer(buf)` would return.
+The `re` engine does just that. The Hyperscan engine scans once for all rules, then asks `re`
+to confirm: at each reported start for rules with a trigger (a literal-ish prefix every match
+begins with), else inside the reported regions: start-of-match regions where the rule
+compiles with SOM_LEFTMOST, else `[end - max_len, end)`. Hyperscan patterns are supersets of
+the `re` patterns (edge lookarounds dropped), so every `re` match lies inside one region, and
+the confirming search sees enough text after the region (`max_len`) that no assertion is cut.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from jitgate.inspect.rules import Rule
+
+try:  # pragma: no cover - exercised by the engine-choice tests
+    import hyperscan
+
+    HAVE_HYPERSCAN = True
+except ImportError:  # pragma: no cover
+    hyperscan = None  # type: ignore[assignment]
+    HAVE_HYPERSCAN = False
+
+RuleMatch = tuple[int, re.Match[bytes]]
+
+
+class Engine(Protocol):
+    name: str
+
+    def matches(self, buf: bytes) -> list[RuleMatch]:
+        """(rule index, match) for every match of every rule, ordered by rule then start."""
+        ...
+
+
+class ReEngine:
+    """The pure-Python path: each rule's regex over the whole buffer."""
+
+    name = "re"
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+
+    def matches(self, buf: bytes) -> list[RuleMatch]:
+        return [(i, m) for i, rule in enumerate(self.rules) for m in rule.regex.finditer(buf)]
+
+
+def _compiles(pattern: bytes, flags: int) -> bool:
+    assert hyperscan is not None
+    db = hyperscan.Database()
+    try:
+        db.compile(expressions=[pattern], ids=[0], elements=1, flags=[flags])
+    except hyperscan.error:
+        return False
+    return True
+
+
+class HyperscanEngine:
+    """One block-mode database for all rules; `re` confirms inside the reported regions."""
+
+    name = "hyperscan"
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        if hyperscan is None:
+            raise RuntimeError("hyperscan is not installed")
+        self.rules = tuple(rules)
+        som = hyperscan.HS_FLAG_SOM_LEFTMOST
+        self._som = tuple(_compiles(r.hs_pattern, som) for r in self.rules)
+        for rule, has_som in zip(self.rules, self._som, strict=True):
+            if rule.trigger and not has_som:
+                raise ValueError(f"rule {rule.name}: its trigger must compile with start of match")
+        # A trigger reports where a match may start: the region runs on for the rule's max length.
+        self._back = tuple(r.hs_max_len for r in self.rules)
+        self._ahead = tuple(r.max_len if r.trigger else 0 for r in self.rules)
+        self._db = hyperscan.Database()
+        self._db.compile(
+            expressions=[r.hs_pattern for r in self.rules],
+            ids=list(range(len(self.rules))),
+            elements=len(self.rules),
+            flags=[som if s else 0 for s in self._som],
+        )
+
+    @property
+    def som_rules(self) -> int:
+        return sum(self._som)
+
+    def regions(self, buf: bytes) -> dict[int, list[tuple[int, int]]]:
+        """Candidate regions per rule index, as reported."""
+        hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        som, back, ahead = self._som, self._back, self._ahead
+
+        def on_match(rule_id: int, start: int, end: int, flags: int, context: Any) -> None:
+            hits[rule_id].append((start if som[rule_id] else max(0, end - back[rule_id]), end + ahead[rule_id]))
+
+        self._db.scan(buf, match_event_handler=on_match)
+        return hits
+
+    @staticmethod
+    def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        spans = sorted(spans)
+        out = [spans[0]]
+        for a, b in spans[1:]:
+            la, lb = out[-1]
+            if a < lb:
+                if b > lb:
+                    out[-1] = (la, b)
+            else:
+                out.append((a, b))
+        return out
+
+    def _confirm(self, buf: bytes, rule: Rule, a: int, b: int) -> Iterator[re.Match[bytes]]:
+        endpos = min(len(buf), b + rule.max_len + 1)
+        pos = a
+        search = rule.regex.search
+        while pos < b:
+            m = search(buf, pos, endpos)
+            if m is None or m.start() >= b:
+                return
+            yield m
+            pos = m.end() if m.end() > m.start() else m.start() + 1
+
+    def _at_triggers(self, buf: bytes, rule: Rule, starts: list[int]) -> Iterator[re.Match[bytes]]:
+        """A trigger is a literal-ish prefix: every match starts where one was reported."""
+        match = rule.regex.match
+        last_end = -1
+        for start in sorted(set(starts)):
+            if start < last_end:
+                continue
+            m = match(buf, start)
+            if m is not None:
+                yield m
+                last_end = m.end()
+
+    def matches(self, buf: bytes) -> list[RuleMatch]:
+        out: list[RuleMatch] = []
+        for rule_id, regions in sorted(self.regions(buf).items()):
+            rule = self.rules[rule_id]
+            if rule.trigger:
+                out.extend((rule_id, m) for m in self._at_triggers(buf, rule, [a for a, _ in regions]))
+                continue
+            for a, b in self._merge(regions):
+                out.extend((rule_id, m) for m in self._confirm(buf, rule, a, b))
+        return out
+
+
+def make_engine(rules: Sequence[Rule], prefer: str = "auto") -> Engine:
+    """Hyperscan when available (or asked for), else the `re` engine."""
+    if prefer == "re" or (prefer == "auto" and not HAVE_HYPERSCAN):
+        return ReEngine(rules)
+    return HyperscanEngine(rules)

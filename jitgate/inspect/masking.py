@@ -1,0 +1,65 @@
+"""Masking: every occurrence, over its full span, as `[REDACTED:<type>:<tag>]`.
+
+The tag is a short HMAC of the value under a gateway key, so the same secret correlates
+across records without being revealed (nor guessable from the record without the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+TAG_CHARS = 10
+MARKER = re.compile(rb"\[REDACTED:[a-z0-9_]{1,64}:[0-9a-f]{" + str(TAG_CHARS).encode() + rb"}\]")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One detected value: its type, its span in the scanned buffer and its keyed tag."""
+
+    type: str
+    kind: Literal["secret", "pii"]
+    start: int
+    end: int
+    tag: str
+    # How the value was found: raw text, or inside a decoded JSON string, base64 blob, URL-encoding.
+    encoding: str = "raw"
+
+    def record(self, where: str, action: str) -> dict[str, object]:
+        """The form that goes into flow records and 403 answers: never the value."""
+        return {
+            "type": self.type,
+            "kind": self.kind,
+            "where": where,
+            "offset": self.start,
+            "length": self.end - self.start,
+            "encoding": self.encoding,
+            "action": action,
+            "tag": self.tag,
+        }
+
+
+def tag(key: bytes, value: bytes) -> str:
+    return hmac.new(key, value, hashlib.sha256).hexdigest()[:TAG_CHARS]
+
+
+def marker(finding: Finding) -> bytes:
+    return b"[REDACTED:%s:%s]" % (finding.type.encode(), finding.tag.encode())
+
+
+def apply(buf: bytes, findings: Sequence[Finding]) -> bytes:
+    """`buf` with each finding's span replaced by its marker (findings must not overlap)."""
+    if not findings:
+        return buf
+    parts: list[bytes] = []
+    last = 0
+    for f in sorted(findings, key=lambda f: f.start):
+        parts.append(buf[last : f.start])
+        parts.append(marker(f))
+        last = f.end
+    parts.append(buf[last:])
+    return b"".join(parts)

@@ -1,0 +1,320 @@
+"""The detection rules: secret formats (prefix-anchored where the provider has a prefix) and PII.
+
+A rule is one bytes regex plus an optional validator. When the pattern has a group named `s`,
+that group is the span to mask (the password of a database URL, the value of an assignment);
+otherwise the whole match is. Lookarounds sit only at the edges of a pattern and contain only
+character classes: the Hyperscan engine drops them (its pattern is then a superset) and lets
+Python's `re` confirm, so both engines return the same matches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+from jitgate.inspect import validators as v
+
+Kind = Literal["secret", "pii"]
+
+def _lb(chars: str) -> str:
+    """Left boundary: not after one of `chars`, but right after a `\\n`/`\\t`/`\\r` escape is fine."""
+    return rf"(?:(?<=\\[nrt])|(?<![{chars}]))"
+
+
+_L = _lb("A-Za-z0-9_")  # left word boundary that also works before '-'
+_R = r"(?![A-Za-z0-9_])"
+_RD = r"(?![A-Za-z0-9_-])"
+_B64R = r"(?![A-Za-z0-9+/=])"
+# An assignment, escape-aware: `key = v`, `key: v`, `"key": "v"`, `\"key\": \"v\"` (JSON in JSON).
+_ASSIGN = r"""\\?["']?[ \t]{0,4}(?::=|=>|[:=])[ \t]{0,4}\\?["']?"""
+_VALUE = r"""(?P<s>[^\s"'\\`,;(){}\[\]<>$|]{8,128})(?=[\s"'\\`,;)}\]>|]|$)"""
+_KEYWORDS = (
+    r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
+    r"access_key|private_key|auth_token|access_token|refresh_token|token|credentials?)"
+)
+_LOOKAROUND = re.compile(r"\(\?<?[!=](?:\[(?:\\.|[^\]\\])*\]|\\.|[^()\[\\])*\)")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One detectable type."""
+
+    name: str
+    kind: Kind
+    pattern: str
+    validator: v.Validator | None = None
+    # Lower wins when two findings overlap: provider formats beat generic assignments.
+    priority: int = 1
+    placeholders_ok: bool = field(default=False)
+    # A prefix of `pattern` Hyperscan looks for instead of the whole pattern: one report per
+    # occurrence instead of one per possible end of a variable-length match.
+    trigger: str | None = None
+    # An explicit Hyperscan pattern, for the few rules whose superset is best written by hand.
+    hs: str | None = None
+
+    @cached_property
+    def regex(self) -> re.Pattern[bytes]:
+        return re.compile(self.pattern.encode("ascii"))
+
+    @cached_property
+    def hs_pattern(self) -> bytes:
+        """The pattern Hyperscan compiles: the same without edge lookarounds (a superset)."""
+        return (self.hs or _LOOKAROUND.sub("", self.trigger or self.pattern)).encode("ascii")
+
+    @cached_property
+    def hs_max_len(self) -> int:
+        """Longest possible match of what Hyperscan looks for."""
+        return _width(self.hs or self.trigger or self.pattern)
+
+    @cached_property
+    def max_len(self) -> int:
+        """Longest possible match, so a confirming window of this size always suffices."""
+        return _width(self.pattern)
+
+    def valid(self, value: bytes) -> bool:
+        if self.kind == "secret" and not self.placeholders_ok and not v.not_placeholder(value):
+            return False
+        return self.validator is None or self.validator(value)
+
+
+def _width(pattern: str) -> int:
+    _low, high = re._parser.parse(pattern).getwidth()  # type: ignore[attr-defined]
+    return int(high)
+
+
+def _prefixed(name: str, prefix: str, body: str, *, validator: v.Validator | None = None, right: str = _RD) -> Rule:
+    return Rule(name, "secret", f"{_L}{prefix}{body}{right}", validator, trigger=f"{_L}{prefix}" if prefix else None)
+
+
+def _context(name: str, keywords: str, value: str, right: str = _R, validator: v.Validator | None = None) -> Rule:
+    return Rule(name, "secret", f"(?i:{keywords}){_ASSIGN}(?P<s>{value}){right}", validator, trigger=f"(?i:{keywords})")
+
+
+_GH = "[A-Za-z0-9]{36}"
+
+SECRET_RULES: tuple[Rule, ...] = (
+    # Cloud providers
+    Rule("aws_access_key_id", "secret", _lb("A-Z0-9") + r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Z0-9])"),
+    _context("aws_secret_access_key", r"aws_?secret_?(?:access_?)?key", "[A-Za-z0-9/+]{40}", _B64R),
+    _context("aws_session_token", r"aws_?session_?token", "[A-Za-z0-9/+=]{100,1200}", _B64R),
+    _prefixed("google_api_key", "AIza", "[0-9A-Za-z_-]{35}"),
+    _prefixed("google_oauth_client_secret", "GOCSPX-", "[0-9A-Za-z_-]{28}"),
+    _prefixed("google_oauth_access_token", r"ya29\.", "[0-9A-Za-z_-]{30,300}"),
+    Rule(
+        "azure_storage_connection_string",
+        "secret",
+        r"DefaultEndpointsProtocol=https?;AccountName=[A-Za-z0-9]{3,24};AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)",
+        trigger="DefaultEndpointsProtocol=",
+    ),
+    Rule(
+        "azure_sas_signature",
+        "secret",
+        r"[?&]sv=\d{4}-\d\d-\d\d&[^\s\"'<>]{0,300}?&sig=(?P<s>[A-Za-z0-9%+/]{40,64}(?:%3D|=)?)",
+        trigger=r"[?&]sv=",
+    ),
+    Rule("azure_ad_client_secret", "secret", rf"{_L}[A-Za-z0-9_~.]{{3}}\dQ~[A-Za-z0-9_~.-]{{31,34}}{_RD}"),
+    _prefixed("digitalocean_pat", "dop_v1_", "[a-f0-9]{64}"),
+    _prefixed("digitalocean_oauth_token", "doo_v1_", "[a-f0-9]{64}"),
+    _prefixed("digitalocean_refresh_token", "dor_v1_", "[a-f0-9]{64}"),
+    _prefixed("alibaba_access_key_id", "LTAI", "[A-Za-z0-9]{20}"),
+    _prefixed("heroku_api_key", "HRKU-", "[A-Za-z0-9_-]{60}"),
+    _prefixed("databricks_token", "dapi", "[a-f0-9]{32}(?:-[0-9])?"),
+    # Code hosting and CI
+    _prefixed("github_pat", "ghp_", _GH, validator=v.github_checksum),
+    _prefixed("github_oauth_token", "gho_", _GH, validator=v.github_checksum),
+    _prefixed("github_user_to_server_token", "ghu_", _GH, validator=v.github_checksum),
+    _prefixed("github_server_to_server_token", "ghs_", _GH, validator=v.github_checksum),
+    _prefixed("github_refresh_token", "ghr_", _GH, validator=v.github_checksum),
+    _prefixed("github_fine_grained_pat", "github_pat_", "[A-Za-z0-9]{22}_[A-Za-z0-9]{59}"),
+    _prefixed("gitlab_pat", "glpat-", r"[A-Za-z0-9_-]{20}(?:\.[0-9a-z]{2}\.[a-z0-9]{9})?"),
+    _prefixed("gitlab_deploy_token", "gldt-", "[A-Za-z0-9_-]{20}"),
+    _prefixed("gitlab_runner_token", "glrt-", "[A-Za-z0-9_-]{20,64}"),
+    _prefixed("gitlab_pipeline_trigger_token", "glptt-", "[a-f0-9]{40}"),
+    _prefixed("gitlab_oauth_secret", "gloas-", "[a-f0-9]{64}"),
+    _prefixed("gitlab_feed_token", "glft-", "[A-Za-z0-9_-]{20}"),
+    _prefixed("gitlab_agent_token", "glagent-", "[A-Za-z0-9_-]{50}"),
+    _prefixed("gitlab_scim_token", "glsoat-", "[A-Za-z0-9_-]{20}"),
+    _prefixed("gitlab_cicd_job_token", "glcbt-", "[0-9a-fA-F_]{1,5}[A-Za-z0-9_-]{20}"),
+    _prefixed("atlassian_api_token", "ATATT3", "[A-Za-z0-9_=-]{186}"),
+    _prefixed("bitbucket_app_password", "ATBB", "[A-Za-z0-9]{32}"),
+    _prefixed("npm_token", "npm_", "[A-Za-z0-9]{36}"),
+    _prefixed("pypi_token", "pypi-AgEIcHlwaS5vcmc", "[A-Za-z0-9_-]{50,300}"),
+    _prefixed("rubygems_api_key", "rubygems_", "[a-f0-9]{48}"),
+    _prefixed("dockerhub_pat", "dckr_pat_", "[A-Za-z0-9_-]{27}"),
+    _prefixed("nuget_api_key", "oy2", "[a-z0-9]{43}", validator=v.high_entropy),
+    _prefixed("clojars_token", "CLOJARS_", "[a-z0-9]{60}"),
+    _prefixed("terraform_cloud_token", "", r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}"),
+    _prefixed("hashicorp_vault_token", r"hv[sb]\.", "[A-Za-z0-9_-]{24,120}"),
+    _prefixed("doppler_token", r"dp\.(?:pt|st|sa|ct|scim|audit)\.", "[A-Za-z0-9]{40,44}"),
+    _prefixed("pulumi_token", "pul-", "[a-f0-9]{40}"),
+    # Chat and notifications
+    _prefixed("slack_bot_token", "xoxb-", "[0-9]{10,13}-[0-9]{10,13}-[A-Za-z0-9]{24}"),
+    _prefixed("slack_user_token", "xoxp-", "[0-9]{10,13}-[0-9]{10,13}-[0-9]{10,13}-[a-f0-9]{32}"),
+    _prefixed("slack_legacy_token", "xox[ars]-", "[0-9A-Za-z-]{10,250}"),
+    _prefixed("slack_config_token", r"xoxe\.xox[bp]-", "[0-9A-Za-z-]{30,250}"),
+    _prefixed("slack_app_token", "xapp-", "[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{64}"),
+    Rule(
+        "slack_webhook",
+        "secret",
+        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/T[A-Z0-9]{8,12}/B[A-Z0-9]{8,12}/[A-Za-z0-9]{24}"
+        + _R,
+    ),
+    Rule(
+        "discord_webhook",
+        "secret",
+        r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,68}" + _RD,
+    ),
+    Rule("telegram_bot_token", "secret", _lb("0-9") + rf"[0-9]{{8,10}}:AA[A-Za-z0-9_-]{{33}}{_RD}"),
+    _prefixed("twilio_api_key", "SK", "[0-9a-f]{32}", right=_R),
+    _context("twilio_auth_token", r"twilio_?auth_?token", "[a-f0-9]{32}"),
+    _prefixed("sendgrid_api_key", r"SG\.", r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"),
+    _prefixed("mailgun_api_key", "key-", "[0-9a-f]{32}", right=_R),
+    Rule("mailchimp_api_key", "secret", rf"{_L}[0-9a-f]{{32}}-us[0-9]{{1,2}}{_R}"),
+    _prefixed("postman_api_key", "PMAK-", "[a-f0-9]{24}-[a-f0-9]{34}"),
+    # Payments and commerce
+    _prefixed("stripe_secret_key", "sk_live_", "[0-9A-Za-z]{24,99}"),
+    _prefixed("stripe_restricted_key", "rk_live_", "[0-9A-Za-z]{24,99}"),
+    _prefixed("stripe_webhook_secret", "whsec_", "[A-Za-z0-9]{32,64}"),
+    _prefixed("square_access_token", "EAAA", "[A-Za-z0-9_-]{60}"),
+    _prefixed("square_oauth_secret", "sq0csp-", "[0-9A-Za-z_-]{43}"),
+    _prefixed("braintree_access_token", r"access_token\$production\$", r"[0-9a-z]{16}\$[0-9a-f]{32}"),
+    _prefixed("shopify_access_token", "shp(?:at|ca|pa)_", "[a-fA-F0-9]{32}"),
+    _prefixed("shopify_shared_secret", "shpss_", "[a-fA-F0-9]{32}"),
+    # LLM and rerank vendors
+    _prefixed("openai_project_key", "sk-proj-", "[A-Za-z0-9_-]{40,200}"),
+    _prefixed("openai_service_account_key", "sk-svcacct-", "[A-Za-z0-9_-]{40,200}"),
+    _prefixed("openai_admin_key", "sk-admin-", "[A-Za-z0-9_-]{40,200}"),
+    _prefixed("openai_legacy_key", "sk-", "[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}"),
+    _prefixed("anthropic_api_key", "sk-ant-api03-", "[A-Za-z0-9_-]{93}AA"),
+    _prefixed("anthropic_admin_key", "sk-ant-admin01-", "[A-Za-z0-9_-]{93}AA"),
+    _prefixed("huggingface_token", "hf_", "[A-Za-z]{34}"),
+    _prefixed("huggingface_org_token", "api_org_", "[A-Za-z]{34}"),
+    _prefixed("groq_api_key", "gsk_", "[A-Za-z0-9]{52}"),
+    _prefixed("replicate_api_token", "r8_", "[A-Za-z0-9]{37}"),
+    _prefixed("perplexity_api_key", "pplx-", "[A-Za-z0-9]{48}"),
+    _prefixed("xai_api_key", "xai-", "[A-Za-z0-9]{80}"),
+    _prefixed("voyage_api_key", "pa-", "[A-Za-z0-9_-]{43}", validator=v.high_entropy),
+    _prefixed("jina_api_key", "jina_", "[A-Za-z0-9_-]{60}"),
+    _prefixed("langsmith_api_key", "lsv2_(?:pt|sk)_", "[a-f0-9]{32}_[a-f0-9]{10}"),
+    _prefixed("pinecone_api_key", "pcsk_", "[A-Za-z0-9_]{40,100}"),
+    _context(
+        "cohere_api_key", r"(?:co|cohere)_?api_?key", "[A-Za-z0-9]{40}", validator=v.high_entropy
+    ),
+    _context("mistral_api_key", r"mistral_?api_?key", "[A-Za-z0-9]{32}", validator=v.high_entropy),
+    # Observability and SaaS
+    _prefixed("newrelic_user_key", "NRAK-", "[A-Z0-9]{27}"),
+    _prefixed("sentry_auth_token", "sntrys_", "[A-Za-z0-9+/=_]{50,200}"),
+    _prefixed("grafana_service_account_token", "glsa_", "[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}"),
+    _prefixed("linear_api_key", "lin_api_", "[A-Za-z0-9]{40}"),
+    _prefixed("notion_token", "ntn_", "[A-Za-z0-9]{46}"),
+    _prefixed("figma_token", "figd_", "[A-Za-z0-9_-]{40}"),
+    _prefixed("planetscale_token", "pscale_(?:tkn|pw|oauth)_", "[A-Za-z0-9_.-]{43}"),
+    _prefixed("supabase_token", "sbp_", "[a-f0-9]{40}"),
+    _prefixed("flyio_token", "fo1_", "[A-Za-z0-9_-]{43}"),
+    _prefixed("dynatrace_token", r"dt0c01\.", r"[A-Z0-9]{24}\.[A-Z0-9]{64}"),
+    _prefixed("age_secret_key", "AGE-SECRET-KEY-1", "[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}"),
+    # Structures
+    Rule(
+        "private_key",
+        "secret",
+        r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----"
+        r"[A-Za-z0-9+/=\s\\:,-]{20,8192}?"
+        r"-----END (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----",
+        priority=0,
+        placeholders_ok=True,
+        trigger="-----BEGIN ",
+    ),
+    Rule(
+        "jwt",
+        "secret",
+        rf"{_L}eyJ[A-Za-z0-9_-]{{8,1000}}\.eyJ[A-Za-z0-9_-]{{8,4000}}\.[A-Za-z0-9_-]{{16,1000}}{_RD}",
+        v.jwt,
+        priority=2,
+        trigger=f"{_L}eyJ",
+    ),
+    Rule(
+        "database_password",
+        "secret",
+        r"(?i:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|oracle|"
+        r"cockroachdb|clickhouse|snowflake)://[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
+    ),
+    Rule(
+        "url_password",
+        "secret",
+        r"(?i:https?|ftps?|sftp|ssh|git)://[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{6,128})@[A-Za-z0-9\[]",
+        priority=3,
+    ),
+    Rule(
+        "authorization_header",
+        "secret",
+        r"(?i:authorization|x-api-key|api-key)\\?[\"']?[ \t]{0,4}:[ \t]{0,4}\\?[\"']?(?i:bearer |token |basic )?"
+        r"(?P<s>[A-Za-z0-9._~+/=-]{16,512})" + r"(?![A-Za-z0-9._~+/=-])",
+        v.high_entropy,
+        priority=8,
+        trigger=r"(?i:authorization|x-api-key|api-key)",
+    ),
+    Rule(
+        "generic_secret",
+        "secret",
+        _KEYWORDS + _ASSIGN + _VALUE,
+        v.generic_secret,
+        priority=9,
+        trigger=_KEYWORDS,
+    ),
+)
+
+PII_RULES: tuple[Rule, ...] = (
+    Rule(
+        "email",
+        "pii",
+        _lb("A-Za-z0-9._%+-")
+        + r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,4}\.[A-Za-z]{2,24}(?![A-Za-z0-9-])",
+        v.email,
+    ),
+    Rule(
+        "phone",
+        "pii",
+        _lb("\\w+.-")
+        + r"(?:\+[1-9][0-9]{0,2}[ .-]?)?(?:\([0-9]{2,4}\)[ .-]?|[0-9]{2,4}[ .-])[0-9]{2,4}[ .-]?[0-9]{3,4}"
+        r"(?![\w.-]?[0-9A-Za-z])",
+        v.phone,
+    ),
+    Rule("card", "pii", _lb("0-9A-Za-z_.-") + r"[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9A-Za-z_-])", v.luhn),
+    Rule(
+        "iban",
+        "pii",
+        _lb("A-Za-z0-9") + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])",
+        v.iban,
+    ),
+    Rule("ssn", "pii", _lb("0-9A-Za-z-") + r"[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9A-Za-z-])", v.ssn),
+    Rule(
+        "ip",
+        "pii",
+        _lb("0-9A-Za-z.") + r"(?<!version )(?<!Version )(?<!version: )(?<!release )(?<!build )(?<!v )"
+        r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+        r"(?![0-9A-Za-z]|\.[0-9])",
+        v.ipv4,
+    ),
+    Rule("ip", "pii", _lb("0-9A-Za-z:") + r"(?:[0-9a-fA-F]{1,4}::?){2,7}[0-9a-fA-F]{1,4}(?![0-9A-Za-z:])", v.ipv6),
+)
+
+RULES: tuple[Rule, ...] = SECRET_RULES + PII_RULES
+SECRET_TYPES: frozenset[str] = frozenset(r.name for r in SECRET_RULES)
+PII_TYPES: frozenset[str] = frozenset(r.name for r in PII_RULES)
+
+# Where decoded content may hide a finding: base64 runs of at least 64 characters that start
+# after a separator (one report per run: the Hyperscan pattern consumes the separator; a run
+# glued to other word characters is not a blob), %XX escapes and the JSON escapes raw rules
+# cannot see through (`\\uXXXX`, `\\/`).
+DECODER_RULES: tuple[Rule, ...] = (
+    Rule(
+        "base64_run",
+        "secret",
+        r"""(?:^|(?<=[ \t\r\n"'=:,;(\[{>])|(?<=\\[nrt]))[A-Za-z0-9+/]{64}""",
+        hs=r"""(?:^|[ \t\r\n"'=:,;(\[{>]|\\[nrt])[A-Za-z0-9+/]{64}""",
+    ),
+    Rule("percent_escape", "secret", "%[0-9A-Fa-f]{2}"),
+    Rule("json_escape", "secret", r"\\(?:u[0-9a-fA-F]{4}|/)"),
+)

@@ -1,0 +1,326 @@
+"""Scanning: rule matches → validated, de-overlapped findings and the edits that mask them.
+
+Text is scanned raw with escape-aware rules (`\\"` quotes of JSON in JSON, `\\n` inside PEM
+blocks), which is also how JSON bodies are scanned: a masked span never contains a quote or
+cuts an escape, so replacing it inside a string keeps the JSON valid, with the same structure,
+count and order. What raw scanning cannot see is decoded and scanned too: JSON strings with
+`\\uXXXX` or `\\/` escapes (re-encoded after masking), base64 blobs above a size that decode to
+text, and URL-encoded tokens (both masked whole).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import json
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+from jitgate.inspect import masking
+from jitgate.inspect.engine import Engine, make_engine
+from jitgate.inspect.masking import Finding
+from jitgate.inspect.rules import DECODER_RULES, PII_RULES, SECRET_RULES, Rule
+
+INJECTED = "injected_credential"
+MIN_BLOB = 64
+_B64_REST = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_URL_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~%+=&/:@-")
+_URL_REST = re.compile(rb"[A-Za-z0-9._~%+=&/:@-]*")
+_PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+
+
+@dataclass(frozen=True)
+class Edit:
+    start: int
+    end: int
+    replacement: bytes
+
+
+@dataclass
+class ScanResult:
+    findings: list[Finding] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+
+    @property
+    def secrets(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind == "secret"]
+
+    def masked(self, buf: bytes) -> bytes:
+        if not self.edits:
+            return buf
+        parts: list[bytes] = []
+        last = 0
+        for e in sorted(self.edits, key=lambda e: e.start):
+            parts.append(buf[last : e.start])
+            parts.append(e.replacement)
+            last = e.end
+        parts.append(buf[last:])
+        return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    kind: str
+    start: int
+    end: int
+    priority: int
+
+
+class _Intervals:
+    """Accepted, non-overlapping spans, for O(log n) overlap checks."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def overlaps(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start)
+        if i > 0 and self.ends[i - 1] > start:
+            return True
+        return i < len(self.starts) and self.starts[i] < end
+
+    def add(self, start: int, end: int) -> None:
+        i = bisect.bisect_right(self.starts, start)
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
+
+
+class Scanner:
+    """Detects secrets (always) and the PII types asked for, in one pass of one engine."""
+
+    def __init__(self, key: bytes, *, engine: str = "auto") -> None:
+        if len(key) < 16:
+            raise ValueError("the masking key must be at least 16 bytes")
+        self._key = key
+        self.secret_rules: tuple[Rule, ...] = SECRET_RULES
+        self.all_rules: tuple[Rule, ...] = SECRET_RULES + PII_RULES
+        self._secret_engine: Engine = make_engine(self.secret_rules, engine)
+        self._all_engine: Engine = make_engine(self.all_rules, engine)
+        self._decoder_engine: Engine = make_engine(DECODER_RULES, engine)
+        self.engine_name = self._all_engine.name
+
+    # -- candidates ------------------------------------------------------------------------------
+
+    def _candidates(self, buf: bytes, pii: Collection[str], literals: Sequence[bytes]) -> list[_Candidate]:
+        rules, engine = (self.all_rules, self._all_engine) if pii else (self.secret_rules, self._secret_engine)
+        out: list[_Candidate] = []
+        for i, m in engine.matches(buf):
+            rule = rules[i]
+            if rule.kind == "pii" and rule.name not in pii:
+                continue
+            start, end = m.span("s") if "s" in rule.regex.groupindex else m.span()
+            start = _after_escape(buf, start, end)
+            if start < end and rule.valid(buf[start:end]):
+                out.append(_Candidate(rule.name, rule.kind, start, end, rule.priority))
+        for lit in literals:
+            if len(lit) < 4:
+                continue
+            pos = buf.find(lit)
+            while pos != -1:
+                out.append(_Candidate(INJECTED, "secret", pos, pos + len(lit), -1))
+                pos = buf.find(lit, pos + len(lit))
+        return out
+
+    def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Finding]:
+        taken = _Intervals()
+        if b"[REDACTED:" in buf:
+            for m in masking.MARKER.finditer(buf):
+                taken.add(*m.span())
+        out: list[Finding] = []
+        for c in sorted(candidates, key=lambda c: (c.kind != "secret", c.priority, c.start - c.end, c.start)):
+            if taken.overlaps(c.start, c.end):
+                continue
+            taken.add(c.start, c.end)
+            value = buf[c.start : c.end]
+            out.append(Finding(c.name, c.kind, c.start, c.end, masking.tag(self._key, value), encoding))  # type: ignore[arg-type]
+        out.sort(key=lambda f: f.start)
+        return out
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def scan(
+        self,
+        buf: bytes,
+        *,
+        pii: Collection[str] = (),
+        literals: Sequence[bytes] = (),
+        json_strings: bool = False,
+        decode: bool = True,
+    ) -> ScanResult:
+        """Findings and masking edits for `buf`; `json_strings` when `buf` is JSON text."""
+        findings = self._resolve(buf, self._candidates(buf, pii, literals), "raw")
+        result = ScanResult(findings, [Edit(f.start, f.end, masking.marker(f)) for f in findings])
+        if decode:
+            self._decoded(buf, result, pii, literals, json_strings)
+        return result
+
+    def contains_secret(self, buf: bytes, *, literals: Sequence[bytes] = ()) -> ScanResult:
+        """The block decision: secrets only, raw first; the decoding pass only when raw is clean."""
+        result = self.scan(buf, literals=literals, decode=False)
+        if not result.findings:
+            self._decoded(buf, result, (), literals, json_strings=True)
+        return result
+
+    # -- decoded content -------------------------------------------------------------------------
+
+    def _decoded(
+        self, buf: bytes, result: ScanResult, pii: Collection[str], literals: Sequence[bytes], json_strings: bool
+    ) -> None:
+        regions: list[tuple[int, int, list[Finding], bytes]] = []
+        starts: tuple[list[int], list[int], list[int]] = ([], [], [])
+        for rule_id, m in self._decoder_engine.matches(buf):
+            starts[rule_id].append(m.start())
+        if json_strings and starts[2]:
+            regions.extend(self._json_escaped(buf, starts[2], pii, literals))
+        regions.extend(self._blobs(buf, starts[0], pii, literals))
+        regions.extend(self._urlencoded(buf, starts[1], pii, literals))
+        if not regions:
+            return
+        taken = _Intervals()
+        found: list[Finding] = []
+        edits: list[Edit] = []
+        for start, end, inner, replacement in sorted(regions, key=lambda r: (r[0], r[0] - r[1])):
+            if not taken.overlaps(start, end):
+                taken.add(start, end)
+                found.extend(inner)
+                edits.append(Edit(start, end, replacement))
+        # A decoded region supersedes the raw findings inside it (it found them too).
+        result.findings = [f for f in result.findings if not taken.overlaps(f.start, f.end)] + found
+        result.edits = [e for e in result.edits if not taken.overlaps(e.start, e.end)] + edits
+        result.findings.sort(key=lambda f: f.start)
+
+    def _json_escaped(
+        self, buf: bytes, escapes: list[int], pii: Collection[str], literals: Sequence[bytes]
+    ) -> list[tuple[int, int, list[Finding], bytes]]:
+        out: list[tuple[int, int, list[Finding], bytes]] = []
+        done_until = -1
+        for pos in escapes:
+            if pos < done_until or _escaped(buf, pos):
+                continue
+            bounds = _string_bounds(buf, pos)
+            if bounds is None:
+                continue
+            start, end = bounds
+            done_until = end
+            try:
+                value = json.loads(buf[start:end])
+            except ValueError:
+                continue
+            if not isinstance(value, str):
+                continue
+            decoded = value.encode("utf-8", "surrogatepass")
+            inner = self.scan(decoded, pii=pii, literals=literals, decode=True)
+            if inner.findings:
+                masked = inner.masked(decoded).decode("utf-8", "surrogatepass")
+                found = [Finding(f.type, f.kind, f.start, f.end, f.tag, "json-escape") for f in inner.findings]
+                out.append((start, end, found, json.dumps(masked, ensure_ascii=False).encode("utf-8", "surrogatepass")))
+        return out
+
+    def _blobs(
+        self, buf: bytes, starts: list[int], pii: Collection[str], literals: Sequence[bytes]
+    ) -> list[tuple[int, int, list[Finding], bytes]]:
+        out: list[tuple[int, int, list[Finding], bytes]] = []
+        for start in starts:
+            m = _B64_REST.match(buf, start)
+            assert m is not None
+            blob = m.group()
+            head = _b64(blob[: 4 * 48])
+            if head is None or not _is_text(head):
+                continue
+            decoded = _b64(blob)
+            if decoded is None or not _is_text(decoded):
+                continue
+            out.extend(self._whole(m.start(), m.end(), decoded, "base64", pii, literals))
+        return out
+
+    def _urlencoded(
+        self, buf: bytes, escapes: list[int], pii: Collection[str], literals: Sequence[bytes]
+    ) -> list[tuple[int, int, list[Finding], bytes]]:
+        out: list[tuple[int, int, list[Finding], bytes]] = []
+        done_until = -1
+        for pos in escapes:
+            if pos < done_until:
+                continue
+            start = pos
+            while start > 0 and buf[start - 1] in _URL_CHARS:
+                start -= 1
+            start = _after_escape(buf, start, pos)
+            m = _URL_REST.match(buf, pos)
+            assert m is not None
+            end = done_until = m.end()
+            token = buf[start:end]
+            decoded = unquote_to_bytes(token.replace(b"+", b" "))
+            if decoded != token:
+                out.extend(self._whole(start, end, decoded, "url", pii, literals))
+        return out
+
+    def _whole(
+        self, start: int, end: int, decoded: bytes, encoding: str, pii: Collection[str], literals: Sequence[bytes]
+    ) -> list[tuple[int, int, list[Finding], bytes]]:
+        inner = self.scan(decoded, pii=pii, literals=literals, decode=False)
+        if not inner.findings:
+            return []
+        first = min(inner.findings, key=lambda f: (f.kind != "secret", f.start))
+        found = [Finding(f.type, f.kind, start, end, f.tag, encoding) for f in inner.findings]
+        return [(start, end, found, masking.marker(first))]
+
+
+def _b64(blob: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(blob + b"=" * (-len(blob) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _is_text(data: bytes) -> bool:
+    """Decoded bytes worth scanning: UTF-8 text, mostly printable (images and keys are not)."""
+    head = data[:512]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a character cut at the end of the sample is fine
+            return False
+    return bool(head) and sum(1 for c in head if c in _PRINTABLE or c >= 0x80) >= 0.95 * len(head)
+
+
+def _string_bounds(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """[opening quote, after closing quote) of the JSON string holding the escape at `pos`."""
+    start = buf.rfind(b'"', 0, pos)
+    while start > 0 and _escaped(buf, start):
+        start = buf.rfind(b'"', 0, start)
+    if start < 0:
+        return None
+    end = pos
+    while True:
+        end = buf.find(b'"', end)
+        if end < 0:
+            return None
+        if not _escaped(buf, end):
+            return start, end + 1
+        end += 1
+
+
+def _after_escape(buf: bytes, start: int, end: int) -> int:
+    """Move a span's start off the letter of a backslash escape, so masking never cuts one."""
+    while start < end and start > 0 and buf[start - 1] == 0x5C and not _escaped(buf, start - 1):
+        start += 5 if buf[start] == 0x75 else 1
+    return min(start, end)
+
+
+def _escaped(buf: bytes, pos: int) -> bool:
+    n = 0
+    while pos - n - 1 >= 0 and buf[pos - n - 1] == 0x5C:
+        n += 1
+    return n % 2 == 1
+
+
+def is_json(content_type: str, body: bytes) -> bool:
+    """Whether to treat a body as JSON text (its strings may hide values behind escapes)."""
+    if "json" in content_type.lower():
+        return True
+    head = body[:64].lstrip()
+    return head[:1] in (b"{", b"[")

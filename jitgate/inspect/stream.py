@@ -1,0 +1,75 @@
+"""Masking a body that arrives in chunks: an overlap window keeps a split secret whole.
+
+Each chunk is appended to the bytes held back from the last one; the whole buffer is scanned,
+everything but the last `window` bytes goes out masked, and a masking edit that straddles the
+cut pulls the cut back to its start. A value shorter than the window that is not yet complete
+therefore always sits in the held-back tail, so no byte goes out unscanned or half-masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+
+from jitgate.inspect.masking import Finding
+from jitgate.inspect.scanner import Edit, Scanner
+
+DEFAULT_WINDOW = 8192
+
+
+class StreamMasker:
+    """Feed chunks, get masked bytes back; `close()` flushes the held-back tail."""
+
+    def __init__(
+        self,
+        scanner: Scanner,
+        *,
+        pii: Collection[str] = (),
+        literals: Sequence[bytes] = (),
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if window < 256:
+            raise ValueError("the overlap window must be at least 256 bytes")
+        self._scanner = scanner
+        self._pii = pii
+        self._literals = literals
+        self._window = window
+        self._carry = b""
+        self._offset = 0  # stream offset of the first held-back byte
+        self.findings: list[Finding] = []
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.total += len(chunk)
+        buf = self._carry + chunk
+        if len(buf) <= self._window:
+            self._carry = buf
+            return b""
+        return self._emit(buf, len(buf) - self._window)
+
+    def close(self) -> bytes:
+        buf, self._carry = self._carry, b""
+        return self._emit(buf, len(buf)) if buf else b""
+
+    def _emit(self, buf: bytes, cut: int) -> bytes:
+        result = self._scanner.scan(buf, pii=self._pii, literals=self._literals)
+        edits = sorted(result.edits, key=lambda e: e.start)
+        for e in reversed(edits):
+            if e.start < cut < e.end:
+                cut = e.start
+        out_edits: list[Edit] = [e for e in edits if e.end <= cut]
+        parts: list[bytes] = []
+        last = 0
+        for e in out_edits:
+            parts.append(buf[last : e.start])
+            parts.append(e.replacement)
+            last = e.end
+        parts.append(buf[last:cut])
+        self.findings.extend(
+            replace(f, start=f.start + self._offset, end=f.end + self._offset)
+            for f in result.findings
+            if f.end <= cut
+        )
+        self._carry = buf[cut:]
+        self._offset += cut
+        return b"".join(parts)

@@ -1,0 +1,182 @@
+"""Checks that turn a pattern match into a finding: checksums, entropy, placeholders, ranges.
+
+Each validator takes the matched value (bytes, the span that would be masked) and returns
+whether it is a real finding. They are pure and cheap; the engine calls them only on the few
+candidates its patterns confirm.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import math
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable
+
+import phonenumbers
+
+Validator = Callable[[bytes], bool]
+
+_B62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Marks of documentation values: a value carrying one of these is an example, not a secret.
+_PLACEHOLDERS = (
+    b"EXAMPLE", b"example", b"Example", b"XXXXXXXX", b"xxxxxxxx", b"your_", b"YOUR_", b"your-", b"YOUR-",
+    b"<", b"${", b"{{", b"REDACTED", b"PLACEHOLDER", b"placeholder", b"changeme", b"CHANGEME", b"dummy",
+    b"DUMMY", b"*****", b"...", b"0000000000000000",
+)
+_DOTTED_IDENT = re.compile(rb"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?")
+_UPPER_IDENT = re.compile(rb"[A-Z][A-Z0-9_]*")
+_IBAN_LENGTHS = {
+    b"AD": 24, b"AT": 20, b"BE": 16, b"BG": 22, b"CH": 21, b"CY": 28, b"CZ": 24, b"DE": 22, b"DK": 18,
+    b"EE": 20, b"ES": 24, b"FI": 18, b"FR": 27, b"GB": 22, b"GR": 27, b"HR": 21, b"HU": 28, b"IE": 22,
+    b"IS": 26, b"IT": 27, b"LI": 21, b"LT": 20, b"LU": 20, b"LV": 21, b"MC": 27, b"MT": 31, b"NL": 18,
+    b"NO": 15, b"PL": 28, b"PT": 25, b"RO": 24, b"SE": 24, b"SI": 19, b"SK": 24, b"SM": 27, b"TR": 26,
+    b"AE": 23, b"SA": 24, b"IL": 23, b"BR": 29, b"QA": 29, b"KW": 30,
+}
+
+
+def entropy(value: bytes) -> float:
+    """Shannon entropy in bits per byte."""
+    if not value:
+        return 0.0
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+_PLACEHOLDER_RE = re.compile(b"|".join(re.escape(p) for p in _PLACEHOLDERS))
+
+
+def not_placeholder(value: bytes) -> bool:
+    return _PLACEHOLDER_RE.search(value) is None and len(set(value)) > 3
+
+
+def github_checksum(value: bytes) -> bool:
+    """GitHub's prefixed tokens end in the base62 CRC32 of the 30 random characters before it."""
+    body = value.split(b"_", 1)[1]
+    random_part, check = body[:-6], body[-6:]
+    crc = zlib.crc32(random_part)
+    out = bytearray()
+    for _ in range(6):
+        crc, r = divmod(crc, 62)
+        out.append(_B62[r])
+    return bytes(reversed(out)) == check
+
+
+def generic_secret(value: bytes) -> bool:
+    """A keyword-gated value: long and random enough, not code, not a placeholder."""
+    if len(value) < 8 or entropy(value) < min(3.0, 0.8 * math.log2(len(value))):
+        return False
+    if _DOTTED_IDENT.fullmatch(value) or _UPPER_IDENT.fullmatch(value):
+        return False
+    classes = sum(
+        (
+            any(0x61 <= c <= 0x7A for c in value),
+            any(0x41 <= c <= 0x5A for c in value),
+            any(0x30 <= c <= 0x39 for c in value),
+            any(not chr(c).isalnum() for c in value),
+        )
+    )
+    return classes >= 2
+
+
+def high_entropy(value: bytes) -> bool:
+    return entropy(value) >= 3.0
+
+
+def jwt(value: bytes) -> bool:
+    """The header must decode to a JSON object naming an algorithm."""
+    head = value.split(b".", 1)[0]
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(head + b"=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):
+        return False
+    return isinstance(decoded, dict) and "alg" in decoded
+
+
+def luhn(value: bytes) -> bool:
+    digits = [c - 48 for c in value if 48 <= c <= 57]
+    if not 13 <= len(digits) <= 19:
+        return False
+    seps = {c for c in value if not 48 <= c <= 57}
+    if len(seps) > 1:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    if total % 10:
+        return False
+    s = "".join(map(str, digits))
+    return (
+        s[0] == "4"
+        or 51 <= int(s[:2]) <= 55
+        or 2221 <= int(s[:4]) <= 2720
+        or s[:2] in ("34", "37")
+        or s.startswith(("6011", "65", "35"))
+    )
+
+
+def iban(value: bytes) -> bool:
+    compact = value.replace(b" ", b"").upper()
+    if _IBAN_LENGTHS.get(compact[:2]) != len(compact):
+        return False
+    moved = (compact[4:] + compact[:4]).decode("ascii")
+    numeric = "".join(str(int(ch, 36)) for ch in moved)
+    return int(numeric) % 97 == 1
+
+
+def ssn(value: bytes) -> bool:
+    area, group, serial = value[:3], value[4:6], value[7:]
+    if area in (b"000", b"666") or area[:1] == b"9":
+        return False
+    return group != b"00" and serial != b"0000"
+
+
+def ipv4(value: bytes) -> bool:
+    try:
+        addr = ipaddress.IPv4Address(value.decode("ascii"))
+    except ValueError:
+        return False
+    return not (addr.is_unspecified or addr.is_loopback)
+
+
+def ipv6(value: bytes) -> bool:
+    text = value.decode("ascii")
+    if text.count(":") < 3:
+        return False
+    try:
+        addr = ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return not (addr.is_unspecified or addr.is_loopback)
+
+
+def phone(value: bytes) -> bool:
+    text = value.decode("ascii")
+    digits = sum(ch.isdigit() for ch in text)
+    if not 8 <= digits <= 15:
+        return False
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else "US")
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(number)
+
+
+def email(value: bytes) -> bool:
+    domain = value.rsplit(b"@", 1)[1]
+    return not domain.startswith(b".") and b".." not in value and not domain.endswith((b".png", b".jpg", b".svg"))
+
+
+def all_of(*checks: Validator) -> Validator:
+    def _check(value: bytes) -> bool:
+        return all(c(value) for c in checks)
+
+    return _check
