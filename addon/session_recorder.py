@@ -62,6 +62,18 @@ def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
     return any(str(f.get("where", "request")).startswith(side) and f.get("action") != "mask" for f in findings)
 
 
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _path_withheld(findings: list[dict[str, Any]]) -> bool:
+    """A finding in the URL that was not masked means the path itself holds the value."""
+    return any(
+        any(part in str(f.get("where", "")) for part in ("path", "url", "query")) and f.get("action") != "mask"
+        for f in findings
+    )
+
+
 def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
     """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
     md = flow.metadata
@@ -69,7 +81,13 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     connection: Connection | None = md.get(meta.CONNECTION)
     raw_findings: list[dict[str, Any]] = list(md.get(meta.FINDINGS) or [])
     findings = tuple(
-        Finding(type=str(f.get("type", "")), location=str(f.get("where", "")), action=str(f.get("action", "")))
+        Finding(
+            type=str(f.get("type", "")),
+            kind=_opt_str(f.get("kind")),
+            location=str(f.get("where", "")),
+            action=str(f.get("action", "")),
+            tag=_opt_str(f.get("tag")),
+        )
         for f in raw_findings
     )
     request, response = flow.request, flow.response
@@ -127,7 +145,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         client=f"{peer[0]}:{peer[1]}" if peer else None,
         method=request.method,
         host=request.pretty_host,
-        path=request.path.split("?", 1)[0],
+        path="[withheld]" if _path_withheld(raw_findings) else request.path.split("?", 1)[0],
         operation=operation,
         collection=md.get(meta.COLLECTION),
         status=response.status_code if response is not None else 0,

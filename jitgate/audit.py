@@ -75,7 +75,7 @@ ORDER BY day, sub""",
             "blocked-leaks",
             "Requests and answers in which leak_guard found a secret or PII, and what it did.",
             """SELECT s.ts, s.sub, s.jti, s.conn, s.host, s.path, s.decision, s.status,
-       f.type AS finding, f.location AS location, f.action AS action, s.flow_id
+       f.type AS finding, f.kind AS kind, f.location AS location, f.action AS action, f.tag AS tag, s.flow_id
 FROM sessions_unique AS s
 CROSS JOIN UNNEST(s.findings) AS t(f)
 WHERE f.action <> 'allow'

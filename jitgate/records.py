@@ -41,7 +41,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("latency_ms", "double"),
     ("decision", "string"),
     ("error", "string"),
-    ("findings", "array<struct<type:string,location:string,action:string>>"),
+    ("findings", "array<struct<type:string,kind:string,location:string,action:string,tag:string>>"),
     ("rerank_query", "string"),
     ("doc_count", "int"),
     ("doc_sha256", "array<string>"),
@@ -60,11 +60,17 @@ class _Frozen(BaseModel):
 
 
 class Finding(_Frozen):
-    """What leak_guard found, without the matched text: detector type, where, what it did."""
+    """What leak_guard found, never the value: detector type, kind, where, what it did, keyed tag.
+
+    The tag is a short HMAC of the value under the gateway's key: the same secret correlates
+    across records without being revealed.
+    """
 
     type: str
+    kind: str | None = None
     location: str
     action: str
+    tag: str | None = None
 
 
 class RankEntry(_Frozen):

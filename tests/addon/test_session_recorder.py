@@ -124,7 +124,19 @@ async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) ->
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
         flow = _rerank_flow(_claims(), "x", ["my key is " + secret])
         flow.request.content = json.dumps({"query": "find " + secret, "documents": ["my key is " + secret]}).encode()
-        flow.metadata[meta.FINDINGS] = [{"type": "aws_access_key", "where": "request.body", "action": "block"}]
+        flow.metadata[meta.FINDINGS] = [
+            {
+                "type": "aws_access_key",
+                "kind": "secret",
+                "where": "request.body",
+                "action": "block",
+                "tag": "a1b2c3d4e5",
+                "offset": 10,
+                "length": 20,
+                "encoding": "raw",
+            },
+            {"type": "aws_access_key", "where": "request.url.query", "action": "block", "tag": "a1b2c3d4e5"},
+        ]
         _answer(flow)
         refuse(flow, InvalidToken("placeholder"), extra=None)
         flow.metadata[meta.DECISION] = "blocked"
@@ -133,7 +145,14 @@ async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) ->
     (r,) = _records(tmp_path)
     assert secret not in json.dumps(r)
     assert r["request_body"] is None and r["rerank_query"] is None
-    assert r["findings"] == [{"type": "aws_access_key", "location": "request.body", "action": "block"}]
+    assert r["findings"][0] == {
+        "type": "aws_access_key",
+        "kind": "secret",
+        "location": "request.body",
+        "action": "block",
+        "tag": "a1b2c3d4e5",
+    }
+    assert r["path"] == "[withheld]"
     assert r["doc_sha256"] == [sha256_text("my key is " + secret)]
 
 

@@ -68,7 +68,9 @@ def cache(tmp_path: Path) -> Path:
         status=403,
         decision="blocked",
         error="leak_blocked",
-        findings=(Finding(type="aws_access_key", location="request.body", action="block"),),
+        findings=(
+            Finding(type="aws_access_key", kind="secret", location="request.body", action="block", tag="0a1b2c3d4e"),
+        ),
     )
     held = _rec(
         "f4",
