@@ -41,7 +41,7 @@ from jitgate.approvals import (
     state_at,
 )
 from jitgate.errors import ApprovalClosed, ApprovalDenied, ApprovalTimeout, ApprovalUnavailable
-from jitgate.policy import Connection, Policy
+from jitgate.policy import Connection, Policy, parse_duration
 from jitgate.token import Claims
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,20 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
     )
 
 
+def seconds(value: str, name: str) -> float:
+    """Positive, finite seconds from an option string: `120`, `0.5` or `2m`."""
+    try:
+        result = float(value)
+    except ValueError:
+        try:
+            result = float(parse_duration(value))
+        except ValueError:
+            raise settings.options_error(f"{name} must be a number of seconds, not {value!r}") from None
+    if not 0 < result < float("inf"):
+        raise settings.options_error(f"{name} must be positive and finite")
+    return result
+
+
 class ApprovalHold:
     def __init__(
         self,
@@ -103,14 +117,15 @@ class ApprovalHold:
 
     def load(self, loader: Loader) -> None:
         settings.add_shared_options(loader)
+        # Durations are strings: mitmproxy's `--set` cannot parse floats.
         loader.add_option(
             "jitgate_approval_timeout",
-            float,
-            120.0,
-            "Seconds a risky request waits for an approver before it is answered 403 approval_timeout.",
+            str,
+            "120",
+            "Seconds (or '2m') a risky request waits for an approver before it is answered 403 approval_timeout.",
         )
         loader.add_option(
-            "jitgate_approval_poll", float, 1.0, "Seconds between reads of the shared table for this gateway's holds."
+            "jitgate_approval_poll", str, "1", "Seconds between reads of the shared table for this gateway's holds."
         )
         loader.add_option(
             "jitgate_approval_topic", str, "", "SNS topic ARN told about new holds; empty: approvers list them."
@@ -123,14 +138,14 @@ class ApprovalHold:
         self.policy = settings.policy_from(opts.jitgate_policy)
         if not opts.jitgate_table:
             raise settings.options_error("jitgate_table is required: holds are written to it")
-        if opts.jitgate_approval_timeout <= 0:
-            raise settings.options_error("jitgate_approval_timeout must be positive")
-        if not 0 < opts.jitgate_approval_poll < opts.jitgate_approval_timeout:
-            raise settings.options_error("jitgate_approval_poll must be positive and shorter than the timeout")
+        timeout = seconds(opts.jitgate_approval_timeout, "jitgate_approval_timeout")
+        poll = seconds(opts.jitgate_approval_poll, "jitgate_approval_poll")
+        if poll >= timeout:
+            raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
         if opts.jitgate_approval_topic and not opts.jitgate_approval_topic.startswith("arn:"):
             raise settings.options_error("jitgate_approval_topic must be an SNS topic ARN")
-        self.timeout = opts.jitgate_approval_timeout
-        self.poll = opts.jitgate_approval_poll
+        self.timeout = timeout
+        self.poll = poll
         self.topic = opts.jitgate_approval_topic
         if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
             self.gateway = opts.jitgate_gateway_id

@@ -140,7 +140,7 @@ async def test_findings_with_review_action_are_held(aws: dict[str, Any], policy_
 async def test_hold_item_has_masked_summary(aws: dict[str, Any], policy_file: Path) -> None:
     addon = ApprovalHold(dynamodb=aws["dynamodb"])
     with taddons.context(addon) as tctx:
-        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout=30.0)
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout="30")
         f = _rerank(5)
         await addon.request(f)
         item = _item(aws, f.metadata[HOLD])
@@ -208,7 +208,7 @@ async def test_timeout_is_403_and_closes_the_hold(aws: dict[str, Any], policy_fi
     addon = ApprovalHold(dynamodb=aws["dynamodb"], monotonic=mono, clock=clock)
     store = ApprovalStore(aws["dynamodb"], TABLE)
     with taddons.context(addon) as tctx:
-        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout=10.0, jitgate_approval_poll=0.5)
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout="10", jitgate_approval_poll="0.5")
         f = _rerank(4)
         await addon.request(f)
         mono.t += 9.9
@@ -232,7 +232,7 @@ async def test_approval_landing_at_the_deadline_wins_over_the_timeout(aws: dict[
     addon = ApprovalHold(dynamodb=aws["dynamodb"], monotonic=mono)
     store = ApprovalStore(aws["dynamodb"], TABLE)
     with taddons.context(addon) as tctx:
-        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout=10.0, jitgate_approval_poll=0.5)
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout="10", jitgate_approval_poll="0.5")
         f = _rerank(4)
         await addon.request(f)
         store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
@@ -294,7 +294,7 @@ async def test_background_poller_resumes_without_blocking_other_flows(aws: dict[
     addon = ApprovalHold(dynamodb=aws["dynamodb"])
     store = ApprovalStore(aws["dynamodb"], TABLE)
     with taddons.context(addon) as tctx:
-        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_poll=0.05)
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_poll="0.05")
         held = _rerank(4)
         await addon.request(held)
         assert held.intercepted
@@ -314,9 +314,11 @@ async def test_background_poller_resumes_without_blocking_other_flows(aws: dict[
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"jitgate_approval_timeout": 0.0}, "jitgate_approval_timeout"),
-        ({"jitgate_approval_poll": 0.0}, "jitgate_approval_poll"),
-        ({"jitgate_approval_timeout": 1.0, "jitgate_approval_poll": 2.0}, "jitgate_approval_poll"),
+        ({"jitgate_approval_timeout": "0"}, "jitgate_approval_timeout"),
+        ({"jitgate_approval_timeout": "soon"}, "jitgate_approval_timeout"),
+        ({"jitgate_approval_timeout": "inf"}, "jitgate_approval_timeout"),
+        ({"jitgate_approval_poll": "-1"}, "jitgate_approval_poll"),
+        ({"jitgate_approval_timeout": "1", "jitgate_approval_poll": "2"}, "jitgate_approval_poll"),
         ({"jitgate_table": ""}, "jitgate_table"),
         ({"jitgate_approval_topic": "not-an-arn"}, "jitgate_approval_topic"),
     ],
@@ -334,4 +336,8 @@ async def test_default_timeout_is_120_seconds(aws: dict[str, Any], policy_file: 
     addon = ApprovalHold(dynamodb=aws["dynamodb"])
     with taddons.context(addon) as tctx:
         _hold(aws, tctx, policy_file, addon=addon)
-        assert tctx.options.jitgate_approval_timeout == 120.0 and addon.timeout == 120.0
+        assert addon.timeout == 120.0 and addon.poll == 1.0
+        tctx.configure(addon, jitgate_approval_timeout="2m")
+        assert addon.timeout == 120.0
+        tctx.configure(addon, jitgate_approval_timeout="7.5")
+        assert addon.timeout == 7.5
