@@ -25,28 +25,30 @@ def dev(
     from jitgate.devstack.stack import DevStack
 
     stack = DevStack(state_dir)
-    with out.status("starting the jitgate dev stack") as status:
-
-        def step(name: str) -> None:
-            status.update(f"starting: {name}")
-            out.print(f"[green]✓[/green] {name}")
-
-        try:
-            stack.start(step)
-        except Exception as exc:  # a child failed to start: say which, then stop what did start
-            out.print(f"[red]jitgate dev: the stack did not start: {exc}[/red]")
-            raise typer.Exit(1) from None
-    out.print(f"\n[bold]ready.[/bold] Use it from a shell with:  source {stack.state_dir / 'env.sh'}")
-    for name, value in stack.env.items():
-        if not name.startswith("AWS_SECRET"):
-            out.print(f"  {name}={value}")
-    out.print("\nthen:  jitgate run -- python examples/rerank_job.py      (Ctrl-C here stops everything)")
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # Set both handlers before anything starts (a shell that starts us in the background leaves
+    # SIGINT ignored), and stop the stack on every way out, Ctrl-C during start included.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
     try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
+        with out.status("starting the jitgate dev stack") as status:
+
+            def step(name: str) -> None:
+                status.update(f"starting: {name}")
+                out.print(f"[green]✓[/green] {name}")
+
+            try:
+                stack.start(step)
+            except Exception as exc:  # a child failed to start: say which; what did start is stopped
+                out.print(f"[red]jitgate dev: the stack did not start: {exc}[/red]")
+                raise typer.Exit(1) from None
+        out.print(f"\n[bold]ready.[/bold] Use it from a shell with:  source {stack.state_dir / 'env.sh'}")
+        for name, value in stack.env.items():
+            if not name.startswith("AWS_SECRET"):
+                out.print(f"  {name}={value}")
+        out.print("\nthen:  jitgate run -- python examples/rerank_job.py      (Ctrl-C here stops everything)")
+        while not stopped.wait(0.5):
+            pass
     finally:
         out.print("stopping the dev stack")
         stack.stop()
