@@ -28,6 +28,8 @@ class Finding:
     tag: str
     # How the value was found: raw text, or inside a decoded JSON string, base64 blob, URL-encoding.
     encoding: str = "raw"
+    # Where the whole match began (a keyword before an assigned value): streaming never cuts there.
+    anchor: int = -1
 
     def record(self, where: str, action: str) -> dict[str, object]:
         """The form that goes into flow records and 403 answers: never the value."""

@@ -37,6 +37,11 @@ class Edit:
     start: int
     end: int
     replacement: bytes
+    anchor: int = -1  # start of the whole match the edit belongs to, when earlier than `start`
+
+    @property
+    def first(self) -> int:
+        return self.anchor if 0 <= self.anchor < self.start else self.start
 
 
 @dataclass
@@ -68,6 +73,7 @@ class _Candidate:
     start: int
     end: int
     priority: int
+    anchor: int
 
 
 class _Intervals:
@@ -115,13 +121,13 @@ class Scanner:
             start, end = m.span("s") if "s" in rule.regex.groupindex else m.span()
             start = _after_escape(buf, start, end)
             if start < end and rule.valid(buf[start:end]):
-                out.append(_Candidate(rule.name, rule.kind, start, end, rule.priority))
+                out.append(_Candidate(rule.name, rule.kind, start, end, rule.priority, m.start()))
         for lit in literals:
             if len(lit) < 4:
                 continue
             pos = buf.find(lit)
             while pos != -1:
-                out.append(_Candidate(INJECTED, "secret", pos, pos + len(lit), -1))
+                out.append(_Candidate(INJECTED, "secret", pos, pos + len(lit), -1, pos))
                 pos = buf.find(lit, pos + len(lit))
         return out
 
@@ -136,7 +142,8 @@ class Scanner:
                 continue
             taken.add(c.start, c.end)
             value = buf[c.start : c.end]
-            out.append(Finding(c.name, c.kind, c.start, c.end, masking.tag(self._key, value), encoding))  # type: ignore[arg-type]
+            tag = masking.tag(self._key, value)
+            out.append(Finding(c.name, c.kind, c.start, c.end, tag, encoding, c.anchor))  # type: ignore[arg-type]
         out.sort(key=lambda f: f.start)
         return out
 
@@ -153,7 +160,7 @@ class Scanner:
     ) -> ScanResult:
         """Findings and masking edits for `buf`; `json_strings` when `buf` is JSON text."""
         findings = self._resolve(buf, self._candidates(buf, pii, literals), "raw")
-        result = ScanResult(findings, [Edit(f.start, f.end, masking.marker(f)) for f in findings])
+        result = ScanResult(findings, [Edit(f.start, f.end, masking.marker(f), f.anchor) for f in findings])
         if decode:
             self._decoded(buf, result, pii, literals, json_strings)
         return result

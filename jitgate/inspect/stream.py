@@ -15,6 +15,8 @@ from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import Edit, Scanner
 
 DEFAULT_WINDOW = 8192
+# Bytes already sent that are scanned again as left context (lookbehinds, word boundaries).
+LEFT_CONTEXT = 64
 
 
 class StreamMasker:
@@ -35,6 +37,7 @@ class StreamMasker:
         self._literals = literals
         self._window = window
         self._carry = b""
+        self._left = b""
         self._offset = 0  # stream offset of the first held-back byte
         self.findings: list[Finding] = []
         self.total = 0
@@ -52,11 +55,14 @@ class StreamMasker:
         return self._emit(buf, len(buf)) if buf else b""
 
     def _emit(self, buf: bytes, cut: int) -> bytes:
-        result = self._scanner.scan(buf, pii=self._pii, literals=self._literals)
-        edits = sorted(result.edits, key=lambda e: e.start)
+        ctx = len(self._left)
+        result = self._scanner.scan(self._left + buf, pii=self._pii, literals=self._literals)
+        # Back to `buf` coordinates; what starts in the left context was decided last time.
+        edits = sorted((_shift(e, -ctx) for e in result.edits if e.start >= ctx), key=lambda e: e.start)
+        findings = [_shift(f, -ctx) for f in result.findings if f.start >= ctx]
         for e in reversed(edits):
-            if e.start < cut < e.end:
-                cut = e.start
+            if e.first < cut < e.end:
+                cut = e.first
         out_edits: list[Edit] = [e for e in edits if e.end <= cut]
         parts: list[bytes] = []
         last = 0
@@ -65,11 +71,12 @@ class StreamMasker:
             parts.append(e.replacement)
             last = e.end
         parts.append(buf[last:cut])
-        self.findings.extend(
-            replace(f, start=f.start + self._offset, end=f.end + self._offset)
-            for f in result.findings
-            if f.end <= cut
-        )
+        self.findings.extend(_shift(f, self._offset) for f in findings if f.end <= cut)
+        self._left = (self._left + buf[:cut])[-LEFT_CONTEXT:]
         self._carry = buf[cut:]
         self._offset += cut
         return b"".join(parts)
+
+
+def _shift[T: (Edit, Finding)](item: T, by: int) -> T:
+    return replace(item, start=item.start + by, end=item.end + by, anchor=item.anchor + by)

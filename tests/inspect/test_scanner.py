@@ -1,0 +1,107 @@
+"""Scanner behaviour beyond single rules: every occurrence, tags, decoded content, literals, decisions."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from urllib.parse import quote
+
+import pytest
+
+from jitgate.inspect import Scanner, actions, is_json
+from jitgate.inspect.masking import MARKER
+from jitgate.policy import MaskProfile
+from tests.inspect import corpus
+
+
+def _token(seed: int = 0) -> str:
+    return corpus.PREFIXED["github_pat"](random.Random(seed))
+
+
+def test_every_occurrence_masked_with_the_same_tag(scanner: Scanner) -> None:
+    tok = _token()
+    raw = f"{tok} and again {tok}; other {_token(1)}".encode()
+    result = scanner.scan(raw)
+    assert len(result.findings) == 3
+    assert result.findings[0].tag == result.findings[1].tag != result.findings[2].tag
+    masked = result.masked(raw)
+    assert len(MARKER.findall(masked)) == 3 and b"ghp_" not in masked
+
+
+def test_tag_depends_on_the_gateway_key() -> None:
+    raw = _token().encode()
+    a = Scanner(b"a" * 32, engine="re").scan(raw).findings[0].tag
+    b = Scanner(b"b" * 32, engine="re").scan(raw).findings[0].tag
+    assert a != b and len(a) == 10
+
+
+def test_unicode_escaped_secret_in_json_found_and_reencoded(scanner: Scanner) -> None:
+    tok = _token()
+    escaped = "".join(f"\\u{ord(c):04x}" for c in tok[:6]) + tok[6:]
+    raw = ('{"documents": ["caf\\u00e9 ' + escaped + ' end", "plain"]}').encode()
+    result = scanner.scan(raw, json_strings=True)
+    assert [f.type for f in result.findings] == ["github_pat"]
+    assert result.findings[0].encoding == "json-escape"
+    out = json.loads(result.masked(raw))
+    assert out["documents"][0].startswith("café [REDACTED:github_pat:") and out["documents"][1] == "plain"
+
+
+def test_base64_blob_with_a_secret_is_masked_whole(scanner: Scanner) -> None:
+    inner = f"config:\n  token: {_token()}\n  note: {'x y ' * 20}".encode()
+    blob = base64.b64encode(inner).decode()
+    raw = json.dumps({"documents": [f"attachment {blob} done"]}).encode()
+    result = scanner.scan(raw, json_strings=True)
+    assert [(f.type, f.encoding) for f in result.findings] == [("github_pat", "base64")]
+    out = json.loads(result.masked(raw))["documents"][0]
+    assert out.startswith("attachment [REDACTED:github_pat:") and out.endswith(" done")
+
+
+def test_url_encoded_secret_found(scanner: Scanner) -> None:
+    pw = "Xy9#" + corpus._password(random.Random(4))
+    raw = f"callback=https://h.example/cb?next={quote('password=' + pw)}&x=1".encode()
+    result = scanner.scan(raw)
+    assert [(f.type, f.encoding) for f in result.findings] == [("generic_secret", "url")]
+    assert quote(pw).encode() not in result.masked(raw)
+
+
+def test_injected_credential_found_whatever_its_format(scanner: Scanner) -> None:
+    cred = "plain-words-no-format-" + str(random.Random(9).getrandbits(64))
+    raw = json.dumps({"query": f"why does {cred} fail", "documents": []}).encode()
+    assert scanner.scan(raw).findings == []
+    result = scanner.scan(raw, literals=[cred.encode()])
+    assert [f.type for f in result.findings] == ["injected_credential"]
+    assert cred.encode() not in result.masked(raw)
+
+
+def test_block_decision_lists_types_and_locations(scanner: Scanner) -> None:
+    tok = _token()
+    raw = json.dumps({"query": "q", "documents": ["fine", f"leak {tok}"]}).encode()
+    result = scanner.contains_secret(raw)
+    (f,) = result.secrets
+    rec = f.record("request.body", "block")
+    assert rec["type"] == "github_pat" and rec["offset"] == raw.index(tok.encode())
+    assert tok not in json.dumps(rec)
+
+
+def test_is_json() -> None:
+    assert is_json("application/json; charset=utf-8", b"")
+    assert is_json("", b'  {"a": 1}')
+    assert not is_json("text/plain", b"hello")
+
+
+@pytest.mark.parametrize(
+    ("profile", "direction", "secret", "pii"),
+    [
+        (MaskProfile(), "request", "block", "mask"),
+        (MaskProfile(request_pii="block"), "request", "block", "block"),
+        (MaskProfile(request_secrets="mask"), "request", "mask", "mask"),
+        (MaskProfile(request_secrets="review"), "request", "block", "mask"),
+        (MaskProfile(), "response", "mask", "mask"),
+        (MaskProfile(response_pii="allow"), "response", "mask", "allow"),
+    ],
+)
+def test_actions_per_profile(profile: MaskProfile, direction: actions.Direction, secret: str, pii: str) -> None:
+    p = actions.plan(profile, direction)
+    assert (p.secrets, p.pii) == (secret, pii)
+    assert p.pii_types == (frozenset() if pii == "allow" else frozenset(profile.pii_types))
