@@ -4,6 +4,7 @@ models, env vars in step with the broker's settings, and a `sam build` bundle wi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,3 +163,16 @@ def test_bundle_imports_on_its_own(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-S", "-c", code, str(bundle)], capture_output=True, text=True,
                          cwd=tmp_path, env={"PATH": os.environ["PATH"]}, timeout=120)
     assert run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_every_broker_route_is_an_api_route(template: dict[str, Any]) -> None:
+    """Each route the resolver serves is wired in the HTTP API (API Gateway would 404 it otherwise)."""
+    from broker.app import app
+
+    served = set()
+    for route in app._static_routes + app._dynamic_routes:  # no public listing of routes
+        path = re.sub(r"<(\w+)>", r"{\1}", route.path)
+        served.add((route.method.upper(), path))
+    events = template["Resources"]["BrokerFunction"]["Properties"]["Events"].values()
+    wired = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events}
+    assert served == wired
