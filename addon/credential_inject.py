@@ -19,6 +19,8 @@ import logging
 import os
 import ssl
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from jitgate.policy import Connection, Policy
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_SECRET_TTL = 300
 RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
 # Client headers that may carry someone's own credential; never forwarded.
@@ -88,14 +91,23 @@ class CredentialInject:
     ) -> None:
         self._sm = secretsmanager
         self._given_sm = secretsmanager is not None
-        self._cache_factory = cache_factory or (lambda client: SecretCache(SecretCacheConfig(), client))
+        self._cache_factory = cache_factory or (
+            lambda client: SecretCache(SecretCacheConfig(secret_refresh_interval=self.ttl), client)
+        )
         self._caches: dict[str, SecretCache] = {}
+        # secret id -> (value, monotonic time fetched): the hot path reads this without a thread hop.
+        self._memo: dict[str, tuple[str, float]] = {}
+        self._fetch_lock = threading.Lock()
+        self.ttl = DEFAULT_SECRET_TTL
         self.policy: Policy | None = None
         self._bundle: str | None = None
         self._http: httpx.AsyncClient | None = None
 
     def load(self, loader: Loader) -> None:
         settings.add_shared_options(loader)
+        loader.add_option(
+            "jitgate_secret_ttl", int, DEFAULT_SECRET_TTL, "Seconds an upstream secret is used before it is re-read."
+        )
         loader.add_option(
             "jitgate_upstream_ca", str, "", "PEM file of a private CA trusted upstream, besides the public roots."
         )
@@ -111,6 +123,11 @@ class CredentialInject:
             ctx.options.update(ssl_verify_upstream_trusted_ca=self._bundle)  # type: ignore[no-untyped-call]
         if updated & (settings.SHARED | {"jitgate_upstream_ca", "ssl_verify_upstream_trusted_ca", "ssl_insecure"}):
             self._http = None  # rebuilt with the current trust settings on first use
+        if "jitgate_secret_ttl" in updated:
+            if ctx.options.jitgate_secret_ttl < 1:
+                raise settings.options_error("jitgate_secret_ttl must be at least 1 second")
+            self.ttl = ctx.options.jitgate_secret_ttl
+            self._memo.clear()
         if not (updated & settings.SHARED):
             return
         self.policy = settings.policy_from(ctx.options.jitgate_policy)
@@ -119,6 +136,7 @@ class CredentialInject:
                 "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
             )
         self._caches.clear()
+        self._memo.clear()
 
     def done(self) -> None:
         if self._bundle is not None:
@@ -132,10 +150,25 @@ class CredentialInject:
             cache = self._caches[secret_id] = self._cache_factory(self._sm)
         return cache
 
+    def cached_secret(self, conn: Connection) -> str | None:
+        """The connection's credential if it was read less than `ttl` seconds ago (no IO)."""
+        hit = self._memo.get(conn.credential.secret_id)
+        if hit is None or time.monotonic() - hit[1] >= self.ttl:
+            return None
+        return hit[0]
+
     def secret(self, conn: Connection) -> str:
-        """The connection's credential (blocking on a cache miss; run in a thread)."""
+        """The connection's credential (blocking on a cache miss; run in a thread).
+
+        One fetch at a time, so a burst of first requests makes one Secrets Manager call.
+        """
         cred = conn.credential
-        return secret_value(self._cache(cred.secret_id).get_secret_string(cred.secret_id), cred.json_key)
+        with self._fetch_lock:
+            value = self.cached_secret(conn)
+            if value is None:
+                value = secret_value(self._cache(cred.secret_id).get_secret_string(cred.secret_id), cred.json_key)
+                self._memo[cred.secret_id] = (value, time.monotonic())
+        return value
 
     def rotate(self, conn: Connection) -> str | None:
         """Fetch the secret afresh into a new cache; the old one stays if the fetch fails."""
@@ -146,7 +179,9 @@ class CredentialInject:
         except Exception as exc:
             logger.warning("jitgate: secret refresh for %s failed (%s)", conn.name, type(exc).__name__)
             return None
-        self._caches[cred.secret_id] = fresh
+        with self._fetch_lock:
+            self._caches[cred.secret_id] = fresh
+            self._memo[cred.secret_id] = (value, time.monotonic())
         return value
 
     # -- hooks ------------------------------------------------------------------------------
@@ -158,9 +193,12 @@ class CredentialInject:
         if not isinstance(conn, Connection):
             refuse(flow, JitgateError("the request was not checked against a scope"))
             return
+        secret = self.cached_secret(conn)
         try:
-            secret = await asyncio.to_thread(self.secret, conn)
-        except Exception:
+            if secret is None:
+                secret = await asyncio.to_thread(self.secret, conn)
+        except Exception as exc:
+            logger.warning("jitgate: credential of %s unavailable (%s)", conn.name, type(exc).__name__)
             refuse(flow, CredentialUnavailable(f"the credential of {conn.name!r} is unavailable"))
             return
         apply_credential(flow.request, conn, secret)

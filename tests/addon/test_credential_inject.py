@@ -202,3 +202,36 @@ async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_pa
             addon.done()
     assert f.response.status_code == 200
     assert [r["index"] for r in f.response.json()["results"]] == [1, 0]
+
+
+async def test_hot_path_reads_memory_and_rereads_after_the_ttl(aws: dict[str, Any], policy_file: Path) -> None:
+    sm = aws["secretsmanager"]
+    sm.create_secret(Name="jitgate/store", SecretString=_fake_key())
+    reads: list[str] = []
+
+    class CountingCache:
+        def __init__(self, client: Any) -> None:
+            self.client = client
+
+        def get_secret_string(self, secret_id: str) -> str:
+            reads.append(secret_id)
+            value: str = self.client.get_secret_value(SecretId=secret_id)["SecretString"]
+            return value
+
+    addon = CredentialInject(secretsmanager=sm, cache_factory=CountingCache)  # type: ignore[arg-type]
+    conn = parse_policy(POLICY).connections["store"]
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file), jitgate_secret_ttl=60)
+        for _ in range(3):
+            await addon.request(_flow(conn))
+        assert reads == ["jitgate/store"]
+        rotated = _fake_key()
+        sm.put_secret_value(SecretId="jitgate/store", SecretString=rotated)
+        value, fetched = addon._memo["jitgate/store"]
+        addon._memo["jitgate/store"] = (value, fetched - 61)  # the memo is past its ttl
+        f = _flow(conn)
+        await addon.request(f)
+        with pytest.raises(exceptions.OptionsError, match="jitgate_secret_ttl"):
+            tctx.configure(addon, jitgate_secret_ttl=0)
+    assert reads == ["jitgate/store"] * 2
+    assert f.request.headers["X-Chroma-Token"] == rotated
