@@ -85,7 +85,11 @@ class Spool:
     def __init__(self, config: SpoolConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._clock = clock
+        # Two locks: `_lock` guards the open segment (held during writes and rotation, never by
+        # the event loop); `_quota` guards the byte counts and is never held across IO, so
+        # `reserve()` on the proxy's event loop never waits on the disk.
         self._lock = threading.Lock()
+        self._quota = threading.Lock()
         self._open_dir = config.directory / "open"
         self._closed_dir = config.directory / "closed"
         self._fd: int | None = None
@@ -109,7 +113,8 @@ class Spool:
             for leftover in sorted(self._open_dir.glob("*.jsonl")):
                 os.replace(leftover, self._closed_dir / leftover.name)
             _fsync_dir(self._closed_dir)
-            self._used = sum(p.stat().st_size for p in self._closed_dir.glob("*.jsonl"))
+            with self._quota:
+                self._used = sum(p.stat().st_size for p in self._closed_dir.glob("*.jsonl"))
 
     def close(self) -> None:
         """Rotate the open segment so the uploader can ship it."""
@@ -123,44 +128,56 @@ class Spool:
 
     def reserve(self, n: int) -> None:
         """Hold `n` bytes of quota for a record to be appended later; SpoolFull if they are not there."""
-        with self._lock:
+        with self._quota:
             if self._used + self._reserved + n > self.config.max_bytes:
                 raise SpoolFull()
             self._reserved += n
 
     def unreserve(self, n: int) -> None:
-        with self._lock:
+        with self._quota:
             self._reserved = max(0, self._reserved - n)
 
     # ---- writing -----------------------------------------------------------------------
     def append(self, line: bytes, *, reserved: int = 0) -> None:
         """Append one complete JSON line; on any failure nothing of it stays in the segment."""
-        with self._lock:
+        n = len(line)
+        with self._quota:
             self._reserved = max(0, self._reserved - reserved)
-            if self._used + self._reserved + len(line) > self.config.max_bytes:
+            if self._used + self._reserved + n > self.config.max_bytes:
                 raise SpoolFull()
-            now = self._clock()
-            if self._fd is not None and (
-                self._size + len(line) > self.config.max_segment_bytes or _hour(now) != _hour(self._opened_at)
-            ):
-                self._rotate_locked()
-            if self._fd is None:
-                self._open_locked(now)
-            assert self._fd is not None
-            try:
-                written = os.write(self._fd, line)
-                if written != len(line):
-                    raise OSError(errno.ENOSPC, "short write to spool")
-            except OSError:
-                os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
-                raise
-            self._size += written
-            self._used += written
-            self._dirty = True
-            self.records += 1
+            self._used += n  # claimed now, given back if the write fails
+        try:
+            with self._lock:
+                now = self._clock()
+                if self._fd is not None and (
+                    self._size + n > self.config.max_segment_bytes or _hour(now) != _hour(self._opened_at)
+                ):
+                    self._rotate_locked()
+                if self._fd is None:
+                    self._open_locked(now)
+                assert self._fd is not None
+                try:
+                    written = os.write(self._fd, line)
+                    if written != n:
+                        raise OSError(errno.ENOSPC, "short write to spool")
+                except OSError:
+                    os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
+                    raise
+                self._size += n
+                self._dirty = True
+                self.records += 1
+        except BaseException:
+            with self._quota:
+                self._used -= n
+            raise
 
     def tick(self) -> None:
-        """Called often by the uploader thread: fsync on the interval, rotate by age."""
+        """Called often by the uploader thread: fsync on the interval, rotate by age.
+
+        The interval fsync runs on a duplicate of the descriptor outside the lock, so appends
+        (and the answers waiting on them) do not queue behind a slow disk.
+        """
+        dup: int | None = None
         with self._lock:
             if self._fd is None:
                 return
@@ -168,10 +185,15 @@ class Spool:
             if now - self._opened_at >= self.config.max_segment_age or _hour(now) != _hour(self._opened_at):
                 self._rotate_locked()
             elif self._dirty and now - self._synced_at >= self.config.fsync_interval:
-                os.fsync(self._fd)
-                self.fsyncs += 1
+                dup = os.dup(self._fd)
                 self._dirty = False
                 self._synced_at = now
+        if dup is not None:
+            try:
+                os.fsync(dup)
+                self.fsyncs += 1
+            finally:
+                os.close(dup)
 
     def rotate(self) -> None:
         with self._lock:
@@ -210,7 +232,7 @@ class Spool:
         """Forget a segment S3 has accepted."""
         size = path.stat().st_size
         path.unlink()
-        with self._lock:
+        with self._quota:
             self._used = max(0, self._used - size)
 
 

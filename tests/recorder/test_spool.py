@@ -215,3 +215,16 @@ def test_ships_to_s3_with_boto3(tmp_path: Path) -> None:
     assert obj["Key"].startswith("sessions/dt=2027-01-15/hour=08/gw-a-")
     body = s3.get_object(Bucket="audit", Key=obj["Key"])["Body"].read()
     assert [json.loads(x)["i"] for x in gzip.decompress(body).splitlines()] == [0, 1, 2]
+
+
+def test_reserve_never_waits_on_the_segment_lock(tmp_path: Path) -> None:
+    """The event loop calls reserve(); a writer or fsync holding the segment lock must not stall it."""
+    s = _spool(tmp_path)
+    done = threading.Event()
+    with s._lock:  # as if a rotation were fsyncing a slow disk
+        t = threading.Thread(target=lambda: (s.reserve(10), done.set()))
+        t.start()
+        t.join(timeout=5)
+        finished = done.is_set()
+    t.join()
+    assert finished
