@@ -95,6 +95,12 @@ class BrokerClient:
         data: dict[str, Any] = self._call("GET", f"/v1/approvals/{approval_id}", oidc_token).json()
         return data
 
+    def approvals(self, oidc_token: str) -> list[dict[str, Any]]:
+        """Pending approvals the caller may decide."""
+        data = self._call("GET", "/v1/approvals", oidc_token).json()
+        items = data.get("approvals") if isinstance(data, dict) else None
+        return [a for a in items if isinstance(a, dict)] if isinstance(items, list) else []
+
     def decide(self, oidc_token: str, approval_id: str, decision: str, reason: str) -> dict[str, Any]:
         path = f"/v1/approvals/{approval_id}/{decision}"
         data: dict[str, Any] = self._call("POST", path, oidc_token, json={"reason": reason}).json()

@@ -1,0 +1,370 @@
+"""Approvals and revocation end to end: a moto server, the broker behind its local adapter, an
+HTTPS upstream with a private CA, `mitmdump -s addon/jitgate_addons.py`, real clients, and the
+`jitgate approvals` / `jitgate revoke` commands deciding through the broker's HTTP API."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cohere
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from jitgate.cli import _register, app
+from jitgate.devstack.aws import Stack, local_broker
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, CI_CLAIMS, MAINTAINER_SUB, policy_dict, secret_id
+from jitgate.devstack.upstream import Upstream, bm25
+from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
+
+REPO = Path(__file__).resolve().parents[2]
+CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
+ONCALL_SUB = "system:serviceaccount:ranking-oncall:pager"
+HOLD_TIMEOUT = 6.0
+STALENESS = 5.0
+EXPIRY = 2  # seconds, the short-lived issuance approval grant
+DOCS = [
+    "Carson City is the capital city of the American state of Nevada.",
+    "Washington, D.C. is the capital of the United States.",
+    "Capital punishment has existed in the United States since before it was a country.",
+    "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean.",
+    "Paris is the capital of France.",
+    "Berlin is the capital of Germany.",
+]
+QUERY = "What is the capital of the United States?"
+
+if not any(g.name == "approvals" for g in app.registered_groups):
+    _register()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def upstream(aws_stack: Stack) -> Iterator[Upstream]:
+    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "jina-test", "store-test")]
+    with Upstream(api_keys=keys) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, upstream: Upstream) -> Path:
+    """One file for this module's broker and gateway: the dev policy, pointed at the local
+    upstream, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5 documents held."""
+    doc: Any = policy_dict(
+        oidc_issuer.url,
+        upstreams={
+            "cohere-test": upstream.url,
+            "jina-test": "https://jina.upstream.test",
+            "store-test": f"https://localhost:{upstream.port}",
+        },
+    )
+    doc["connections"]["cohere-test"]["approval"] = {"max_documents": 5}  # approvers: the policy's admins
+    doc["connections"]["store-test"]["approval"]["approvers"] = {"groups": [APPROVER_GROUP]}
+    grants = {g["name"]: g for g in doc["grants"]}
+    grants["store-maintenance"]["approval"]["approvers"]["count"] = 2
+    short = json.loads(json.dumps(grants["store-maintenance"]))
+    short.update(name="store-oncall")
+    short["match"]["claims"] = {"sub": ["system:serviceaccount:ranking-oncall:*"]}
+    short["approval"] = {"required": True, "approvers": {"groups": [APPROVER_GROUP]}, "timeout": f"{EXPIRY}s"}
+    doc["grants"].append(short)
+    path = tmp_path_factory.mktemp("approvals") / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def broker(aws_stack: Stack, policy_file: Path) -> Iterator[str]:
+    with local_broker(aws_stack, policy_file, cwd=REPO) as proc:
+        yield proc.url
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
+    policy_file: Path,
+) -> Iterator[Gateway]:
+    work = tmp_path_factory.mktemp("approvals-gateway")
+    ca = work / "upstream-ca.pem"
+    ca.write_bytes(upstream.ca_pem())
+    options = jitgate_options(
+        policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
+        aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
+    )
+    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2")
+    with start_gateway(work, options=options) as gw:
+        yield gw
+        if gw.proc.poll() is not None:
+            pytest.fail("the gateway died:\n" + "\n".join(gw.log))
+
+
+@pytest.fixture(scope="module")
+def bundle(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gateway.client_bundle(tmp_path_factory.mktemp("client") / "bundle.pem")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _oidc(issuer: OidcIssuer, sub: str, *groups: str, **claims: Any) -> str:
+    return issuer.mint(sub, {"groups": list(groups), **claims} if groups else (claims or None))
+
+
+def _request_token(broker: str, oidc: str, connection: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{broker}/v1/tokens", json={"connection": connection, **body},
+                      headers={"Authorization": f"Bearer {oidc}"}, timeout=10)
+
+
+def _ci_token(broker: str, issuer: OidcIssuer) -> dict[str, Any]:
+    resp = _request_token(broker, _oidc(issuer, CI_SUB, **CI_CLAIMS), "cohere-test")
+    assert resp.status_code == 201, resp.text
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+def _approval(broker: str, oidc: str, approval_id: str) -> dict[str, Any]:
+    resp = httpx.get(f"{broker}/v1/approvals/{approval_id}", headers={"Authorization": f"Bearer {oidc}"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    answer: dict[str, Any] = resp.json()
+    return answer
+
+
+def _cli(broker: str, oidc: str, *args: str) -> Any:
+    return runner.invoke(app, [*args, "--broker", broker, "--oidc-token", oidc])
+
+
+def _wait_for_hold(broker: str, approver: str, jti: str) -> dict[str, Any]:
+    """The pending hold of the token `jti`, as `jitgate approvals list --json` shows it to `approver`."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        result = _cli(broker, approver, "approvals", "list", "--json")
+        assert result.exit_code == 0, result.output
+        for item in json.loads(result.stdout):
+            if item["kind"] == "hold" and item["summary"]["jti"] == jti:
+                return dict(item)
+        time.sleep(0.2)
+    raise AssertionError("the hold never showed up")
+
+
+class Background:
+    """Run a blocking client call in a thread; `result()` waits for it."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self.value = fn()
+        except BaseException as exc:
+            self.error = exc
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self, timeout: float = 60) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the client call never returned"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _rerank(gateway: Gateway, bundle: Path, upstream: Upstream, token: str, docs: list[str]) -> httpx.Response:
+    with httpx.Client(proxy=gateway.proxy_url(token), verify=str(bundle), timeout=60) as client:
+        return client.post(f"{upstream.url}/v2/rerank", json={"model": "rerank-v3.5", "query": QUERY,
+                                                               "documents": docs})
+
+
+# -- issuance approvals -------------------------------------------------------------------------
+
+
+def test_issuance_two_of_m_via_cli_then_collected_token_works_through_the_gateway(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+) -> None:
+    requester = _oidc(oidc_issuer, MAINTAINER_SUB)
+    resp = _request_token(broker, requester, "store-test", job="reindex-7")
+    assert resp.status_code == 202 and "token" not in resp.json()
+    approval_id = resp.json()["approval_id"]
+
+    lead_a, lead_b = _oidc(oidc_issuer, "lead-a", APPROVER_GROUP), _oidc(oidc_issuer, "lead-b", APPROVER_GROUP)
+    listed = _cli(broker, lead_a, "approvals", "list")
+    assert listed.exit_code == 0 and approval_id in listed.stdout and "reindex-7" in listed.stdout
+    first = _cli(broker, lead_a, "approvals", "approve", approval_id, "--reason", "planned reindex")
+    assert first.exit_code == 0 and first.stdout.strip() == "pending"
+    assert "token" not in _approval(broker, requester, approval_id)
+    second = _cli(broker, lead_b, "approvals", "approve", approval_id, "--reason", "ok")
+    assert second.exit_code == 0 and second.stdout.strip() == "approved"
+
+    approved_at = int(time.time())
+    collected = _approval(broker, _oidc(oidc_issuer, MAINTAINER_SUB), approval_id)
+    assert collected["state"] == "approved" and collected["token"].startswith("eyJ")
+    assert collected["expires_at"] - collected["ttl"] >= approved_at  # the TTL started at collection
+    assert "token" not in _approval(broker, _oidc(oidc_issuer, MAINTAINER_SUB), approval_id)  # handed out once
+
+    store = f"https://localhost:{upstream.port}/api/v1/collections/candidates"
+    with httpx.Client(proxy=gateway.proxy_url(collected["token"]), verify=str(bundle), timeout=30) as client:
+        added = client.post(f"{store}/add", json={"ids": ["d1"], "documents": [DOCS[1]]})
+        found = client.post(f"{store}/query", json={"query_texts": [QUERY], "n_results": 1})
+    assert added.status_code == 201, added.text
+    assert found.status_code == 200 and found.json()["ids"] == [["d1"]]
+
+
+def test_issuance_denied_via_cli(broker: str, oidc_issuer: OidcIssuer) -> None:
+    requester = _oidc(oidc_issuer, MAINTAINER_SUB)
+    approval_id = _request_token(broker, requester, "store-test").json()["approval_id"]
+    lead = _oidc(oidc_issuer, "lead-a", APPROVER_GROUP)
+    assert _cli(broker, lead, "approvals", "approve", approval_id, "--reason", "ok").stdout.strip() == "pending"
+    denied = _cli(broker, _oidc(oidc_issuer, "lead-b", APPROVER_GROUP), "approvals", "deny", approval_id,
+                  "--reason", "not during the freeze")
+    assert denied.exit_code == 0 and denied.stdout.strip() == "denied"
+    view = _approval(broker, requester, approval_id)
+    assert view["state"] == "denied" and "token" not in view
+    late = _cli(broker, _oidc(oidc_issuer, "lead-c", APPROVER_GROUP), "approvals", "approve", approval_id,
+                "--reason", "late")
+    assert late.exit_code == 2 and "approval_closed" in late.output
+
+
+def test_self_approval_is_refused(broker: str, oidc_issuer: OidcIssuer) -> None:
+    requester = _oidc(oidc_issuer, MAINTAINER_SUB, APPROVER_GROUP)  # in the approver group, still the requester
+    approval_id = _request_token(broker, requester, "store-test").json()["approval_id"]
+    result = _cli(broker, requester, "approvals", "approve", approval_id, "--reason", "mine")
+    assert result.exit_code == 2 and "self_approval" in result.output
+    assert _approval(broker, requester, approval_id)["votes"] == []
+
+
+def test_pending_issuance_expires(broker: str, oidc_issuer: OidcIssuer) -> None:
+    requester = _oidc(oidc_issuer, ONCALL_SUB)
+    resp = _request_token(broker, requester, "store-test")
+    assert resp.status_code == 202
+    approval_id, expires_at = resp.json()["approval_id"], resp.json()["expires_at"]
+    while time.time() < expires_at + 0.5:
+        time.sleep(0.2)
+    view = _approval(broker, requester, approval_id)
+    assert view["state"] == "expired" and "token" not in view
+    late = _cli(broker, _oidc(oidc_issuer, "lead-a", APPROVER_GROUP), "approvals", "approve", approval_id,
+                "--reason", "too late")
+    assert late.exit_code == 2 and "approval_expired" in late.output
+
+
+# -- holds on the data path ---------------------------------------------------------------------
+
+
+def test_held_rerank_resumes_after_approval_and_the_client_gets_the_upstream_answer(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    minted = _ci_token(broker, oidc_issuer)
+    monkeypatch.setenv("HTTPS_PROXY", gateway.proxy_url(minted["token"]))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setenv("NO_PROXY", "")
+    co = cohere.ClientV2(api_key="placeholder-not-a-key", base_url=upstream.url, max_retries=0, timeout=60)
+    mark = len(upstream.received)
+    call = Background(lambda: co.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS, top_n=3))
+
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    hold = _wait_for_hold(broker, admin, minted["jti"])
+    summary = hold["summary"]
+    assert summary["documents"] == len(DOCS) and summary["operation"] == "rerank"
+    assert summary["reasons"] == [f"documents:{len(DOCS)}>5"] and summary["path"] == "/v2/rerank"
+    assert minted["token"] not in json.dumps(hold) and DOCS[1] not in json.dumps(hold)
+    assert call.running() and len(upstream.received) == mark  # held: nothing went upstream
+
+    assert _cli(broker, admin, "approvals", "approve", hold["id"], "--reason", "big batch ok").exit_code == 0
+    answer = call.result()
+    scores = bm25(QUERY, DOCS)
+    assert [r.index for r in answer.results] == sorted(range(len(DOCS)), key=lambda i: (-scores[i], i))[:3]
+    assert len(upstream.received) == mark + 1
+
+
+def test_held_rerank_denied_is_403(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+) -> None:
+    minted = _ci_token(broker, oidc_issuer)
+    mark = len(upstream.received)
+    call = Background(lambda: _rerank(gateway, bundle, upstream, minted["token"], DOCS))
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    hold = _wait_for_hold(broker, admin, minted["jti"])
+    assert _cli(broker, admin, "approvals", "deny", hold["id"], "--reason", "unexpected volume").exit_code == 0
+    resp = call.result()
+    assert resp.status_code == 403
+    assert resp.json()["code"] == "approval_denied" and resp.json()["approval_id"] == hold["id"]
+    assert len(upstream.received) == mark
+
+
+def test_held_rerank_times_out_with_403(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+) -> None:
+    minted = _ci_token(broker, oidc_issuer)
+    mark = len(upstream.received)
+    resp = _rerank(gateway, bundle, upstream, minted["token"], DOCS)
+    assert resp.status_code == 403 and resp.json()["code"] == "approval_timeout"
+    assert len(upstream.received) == mark
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    late = _cli(broker, admin, "approvals", "approve", resp.json()["approval_id"], "--reason", "late")
+    assert late.exit_code == 2 and "approval_expired" in late.output
+
+
+def test_other_flows_pass_while_one_is_held(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+) -> None:
+    held_token, other_token = _ci_token(broker, oidc_issuer), _ci_token(broker, oidc_issuer)
+    call = Background(lambda: _rerank(gateway, bundle, upstream, held_token["token"], DOCS))
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    hold = _wait_for_hold(broker, admin, held_token["jti"])
+    for token in (other_token["token"], held_token["token"]):  # even the held token's own small calls pass
+        resp = _rerank(gateway, bundle, upstream, token, DOCS[:3])
+        assert resp.status_code == 200 and resp.json()["results"][0]["index"] == 1
+    assert call.running()
+    _cli(broker, admin, "approvals", "deny", hold["id"], "--reason", "cleanup")
+    assert call.result().status_code == 403
+
+
+# -- revocation ---------------------------------------------------------------------------------
+
+
+def test_revoked_token_is_refused_within_the_bound_on_a_connection_that_stayed_open(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+) -> None:
+    minted = _ci_token(broker, oidc_issuer)
+    ctx = ssl.create_default_context(cafile=str(bundle))
+    conn = http.client.HTTPSConnection("127.0.0.1", gateway.port, context=ctx, timeout=30)
+    auth = base64.b64encode(f"jit:{minted['token']}".encode()).decode()
+    conn.set_tunnel("127.0.0.1", upstream.port, headers={"Proxy-Authorization": f"Basic {auth}"})
+    body = json.dumps({"model": "rerank-v3.5", "query": QUERY, "documents": DOCS[:2]})
+
+    def call() -> tuple[int, Any]:
+        conn.request("POST", "/v2/rerank", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    status, _ = call()
+    assert status == 200
+    sock = conn.sock
+    assert sock is not None
+
+    owner = _oidc(oidc_issuer, CI_SUB, **CI_CLAIMS)
+    revoked = runner.invoke(app, ["revoke", "--broker", broker, "--oidc-token", owner, minted["jti"]])
+    assert revoked.exit_code == 0, revoked.output
+    revoked_at = time.monotonic()
+    answer: Any = None
+    while time.monotonic() - revoked_at < STALENESS + 3:
+        status, answer = call()
+        assert conn.sock is sock, "the client reconnected; the test needs the same connection"
+        if status != 200:
+            break
+        time.sleep(0.2)
+    elapsed = time.monotonic() - revoked_at
+    assert status == 403 and answer["code"] == "token_revoked", (status, answer)
+    assert elapsed <= STALENESS + 3
+    conn.close()
