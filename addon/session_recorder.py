@@ -58,8 +58,13 @@ _OWN = frozenset(
 
 
 def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
-    """A body with a finding that was not masked in place still holds the matched text."""
-    return any(str(f.get("where", "request")).startswith(side) and f.get("action") != "mask" for f in findings)
+    """A body with a finding that was not masked in place still holds the matched text.
+
+    A finding counts against both bodies unless its location names the other side, so an
+    unfamiliar location format withholds more, never less.
+    """
+    other = "response" if side == "request" else "request"
+    return any(not str(f.get("where", "")).startswith(other) and f.get("action") != "mask" for f in findings)
 
 
 def _opt_str(value: Any) -> str | None:

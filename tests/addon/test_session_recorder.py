@@ -274,3 +274,30 @@ async def test_leftovers_are_shipped_at_start(tmp_path: Path) -> None:
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path), jitgate_bucket="audit", jitgate_gateway_id="gw1")
         rec.done()
     assert list(shipped) == ["sessions/dt=2027-01-15/hour=08/gw1-20270115T080000.000000Z-000001-0a0b0c0d.jsonl.gz"]
+
+
+@pytest.mark.parametrize(
+    ("where", "action", "request_kept", "response_kept"),
+    [
+        ("request.body", "mask", True, True),
+        ("request.body", "block", False, True),
+        ("response.body", "allow", True, False),
+        ("response.body", "mask", True, True),
+        ("body", "allow", False, False),  # a location we do not know: withhold both
+    ],
+)
+async def test_bodies_with_unmasked_findings_are_withheld(
+    tmp_path: Path, where: str, action: str, request_kept: bool, response_kept: bool
+) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "x", ["d"])
+        flow.metadata[meta.FINDINGS] = [{"type": "email", "where": where, "action": action}]
+        rec.request(flow)
+        _answer(flow)
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert (r["request_body"] is not None, r["response_body"] is not None) == (request_kept, response_kept)
+    assert (r["rerank_query"] is not None) == request_kept
