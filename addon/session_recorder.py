@@ -57,14 +57,25 @@ _OWN = frozenset(
 )
 
 
-def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
-    """A body with a finding that was not masked in place still holds the matched text.
+def _part(where: str) -> str:
+    """Which recorded part a leak_guard location (`request.body`, `request.path`, `response.header:x`) is in."""
+    if ".header" in where:
+        return "header"  # headers are never recorded
+    if where.startswith(("request.path", "request.url", "request.query")):
+        return "url"
+    for side in ("request", "response"):
+        if where.startswith(side):
+            return side
+    return "unknown"  # an unfamiliar format counts against every part: withhold more, never less
 
-    A finding counts against both bodies unless its location names the other side, so an
-    unfamiliar location format withholds more, never less.
-    """
-    other = "response" if side == "request" else "request"
-    return any(not str(f.get("where", "")).startswith(other) and f.get("action") != "mask" for f in findings)
+
+def _withheld(findings: list[dict[str, Any]], part: str) -> bool:
+    """A part with a finding that was not masked in place still holds the matched text."""
+    return any(f.get("action") != "mask" and _part(str(f.get("where", ""))) in (part, "unknown") for f in findings)
+
+
+def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
+    return _withheld(findings, side)
 
 
 def _opt_str(value: Any) -> str | None:
@@ -72,11 +83,7 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _path_withheld(findings: list[dict[str, Any]]) -> bool:
-    """A finding in the URL that was not masked means the path itself holds the value."""
-    return any(
-        any(part in str(f.get("where", "")) for part in ("path", "url", "query")) and f.get("action") != "mask"
-        for f in findings
-    )
+    return _withheld(findings, "url")
 
 
 def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:

@@ -135,7 +135,7 @@ async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) ->
                 "length": 20,
                 "encoding": "raw",
             },
-            {"type": "aws_access_key", "where": "request.url.query", "action": "block", "tag": "a1b2c3d4e5"},
+            {"type": "aws_access_key", "where": "request.path", "action": "block", "tag": "a1b2c3d4e5"},
         ]
         _answer(flow)
         refuse(flow, InvalidToken("placeholder"), extra=None)
@@ -284,6 +284,8 @@ async def test_leftovers_are_shipped_at_start(tmp_path: Path) -> None:
         ("response.body", "allow", True, False),
         ("response.body", "mask", True, True),
         ("body", "allow", False, False),  # a location we do not know: withhold both
+        ("request.header:x-note", "block", True, True),  # headers are never recorded anyway
+        ("request.path", "block", True, True),
     ],
 )
 async def test_bodies_with_unmasked_findings_are_withheld(
