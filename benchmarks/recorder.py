@@ -136,8 +136,12 @@ async def _record(flows: list[Any], spool_dir: Path, concurrency: int) -> dict[s
         records, fsyncs = spool.records, spool.fsyncs
     objects = s3.list_objects_v2(Bucket="bench-audit", Prefix="sessions/").get("Contents", [])
     raw = 0
-    for obj in objects:
-        raw += len(gzip.decompress(s3.get_object(Bucket="bench-audit", Key=obj["Key"])["Body"].read()))
+    lines = spool_dir.parent / "all.jsonl"
+    with lines.open("wb") as out:
+        for obj in objects:
+            body = gzip.decompress(s3.get_object(Bucket="bench-audit", Key=obj["Key"])["Body"].read())
+            raw += len(body)
+            out.write(body)
     return {
         "records": records,
         "records_per_s": round(len(flows) / elapsed, 1),
@@ -147,7 +151,23 @@ async def _record(flows: list[Any], spool_dir: Path, concurrency: int) -> dict[s
         "record_bytes": raw,
         "fsyncs": fsyncs,
         "write_failures": rec.write_failures,
+        "parquet_bytes": _parquet_bytes(lines),
     }
+
+
+def _parquet_bytes(lines: Path) -> int:
+    """The same records as one zstd Parquet file (the alternative format the issue allows)."""
+    import duckdb
+
+    from jitgate.records import duckdb_columns
+
+    cols = "{" + ", ".join(f"'{k}': '{v}'" for k, v in duckdb_columns().items()) + "}"
+    out = lines.with_suffix(".parquet")
+    duckdb.connect().execute(
+        f"COPY (SELECT * FROM read_json('{lines}', format = 'newline_delimited', columns = {cols})) "
+        f"TO '{out}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+    return out.stat().st_size
 
 
 def main() -> None:
@@ -174,6 +194,7 @@ def main() -> None:
         "s3_puts_per_10k_flows": round(got["s3_puts"] * 10_000 / n, 2),
         "record_bytes_per_flow": round(got["record_bytes"] / n, 1),
         "s3_bytes_per_flow": round(got["s3_bytes"] / n, 1),
+        "parquet_zstd_bytes_per_flow": round(got["parquet_bytes"] / n, 1),
         "payload_bytes_per_flow": round(request_bytes, 1),
         "records_written": got["records"],
         "fsyncs": got["fsyncs"],
