@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
+from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
 
 token_gate = TokenGate()
 scope_guard = ScopeGuard()
-# leak_guard: request scanning / response masking (addon/leak_guard.py) goes here.
+leak_guard = LeakGuard()
 approval_hold = ApprovalHold()
 credential_inject = CredentialInject()
 session_recorder = SessionRecorder()
 
-addons = [token_gate, scope_guard, approval_hold, credential_inject, session_recorder]
+addons = [token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder]

@@ -22,6 +22,9 @@ DECISION = "jitgate.decision"  # allowed | blocked | masked | held | approved | 
 ERROR = "jitgate.error"  # stable error code when the gateway answered the flow itself
 INJECTED = "jitgate.injected"  # True once credential_inject set the upstream credential
 STARTED = "jitgate.started"  # monotonic time the request entered the chain
+# str: the upstream credential credential_inject set, in memory only (never recorded or logged);
+# leak_guard always detects it in responses, whatever its format.
+INJECTED_SECRET = "jitgate.injected_secret"
 
 
 def refused(flow: http.HTTPFlow) -> bool:

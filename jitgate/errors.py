@@ -277,3 +277,15 @@ class ApprovalUnavailable(Unavailable):
     """The approval state could not be read or written; the request stays held or is refused."""
 
     code = "approval_unavailable"
+
+
+class LeakBlocked(Forbidden):
+    """The request carries a secret (or PII the profile blocks); the answer lists types and places, never values."""
+
+    code = "leak_blocked"
+
+
+class BodyNotDecodable(BadRequest):
+    """A body's content encoding cannot be decoded, so it cannot be inspected."""
+
+    code = "body_not_decodable"

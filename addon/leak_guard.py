@@ -1,0 +1,291 @@
+"""leak_guard: secrets and PII are found in requests and responses; leaking requests are blocked.
+
+Request (after scope_guard, before the credential is injected): headers that carry the caller's
+own credential are left to credential_inject; the URL, the other headers and the decoded body
+are scanned. Per the token's masking profile, a secret blocks with 403 `leak_blocked` (types
+and places, never the value) and PII is masked or blocks. Response: secrets, the injected
+credential and PII are masked; `text/event-stream` and bodies without a length are masked
+chunk by chunk with an overlap window. A body over `jitgate_max_inspect_bytes` gets 413 and is
+never forwarded unscanned. Every finding goes into the flow's record (`meta.FINDINGS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import zlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import brotli
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from addon import meta, settings
+from addon.respond import refuse
+from jitgate.errors import BodyNotDecodable, JitgateError, LeakBlocked, PayloadTooLarge, UpstreamResponseInvalid
+from jitgate.inspect import Scanner, StreamMasker, actions, is_json
+from jitgate.inspect.masking import Finding
+from jitgate.inspect.scanner import ScanResult
+from jitgate.policy import Connection, MaskProfile, Policy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_INSPECT = 16 * 1024 * 1024
+STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
+# Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-chroma-token"})
+_SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
+
+
+def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
+    """An incremental decoder for a streamed body's content encoding."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return lambda data: data
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(wbits=47).decompress
+    if enc == "deflate":
+        return zlib.decompressobj().decompress
+    if enc == "br":
+        return brotli.Decompressor().process  # type: ignore[no-any-return]
+    if enc == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress
+    return None
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """What a 403 tells the caller about a finding: type and place (never the value)."""
+    return {k: record[k] for k in ("type", "where", "offset", "length", "tag") if k in record}
+
+
+class _MaskStream:
+    """The `flow.response.stream` callable: decode, mask with an overlap window, pass on."""
+
+    def __init__(self, masker: StreamMasker, decode: Callable[[bytes], bytes]) -> None:
+        self.masker = masker
+        self._decode = decode
+
+    def __call__(self, data: bytes) -> bytes:
+        if data:
+            return self.masker.feed(self._decode(data))
+        return self.masker.close()
+
+
+class LeakGuard:
+    def __init__(self, scanner: Scanner | None = None) -> None:
+        self._given = scanner
+        self.scanner: Scanner | None = scanner
+        self.policy: Policy | None = None
+        self.max_bytes = DEFAULT_MAX_INSPECT
+        self.window = 8192
+
+    def load(self, loader: Loader) -> None:
+        settings.add_shared_options(loader)
+        loader.add_option(
+            "jitgate_max_inspect_bytes", int, DEFAULT_MAX_INSPECT,
+            "Largest decoded body leak_guard inspects; larger bodies are refused with 413.",
+        )
+        loader.add_option(
+            "jitgate_mask_key_secret", str, "",
+            "Secrets Manager id of the HMAC key for masking tags; empty means a random key per process.",
+        )
+        loader.add_option("jitgate_inspect_engine", str, "auto", "Detection engine: auto, hyperscan or re.")
+        loader.add_option(
+            "jitgate_stream_window", int, 8192, "Bytes held back when masking a streamed response (overlap window)."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "jitgate_max_inspect_bytes" in updated:
+            if opts.jitgate_max_inspect_bytes < 1024:
+                raise settings.options_error("jitgate_max_inspect_bytes must be at least 1024")
+            self.max_bytes = opts.jitgate_max_inspect_bytes
+        if "jitgate_stream_window" in updated:
+            if not 256 <= opts.jitgate_stream_window <= 1 << 20:
+                raise settings.options_error("jitgate_stream_window must be between 256 and 1048576")
+            self.window = opts.jitgate_stream_window
+        if "jitgate_inspect_engine" in updated and opts.jitgate_inspect_engine not in ("auto", "hyperscan", "re"):
+            raise settings.options_error("jitgate_inspect_engine must be auto, hyperscan or re")
+        if updated & settings.SHARED:
+            self.policy = settings.policy_from(opts.jitgate_policy)
+        if self._given is None and updated & {"jitgate_mask_key_secret", "jitgate_inspect_engine"}:
+            try:
+                self.scanner = Scanner(self._mask_key(), engine=opts.jitgate_inspect_engine)
+            except RuntimeError as exc:  # hyperscan asked for but missing
+                raise settings.options_error(f"jitgate_inspect_engine: {exc}") from None
+
+    def _mask_key(self) -> bytes:
+        secret_id = ctx.options.jitgate_mask_key_secret
+        if not secret_id:
+            logger.warning("jitgate: no jitgate_mask_key_secret; masking tags correlate only within this process")
+            return secrets.token_bytes(32)
+        client = settings.aws_client(
+            "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
+        )
+        try:
+            value = client.get_secret_value(SecretId=secret_id).get("SecretString") or ""
+        except Exception as exc:
+            msg = f"jitgate_mask_key_secret: cannot read the key ({type(exc).__name__})"
+            raise settings.options_error(msg) from None
+        if len(value) < 16:
+            raise settings.options_error("jitgate_mask_key_secret: the key must be at least 16 characters")
+        return value.encode()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _profile(self, flow: http.HTTPFlow) -> MaskProfile:
+        policy = self.policy
+        if policy is None:
+            return MaskProfile()
+        claims = flow.metadata.get(meta.CLAIMS)
+        if claims is not None:
+            return policy.profile(claims.mask)
+        conn = flow.metadata.get(meta.CONNECTION)
+        if not isinstance(conn, Connection):
+            conn = policy.connection_for_host(flow.request.pretty_host)
+        return policy.profile(conn.mask if conn is not None else "default")
+
+    @staticmethod
+    def _literals(flow: http.HTTPFlow) -> list[bytes]:
+        value = flow.metadata.get(meta.INJECTED_SECRET)
+        return [value.encode()] if isinstance(value, str) and value else []
+
+    @staticmethod
+    def _record(flow: http.HTTPFlow, plan: actions.Plan, where: str, findings: list[Finding]) -> list[dict[str, Any]]:
+        records = [f.record(where, actions.action_for(plan, f)) for f in findings]
+        if records:
+            flow.metadata.setdefault(meta.FINDINGS, []).extend(records)
+        return records
+
+    def _scan(self, data: bytes, plan: actions.Plan, literals: list[bytes], *, json_text: bool = False) -> ScanResult:
+        assert self.scanner is not None
+        return self.scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+
+    def _body(self, flow: http.HTTPFlow, message: http.Message, body: bytes, plan: actions.Plan) -> ScanResult:
+        json_text = is_json(message.headers.get("content-type", ""), body)
+        return self._scan(body, plan, self._literals(flow), json_text=json_text)
+
+    def _headers(self, flow: http.HTTPFlow, message: http.Message, side: str, plan: actions.Plan) -> list[Finding]:
+        """Scan and mask header values in place; the findings (recorded)."""
+        found: list[Finding] = []
+        literals = self._literals(flow)
+        for name, value in list(message.headers.items(multi=True)):  # type: ignore[no-untyped-call]
+            low = name.lower()
+            if low in _SKIP_HEADERS or (side == "request" and low in _CREDENTIAL_HEADERS):
+                continue
+            raw = value.encode("utf-8", "surrogateescape")
+            result = self._scan(raw, plan, literals)
+            if result.findings:
+                self._record(flow, plan, f"{side}.header:{low}", result.findings)
+                found += result.findings
+                message.headers[name] = result.masked(raw).decode("utf-8", "surrogateescape")
+        return found
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {self.max_bytes} bytes"))
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow) or self.scanner is None:
+            return
+        plan = actions.plan(self._profile(flow), "request")
+        req = flow.request
+        try:
+            body = req.get_content(strict=True) or b""
+        except ValueError:
+            refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
+            return
+        if len(body) > self.max_bytes:
+            refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {self.max_bytes} bytes"))
+            return
+        found = self._headers(flow, req, "request", plan)
+        raw_path = req.path.encode("utf-8", "surrogateescape")
+        path_result = self._scan(raw_path, plan, [])
+        if not path_result.findings and b"%" in raw_path:
+            path_result = self._scan(unquote_to_bytes(raw_path), plan, [])
+            path_result.edits.clear()  # found only decoded: nothing to mask in place, the flow blocks or masks below
+        self._record(flow, plan, "request.path", path_result.findings)
+        result = self._body(flow, req, body, plan)
+        self._record(flow, plan, "request.body", result.findings)
+        found += path_result.findings + result.findings
+        decision = actions.decide(plan, found)
+        if decision == "block" or (decision == "mask" and path_result.findings and not path_result.edits):
+            refuse(
+                flow,
+                LeakBlocked("the request carries secrets or personal data; nothing was forwarded"),
+                extra={"findings": [_public(r) for r in flow.metadata.get(meta.FINDINGS, [])]},
+            )
+            return
+        if path_result.edits:
+            req.path = path_result.masked(raw_path).decode("utf-8", "surrogateescape")
+        if result.edits:
+            req.content = result.masked(body)
+        if found:
+            flow.metadata[meta.DECISION] = "masked"
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None or meta.ERROR in flow.metadata or self.scanner is None:
+            return
+        ctype = resp.headers.get("content-type", "").lower()
+        if not (ctype.startswith("text/event-stream") or "content-length" not in resp.headers):
+            return
+        decode = _decompressor(resp.headers.get("content-encoding", ""))
+        if decode is None:
+            return  # unknown encoding: buffered, and the response hook refuses it
+        plan = actions.plan(self._profile(flow), "response")
+        masker = StreamMasker(
+            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window
+        )
+        resp.headers.pop("content-encoding", None)
+        resp.headers.pop("content-length", None)
+        flow.metadata[STREAM] = masker
+        resp.stream = _MaskStream(masker, decode)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None or self.scanner is None:
+            return
+        plan = actions.plan(self._profile(flow), "response")
+        masker = flow.metadata.pop(STREAM, None)
+        if isinstance(masker, StreamMasker):
+            records = self._record(flow, plan, "response.body", masker.findings)
+            if records:
+                flow.metadata.setdefault(meta.DECISION, "masked")
+            return
+        if meta.ERROR in flow.metadata:
+            return  # the gateway's own answer
+        try:
+            body = resp.get_content(strict=True) or b""
+        except ValueError:
+            self._replace(flow, UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
+            return
+        if len(body) > self.max_bytes:
+            limit = self.max_bytes
+            self._replace(flow, PayloadTooLarge(f"the response body exceeds the inspection limit of {limit} bytes"))
+            return
+        found = self._headers(flow, resp, "response", plan)
+        result = self._body(flow, resp, body, plan)
+        self._record(flow, plan, "response.body", result.findings)
+        if result.edits:
+            resp.content = result.masked(body)
+        if found or result.findings:
+            flow.metadata.setdefault(meta.DECISION, "masked")
+
+    @staticmethod
+    def _replace(flow: http.HTTPFlow, error: JitgateError) -> None:
+        """Answer with an error instead of an upstream response that cannot be inspected."""
+        flow.response = None
+        refuse(flow, error)
+
+
+addons = [LeakGuard()]

@@ -1,0 +1,212 @@
+"""leak_guard hooks driven with taddons/tflow: block, mask, stream, decode, refuse oversize."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+
+from addon import meta
+from addon.leak_guard import STREAM, LeakGuard
+from jitgate.inspect import Scanner
+from jitgate.token import Claims, new_jti
+from tests.inspect import corpus
+
+POLICY = """
+version: 1
+issuers:
+  - {issuer: https://oidc.test, audience: jitgate}
+profiles:
+  default: {}
+  strict: {request_pii: block}
+connections:
+  rerank:
+    dialect: cohere
+    upstream: https://127.0.0.1:9443
+    hosts: [api.cohere.com]
+    credential: {secret_id: jitgate/rerank}
+"""
+SCANNER = Scanner(secrets.token_bytes(32))
+
+
+def _token(seed: int = 0) -> str:
+    return corpus.PREFIXED["github_pat"](random.Random(seed))
+
+
+def _claims(mask: str = "default") -> Claims:
+    now = int(time.time())
+    return Claims.model_validate({
+        "iss": "https://broker.test", "aud": "jitgate", "sub": "job", "iat": now, "nbf": now, "exp": now + 600,
+        "jti": new_jti(), "conn": "rerank", "scope": {"operations": ["rerank"]}, "limits": {}, "mask": mask,
+    })
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> Any:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    g = LeakGuard(scanner=SCANNER)
+    with taddons.context(g) as tctx:
+        tctx.configure(g, jitgate_policy=str(policy), jitgate_max_inspect_bytes=64 * 1024, jitgate_stream_window=512)
+        yield g
+
+
+def _flow(
+    body: dict[str, Any] | bytes, *, mask: str = "default", headers: dict[str, str] | None = None
+) -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.request.host, f.request.path, f.request.method = "api.cohere.com", "/v2/rerank", "POST"
+    f.request.headers["content-type"] = "application/json"
+    for k, v in (headers or {}).items():
+        f.request.headers[k] = v
+    f.request.content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    f.metadata[meta.CLAIMS] = _claims(mask)
+    return f
+
+
+def _rerank(*docs: str) -> dict[str, Any]:
+    return {"model": "rerank-v3.5", "query": "which doc", "documents": list(docs)}
+
+
+def test_secret_in_request_blocks_without_echoing_it(guard: LeakGuard) -> None:
+    tok = _token()
+    f = _flow(_rerank("fine", f"see {tok}"))
+    guard.request(f)
+    assert f.response is not None and f.response.status_code == 403
+    answer = json.loads(f.response.content or b"")
+    assert answer["code"] == "leak_blocked"
+    assert [(x["type"], x["where"]) for x in answer["findings"]] == [("github_pat", "request.body")]
+    assert tok not in (f.response.text or "") and tok not in json.dumps(f.metadata[meta.FINDINGS])
+    assert f.metadata[meta.ERROR] == "leak_blocked"
+    assert f.metadata[meta.FINDINGS][0]["action"] == "block"
+
+
+def test_pii_in_request_is_masked_and_forwarded(guard: LeakGuard) -> None:
+    f = _flow(_rerank("write to ana.smith@example.org", "plain"))
+    guard.request(f)
+    assert f.response is None
+    sent = json.loads(f.request.content or b"")
+    assert sent["documents"][0].startswith("write to [REDACTED:email:") and sent["documents"][1] == "plain"
+    assert f.metadata[meta.DECISION] == "masked"
+    assert f.metadata[meta.FINDINGS][0]["action"] == "mask"
+
+
+def test_strict_profile_blocks_pii(guard: LeakGuard) -> None:
+    f = _flow(_rerank("SSN 123-45-6789"), mask="strict")
+    guard.request(f)
+    assert f.response is not None and f.response.status_code == 403
+
+
+def test_gzip_request_is_decoded_scanned_and_reencoded(guard: LeakGuard) -> None:
+    f = _flow(b"")
+    f.request.headers["content-encoding"] = "gzip"
+    f.request.content = json.dumps(_rerank("mail bo.x@example.com")).encode()
+    assert f.request.raw_content is not None and f.request.raw_content[:2] == b"\x1f\x8b"
+    guard.request(f)
+    assert f.response is None
+    assert b"[REDACTED:email:" in gzip.decompress(f.request.raw_content or b"")
+
+
+def test_undecodable_request_is_refused(guard: LeakGuard) -> None:
+    f = _flow(b"")
+    f.request.headers["content-encoding"] = "gzip"
+    f.request.raw_content = b"not gzip at all"
+    guard.request(f)
+    assert f.response is not None and f.metadata[meta.ERROR] == "body_not_decodable"
+
+
+def test_oversize_request_gets_413_before_the_body(guard: LeakGuard) -> None:
+    f = _flow(b"")
+    f.request.headers["content-length"] = str(10**9)
+    guard.requestheaders(f)
+    assert f.response is not None and f.response.status_code == 413
+    f2 = _flow(_rerank("x" * 70_000))
+    guard.request(f2)
+    assert f2.response is not None and f2.response.status_code == 413
+
+
+def test_secret_in_header_or_query_blocks_but_credential_headers_are_left_alone(guard: LeakGuard) -> None:
+    tok = _token(1)
+    f = _flow(_rerank("a"), headers={"X-Debug": f"token {tok}"})
+    guard.request(f)
+    assert f.response is not None and f.metadata[meta.FINDINGS][0]["where"] == "request.header:x-debug"
+    f = _flow(_rerank("a"))
+    f.request.path = f"/v2/rerank?api_key={tok}"
+    guard.request(f)
+    assert f.response is not None and f.metadata[meta.FINDINGS][0]["where"] == "request.path"
+    jwt = corpus._jwt(random.Random(2))
+    f = _flow(_rerank("a"), headers={"Authorization": f"Bearer {jwt}"})
+    guard.request(f)
+    assert f.response is None and meta.FINDINGS not in f.metadata
+
+
+def test_response_masks_secrets_pii_and_the_injected_credential(guard: LeakGuard) -> None:
+    injected = "upstream-" + secrets.token_hex(8)
+    f = _flow(_rerank("a"))
+    f.metadata[meta.INJECTED_SECRET] = injected
+    guard.request(f)
+    results = [{"index": 0, "relevance_score": 0.9, "document": {"text": f"key {_token(3)} for {injected}"}},
+               {"index": 1, "relevance_score": 0.1, "document": {"text": "call +44 20 7946 0958"}}]
+    f.response = http.Response.make(200, json.dumps({"results": results}), {"content-type": "application/json"})
+    guard.response(f)
+    out = json.loads(f.response.content or b"")
+    assert [r["index"] for r in out["results"]] == [0, 1]
+    text0, text1 = out["results"][0]["document"]["text"], out["results"][1]["document"]["text"]
+    assert "[REDACTED:github_pat:" in text0 and "[REDACTED:injected_credential:" in text0 and injected not in text0
+    assert text1.startswith("call [REDACTED:phone:")
+    assert {x["type"] for x in f.metadata[meta.FINDINGS]} == {"github_pat", "injected_credential", "phone"}
+
+
+def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
+    tok = _token(4)
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    del f.response.headers["content-length"]
+    guard.responseheaders(f)
+    assert callable(f.response.stream) and STREAM in f.metadata
+    data = b"data: " + b"word " * 300 + f"{tok} and ana@example.org\n\n".encode() + b"data: end\n\n"
+    cut = data.index(tok.encode()) + 10
+    out = f.response.stream(data[:cut]) + f.response.stream(data[cut:]) + f.response.stream(b"")
+    assert tok.encode() not in out and b"[REDACTED:github_pat:" in out and b"[REDACTED:email:" in out
+    guard.response(f)
+    assert [x["type"] for x in f.metadata[meta.FINDINGS]] == ["github_pat", "email"]
+
+
+def test_streamed_gzip_response_is_decoded(guard: LeakGuard) -> None:
+    tok = _token(5)
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "gzip"})
+    del f.response.headers["content-length"]
+    guard.responseheaders(f)
+    assert "content-encoding" not in f.response.headers
+    packed = gzip.compress(json.dumps({"text": f"leak {tok}"}).encode())
+    assert callable(f.response.stream)
+    out = b"".join(f.response.stream(packed[i : i + 7]) for i in range(0, len(packed), 7)) + f.response.stream(b"")
+    assert json.loads(out)["text"].startswith("leak [REDACTED:github_pat:")
+
+
+def test_oversize_or_undecodable_response_is_refused(guard: LeakGuard) -> None:
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"x" * 70_000, {"content-type": "text/plain"})
+    guard.response(f)
+    assert f.response.status_code == 413
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-encoding": "gzip"})
+    f.response.raw_content = b"garbage"
+    guard.response(f)
+    assert f.response.status_code == 502
+
+
+def test_refused_flows_are_left_alone(guard: LeakGuard) -> None:
+    f = _flow(_rerank(_token(6)))
+    f.metadata[meta.ERROR] = "invalid_token"
+    guard.request(f)
+    assert f.response is None and meta.FINDINGS not in f.metadata
