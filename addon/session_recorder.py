@@ -25,6 +25,7 @@ from typing import Any
 
 import boto3
 from mitmproxy import ctx, http
+from mitmproxy import flow as mflow
 from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
@@ -138,7 +139,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
 
     error = md.get(meta.ERROR)
     if response is None and flow.error is not None and error is None:
-        error = "upstream_error"
+        error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
     decision = md.get(meta.DECISION) or ("blocked" if error else "allowed")
     started = request.timestamp_start
     ended = (response.timestamp_end if response is not None else None) or now

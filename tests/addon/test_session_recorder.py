@@ -249,6 +249,19 @@ async def test_upstream_error_is_recorded(tmp_path: Path) -> None:
     assert (r["status"], r["error"], r["decision"]) == (0, "upstream_error", "blocked")
 
 
+async def test_killed_flow_is_recorded_as_killed(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = tflow.tflow()
+        rec.request(flow)
+        flow.kill()
+        await rec.error(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert (r["status"], r["error"]) == (0, "flow_killed")
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("jitgate_gateway_id", "gw/../x"), ("jitgate_spool_max_bytes", 0), ("jitgate_fsync_ms", 0)],
