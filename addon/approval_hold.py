@@ -40,8 +40,18 @@ from jitgate.approvals import (
     risk_reasons,
     state_at,
 )
-from jitgate.errors import ApprovalClosed, ApprovalDenied, ApprovalTimeout, ApprovalUnavailable
+from jitgate.errors import (
+    ApprovalClosed,
+    ApprovalDenied,
+    ApprovalTimeout,
+    ApprovalUnavailable,
+    JitgateError,
+    RevocationUnavailable,
+    TokenExpired,
+    TokenRevoked,
+)
 from jitgate.policy import Connection, Policy, parse_duration
+from jitgate.state import REVOCATION_PK
 from jitgate.token import Claims
 
 logger = logging.getLogger(__name__)
@@ -75,6 +85,21 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
     )
 
 
+def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> set[str]:
+    """Which of `jtis` are revoked right now (one consistent batch read of pk="revocation")."""
+    revoked: set[str] = set()
+    ids = sorted(jtis)
+    for i in range(0, len(ids), 100):
+        keys = [{"pk": {"S": REVOCATION_PK}, "sk": {"S": j}} for j in ids[i : i + 100]]
+        resp = dynamodb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})
+        if resp.get("UnprocessedKeys"):
+            raise RuntimeError("revocation read incomplete")
+        for item in resp.get("Responses", {}).get(table, []):
+            if float(item.get("expires_at", {}).get("N", "0")) > now:
+                revoked.add(item["sk"]["S"])
+    return revoked
+
+
 def seconds(value: str, name: str) -> float:
     """Positive, finite seconds from an option string: `120`, `0.5` or `2m`."""
     try:
@@ -106,6 +131,7 @@ class ApprovalHold:
         self._given_sns = sns is not None
         self.policy: Policy | None = None
         self.store: ApprovalStore | None = None
+        self.table = ""
         self.timeout = 120.0
         self.poll = 1.0
         self.topic = ""
@@ -157,7 +183,8 @@ class ApprovalHold:
             self._sns = settings.aws_client(
                 "sns", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
             )
-        self.store = ApprovalStore(self._dynamodb, opts.jitgate_table)
+        self.table = opts.jitgate_table
+        self.store = ApprovalStore(self._dynamodb, self.table)
 
     def done(self) -> None:
         if self._poller is not None:
@@ -249,16 +276,53 @@ class ApprovalHold:
             logger.warning("jitgate: hold poll failed (%s)", type(exc).__name__)
             found = {}
         now, mono = self._clock(), self._monotonic()
+        approved: list[str] = []
         for hold_id in ids:
             held = self.held.get(hold_id)
             if held is None:
                 continue
             entry = found.get(hold_id)
             state = state_at(entry[0], now) if entry is not None else None
-            if state in ("approved", "denied"):
+            if state == "approved":
+                approved.append(hold_id)
+            elif state == "denied":
                 self._finish(hold_id, state)
             elif state == "expired" or mono >= held.deadline:
                 self._finish(hold_id, await self._close(hold_id))
+        if approved:
+            await self._resume_approved(approved)
+
+    async def _resume_approved(self, hold_ids: list[str]) -> None:
+        """An approval is no pass for a token revoked or expired while its request waited."""
+        jtis = {h: self.held[h].approval.summary.get("jti") for h in hold_ids if h in self.held}
+        try:
+            revoked = await asyncio.to_thread(
+                revoked_among, self._dynamodb, self.table, {str(j) for j in jtis.values()}, now=self._clock()
+            )
+            unreadable = False
+        except Exception as exc:
+            logger.warning("jitgate: revocation check before resuming failed (%s)", type(exc).__name__)
+            revoked, unreadable = set(), True
+        now = self._clock()
+        for hold_id, jti in jtis.items():
+            held = self.held.get(hold_id)
+            if held is None:
+                continue
+            claims = held.flow.metadata.get(meta.CLAIMS)
+            error: JitgateError | None = None
+            if unreadable:
+                error = RevocationUnavailable("the token's revocation state cannot be checked")
+            elif jti in revoked:
+                error = TokenRevoked("token has been revoked")
+            elif isinstance(claims, Claims) and now >= claims.exp:
+                error = TokenExpired("token expired while its request waited for approval")
+            if error is not None:
+                self.held.pop(hold_id, None)
+                held.flow.metadata[meta.DECISION] = "denied"
+                refuse(held.flow, error, extra={"approval_id": hold_id})
+                held.flow.resume()  # type: ignore[no-untyped-call]
+                continue
+            self._finish(hold_id, "approved")
 
     async def _close(self, hold_id: str) -> State:
         """End an undecided hold in the table; a decision that landed first wins."""

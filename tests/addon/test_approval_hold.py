@@ -15,7 +15,7 @@ from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import decide, state_at
 from jitgate.errors import ApprovalExpired, SelfApproval
 from jitgate.policy import Identity, parse_policy
-from jitgate.state import HOLD_PK
+from jitgate.state import HOLD_PK, REVOCATION_PK
 from jitgate.token import Claims, new_jti
 from tests.addon.jit_fixtures import TABLE, anyio_backend_fixture, aws_fixture  # noqa: F401 (fixtures)
 
@@ -341,3 +341,43 @@ async def test_default_timeout_is_120_seconds(aws: dict[str, Any], policy_file: 
         assert addon.timeout == 120.0
         tctx.configure(addon, jitgate_approval_timeout="7.5")
         assert addon.timeout == 7.5
+
+
+async def test_approval_does_not_resume_a_token_revoked_or_expired_while_held(
+    aws: dict[str, Any], policy_file: Path
+) -> None:
+    clock = Clock()
+    addon = ApprovalHold(dynamodb=aws["dynamodb"], clock=clock)
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        revoked, expiring, fine = _rerank(4), _rerank(4), _rerank(4)
+        expiring.metadata[meta.CLAIMS] = expiring.metadata[meta.CLAIMS].model_copy(update={"exp": int(clock.t) + 5})
+        for f in (revoked, expiring, fine):
+            await addon.request(f)
+            store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
+                         now=lambda: 0.0)
+        aws["dynamodb"].put_item(TableName=TABLE, Item={
+            "pk": {"S": REVOCATION_PK}, "sk": {"S": revoked.metadata[meta.CLAIMS].jti},
+            "expires_at": {"N": str(int(clock.t) + 600)}})
+        clock.t += 10
+        await addon.poll_once()
+        assert revoked.response.status_code == 403 and revoked.response.json()["code"] == "token_revoked"
+        assert expiring.response.status_code == 401 and expiring.response.json()["code"] == "token_expired"
+        assert fine.response is None and fine.metadata[meta.DECISION] == "approved"
+        assert not any(f.intercepted for f in (revoked, expiring, fine))
+        addon.done()
+
+
+async def test_unreadable_revocations_refuse_an_approved_hold(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    store = ApprovalStore(aws["dynamodb"], TABLE)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        f = _rerank(4)
+        await addon.request(f)
+        store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at), now=lambda: 0.0)
+        addon.table = "no-such-table"  # the hold was read; the revocation read now fails
+        await addon.poll_once()
+        assert f.response.status_code == 503 and f.response.json()["code"] == "revocation_unavailable"
+        addon.done()
