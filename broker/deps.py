@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from botocore.config import Config
 
 from broker.audit import EventSink
@@ -39,7 +40,7 @@ class Misconfigured(JitgateError):
 @dataclass(frozen=True)
 class Settings:
     policy_path: str
-    issuer: str
+    issuer: str  # "" means: this API's own URL (see `issuer_url`)
     kms_key_ids: tuple[str, ...]
     table: str
     bucket: str
@@ -61,7 +62,7 @@ class Settings:
             raise Misconfigured("the broker is misconfigured: JITGATE_DEFAULT_TTL is not a duration") from None
         return cls(
             policy_path=env.get("JITGATE_POLICY") or str(BUNDLED_POLICY),
-            issuer=need("JITGATE_ISSUER").rstrip("/"),
+            issuer=env.get("JITGATE_ISSUER", "").strip().rstrip("/"),
             kms_key_ids=key_ids,
             table=need("JITGATE_TABLE"),
             bucket=need("JITGATE_BUCKET"),
@@ -102,6 +103,21 @@ class Services:
             events=EventSink(make("s3"), settings.bucket),
             clock=clock,
         )
+
+
+def issuer_url(settings: Settings, event: APIGatewayProxyEventV2) -> str:
+    """JITGATE_ISSUER, else this API's URL from API Gateway's request context.
+
+    The template cannot pass the API's URL to its own function (a dependency cycle), so an
+    empty JITGATE_ISSUER means `https://<domainName>`: API Gateway sets that field, not the
+    client's Host header. Behind a custom domain, set IssuerUrl so every token names one issuer.
+    """
+    if settings.issuer:
+        return settings.issuer
+    domain = event.request_context.domain_name
+    if not domain:
+        raise Misconfigured("the broker is misconfigured: JITGATE_ISSUER is not set")
+    return f"https://{domain}"
 
 
 _current: Services | None = None

@@ -149,6 +149,7 @@ def serve(host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, 
     server.daemon_threads = True
     bound_host, bound_port = server.server_address[:2]
     base_url = f"http://{bound_host!s}:{bound_port}"
+    os.environ.setdefault("JITGATE_ISSUER", base_url)  # the broker's own URL, as in main()
     threading.Thread(target=server.serve_forever, name="broker-local", daemon=True).start()
     return server, base_url
 

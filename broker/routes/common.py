@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from broker.deps import Services
+from broker.deps import Services, issuer_url
 from broker.observability import logger
 from jitgate.errors import BadRequest, JitgateError, Unauthenticated
 from jitgate.events import TokenEvent, iso_time
@@ -55,7 +55,7 @@ def base_event(router: APIGatewayHttpRouter, svc: Services, now: float, event_ty
     return {
         "event_time": iso_time(now),
         "event_type": event_type,
-        "broker": svc.settings.issuer,
+        "broker": issuer_url(svc.settings, ev),
         "request_id": ev.request_context.request_id or None,
         "source_ip": http.source_ip or None,
         "user_agent": agent[:256] if agent else None,

@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker import approvals
-from broker.deps import Services, services
+from broker.deps import Services, issuer_url, services
 from broker.observability import logger, metrics
 from broker.routes.common import base_event, bearer, json_body, json_response, record_denial
 from jitgate.errors import BadRequest, JitgateError
@@ -104,7 +104,7 @@ def issue(
     ttl = _ttl(svc, decision, request)
     conn = svc.policy.connections[decision.connection]
     claims = Claims(
-        iss=svc.settings.issuer,
+        iss=issuer_url(svc.settings, router.current_event),
         aud=AUDIENCE,
         sub=identity.subject,
         iat=now,

@@ -197,7 +197,7 @@ def test_unknown_route_is_a_json_404(invoke: Invoke) -> None:
 def test_misconfigured_broker_answers_500(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], lambda_context: FakeLambdaContext
 ) -> None:
-    monkeypatch.delenv("JITGATE_ISSUER")
+    monkeypatch.delenv("JITGATE_KMS_KEY_IDS")
     deps.use(None)
     result = handler(load_event("jwks"), lambda_context)
     assert (result["statusCode"], json.loads(result["body"])["code"]) == (500, "broker_misconfigured")
@@ -271,3 +271,21 @@ def test_revoking_an_expired_token_is_unknown(invoke: Invoke, issuer: OidcIssuer
 def test_revoke_needs_an_identity(invoke: Invoke) -> None:
     status, body, _ = invoke(load_event("revoke", jti="0" * 32))
     assert (status, body["code"]) == (401, "unauthenticated")
+
+
+def test_issuer_defaults_to_the_apis_own_url(
+    issuer: OidcIssuer, clock: Clock, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    lambda_context: FakeLambdaContext,
+) -> None:
+    """template.yaml leaves JITGATE_ISSUER empty unless IssuerUrl is set: `iss` is the API's URL."""
+    import os
+
+    monkeypatch.setenv("JITGATE_ISSUER", "")
+    deps.use(deps.Services.build(deps.Settings.from_env(os.environ), clock=clock))
+    event = load_event("mint", token=_ci(issuer, clock))
+    result = handler(event, lambda_context)
+    assert result["statusCode"] == 201, result["body"]
+    jwks = json.loads(handler(load_event("jwks"), lambda_context)["body"])
+    expected = f"https://{event['requestContext']['domainName']}"
+    claims = verify_token(json.loads(result["body"])["token"], KeySet.from_jwks(jwks), now=clock.now, issuer=expected)
+    assert claims.iss == "https://abc123.execute-api.us-east-1.amazonaws.com"

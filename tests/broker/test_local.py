@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import pytest
 
-from broker.local import to_event
+from broker.local import serve, to_event
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import CI_CLAIMS
+from tests.broker.conftest import NOW
 
 
 def _event(**kw: object) -> dict[str, object]:
@@ -50,3 +54,21 @@ def test_headers_are_lowercased_joined_and_cookies_split() -> None:
 def test_binary_body_is_base64() -> None:
     ev = _event(body=b"\xff\xfe")
     assert ev["isBase64Encoded"] is True and base64.b64decode(str(ev["body"])) == b"\xff\xfe"
+
+
+def test_serve_answers_real_http_with_the_handler(svc: object, issuer: OidcIssuer) -> None:
+    """`serve()` in a thread: real HTTP in, the same handler (mock_aws via the `svc` fixture)."""
+    server, base_url = serve()
+    try:
+        jwks = httpx.get(f"{base_url}/.well-known/jwks.json", timeout=10)
+        assert jwks.status_code == 200 and len(jwks.json()["keys"]) == 2
+        assert jwks.headers["content-type"] == "application/json"
+        oidc = issuer.mint("repo:acme/search-ranker:ref:refs/heads/main", CI_CLAIMS, now=NOW)
+        minted = httpx.post(f"{base_url}/v1/tokens", json={"connection": "jina-test"},
+                            headers={"Authorization": f"Bearer {oidc}"}, timeout=10)
+        assert minted.status_code == 201, minted.text
+        missing = httpx.get(f"{base_url}/nowhere", timeout=10)
+        assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    finally:
+        server.shutdown()
+        server.server_close()
