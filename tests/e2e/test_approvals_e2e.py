@@ -99,11 +99,31 @@ def gateway(
         policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
         aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
     )
-    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2")
+    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2",
+                   jitgate_gateway_id="gw-a")
     with start_gateway(work, options=options) as gw:
         yield gw
         if gw.proc.poll() is not None:
             pytest.fail("the gateway died:\n" + "\n".join(gw.log))
+
+
+@pytest.fixture(scope="module")
+def second_gateway(
+    tmp_path_factory: pytest.TempPathFactory, gateway: Gateway, upstream: Upstream, broker: str, aws_stack: Stack,
+    moto_server: str, policy_file: Path,
+) -> Iterator[Gateway]:
+    """Another gateway instance on the same table (its own process, CA and poller)."""
+    work = tmp_path_factory.mktemp("approvals-gateway-b")
+    ca = work / "upstream-ca.pem"
+    ca.write_bytes(upstream.ca_pem())
+    options = jitgate_options(
+        policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
+        aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
+    )
+    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT * 3), jitgate_approval_poll="0.2",
+                   jitgate_gateway_id="gw-b")
+    with start_gateway(work, options=options) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +348,24 @@ def test_other_flows_pass_while_one_is_held(
     assert call.running()
     _cli(broker, admin, "approvals", "deny", hold["id"], "--reason", "cleanup")
     assert call.result().status_code == 403
+
+
+def test_holds_on_two_gateways_sharing_the_table(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, second_gateway: Gateway, bundle: Path,
+    upstream: Upstream, tmp_path: Path,
+) -> None:
+    bundle_b = second_gateway.client_bundle(tmp_path / "bundle-b.pem")
+    on_a, on_b = _ci_token(broker, oidc_issuer), _ci_token(broker, oidc_issuer)
+    call_a = Background(lambda: _rerank(gateway, bundle, upstream, on_a["token"], DOCS))
+    call_b = Background(lambda: _rerank(second_gateway, bundle_b, upstream, on_b["token"], DOCS))
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    hold_a, hold_b = _wait_for_hold(broker, admin, on_a["jti"]), _wait_for_hold(broker, admin, on_b["jti"])
+    assert (hold_a["summary"]["gateway"], hold_b["summary"]["gateway"]) == ("gw-a", "gw-b")
+    assert _cli(broker, admin, "approvals", "approve", hold_b["id"], "--reason", "ok").exit_code == 0
+    assert call_b.result().status_code == 200  # gateway B resumed its own hold
+    assert call_a.running()  # gateway A's hold is untouched by B's decision
+    assert _cli(broker, admin, "approvals", "deny", hold_a["id"], "--reason", "no").exit_code == 0
+    assert call_a.result().json()["code"] == "approval_denied"
 
 
 # -- revocation ---------------------------------------------------------------------------------
