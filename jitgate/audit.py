@@ -25,6 +25,7 @@ from jitgate.records import COLUMNS, PARTITIONS, duckdb_columns
 SESSIONS_PREFIX = "sessions/"
 EVENTS_PREFIX = "token-events/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ATHENA_DAYS = 30  # partitions the Athena named queries read
 
 _DEDUP = (
     "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY record_id ORDER BY ts) AS dup_rank "
@@ -39,12 +40,20 @@ class NamedQuery:
     sql: str  # reads `sessions_unique` and `token_events`; `?` for each parameter
     params: tuple[str, ...] = ()
 
-    def athena_sql(self) -> str:
-        """The same query for Athena: `sessions_unique` becomes a CTE over the Glue table."""
+    def athena_sql(self, days: int = ATHENA_DAYS) -> str:
+        """The same query for Athena: `sessions_unique` becomes a CTE over the Glue table.
+
+        The CTE keeps the last `days` days of partitions, so partition projection prunes the
+        scan (Athena bills by bytes read); the text stays valid DuckDB as well.
+        """
+        window = f"WHERE dt >= CAST(CAST(current_date - INTERVAL '{int(days)}' DAY AS DATE) AS VARCHAR)"
+        # `days` went through int(): nothing from outside reaches the SQL text.
+        ranked = "SELECT *, row_number() OVER (PARTITION BY record_id ORDER BY ts) AS dup_rank FROM sessions "
+        dedup = f"SELECT * FROM ({ranked}{window}) WHERE dup_rank = 1"  # noqa: S608
         body = self.sql.strip()
         if body[:5].upper() == "WITH ":
-            return f"WITH sessions_unique AS ({_DEDUP}),\n{body[5:]}"
-        return f"WITH sessions_unique AS ({_DEDUP})\n{body}"
+            return f"WITH sessions_unique AS ({dedup}),\n{body[5:]}"
+        return f"WITH sessions_unique AS ({dedup})\n{body}"
 
 
 NAMED_QUERIES: dict[str, NamedQuery] = {
