@@ -69,10 +69,10 @@ class _MaskStream:
         self.masker = masker
         self._decode = decode
 
-    def __call__(self, data: bytes) -> bytes:
-        if data:
-            return self.masker.feed(self._decode(data))
-        return self.masker.close()
+    def __call__(self, data: bytes) -> list[bytes]:
+        # Never an empty chunk: HTTP/1 chunked framing would read it as the end of the body.
+        out = self.masker.feed(self._decode(data)) if data else self.masker.close()
+        return [out] if out else []
 
 
 class LeakGuard:

@@ -174,7 +174,7 @@ def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
     assert callable(f.response.stream) and STREAM in f.metadata
     data = b"data: " + b"word " * 300 + f"{tok} and ana@example.org\n\n".encode() + b"data: end\n\n"
     cut = data.index(tok.encode()) + 10
-    out = f.response.stream(data[:cut]) + f.response.stream(data[cut:]) + f.response.stream(b"")
+    out = b"".join(f.response.stream(data[:cut]) + f.response.stream(data[cut:]) + f.response.stream(b""))
     assert tok.encode() not in out and b"[REDACTED:github_pat:" in out and b"[REDACTED:email:" in out
     guard.response(f)
     assert [x["type"] for x in f.metadata[meta.FINDINGS]] == ["github_pat", "email"]
@@ -189,7 +189,8 @@ def test_streamed_gzip_response_is_decoded(guard: LeakGuard) -> None:
     assert "content-encoding" not in f.response.headers
     packed = gzip.compress(json.dumps({"text": f"leak {tok}"}).encode())
     assert callable(f.response.stream)
-    out = b"".join(f.response.stream(packed[i : i + 7]) for i in range(0, len(packed), 7)) + f.response.stream(b"")
+    chunks = [c for i in range(0, len(packed), 7) for c in f.response.stream(packed[i : i + 7])]
+    out = b"".join(chunks + f.response.stream(b""))
     assert json.loads(out)["text"].startswith("leak [REDACTED:github_pat:")
 
 
