@@ -70,7 +70,8 @@ class _Held:
 def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) -> RequestFacts:
     raw = flow.request.raw_content or b""
     documents: int | None = None
-    if operation is not None:
+    # Count documents only when a rule needs the number: big bodies are not parsed for nothing.
+    if operation is not None and conn.approval.max_documents is not None:
         try:
             body = json.loads(flow.request.get_content(strict=False) or b"null")
         except ValueError:

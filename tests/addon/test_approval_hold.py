@@ -381,3 +381,29 @@ async def test_unreadable_revocations_refuse_an_approved_hold(aws: dict[str, Any
         await addon.poll_once()
         assert f.response.status_code == 503 and f.response.json()["code"] == "revocation_unavailable"
         addon.done()
+
+
+async def test_new_holds_are_published_without_the_token_or_body(aws: dict[str, Any], policy_file: Path) -> None:
+    import boto3
+
+    sns, sqs = boto3.client("sns", region_name="us-east-1"), boto3.client("sqs", region_name="us-east-1")
+    topic = sns.create_topic(Name="approvals")["TopicArn"]
+    queue = sqs.create_queue(QueueName="approvers")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    addon = ApprovalHold(dynamodb=aws["dynamodb"], sns=sns)
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_topic=topic)
+        f = _rerank(4)
+        f.request.headers["Authorization"] = "Bearer eyJfake.token.value"
+        await addon.request(f)
+        for _ in range(50):
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            if messages:
+                break
+            await asyncio.sleep(0.05)
+        addon.done()
+    (msg,) = messages
+    note = json.loads(json.loads(msg["Body"])["Message"])
+    assert note["id"] == f.metadata[HOLD] and note["kind"] == "hold" and note["summary"]["documents"] == 4
+    assert "eyJfake" not in msg["Body"] and '"d"' not in msg["Body"] and "should-not-leak" not in msg["Body"]
