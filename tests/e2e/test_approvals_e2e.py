@@ -8,6 +8,8 @@ import base64
 import http.client
 import json
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from jitgate.devstack.upstream import Upstream, bm25
 from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
+JITGATE = Path(sys.executable).with_name("jitgate")
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 ONCALL_SUB = "system:serviceaccount:ranking-oncall:pager"
 HOLD_TIMEOUT = 6.0
@@ -238,6 +241,35 @@ def test_issuance_two_of_m_via_cli_then_collected_token_works_through_the_gatewa
         found = client.post(f"{store}/query", json={"query_texts": [QUERY], "n_results": 1})
     assert added.status_code == 201, added.text
     assert found.status_code == 200 and found.json()["ids"] == [["d1"]]
+
+
+def test_jitgate_token_waits_for_the_approval_and_prints_the_collected_token(
+    broker: str, oidc_issuer: OidcIssuer
+) -> None:
+    requester = _oidc(oidc_issuer, MAINTAINER_SUB)
+    proc = subprocess.Popen(
+        [str(JITGATE), "token", "--broker", broker, "--connection", "store-test", "--oidc-token", requester,
+         "--wait-approval", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lead_a, lead_b = _oidc(oidc_issuer, "lead-a", APPROVER_GROUP), _oidc(oidc_issuer, "lead-b", APPROVER_GROUP)
+        deadline = time.monotonic() + 30
+        pending: list[str] = []
+        while not pending and time.monotonic() < deadline:
+            listed = json.loads(_cli(broker, lead_a, "approvals", "list", "--json").stdout)
+            pending = [a["id"] for a in listed if a["kind"] == "issuance" and a["requester"] == MAINTAINER_SUB]
+            time.sleep(0.2)
+        assert pending, "the request never showed up"
+        for lead in (lead_a, lead_b):
+            for approval_id in pending:
+                _cli(broker, lead, "approvals", "approve", approval_id, "--reason", "ok")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip().startswith("eyJ") and out.count(".") == 2
+    assert "needs approval" in err
 
 
 def test_issuance_denied_via_cli(broker: str, oidc_issuer: OidcIssuer) -> None:
