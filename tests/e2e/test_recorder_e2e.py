@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,9 @@ SHARED = "Washington, D.C. is the capital of the United States."
 ONLY_RANKER = "Carson City is the capital city of the American state of Nevada."
 ONLY_INDEXER = "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean."
 GATEWAY_ID = "gw-e2e-recorder"
+# Made at run time, never committed: a well-formed fake AWS key id and a mailbox.
+FAKE_KEY = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+EMAIL = f"jane.{secrets.token_hex(3)}@example.org"
 
 _register()
 runner = CliRunner()
@@ -127,13 +131,26 @@ def test_rerank_calls_are_answerable_from_the_bucket(
         assert resp.status_code == 200
         refused = c.post(f"{upstream.url}/v2/rerank", json={"query": "q", "documents": [SHARED]})
         assert refused.status_code == 407
+        # a document carrying a credential is blocked by leak_guard; PII in the query is masked
+        leaky = c.post(
+            f"{upstream.url}/v1/rerank",
+            json={"query": "keys", "documents": [f"deploy with {FAKE_KEY}", SHARED]},
+            headers={"Authorization": f"Bearer {indexer['token']}"},
+        )
+        assert leaky.status_code == 403 and leaky.json()["code"] == "leak_blocked"
+        masked = c.post(
+            f"{upstream.url}/v1/rerank",
+            json={"query": f"orders of {EMAIL}", "documents": [ONLY_INDEXER]},
+            headers={"Authorization": f"Bearer {indexer['token']}"},
+        )
+        assert masked.status_code == 200
 
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sum(b.count(b"\n") for b in _session_objects(aws_stack.bucket)) < 3:
+    while time.monotonic() < deadline and sum(b.count(b"\n") for b in _session_objects(aws_stack.bucket)) < 5:
         time.sleep(0.3)
     raw = b"".join(_session_objects(aws_stack.bucket))
-    for secret in (ranker["token"], indexer["token"], real_key):
-        assert secret.encode() not in raw  # neither the JIT tokens nor the injected credential
+    for secret in (ranker["token"], indexer["token"], real_key, FAKE_KEY, EMAIL):
+        assert secret.encode() not in raw  # no JIT token, injected credential, blocked secret or masked PII
 
     cache = tmp_path / "cache"
     audit = dict(cache=cache, bucket=aws_stack.bucket, endpoint=moto_server)
@@ -142,18 +159,38 @@ def test_rerank_calls_are_answerable_from_the_bucket(
         (RANKER, ranker["jti"], "nightly-rank", 0)
     ]
     rows = _audit_json("who-reranked", _sha(SHARED), **audit)
-    assert sorted((r["sub"], r["jti"], r["doc_index"]) for r in rows) == sorted(
-        [(RANKER, ranker["jti"], 1), (INDEXER, indexer["jti"], 0)]
+    # attempts count too: the blocked one is listed with its decision, it never reached the model
+    assert sorted((r["sub"], r["jti"], r["doc_index"], r["decision"]) for r in rows) == sorted(
+        [
+            (RANKER, ranker["jti"], 1, "allowed"),
+            (INDEXER, indexer["jti"], 0, "allowed"),
+            (INDEXER, indexer["jti"], 1, "blocked"),
+        ]
     )
-    (rec,) = _audit_json("sql", f"SELECT * FROM sessions_unique WHERE jti = '{indexer['jti']}'", **audit)
+    (rec,) = _audit_json(
+        "sql",
+        f"SELECT * FROM sessions_unique WHERE jti = '{indexer['jti']}' AND status = 200 AND doc_count = 2",
+        **audit,
+    )
     assert rec["doc_sha256"] == [_sha(SHARED), _sha(ONLY_INDEXER)]
     assert rec["ranking"][0]["index"] == 1 and rec["path"] == "/v1/rerank" and rec["gateway"] == GATEWAY_ID
     assert rec["rerank_query"] == "islands in the Pacific" and rec["decision"] == "allowed"
     blocked = _audit_json("sql", "SELECT status, error, jti FROM sessions_unique WHERE status = 407", **audit)
     assert {"status": 407, "error": "token_required", "jti": None} in blocked
 
+    leaks = {
+        (r["finding"], r["action"], r["status"])
+        for r in _audit_json("blocked-leaks", **audit)
+        if r["jti"] == indexer["jti"]
+    }
+    assert ("aws_access_key_id", "block", 403) in leaks and ("email", "mask", 200) in leaks
+    (pii,) = _audit_json(
+        "sql", "SELECT rerank_query FROM sessions_unique WHERE rerank_query LIKE 'orders of %'", **audit
+    )
+    assert pii["rerank_query"].startswith("orders of [REDACTED:email:")
+
     used = {r["jti"]: r["requests"] for r in _audit_json("tokens-issued-vs-used", **audit)}
-    assert used.get(ranker["jti"]) == 1 and used.get(indexer["jti"]) == 1
+    assert used.get(ranker["jti"]) == 1 and used.get(indexer["jti"]) == 3
 
     out = tmp_path / "flows.mitm"
     res = runner.invoke(
