@@ -189,3 +189,19 @@ def test_spool_full_refuses_and_forwards_nothing_unrecorded(
     # every forwarded request has its record; refusals are recorded too while the headroom lasts
     assert _markers([r for r in spooled if r["status"] == 200]) == forwarded
     assert {r["error"] for r in spooled if r["status"] != 200} <= {"audit_unavailable"}
+
+
+def test_clean_stop_ships_the_open_segment(
+    tmp_path: Path, upstream: tuple[Upstream, str, Path], aws_stack: Stack
+) -> None:
+    up, key, ca = upstream
+    gateway_id = "gw-stop-" + secrets.token_hex(3)
+    gw = _gateway(
+        tmp_path, ca, jitgate_bucket=aws_stack.bucket, jitgate_gateway_id=gateway_id, jitgate_segment_ms=600_000
+    )  # nothing rotates by age during the test
+    with gw:
+        sent = {m for m, s in _load(gw, up, key, 30, threads=3) if s == 200}
+        assert _arrived(aws_stack.bucket, gateway_id) == []
+    assert gw.proc is not None and gw.proc.returncode is not None
+    assert _markers(_arrived(aws_stack.bucket, gateway_id)) == sent
+    assert not list((tmp_path / "spool").rglob("*.jsonl"))
