@@ -132,20 +132,26 @@ class Scanner:
         return out
 
     def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Finding]:
-        taken = _Intervals()
-        if b"[REDACTED:" in buf:
-            for m in masking.MARKER.finditer(buf):
-                taken.add(*m.span())
-        out: list[Finding] = []
-        for c in sorted(candidates, key=lambda c: (c.kind != "secret", c.priority, c.start - c.end, c.start)):
-            if taken.overlaps(c.start, c.end):
-                continue
-            taken.add(c.start, c.end)
-            value = buf[c.start : c.end]
-            tag = masking.tag(self._key, value)
-            out.append(Finding(c.name, c.kind, c.start, c.end, tag, encoding, c.anchor))  # type: ignore[arg-type]
-        out.sort(key=lambda f: f.start)
-        return out
+        """Non-overlapping findings: secrets before PII, provider formats before generic rules."""
+        key = self._key
+        candidates.sort(key=lambda c: c.start)
+        if _disjoint(candidates) and (not candidates or b"[REDACTED:" not in buf):
+            chosen = candidates  # the common case: nothing to arbitrate
+        else:
+            taken = _Intervals()
+            if b"[REDACTED:" in buf:
+                for m in masking.MARKER.finditer(buf):
+                    taken.add(*m.span())
+            chosen = []
+            for c in sorted(candidates, key=lambda c: (c.kind != "secret", c.priority, c.start - c.end, c.start)):
+                if not taken.overlaps(c.start, c.end):
+                    taken.add(c.start, c.end)
+                    chosen.append(c)
+            chosen.sort(key=lambda c: c.start)
+        return [
+            Finding(c.name, c.kind, c.start, c.end, masking.tag(key, buf[c.start : c.end]), encoding, c.anchor)  # type: ignore[arg-type]
+            for c in chosen
+        ]
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -274,6 +280,16 @@ class Scanner:
         first = min(inner.findings, key=lambda f: (f.kind != "secret", f.start))
         found = [Finding(f.type, f.kind, start, end, f.tag, encoding) for f in inner.findings]
         return [(start, end, found, masking.marker(first))]
+
+
+def _disjoint(candidates: list[_Candidate]) -> bool:
+    """Whether candidates sorted by start overlap nowhere."""
+    end = -1
+    for c in candidates:
+        if c.start < end:
+            return False
+        end = c.end
+    return True
 
 
 def _b64(blob: bytes) -> bytes | None:

@@ -1,0 +1,165 @@
+"""Inspection speed and quality: jitgate's scanner against detect-secrets on the same rerank text.
+
+Builds a ~5 MB Cohere-shaped rerank body with the seeded generator (tests/inspect/corpus.py:
+secrets planted in prose, env files, JSON in JSON, YAML, code, URLs and logs; PII; negatives
+such as UUIDs, git SHAs, SHA-256 digests, base64 images, `pk_test_` keys, version strings and
+placeholders) and, in one run, measures on one core (best of `--repeat`):
+
+- secrets_mask_mb_s: secrets found and masked (JSON-aware, decoded content included)
+- secrets_pii_mask_mb_s: the same plus every PII type of the default profile
+- block_decision_mb_s: the request-side decision (secrets only; findings with types and places)
+- detect_secrets_mb_s: detect-secrets' Python API (`scan_line`, default plugins) line by line over
+  the documents of a prefix of the same body (`detect_secrets_sample_bytes`; it is too slow for
+  all of it), and `ratio_vs_detect_secrets` = secrets_mask_mb_s / detect_secrets_mb_s
+- recall_full_span: planted values (secrets and PII) covered over their full span by a finding;
+  false_positives: findings that overlap no planted value (the negatives must give none)
+- the same recall for detect-secrets on its sample, and the pure-`re` engine's speed.
+
+Run: .venv/bin/python benchmarks/scan.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jitgate.inspect import Scanner, ScanResult  # noqa: E402
+from jitgate.policy import MaskProfile  # noqa: E402
+from tests.inspect import corpus  # noqa: E402
+
+TARGETS = {
+    "secrets_mask_mb_s": 200.0,
+    "secrets_pii_mask_mb_s": 50.0,
+    "block_decision_mb_s": 1000.0,
+    "recall_full_span": 0.99,
+}
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm caches and lazily compiled patterns
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def quality(raw: bytes, result: ScanResult, planted: list[corpus.Planted]) -> tuple[float, int, dict[str, int]]:
+    """(full-span recall over planted occurrences, false positives, misses per type)."""
+    spans: list[tuple[int, int]] = []
+    found = total = 0
+    misses: dict[str, int] = {}
+    for p in planted:
+        occ = corpus.occurrences(raw, p.value)
+        spans += occ
+        for a, b in occ:
+            total += 1
+            if any(f.start <= a and b <= f.end for f in result.findings):
+                found += 1
+            else:
+                misses[p.type] = misses.get(p.type, 0) + 1
+    fps = sum(1 for f in result.findings if not any(a < f.end and f.start < b for a, b in spans))
+    return (found / total if total else 1.0), fps, misses
+
+
+def detect_secrets_run(text: str, planted: list[corpus.Planted]) -> tuple[float, float]:
+    """detect-secrets line by line: (MB/s, share of planted secrets it reports over the full span)."""
+    from detect_secrets.core.scan import scan_line
+    from detect_secrets.settings import default_settings
+
+    values: set[str] = set()
+    with default_settings():
+        t = time.perf_counter()
+        for line in text.splitlines():
+            values.update(s.secret_value or "" for s in scan_line(line))
+        elapsed = time.perf_counter() - t
+    secrets_in_text = [p for p in planted if p.kind == "secret" and p.value in text]
+    # Full span: some reported value contains the whole planted value (a PEM block spans lines).
+    hit = sum(1 for p in secrets_in_text if any(p.value in v for v in values))
+    return len(text.encode()) / elapsed / 1e6, (hit / len(secrets_in_text) if secrets_in_text else 1.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--mb", type=float, default=5.0, help="body size in MB")
+    ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--ds-sample", type=int, default=256 * 1024, help="bytes of the body detect-secrets scans")
+    args = ap.parse_args()
+
+    body = corpus.rerank_body(
+        args.seed, target_bytes=int(args.mb * 1e6), secret_rate=0.05, pii_rate=0.1, negative_rate=0.3, doc_words=150
+    )
+    raw = body.encode()
+    mb = len(raw) / 1e6
+    pii = frozenset(MaskProfile().pii_types)
+    scanner = Scanner(secrets.token_bytes(32), engine="auto")
+    re_scanner = Scanner(secrets.token_bytes(32), engine="re")
+
+    t_mask = best(lambda: scanner.scan(raw, json_strings=True).masked(raw), args.repeat)
+    t_pii = best(lambda: scanner.scan(raw, pii=pii, json_strings=True).masked(raw), args.repeat)
+    t_block = best(lambda: scanner.contains_secret(raw), args.repeat)
+    t_re = best(lambda: re_scanner.scan(raw, json_strings=True).masked(raw), 1)
+
+    secret_planted = [p for p in body.planted if p.kind == "secret"]
+    recall_s, fp_s, miss_s = quality(raw, scanner.scan(raw, json_strings=True), secret_planted)
+    full = scanner.scan(raw, pii=pii, json_strings=True)
+    recall, fps, misses = quality(raw, full, body.planted)
+    block = scanner.contains_secret(raw)
+
+    # detect-secrets on the documents of a prefix of the same body, line by line.
+    sample_docs: list[str] = []
+    size = 0
+    for doc in body.payload["documents"]:
+        text = doc["text"] if isinstance(doc, dict) else doc
+        sample_docs.append(text)
+        size += len(text.encode())
+        if size >= args.ds_sample:
+            break
+    sample = "\n".join(sample_docs)
+    ds_mb_s, ds_recall = detect_secrets_run(sample, body.planted)
+
+    out: dict[str, Any] = {
+        "engine": scanner.engine_name,
+        "body_bytes": len(raw),
+        "documents": len(body.payload["documents"]),
+        "planted_secrets": len(secret_planted),
+        "planted_pii": len(body.planted) - len(secret_planted),
+        "negatives": len(body.negatives),
+        "secret_types_planted": len({p.type for p in secret_planted}),
+        "secrets_mask_mb_s": round(mb / t_mask, 1),
+        "secrets_pii_mask_mb_s": round(mb / t_pii, 1),
+        "block_decision_mb_s": round(mb / t_block, 1),
+        "block_findings": len(block.findings),
+        "re_engine_secrets_mask_mb_s": round(mb / t_re, 1),
+        "detect_secrets_mb_s": round(ds_mb_s, 3),
+        "detect_secrets_sample_bytes": len(sample.encode()),
+        "ratio_vs_detect_secrets": round(mb / t_mask / ds_mb_s, 1),
+        "recall_full_span": round(recall, 4),
+        "recall_full_span_secrets": round(recall_s, 4),
+        "detect_secrets_recall_full_span_secrets": round(ds_recall, 4),
+        "false_positives": fps + fp_s,
+        "misses": {**misses, **{f"secret:{k}": v for k, v in miss_s.items()}},
+        "targets": TARGETS,
+    }
+    out["meets_targets"] = all(out[k] >= v for k, v in TARGETS.items()) and out["false_positives"] == 0
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:42s} {v}")
+
+
+if __name__ == "__main__":
+    main()
