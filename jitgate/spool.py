@@ -16,6 +16,7 @@ Callers may reserve room for a record before forwarding a flow, so its record al
 from __future__ import annotations
 
 import errno
+import fcntl
 import gzip
 import logging
 import os
@@ -93,6 +94,7 @@ class Spool:
         self._open_dir = config.directory / "open"
         self._closed_dir = config.directory / "closed"
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._name = ""
         self._seq = 0
         self._size = 0
@@ -106,9 +108,20 @@ class Spool:
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        """Create the directories and close every segment left open by a previous process."""
+        """Lock the directory, then close every segment left open by a previous process.
+
+        The lock (flock, released by the kernel when the process dies, even by SIGKILL) keeps a
+        second gateway from taking over segments the first one is still writing.
+        """
         self._open_dir.mkdir(parents=True, exist_ok=True)
         self._closed_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.config.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock_fd)
+            raise OSError(errno.EBUSY, "spool directory is in use by another process") from None
+        self._lock_fd = lock_fd
         with self._lock:
             for leftover in sorted(self._open_dir.glob("*.jsonl")):
                 os.replace(leftover, self._closed_dir / leftover.name)
@@ -120,6 +133,12 @@ class Spool:
         """Rotate the open segment so the uploader can ship it."""
         with self._lock:
             self._rotate_locked()
+
+    def release(self) -> None:
+        """Give the directory up (after the last append and the last upload)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ---- quota -------------------------------------------------------------------------
     @property
@@ -330,6 +349,7 @@ class Uploader:
             self._thread.join()
         self.spool.close()
         if self._put is None:
+            self.spool.release()
             return
         deadline = time.monotonic() + flush_timeout
         while self.spool.closed_segments() and time.monotonic() < deadline:
@@ -337,3 +357,4 @@ class Uploader:
                 self.ship_pending()
             except Exception:  # left on disk; shipped at the next start
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        self.spool.release()

@@ -316,3 +316,12 @@ async def test_bodies_with_unmasked_findings_are_withheld(
     (r,) = _records(tmp_path)
     assert (r["request_body"] is not None, r["response_body"] is not None) == (request_kept, response_kept)
     assert (r["rerank_query"] is not None) == request_kept
+
+
+async def test_spool_dir_in_use_stops_the_start(tmp_path: Path) -> None:
+    first, second = SessionRecorder(), SessionRecorder()
+    with taddons.context(first) as tctx:
+        tctx.configure(first, jitgate_spool_dir=str(tmp_path))
+        with taddons.context(second) as tctx2, pytest.raises(exceptions.OptionsError, match="in use"):
+            tctx2.configure(second, jitgate_spool_dir=str(tmp_path))
+        first.done()

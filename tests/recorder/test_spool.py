@@ -166,7 +166,8 @@ def test_leftovers_of_a_crash_ship_at_start(tmp_path: Path) -> None:
     crashed = _spool(tmp_path)
     for i in range(5):
         crashed.append(_line(i))
-    # no close(): the process died with the segment open
+    # no close(): the process died with the segment open, and the kernel dropped its lock
+    crashed.release()
     restarted = _spool(tmp_path)
     assert len(restarted.closed_segments()) == 1
     sink = Sink()
@@ -228,3 +229,12 @@ def test_reserve_never_waits_on_the_segment_lock(tmp_path: Path) -> None:
         finished = done.is_set()
     t.join()
     assert finished
+
+
+def test_a_second_gateway_cannot_take_a_live_spool(tmp_path: Path) -> None:
+    live = _spool(tmp_path)
+    live.append(_line(1))
+    with pytest.raises(OSError, match="in use"):
+        _spool(tmp_path)
+    live.release()
+    _spool(tmp_path)  # once the first one is gone, the directory is free
