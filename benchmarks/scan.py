@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -132,6 +133,8 @@ def main() -> None:
 
     out: dict[str, Any] = {
         "engine": scanner.engine_name,
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "body_bytes": len(raw),
         "documents": len(body.payload["documents"]),
         "planted_secrets": len(secret_planted),

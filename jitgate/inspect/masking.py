@@ -49,6 +49,18 @@ def tag(key: bytes, value: bytes) -> str:
     return hmac.new(key, value, hashlib.sha256).hexdigest()[:TAG_CHARS]
 
 
+class Tagger:
+    """`tag` with the key schedule done once (the HMAC state is copied per value)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __call__(self, value: bytes) -> str:
+        h = self._base.copy()
+        h.update(value)
+        return h.hexdigest()[:TAG_CHARS]
+
+
 def marker(finding: Finding) -> bytes:
     return b"[REDACTED:%s:%s]" % (finding.type.encode(), finding.tag.encode())
 

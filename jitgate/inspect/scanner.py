@@ -101,7 +101,7 @@ class Scanner:
     def __init__(self, key: bytes, *, engine: str = "auto") -> None:
         if len(key) < 16:
             raise ValueError("the masking key must be at least 16 bytes")
-        self._key = key
+        self._tag = masking.Tagger(key)
         self.secret_rules: tuple[Rule, ...] = SECRET_RULES
         self.all_rules: tuple[Rule, ...] = SECRET_RULES + PII_RULES
         self._secret_engine: Engine = make_engine(self.secret_rules, engine)
@@ -133,7 +133,7 @@ class Scanner:
 
     def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Finding]:
         """Non-overlapping findings: secrets before PII, provider formats before generic rules."""
-        key = self._key
+        tag = self._tag
         candidates.sort(key=lambda c: c.start)
         if _disjoint(candidates) and (not candidates or b"[REDACTED:" not in buf):
             chosen = candidates  # the common case: nothing to arbitrate
@@ -149,7 +149,7 @@ class Scanner:
                     chosen.append(c)
             chosen.sort(key=lambda c: c.start)
         return [
-            Finding(c.name, c.kind, c.start, c.end, masking.tag(key, buf[c.start : c.end]), encoding, c.anchor)  # type: ignore[arg-type]
+            Finding(c.name, c.kind, c.start, c.end, tag(buf[c.start : c.end]), encoding, c.anchor)  # type: ignore[arg-type]
             for c in chosen
         ]
 
