@@ -121,10 +121,14 @@ def sql_command(
     database: DatabaseOpt = "jitgate",
     fmt: FormatOpt = "table",
 ) -> None:
-    """Run SQL on DuckDB over the bucket's records (or on Athena with --athena) and print a table."""
+    """Run SQL on DuckDB over the bucket's records (or on Athena with --athena) and print a table.
+
+    Relations: sessions, sessions_unique (duplicates dropped by record_id) and token_events.
+    """
+    # On Athena too, `sessions_unique` means the deduplicated sessions (a CTE in front of the SQL).
     _run(
         sql,
-        sql,
+        audit.NamedQuery("sql", "ad-hoc", sql).athena_sql(),
         [],
         source=Source(bucket, endpoint_url, region, cache, no_sync),
         athena=athena,

@@ -6,13 +6,15 @@ import sys
 from pathlib import Path
 
 import boto3
+import pytest
 from moto import mock_aws
 from typer.testing import CliRunner
 
 from jitgate.cli import _register, app
+from jitgate.commands import audit as audit_cmd
 from jitgate.commands.sessions import export_flows
 from jitgate.digest import sha256_text
-from tests.recorder.test_audit import DOCS, cache  # noqa: F401 — the fixture
+from tests.recorder.test_audit import DOCS, _FakeAthena, cache  # noqa: F401 — `cache` is the fixture
 
 _register()
 runner = CliRunner()
@@ -122,3 +124,14 @@ def test_export_flow_without_response_has_error(tmp_path: Path) -> None:
         (flow,) = io.FlowReader(fh).stream()
     assert flow.response is None and flow.error.msg == "upstream_error"
     assert flow.client_conn.peername == ("::1", 5000)
+
+
+def test_sql_on_athena_gets_the_dedup_cte(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeAthena()
+    monkeypatch.setattr(audit_cmd.Source, "client", lambda self, service: fake)
+    res = runner.invoke(app, ["audit", "sql", "SELECT sub FROM sessions_unique", "--athena", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert fake.kwargs["QueryString"].startswith("WITH sessions_unique AS (")
+    assert fake.kwargs["QueryString"].endswith("SELECT sub FROM sessions_unique")
+    assert fake.kwargs["WorkGroup"] == "jitgate" and "ExecutionParameters" not in fake.kwargs
+    assert _json_rows(res.output) == [{"sub": "alice", "jti": "j1"}]
