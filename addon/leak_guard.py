@@ -218,7 +218,9 @@ class LeakGuard:
         self._record(flow, plan, "request.body", result.findings)
         found += path_result.findings + result.findings
         decision = actions.decide(plan, found)
-        if decision == "block" or (decision == "mask" and path_result.findings and not path_result.edits):
+        if decision == "review" and ctx.master.addons.get("approvalhold") is None:  # type: ignore[no-untyped-call]
+            decision = "block"  # nobody can hold it for review: fail closed
+        if decision == "block" or (decision != "allow" and path_result.findings and not path_result.edits):
             refuse(
                 flow,
                 LeakBlocked("the request carries secrets or personal data; nothing was forwarded"),

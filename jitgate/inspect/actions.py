@@ -2,7 +2,9 @@
 
 Secrets in a request block by default (the 403 lists types and locations, never a value);
 PII in a request is masked, or blocked, per profile; secrets and PII in a response are masked.
-`review` is not something this layer can hold for, so it fails closed as a block.
+`review` (requests only) masks like `mask` and marks the request for a human: the gateway's
+approval_hold holds it until an approver decides. Without approval_hold in the chain, the
+gateway treats `review` as `block` (fail closed).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from jitgate.inspect.masking import Finding
 from jitgate.policy import MaskProfile
 
 Direction = Literal["request", "response"]
-Action = Literal["block", "mask", "allow"]
+Action = Literal["block", "mask", "allow", "review"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,10 @@ class Plan:
 
 def plan(profile: MaskProfile, direction: Direction) -> Plan:
     if direction == "request":
-        secrets: Action = "mask" if profile.request_secrets == "mask" else "block"
-        pii: Action = {"mask": "mask", "allow": "allow"}.get(profile.request_pii, "block")  # type: ignore[assignment]
+        secrets: Action = {"mask": "mask", "review": "review"}.get(profile.request_secrets, "block")  # type: ignore[assignment]
+        pii: Action = {"mask": "mask", "allow": "allow", "review": "review"}.get(  # type: ignore[assignment]
+            profile.request_pii, "block"
+        )
     else:
         secrets = "mask" if profile.response_secrets == "mask" else "allow"
         pii = "mask" if profile.response_pii == "mask" else "allow"
@@ -43,8 +47,9 @@ def action_for(p: Plan, finding: Finding) -> Action:
 
 
 def decide(p: Plan, findings: Sequence[Finding]) -> Action:
-    """block if any finding blocks, else mask if any is masked, else allow."""
+    """block if any finding blocks, else review if any needs review, else mask if any is masked, else allow."""
     actions = {action_for(p, f) for f in findings}
-    if "block" in actions:
-        return "block"
-    return "mask" if "mask" in actions else "allow"
+    for action in ("block", "review", "mask"):
+        if action in actions:
+            return action
+    return "allow"

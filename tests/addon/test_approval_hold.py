@@ -407,3 +407,58 @@ async def test_new_holds_are_published_without_the_token_or_body(aws: dict[str, 
     note = json.loads(json.loads(msg["Body"])["Message"])
     assert note["id"] == f.metadata[HOLD] and note["kind"] == "hold" and note["summary"]["documents"] == 4
     assert "eyJfake" not in msg["Body"] and '"d"' not in msg["Body"] and "should-not-leak" not in msg["Body"]
+
+
+REVIEW_POLICY = """
+version: 1
+issuers: [{issuer: https://oidc.test, audience: jitgate}]
+admins: {groups: [platform-security]}
+profiles:
+  default: {}
+  reviewed: {request_pii: review}
+connections:
+  rerank:
+    dialect: cohere
+    upstream: https://api.cohere.test
+    credential: {secret_id: jitgate/rerank}
+    mask: reviewed
+"""
+
+
+@pytest.mark.parametrize("with_hold", [True, False])
+async def test_review_findings_from_leak_guard_are_held_or_blocked_without_a_hold(
+    aws: dict[str, Any], tmp_path: Path, with_hold: bool
+) -> None:
+    import secrets as _secrets
+
+    from addon.leak_guard import LeakGuard
+    from jitgate.inspect import Scanner
+
+    policy = tmp_path / "review.yaml"
+    policy.write_text(REVIEW_POLICY)
+    leak = LeakGuard(scanner=Scanner(_secrets.token_bytes(32)))
+    hold = ApprovalHold(dynamodb=aws["dynamodb"])
+    chain = (leak, hold) if with_hold else (leak,)
+    email = "jane.roe" + "@" + "example.org"
+    with taddons.context(*chain) as tctx:
+        tctx.configure(leak, jitgate_policy=str(policy), jitgate_table=TABLE, jitgate_max_inspect_bytes=65536,
+                       jitgate_stream_window=512)
+        f = tflow.tflow()
+        f.request.host, f.request.path, f.request.method = "api.cohere.test", "/v2/rerank", "POST"
+        f.request.headers["content-type"] = "application/json"
+        f.request.content = json.dumps({"query": "q", "documents": [f"write to {email} today"]}).encode()
+        claims = _claims("rerank").model_copy(update={"mask": "reviewed"})
+        f.metadata[meta.CLAIMS] = claims
+        f.metadata[meta.OPERATION] = "rerank"
+        leak.request(f)
+        if with_hold:
+            assert f.response is None
+            assert [x["action"] for x in f.metadata[meta.FINDINGS]] == ["review"]
+            assert email.encode() not in f.request.content  # masked either way
+            await hold.request(f)
+            assert f.intercepted
+            doc = json.loads(_item(aws, f.metadata[HOLD])["doc"]["S"])
+            assert doc["summary"]["reasons"] == ["finding:email"] and email not in json.dumps(doc)
+            hold.done()
+        else:
+            assert f.response.status_code == 403 and f.response.json()["code"] == "leak_blocked"
