@@ -10,16 +10,18 @@ import hashlib
 import hmac
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 TAG_CHARS = 10
 MARKER = re.compile(rb"\[REDACTED:[a-z0-9_]{1,64}:[0-9a-f]{" + str(TAG_CHARS).encode() + rb"}\]")
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One detected value: its type, its span in the scanned buffer and its keyed tag."""
+class Finding(NamedTuple):
+    """One detected value: its type, its span in the scanned buffer and its keyed tag.
+
+    A NamedTuple rather than a frozen dataclass: a busy body makes thousands, and tuples are
+    built several times faster.
+    """
 
     type: str
     kind: Literal["secret", "pii"]

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from jitgate.inspect import masking
@@ -32,8 +33,9 @@ _URL_REST = re.compile(rb"[A-Za-z0-9._~%+=&/:@-]*")
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 
 
-@dataclass(frozen=True)
-class Edit:
+class Edit(NamedTuple):
+    """Replace `buf[start:end]` with `replacement`."""
+
     start: int
     end: int
     replacement: bytes
@@ -66,8 +68,7 @@ class ScanResult:
         return b"".join(parts)
 
 
-@dataclass(frozen=True)
-class _Candidate:
+class _Candidate(NamedTuple):
     name: str
     kind: str
     start: int

@@ -9,7 +9,6 @@ therefore always sits in the held-back tail, so no byte goes out unscanned or ha
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import replace
 
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import Edit, Scanner
@@ -79,4 +78,4 @@ class StreamMasker:
 
 
 def _shift[T: (Edit, Finding)](item: T, by: int) -> T:
-    return replace(item, start=item.start + by, end=item.end + by, anchor=item.anchor + by)
+    return item._replace(start=item.start + by, end=item.end + by, anchor=item.anchor + by)
