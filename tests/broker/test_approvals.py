@@ -268,3 +268,25 @@ def test_gateway_holds_are_decided_through_the_same_routes(
     assert (status, view["state"]) == (200, "approved")
     got = store.get(hold.id, now=clock.now)
     assert got is not None and got[0].votes[0].approver == LEAD_A
+
+
+def test_failed_signing_at_collection_lets_the_requester_try_again(
+    invoke: Invoke, issuer: OidcIssuer, clock: Clock, svc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jitgate.errors import SigningUnavailable
+
+    approval_id = _request(invoke, issuer, clock)
+    _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve")
+    _vote(invoke, _lead(issuer, clock, LEAD_B), approval_id, "approve")
+    real_sign = svc.signer.sign
+
+    def broken(_claims: Any) -> str:
+        raise SigningUnavailable("the signing key cannot be used right now")
+
+    monkeypatch.setattr(svc.signer, "sign", broken)
+    status, err = _get(invoke, _requester(issuer, clock), approval_id)
+    assert (status, err["code"]) == (503, "signing_unavailable")
+    monkeypatch.setattr(svc.signer, "sign", real_sign)
+    status, view = _get(invoke, _requester(issuer, clock), approval_id)
+    assert status == 200 and view["token"].startswith("eyJ")
+    assert verify_token(view["token"], _keyset(invoke), now=clock.now, issuer=BROKER_URL).apv == approval_id
