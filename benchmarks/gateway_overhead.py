@@ -1,0 +1,287 @@
+"""Gateway overhead: the same keep-alive rerank load direct, through a bare mitmdump, and through jitgate.
+
+All three are measured in one run on this machine, so the ratios compare like with like:
+rerank POSTs of `--docs` documents x `--doc-bytes` bytes, `--concurrency` keep-alive clients,
+`--requests` requests each (after a warm-up). The upstream (jitgate.devstack.upstream) runs in a
+child process with a private CA; the jitgate gateway gets its token from the real broker (local
+adapter) backed by a moto server. Prints one JSON object (`--json`) with rps, p50 and p99 per path,
+`ratio_vs_bare` and `p50_added_ms_vs_bare`. The token carries no `max_requests` unless
+`--count-requests`, so the hot path makes no DynamoDB call (the figures say which).
+
+Run: .venv/bin/python benchmarks/gateway_overhead.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import ssl
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed  # noqa: E402
+from jitgate.devstack.oidc_issuer import OidcIssuer  # noqa: E402
+from jitgate.devstack.policy import CI_CLAIMS, policy_dict  # noqa: E402
+from jitgate.policy import parse_policy  # noqa: E402
+from tests.e2e.gateway import jitgate_options, start_gateway, write_bundle  # noqa: E402
+
+CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
+# The data-path core alone (this benchmark's subject): token_gate, scope_guard, credential_inject.
+CORE_CHAIN = """
+from addon.credential_inject import CredentialInject
+from addon.scope_guard import ScopeGuard
+from addon.token_gate import TokenGate
+
+addons = [TokenGate(), ScopeGuard(), CredentialInject()]
+"""
+
+
+def _documents(n: int, size: int, rng: random.Random) -> list[str]:
+    vocab = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 10))) for _ in range(3000)]
+    docs = []
+    for _ in range(n):
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < size:
+            words.append(rng.choice(vocab))
+        docs.append(" ".join(words)[:size])
+    return docs
+
+
+@contextmanager
+def _upstream(work: Path, key: str) -> Iterator[tuple[str, Path]]:
+    ca = work / "upstream-ca.pem"
+    env = {**os.environ, "JITGATE_UPSTREAM_KEYS": key}
+    argv = [sys.executable, "-m", "jitgate.devstack.upstream", "--ca-out", str(ca), "--no-record"]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("https://"):
+            raise RuntimeError(f"upstream did not start: {url!r}")
+        yield url, ca
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _load(
+    url: str, body: bytes, headers: dict[str, str], *, proxy: str | None, verify: Path, requests: int, concurrency: int,
+    warmup: int,
+) -> tuple[list[float], float]:
+    ctx = ssl.create_default_context(cafile=str(verify))
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    remaining = [warmup + requests]
+    started = threading.Barrier(concurrency + 1)
+    t0 = [0.0]
+
+    def worker() -> None:
+        with httpx.Client(proxy=proxy, verify=ctx, trust_env=False, timeout=60) as client:
+            started.wait()
+            while True:
+                with lock:
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                    n = remaining[0]
+                begin = time.perf_counter()
+                resp = client.post(url, content=body, headers=headers)
+                elapsed = time.perf_counter() - begin
+                if resp.status_code != 200:
+                    with lock:
+                        errors.append(f"{resp.status_code} {resp.text[:200]}")
+                    return
+                if n < requests:  # the first `warmup` requests handed out are not measured
+                    with lock:
+                        if not t0[0]:
+                            t0[0] = begin
+                        latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    started.wait()
+    for t in threads:
+        t.join()
+    end = time.perf_counter()
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
+    return latencies, end - t0[0]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): cost per request, not wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _summary(runs: list[tuple[list[float], float]]) -> dict[str, float]:
+    latencies = sorted(x for lat, _ in runs for x in lat)
+    wall = sum(w for _, w in runs)
+    return {
+        "rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--docs", type=int, default=100)
+    parser.add_argument("--doc-bytes", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3, help="alternate the three paths this many times")
+    parser.add_argument("--count-requests", action="store_true", help="give the token max_requests (DynamoDB counter)")
+    args = parser.parse_args()
+
+    rng = random.Random(7)
+    docs = _documents(args.docs, args.doc_bytes, rng)
+    body = json.dumps({"model": "rerank-v3.5", "query": " ".join(docs[3].split()[:4]), "documents": docs}).encode()
+    real_key = "bench-" + secrets.token_urlsafe(24)
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-bench-") as tmp:
+        work = Path(tmp)
+        moto = stack.enter_context(moto_server())
+        os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_DEFAULT_REGION": DEFAULT_REGION, **FAKE_CREDENTIALS})
+        issuer = stack.enter_context(OidcIssuer())
+        up_url, up_ca = stack.enter_context(_upstream(work, real_key))
+
+        doc = policy_dict(issuer.url, upstreams={"cohere-test": up_url})
+        grant = doc["grants"][0]  # type: ignore[index]
+        limits = {"max_documents": 1000, "max_bytes": 4 * 1024 * 1024}
+        if args.count_requests:
+            limits["max_requests"] = 10 * (args.requests + args.warmup)
+        grant["limits"] = limits
+        policy_path = work / "policy.yaml"
+        policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        policy = parse_policy(policy_path.read_text())
+        fake = {c.credential.secret_id: "bench-" + secrets.token_urlsafe(18) for c in policy.connections.values()}
+        fake[policy.connections["cohere-test"].credential.secret_id] = real_key
+        aws = seed(moto.url, policy=policy, secrets=fake)
+        broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
+        oidc = issuer.mint(CI_SUB, CI_CLAIMS)
+        answer = httpx.post(
+            f"{broker.url}/v1/tokens",
+            json={"connection": "cohere-test"},
+            headers={"Authorization": f"Bearer {oidc}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        token = answer.json()["token"]
+
+        upstream_bundle = write_bundle(work / "upstream-bundle.pem", up_ca.read_bytes())
+        bare = stack.enter_context(
+            start_gateway(
+                work / "bare", options={"ssl_verify_upstream_trusted_ca": str(upstream_bundle)}, script=None
+            )
+        )
+        jit_opts = jitgate_options(
+            policy=policy_path,
+            jwks_url=f"{broker.url}/.well-known/jwks.json",
+            table=aws.table,
+            aws_endpoint=moto.url,
+            region=aws.region,
+            upstream_ca=up_ca,
+        )
+        jit = stack.enter_context(start_gateway(work / "jit", options=jit_opts))
+        core_script = work / "core_chain.py"
+        core_script.write_text(CORE_CHAIN)
+        core = stack.enter_context(start_gateway(work / "core", options=jit_opts, script=core_script))
+
+        url = f"{up_url}/v2/rerank"
+        common: dict[str, Any] = {
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "warmup": args.warmup,
+        }
+        ct = {"Content-Type": "application/json"}
+        real_auth = {**ct, "Authorization": f"Bearer {real_key}"}
+        paths: dict[str, dict[str, Any]] = {
+            "direct": {"headers": real_auth, "proxy": None, "verify": up_ca},
+            "bare": {"headers": real_auth, "proxy": bare.url, "verify": bare.client_bundle(work / "bare.pem")},
+            "jitgate": {
+                "headers": {**ct, "Authorization": "Bearer placeholder"},
+                "proxy": jit.proxy_url(token),
+                "verify": jit.client_bundle(work / "jit.pem"),
+            },
+            "core": {
+                "headers": {**ct, "Authorization": "Bearer placeholder"},
+                "proxy": core.proxy_url(token),
+                "verify": core.client_bundle(work / "core.pem"),
+            },
+        }
+        runs: dict[str, list[tuple[list[float], float]]] = {name: [] for name in paths}
+        pids = {"bare": bare.proc.pid, "jitgate": jit.proc.pid, "core": core.proc.pid}
+        cpu = dict.fromkeys(pids, 0.0)
+        # Alternating rounds: drift in a shared machine's load hits all three paths alike.
+        for _ in range(args.rounds):
+            for name, how in paths.items():
+                before = _cpu_seconds(pids[name]) if name in pids else 0.0
+                try:
+                    runs[name].append(_load(url, body, **how, **common))
+                    if name in pids:
+                        cpu[name] += _cpu_seconds(pids[name]) - before
+                except RuntimeError:
+                    gw = {"bare": bare, "jitgate": jit, "core": core}.get(name)
+                    if gw is not None:
+                        print("\n".join(list(gw.log)[-30:]), file=sys.stderr)
+                    raise
+        direct, bare_r, jit_r, core_r = (_summary(runs[name]) for name in ("direct", "bare", "jitgate", "core"))
+
+    result = {
+        "requests": args.requests * args.rounds,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "documents": args.docs,
+        "body_bytes": len(body),
+        "request_counter": args.count_requests,
+        "direct_rps": direct["rps"],
+        "bare_rps": bare_r["rps"],
+        "jitgate_rps": jit_r["rps"],
+        "ratio_vs_bare": round(jit_r["rps"] / bare_r["rps"], 3),
+        "direct_p50_ms": direct["p50_ms"],
+        "direct_p99_ms": direct["p99_ms"],
+        "bare_p50_ms": bare_r["p50_ms"],
+        "bare_p99_ms": bare_r["p99_ms"],
+        "jitgate_p50_ms": jit_r["p50_ms"],
+        "jitgate_p99_ms": jit_r["p99_ms"],
+        "p50_added_ms_vs_bare": round(jit_r["p50_ms"] - bare_r["p50_ms"], 3),
+        # The same figures for the data-path core alone (no approval_hold, leak_guard, session_recorder).
+        "core_rps": core_r["rps"],
+        "core_ratio_vs_bare": round(core_r["rps"] / bare_r["rps"], 3),
+        "core_p50_ms": core_r["p50_ms"],
+        "core_p99_ms": core_r["p99_ms"],
+        "core_p50_added_ms_vs_bare": round(core_r["p50_ms"] - bare_r["p50_ms"], 3),
+        # Gateway process CPU per request: steadier than rps on a shared machine.
+        "bare_cpu_ms_per_req": round(cpu["bare"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
+        "jitgate_cpu_ms_per_req": round(cpu["jitgate"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
+        "core_cpu_ms_per_req": round(cpu["core"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
