@@ -57,7 +57,9 @@ from jitgate.token import Claims
 logger = logging.getLogger(__name__)
 
 HOLD = "jitgate.hold"  # flow.metadata: the hold id of a held flow
-_OWN = frozenset({"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic"})
+_OWN = frozenset(
+    {"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held"}
+)
 
 
 @dataclass
@@ -135,6 +137,7 @@ class ApprovalHold:
         self.table = ""
         self.timeout = 120.0
         self.poll = 1.0
+        self.max_held = 200
         self.topic = ""
         self.gateway = socket.gethostname()
         self.held: dict[str, _Held] = {}
@@ -157,6 +160,9 @@ class ApprovalHold:
         loader.add_option(
             "jitgate_approval_topic", str, "", "SNS topic ARN told about new holds; empty: approvers list them."
         )
+        loader.add_option(
+            "jitgate_approval_max_held", int, 200, "Most requests this gateway holds at once; more are refused (503)."
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not (updated & (_OWN | settings.SHARED)):
@@ -171,8 +177,11 @@ class ApprovalHold:
             raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
         if opts.jitgate_approval_topic and not opts.jitgate_approval_topic.startswith("arn:"):
             raise settings.options_error("jitgate_approval_topic must be an SNS topic ARN")
+        if opts.jitgate_approval_max_held < 1:
+            raise settings.options_error("jitgate_approval_max_held must be at least 1")
         self.timeout = timeout
         self.poll = poll
+        self.max_held = opts.jitgate_approval_max_held
         self.topic = opts.jitgate_approval_topic
         if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
             self.gateway = opts.jitgate_gateway_id
@@ -209,6 +218,9 @@ class ApprovalHold:
         facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
         reasons = risk_reasons(conn.approval, facts)
         if not reasons:
+            return
+        if len(self.held) >= self.max_held:
+            refuse(flow, ApprovalUnavailable("too many requests are waiting for approval; try again later"))
             return
         now = self._clock()
         summary = hold_summary(

@@ -462,3 +462,15 @@ async def test_review_findings_from_leak_guard_are_held_or_blocked_without_a_hol
             hold.done()
         else:
             assert f.response.status_code == 403 and f.response.json()["code"] == "leak_blocked"
+
+
+async def test_holds_are_capped_per_gateway(aws: dict[str, Any], policy_file: Path) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_max_held=2)
+        flows = [_rerank(4) for _ in range(3)]
+        for f in flows:
+            await addon.request(f)
+        assert [f.intercepted for f in flows] == [True, True, False]
+        assert flows[2].response.status_code == 503 and flows[2].response.json()["code"] == "approval_unavailable"
+        addon.done()
