@@ -3,6 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jitgate.approvals import (
     RETAIN,
@@ -28,6 +30,7 @@ from jitgate.errors import (
     ApprovalClosed,
     ApprovalExpired,
     BadRequest,
+    JitgateError,
     NotAnApprover,
     SelfApproval,
 )
@@ -292,3 +295,38 @@ def test_hold_approvers_come_from_the_connection_else_the_admins() -> None:
     assert hold_approvers(policy, policy.connections["guarded"]) == Approvers(groups=("search-leads",), count=2)
     admins = hold_approvers(policy, policy.connections["plain"])
     assert admins.groups == ("platform-security",) and admins.subjects == ("root",) and admins.count == 1
+
+
+_PEOPLE = ["alice", "bob", "carol", "dave", "mallory", REQUESTER]
+_GROUPS = {"alice": ["search-leads"], "bob": ["search-leads"], "carol": ["search-leads"], "dave": [],
+           "mallory": ["interns"], REQUESTER: ["search-leads"]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=4),
+    steps=st.lists(
+        st.tuples(st.sampled_from(_PEOPLE), st.sampled_from(["approve", "deny"]), st.floats(0, 7200)),
+        max_size=12,
+    ),
+)
+def test_state_machine_invariants(count: int, steps: list[tuple[str, str, float]]) -> None:
+    """Whatever votes arrive, in whatever order and at whatever time, the rules hold."""
+    a = _approval(count)
+    for sub, verdict, offset in sorted(steps, key=lambda s: s[2]):
+        try:
+            a = decide(a, _who(sub, *_GROUPS[sub]), verdict, "r", now=NOW + offset)  # type: ignore[arg-type]
+        except JitgateError:
+            continue
+    approvers = [v.approver for v in a.votes if v.verdict == "approve"]
+    assert REQUESTER not in {v.approver for v in a.votes} and "mallory" not in {v.approver for v in a.votes}
+    assert len(approvers) == len(set(approvers))  # one vote per approver
+    assert all(v.at < a.expires_at for v in a.votes)  # nothing lands after the window
+    assert sum(v.verdict == "deny" for v in a.votes) <= 1  # a denial closes the approval
+    final = state_at(a, NOW + 7200)
+    if any(v.verdict == "deny" for v in a.votes):
+        assert final == "denied"
+    elif len(approvers) >= count:
+        assert final == "approved" and len(approvers) == count  # no vote after approval
+    else:
+        assert final == "expired"
