@@ -142,6 +142,7 @@ class ApprovalHold:
         self.gateway = socket.gethostname()
         self.held: dict[str, _Held] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -255,7 +256,9 @@ class ApprovalHold:
         self.held[approval.id] = _Held(flow, approval, self._monotonic() + self.timeout)
         logger.info("jitgate: held %s %s (%s) as %s", conn.name, operation, ",".join(reasons), approval.id)
         if self.topic:
-            asyncio.get_running_loop().create_task(self._notify(approval))
+            task = asyncio.get_running_loop().create_task(self._notify(approval))
+            self._tasks.add(task)  # keep a reference until it finishes
+            task.add_done_callback(self._tasks.discard)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
 
