@@ -244,12 +244,13 @@ class SessionRecorder:
             max_segment_age=opts.jitgate_segment_ms / 1000,
             fsync_interval=opts.jitgate_fsync_ms / 1000,
             max_bytes=opts.jitgate_spool_max_bytes,
+            probe_bytes=4 * opts.jitgate_record_body_cap + 64 * 1024,
         )
         self.gateway = gateway
         self.body_cap = opts.jitgate_record_body_cap
         self.required = opts.jitgate_audit_required
         # A record holds two capped bodies, the query and its lists: hold room for the worst case.
-        self.reserve_bytes = 4 * self.body_cap + 64 * 1024
+        self.reserve_bytes = config.probe_bytes
         wiring = (
             config,
             opts.jitgate_bucket,
@@ -306,6 +307,8 @@ class SessionRecorder:
         if meta.refused(flow) or self.spool is None:
             return
         try:
+            if self.spool.failing:  # the last write failed: do not forward what may not be recorded
+                raise OSError("spool is failing")
             self.spool.reserve(self.reserve_bytes)
         except OSError:
             if self.required:

@@ -15,6 +15,7 @@ Callers may reserve room for a record before forwarding a flow, so its record al
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gzip
@@ -50,6 +51,7 @@ class SpoolConfig:
     max_segment_age: float = 60.0
     fsync_interval: float = 1.0
     max_bytes: int = 1024 * 1024 * 1024
+    probe_bytes: int = 128 * 1024  # what a failing spool must take again before flows pass
 
 
 def segment_key(prefix: str, gateway: str, segment: str) -> str:
@@ -105,6 +107,8 @@ class Spool:
         self._reserved = 0
         self.records = 0
         self.fsyncs = 0
+        # True after a write failed (disk full, I/O error) until `probe()` succeeds.
+        self.failing = False
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -181,6 +185,11 @@ class Spool:
                         raise OSError(errno.ENOSPC, "short write to spool")
                 except OSError:
                     os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
+                    # The disk said no: flows are refused until a probe shows room for a record
+                    # again, and the next line goes to a fresh segment (a per-file limit ends here).
+                    self.failing = True
+                    with contextlib.suppress(OSError):
+                        self._rotate_locked()
                     raise
                 self._size += n
                 self._dirty = True
@@ -190,12 +199,36 @@ class Spool:
                 self._used -= n
             raise
 
+    def probe(self) -> bool:
+        """Whether the disk takes a record-sized write again; clears `failing` if it does.
+
+        A small refusal record fitting in the last bytes of a disk must not count as healthy,
+        so the probe writes and fsyncs `probe_bytes` to a scratch file, then removes it.
+        """
+        path = self.config.directory / ".probe"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                data = bytes(self.config.probe_bytes)
+                if os.write(fd, data) != len(data):
+                    return False
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+        except OSError:
+            return False
+        self.failing = False
+        return True
+
     def tick(self) -> None:
         """Called often by the uploader thread: fsync on the interval, rotate by age.
 
         The interval fsync runs on a duplicate of the descriptor outside the lock, so appends
         (and the answers waiting on them) do not queue behind a slow disk.
         """
+        if self.failing:
+            self.probe()
         dup: int | None = None
         with self._lock:
             if self._fd is None:

@@ -325,3 +325,37 @@ async def test_spool_dir_in_use_stops_the_start(tmp_path: Path) -> None:
         with taddons.context(second) as tctx2, pytest.raises(exceptions.OptionsError, match="in use"):
             tctx2.configure(second, jitgate_spool_dir=str(tmp_path))
         first.done()
+
+
+async def test_after_a_failed_write_flows_are_refused_until_a_write_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jitgate.spool as spool_mod
+
+    rec = SessionRecorder()
+    real_write = spool_mod.os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        monkeypatch.setattr(spool_mod.os, "write", disk_full)
+        first = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(first)
+        assert first.response is None  # nothing known to be wrong yet: forwarded
+        _answer(first)
+        await rec.response(first)
+        assert first.response.status_code == 503  # its answer is withheld
+        second = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(second)
+        assert second.response is not None and second.response.status_code == 503  # refused before forwarding
+        await rec.response(second)  # its refusal cannot be recorded either
+        assert rec.spool is not None and not rec.spool.probe()
+        monkeypatch.setattr(spool_mod.os, "write", real_write)  # space again
+        assert rec.spool.probe()  # the uploader thread probes on every tick
+        third = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(third)
+        assert third.response is None
+        rec.done()
+    assert _records(tmp_path) == []

@@ -7,6 +7,10 @@ would give it.
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
+
 from mitmproxy import http
 
 from addon import meta
@@ -38,5 +42,11 @@ class FakeGate:
             flow.metadata[meta.OPERATION] = route.operation
         flow.metadata[meta.DECISION] = "allowed"
 
+
+# A disk that fills up: JITGATE_TEST_FSIZE caps every file this process writes (EFBIG beyond).
+if os.environ.get("JITGATE_TEST_FSIZE"):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limit = int(os.environ["JITGATE_TEST_FSIZE"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 addons = [FakeGate(), SessionRecorder()]

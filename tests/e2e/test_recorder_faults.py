@@ -38,7 +38,7 @@ def upstream(tmp_path: Path) -> Iterator[tuple[Upstream, str, Path]]:
         yield up, key, ca
 
 
-def _gateway(tmp_path: Path, ca: Path, **options: Any) -> Gateway:
+def _gateway(tmp_path: Path, ca: Path, env: dict[str, str] | None = None, **options: Any) -> Gateway:
     opts = {
         "ssl_verify_upstream_trusted_ca": str(ca),
         "jitgate_spool_dir": str(tmp_path / "spool"),
@@ -48,7 +48,7 @@ def _gateway(tmp_path: Path, ca: Path, **options: Any) -> Gateway:
         **{k: str(v) for k, v in options.items()},
     }
     scripts = [REPO / "tests/e2e/recorder_meta.py"]
-    return Gateway(scripts, opts, confdir=tmp_path / "conf", env={"AWS_MAX_ATTEMPTS": "1"})
+    return Gateway(scripts, opts, confdir=tmp_path / "conf", env={"AWS_MAX_ATTEMPTS": "1", **(env or {})})
 
 
 def _rerank(client: httpx.Client, up: Upstream, key: str, marker: str) -> httpx.Response:
@@ -205,3 +205,27 @@ def test_clean_stop_ships_the_open_segment(
     assert gw.proc is not None and gw.proc.returncode is not None
     assert _markers(_arrived(aws_stack.bucket, gateway_id)) == sent
     assert not list((tmp_path / "spool").rglob("*.jsonl"))
+
+
+def test_disk_full_refuses_and_forwards_at_most_the_flow_that_found_out(
+    tmp_path: Path, upstream: tuple[Upstream, str, Path]
+) -> None:
+    """A real write error (EFBIG from RLIMIT_FSIZE, as ENOSPC would be): the flow whose record
+    failed gets 503 instead of its answer, every later flow is refused before forwarding."""
+    up, key, ca = upstream
+    gw = _gateway(tmp_path, ca, env={"JITGATE_TEST_FSIZE": "40000"})
+    statuses: list[tuple[str, int, str]] = []
+    with gw, gw.client() as c:
+        for _ in range(60):
+            marker = secrets.token_hex(6)
+            resp = _rerank(c, up, key, marker)
+            statuses.append((marker, resp.status_code, resp.json().get("code", "") if resp.status_code != 200 else ""))
+    codes = [s for _, s, _ in statuses]
+    first = codes.index(503)
+    assert first > 0 and all(s == 503 for s in codes[first:])
+    assert {code for _, _, code in statuses[first:]} == {"audit_unavailable"}
+    forwarded = [json.loads(r.body)["query"].split()[-1] for r in up.received if r.path == "/v2/rerank"]
+    spooled = [json.loads(line) for p in (tmp_path / "spool").rglob("*.jsonl") for line in p.read_bytes().splitlines()]
+    answered = [m for m, s, _ in statuses if s == 200]
+    assert _markers([r for r in spooled if r["status"] == 200]) == set(answered)  # every answer given is recorded
+    assert forwarded == [*answered, statuses[first][0]]  # only the flow that hit the error went out unrecorded

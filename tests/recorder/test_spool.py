@@ -147,11 +147,15 @@ def test_short_write_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(spool_mod.os, "write", lambda fd, data: real_write(fd, data[:5]))
     with pytest.raises(OSError):
         s.append(_line(2))
+    assert s.failing  # until a probe shows room again
+    assert not s.probe()
     monkeypatch.setattr(spool_mod.os, "write", real_write)
+    assert s.probe() and not s.failing
     s.append(_line(3))
     s.close()
-    (seg,) = s.closed_segments()
-    assert [json.loads(x)["i"] for x in seg.read_bytes().splitlines()] == [1, 3]
+    lines = [json.loads(x)["i"] for p in s.closed_segments() for x in p.read_bytes().splitlines()]
+    assert lines == [1, 3]
+    assert len(s.closed_segments()) == 2  # the failed segment was closed; the next line opened a new one
 
 
 def test_read_segment_drops_torn_tail(tmp_path: Path) -> None:
