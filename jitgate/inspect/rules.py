@@ -28,7 +28,8 @@ _R = r"(?![A-Za-z0-9_])"
 _RD = r"(?![A-Za-z0-9_-])"
 _B64R = r"(?![A-Za-z0-9+/=])"
 # An assignment, escape-aware: `key = v`, `key: v`, `"key": "v"`, `\"key\": \"v\"` (JSON in JSON).
-_ASSIGN = r"""\\?["']?[ \t]{0,4}(?::=|=>|[:=])[ \t]{0,4}\\?["']?"""
+_ASSIGN_OP = r"""\\?["']?[ \t]{0,4}(?::=|=>|[:=])"""
+_ASSIGN = _ASSIGN_OP + r"""[ \t]{0,4}\\?["']?"""
 _VALUE = r"""(?P<s>[^\s"'\\`,;(){}\[\]<>$|]{8,128})(?=[\s"'\\`,;)}\]>|]|$)"""
 _KEYWORDS = (
     r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
@@ -96,7 +97,8 @@ def _prefixed(name: str, prefix: str, body: str, *, validator: v.Validator | Non
 
 
 def _context(name: str, keywords: str, value: str, right: str = _R, validator: v.Validator | None = None) -> Rule:
-    return Rule(name, "secret", f"(?i:{keywords}){_ASSIGN}(?P<s>{value}){right}", validator, trigger=f"(?i:{keywords})")
+    pattern = f"(?i:{keywords}){_ASSIGN}(?P<s>{value}){right}"
+    return Rule(name, "secret", pattern, validator, trigger=f"(?i:{keywords}){_ASSIGN_OP}")
 
 
 _GH = "[A-Za-z0-9]{36}"
@@ -268,7 +270,7 @@ SECRET_RULES: tuple[Rule, ...] = (
         _KEYWORDS + _ASSIGN + _VALUE,
         v.generic_secret,
         priority=9,
-        trigger=_KEYWORDS,
+        trigger=_KEYWORDS + _ASSIGN_OP,
     ),
 )
 

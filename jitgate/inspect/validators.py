@@ -30,6 +30,7 @@ _PLACEHOLDERS = (
 )
 _DOTTED_IDENT = re.compile(rb"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?")
 _UPPER_IDENT = re.compile(rb"[A-Z][A-Z0-9_]*")
+_CLASSES = (re.compile(rb"[a-z]"), re.compile(rb"[A-Z]"), re.compile(rb"[0-9]"), re.compile(rb"[^A-Za-z0-9]"))
 _IBAN_LENGTHS = {
     b"AD": 24, b"AT": 20, b"BE": 16, b"BG": 22, b"CH": 21, b"CY": 28, b"CZ": 24, b"DE": 22, b"DK": 18,
     b"EE": 20, b"ES": 24, b"FI": 18, b"FR": 27, b"GB": 22, b"GR": 27, b"HR": 21, b"HU": 28, b"IE": 22,
@@ -72,15 +73,7 @@ def generic_secret(value: bytes) -> bool:
         return False
     if _DOTTED_IDENT.fullmatch(value) or _UPPER_IDENT.fullmatch(value):
         return False
-    classes = sum(
-        (
-            any(0x61 <= c <= 0x7A for c in value),
-            any(0x41 <= c <= 0x5A for c in value),
-            any(0x30 <= c <= 0x39 for c in value),
-            any(not chr(c).isalnum() for c in value),
-        )
-    )
-    return classes >= 2
+    return sum(1 for cls in _CLASSES if cls.search(value)) >= 2
 
 
 def high_entropy(value: bytes) -> bool:
