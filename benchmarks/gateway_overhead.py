@@ -34,15 +34,13 @@ from typing import Any
 import httpx
 import yaml
 
+from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
+from jitgate.devstack.gateway import jitgate_options, start_gateway, write_bundle
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import CI_CLAIMS, policy_dict
+from jitgate.policy import parse_policy
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed  # noqa: E402
-from jitgate.devstack.oidc_issuer import OidcIssuer  # noqa: E402
-from jitgate.devstack.policy import CI_CLAIMS, policy_dict  # noqa: E402
-from jitgate.policy import parse_policy  # noqa: E402
-from tests.e2e.gateway import jitgate_options, start_gateway, write_bundle  # noqa: E402
-
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 # The data-path core alone (this benchmark's subject): token_gate, scope_guard, credential_inject.
 CORE_CHAIN = """
@@ -51,6 +49,26 @@ from addon.scope_guard import ScopeGuard
 from addon.token_gate import TokenGate
 
 addons = [TokenGate(), ScopeGuard(), CredentialInject()]
+"""
+# Diagnostic baseline (--noop): a `-s` script whose hooks do nothing, to tell mitmproxy's cost of
+# running any script addon from the core's own. It refuses the readiness probe like jitgate does.
+NOOP_CHAIN = """
+from mitmproxy import http
+
+
+class Noop:
+    def http_connect(self, flow):
+        if flow.request.host.endswith(".invalid"):
+            flow.response = http.Response.make(403)
+
+    async def request(self, flow):
+        return None
+
+    def response(self, flow):
+        return None
+
+
+addons = [Noop()]
 """
 
 
@@ -153,6 +171,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--doc-bytes", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="alternate the three paths this many times")
+    parser.add_argument("--noop", action="store_true", help="add a no-op `-s` script as a diagnostic baseline")
     parser.add_argument("--count-requests", action="store_true", help="give the token max_requests (DynamoDB counter)")
     args = parser.parse_args()
 
@@ -209,6 +228,12 @@ def main() -> None:
         core_script = work / "core_chain.py"
         core_script.write_text(CORE_CHAIN)
         core = stack.enter_context(start_gateway(work / "core", options=jit_opts, script=core_script))
+        noop = None
+        if args.noop:
+            noop_script = work / "noop_chain.py"
+            noop_script.write_text(NOOP_CHAIN)
+            noop_opts = {"ssl_verify_upstream_trusted_ca": str(upstream_bundle)}
+            noop = stack.enter_context(start_gateway(work / "noop", options=noop_opts, script=noop_script))
 
         url = f"{up_url}/v2/rerank"
         common: dict[str, Any] = {
@@ -232,8 +257,11 @@ def main() -> None:
                 "verify": core.client_bundle(work / "core.pem"),
             },
         }
-        runs: dict[str, list[tuple[list[float], float]]] = {name: [] for name in paths}
         pids = {"bare": bare.proc.pid, "jitgate": jit.proc.pid, "core": core.proc.pid}
+        if noop is not None:
+            paths["noop"] = {"headers": real_auth, "proxy": noop.url, "verify": noop.client_bundle(work / "noop.pem")}
+            pids["noop"] = noop.proc.pid
+        runs: dict[str, list[tuple[list[float], float]]] = {name: [] for name in paths}
         cpu = dict.fromkeys(pids, 0.0)
         # Alternating rounds: drift in a shared machine's load hits all three paths alike.
         for _ in range(args.rounds):
@@ -244,7 +272,7 @@ def main() -> None:
                     if name in pids:
                         cpu[name] += _cpu_seconds(pids[name]) - before
                 except RuntimeError:
-                    gw = {"bare": bare, "jitgate": jit, "core": core}.get(name)
+                    gw = {"bare": bare, "jitgate": jit, "core": core, "noop": noop}.get(name)
                     if gw is not None:
                         print("\n".join(list(gw.log)[-30:]), file=sys.stderr)
                     raise
@@ -280,6 +308,10 @@ def main() -> None:
         "core_cpu_ms_per_req": round(cpu["core"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
         "cpus": os.cpu_count(),
     }
+    if args.noop:
+        noop_r = _summary(runs["noop"])
+        per_req = (args.requests + args.warmup) * args.rounds
+        result.update(noop_rps=noop_r["rps"], noop_cpu_ms_per_req=round(cpu["noop"] * 1000 / per_req, 3))
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
