@@ -21,7 +21,7 @@ import yaml
 
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import CI_CLAIMS, policy_dict, secret_id
+from jitgate.devstack.policy import CI_CLAIMS, READER_SUB, policy_dict, secret_id
 from jitgate.devstack.upstream import Upstream
 from jitgate.token import AUDIENCE, Claims, Limits, Scope, encode_token, new_jti
 from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
@@ -38,7 +38,7 @@ QUERY = "What is the capital of the United States?"
 
 @pytest.fixture(scope="module")
 def real_keys(aws_stack: Stack) -> dict[str, str]:
-    return {name: aws_stack.secrets[secret_id(name)] for name in ("cohere-test", "jina-test")}
+    return {name: aws_stack.secrets[secret_id(name)] for name in ("cohere-test", "jina-test", "store-test")}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def gateway(
     work = tmp_path_factory.mktemp("gateway")
     doc = policy_dict(
         oidc_issuer.url,
-        upstreams={"cohere-test": upstream.url, "jina-test": f"https://localhost:{upstream.port}"},
+        upstreams={"cohere-test": upstream.url, "store-test": f"https://localhost:{upstream.port}"},
     )
     doc["connections"]["cohere-test"]["hosts"] = ["api.cohere.com"]  # type: ignore[index]
     policy = work / "policy.yaml"
@@ -272,3 +272,60 @@ def test_connect_to_an_unrelated_host_is_refused(mint: Callable[..., dict[str, A
     assert json.loads(body)["code"] == "host_not_allowed"
     ok_status, _ = _raw_connect(gateway, "api.cohere.com:443", _token(mint))
     assert ok_status.split()[1] == "200"
+
+
+def test_plain_http_proxy_request_with_proxy_credentials(
+    mint: Callable[..., dict[str, Any]], gateway: Gateway, upstream: Upstream, real_keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An absolute-form http:// request carries Proxy-Authorization itself; the gateway goes upstream over TLS."""
+    token = _token(mint)
+    monkeypatch.setenv("HTTP_PROXY", gateway.proxy_url(token))
+    mark = len(upstream.received)
+    resp = httpx.post("http://api.cohere.com/v2/rerank", json={"query": QUERY, "documents": DOCS})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["index"] == 1
+    _assert_clean(upstream, mark, token, real_keys["cohere-test"])
+
+
+def test_documents_over_the_token_limit_are_refused(
+    mint: Callable[..., dict[str, Any]], client_env: Callable[[str | None], None], upstream: Upstream,
+) -> None:
+    client_env(_token(mint))  # the rerank-ci grant allows 1000 documents per call
+    mark = len(upstream.received)
+    resp = httpx.post(f"{upstream.url}/v2/rerank", json={"query": "q", "documents": ["d"] * 1001})
+    assert (resp.status_code, resp.json()["code"]) == (413, "payload_too_large")
+    assert _seen_since(upstream, mark) == []
+
+
+def test_store_token_as_key_header_sees_only_its_fields_and_collection(
+    mint: Callable[..., dict[str, Any]], client_env: Callable[[str | None], None], upstream: Upstream,
+    real_keys: dict[str, str],
+) -> None:
+    store = f"https://localhost:{upstream.port}/api/v1/collections"
+    seed = {
+        "ids": ["c1", "c2"],
+        "documents": ["the capital of the United States", "islands in the Pacific"],
+        "metadatas": [{"src": "a"}, {"src": "b"}],
+        "embeddings": [[0.1, 0.2], [0.3, 0.4]],
+    }
+    added = upstream.handle("POST", "/api/v1/collections/candidates/add",
+                            {"x-chroma-token": real_keys["store-test"]}, json.dumps(seed).encode())
+    assert added[0] == 201
+    token: str = mint("store-test", sub=READER_SUB)["token"]
+    client_env(None)  # the token travels as the store's own key header, as CHROMA_API_KEY would
+    head = {"X-Chroma-Token": token}
+    query = {"query_texts": ["capital"], "n_results": 1, "include": ["documents", "embeddings", "distances"]}
+    mark = len(upstream.received)
+    got = httpx.post(f"{store}/candidates/query", json=query, headers=head)
+    assert got.status_code == 200, got.text
+    assert got.json()["ids"] == [["c1"]] and "embeddings" not in got.json()
+    assert "embeddings" not in got.json()["included"]
+    seen = _seen_since(upstream, mark)
+    assert [r.headers.get("x-chroma-token") for r in seen] == [real_keys["store-test"]]
+    assert token not in json.dumps(seen[0].headers)
+    add = httpx.post(f"{store}/candidates/add", json={"ids": ["x"], "documents": ["x"]}, headers=head)
+    assert (add.status_code, add.json()["code"]) == (403, "operation_not_allowed")
+    other = httpx.post(f"{store}/secrets/query", json=query, headers=head)
+    assert (other.status_code, other.json()["code"]) == (403, "collection_not_allowed")
+    assert len(_seen_since(upstream, mark)) == 1
