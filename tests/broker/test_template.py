@@ -91,8 +91,9 @@ def test_iam_is_least_privilege(template: dict[str, Any]) -> None:
     (sign,) = [s for s in statements if s["Action"] == "kms:Sign"]
     assert sign["Resource"] == {"GetAtt": "SigningKey.Arn"}
     gateway = template["Resources"]["GatewayAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    (secrets,) = [s for s in gateway if s["Action"] == "secretsmanager:GetSecretValue"]
-    assert "${SecretIdPrefix}*" in secrets["Resource"]["Sub"]
+    (secrets,) = [s["If"][1] for s in gateway if "If" in s]
+    assert secrets["Action"] == "secretsmanager:GetSecretValue"
+    assert secrets["Resource"] == {"Ref": "UpstreamSecretArns"}  # the named secrets only, no wildcard
 
 
 def test_cfn_lint_passes() -> None:
