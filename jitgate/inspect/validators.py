@@ -49,10 +49,14 @@ def entropy(value: bytes) -> float:
 
 
 _PLACEHOLDER_RE = re.compile(b"|".join(re.escape(p) for p in _PLACEHOLDERS))
+# Template variables stand in for a value: `{pw}`, `$PASSWORD`, `%(password)s`, `%s`.
+_TEMPLATE = re.compile(rb"\{[A-Za-z_][\w.]*\}|\$[A-Za-z_]\w*|%(?:\(\w+\))?s")
+# Words joined by `_` or `-` (`credential_inject`, `client-own`): names, not secrets.
+_WORDS = re.compile(rb"[A-Za-z]+(?:[_-][A-Za-z]+)*")
 
 
 def not_placeholder(value: bytes) -> bool:
-    return _PLACEHOLDER_RE.search(value) is None and len(set(value)) > 3
+    return _PLACEHOLDER_RE.search(value) is None and _TEMPLATE.fullmatch(value) is None and len(set(value)) > 3
 
 
 def github_checksum(value: bytes) -> bool:
@@ -71,7 +75,7 @@ def generic_secret(value: bytes) -> bool:
     """A keyword-gated value: long and random enough, not code, not a placeholder."""
     if len(value) < 8 or entropy(value) < min(3.0, 0.8 * math.log2(len(value))):
         return False
-    if _DOTTED_IDENT.fullmatch(value) or _UPPER_IDENT.fullmatch(value):
+    if _DOTTED_IDENT.fullmatch(value) or _UPPER_IDENT.fullmatch(value) or _WORDS.fullmatch(value):
         return False
     return sum(1 for cls in _CLASSES if cls.search(value)) >= 2
 
