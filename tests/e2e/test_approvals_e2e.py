@@ -400,6 +400,35 @@ def test_holds_on_two_gateways_sharing_the_table(
     assert call_a.result().json()["code"] == "approval_denied"
 
 
+def test_store_delete_is_held_for_the_connections_approvers(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+) -> None:
+    """A named operation (delete) on the store: held, and only the connection's approvers decide."""
+    requester = _oidc(oidc_issuer, MAINTAINER_SUB)
+    approval_id = _request_token(broker, requester, "store-test").json()["approval_id"]
+    for lead in ("lead-a", "lead-b"):
+        _cli(broker, _oidc(oidc_issuer, lead, APPROVER_GROUP), "approvals", "approve", approval_id, "--reason", "ok")
+    minted = _approval(broker, _oidc(oidc_issuer, MAINTAINER_SUB), approval_id)
+    store = f"https://localhost:{upstream.port}/api/v1/collections/candidates"
+
+    def delete() -> httpx.Response:
+        with httpx.Client(proxy=gateway.proxy_url(minted["token"]), verify=str(bundle), timeout=60) as client:
+            client.post(f"{store}/add", json={"ids": ["gone"], "documents": ["obsolete"]}).raise_for_status()
+            return client.post(f"{store}/delete", json={"ids": ["gone"]})
+
+    call = Background(delete)
+    lead = _oidc(oidc_issuer, "lead-c", APPROVER_GROUP)
+    hold = _wait_for_hold(broker, lead, minted["jti"])
+    assert hold["summary"]["reasons"] == ["operation:delete"]
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    refused = _cli(broker, admin, "approvals", "approve", hold["id"], "--reason", "admin")
+    assert refused.exit_code == 2 and "not_an_approver" in refused.output
+    assert _cli(broker, lead, "approvals", "approve", hold["id"], "--reason", "cleanup ticket 12").exit_code == 0
+    resp = call.result()
+    assert resp.status_code == 200 and resp.json() == ["gone"]
+    assert "gone" not in upstream.collections["candidates"].ids
+
+
 # -- revocation ---------------------------------------------------------------------------------
 
 
