@@ -53,6 +53,7 @@ _OWN = frozenset(
         "jitgate_revocation_refresh",
         "jitgate_revocation_staleness",
         "jitgate_jwks_refetch_interval",
+        "jitgate_jwks_refresh",
     }
 )
 
@@ -167,6 +168,7 @@ class TokenGate:
         self.refresh = 2.0
         self.staleness = 5.0
         self.refetch_interval = 10.0
+        self.jwks_refresh = 300.0
         self.keys = KeySet({})
         self._keys_fetched_at = float("-inf")
         self._keys_ok = False
@@ -196,6 +198,12 @@ class TokenGate:
         loader.add_option(
             "jitgate_jwks_refetch_interval", str, "10", "Least seconds between JWKS refetches for an unknown kid."
         )
+        loader.add_option(
+            "jitgate_jwks_refresh",
+            str,
+            "300",
+            "Seconds between routine JWKS refreshes; a key the broker dropped stops verifying cached tokens.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not (updated & (_OWN | settings.SHARED)):
@@ -216,6 +224,7 @@ class TokenGate:
         refresh = _seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
         staleness = _seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
         refetch = _seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
+        self.jwks_refresh = _seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
         if staleness <= refresh:
             raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
         self.table = opts.jitgate_table
@@ -242,6 +251,8 @@ class TokenGate:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.refresh):
             self.refresh_revocations()
+            if self._monotonic() - self._keys_fetched_at >= self.jwks_refresh:
+                self.refresh_keys()
 
     def refresh_revocations(self) -> bool:
         """Pull the revocation list once; on failure keep the old list and let it go stale."""
@@ -255,14 +266,18 @@ class TokenGate:
         return True
 
     def refresh_keys(self) -> bool:
+        """Fetch the JWKS; when the broker's key set changed, cached verifications are dropped."""
         try:
-            self.keys = self._jwks_fetcher(self.jwks_url)
+            keys = self._jwks_fetcher(self.jwks_url)
         except Exception as exc:
             logger.warning("jitgate: JWKS fetch failed (%s)", type(exc).__name__)
             self._keys_ok = False
             return False
         finally:
             self._keys_fetched_at = self._monotonic()
+        if keys.kids() != self.keys.kids():
+            self._verified = {}  # tokens of a withdrawn key must not live on in the cache
+        self.keys = keys
         self._keys_ok = True
         return True
 

@@ -356,3 +356,25 @@ async def test_bad_policy_names_the_line(aws: dict[str, Any], tmp_path: Path) ->
 
 def test_issuer_defaults_to_the_jwks_origin() -> None:
     assert JWKS_URL.removesuffix("/.well-known/jwks.json") == ISSUER
+
+
+async def test_withdrawn_key_stops_cached_tokens(aws: dict[str, Any], policy_file: Path) -> None:
+    old, new = Signer("k-old"), Signer("k-new")
+    fetcher = Fetcher(old, new)
+    gate = _gate(aws, fetcher)
+    token = old.mint()
+    with taddons.context(gate) as tctx:
+        _configure(tctx, gate, policy_file, jitgate_jwks_refresh="300")
+        gate.running()
+        gate.done()
+        first = _flow(headers={"Authorization": f"Bearer {token}"})
+        await gate.request(first)
+        assert first.response is None  # verified and cached
+        fetcher.signers = [new]  # the broker withdrew k-old
+        assert gate.refresh_keys()
+        again = _flow(headers={"Authorization": f"Bearer {token}"})
+        await gate.request(again)
+        fresh = _flow(headers={"Authorization": f"Bearer {new.mint()}"})
+        await gate.request(fresh)
+    assert (again.response.status_code, again.response.json()["code"]) == (401, "invalid_token")
+    assert fresh.response is None
