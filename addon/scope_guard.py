@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
@@ -111,10 +109,9 @@ def count_request(dynamodb: Any, table: str, claims: Claims) -> bool:
 
 
 class ScopeGuard:
-    def __init__(self, *, dynamodb: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, dynamodb: Any = None) -> None:
         self._dynamodb = dynamodb
         self._given_dynamodb = dynamodb is not None
-        self._clock = clock
         self.policy: Policy | None = None
         self.table = ""
 
@@ -124,8 +121,6 @@ class ScopeGuard:
     def configure(self, updated: set[str]) -> None:
         if not (updated & settings.SHARED):
             return
-        from mitmproxy import ctx
-
         self.policy = settings.policy_from(ctx.options.jitgate_policy)
         self.table = ctx.options.jitgate_table
         if not self.table:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
@@ -208,8 +208,6 @@ class TokenGate:
     def configure(self, updated: set[str]) -> None:
         if not (updated & (_OWN | settings.SHARED)):
             return
-        from mitmproxy import ctx
-
         opts = ctx.options
         self.policy = settings.policy_from(opts.jitgate_policy)
         url = opts.jitgate_jwks_url
