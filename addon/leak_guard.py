@@ -25,7 +25,7 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.respond import refuse
 from jitgate.errors import BodyNotDecodable, JitgateError, LeakBlocked, PayloadTooLarge, UpstreamResponseInvalid
-from jitgate.inspect import Scanner, StreamMasker, actions, is_json
+from jitgate.inspect import Scanner, StreamMasker, actions, is_json, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
 from jitgate.policy import Connection, MaskProfile, Policy
@@ -59,7 +59,7 @@ def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
     """What a 403 tells the caller about a finding: type and place (never the value)."""
-    return {k: record[k] for k in ("type", "where", "offset", "length", "tag") if k in record}
+    return {k: record[k] for k in ("type", "where", "path", "offset", "length", "tag") if k in record}
 
 
 class _MaskStream:
@@ -155,8 +155,11 @@ class LeakGuard:
         return [value.encode()] if isinstance(value, str) and value else []
 
     @staticmethod
-    def _record(flow: http.HTTPFlow, plan: actions.Plan, where: str, findings: list[Finding]) -> list[dict[str, Any]]:
-        records = [f.record(where, actions.action_for(plan, f)) for f in findings]
+    def _record(
+        flow: http.HTTPFlow, plan: actions.Plan, where: str, findings: list[Finding], json_body: bytes | None = None
+    ) -> list[dict[str, Any]]:
+        paths = jsonpath.locate(json_body, [f.start for f in findings]) if json_body and findings else {}
+        records = [f.record(where, actions.action_for(plan, f), paths.get(f.start)) for f in findings]
         if records:
             flow.metadata.setdefault(meta.FINDINGS, []).extend(records)
         return records
@@ -164,6 +167,10 @@ class LeakGuard:
     def _scan(self, data: bytes, plan: actions.Plan, literals: list[bytes], *, json_text: bool = False) -> ScanResult:
         assert self.scanner is not None
         return self.scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+
+    @staticmethod
+    def _json(message: http.Message, body: bytes) -> bytes | None:
+        return body if is_json(message.headers.get("content-type", ""), body) else None
 
     def _body(self, flow: http.HTTPFlow, message: http.Message, body: bytes, plan: actions.Plan) -> ScanResult:
         json_text = is_json(message.headers.get("content-type", ""), body)
@@ -215,7 +222,7 @@ class LeakGuard:
             path_result.edits.clear()  # found only decoded: nothing to mask in place, the flow blocks or masks below
         self._record(flow, plan, "request.path", path_result.findings)
         result = self._body(flow, req, body, plan)
-        self._record(flow, plan, "request.body", result.findings)
+        self._record(flow, plan, "request.body", result.findings, self._json(req, body))
         found += path_result.findings + result.findings
         decision = actions.decide(plan, found)
         if decision == "review" and ctx.master.addons.get("approvalhold") is None:  # type: ignore[no-untyped-call]
@@ -277,7 +284,7 @@ class LeakGuard:
             return
         found = self._headers(flow, resp, "response", plan)
         result = self._body(flow, resp, body, plan)
-        self._record(flow, plan, "response.body", result.findings)
+        self._record(flow, plan, "response.body", result.findings, self._json(resp, body))
         if result.edits:
             resp.content = result.masked(body)
         if found or result.findings:

@@ -33,9 +33,10 @@ class Finding(NamedTuple):
     # Where the whole match began (a keyword before an assigned value): streaming never cuts there.
     anchor: int = -1
 
-    def record(self, where: str, action: str) -> dict[str, object]:
+    def record(self, where: str, action: str, path: str | None = None) -> dict[str, object]:
         """The form that goes into flow records and 403 answers: never the value."""
         return {
+            **({"path": path} if path else {}),
             "type": self.type,
             "kind": self.kind,
             "where": where,

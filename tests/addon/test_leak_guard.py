@@ -83,7 +83,9 @@ def test_secret_in_request_blocks_without_echoing_it(guard: LeakGuard) -> None:
     assert f.response is not None and f.response.status_code == 403
     answer = json.loads(f.response.content or b"")
     assert answer["code"] == "leak_blocked"
-    assert [(x["type"], x["where"]) for x in answer["findings"]] == [("github_pat", "request.body")]
+    assert [(x["type"], x["where"], x["path"]) for x in answer["findings"]] == [
+        ("github_pat", "request.body", "$.documents[1]")
+    ]
     assert tok not in (f.response.text or "") and tok not in json.dumps(f.metadata[meta.FINDINGS])
     assert f.metadata[meta.ERROR] == "leak_blocked"
     assert f.metadata[meta.FINDINGS][0]["action"] == "block"
