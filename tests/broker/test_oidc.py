@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import jwt
 import pytest
@@ -13,16 +12,9 @@ from broker.oidc import IssuerKeys, OidcVerifier, check_fetch_url
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.errors import InvalidToken, IssuerUnavailable
 from jitgate.policy import Issuer
+from tests.broker.conftest import Clock
 
 NOW = 1_800_000_000.0
-
-
-@dataclass
-class Mono:
-    t: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def idp() -> Iterator[OidcIssuer]:
         yield iss
 
 
-def _verifier(issuer: Issuer, mono: Mono) -> OidcVerifier:
+def _verifier(issuer: Issuer, mono: Clock) -> OidcVerifier:
     def keys(i: Issuer) -> IssuerKeys:
         return IssuerKeys(i, clock=mono, lifespan=300, min_refresh_interval=30)
 
@@ -39,7 +31,7 @@ def _verifier(issuer: Issuer, mono: Mono) -> OidcVerifier:
 
 
 def test_keys_are_cached_and_unknown_kids_refetch_at_most_every_interval(idp: OidcIssuer) -> None:
-    mono = Mono()
+    mono = Clock(1000.0)
     v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), mono)
     for _ in range(5):
         assert v.verify(idp.mint("a", now=NOW), now=NOW).subject == "a"
@@ -49,42 +41,42 @@ def test_keys_are_cached_and_unknown_kids_refetch_at_most_every_interval(idp: Oi
         with pytest.raises(InvalidToken):
             v.verify(unknown, now=NOW)
     assert idp.jwks_requests == 1  # within the interval: no refetch for an attacker's kid
-    mono.t += 31
+    mono.now += 31
     with pytest.raises(InvalidToken):
         v.verify(unknown, now=NOW)
     assert idp.jwks_requests == 2
 
 
 def test_a_rotated_in_key_is_picked_up(idp: OidcIssuer) -> None:
-    mono = Mono()
+    mono = Clock(1000.0)
     v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), mono)
     v.verify(idp.mint("a", now=NOW), now=NOW)
     idp.add_key()
-    mono.t += 31
+    mono.now += 31
     assert v.verify(idp.mint("b", now=NOW), now=NOW).subject == "b"
 
 
 def test_configured_jwks_uri_skips_discovery(idp: OidcIssuer) -> None:
-    v = _verifier(Issuer(issuer=idp.url, audience="jitgate", jwks_uri=f"{idp.url}/jwks.json"), Mono())
+    v = _verifier(Issuer(issuer=idp.url, audience="jitgate", jwks_uri=f"{idp.url}/jwks.json"), Clock(1000.0))
     assert v.verify(idp.mint("a", {"groups": ["x"]}, now=NOW), now=NOW).claims["groups"] == ["x"]
     assert idp.discovery_requests == 0
 
 
 def test_audience_may_be_a_list(idp: OidcIssuer) -> None:
-    v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), Mono())
+    v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), Clock(1000.0))
     assert v.verify(idp.mint("a", aud=["other", "jitgate"], now=NOW), now=NOW).subject == "a"
     with pytest.raises(InvalidToken):
         v.verify(idp.mint("a", aud=["other"], now=NOW), now=NOW)
 
 
 def test_algorithms_are_limited_to_the_issuer_config(idp: OidcIssuer) -> None:
-    v = _verifier(Issuer(issuer=idp.url, audience="jitgate", algorithms=("ES256",)), Mono())
+    v = _verifier(Issuer(issuer=idp.url, audience="jitgate", algorithms=("ES256",)), Clock(1000.0))
     with pytest.raises(InvalidToken):
         v.verify(idp.mint("a", now=NOW), now=NOW)
 
 
 def test_es256_token_against_an_rsa_key_is_refused(idp: OidcIssuer) -> None:
-    v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), Mono())
+    v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), Clock(1000.0))
     token = jwt.encode(idp.claims("a", now=NOW), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
                        headers={"kid": idp.kid})
     with pytest.raises(InvalidToken):
@@ -95,7 +87,7 @@ def test_es256_token_against_an_rsa_key_is_refused(idp: OidcIssuer) -> None:
     ("now", "ok"), [(NOW - 29, True), (NOW - 31, False), (NOW + 300 + 29, True), (NOW + 300 + 31, False)]
 )
 def test_small_leeway_around_the_validity_window(idp: OidcIssuer, now: float, ok: bool) -> None:
-    v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), Mono())
+    v = _verifier(Issuer(issuer=idp.url, audience="jitgate"), Clock(1000.0))
     token = idp.mint("a", now=NOW, ttl=300)
     if ok:
         assert v.verify(token, now=now).subject == "a"
@@ -108,7 +100,7 @@ def test_discovery_naming_another_issuer_is_refused(idp: OidcIssuer) -> None:
     other = OidcIssuer().start()
     try:
         # Trust `other`'s URL, but make its discovery document point at itself under another name.
-        v = _verifier(Issuer(issuer=other.url + "/", audience="jitgate"), Mono())
+        v = _verifier(Issuer(issuer=other.url + "/", audience="jitgate"), Clock(1000.0))
         token = other.mint("a", {"iss": other.url + "/"}, now=NOW)
         with pytest.raises(IssuerUnavailable):
             v.verify(token, now=NOW)
@@ -120,7 +112,7 @@ def test_unreachable_issuer_is_unavailable_not_a_pass(idp: OidcIssuer) -> None:
     url = idp.url
     token = idp.mint("a", now=NOW)
     idp.stop()
-    v = _verifier(Issuer(issuer=url, audience="jitgate"), Mono())
+    v = _verifier(Issuer(issuer=url, audience="jitgate"), Clock(1000.0))
     with pytest.raises(IssuerUnavailable):
         v.verify(token, now=NOW)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -11,16 +10,9 @@ import pytest
 from broker.signer import KMS_MAX_RAW_MESSAGE, KmsJwks, KmsSigner
 from jitgate.errors import SigningUnavailable
 from jitgate.token import AUDIENCE, Claims, KeySet, Limits, Scope, new_jti, verify_token
+from tests.broker.conftest import Clock
 
 NOW = 1_800_000_000
-
-
-@dataclass
-class Mono:
-    t: float = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _claims(**over: Any) -> Claims:
@@ -68,16 +60,16 @@ class _Counting:
 
 
 def test_jwks_is_cached_until_its_ttl_and_survives_a_failed_refresh(kms: Any) -> None:
-    counting, mono = _Counting(kms), Mono()
+    counting, mono = _Counting(kms), Clock(0.0)
     jwks = KmsJwks(counting, [_key(kms)], ttl=300, clock=mono)
     first = jwks.jwks()
-    mono.t += 299
+    mono.now += 299
     assert jwks.jwks() is first and counting.calls == 1
-    mono.t += 2
+    mono.now += 2
     counting.fail = True
     assert jwks.jwks() == first and counting.calls == 2  # refreshed, failed, kept the last good keys
     counting.fail = False
-    mono.t += 301
+    mono.now += 301
     assert jwks.jwks() == first and counting.calls == 3
 
 
