@@ -106,3 +106,24 @@ def test_actions_per_profile(profile: MaskProfile, direction: actions.Direction,
     p = actions.plan(profile, direction)
     assert (p.secrets, p.pii) == (secret, pii)
     assert p.pii_types == (frozenset() if pii == "allow" else frozenset(profile.pii_types))
+
+
+def test_auto_falls_back_to_re_without_hyperscan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jitgate.inspect import engine
+    from jitgate.inspect.rules import SECRET_RULES
+
+    monkeypatch.setattr(engine, "HAVE_HYPERSCAN", False)
+    assert engine.make_engine(SECRET_RULES, "auto").name == "re"
+    monkeypatch.setattr(engine, "HAVE_HYPERSCAN", True)
+    assert engine.make_engine(SECRET_RULES, "auto").name == "hyperscan"
+
+
+def test_engines_agree_on_a_large_body(hs_scanner: Scanner, re_scanner: Scanner) -> None:
+    from jitgate.inspect import PII_TYPES
+
+    body = corpus.rerank_body(77, target_bytes=300_000, secret_rate=0.2, pii_rate=0.3)
+    raw = body.encode()
+    a = hs_scanner.scan(raw, pii=PII_TYPES, json_strings=True)
+    b = re_scanner.scan(raw, pii=PII_TYPES, json_strings=True)
+    assert len(a.findings) >= len(body.planted) > 50
+    assert a.findings == b.findings and a.masked(raw) == b.masked(raw)
