@@ -1,7 +1,10 @@
 """Local stand-ins for the cloud parts, for tests, the demo and `jitgate dev`.
 
-`aws` seeds a moto server with the broker's KMS key, table, bucket, topic and secrets;
-`oidc_issuer` is an OIDC identity provider on loopback with a real RSA key; `policy` writes
-the example-style policy those two serve; `upstream` is the HTTPS rerank upstream.
-Nothing here is used in production code paths.
+- `aws`: seeds a moto server (run as a child process) with the broker's KMS key, table,
+  bucket, topic and secrets; starts the broker's local adapter.
+- `oidc_issuer`: an OIDC identity provider on loopback with real RSA keys.
+- `policy`: the example-style policy those serve; `process`: child servers that print a URL.
+- `upstream`, `gateway`, `stack`: the HTTPS rerank upstream, the gateway, the whole stack.
+
+Nothing here is used on a production code path (the broker bundle leaves it out).
 """
