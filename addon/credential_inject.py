@@ -40,6 +40,7 @@ from jitgate.policy import Connection, Policy
 logger = logging.getLogger(__name__)
 
 DEFAULT_SECRET_TTL = 300
+_CHAIN_PACKAGE = "addon."
 RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
 # Client headers that may carry someone's own credential; never forwarded.
@@ -251,10 +252,16 @@ class CredentialInject:
         return ssl.create_default_context(cafile=ctx.options.ssl_verify_upstream_trusted_ca or certifi.where())
 
     async def _rerun_earlier_response_hooks(self, flow: http.HTTPFlow) -> None:
-        """The retried answer is a new response: the response checks that ran on the 401 run on it too."""
+        """The retried answer is a new response: the jitgate response checks that ran on the 401 run on it too.
+
+        Only addons of the jitgate chain (package `addon`) before this one; mitmproxy's own addons
+        (dumper, save, ...) see the flow once, after the chain.
+        """
         for addon in traverse(ctx.master.addons.chain):  # type: ignore[no-untyped-call]
             if addon is self:
                 return
+            if not type(addon).__module__.startswith(_CHAIN_PACKAGE):
+                continue
             hook = getattr(addon, "response", None)
             if hook is None or not callable(hook):
                 continue

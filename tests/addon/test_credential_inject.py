@@ -191,7 +191,8 @@ async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_pa
         ca.write_bytes(up.ca_pem())
         conn = parse_policy(policy.read_text()).connections["rerank"]
         addon = CredentialInject(secretsmanager=sm)
-        with taddons.context(addon) as tctx:
+        masker, outsider = Watcher("addon.leak_guard"), Watcher("mitmproxy.addons.dumper")
+        with taddons.context(masker, outsider, addon) as tctx:
             tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(ca))
             f = _flow(conn)
             f.request.content = json.dumps({"query": "apple", "documents": ["pear", "apple"]}).encode()
@@ -202,6 +203,20 @@ async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_pa
             addon.done()
     assert f.response.status_code == 200
     assert [r["index"] for r in f.response.json()["results"]] == [1, 0]
+    assert masker.seen == [200]  # the chain's response checks ran on the retried answer
+    assert outsider.seen == []  # mitmproxy's own addons are not run twice
+
+
+class Watcher:
+    """A stand-in addon with a response hook, reporting from the module it claims to be in."""
+
+    def __init__(self, module: str) -> None:
+        self.seen: list[int] = []
+        # A class per instance, so the addon manager sees two distinct names and modules.
+        self.__class__ = type(f"Watcher_{module.replace('.', '_')}", (Watcher,), {"__module__": module})
+
+    def response(self, flow: Any) -> None:
+        self.seen.append(flow.response.status_code)
 
 
 async def test_hot_path_reads_memory_and_rereads_after_the_ttl(aws: dict[str, Any], policy_file: Path) -> None:
