@@ -53,15 +53,27 @@ def tag(key: bytes, value: bytes) -> str:
 
 
 class Tagger:
-    """`tag` with the key schedule done once (the HMAC state is copied per value)."""
+    """`tag` bound to a key: HMAC-SHA256 (RFC 2104) with the padded-key states computed once.
+
+    Copying two prepared SHA-256 states costs half of `hmac.new` per value; the result is the
+    same MAC (the tests compare it with `hmac`).
+    """
+
+    _BLOCK = 64
 
     def __init__(self, key: bytes) -> None:
-        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        if len(key) > self._BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(self._BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def __call__(self, value: bytes) -> str:
-        h = self._base.copy()
-        h.update(value)
-        return h.hexdigest()[:TAG_CHARS]
+        inner = self._inner.copy()
+        inner.update(value)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:TAG_CHARS]
 
 
 def marker(finding: Finding) -> bytes:

@@ -127,3 +127,16 @@ def test_engines_agree_on_a_large_body(hs_scanner: Scanner, re_scanner: Scanner)
     b = re_scanner.scan(raw, pii=PII_TYPES, json_strings=True)
     assert len(a.findings) >= len(body.planted) > 50
     assert a.findings == b.findings and a.masked(raw) == b.masked(raw)
+
+
+@pytest.mark.parametrize("key_len", [16, 32, 64, 65, 200])
+def test_tagger_is_hmac_sha256(key_len: int) -> None:
+    import hashlib
+    import hmac
+    import secrets
+
+    from jitgate.inspect.masking import TAG_CHARS, Tagger
+
+    key = secrets.token_bytes(key_len)
+    for value in (b"", b"x", secrets.token_bytes(100)):
+        assert Tagger(key)(value) == hmac.new(key, value, hashlib.sha256).hexdigest()[:TAG_CHARS]
