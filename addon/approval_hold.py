@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -267,7 +268,7 @@ class ApprovalHold:
     async def _notify(self, approval: Approval) -> None:
         message = {"type": "jitgate.approval_requested", "id": approval.id, "kind": "hold",
                    "requester": approval.requester, "connection": approval.connection,
-                   "expires_at": int(approval.expires_at), "summary": dict(approval.summary)}
+                   "expires_at": math.ceil(approval.expires_at), "summary": dict(approval.summary)}
         try:
             await asyncio.to_thread(
                 self._sns.publish, TopicArn=self.topic, Subject=f"jitgate: request held on {approval.connection}"[:100],

@@ -16,6 +16,7 @@ step is a token event in S3; a new request is published to SNS with a summary an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -104,7 +105,7 @@ def _publish(asvc: ApprovalServices, svc: Services, approval: Approval) -> None:
         "requester": approval.requester,
         "connection": approval.connection,
         "approvers": approval.approvers.model_dump(mode="json"),
-        "expires_at": int(approval.expires_at),
+        "expires_at": math.ceil(approval.expires_at),
         "summary": dict(approval.summary),
         "decide": f"{svc.settings.issuer}/v1/approvals/{approval.id}",
     }
@@ -168,7 +169,7 @@ def open_issuance(
         {
             "approval_id": approval.id,
             "state": "pending",
-            "expires_at": int(approval.expires_at),
+            "expires_at": math.ceil(approval.expires_at),
             "required": approval.approvers.count,
         },
     )

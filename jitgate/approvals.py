@@ -159,7 +159,7 @@ def view(approval: Approval, now: float) -> dict[str, Any]:
         "requester": approval.requester,
         "connection": approval.connection,
         "created_at": int(approval.created_at),
-        "expires_at": int(approval.expires_at),
+        "expires_at": math.ceil(approval.expires_at),
         "approvals": len(approvers_of(approval)),
         "required": approval.approvers.count,
         "votes": [{"approver": v.approver, "verdict": v.verdict, "reason": v.reason, "at": int(v.at)}
