@@ -74,6 +74,11 @@ class Rule:
         """Longest possible match, so a confirming window of this size always suffices."""
         return _width(self.pattern)
 
+    @cached_property
+    def has_group(self) -> bool:
+        """Whether the pattern names the span to mask (`s`)."""
+        return "s" in self.regex.groupindex
+
     def valid(self, value: bytes) -> bool:
         if self.kind == "secret" and not self.placeholders_ok and not v.not_placeholder(value):
             return False

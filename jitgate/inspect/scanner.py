@@ -119,8 +119,9 @@ class Scanner:
             rule = rules[i]
             if rule.kind == "pii" and rule.name not in pii:
                 continue
-            start, end = m.span("s") if "s" in rule.regex.groupindex else m.span()
-            start = _after_escape(buf, start, end)
+            start, end = m.span("s") if rule.has_group else m.span()
+            if start and buf[start - 1] == 0x5C:
+                start = _after_escape(buf, start, end)
             if start < end and rule.valid(buf[start:end]):
                 out.append(_Candidate(rule.name, rule.kind, start, end, rule.priority, m.start()))
         for lit in literals:
@@ -173,8 +174,11 @@ class Scanner:
         return result
 
     def contains_secret(self, buf: bytes, *, literals: Sequence[bytes] = ()) -> ScanResult:
-        """The block decision: secrets only, raw first; the decoding pass only when raw is clean."""
-        result = self.scan(buf, literals=literals, decode=False)
+        """The block decision: secrets only, raw first; the decoding pass only when raw is clean.
+
+        Findings only (no masking edits for raw findings): a blocked request is not forwarded.
+        """
+        result = ScanResult(self._resolve(buf, self._candidates(buf, (), literals), "raw"))
         if not result.findings:
             self._decoded(buf, result, (), literals, json_strings=True)
         return result
