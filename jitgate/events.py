@@ -34,6 +34,7 @@ Column names avoid Athena's reserved words (`time`, `grant`), so queries need no
     event_type: EventType
     broker: str  # the broker's issuer URL
     status: int  # HTTP status the broker answered
+    route: str | None = None  # "METHOD /path" of the request (a denial says what was refused)
     code: str | None = None  # stable error code of a denial
     request_id: str | None = None
     source_ip: str | None = None

@@ -56,6 +56,7 @@ def base_event(router: APIGatewayHttpRouter, svc: Services, now: float, event_ty
         "event_time": iso_time(now),
         "event_type": event_type,
         "broker": issuer_url(svc.settings, ev),
+        "route": f"{http.method} {ev.raw_path}"[:256],
         "request_id": ev.request_context.request_id or None,
         "source_ip": http.source_ip or None,
         "user_agent": agent[:256] if agent else None,

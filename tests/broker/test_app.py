@@ -123,6 +123,7 @@ def test_refusals(
     assert set(got) == {"code", "message"}
     (event,) = _events(stack)
     assert (event.event_type, event.code, event.status, event.sub) == ("denied", code, status, CI_SUB)
+    assert event.route == "POST /v1/tokens"
 
 
 def test_identity_not_matching_the_grant_claims_is_not_granted(
@@ -244,6 +245,8 @@ def test_only_subject_or_admin_may_revoke(invoke: Invoke, issuer: OidcIssuer, st
     status, body, _ = invoke(load_event("revoke", token=stranger, jti=minted["jti"]))
     assert (status, body["code"]) == (403, "not_token_owner")
     assert _item(stack, REVOCATION_PK, minted["jti"]) is None
+    (denied,) = [e for e in _events(stack) if e.event_type == "denied"]
+    assert (denied.route, denied.jti, denied.actor) == (f"DELETE /v1/tokens/{minted['jti']}", minted["jti"], READER_SUB)
     same_name_other_group = issuer.mint(READER_SUB, {"groups": ["search-leads"]}, now=clock.now)
     assert invoke(load_event("revoke", token=same_name_other_group, jti=minted["jti"]))[0] == 403
     admin = issuer.mint("alice@example.com", {"groups": ["dev", ADMIN_GROUP]}, now=clock.now)
