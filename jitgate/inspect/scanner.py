@@ -136,20 +136,21 @@ class Scanner:
     def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Finding]:
         """Non-overlapping findings: secrets before PII, provider formats before generic rules."""
         tag = self._tag
+        if candidates and b"[REDACTED:" in buf:
+            # Markers of an earlier masking win over anything found inside them (idempotence).
+            candidates += [_Candidate("", "marker", *m.span(), -9, m.start()) for m in masking.MARKER.finditer(buf)]
         candidates.sort(key=lambda c: c.start)
-        if _disjoint(candidates) and (not candidates or b"[REDACTED:" not in buf):
-            chosen = candidates  # the common case: nothing to arbitrate
-        else:
-            taken = _Intervals()
-            if b"[REDACTED:" in buf:
-                for m in masking.MARKER.finditer(buf):
-                    taken.add(*m.span())
-            chosen = []
-            for c in sorted(candidates, key=lambda c: (c.kind != "secret", c.priority, c.start - c.end, c.start)):
-                if not taken.overlaps(c.start, c.end):
-                    taken.add(c.start, c.end)
-                    chosen.append(c)
-            chosen.sort(key=lambda c: c.start)
+        chosen: list[_Candidate] = []
+        cluster: list[_Candidate] = []
+        cluster_end = -1
+        for c in candidates:  # overlapping candidates form clusters; most clusters hold one
+            if c.start >= cluster_end:
+                chosen.extend(_arbitrate(cluster))
+                cluster = [c]
+            else:
+                cluster.append(c)
+            cluster_end = max(cluster_end, c.end)
+        chosen.extend(_arbitrate(cluster))
         return [
             Finding(c.name, c.kind, c.start, c.end, tag(buf[c.start : c.end]), encoding, c.anchor)  # type: ignore[arg-type]
             for c in chosen
@@ -287,14 +288,20 @@ class Scanner:
         return [(start, end, found, masking.marker(first))]
 
 
-def _disjoint(candidates: list[_Candidate]) -> bool:
-    """Whether candidates sorted by start overlap nowhere."""
-    end = -1
-    for c in candidates:
-        if c.start < end:
-            return False
-        end = c.end
-    return True
+def _arbitrate(cluster: list[_Candidate]) -> list[_Candidate]:
+    """Non-overlapping picks from overlapping candidates: markers, then secrets before PII,
+    provider formats before generic rules, longer before shorter; markers are not findings."""
+    if len(cluster) == 1:
+        return cluster if cluster[0].kind != "marker" else []
+    taken = _Intervals()
+    picked: list[_Candidate] = []
+    for c in sorted(cluster, key=lambda c: (c.kind == "pii", c.priority, c.start - c.end, c.start)):
+        if not taken.overlaps(c.start, c.end):
+            taken.add(c.start, c.end)
+            if c.kind != "marker":
+                picked.append(c)
+    picked.sort(key=lambda c: c.start)
+    return picked
 
 
 def _b64(blob: bytes) -> bytes | None:

@@ -40,12 +40,17 @@ _IBAN_LENGTHS = {
 }
 
 
+_CLOG = [0.0] + [c * math.log2(c) for c in range(1, 4097)]
+
+
 def entropy(value: bytes) -> float:
-    """Shannon entropy in bits per byte."""
-    if not value:
-        return 0.0
+    """Shannon entropy in bits per byte: log2(n) - sum(c * log2(c)) / n over byte counts c."""
     n = len(value)
-    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+    if not n:
+        return 0.0
+    if n >= len(_CLOG):
+        return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+    return math.log2(n) - sum(map(_CLOG.__getitem__, Counter(value).values())) / n
 
 
 _PLACEHOLDER_RE = re.compile(b"|".join(re.escape(p) for p in _PLACEHOLDERS))
