@@ -1,4 +1,4 @@
-"""A local server in a child process that prints its base URL as its first line of output."""
+"""A local server in a child process that prints its base URL (after any warnings) on stdout."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+_MAX_PREAMBLE_LINES = 200
+
 
 class ChildServer:
-    """Start `argv`, read the URL it prints first, then drain its output so the pipe never blocks it.
+    """Start `argv`, read the URL it prints, then drain its output so the pipe never blocks it.
 
     The last lines of its output are kept in `log`, for failure reports.
     """
@@ -28,11 +30,17 @@ class ChildServer:
             self._argv, env=self._env, cwd=self._cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert self._proc.stdout is not None
-        first = self._proc.stdout.readline().strip()  # EOF ("") if the child dies first
-        if not first.startswith("http://"):
+        # Warnings may come first (stderr is merged); EOF ("") means the child died.
+        for _ in range(_MAX_PREAMBLE_LINES):
+            line = self._proc.stdout.readline()
+            if not line or line.startswith("http://"):
+                break
+            self.log.append(line.rstrip())
+        if not line.startswith("http://"):
             self.stop()
-            raise RuntimeError(f"{self._argv[-3:]} did not start: {first[:200]!r}")
-        self.url = first
+            said = " | ".join(list(self.log)[-5:])[:500]
+            raise RuntimeError(f"{self._argv[-3:]} did not start: {said!r}")
+        self.url = line.strip()
         threading.Thread(target=self._drain, daemon=True).start()
         return self
 
