@@ -4,7 +4,8 @@ The destination host picks the connection (its public names and its real upstrea
 connection are refused, on CONNECT already, so the gateway is no open proxy. Method + path map
 to the connection's named operations; operations and collections outside the token's scope
 are refused, as are bodies over `max_bytes` and rerank calls over `max_documents`.
-`max_requests` is a conditional DynamoDB counter, so it holds across gateway instances. For a
+`max_requests` is a conditional DynamoDB counter, so it holds across gateway instances; each
+gateway reserves uses in small blocks (`jitgate_usage_lease`) so most requests make no AWS call. For a
 store, JSON responses keep only the fields ("columns") the token was granted.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import time
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -40,6 +42,8 @@ from jitgate.token import Claims
 
 _STORE_DIALECTS = frozenset({"chroma"})
 _BATCH_OPERATIONS = frozenset({"add", "upsert"})
+DEFAULT_LEASE = 16
+_USAGE_PRUNE_AT = 10_000
 
 
 def scope_error(
@@ -88,37 +92,85 @@ def filter_fields(body: Any, fields: tuple[str, ...]) -> Any:
     return kept
 
 
-def count_request(dynamodb: Any, table: str, claims: Claims) -> bool:
-    """Add one use to the token's counter unless it is at `max_requests`; False when used up."""
-    assert claims.limits.max_requests is not None
-    try:
-        dynamodb.update_item(
-            TableName=table,
-            Key={"pk": {"S": usage_pk(claims.jti)}, "sk": {"S": USAGE_SK}},
-            UpdateExpression="ADD n :one SET expires_at = if_not_exists(expires_at, :exp)",
-            ConditionExpression="attribute_not_exists(n) OR n < :max",
-            ExpressionAttributeValues={
-                ":one": {"N": "1"},
-                ":max": {"N": str(claims.limits.max_requests)},
-                ":exp": {"N": str(claims.exp)},
-            },
-        )
-    except dynamodb.exceptions.ConditionalCheckFailedException:
-        return False
-    return True
+def reserve_requests(dynamodb: Any, table: str, claims: Claims, block: int) -> int:
+    """Reserve up to `block` uses on the token's shared counter; how many were granted (0: used up).
+
+    One conditional update reserves the whole block while the budget has room for it; near the end
+    of the budget it falls back to single uses, so the limit is never exceeded across gateways.
+    """
+    limit = claims.limits.max_requests
+    assert limit is not None
+    for size in (block, 1) if block > 1 else (1,):
+        try:
+            dynamodb.update_item(
+                TableName=table,
+                Key={"pk": {"S": usage_pk(claims.jti)}, "sk": {"S": USAGE_SK}},
+                UpdateExpression="ADD n :k SET expires_at = if_not_exists(expires_at, :exp)",
+                ConditionExpression="attribute_not_exists(n) OR n <= :room",
+                ExpressionAttributeValues={
+                    ":k": {"N": str(size)},
+                    ":room": {"N": str(limit - size)},
+                    ":exp": {"N": str(claims.exp)},
+                },
+            )
+        except dynamodb.exceptions.ConditionalCheckFailedException:
+            continue
+        return size
+    return 0
+
+
+def lease_size(max_requests: int, lease: int) -> int:
+    """Uses one gateway reserves at a time: at most `lease` and 2 % of the budget, at least 1."""
+    return max(1, min(lease, max_requests // 50))
+
+
+class _Usage:
+    """This gateway's unused reservations per token, refilled from the shared counter."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, tuple[int, int]] = {}  # jti -> (reserved uses left, token exp)
+        self.locks: dict[str, asyncio.Lock] = {}
+        # Counters only grow: once a token's budget is gone, refuse it here without asking again.
+        self.exhausted: dict[str, int] = {}  # jti -> token exp
+
+    def take(self, jti: str) -> bool:
+        left, exp = self.left.get(jti, (0, 0))
+        if left <= 0:
+            return False
+        self.left[jti] = (left - 1, exp)
+        return True
+
+    def prune(self, now: float) -> None:
+        for jti in [j for j, (_, exp) in self.left.items() if exp < now]:
+            self.left.pop(jti, None)
+            self.locks.pop(jti, None)
+        for jti in [j for j, exp in self.exhausted.items() if exp < now]:
+            self.exhausted.pop(jti, None)
 
 
 class ScopeGuard:
     def __init__(self, *, dynamodb: Any = None) -> None:
         self._dynamodb = dynamodb
         self._given_dynamodb = dynamodb is not None
+        self._usage = _Usage()
+        self.lease = DEFAULT_LEASE
         self.policy: Policy | None = None
         self.table = ""
 
     def load(self, loader: Loader) -> None:
         settings.add_shared_options(loader)
+        loader.add_option(
+            "jitgate_usage_lease",
+            int,
+            DEFAULT_LEASE,
+            "Uses of a token's max_requests a gateway reserves per DynamoDB update (1: one update per request).",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "jitgate_usage_lease" in updated:
+            if not 1 <= ctx.options.jitgate_usage_lease <= 1000:
+                raise settings.options_error("jitgate_usage_lease must be between 1 and 1000")
+            self.lease = ctx.options.jitgate_usage_lease
         if not (updated & settings.SHARED):
             return
         self.policy = settings.policy_from(ctx.options.jitgate_policy)
@@ -162,7 +214,7 @@ class ScopeGuard:
             return
         if claims.limits.max_requests is not None:
             try:
-                within = await asyncio.to_thread(count_request, self._dynamodb, self.table, claims)
+                within = await self._count(claims)
             except Exception:
                 refuse(flow, UsageUnavailable("the request counter cannot be updated; refused until it can"))
                 return
@@ -172,6 +224,29 @@ class ScopeGuard:
         flow.metadata[meta.CONNECTION] = conn
         flow.metadata[meta.OPERATION] = operation
         flow.metadata[meta.COLLECTION] = collection
+
+    async def _count(self, claims: Claims) -> bool:
+        """One use of the token's `max_requests`, from this gateway's reservation or a new one."""
+        if self._usage.take(claims.jti):
+            return True
+        if claims.jti in self._usage.exhausted:
+            return False
+        lock = self._usage.locks.setdefault(claims.jti, asyncio.Lock())
+        async with lock:
+            if self._usage.take(claims.jti):  # another request refilled it meanwhile
+                return True
+            if claims.jti in self._usage.exhausted:
+                return False
+            assert claims.limits.max_requests is not None
+            block = lease_size(claims.limits.max_requests, self.lease)
+            granted = await asyncio.to_thread(reserve_requests, self._dynamodb, self.table, claims, block)
+            if len(self._usage.left) + len(self._usage.exhausted) > _USAGE_PRUNE_AT:
+                self._usage.prune(time.time())
+            if granted == 0:
+                self._usage.exhausted[claims.jti] = claims.exp
+                return False
+            self._usage.left[claims.jti] = (granted - 1, claims.exp)
+            return True
 
     def _limits_error(self, claims: Claims, conn: Connection, operation: str, req: http.Request) -> JitgateError | None:
         limits = claims.limits

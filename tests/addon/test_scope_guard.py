@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import http
+from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.scope_guard import ScopeGuard, document_count, filter_fields, scope_error
+from addon.scope_guard import ScopeGuard, document_count, filter_fields, lease_size, scope_error
 from jitgate.policy import parse_policy
 from jitgate.state import USAGE_SK, usage_pk
 from jitgate.token import Claims, new_jti
@@ -227,3 +227,53 @@ async def test_store_answers_keep_only_granted_fields(aws: dict[str, Any], polic
     assert limited.response.json() == {"ids": [["1"]], "documents": [["doc"]], "included": ["documents"]}
     assert everything.response.json() == answer
     assert (garbled.response.status_code, garbled.response.json()["code"]) == (502, "upstream_response_invalid")
+
+
+@pytest.mark.parametrize(
+    ("max_requests", "lease", "size"),
+    [(3, 16, 1), (49, 16, 1), (100, 16, 2), (1000, 16, 16), (10**6, 16, 16), (10**6, 1, 1)],
+)
+def test_lease_size(max_requests: int, lease: int, size: int) -> None:
+    assert lease_size(max_requests, lease) == size
+
+
+async def test_leased_counter_is_exact_across_gateways_with_fewer_updates(
+    aws: dict[str, Any], policy_file: Path
+) -> None:
+    claims = _claims(limits={"max_requests": 200})  # lease of 4 uses per update
+    updates: list[int] = []
+
+    class Counting:
+        def __init__(self, client: Any) -> None:
+            self.client, self.exceptions = client, client.exceptions
+
+        def update_item(self, **kw: Any) -> Any:
+            updates.append(0)  # an attempt; replaced by its size when it succeeds
+            answer = self.client.update_item(**kw)
+            updates[-1] = int(kw["ExpressionAttributeValues"][":k"]["N"])
+            return answer
+
+    first, second = ScopeGuard(dynamodb=Counting(aws["dynamodb"])), ScopeGuard(dynamodb=Counting(aws["dynamodb"]))
+    for guard in (first, second):
+        with taddons.context(guard) as tctx:
+            tctx.configure(guard, jitgate_policy=str(policy_file), jitgate_table=TABLE)
+    allowed = 0
+    for i in range(230):
+        f = _flow(claims)
+        await (first if i % 2 else second).request(f)
+        allowed += f.response is None
+        if f.response is not None:
+            assert f.response.json()["code"] == "request_limit_exceeded"
+    item = aws["dynamodb"].get_item(TableName=TABLE, Key={"pk": {"S": usage_pk(claims.jti)}, "sk": {"S": USAGE_SK}})
+    assert allowed == 200 and item["Item"]["n"]["N"] == "200"
+    assert updates.count(4) == 50 and updates.count(1) == 0
+    # Once used up, each gateway asked once more (a block, then a single use) and then stopped asking.
+    assert updates.count(0) == 4
+
+
+async def test_usage_lease_option_is_validated(aws: dict[str, Any], policy_file: Path) -> None:
+    guard = _guard(aws)
+    with taddons.context(guard) as tctx:
+        tctx.configure(guard, jitgate_policy=str(policy_file), jitgate_table=TABLE)
+        with pytest.raises(exceptions.OptionsError, match="jitgate_usage_lease"):
+            tctx.configure(guard, jitgate_usage_lease=0)
