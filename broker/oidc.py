@@ -70,8 +70,11 @@ class IssuerKeys:
         timeout: float = 3.0,
         lifespan: float = 300.0,
         min_refresh_interval: float = 30.0,
+        max_stale: float = 3600.0,
     ) -> None:
         self.issuer = issuer
+        self._max_stale = max_stale
+        self._ok_at: float | None = None
         self._clock = clock
         self._timeout = timeout
         self._lifespan = lifespan
@@ -101,10 +104,14 @@ class IssuerKeys:
                 )
             keys = self._client.get_signing_keys()
         except (jwt.PyJWTError, ValueError, OSError):
-            if not self._keys:
+            # Keep serving the keys we have for a while (they are public and were valid), but
+            # not forever: a key the issuer withdrew must stop working.
+            if self._ok_at is None or self._fetched_at - self._ok_at > self._max_stale:
+                self._keys = {}
                 raise IssuerUnavailable("the identity token's issuer keys cannot be fetched") from None
-            return  # keep serving the keys we have; they are public and were valid a moment ago
+            return
         self._keys = {k.key_id: k for k in keys if k.key_id}
+        self._ok_at = self._fetched_at
 
     def key(self, kid: str) -> jwt.PyJWK:
         with self._lock:

@@ -136,3 +136,17 @@ def test_keys_are_fetched_over_https_or_loopback_only(url: str, ok: bool) -> Non
     else:
         with pytest.raises(ValueError):
             check_fetch_url(url)
+
+
+def test_cached_keys_outlive_an_issuer_outage_only_up_to_a_bound(idp: OidcIssuer) -> None:
+    mono = Clock(1000.0)
+    keys = IssuerKeys(Issuer(issuer=idp.url, audience="jitgate"), clock=mono, lifespan=300, max_stale=3600)
+    v = OidcVerifier([keys.issuer], keys_factory=lambda _i: keys)
+    token = idp.mint("a", now=NOW, ttl=100_000)
+    assert v.verify(token, now=NOW).subject == "a"
+    idp.stop()
+    mono.now += 301  # stale, the refresh fails: the cached key still verifies
+    assert v.verify(token, now=NOW).subject == "a"
+    mono.now += 3600  # past the bound: fail closed
+    with pytest.raises(IssuerUnavailable):
+        v.verify(token, now=NOW)
