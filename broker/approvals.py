@@ -79,13 +79,16 @@ def approval_services(svc: Services) -> ApprovalServices:
 def _event(svc: Services, now: float, event_type: str, approval: Approval, **extra: Any) -> None:
     """Write one token event for an approval step; a failed write is logged, the step stands."""
     fields = base_event(router, svc, now, event_type)
+    held_op = approval.summary.get("operation") if approval.kind == "hold" else None
     fields.update(
         sub=approval.requester,
         conn=approval.connection,
         apv=approval.id,
-        operations=list(approval.request.get("operations") or []),
+        operations=list(approval.request.get("operations") or ([held_op] if held_op else [])),
         grant_name=approval.request.get("grant"),
         job=approval.summary.get("job"),
+        # A hold belongs to the token whose request waits: its events join that token's history.
+        jti=approval.summary.get("jti") if approval.kind == "hold" else None,
     )
     fields.update(extra)
     try:

@@ -258,7 +258,7 @@ def test_gateway_holds_are_decided_through_the_same_routes(
     hold = Approval(
         id=new_id("hold"), kind="hold", requester="repo:acme/search", connection="store-test",
         approvers=Approvers(groups=(APPROVER_GROUP,)), created_at=clock.now, expires_at=clock.now + 120,
-        summary={"operation": "delete", "path": "/api/v1/collections/candidates/delete", "bytes": 20},
+        summary={"operation": "delete", "path": "/api/v1/collections/candidates/delete", "bytes": 20, "jti": "j" * 32},
     )
     store.create(hold, now=clock.now)
     _, listed, _ = invoke(_call("GET", "/v1/approvals", _lead(issuer, clock, LEAD_A)))
@@ -268,6 +268,10 @@ def test_gateway_holds_are_decided_through_the_same_routes(
     assert (status, view["state"]) == (200, "approved")
     got = store.get(hold.id, now=clock.now)
     assert got is not None and got[0].votes[0].approver == LEAD_A
+    (event,) = [e for e in _events(stack) if e.apv == hold.id]
+    assert (event.event_type, event.actor, event.jti, event.operations) == (
+        "approval_decided", LEAD_A, "j" * 32, ["delete"]
+    )
 
 
 def test_failed_signing_at_collection_lets_the_requester_try_again(
