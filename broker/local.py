@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import socket
 import threading
@@ -121,18 +122,31 @@ def _handler_class() -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _error(self, status: int, code: str, message: str) -> None:
+            self.close_connection = True  # the request body may be unread
+            body = json.dumps({"code": code, "message": message}).encode()
+            self._reply(status, {"Content-Type": "application/json"}, body)
+
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._reply(413, {"Content-Type": "application/json"}, b'{"code":"bad_request","message":"too large"}')
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._error(400, "bad_request", "invalid Content-Length")
+                return
+            if length < 0 or length > MAX_BODY:
+                self._error(413, "bad_request", "request body is too large")
                 return
             body = self.rfile.read(length) if length else b""
             host = self.headers.get("Host", "127.0.0.1")
             event = to_event(
                 self.command, self.path, list(self.headers.items()), body, source_ip=self.client_address[0], host=host
             )
-            with _LOCK:
-                result = handler(event, LocalContext(aws_request_id=event["requestContext"]["requestId"]))
+            try:
+                with _LOCK:
+                    result = handler(event, LocalContext(aws_request_id=event["requestContext"]["requestId"]))
+            except Exception:  # what Lambda would turn into a 502; keep the server up
+                self._error(502, "internal_error", "the broker handler failed")
+                return
             raw = result.get("body") or ""
             data = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()
             headers = dict(result.get("headers") or {})

@@ -72,3 +72,32 @@ def test_serve_answers_real_http_with_the_handler(svc: object, issuer: OidcIssue
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_serve_refuses_bad_lengths_and_survives_a_failing_handler(
+    svc: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    import broker.app
+
+    server, base_url = serve()
+    try:
+        host, port = server.server_address[:2]
+        with socket.create_connection((str(host), port), timeout=5) as raw:
+            raw.sendall(b"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+            assert raw.recv(4096).startswith(b"HTTP/1.1 413")
+
+        def boom(event: object, context: object) -> object:
+            raise RuntimeError("handler crashed")
+
+        monkeypatch.setattr(broker.app, "handler", boom)
+        server.shutdown()
+        server.server_close()
+        server, base_url = serve()
+        failed = httpx.get(f"{base_url}/.well-known/jwks.json", timeout=5)
+        assert (failed.status_code, failed.json()["code"]) == (502, "internal_error")
+        assert "crashed" not in failed.text
+    finally:
+        server.shutdown()
+        server.server_close()
