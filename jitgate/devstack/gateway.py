@@ -118,6 +118,8 @@ def start_gateway(
         argv += ["--set", f"{name}={value}"]
     argv += list(extra_args)
     child_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in _PROXY_ENV}
+    # Its output is a pipe: unbuffered, or the "listening" line may never reach us.
+    child_env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
         argv, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -218,6 +218,9 @@ class Upstream:
             results = [{"index": i, "relevance_score": scores[i], "document": {"text": docs[i]}} for i in order]
             return 200, {"model": payload.get("model"), "results": results, "usage": {"total_tokens": 0}}
         results = [{"index": i, "relevance_score": scores[i]} for i in order]
+        if payload.get("return_documents") is True:  # Cohere v1 echoes the documents on request
+            for result in results:
+                result["document"] = {"text": docs[result["index"]]}
         return 200, {"id": rid, "results": results, "meta": {"api_version": {"version": "1"}}}
 
     def _store(self, method: str, name: str, op: str | None, payload: dict[str, Any]) -> tuple[int, Any]:

@@ -1,0 +1,23 @@
+"""`make demo` runs in CI: the whole story on the real local stack, and it must pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_make_demo_passes(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitgate.demo"],
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "JITGATE_DEMO_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for shown in ("rerank answered", "leak_blocked", "[REDACTED:email:", "token_revoked", "demo passed"):
+        assert shown in out, shown
+    assert "@example.com" not in out.split("3. an e-mail", 1)[1]
