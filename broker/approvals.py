@@ -34,6 +34,7 @@ from jitgate.approvals import (
     Approval,
     Verdict,
     close,
+    collect_by,
     decide,
     is_approver,
     kind_of,
@@ -42,7 +43,7 @@ from jitgate.approvals import (
     state_at,
     view,
 )
-from jitgate.errors import BadRequest, JitgateError, NotFound, NotGranted
+from jitgate.errors import ApprovalExpired, BadRequest, JitgateError, NotFound, NotGranted
 from jitgate.events import TokenEvent
 from jitgate.policy import Decision, Identity, TokenRequest, evaluate_grants, is_admin
 from jitgate.token import new_jti
@@ -256,6 +257,8 @@ def _collect(
     """Mint the approved token now (its TTL starts here), exactly once."""
     from broker.routes import tokens  # tokens imports this module for open_issuance
 
+    if now >= collect_by(approval):
+        raise ApprovalExpired("the approved token was not collected in time; request a new one")
     stored = approval.request
     ops = stored.get("operations")
     request = TokenRequest(

@@ -104,6 +104,12 @@ def state_at(approval: Approval, now: float) -> State:
     return "pending"
 
 
+def collect_by(approval: Approval) -> float:
+    """Until when an approved issuance can be collected: one request window after the last approval."""
+    approved_at = max((v.at for v in approval.votes if v.verdict == "approve"), default=approval.created_at)
+    return approved_at + (approval.expires_at - approval.created_at)
+
+
 def is_approver(approval: Approval, who: Identity) -> bool:
     """Named by the policy for this approval, and not the requester."""
     if who.subject == approval.requester:

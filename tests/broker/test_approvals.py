@@ -294,3 +294,24 @@ def test_failed_signing_at_collection_lets_the_requester_try_again(
     status, view = _get(invoke, _requester(issuer, clock), approval_id)
     assert status == 200 and view["token"].startswith("eyJ")
     assert verify_token(view["token"], _keyset(invoke), now=clock.now, issuer=BROKER_URL).apv == approval_id
+
+
+def test_an_approved_token_must_be_collected_within_one_window(
+    invoke: Invoke, issuer: OidcIssuer, clock: Clock
+) -> None:
+    approval_id = _request(invoke, issuer, clock)
+    clock.now += 3000
+    _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve")
+    _vote(invoke, _lead(issuer, clock, LEAD_B), approval_id, "approve")
+    clock.now += 3599  # past the request window, still within one window of the approval
+    late_ok = _get(invoke, _requester(issuer, clock), _request(invoke, issuer, clock))  # unrelated, pending
+    assert late_ok[1]["state"] == "pending"
+    status, view = _get(invoke, _requester(issuer, clock), approval_id)
+    assert status == 200 and view["token"].startswith("eyJ")
+
+    other = _request(invoke, issuer, clock)
+    _vote(invoke, _lead(issuer, clock, LEAD_A), other, "approve")
+    _vote(invoke, _lead(issuer, clock, LEAD_B), other, "approve")
+    clock.now += 3600
+    status, err = _get(invoke, _requester(issuer, clock), other)
+    assert (status, err["code"]) == (410, "approval_expired")

@@ -11,6 +11,7 @@ from jitgate.approvals import (
     Approval,
     RequestFacts,
     close,
+    collect_by,
     decide,
     from_item,
     hold_approvers,
@@ -330,3 +331,11 @@ def test_state_machine_invariants(count: int, steps: list[tuple[str, str, float]
         assert final == "approved" and len(approvers) == count  # no vote after approval
     else:
         assert final == "expired"
+
+
+@pytest.mark.parametrize(("approve_at", "expected"), [([], NOW + 60), ([10.0], NOW + 70), ([10.0, 50.0], NOW + 110)])
+def test_collect_by_is_one_window_after_the_last_approval(approve_at: list[float], expected: float) -> None:
+    a = _approval(len(approve_at) or 1, ttl=60)
+    for who, offset in zip((LEAD_A, LEAD_B), approve_at, strict=False):
+        a = decide(a, who, "approve", "ok", now=NOW + offset)
+    assert collect_by(a) == expected
