@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import ADMIN_GROUP, CI_CLAIMS, READER_SUB
+from jitgate.devstack.process import ChildServer
 from jitgate.state import REVOCATION_PK
 from jitgate.token import KeySet, verify_token
 
@@ -64,7 +65,9 @@ def _event_lines(stack: Stack) -> list[str]:
     return lines
 
 
-def test_mint_verify_revoke(broker: str, oidc_issuer: OidcIssuer, aws_stack: Stack) -> None:
+def test_mint_verify_revoke(
+    broker: str, broker_process: ChildServer, oidc_issuer: OidcIssuer, aws_stack: Stack
+) -> None:
     oidc = oidc_issuer.mint(CI_SUB, CI_CLAIMS)
     before = int(time.time())
     resp = _post(broker, oidc, {"connection": "cohere-test", "ttl": "2h", "job": "nightly-rerank"})
@@ -98,6 +101,13 @@ def test_mint_verify_revoke(broker: str, oidc_issuer: OidcIssuer, aws_stack: Sta
     mine = [json.loads(line) for line in lines if claims.jti in line]
     assert {e["event_type"] for e in mine} >= {"issued", "revoked"}
     assert all(answer["token"] not in line and oidc not in line for line in lines)
+    # ... and neither do the broker's logs (which do name the jti).
+    deadline = time.monotonic() + 10  # the drain thread reads the child's output asynchronously
+    while claims.jti not in "\n".join(broker_process.log) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logs = "\n".join(broker_process.log)
+    assert claims.jti in logs
+    assert answer["token"] not in logs and oidc not in logs and answer["token"].split(".")[2] not in logs
 
 
 def test_admin_may_revoke_and_a_revoked_token_fails_the_gateway_check(
