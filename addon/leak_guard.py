@@ -63,15 +63,26 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class _MaskStream:
-    """The `flow.response.stream` callable: decode, mask with an overlap window, pass on."""
+    """The `flow.response.stream` callable: decode, mask with an overlap window, pass on.
 
-    def __init__(self, masker: StreamMasker, decode: Callable[[bytes], bytes]) -> None:
+    What went out is kept (masked, up to `keep` bytes) so the session record can hold it.
+    """
+
+    def __init__(self, masker: StreamMasker, decode: Callable[[bytes], bytes], keep: int) -> None:
         self.masker = masker
         self._decode = decode
+        self._keep = keep
+        self.sent = bytearray()
+        self.complete = True
 
     def __call__(self, data: bytes) -> list[bytes]:
-        # Never an empty chunk: HTTP/1 chunked framing would read it as the end of the body.
         out = self.masker.feed(self._decode(data)) if data else self.masker.close()
+        if self.complete and len(self.sent) + len(out) <= self._keep:
+            self.sent += out
+        else:
+            self.complete = False
+            self.sent.clear()
+        # Never an empty chunk: HTTP/1 chunked framing would read it as the end of the body.
         return [out] if out else []
 
 
@@ -245,8 +256,11 @@ class LeakGuard:
         resp = flow.response
         if resp is None or meta.ERROR in flow.metadata or self.scanner is None:
             return
+        # Event streams and explicitly chunked bodies go out chunk by chunk; the rest is buffered
+        # (and masked whole in `response`), so the session record keeps the body.
         ctype = resp.headers.get("content-type", "").lower()
-        if not (ctype.startswith("text/event-stream") or "content-length" not in resp.headers):
+        chunked = "chunked" in resp.headers.get("transfer-encoding", "").lower()
+        if not (ctype.startswith("text/event-stream") or chunked):
             return
         decode = _decompressor(resp.headers.get("content-encoding", ""))
         if decode is None:
@@ -257,17 +271,20 @@ class LeakGuard:
         )
         resp.headers.pop("content-encoding", None)
         resp.headers.pop("content-length", None)
-        flow.metadata[STREAM] = masker
-        resp.stream = _MaskStream(masker, decode)
+        stream = _MaskStream(masker, decode, self.max_bytes)
+        flow.metadata[STREAM] = stream
+        resp.stream = stream
 
     def response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         if resp is None or self.scanner is None:
             return
         plan = actions.plan(self._profile(flow), "response")
-        masker = flow.metadata.pop(STREAM, None)
-        if isinstance(masker, StreamMasker):
-            records = self._record(flow, plan, "response.body", masker.findings)
+        stream = flow.metadata.pop(STREAM, None)
+        if isinstance(stream, _MaskStream):
+            if stream.complete:  # already sent; this copy is what the session record sees
+                resp.data.content = bytes(stream.sent)
+            records = self._record(flow, plan, "response.body", stream.masker.findings)
             if records:
                 flow.metadata.setdefault(meta.DECISION, "masked")
             return

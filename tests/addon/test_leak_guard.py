@@ -180,6 +180,7 @@ def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
     assert tok.encode() not in out and b"[REDACTED:github_pat:" in out and b"[REDACTED:email:" in out
     guard.response(f)
     assert [x["type"] for x in f.metadata[meta.FINDINGS]] == ["github_pat", "email"]
+    assert f.response.content == out  # the record sees what was sent, masked
 
 
 def test_streamed_gzip_response_is_decoded(guard: LeakGuard) -> None:
@@ -187,6 +188,7 @@ def test_streamed_gzip_response_is_decoded(guard: LeakGuard) -> None:
     f = _flow(_rerank("a"))
     f.response = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "gzip"})
     del f.response.headers["content-length"]
+    f.response.headers["transfer-encoding"] = "chunked"
     guard.responseheaders(f)
     assert "content-encoding" not in f.response.headers
     packed = gzip.compress(json.dumps({"text": f"leak {tok}"}).encode())
@@ -213,3 +215,11 @@ def test_refused_flows_are_left_alone(guard: LeakGuard) -> None:
     f.metadata[meta.ERROR] = "invalid_token"
     guard.request(f)
     assert f.response is None and meta.FINDINGS not in f.metadata
+
+
+def test_buffered_response_without_length_is_not_streamed(guard: LeakGuard) -> None:
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-type": "application/json"})
+    del f.response.headers["content-length"]
+    guard.responseheaders(f)
+    assert not f.response.stream and STREAM not in f.metadata
