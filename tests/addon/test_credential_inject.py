@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,24 +152,39 @@ async def test_upstream_ca_option_writes_a_combined_bundle(
     assert Path(certifi.where()).read_bytes() in bundle
 
 
-async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tmp_path: Path) -> None:
-    old, new = _fake_key(), _fake_key()
-    sm = aws["secretsmanager"]
-    sm.create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": old}))
-    with Upstream(api_keys=[old]) as up:
+@contextlib.contextmanager
+def _rotation(
+    aws: dict[str, Any], tmp_path: Path, upstream_keys: list[str], old: str
+) -> Iterator[tuple[Upstream, Path, Connection]]:
+    """An upstream accepting `upstream_keys`, a policy pointing at it and its CA file; the secret holds `old`."""
+    aws["secretsmanager"].create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": old}))
+    with Upstream(api_keys=upstream_keys) as up:
         policy = tmp_path / "p.yaml"
         policy.write_text(POLICY.replace("https://127.0.0.1:9443", up.url))
-        ca = tmp_path / "ca.pem"
-        ca.write_bytes(up.ca_pem())
-        conn = parse_policy(policy.read_text()).connections["rerank"]
-        addon = CredentialInject(secretsmanager=sm)
+        (tmp_path / "ca.pem").write_bytes(up.ca_pem())
+        yield up, policy, parse_policy(policy.read_text()).connections["rerank"]
+
+
+def _rotate(aws: dict[str, Any], new: str) -> None:
+    aws["secretsmanager"].put_secret_value(SecretId="jitgate/rerank", SecretString=json.dumps({"api_key": new}))
+
+
+def _rerank_flow(conn: Connection) -> Any:
+    f = _flow(conn)
+    f.request.content = json.dumps({"query": "apple", "documents": ["pear", "apple"]}).encode()
+    return f
+
+
+async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tmp_path: Path) -> None:
+    old, new = _fake_key(), _fake_key()
+    with _rotation(aws, tmp_path, [old], old) as (up, policy, conn):
+        addon = CredentialInject(secretsmanager=aws["secretsmanager"])
         with taddons.context(addon) as tctx:
-            tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(ca))
-            f = _flow(conn)
-            f.request.content = json.dumps({"query": "apple", "documents": ["pear", "apple"]}).encode()
+            tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(tmp_path / "ca.pem"))
+            f = _rerank_flow(conn)
             await addon.request(f)  # injects the old key, still cached
             up.set_api_keys([new])
-            sm.put_secret_value(SecretId="jitgate/rerank", SecretString=json.dumps({"api_key": new}))
+            _rotate(aws, new)
             f.response = http.Response.make(401, b'{"message": "invalid api token"}')
             await addon.response(f)
             second = http.Response.make(401, b"{}")
@@ -182,22 +199,14 @@ async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tm
 
 async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_path: Path) -> None:
     old, new = _fake_key(), _fake_key()
-    sm = aws["secretsmanager"]
-    sm.create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": old}))
-    with Upstream(api_keys=[new]) as up:
-        policy = tmp_path / "p.yaml"
-        policy.write_text(POLICY.replace("https://127.0.0.1:9443", up.url))
-        ca = tmp_path / "ca.pem"
-        ca.write_bytes(up.ca_pem())
-        conn = parse_policy(policy.read_text()).connections["rerank"]
-        addon = CredentialInject(secretsmanager=sm)
+    with _rotation(aws, tmp_path, [new], old) as (_, policy, conn):
+        addon = CredentialInject(secretsmanager=aws["secretsmanager"])
         masker, outsider = Watcher("addon.leak_guard"), Watcher("mitmproxy.addons.dumper")
         with taddons.context(masker, outsider, addon) as tctx:
-            tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(ca))
-            f = _flow(conn)
-            f.request.content = json.dumps({"query": "apple", "documents": ["pear", "apple"]}).encode()
+            tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(tmp_path / "ca.pem"))
+            f = _rerank_flow(conn)
             await addon.request(f)
-            sm.put_secret_value(SecretId="jitgate/rerank", SecretString=json.dumps({"api_key": new}))
+            _rotate(aws, new)
             f.response = http.Response.make(401, b"{}")
             await addon.response(f)
             addon.done()
