@@ -1,6 +1,7 @@
 """The broker's settings and clients, built once per Lambda container from the environment.
 
-Environment (declared in template.yaml): JITGATE_POLICY, JITGATE_ISSUER, JITGATE_KMS_KEY_IDS
+Environment (declared in template.yaml): JITGATE_POLICY (a path, or s3://bucket/key; empty:
+the bundled broker/policy.yaml), JITGATE_ISSUER, JITGATE_KMS_KEY_IDS
 (first one signs, all are published), JITGATE_TABLE, JITGATE_BUCKET, JITGATE_TOPIC_ARN,
 JITGATE_DEFAULT_TTL. boto3 honours AWS_ENDPOINT_URL, so a moto server stands in locally.
 Routes call `services()`; tests install their own with `use()`.
@@ -18,13 +19,14 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.audit import EventSink
 from broker.oidc import OidcVerifier
 from broker.revocation import TokenStore
 from broker.signer import KmsJwks, KmsSigner
 from jitgate.errors import JitgateError
-from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration
+from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration, parse_policy
 
 BUNDLED_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 _CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
@@ -92,7 +94,7 @@ class Services:
     ) -> Services:
         make = client or (lambda name: boto3.client(name, config=_CLIENT_CONFIG))  # type: ignore[call-overload]
         kms = make("kms")
-        policy = load_policy(settings.policy_path)
+        policy = read_policy(settings.policy_path, s3=make("s3"))
         return cls(
             settings=settings,
             policy=policy,
@@ -103,6 +105,20 @@ class Services:
             events=EventSink(make("s3"), settings.bucket),
             clock=clock,
         )
+
+
+def read_policy(location: str, *, s3: Any) -> Policy:
+    """The policy from a file path or an `s3://bucket/key` URI (read once per container)."""
+    if not location.startswith("s3://"):
+        return load_policy(location)
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise Misconfigured("the broker is misconfigured: JITGATE_POLICY is not s3://bucket/key")
+    try:
+        text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    except (ClientError, BotoCoreError, UnicodeDecodeError):
+        raise Misconfigured(f"the broker cannot read its policy at {location}") from None
+    return parse_policy(text, source=location)
 
 
 def issuer_url(settings: Settings, event: APIGatewayProxyEventV2) -> str:

@@ -292,3 +292,25 @@ def test_issuer_defaults_to_the_apis_own_url(
     expected = f"https://{event['requestContext']['domainName']}"
     claims = verify_token(json.loads(result["body"])["token"], KeySet.from_jwks(jwks), now=clock.now, issuer=expected)
     assert claims.iss == "https://abc123.execute-api.us-east-1.amazonaws.com"
+
+
+def test_policy_can_come_from_s3(
+    issuer: OidcIssuer, clock: Clock, stack: Stack, env: dict[str, str], policy_file: Any,
+    monkeypatch: pytest.MonkeyPatch, lambda_context: FakeLambdaContext,
+) -> None:
+    import os
+
+    boto3.client("s3", region_name=stack.region).put_object(
+        Bucket=stack.bucket, Key="config/policy.yaml", Body=policy_file.read_bytes()
+    )
+    monkeypatch.setenv("JITGATE_POLICY", f"s3://{stack.bucket}/config/policy.yaml")
+    deps.use(deps.Services.build(deps.Settings.from_env(os.environ), clock=clock))
+    assert handler(load_event("mint", token=_ci(issuer, clock)), lambda_context)["statusCode"] == 201
+
+    monkeypatch.setenv("JITGATE_POLICY", f"s3://{stack.bucket}/config/missing.yaml")
+    deps.use(None)
+    result = handler(load_event("jwks"), lambda_context)
+    body = json.loads(result["body"])
+    assert (result["statusCode"], body["code"]) == (500, "broker_misconfigured")
+    assert "missing.yaml" in body["message"]
+    deps.use(None)
