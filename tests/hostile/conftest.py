@@ -1,0 +1,63 @@
+"""One full gateway (every addon) for the hostile-input tests, on the e2e session's real parts."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jitgate.devstack.aws import Stack
+from jitgate.devstack.gateway import Gateway
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import secret_id
+from jitgate.devstack.upstream import Upstream
+from tests.e2e.conftest import (
+    aws_stack,
+    broker,
+    broker_process,
+    mint,
+    moto_server,
+    oidc_issuer,
+    policy_path,
+    test_policy,
+)
+from tests.reliability.harness import full_gateway, write_policy
+
+__all__ = [
+    "aws_stack", "broker", "broker_process", "mint", "moto_server", "oidc_issuer", "policy_path", "test_policy",
+]
+
+
+@dataclass
+class Hostile:
+    gateway: Gateway
+    upstream: Upstream
+    bundle: Path
+    spool: Path
+    gateway_id: str
+    stack: Stack
+    moto: str
+    broker: str
+
+
+@pytest.fixture(scope="module")
+def hostile(
+    tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, broker: str, aws_stack: Stack, moto_server: str
+) -> Iterator[Hostile]:
+    work = tmp_path_factory.mktemp("hostile")
+    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
+    with Upstream(api_keys=keys) as up:
+        gateway_id = "hostile-" + secrets.token_hex(3)
+        policy = write_policy(work, oidc_issuer.url, up)
+        gw = full_gateway(
+            work, policy=policy, upstream=up, broker=broker, stack=aws_stack, moto=moto_server, gateway_id=gateway_id,
+            jitgate_max_inspect_bytes=str(1024 * 1024),
+        )
+        with gw:
+            yield Hostile(gw, up, gw.client_bundle(work / "bundle.pem"), work / "spool", gateway_id, aws_stack,
+                          moto_server, broker)
+            if gw.proc.poll() is not None:
+                pytest.fail("the gateway died:\n" + "\n".join(gw.log))
