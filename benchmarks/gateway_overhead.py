@@ -20,14 +20,11 @@ import random
 import secrets
 import ssl
 import statistics
-import string
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,11 @@ from jitgate.devstack.gateway import jitgate_options, start_gateway, write_bundl
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import CI_CLAIMS, policy_dict
 from jitgate.policy import parse_policy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import cpu_seconds as _cpu_seconds
+from _load import documents as _documents
+from _load import upstream as _upstream
 
 REPO = Path(__file__).resolve().parents[1]
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
@@ -70,34 +72,6 @@ class Noop:
 
 addons = [Noop()]
 """
-
-
-def _documents(n: int, size: int, rng: random.Random) -> list[str]:
-    vocab = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 10))) for _ in range(3000)]
-    docs = []
-    for _ in range(n):
-        words: list[str] = []
-        while sum(len(w) + 1 for w in words) < size:
-            words.append(rng.choice(vocab))
-        docs.append(" ".join(words)[:size])
-    return docs
-
-
-@contextmanager
-def _upstream(work: Path, key: str) -> Iterator[tuple[str, Path]]:
-    ca = work / "upstream-ca.pem"
-    env = {**os.environ, "JITGATE_UPSTREAM_KEYS": key}
-    argv = [sys.executable, "-m", "jitgate.devstack.upstream", "--ca-out", str(ca), "--no-record"]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("https://"):
-            raise RuntimeError(f"upstream did not start: {url!r}")
-        yield url, ca
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _load(
@@ -144,12 +118,6 @@ def _load(
     if errors:
         raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
     return latencies, end - t0[0]
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc): cost per request, not wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _summary(runs: list[tuple[list[float], float]]) -> dict[str, float]:
