@@ -329,3 +329,22 @@ def test_store_token_as_key_header_sees_only_its_fields_and_collection(
     other = httpx.post(f"{store}/secrets/query", json=query, headers=head)
     assert (other.status_code, other.json()["code"]) == (403, "collection_not_allowed")
     assert len(_seen_since(upstream, mark)) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("jitgate_jwks_url", "ftp://broker", "jitgate_jwks_url must be"),
+        ("jitgate_revocation_staleness", "1", "must be longer than jitgate_revocation_refresh"),
+    ],
+)
+def test_a_bad_option_stops_mitmdump_with_a_clear_message(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(policy_dict("https://oidc.test")))
+    options = jitgate_options(policy=policy, jwks_url="http://127.0.0.1:9/.well-known/jwks.json", table="t",
+                              aws_endpoint="http://127.0.0.1:9")
+    options[option] = value
+    with pytest.raises(RuntimeError, match=message):
+        start_gateway(tmp_path, options=options, timeout=20)
