@@ -204,6 +204,7 @@ class CredentialInject:
             return
         apply_credential(flow.request, conn, secret)
         flow.metadata[meta.INJECTED] = True
+        flow.metadata[meta.INJECTED_SECRET] = secret  # in memory only: leak_guard masks it in the response
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flow.response.status_code != 401 or not flow.metadata.get(meta.INJECTED):
@@ -219,6 +220,7 @@ class CredentialInject:
         if fresh is None:
             return
         apply_credential(flow.request, conn, fresh)
+        flow.metadata[meta.INJECTED_SECRET] = fresh
         if flow.request.headers.get(conn.credential.header) == old:
             return  # same credential: another try would get the same 401
         try:

@@ -276,6 +276,13 @@ class LeakGuard:
         resp.stream = stream
 
     def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._response(flow)
+        finally:
+            # The injected credential stays in memory no longer than needed (a 401 retry sets it again).
+            flow.metadata.pop(meta.INJECTED_SECRET, None)
+
+    def _response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         if resp is None or self.scanner is None:
             return

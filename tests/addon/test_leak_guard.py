@@ -165,6 +165,7 @@ def test_response_masks_secrets_pii_and_the_injected_credential(guard: LeakGuard
     assert "[REDACTED:github_pat:" in text0 and "[REDACTED:injected_credential:" in text0 and injected not in text0
     assert text1.startswith("call [REDACTED:phone:")
     assert {x["type"] for x in f.metadata[meta.FINDINGS]} == {"github_pat", "injected_credential", "phone"}
+    assert meta.INJECTED_SECRET not in f.metadata  # dropped once the response is masked
 
 
 def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
