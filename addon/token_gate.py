@@ -33,6 +33,7 @@ from jitgate.errors import (
     KeysUnavailable,
     RevocationUnavailable,
     TokenExpired,
+    TokenNotYetValid,
     TokenRequired,
     TokenRevoked,
     UnknownKeyId,
@@ -175,6 +176,7 @@ class TokenGate:
         self.revoked: frozenset[str] = frozenset()
         self.revocations_at = float("-inf")
         self._verified: dict[str, Claims] = {}
+        self._rejected: dict[str, tuple[type[InvalidToken], str]] = {}
         self._bound: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -275,6 +277,7 @@ class TokenGate:
             self._keys_fetched_at = self._monotonic()
         if keys.kids() != self.keys.kids():
             self._verified = {}  # tokens of a withdrawn key must not live on in the cache
+            self._rejected = {}
         self.keys = keys
         self._keys_ok = True
         return True
@@ -289,11 +292,23 @@ class TokenGate:
                 self._verified.pop(digest, None)
                 raise TokenExpired("token has expired")
             return claims
+        rejected = self._rejected.get(digest)
+        if rejected is not None:
+            raise rejected[0](rejected[1])
         try:
-            claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
-        except UnknownKeyId:
-            await self._refetch_keys()
-            claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+            try:
+                claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+            except UnknownKeyId:
+                await self._refetch_keys()
+                claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+        except InvalidToken as err:
+            # A bad signature or claim stays bad: remember it so a flood of one bad token costs no crypto.
+            # An unknown kid may be published later, and a not-yet-valid token becomes valid.
+            if not isinstance(err, UnknownKeyId | TokenNotYetValid):
+                if len(self._rejected) >= _CACHE_MAX:
+                    self._rejected.clear()
+                self._rejected[digest] = (type(err), err.message)
+            raise
         if len(self._verified) >= _CACHE_MAX:
             self._verified = {d: c for d, c in self._verified.items() if now < c.exp + DEFAULT_LEEWAY}
             if len(self._verified) >= _CACHE_MAX:

@@ -378,3 +378,26 @@ async def test_withdrawn_key_stops_cached_tokens(aws: dict[str, Any], policy_fil
         await gate.request(fresh)
     assert (again.response.status_code, again.response.json()["code"]) == (401, "invalid_token")
     assert fresh.response is None
+
+
+async def test_bad_tokens_are_remembered_but_not_yet_valid_ones_are_not(
+    aws: dict[str, Any], policy_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trusted, forger = Signer(), Signer()
+    gate = _gate(aws, Fetcher(trusted))
+    calls: list[int] = []
+    real = token_gate.verify_token
+    monkeypatch.setattr(token_gate, "verify_token", lambda *a, **k: calls.append(1) or real(*a, **k))
+    forged = forger.mint()
+    early = trusted.mint(nbf=int(time.time()) + 3600, exp=int(time.time()) + 7200)
+    codes = []
+    with taddons.context(gate) as tctx:
+        _configure(tctx, gate, policy_file)
+        gate.running()
+        gate.done()
+        for token in (forged, forged, early, early):
+            f = _flow(headers={"Authorization": f"Bearer {token}"})
+            await gate.request(f)
+            codes.append(f.response.json()["code"])
+    assert codes == ["invalid_token", "invalid_token", "token_not_yet_valid", "token_not_yet_valid"]
+    assert len(calls) == 3  # the forged token was checked once
