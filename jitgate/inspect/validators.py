@@ -50,7 +50,7 @@ def entropy(value: bytes) -> float:
         return 0.0
     if n >= len(_CLOG):
         return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
-    return math.log2(n) - sum(map(_CLOG.__getitem__, Counter(value).values())) / n
+    return math.log2(n) - sum([_CLOG[value.count(b)] for b in set(value)]) / n
 
 
 _PLACEHOLDER_RE = re.compile(b"|".join(re.escape(p) for p in _PLACEHOLDERS))
