@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from jitgate.inspect.rules import Rule
@@ -37,16 +37,72 @@ class Engine(Protocol):
         ...
 
 
+def at_starts(buf: bytes, rule: Rule, starts: Iterable[int]) -> Iterator[re.Match[bytes]]:
+    """`rule.regex.finditer(buf)`, given every position where a match may start (sorted or not).
+
+    A trigger is a prefix of its rule's pattern, so every match starts where the trigger
+    matches; trying those positions in order and skipping the ones inside the last match gives
+    exactly the leftmost, non-overlapping matches `finditer` would.
+    """
+    match = rule.regex.match
+    last_end = -1
+    for start in sorted(set(starts)):
+        if start < last_end:
+            continue
+        m = match(buf, start)
+        if m is not None:
+            yield m
+            last_end = m.end()
+
+
 class ReEngine:
-    """The pure-Python path: each rule's regex over the whole buffer."""
+    """The pure-Python path: each rule's regex over the whole buffer.
+
+    Rules with a trigger search for the trigger first (Python's `re` finds a literal prefix
+    quickly) and confirm at each place it matches; the others run `finditer`. Same matches.
+    """
 
     name = "re"
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
+        self._triggers = tuple(_trigger(r) for r in self.rules)
 
     def matches(self, buf: bytes) -> list[RuleMatch]:
-        return [(i, m) for i, rule in enumerate(self.rules) for m in rule.regex.finditer(buf)]
+        out: list[RuleMatch] = []
+        lower: bytes | None = None
+        for i, (rule, trigger) in enumerate(zip(self.rules, self._triggers, strict=True)):
+            if trigger is None:
+                out.extend((i, m) for m in rule.regex.finditer(buf))
+                continue
+            regex, folded = trigger
+            if folded and lower is None:
+                lower = buf.lower()
+            hay = lower if folded and lower is not None else buf
+            starts: list[int] = []
+            t = regex.search(hay)
+            while t is not None:  # every start, overlapping ones too
+                starts.append(t.start())
+                t = regex.search(hay, t.start() + 1)
+            out.extend((i, m) for m in at_starts(buf, rule, starts))
+        return out
+
+
+def _trigger(rule: Rule) -> tuple[re.Pattern[bytes], bool] | None:
+    """The trigger regex, and whether it runs on the lower-cased buffer.
+
+    `re` finds a case-insensitive keyword alternation slowly; the same keywords in lower case
+    over `buf.lower()` (same length, same offsets) are found several times faster.
+    """
+    if not rule.trigger or rule.hs:
+        return None
+    text = rule.trigger
+    if text.startswith("(?i:"):
+        body, rest = text[4 : text.index(")")], text[text.index(")") :]
+        plain_rest = re.sub(r"\\.", "", rest)  # escapes such as \t are not letters to fold
+        if "(" not in body and body == body.lower() and not re.search(r"[A-Za-z]", plain_rest):
+            return re.compile(("(?:" + text[4:]).encode("ascii")), True
+    return re.compile(text.encode("ascii")), False
 
 
 def _compiles(pattern: bytes, flags: int) -> bool:
@@ -123,24 +179,12 @@ class HyperscanEngine:
             yield m
             pos = m.end() if m.end() > m.start() else m.start() + 1
 
-    def _at_triggers(self, buf: bytes, rule: Rule, starts: list[int]) -> Iterator[re.Match[bytes]]:
-        """A trigger is a literal-ish prefix: every match starts where one was reported."""
-        match = rule.regex.match
-        last_end = -1
-        for start in sorted(set(starts)):
-            if start < last_end:
-                continue
-            m = match(buf, start)
-            if m is not None:
-                yield m
-                last_end = m.end()
-
     def matches(self, buf: bytes) -> list[RuleMatch]:
         out: list[RuleMatch] = []
         for rule_id, regions in sorted(self.regions(buf).items()):
             rule = self.rules[rule_id]
             if rule.trigger:
-                out.extend((rule_id, m) for m in self._at_triggers(buf, rule, [a for a, _ in regions]))
+                out.extend((rule_id, m) for m in at_starts(buf, rule, [a for a, _ in regions]))
                 continue
             for a, b in self._merge(regions):
                 out.extend((rule_id, m) for m in self._confirm(buf, rule, a, b))

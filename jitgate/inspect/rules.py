@@ -90,14 +90,16 @@ def _width(pattern: str) -> int:
     return int(high)
 
 
+def _literal_first(literal: str) -> str:
+    """`literal` with the `_L` boundary checked behind it: Python's `re` then searches for the
+    literal quickly (the pure-`re` engine's speed), with the same matches as `_L + literal`."""
+    return rf"{literal}(?:(?<=\\[nrt]{literal})|(?<![A-Za-z0-9_]{literal}))"
+
+
 def _prefixed(name: str, prefix: str, body: str, *, validator: v.Validator | None = None, right: str = _RD) -> Rule:
-    low, high = re._parser.parse(prefix).getwidth() if prefix else (0, 1)  # type: ignore[attr-defined]
-    if low == high and "(" not in prefix:
-        # The literal first, its boundary checked behind it: Python's `re` then searches for the
-        # literal quickly (the pure-`re` engine's speed), with the same matches as `_L + prefix`.
-        start = rf"{prefix}(?:(?<=\\[nrt]{prefix})|(?<![A-Za-z0-9_]{prefix}))"
-    else:
-        start = f"{_L}{prefix}"
+    head = re.match(r"(?:[A-Za-z0-9_-]|\\[.$])+", prefix)
+    # The literal head of the prefix first, the rest of the prefix after its boundary check.
+    start = f"{_L}{prefix}" if head is None else _literal_first(head.group()) + prefix[head.end() :]
     return Rule(name, "secret", f"{start}{body}{right}", validator, trigger=start if prefix else None)
 
 
@@ -107,10 +109,23 @@ def _context(name: str, keywords: str, value: str, right: str = _R, validator: v
 
 
 _GH = "[A-Za-z0-9]{36}"
+# URL schemes as flat literal alternations: triggers both engines find fast.
+_DB_SCHEMES = (
+    r"(?i:postgresql|postgres|mysql|mariadb|mongodb\+srv|mongodb|rediss|redis|amqps|amqp|mssql|sqlserver|oracle|"
+    r"cockroachdb|clickhouse|snowflake)://"
+)
+_URL_SCHEMES = r"(?i:https|http|ftps|ftp|sftp|ssh|git)://"
+# The literal first, its left boundary checked behind it (see `_prefixed`).
+_AWS_ID = r"(?:AKIA|ASIA|ABIA|ACCA)(?:(?<=\\[nrt]....)|(?<![A-Z0-9]....))"
 
 SECRET_RULES: tuple[Rule, ...] = (
     # Cloud providers
-    Rule("aws_access_key_id", "secret", _lb("A-Z0-9") + r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Z0-9])"),
+    Rule(
+        "aws_access_key_id",
+        "secret",
+        _AWS_ID + r"[A-Z2-7]{16}(?![A-Z0-9])",
+        trigger=_AWS_ID,
+    ),
     _context("aws_secret_access_key", r"aws_?secret_?(?:access_?)?key", "[A-Za-z0-9/+]{40}", _B64R),
     _context("aws_session_token", r"aws_?session_?token", "[A-Za-z0-9/+=]{100,1200}", _B64R),
     _prefixed("google_api_key", "AIza", "[0-9A-Za-z_-]{35}"),
@@ -243,22 +258,23 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "jwt",
         "secret",
-        rf"{_L}eyJ[A-Za-z0-9_-]{{8,1000}}\.eyJ[A-Za-z0-9_-]{{8,4000}}\.[A-Za-z0-9_-]{{16,1000}}{_RD}",
+        _literal_first("eyJ") + r"[A-Za-z0-9_-]{8,1000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{16,1000}" + _RD,
         v.jwt,
         priority=2,
-        trigger=f"{_L}eyJ",
+        trigger=_literal_first("eyJ"),
     ),
     Rule(
         "database_password",
         "secret",
-        r"(?i:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|oracle|"
-        r"cockroachdb|clickhouse|snowflake)://[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
+        _DB_SCHEMES + r"[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
+        trigger=_DB_SCHEMES,
     ),
     Rule(
         "url_password",
         "secret",
-        r"(?i:https?|ftps?|sftp|ssh|git)://[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{6,128})@[A-Za-z0-9\[]",
+        _URL_SCHEMES + r"[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{6,128})@[A-Za-z0-9\[]",
         priority=3,
+        trigger=_URL_SCHEMES,
     ),
     Rule(
         "authorization_header",

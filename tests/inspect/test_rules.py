@@ -133,3 +133,12 @@ def test_github_checksum_validator() -> None:
 def test_validators(validator: v.Validator, good: bytes, bad: bytes) -> None:
     assert validator(good)
     assert not validator(bad)
+
+
+def test_every_trigger_is_a_prefix_of_its_pattern() -> None:
+    """Both engines confirm only where a trigger matched: that is exact only for prefixes."""
+    from jitgate.inspect.rules import DECODER_RULES, RULES
+
+    for rule in RULES + DECODER_RULES:
+        if rule.trigger:
+            assert rule.pattern.startswith(rule.trigger) or rule.name == "json_escape", rule.name
