@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes
 import brotli
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.utils import human
 
 from addon import meta, settings
 from addon.respond import refuse
@@ -115,6 +116,13 @@ class LeakGuard:
             if opts.jitgate_max_inspect_bytes < 1024:
                 raise settings.options_error("jitgate_max_inspect_bytes must be at least 1024")
             self.max_bytes = opts.jitgate_max_inspect_bytes
+            # A body refused in `requestheaders` is still read into memory whole by mitmproxy; past
+            # twice the limit mitmproxy itself refuses it (413) before reading it, so memory stays bounded.
+            bound = 2 * self.max_bytes
+            has_limit = "body_size_limit" in opts  # absent when this addon runs without mitmproxy's own
+            current = human.parse_size(opts.body_size_limit) if has_limit and opts.body_size_limit else None
+            if has_limit and (current is None or current > bound):
+                ctx.options.update(body_size_limit=str(bound))  # type: ignore[no-untyped-call]
         if "jitgate_stream_window" in updated:
             if not 256 <= opts.jitgate_stream_window <= 1 << 20:
                 raise settings.options_error("jitgate_stream_window must be between 256 and 1048576")
