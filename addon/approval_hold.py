@@ -77,7 +77,7 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
     if operation is not None and conn.approval.max_documents is not None:
         try:
             body = json.loads(flow.request.get_content(strict=False) or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError
             body = None
         documents = document_count(conn.dialect, operation, body)
     findings = flow.metadata.get(meta.FINDINGS) or []

@@ -257,7 +257,7 @@ class ScopeGuard:
             return None
         try:
             body = json.loads(req.get_content(strict=False) or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError, not ValueError
             return BadRequest("the request body is not JSON, so its documents cannot be counted")
         count = document_count(conn.dialect, operation, body)
         if count is None:
@@ -281,7 +281,7 @@ class ScopeGuard:
             return
         try:
             body = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             flow.response = None
             msg = "the store's answer is not JSON, so it cannot be limited to your fields"
             refuse(flow, UpstreamResponseInvalid(msg))

@@ -142,7 +142,7 @@ def parse_json(content: bytes | None) -> Any:
         return None
     try:
         return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deeply nested JSON: RecursionError
         return None
 
 
