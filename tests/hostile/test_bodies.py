@@ -1,0 +1,233 @@
+"""Hostile bodies and headers against the real gateway with a valid token: each gets a clean
+answer (JSON `{code, message}` where jitgate answers), nothing unchecked goes upstream, the gateway
+stays up, and memory stays bounded (the gateway's peak RSS from /proc, before vs after)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.hostile.conftest import Hostile
+from tests.reliability.harness import DOCS, QUERY, client, rerank
+
+MB = 1024 * 1024
+NESTED_OBJECT = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+
+
+def _peak_rss(pid: int) -> int:
+    """VmHWM: the most resident memory the process ever had, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def token(mint: Callable[..., dict[str, Any]]) -> str:
+    value: str = mint("cohere-test")["token"]
+    return value
+
+
+@pytest.fixture
+def c(hostile: Hostile, token: str) -> Iterator[httpx.Client]:
+    with client(hostile.gateway, hostile.bundle, token) as cl:
+        yield cl
+
+
+def _still_serves(h: Hostile, token: str) -> None:
+    assert h.gateway.proc.poll() is None, "\n".join(h.gateway.log)
+    with client(h.gateway, h.bundle, token) as cl:
+        assert rerank(cl, h.upstream).status_code == 200
+
+
+def _zeros(total: int, chunk: int = MB) -> Iterator[bytes]:
+    block = b"0" * chunk
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        yield block[:n]
+        sent += n
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_100_mb_body_is_413_with_bounded_memory(
+    hostile: Hostile, c: httpx.Client, token: str, framing: str
+) -> None:
+    pid = hostile.gateway.proc.pid
+    base = _peak_rss(pid)
+    mark = len(hostile.upstream.received)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer placeholder"}
+    if framing == "content-length":
+        headers["Content-Length"] = str(100 * MB)
+    try:
+        resp = c.post(f"{hostile.upstream.url}/v2/rerank", content=_zeros(100 * MB), headers=headers)
+        status, text = resp.status_code, resp.text
+    except httpx.HTTPError as exc:  # the gateway may answer and close before the upload ends
+        status, text = 0, type(exc).__name__
+    growth = _peak_rss(pid) - base
+    assert status == 413, text[:300]
+    assert list(hostile.upstream.received)[mark:] == []
+    assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a 100 MB body"
+    _still_serves(hostile, token)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (open): scope_guard, leak_guard, approval_hold and session_recorder each decode the whole "
+    "request body with get_content(); a ~200 KB gzip body of 200 MB costs ~600 MB peak RSS",
+)
+def test_gzip_bomb_is_refused_with_bounded_memory(hostile: Hostile, c: httpx.Client, token: str) -> None:
+    bomb = gzip.compress(b"0" * (200 * MB), compresslevel=9)  # ~200 KB on the wire
+    pid = hostile.gateway.proc.pid
+    base = _peak_rss(pid)
+    mark = len(hostile.upstream.received)
+    resp = c.post(
+        f"{hostile.upstream.url}/v2/rerank",
+        content=bomb,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Authorization": "Bearer x"},
+    )
+    growth = _peak_rss(pid) - base
+    assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a {len(bomb) // 1024} KB gzip bomb"
+    assert resp.status_code in (400, 413), resp.text[:300]
+    assert resp.json()["code"] in ("payload_too_large", "body_not_decodable")
+    assert list(hostile.upstream.received)[mark:] == []
+    assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a {len(bomb) // 1024} KB gzip bomb"
+    _still_serves(hostile, token)
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("malformed", b'{"query": "q", "documents": ["a", }'),
+        ("deeply-nested-array", b'{"query": "q", "documents": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"),
+        ("deeply-nested-object", b'{"query": "q", "documents": ["a"], "x": ' + NESTED_OBJECT + b"}"),
+        ("invalid-utf8", b'{"query": "\xff\xfe\xfd", "documents": ["\xc3\x28", "ok"]}'),
+        ("not-an-object", b'["query", "documents"]'),
+        ("documents-not-a-list", b'{"query": "q", "documents": "a"}'),
+    ],
+)
+def test_bad_json_is_refused_cleanly(hostile: Hostile, c: httpx.Client, token: str, name: str, body: bytes) -> None:
+    mark = len(hostile.upstream.received)
+    resp = c.post(
+        f"{hostile.upstream.url}/v2/rerank",
+        content=body,
+        headers={"Content-Type": "application/json", "Authorization": "Bearer placeholder"},
+    )
+    forwarded = list(hostile.upstream.received)[mark:]
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text[:300], len(forwarded))
+    answer = resp.json()
+    assert forwarded == [], (resp.status_code, resp.text[:300])
+    assert set(answer) >= {"code", "message"} and answer["code"] == "bad_request"
+    assert list(hostile.upstream.received)[mark:] == []
+    _still_serves(hostile, token)
+
+
+def _post_with(c: httpx.Client, h: Hostile, headers: dict[str, str]) -> int:
+    body = {"model": "rerank-v3.5", "query": QUERY, "documents": DOCS}
+    url = f"{h.upstream.url}/v2/rerank"
+    return c.post(url, json=body, headers={"Authorization": "Bearer x", **headers}).status_code
+
+
+def test_huge_headers_are_refused_and_the_gateway_stays_up(hostile: Hostile, c: httpx.Client, token: str) -> None:
+    mark = len(hostile.upstream.received)
+    many = {f"X-Pad-{i}": "v" * 4000 for i in range(300)}  # 1.2 MB of headers
+    try:
+        status = _post_with(c, hostile, many)
+    except httpx.HTTPError:
+        status = 0  # the connection was closed on us: refused too
+    one = {"X-Huge": "v" * (2 * MB)}
+    try:
+        status_one = _post_with(c, hostile, one)
+    except httpx.HTTPError:
+        status_one = 0
+    assert status != 200 and status_one != 200, (status, status_one)
+    forwarded = list(hostile.upstream.received)[mark:]
+    assert all(len(json.dumps(r.headers)) < MB for r in forwarded)
+    _still_serves(hostile, token)
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["http2", "http1.1"])
+def test_http2_and_http11_clients(hostile: Hostile, token: str, http2: bool) -> None:
+    with client(hostile.gateway, hostile.bundle, token, http2=http2) as cl:
+        ok = rerank(cl, hostile.upstream)
+        assert ok.status_code == 200 and ok.json()["results"][0]["index"] == 1
+        # With connection_strategy=lazy mitmproxy cannot know the upstream's ALPN before the client
+        # handshake, so it offers the client HTTP/1.1 only: an h2-capable client falls back cleanly.
+        assert ok.http_version == "HTTP/1.1"
+    with client(hostile.gateway, hostile.bundle, None, http2=http2) as cl:
+        refused = rerank(cl, hostile.upstream)
+    assert (refused.status_code, refused.json()["code"]) == (407, "token_required")
+
+
+def _slow_body(h: Hostile, token: str, results: list[int], pause: float, parts: int) -> None:
+    """Through the proxy by hand: CONNECT, TLS, headers, then the body a few bytes at a time."""
+    import base64
+
+    body = json.dumps({"model": "rerank-v3.5", "query": QUERY, "documents": DOCS}).encode()
+    auth = base64.b64encode(f"jit:{token}".encode()).decode()
+    host = f"127.0.0.1:{h.upstream.port}"
+    sock = socket.create_connection(("127.0.0.1", h.gateway.port), timeout=60)
+    try:
+        sock.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert b" 200 " in head.split(b"\r\n", 1)[0]
+        ctx = ssl.create_default_context(cafile=str(h.bundle))
+        tls = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+        tls.sendall(
+            f"POST /v2/rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        step = max(1, len(body) // parts)
+        for i in range(0, len(body), step):
+            tls.sendall(body[i : i + step])
+            time.sleep(pause)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        results.append(int(answer.split()[1]) if answer else 0)
+    finally:
+        sock.close()
+
+
+def test_slowloris_bodies_do_not_stall_other_clients(hostile: Hostile, token: str) -> None:
+    slow_results: list[int] = []
+    slow = [
+        threading.Thread(target=_slow_body, args=(hostile, token, slow_results, 0.2, 20)) for _ in range(8)
+    ]
+    for t in slow:
+        t.start()
+    time.sleep(0.5)
+    fast: list[int] = []
+    with client(hostile.gateway, hostile.bundle, token) as cl:
+        while any(t.is_alive() for t in slow):
+            fast.append(rerank(cl, hostile.upstream).status_code)
+    for t in slow:
+        t.join()
+    assert fast and set(fast) == {200}  # served while eight bodies trickled in
+    assert slow_results == [200] * 8  # and the slow ones were answered once complete
+    _still_serves(hostile, token)
+
+
+__all__ = ["_rss"]
