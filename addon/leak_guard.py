@@ -29,6 +29,7 @@ from jitgate.errors import BodyNotDecodable, JitgateError, LeakBlocked, PayloadT
 from jitgate.inspect import Scanner, StreamMasker, actions, is_json, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
+from jitgate.inspect.stream import DEFAULT_WINDOW
 from jitgate.policy import Connection, MaskProfile, Policy
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class LeakGuard:
         self.scanner: Scanner | None = scanner
         self.policy: Policy | None = None
         self.max_bytes = DEFAULT_MAX_INSPECT
-        self.window = 8192
+        self.window = DEFAULT_WINDOW
 
     def load(self, loader: Loader) -> None:
         settings.add_shared_options(loader)
@@ -107,7 +108,8 @@ class LeakGuard:
         )
         loader.add_option("jitgate_inspect_engine", str, "auto", "Detection engine: auto, hyperscan or re.")
         loader.add_option(
-            "jitgate_stream_window", int, 8192, "Bytes held back when masking a streamed response (overlap window)."
+            "jitgate_stream_window", int, DEFAULT_WINDOW,
+            "Bytes held back when masking a streamed response (overlap window); the default exceeds the longest match.",
         )
 
     def configure(self, updated: set[str]) -> None:

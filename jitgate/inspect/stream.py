@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from jitgate.inspect.masking import Finding
+from jitgate.inspect.rules import RULES
 from jitgate.inspect.scanner import Edit, Scanner
 
-DEFAULT_WINDOW = 8192
+# Longer than the longest match any rule can make (a PEM block), rounded up to 1 KiB.
+DEFAULT_WINDOW = (max(r.max_len for r in RULES) // 1024 + 1) * 1024
 # Bytes already sent that are scanned again as left context (lookbehinds, word boundaries).
 LEFT_CONTEXT = 64
 

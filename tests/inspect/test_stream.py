@@ -40,3 +40,14 @@ def test_stream_output_equals_whole_body_masking(scanner: Scanner, seed: int, cu
             assert not corpus.occurrences(out, planted.value), planted.type
     if all(len(p.value) < 512 for p in body.planted):
         assert out == whole
+
+
+def test_long_pem_block_split_into_small_chunks_with_the_default_window(scanner: Scanner) -> None:
+    rng = random.Random(8)
+    pem = corpus._pem(rng)
+    while len(pem) < 6000:  # a long key: many lines
+        pem = pem.replace("\n-----END", "\n" + corpus._r(rng, corpus.ALNUM, 64) + "\n-----END", 1)
+    data = b"x " * 5000 + pem.encode() + b" y" * 5000
+    m = StreamMasker(scanner)
+    out = b"".join(m.feed(data[i : i + 700]) for i in range(0, len(data), 700)) + m.close()
+    assert b"PRIVATE KEY" not in out and out.count(b"[REDACTED:private_key:") == 1
