@@ -229,6 +229,7 @@ class TokenGate:
             raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
         self.table = opts.jitgate_table
         self.refresh, self.staleness, self.refetch_interval = refresh, staleness, refetch
+        self._verified, self._rejected = {}, {}  # results under other settings do not carry over
         if not self._given_dynamodb:
             self._dynamodb = settings.aws_client(
                 "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
