@@ -167,6 +167,10 @@ class CredentialInject:
         with self._fetch_lock:
             value = self.cached_secret(conn)
             if value is None:
+                if cred.secret_id in self._memo:
+                    # Past its TTL: a SecretCache whose refresh fails hands back its old value, so
+                    # read afresh through a new one; Secrets Manager unreachable then means 503.
+                    self._caches.pop(cred.secret_id, None)
                 value = secret_value(self._cache(cred.secret_id).get_secret_string(cred.secret_id), cred.json_key)
                 self._memo[cred.secret_id] = (value, time.monotonic())
         return value
