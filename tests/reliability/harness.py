@@ -197,16 +197,261 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.3) -
     return check()
 
 
+class Relay:
+    """Forward a loopback port to `target`; `up = False` resets every open connection and refuses new ones.
+
+    (tests/e2e/recorder_gateway.TcpRelay only refuses new connections; a keep-alive client would
+    go on using its open one, so a cut there does not cut a pooled AWS client.)
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self._up = True
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.port = int(self._sock.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        self._up = value
+        if not value:
+            with self._lock:
+                victims = list(self._open)
+                self._open.clear()
+            for s in victims:
+                self._reset(s)
+
+    @staticmethod
+    def _reset(s: Any) -> None:
+        import contextlib
+        import socket
+
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        with contextlib.suppress(OSError):
+            s.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            if not self._up:
+                self._reset(conn)
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                self._reset(conn)
+                continue
+            with self._lock:
+                self._open.update((conn, upstream))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        import contextlib
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(src)
+                self._open.discard(dst)
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+        self.up = False
+
+
 @contextmanager
-def relay_to(url: str) -> Iterator[Any]:
-    """A TcpRelay (tests/e2e/recorder_gateway.py) in front of `url`; `.up = False` cuts it off."""
+def relay_to(url: str) -> Iterator[Relay]:
+    """A Relay in front of `url`'s host and port; `.up = False` cuts it off."""
     from urllib.parse import urlparse
 
-    from tests.e2e.recorder_gateway import TcpRelay
-
     target = urlparse(url)
-    relay = TcpRelay((target.hostname or "127.0.0.1", target.port or 80))
+    relay = Relay((target.hostname or "127.0.0.1", target.port or 80))
     try:
         yield relay
     finally:
         relay.close()
+
+
+class FaultyUpstream:
+    """A TLS server (cert from `ca`) that reads one request head and then misbehaves.
+
+    mode "reset": closes with RST; "hang": never answers (until `release()`); "ok": a small 200 JSON.
+    """
+
+    def __init__(self, ca: Any, mode: str = "reset") -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.mode = mode
+        self.accepted = 0
+        self._release = threading.Event()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(self._ctx)
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        self._release.set()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw: Any) -> None:
+        import contextlib
+        import socket
+        import ssl
+
+        try:
+            conn = self._ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        with contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            if self.mode == "hang":
+                self._release.wait(120)
+            elif self.mode == "ok":
+                body = b'{"results": []}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                return
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        with contextlib.suppress(OSError):
+            raw.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._release.set()
+        self._sock.close()
+
+
+class Load:
+    """Background load: `threads` keep-alive clients send reranks until `stop()`; every answer is logged.
+
+    `log` holds (start, end, status, code, marker) per request, start/end in time.monotonic().
+    """
+
+    def __init__(self, make_client: Callable[[], httpx.Client], upstream_url: str, threads: int = 4) -> None:
+        import secrets
+        import threading
+
+        self.log: list[tuple[float, float, int, str, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._make_client = make_client
+        self._url = upstream_url
+        self._token = secrets.token_hex(3)
+        self._n = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.log)
+
+    def _run(self) -> None:
+        with self._make_client() as c:
+            while not self._stop.is_set():
+                with self._lock:
+                    self._n += 1
+                    marker = f"mk{self._token}x{self._n:06d}"
+                body = {"model": "rerank-v3.5", "query": f"{marker} {QUERY}", "documents": DOCS}
+                begin = time.monotonic()
+                try:
+                    resp = c.post(f"{self._url}/v2/rerank", json=body, headers={"Authorization": "Bearer placeholder"})
+                    status = resp.status_code
+                    code = "" if status == 200 else str(resp.json().get("code", "?"))
+                except (httpx.HTTPError, ValueError) as exc:
+                    status, code = 0, type(exc).__name__
+                with self._lock:
+                    self.log.append((begin, time.monotonic(), status, code, marker))
+                time.sleep(0.01)
+
+
+def outcome_counts(log: list[tuple[float, float, int, str, str]]) -> dict[tuple[int, str], int]:
+    counts: dict[tuple[int, str], int] = {}
+    for _, _, status, code, _ in log:
+        counts[(status, code)] = counts.get((status, code), 0) + 1
+    return counts
+
+
+def record_counts(recs: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """Records of the load's rerank flows (not the start-up probe), by (status, error code)."""
+    counts: dict[tuple[int, str], int] = {}
+    for r in recs:
+        if str(r.get("host", "")).endswith(".invalid") or r.get("method") == "CONNECT":
+            continue
+        key = (int(r["status"]), str(r.get("error") or ""))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
