@@ -321,6 +321,7 @@ class FaultyUpstream:
         self.accepted = 0
         self._release = threading.Event()
         cert = ca.issue_cert("127.0.0.1", "localhost")
+        self._ca_pem: bytes = ca.cert_pem.bytes()
         self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(self._ctx)
         self._sock = socket.socket()
@@ -336,6 +337,9 @@ class FaultyUpstream:
 
     def release(self) -> None:
         self._release.set()
+
+    def ca_pem(self) -> bytes:
+        return self._ca_pem
 
     def _accept(self) -> None:
         import threading
