@@ -82,6 +82,7 @@ def test_100_mb_body_is_413_with_bounded_memory(
     except httpx.HTTPError as exc:  # the gateway may answer and close before the upload ends
         status, text = 0, type(exc).__name__
     growth = _peak_rss(pid) - base
+    print(f"100 MB body ({framing}): status {status}, gateway peak RSS +{growth / MB:.1f} MB")
     assert status == 413, text[:300]
     assert list(hostile.upstream.received)[mark:] == []
     assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a 100 MB body"
@@ -104,6 +105,7 @@ def test_gzip_bomb_is_refused_with_bounded_memory(hostile: Hostile, c: httpx.Cli
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Authorization": "Bearer x"},
     )
     growth = _peak_rss(pid) - base
+    print(f"gzip bomb {len(bomb) // 1024} KB -> 200 MB: status {resp.status_code}, peak RSS +{growth / MB:.1f} MB")
     assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a {len(bomb) // 1024} KB gzip bomb"
     assert resp.status_code in (400, 413), resp.text[:300]
     assert resp.json()["code"] in ("payload_too_large", "body_not_decodable")
