@@ -348,3 +348,38 @@ def test_a_bad_option_stops_mitmdump_with_a_clear_message(
     options[option] = value
     with pytest.raises(RuntimeError, match=message):
         start_gateway(tmp_path, options=options, timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("broken", "code"),
+    [("table", "revocation_unavailable"), ("jwks", "jwks_unavailable"), ("secret", "credential_unavailable")],
+)
+def test_fails_closed_when_a_check_cannot_be_made(
+    broken: str, code: str, tmp_path: Path, mint: Callable[..., dict[str, Any]], upstream: Upstream,
+    oidc_issuer: OidcIssuer, broker: str, aws_stack: Stack, moto_server: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No revocation list, no signing keys, or no upstream secret: 503 with its code, nothing forwarded."""
+    doc = policy_dict(oidc_issuer.url, upstreams={"cohere-test": upstream.url})
+    if broken == "secret":
+        doc["connections"]["cohere-test"]["credential"]["secret_id"] = "jitgate/test/no-such-secret"  # type: ignore[index]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "ca.pem").write_bytes(upstream.ca_pem())
+    options = jitgate_options(
+        policy=policy,
+        jwks_url="http://127.0.0.1:9/.well-known/jwks.json" if broken == "jwks" else f"{broker}/.well-known/jwks.json",
+        table="no-such-table" if broken == "table" else aws_stack.table,
+        aws_endpoint=moto_server,
+        region=aws_stack.region,
+        upstream_ca=tmp_path / "ca.pem",
+    )
+    if broken == "jwks":
+        options["jitgate_issuer"] = broker
+    token = _token(mint)
+    with start_gateway(tmp_path, options=options) as gw:
+        monkeypatch.setenv("HTTPS_PROXY", gw.proxy_url(token))
+        monkeypatch.setenv("SSL_CERT_FILE", str(gw.client_bundle(tmp_path / "bundle.pem")))
+        mark = len(upstream.received)
+        resp = httpx.post(f"{upstream.url}/v2/rerank", json={"query": "q", "documents": ["a"]})
+    assert (resp.status_code, resp.json()["code"]) == (503, code)
+    assert _seen_since(upstream, mark) == []
