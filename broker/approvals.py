@@ -26,7 +26,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
-from broker.deps import Services, services
+from broker.deps import Services, issuer_url, services
 from broker.observability import logger, metrics
 from broker.routes.common import base_event, bearer, json_body, json_response
 from jitgate.approval_store import ApprovalStore, Conflict
@@ -111,7 +111,7 @@ def _publish(asvc: ApprovalServices, svc: Services, approval: Approval) -> None:
         "approvers": approval.approvers.model_dump(mode="json"),
         "expires_at": math.ceil(approval.expires_at),
         "summary": dict(approval.summary),
-        "decide": f"{svc.settings.issuer}/v1/approvals/{approval.id}",
+        "decide": f"{issuer_url(svc.settings, router.current_event)}/v1/approvals/{approval.id}",
     }
     try:
         asvc.sns.publish(
