@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -314,3 +315,29 @@ def test_policy_can_come_from_s3(
     assert (result["statusCode"], body["code"]) == (500, "broker_misconfigured")
     assert "missing.yaml" in body["message"]
     deps.use(None)
+
+
+def test_the_sam_local_sample_events_are_routed(
+    issuer: OidcIssuer, clock: Clock, invoke: Invoke
+) -> None:
+    """events/*.json (for `sam local invoke`) reach their routes: auth, body and path all parse."""
+    samples = Path(__file__).resolve().parents[2] / "events"
+
+    def sample(name: str, **replace: str) -> dict[str, Any]:
+        text = (samples / f"{name}.json").read_text()
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        loaded: dict[str, Any] = json.loads(text)
+        return loaded
+
+    oidc = _ci(issuer, clock)
+    assert invoke(sample("jwks"))[0] == 200
+    status, body, _ = invoke(sample("mint", REPLACE_WITH_OIDC_TOKEN=oidc))
+    assert (status, body["code"]) == (404, "unknown_connection")  # cohere-prod: the example policy's name
+    status, body, _ = invoke(sample("revoke", REPLACE_WITH_OIDC_TOKEN=oidc, REPLACE_WITH_JTI="0" * 32))
+    assert (status, body["code"]) == (404, "unknown_token")
+    env = json.loads((samples / "env.json").read_text())["BrokerFunction"]
+    assert {k for k in env if k.startswith("JITGATE_")} == {
+        "JITGATE_POLICY", "JITGATE_ISSUER", "JITGATE_KMS_KEY_IDS", "JITGATE_TABLE", "JITGATE_BUCKET",
+        "JITGATE_TOPIC_ARN", "JITGATE_DEFAULT_TTL",
+    }
