@@ -6,7 +6,7 @@ connection, or on a plain-HTTP proxy request) or in place of the upstream API ke
 `jitgate.token.verify_token` against the broker's JWKS; the result is cached by the token's
 SHA-256 until `exp`, so the hot path does no crypto. Revocations are pulled from DynamoDB by a
 background thread; a list older than its staleness bound refuses everything (fail closed).
-The token is removed from everything forwarded.
+Revocations come from addon/revocations.py. The token is removed from everything forwarded.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
 from addon.respond import refuse
+from addon.revocations import RevocationList
 from jitgate.errors import (
     InvalidToken,
     JitgateError,
@@ -39,7 +39,6 @@ from jitgate.errors import (
     UnknownKeyId,
 )
 from jitgate.policy import Connection, Policy
-from jitgate.state import REVOCATION_PK
 from jitgate.token import DEFAULT_LEEWAY, Claims, KeySet, verify_token
 
 logger = logging.getLogger(__name__)
@@ -114,25 +113,6 @@ def fetch_jwks(url: str) -> KeySet:
     return KeySet.from_jwks(resp.json())
 
 
-def fetch_revocations(dynamodb: Any, table: str, *, now: float) -> frozenset[str]:
-    """Revoked `jti`s whose tokens have not expired yet (DynamoDB TTL deletes late, so filter)."""
-    revoked: set[str] = set()
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": "pk = :pk",
-        "FilterExpression": "expires_at > :now",
-        "ProjectionExpression": "sk",
-        "ExpressionAttributeValues": {":pk": {"S": REVOCATION_PK}, ":now": {"N": str(int(now))}},
-        "ConsistentRead": True,
-    }
-    while True:
-        page = dynamodb.query(**kwargs)
-        revoked.update(item["sk"]["S"] for item in page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return frozenset(revoked)
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
     """A number of seconds from an option string (mitmproxy `--set` cannot parse floats)."""
     try:
@@ -160,26 +140,20 @@ class TokenGate:
         self._clock = clock
         self._monotonic = monotonic
         self._jwks_fetcher = jwks_fetcher
-        self._dynamodb = dynamodb
         self._given_dynamodb = dynamodb is not None
+        self.revocations = RevocationList(clock=clock, monotonic=monotonic)
+        self.revocations.dynamodb = dynamodb
         self.policy: Policy | None = None
         self.jwks_url = ""
         self.issuer = ""
-        self.table = ""
-        self.refresh = 2.0
-        self.staleness = 5.0
         self.refetch_interval = 10.0
         self.jwks_refresh = 300.0
         self.keys = KeySet({})
         self._keys_fetched_at = float("-inf")
         self._keys_ok = False
-        self.revoked: frozenset[str] = frozenset()
-        self.revocations_at = float("-inf")
         self._verified: dict[str, Claims] = {}
         self._rejected: dict[str, tuple[type[InvalidToken], str]] = {}
         self._bound: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._jwks_lock = asyncio.Lock()
 
     # -- configuration ----------------------------------------------------------------------
@@ -227,44 +201,29 @@ class TokenGate:
         self.jwks_refresh = _seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
         if staleness <= refresh:
             raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
-        self.table = opts.jitgate_table
-        self.refresh, self.staleness, self.refetch_interval = refresh, staleness, refetch
+        self.revocations.table = opts.jitgate_table
+        self.revocations.interval, self.revocations.staleness = refresh, staleness
+        self.refetch_interval = refetch
         self._verified, self._rejected = {}, {}  # results under other settings do not carry over
         if not self._given_dynamodb:
-            self._dynamodb = settings.aws_client(
+            self.revocations.dynamodb = settings.aws_client(
                 "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
             )
 
     def running(self) -> None:
         # One synchronous round at start so the first requests are not refused as stale.
         self.refresh_keys()
-        self.refresh_revocations()
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._refresh_loop, name="jitgate-revocations", daemon=True)
-            self._thread.start()
+        self.revocations.refresh()
+        self.revocations.start(tick=self._routine_keys)
 
     def done(self) -> None:
-        self._stop.set()
+        self.revocations.stop()
 
-    # -- background state -------------------------------------------------------------------
+    # -- signing keys -----------------------------------------------------------------------
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh):
-            self.refresh_revocations()
-            if self._monotonic() - self._keys_fetched_at >= self.jwks_refresh:
-                self.refresh_keys()
-
-    def refresh_revocations(self) -> bool:
-        """Pull the revocation list once; on failure keep the old list and let it go stale."""
-        try:
-            revoked = fetch_revocations(self._dynamodb, self.table, now=self._clock())
-        except Exception as exc:  # any failure only ages the list; staleness refuses later
-            logger.warning("jitgate: revocation refresh failed (%s)", type(exc).__name__)
-            return False
-        self.revoked = revoked
-        self.revocations_at = self._monotonic()
-        return True
+    def _routine_keys(self) -> None:
+        if self._monotonic() - self._keys_fetched_at >= self.jwks_refresh:
+            self.refresh_keys()
 
     def refresh_keys(self) -> bool:
         """Fetch the JWKS; when the broker's key set changed, cached verifications are dropped."""
@@ -353,7 +312,7 @@ class TokenGate:
                 headers={"Proxy-Authenticate": PROXY_AUTHENTICATE},
             )
             return
-        if self._monotonic() - self.revocations_at > self.staleness:
+        if not self.revocations.fresh():
             refuse(flow, RevocationUnavailable("the revocation list is stale; requests are refused until it refreshes"))
             return
         digest = token_sha256(token)
@@ -365,7 +324,7 @@ class TokenGate:
         except Exception:  # never let an unexpected verifier failure through
             refuse(flow, InvalidToken("token could not be verified"))
             return
-        if claims.jti in self.revoked:
+        if claims.jti in self.revocations:
             refuse(flow, TokenRevoked("token has been revoked"))
             return
         flow.metadata[meta.CLAIMS] = claims

@@ -238,7 +238,7 @@ async def test_verification_is_cached_but_revocation_checked_every_time(
         assert first.response is None and second.response is None
         assert len(calls) == 1
         _revoke(aws, first.metadata[meta.CLAIMS].jti, time.time() + 600)
-        assert gate.refresh_revocations()
+        assert gate.revocations.refresh()
         third = _flow(headers={"Authorization": f"Bearer {token}"})
         await gate.request(third)
         gate.done()
@@ -274,8 +274,8 @@ async def test_stale_revocation_list_fails_closed(aws: dict[str, Any], policy_fi
         mono.t += 3.5
         stale = _flow(headers={"Authorization": f"Bearer {token}"})
         await gate.request(stale)
-        gate._dynamodb = None  # the next refresh fails: the list stays stale
-        assert not gate.refresh_revocations()
+        gate.revocations.dynamodb = None  # the next refresh fails: the list stays stale
+        assert not gate.revocations.refresh()
         still = _flow(headers={"Authorization": f"Bearer {token}"})
         await gate.request(still)
     assert ok.response is None

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from addon.revocations import RevocationList, fetch_revocations
+
+
+class PagedTable:
+    """A DynamoDB client stand-in answering one query in pages, recording what was asked."""
+
+    def __init__(self, pages: list[list[str]]) -> None:
+        self.pages = pages
+        self.asked: list[dict[str, Any]] = []
+
+    def query(self, **kw: Any) -> dict[str, Any]:
+        self.asked.append(kw)
+        i = len(self.asked) - 1
+        page: dict[str, Any] = {"Items": [{"sk": {"S": jti}} for jti in self.pages[i]]}
+        if i + 1 < len(self.pages):
+            page["LastEvaluatedKey"] = {"pk": {"S": "revocation"}, "sk": {"S": self.pages[i][-1]}}
+        return page
+
+
+class OnePage:
+    def query(self, **kw: Any) -> dict[str, Any]:
+        return {"Items": [{"sk": {"S": "y"}}]}
+
+
+def test_fetch_follows_pages_and_filters_on_expiry() -> None:
+    table = PagedTable([["a", "b"], ["c"], []])
+    assert fetch_revocations(table, "t", now=1234.9) == frozenset({"a", "b", "c"})
+    assert len(table.asked) == 3
+    first = table.asked[0]
+    assert first["ExpressionAttributeValues"][":now"] == {"N": "1234"}
+    assert first["FilterExpression"] == "expires_at > :now" and "ExclusiveStartKey" not in first
+    assert table.asked[1]["ExclusiveStartKey"]["sk"] == {"S": "b"}
+
+
+def test_freshness_follows_the_last_good_pull() -> None:
+    mono = [100.0]
+    revocations = RevocationList(clock=lambda: 0.0, monotonic=lambda: mono[0])
+    revocations.staleness = 5.0
+    assert not revocations.fresh()  # never pulled
+    revocations.dynamodb = PagedTable([["x"]])
+    assert revocations.refresh() and revocations.fresh() and "x" in revocations
+    mono[0] += 5.5
+    revocations.dynamodb = None  # the next pull fails
+    assert not revocations.refresh()
+    assert not revocations.fresh() and "x" in revocations  # the old list stays, but is stale
+
+
+def test_background_thread_pulls_and_ticks_until_stopped() -> None:
+    ticked = threading.Event()
+    revocations = RevocationList()
+    revocations.interval = 0.01
+    revocations.dynamodb = OnePage()
+    revocations.start(tick=ticked.set)
+    try:
+        assert ticked.wait(10)
+    finally:
+        revocations.stop()
+    assert "y" in revocations
