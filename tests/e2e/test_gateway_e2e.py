@@ -135,8 +135,10 @@ def test_cohere_sdk_default_vendor_url_with_token_as_api_key(
     client_env(None)  # no proxy credentials: the token is the "API key"
     mark = len(upstream.received)
     co = cohere.ClientV2(api_key=token, max_retries=0)  # https://api.cohere.com, unchanged
-    answer = co.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS)
-    assert answer.results[0].index == 1 and len(answer.results) == len(DOCS)
+    for _ in range(3):  # one kept-alive tunnel to api.cohere.com, each request sent to the real upstream
+        answer = co.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS)
+        assert answer.results[0].index == 1 and len(answer.results) == len(DOCS)
+    assert len(_seen_since(upstream, mark)) == 3
     _assert_clean(upstream, mark, token, real_keys["cohere-test"])
 
 
