@@ -180,3 +180,41 @@ def test_every_broker_route_is_an_api_route(template: dict[str, Any]) -> None:
     events = template["Resources"]["BrokerFunction"]["Properties"]["Events"].values()
     wired = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events}
     assert served == wired
+
+
+# boto3 method -> IAM action, for the calls the code makes (`.scan(` is left out: no DynamoDB Scan
+# is used, and the name belongs to the inspection scanner and the approval store).
+_IAM_ACTIONS = {
+    "get_item": "dynamodb:GetItem", "batch_get_item": "dynamodb:BatchGetItem", "put_item": "dynamodb:PutItem",
+    "update_item": "dynamodb:UpdateItem", "query": "dynamodb:Query", "delete_item": "dynamodb:DeleteItem",
+    "transact_write_items": "dynamodb:TransactWriteItems", "put_object": "s3:PutObject",
+    "get_object": "s3:GetObject", "sign": "kms:Sign", "get_public_key": "kms:GetPublicKey",
+    "publish": "sns:Publish", "get_secret_value": "secretsmanager:GetSecretValue",
+}
+
+
+def _called_actions(paths: list[Path]) -> set[str]:
+    calls = {m for p in paths for m in re.findall(r"\.(\w+)\(", p.read_text())}
+    return {_IAM_ACTIONS[c] for c in calls if c in _IAM_ACTIONS}
+
+
+def _granted(statements: list[Any]) -> set[str]:
+    out: set[str] = set()
+    for s in statements:
+        s = s["If"][1] if "If" in s else s
+        out |= {s["Action"]} if isinstance(s["Action"], str) else set(s["Action"])
+    return out
+
+
+def test_broker_role_allows_every_aws_call_the_broker_makes(template: dict[str, Any]) -> None:
+    code = [*sorted((REPO / "broker").rglob("*.py")), REPO / "jitgate" / "approval_store.py"]
+    code = [p for p in code if p.name != "local.py"]
+    granted = _granted(template["Resources"]["BrokerFunction"]["Properties"]["Policies"][0]["Statement"])
+    assert _called_actions(code) <= granted
+
+
+def test_gateway_policy_allows_every_aws_call_the_addons_make(template: dict[str, Any]) -> None:
+    code = [*sorted((REPO / "addon").rglob("*.py")), REPO / "jitgate" / "approval_store.py"]
+    granted = _granted(template["Resources"]["GatewayAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"])
+    missing = _called_actions(code) - granted - {"s3:GetObject", "kms:Sign"}
+    assert not missing, missing
