@@ -95,7 +95,8 @@ def test_iam_is_least_privilege(template: dict[str, Any]) -> None:
     assert sign["Resource"] == {"GetAtt": "SigningKey.Arn"}
     gateway = template["Resources"]["GatewayAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     (secrets,) = [s["If"][1] for s in gateway if "If" in s]
-    assert secrets["Action"] == "secretsmanager:GetSecretValue"
+    # aws-secretsmanager-caching calls DescribeSecret before GetSecretValue; nothing else, no wildcard.
+    assert sorted(secrets["Action"]) == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
     assert secrets["Resource"] == {"Ref": "UpstreamSecretArns"}  # the named secrets only, no wildcard
 
 
