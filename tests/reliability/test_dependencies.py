@@ -103,17 +103,19 @@ def test_secrets_manager_unreachable_serves_the_cached_secret_until_its_ttl_then
             log = list(load.log)
             assert gw.proc.poll() is None
     counts = outcome_counts(log)
+    print(f"secrets manager cut: {len(log)} requests, outcomes {counts}")
     assert set(counts) <= {(200, ""), (503, "credential_unavailable")}, counts
     # Served from the cache while it was fresh, refused once it aged past its TTL with no way to renew it.
     during = [entry for entry in log if cut <= entry[0] and entry[1] <= back]
-    assert any(s == 200 for _, _, s, _, _ in during)
-    late = [s for start, _, s, _, _ in during if start > fetched + SECRET_TTL + 1.0]
-    assert late and set(late) == {503}
+    assert any(s == 200 for _, _, s, _, _ in during), "the cached secret was not served during the outage"
+    late = [(round(start - fetched, 2), s) for start, _, s, _, _ in during if start > fetched + SECRET_TTL + 2.0]
+    assert late and {s for _, s in late} == {503}, late
     # A refused request never reached the upstream; every answered one did, once.
     ok = [m for _, _, s, _, m in log if s == 200]
-    assert sorted(_forwarded_markers(up)) == sorted(ok)
+    forwarded = _forwarded_markers(up)
+    assert sorted(forwarded) == sorted(ok), (len(forwarded), len(ok), set(forwarded) ^ set(ok))
     recs = _settled_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", len(log) + 1)
-    assert record_counts(recs) == {**counts, (200, ""): counts[(200, "")] + 1}
+    assert record_counts(recs) == {**counts, (200, ""): counts[(200, "")] + 1}, record_counts(recs)
 
 
 def test_dynamodb_unreachable_refuses_past_the_staleness_bound(
@@ -143,6 +145,7 @@ def test_dynamodb_unreachable_refuses_past_the_staleness_bound(
             log = list(load.log)
             assert gw.proc.poll() is None
     counts = outcome_counts(log)
+    print(f"dynamodb cut: {len(log)} requests, outcomes {counts}")
     allowed = {(200, ""), (503, "revocation_unavailable"), (503, "usage_unavailable")}
     assert set(counts) <= allowed, counts
     assert counts.get((503, "revocation_unavailable"), 0) > 0
@@ -150,9 +153,10 @@ def test_dynamodb_unreachable_refuses_past_the_staleness_bound(
     bound = cut + STALENESS + REFRESH + 1.0
     assert {s for start, _, s, _, _ in log if bound < start and start < back} == {503}
     ok = [m for _, _, s, _, m in log if s == 200]
-    assert sorted(_forwarded_markers(up)) == sorted(ok)
+    forwarded = _forwarded_markers(up)
+    assert sorted(forwarded) == sorted(ok), (len(forwarded), len(ok), set(forwarded) ^ set(ok))
     recs = _settled_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", len(log))
-    assert record_counts(recs) == counts
+    assert record_counts(recs) == counts, record_counts(recs)
 
 
 def _unknown_kid_token(broker: str) -> str:
@@ -196,6 +200,7 @@ def test_broker_jwks_unreachable_known_keys_keep_working_unknown_kid_refused(
             load.stop()
             log = list(load.log)
             assert gw.proc.poll() is None
+    print(f"jwks cut: {len(log)} load requests {outcome_counts(log)}, fresh known-kid {fresh}, unknown kid {unknown}")
     assert fresh == [200, 200, 200]
     assert set(unknown) <= {(503, "jwks_unavailable"), (401, "invalid_token")}
     assert (503, "jwks_unavailable") in unknown  # it tried the broker, found it gone, failed closed
