@@ -95,7 +95,7 @@ def test_secrets_manager_unreachable_serves_the_cached_secret_until_its_ttl_then
                 relay.up = False
                 cut = time.monotonic()
                 assert wait_for(lambda: any(s == 503 for _, _, s, _, _ in load.log), SECRET_TTL + 15)
-                time.sleep(1.0)
+                time.sleep(max(1.0, fetched + SECRET_TTL + 4.0 - time.monotonic()))  # well past the TTL
                 relay.up = True
                 back = time.monotonic()
                 assert wait_for(lambda: load.log[-1][2] == 200, 15)
