@@ -2,23 +2,26 @@
 
 Order matters (DESIGN.md, addon/meta.py): each request hook skips flows an earlier addon
 answered; response hooks run in the same order. The marked places are filled by the engineers
-who own those addons; until then the chain runs without them.
+who own those addons; until then the chain runs without them. Every addon is wrapped by
+`fail_closed` (addon/failsafe.py): a hook that raises refuses its flow instead of letting
+mitmproxy skip the rest of the chain and forward it.
 """
 
 from __future__ import annotations
 
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
+from addon.failsafe import fail_closed
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
 
-token_gate = TokenGate()
-scope_guard = ScopeGuard()
-leak_guard = LeakGuard()
-approval_hold = ApprovalHold()
-credential_inject = CredentialInject()
-session_recorder = SessionRecorder()
+token_gate = fail_closed(TokenGate())
+scope_guard = fail_closed(ScopeGuard())
+leak_guard = fail_closed(LeakGuard())
+approval_hold = fail_closed(ApprovalHold())
+credential_inject = fail_closed(CredentialInject())
+session_recorder = fail_closed(SessionRecorder())
 
 addons = [token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder]
