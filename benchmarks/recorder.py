@@ -7,6 +7,10 @@ own flow-file writer (`mitmproxy.io.FlowWriter`, what `mitmdump -w` does), so th
 what recording costs next to the cheapest way mitmproxy itself keeps a flow.
 
     .venv/bin/python benchmarks/recorder.py --json [--flows 10000] [--docs 20] [--concurrency 64]
+        [--gateway-requests 300]
+
+It also measures the latency a request sees through a real `mitmdump` running the recorder
+against the same gateway without it (requests interleaved, baseline in the same run).
 """
 
 from __future__ import annotations
@@ -170,12 +174,65 @@ def _parquet_bytes(lines: Path) -> int:
     return out.stat().st_size
 
 
+def _gateway_latency(requests: int, docs: int) -> dict[str, float]:
+    """Latency through real mitmdump with the recorder and without it, requests interleaved."""
+    import secrets
+    import statistics
+
+    from jitgate.devstack.upstream import Upstream
+    from tests.e2e.recorder_gateway import REPO, Gateway
+
+    key = secrets.token_urlsafe(16)
+    rng = random.Random(2)
+    documents = [" ".join(rng.choices(WORDS, k=40)) for _ in range(docs)]
+    with tempfile.TemporaryDirectory() as tmp, Upstream(api_keys=[key], record=False) as up:
+        ca = Path(tmp) / "ca.pem"
+        ca.write_bytes(up.ca_pem())
+        gateways = {}
+        for name, env in (("with", {}), ("without", {"JITGATE_TEST_NO_RECORDER": "1"})):
+            opts = {"ssl_verify_upstream_trusted_ca": str(ca), "jitgate_spool_dir": str(Path(tmp) / f"spool-{name}")}
+            gateways[name] = Gateway([REPO / "tests/e2e/recorder_meta.py"], opts, confdir=Path(tmp) / name, env=env)
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        try:
+            clients = {n: g.start().client() for n, g in gateways.items()}
+            body = {"model": "rerank-v3.5", "query": "refund policy", "documents": documents}
+            headers = {"Authorization": f"Bearer {key}", "X-Test-Sub": "bench", "X-Test-Jti": "bench-jti-0001"}
+            for i in range(requests + 20):
+                for name in ("with", "without") if i % 2 else ("without", "with"):
+                    t0 = time.perf_counter()
+                    resp = clients[name].post(f"{up.url}/v2/rerank", json=body, headers=headers)
+                    elapsed = (time.perf_counter() - t0) * 1000
+                    assert resp.status_code == 200, resp.text
+                    if i >= 20:  # warm-up: TLS sessions, connection pools
+                        times[name].append(elapsed)
+            for c in clients.values():
+                c.close()
+        finally:
+            for g in gateways.values():
+                g.stop()
+
+    def pct(xs: list[float], q: float) -> float:
+        return round(statistics.quantiles(xs, n=100)[int(q) - 1], 2)
+
+    return {
+        "gateway_requests": requests,
+        "gateway_p50_ms_with_recorder": pct(times["with"], 50),
+        "gateway_p50_ms_without_recorder": pct(times["without"], 50),
+        "gateway_p99_ms_with_recorder": pct(times["with"], 99),
+        "gateway_p99_ms_without_recorder": pct(times["without"], 99),
+        "gateway_p50_ms_added": round(pct(times["with"], 50) - pct(times["without"], 50), 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default output)")
     ap.add_argument("--flows", type=int, default=10_000)
     ap.add_argument("--docs", type=int, default=20, help="documents per rerank call")
     ap.add_argument("--concurrency", type=int, default=64, help="flows in flight at once")
+    ap.add_argument(
+        "--gateway-requests", type=int, default=300, help="requests through real mitmdump per variant (0: skip)"
+    )
     args = ap.parse_args()
     flows = _flows(args.flows, args.docs)
     request_bytes = sum(len(f.request.raw_content) + len(f.response.raw_content) for f in flows) / len(flows)
@@ -201,6 +258,8 @@ def main() -> None:
         "write_failures": got["write_failures"],
         "cpus": os.cpu_count(),
     }
+    if args.gateway_requests:
+        result |= _gateway_latency(args.gateway_requests, args.docs)
     print(json.dumps(result))
 
 

@@ -49,4 +49,5 @@ if os.environ.get("JITGATE_TEST_FSIZE"):
     limit = int(os.environ["JITGATE_TEST_FSIZE"])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-addons = [FakeGate(), SessionRecorder()]
+# JITGATE_TEST_NO_RECORDER=1: the same gateway without the recorder (benchmark baseline).
+addons = [FakeGate()] if os.environ.get("JITGATE_TEST_NO_RECORDER") else [FakeGate(), SessionRecorder()]
