@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,29 @@ def bind(query: NamedQuery, args: dict[str, str]) -> list[str]:
 # ---- the local cache and DuckDB --------------------------------------------------------------
 
 
-def sync_cache(s3: Any, bucket: str, cache: Path, prefixes: Sequence[str] = (SESSIONS_PREFIX, EVENTS_PREFIX)) -> int:
-    """Download the bucket's audit objects missing from `cache` (same keys); return how many."""
+def day_prefixes(prefixes: Sequence[str], *, days: int, today: date) -> list[str]:
+    """The Hive day partitions (`<prefix>dt=YYYY-MM-DD/`) of the last `days` days up to `today`."""
+    return [
+        f"{prefix}dt={(today - timedelta(days=n)).isoformat()}/" for prefix in prefixes for n in range(days - 1, -1, -1)
+    ]
+
+
+def sync_cache(
+    s3: Any,
+    bucket: str,
+    cache: Path,
+    prefixes: Sequence[str] = (SESSIONS_PREFIX, EVENTS_PREFIX),
+    *,
+    days: int | None = None,
+    today: date | None = None,
+) -> int:
+    """Download the bucket's audit objects missing from `cache` (same keys); return how many.
+
+    `days` limits the pull to the last `days` day partitions (listed prefix by prefix), for
+    buckets too big to mirror.
+    """
+    if days is not None:
+        prefixes = day_prefixes(prefixes, days=days, today=today or datetime.now(UTC).date())
     fetched = 0
     paginator = s3.get_paginator("list_objects_v2")
     for prefix in prefixes:

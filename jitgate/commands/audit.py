@@ -32,6 +32,9 @@ EndpointOpt = Annotated[
 RegionOpt = Annotated[str, typer.Option("--region", envvar="AWS_REGION", help="AWS region.")]
 CacheOpt = Annotated[Path, typer.Option("--cache", help="Local copy of the bucket's audit objects.")]
 NoSyncOpt = Annotated[bool, typer.Option("--no-sync", help="Query the cache as it is, without pulling new objects.")]
+DaysOpt = Annotated[
+    int, typer.Option("--days", envvar="JITGATE_AUDIT_DAYS", help="Pull only the last N day partitions (0: all).")
+]
 AthenaOpt = Annotated[bool, typer.Option("--athena", help="Run on Athena over the Glue tables instead of DuckDB.")]
 WorkgroupOpt = Annotated[
     str, typer.Option("--workgroup", envvar="JITGATE_ATHENA_WORKGROUP", help="Athena workgroup (names the output).")
@@ -47,6 +50,7 @@ class Source:
     region: str = ""
     cache: Path = DEFAULT_CACHE
     no_sync: bool = False
+    days: int = 0
 
     def client(self, service: str) -> Any:
         import boto3
@@ -60,7 +64,7 @@ class Source:
         if not self.no_sync:
             if not self.bucket:
                 raise typer.BadParameter("give --bucket (or JITGATE_BUCKET), or --no-sync to use the cache as it is")
-            audit.sync_cache(self.client("s3"), self.bucket, self.cache)
+            audit.sync_cache(self.client("s3"), self.bucket, self.cache, days=self.days or None)
         return audit.connect(self.cache)
 
 
@@ -116,6 +120,7 @@ def sql_command(
     region: RegionOpt = "",
     cache: CacheOpt = DEFAULT_CACHE,
     no_sync: NoSyncOpt = False,
+    days: DaysOpt = 0,
     athena: AthenaOpt = False,
     workgroup: WorkgroupOpt = "jitgate",
     database: DatabaseOpt = "jitgate",
@@ -130,7 +135,7 @@ def sql_command(
         sql,
         audit.NamedQuery("sql", "ad-hoc", sql).athena_sql(),
         [],
-        source=Source(bucket, endpoint_url, region, cache, no_sync),
+        source=Source(bucket, endpoint_url, region, cache, no_sync, days),
         athena=athena,
         workgroup=workgroup,
         database=database,
@@ -146,6 +151,7 @@ def who_reranked(
     region: RegionOpt = "",
     cache: CacheOpt = DEFAULT_CACHE,
     no_sync: NoSyncOpt = False,
+    days: DaysOpt = 0,
     athena: AthenaOpt = False,
     workgroup: WorkgroupOpt = "jitgate",
     database: DatabaseOpt = "jitgate",
@@ -158,7 +164,7 @@ def who_reranked(
         q.sql,
         q.athena_sql(),
         params,
-        source=Source(bucket, endpoint_url, region, cache, no_sync),
+        source=Source(bucket, endpoint_url, region, cache, no_sync, days),
         athena=athena,
         workgroup=workgroup,
         database=database,
@@ -175,6 +181,7 @@ def _register_named(name: str) -> None:
         region: RegionOpt = "",
         cache: CacheOpt = DEFAULT_CACHE,
         no_sync: NoSyncOpt = False,
+        days: DaysOpt = 0,
         athena: AthenaOpt = False,
         workgroup: WorkgroupOpt = "jitgate",
         database: DatabaseOpt = "jitgate",
@@ -184,7 +191,7 @@ def _register_named(name: str) -> None:
             q.sql,
             q.athena_sql(),
             [],
-            source=Source(bucket, endpoint_url, region, cache, no_sync),
+            source=Source(bucket, endpoint_url, region, cache, no_sync, days),
             athena=athena,
             workgroup=workgroup,
             database=database,

@@ -230,3 +230,25 @@ def test_run_athena_passes_parameters_and_skips_header() -> None:
     assert res == audit.Result(("sub", "jti"), [("alice", "j1")])
     assert fake.kwargs["ExecutionParameters"] == ["'ab''c'", "'ab''c'"]
     assert fake.kwargs["QueryString"].startswith("WITH sessions_unique AS (")
+
+
+def test_day_prefixes_cover_the_window() -> None:
+    from datetime import date
+
+    assert audit.day_prefixes(["sessions/"], days=2, today=date(2027, 3, 1)) == [
+        "sessions/dt=2027-02-28/",
+        "sessions/dt=2027-03-01/",
+    ]
+
+
+@mock_aws
+def test_sync_cache_with_days_pulls_only_recent_partitions(tmp_path: Path) -> None:
+    from datetime import date
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="audit")
+    for day in ("2027-02-20", "2027-02-28", "2027-03-01"):
+        s3.put_object(Bucket="audit", Key=f"sessions/dt={day}/hour=08/gw1-a.jsonl.gz", Body=b"x")
+        s3.put_object(Bucket="audit", Key=f"token-events/dt={day}/e.jsonl", Body=b"y")
+    assert audit.sync_cache(s3, "audit", tmp_path, days=2, today=date(2027, 3, 1)) == 4
+    assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == ["dt=2027-02-28", "dt=2027-03-01"]
