@@ -25,6 +25,7 @@ from mitmproxy.utils import human
 
 from addon import meta, settings
 from addon.respond import refuse
+from jitgate.decoding import decoded_size_exceeds
 from jitgate.errors import BodyNotDecodable, JitgateError, LeakBlocked, PayloadTooLarge, UpstreamResponseInvalid
 from jitgate.inspect import Scanner, StreamMasker, actions, is_json, jsonpath
 from jitgate.inspect.masking import Finding
@@ -227,6 +228,20 @@ class LeakGuard:
             return
         plan = actions.plan(self._profile(flow), "request")
         req = flow.request
+        encoding = req.headers.get("content-encoding", "")
+        if req.raw_content and encoding:  # sized before decoding: a gzip bomb costs one piece, not its size
+            try:
+                over = decoded_size_exceeds(req.raw_content, encoding, self.max_bytes)
+            except ValueError:
+                over = None
+            if over is not False:
+                req.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
+                if over is None:
+                    refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
+                else:
+                    limit = self.max_bytes
+                    refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {limit} bytes"))
+                return
         try:
             body = req.get_content(strict=True) or b""
         except ValueError:

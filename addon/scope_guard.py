@@ -22,9 +22,11 @@ from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
 from addon.respond import refuse
+from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size_exceeds
 from jitgate.dialects import RERANK_DIALECTS, match_route
 from jitgate.errors import (
     BadRequest,
+    BodyNotDecodable,
     CollectionNotAllowed,
     HostNotAllowed,
     InvalidToken,
@@ -210,6 +212,8 @@ class ScopeGuard:
             return
         limit_err = self._limits_error(claims, conn, operation, flow.request)
         if limit_err is not None:
+            if isinstance(limit_err, PayloadTooLarge | BodyNotDecodable):
+                flow.request.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
             refuse(flow, limit_err)
             return
         if claims.limits.max_requests is not None:
@@ -253,6 +257,14 @@ class ScopeGuard:
         raw = req.raw_content or b""
         if limits.max_bytes is not None and len(raw) > limits.max_bytes:
             return PayloadTooLarge(f"the request body is over this token's {limits.max_bytes} bytes")
+        encoding = req.headers.get("content-encoding", "")
+        if raw and encoding:  # sized without decoding it whole: a gzip bomb must not cost its decoded size
+            bound = limits.max_bytes if limits.max_bytes is not None else DEFAULT_DECODED_LIMIT
+            try:
+                if decoded_size_exceeds(raw, encoding, bound):
+                    return PayloadTooLarge(f"the request body is over {bound} bytes once decoded")
+            except ValueError:
+                return BodyNotDecodable("the request body's content encoding cannot be decoded")
         if limits.max_documents is None:
             return None
         try:
