@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config as BotoConfig
 from mitmproxy import ctx, http
 from mitmproxy import flow as mflow
 from mitmproxy.addonmanager import Loader
@@ -283,8 +284,13 @@ class SessionRecorder:
         if not bucket:
             logger.warning("jitgate_bucket is empty: session records stay in the spool")
             return None
+        # Short timeouts and few SDK retries: the uploader has its own backoff, and a black-holed
+        # endpoint must not pin the thread (or the shutdown) for minutes.
         s3 = self._s3 or boto3.client(
-            "s3", endpoint_url=opts.jitgate_aws_endpoint or None, region_name=settings.region(opts.jitgate_aws_region)
+            "s3",
+            endpoint_url=opts.jitgate_aws_endpoint or None,
+            region_name=settings.region(opts.jitgate_aws_region),
+            config=BotoConfig(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}),
         )
 
         def put(key: str, body: bytes) -> None:

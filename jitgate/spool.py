@@ -379,7 +379,7 @@ class Uploader:
         """Close the open segment and try to ship what is left for up to `flush_timeout` seconds."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=60)  # an upload in flight ends within the client's timeouts
         self.spool.close()
         if self._put is None:
             self.spool.release()
