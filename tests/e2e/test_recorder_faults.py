@@ -95,33 +95,64 @@ def _load(gw: Gateway, up: Upstream, key: str, n: int, threads: int = 8) -> list
         return [r for part in pool.map(one, chunks) for r in part]
 
 
-def test_s3_unreachable_then_back_every_record_arrives(
-    tmp_path: Path, upstream: tuple[Upstream, str, Path], aws_stack: Stack, moto_server: str
+def _outage(
+    tmp_path: Path,
+    upstream: tuple[Upstream, str, Path],
+    aws_stack: Stack,
+    moto_server: str,
+    *,
+    before: int,
+    rounds: int,
+    per_round: int,
+    backoff_max_ms: int,
 ) -> None:
+    """Load while S3 is cut off (uploads fail, segments pile up), then S3 back: all arrive once."""
     up, key, ca = upstream
     target = urlparse(moto_server)
     relay = TcpRelay((target.hostname or "127.0.0.1", target.port or 80))
     relay.up = False
     gateway_id = "gw-outage-" + secrets.token_hex(3)
     gw = _gateway(
-        tmp_path, ca, jitgate_bucket=aws_stack.bucket, jitgate_aws_endpoint=relay.url, jitgate_gateway_id=gateway_id
+        tmp_path,
+        ca,
+        jitgate_bucket=aws_stack.bucket,
+        jitgate_aws_endpoint=relay.url,
+        jitgate_gateway_id=gateway_id,
+        jitgate_upload_backoff_max_ms=backoff_max_ms,
     )
     try:
         with gw:
-            results = _load(gw, up, key, 160)
+            results = _load(gw, up, key, before)
             assert {s for _, s in results} == {200}  # S3 down does not stop the data path
-            time.sleep(1.5)  # segments rotate and their uploads fail while S3 is away
+            for _ in range(rounds):
+                time.sleep(1.5)  # segments rotate and their uploads fail while S3 is away
+                results += _load(gw, up, key, per_round)
             assert _arrived(aws_stack.bucket, gateway_id) == []
             assert list((tmp_path / "spool" / "closed").glob("*.jsonl"))
             more = _load(gw, up, key, 40)  # still under load when S3 comes back
             relay.up = True
             sent = {m for m, _ in results + more}
-            assert _wait_for(lambda: _markers(_arrived(aws_stack.bucket, gateway_id)) >= sent, 30)
+            assert {s for _, s in results + more} == {200}
+            assert _wait_for(lambda: _markers(_arrived(aws_stack.bucket, gateway_id)) >= sent, 60)
     finally:
         relay.close()
     records = _arrived(aws_stack.bucket, gateway_id)
     assert len({r["record_id"] for r in records}) == len(sent)
     assert all(r["sub"] == "alice" and r["status"] == 200 for r in records)
+
+
+def test_s3_unreachable_then_back_every_record_arrives(
+    tmp_path: Path, upstream: tuple[Upstream, str, Path], aws_stack: Stack, moto_server: str
+) -> None:
+    _outage(tmp_path, upstream, aws_stack, moto_server, before=160, rounds=1, per_round=0, backoff_max_ms=1000)
+
+
+@pytest.mark.slow
+def test_long_s3_outage_under_sustained_load(
+    tmp_path: Path, upstream: tuple[Upstream, str, Path], aws_stack: Stack, moto_server: str
+) -> None:
+    """~30 s without S3 while traffic keeps coming, the backoff at its 5 s ceiling."""
+    _outage(tmp_path, upstream, aws_stack, moto_server, before=300, rounds=16, per_round=150, backoff_max_ms=5000)
 
 
 def test_sigkill_under_load_then_restart_every_completed_flow_arrives(
