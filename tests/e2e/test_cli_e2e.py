@@ -164,3 +164,64 @@ def test_dev_starts_and_stops_cleanly(tmp_path: Path) -> None:
     time.sleep(0.5)
     alive = [c for c in children if _alive(c)]
     assert not alive, [Path(f"/proc/{c}/cmdline").read_text().replace("\0", " ") for c in alive]
+
+
+def test_gateway_command_runs_the_chain(stack: DevStack, tmp_path: Path) -> None:
+    """`jitgate gateway` is mitmdump with the chain: a token reranks, a foreign host is refused."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _env(stack)
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        env.pop(name, None)
+    argv = [
+        JITGATE, "gateway", "--listen-port", str(port),
+        "--jwks-url", stack.env["JITGATE_BROKER_URL"] + "/.well-known/jwks.json",
+        "--issuer", stack.env["JITGATE_BROKER_URL"],
+        "--upstream-ca", str(Path(stack.env["JITGATE_STATE_DIR"]) / "upstream-ca.pem"),
+        "--spool-dir", str(tmp_path / "spool"),
+        "--set", f"confdir={tmp_path / 'ca'}",
+    ]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while (tmp_path / "ca" / "mitmproxy-ca-cert.pem").exists() is False or not _listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, "jitgate gateway did not start"
+            time.sleep(0.2)
+        token = subprocess.run(
+            [JITGATE, "token"], env=env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout.strip()
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(
+            Path(stack.env["JITGATE_CA_BUNDLE"]).read_bytes() + (tmp_path / "ca" / "mitmproxy-ca-cert.pem").read_bytes()
+        )
+        proxy = f"http://jit:{token}@127.0.0.1:{port}"
+        with httpx.Client(proxy=proxy, verify=str(bundle), timeout=20) as client:
+            ok = client.post(
+                "https://api.cohere.com/v2/rerank", json={"model": "m", "query": "whale", "documents": ["whale", "x"]}
+            )
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["results"][0]["index"] == 0
+            try:
+                refused = client.get("https://example.org/")
+                status = refused.status_code
+            except httpx.ProxyError as exc:
+                status = 403 if "403" in str(exc) else 0
+            assert status == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
