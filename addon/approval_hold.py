@@ -53,7 +53,6 @@ from jitgate.errors import (
 )
 from jitgate.policy import Connection, Policy, parse_duration
 from jitgate.state import REVOCATION_PK
-from jitgate.token import Claims
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +209,11 @@ class ApprovalHold:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow) or self.policy is None or self.store is None:
             return
-        claims = flow.metadata.get(meta.CLAIMS)
-        if not isinstance(claims, Claims):
+        claims = meta.claims(flow)
+        if claims is None:
             return  # token_gate refuses such a flow; nothing here to hold
-        conn = flow.metadata.get(meta.CONNECTION) or self.policy.connection_for_host(flow.request.host)
-        if not isinstance(conn, Connection):
+        conn = meta.connection(flow, self.policy) or self.policy.connection_for_host(flow.request.host)
+        if conn is None:
             return
         operation = flow.metadata.get(meta.OPERATION)
         facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
@@ -325,13 +324,13 @@ class ApprovalHold:
             held = self.held.get(hold_id)
             if held is None:
                 continue
-            claims = held.flow.metadata.get(meta.CLAIMS)
+            claims = meta.claims(held.flow)
             error: JitgateError | None = None
             if unreadable:
                 error = RevocationUnavailable("the token's revocation state cannot be checked")
             elif jti in revoked:
                 error = TokenRevoked("token has been revoked")
-            elif isinstance(claims, Claims) and now >= claims.exp:
+            elif claims is not None and now >= claims.exp:
                 error = TokenExpired("token expired while its request waited for approval")
             if error is not None:
                 self.held.pop(hold_id, None)

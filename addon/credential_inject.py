@@ -194,8 +194,8 @@ class CredentialInject:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        conn = flow.metadata.get(meta.CONNECTION)
-        if not isinstance(conn, Connection):
+        conn = meta.connection(flow, self.policy)
+        if conn is None:
             refuse(flow, JitgateError("the request was not checked against a scope"))
             return
         secret = self.cached_secret(conn)
@@ -211,13 +211,35 @@ class CredentialInject:
         flow.metadata[meta.INJECTED_SECRET] = secret  # in memory only: leak_guard masks it in the response
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._retry_on_401(flow)
+        finally:
+            self.forget(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.forget(flow)
+
+    def forget(self, flow: http.HTTPFlow) -> None:
+        """Drop the injected credential from the finished flow (request header and metadata).
+
+        What follows the chain (mitmproxy's flow writer for `-w`, mitmweb, a later `flow.copy()`)
+        must never see the upstream secret.
+        """
+        flow.metadata.pop(meta.INJECTED_SECRET, None)
+        if not flow.metadata.get(meta.INJECTED):
+            return
+        conn = meta.connection(flow, self.policy)
+        if conn is not None:
+            flow.request.headers.pop(conn.credential.header, None)
+
+    async def _retry_on_401(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flow.response.status_code != 401 or not flow.metadata.get(meta.INJECTED):
             return
         if flow.metadata.get(RETRIED):
             return
         flow.metadata[RETRIED] = True
-        conn = flow.metadata.get(meta.CONNECTION)
-        if not isinstance(conn, Connection):
+        conn = meta.connection(flow, self.policy)
+        if conn is None:
             return
         old = flow.request.headers.get(conn.credential.header)
         fresh = await asyncio.to_thread(self.rotate, conn)

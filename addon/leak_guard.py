@@ -31,7 +31,7 @@ from jitgate.inspect import Scanner, StreamMasker, actions, is_json, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
 from jitgate.inspect.stream import DEFAULT_WINDOW
-from jitgate.policy import Connection, MaskProfile, Policy
+from jitgate.policy import MaskProfile, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +163,11 @@ class LeakGuard:
         policy = self.policy
         if policy is None:
             return MaskProfile()
-        claims = flow.metadata.get(meta.CLAIMS)
+        claims = meta.claims(flow)
         if claims is not None:
             return policy.profile(claims.mask)
-        conn = flow.metadata.get(meta.CONNECTION)
-        if not isinstance(conn, Connection):
+        conn = meta.connection(flow, policy)
+        if conn is None:
             conn = policy.connection_for_host(flow.request.pretty_host)
         return policy.profile(conn.mask if conn is not None else "default")
 

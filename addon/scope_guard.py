@@ -196,8 +196,8 @@ class ScopeGuard:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        claims = flow.metadata.get(meta.CLAIMS)
-        if not isinstance(claims, Claims):
+        claims = meta.claims(flow)
+        if claims is None:
             refuse(flow, InvalidToken("no verified token for this request"))
             return
         conn = self._connection(flow.request.host)
@@ -225,7 +225,7 @@ class ScopeGuard:
             if not within:
                 refuse(flow, RequestLimitExceeded(f"this token's {claims.limits.max_requests} requests are used up"))
                 return
-        flow.metadata[meta.CONNECTION] = conn
+        meta.set_connection(flow, conn)
         flow.metadata[meta.OPERATION] = operation
         flow.metadata[meta.COLLECTION] = collection
 
@@ -281,9 +281,9 @@ class ScopeGuard:
     def response(self, flow: http.HTTPFlow) -> None:
         if meta.ERROR in flow.metadata or flow.response is None:
             return
-        claims = flow.metadata.get(meta.CLAIMS)
-        conn = flow.metadata.get(meta.CONNECTION)
-        if not isinstance(claims, Claims) or not isinstance(conn, Connection):
+        claims = meta.claims(flow)
+        conn = meta.connection(flow, self.policy)
+        if claims is None or conn is None:
             return
         fields = claims.scope.fields
         if fields is None or conn.dialect not in _STORE_DIALECTS or not 200 <= flow.response.status_code < 300:

@@ -33,10 +33,8 @@ from addon import meta, settings
 from addon.respond import refuse
 from jitgate import digest
 from jitgate.errors import AuditUnavailable
-from jitgate.policy import Connection
 from jitgate.records import Finding, SessionRecord, VectorDigest, iso_ts, record_id
 from jitgate.spool import Spool, SpoolConfig, Uploader
-from jitgate.token import Claims
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +89,7 @@ def _path_withheld(findings: list[dict[str, Any]]) -> bool:
 def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
     """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
     md = flow.metadata
-    claims: Claims | None = md.get(meta.CLAIMS)
-    connection: Connection | None = md.get(meta.CONNECTION)
+    claims = meta.claims(flow)
     raw_findings: list[dict[str, Any]] = list(md.get(meta.FINDINGS) or [])
     findings = tuple(
         Finding(
@@ -152,7 +149,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         flow_id=flow.id,
         jti=claims.jti if claims else None,
         sub=claims.sub if claims else None,
-        conn=claims.conn if claims else (connection.name if connection else None),
+        conn=claims.conn if claims else meta.connection_name(flow),
         job=claims.job if claims else None,
         apv=claims.apv if claims else None,
         token_sha256=md.get(meta.TOKEN_HASH),

@@ -327,5 +327,5 @@ class TokenGate:
         if claims.jti in self.revocations:
             refuse(flow, TokenRevoked("token has been revoked"))
             return
-        flow.metadata[meta.CLAIMS] = claims
+        meta.set_claims(flow, claims)
         flow.metadata[meta.TOKEN_HASH] = digest

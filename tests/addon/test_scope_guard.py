@@ -129,7 +129,7 @@ async def test_allowed_request_sets_metadata(aws: dict[str, Any], policy_file: P
                   path="/api/v1/collections/candidates/query")
         await guard.request(f)
     assert f.response is None
-    assert f.metadata[meta.CONNECTION].name == "store"
+    assert meta.connection_name(f) == "store"
     assert (f.metadata[meta.OPERATION], f.metadata[meta.COLLECTION]) == ("query", "candidates")
 
 

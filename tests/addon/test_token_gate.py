@@ -155,7 +155,7 @@ async def test_valid_token_in_each_place_is_accepted_and_stripped(
         await gate.request(f)
         gate.done()
     assert f.response is None
-    claims = f.metadata[meta.CLAIMS]
+    claims = meta.claims(f)
     assert isinstance(claims, Claims) and claims.conn == conn
     assert len(f.metadata[meta.TOKEN_HASH]) == 64
     forwarded = bytes(f.request.headers.fields.__repr__(), "utf-8")
@@ -237,7 +237,7 @@ async def test_verification_is_cached_but_revocation_checked_every_time(
         await gate.request(second)
         assert first.response is None and second.response is None
         assert len(calls) == 1
-        _revoke(aws, first.metadata[meta.CLAIMS].jti, time.time() + 600)
+        _revoke(aws, meta.claims(first).jti, time.time() + 600)
         assert gate.revocations.refresh()
         third = _flow(headers={"Authorization": f"Bearer {token}"})
         await gate.request(third)
