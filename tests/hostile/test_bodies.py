@@ -32,13 +32,6 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture(scope="module")
 def token(mint: Callable[..., dict[str, Any]]) -> str:
     value: str = mint("cohere-test")["token"]
@@ -274,5 +267,3 @@ def test_slowloris_bodies_do_not_stall_other_clients(hostile: Hostile, token: st
     assert slow_results == [200] * 8  # and the slow ones were answered once complete
     _still_serves(hostile, token)
 
-
-__all__ = ["_rss"]
