@@ -9,6 +9,7 @@ mitmproxy skip the rest of the chain and forward it.
 
 from __future__ import annotations
 
+from addon import error_answers
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.failsafe import fail_closed
@@ -16,6 +17,8 @@ from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
+
+error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
 
 token_gate = fail_closed(TokenGate())
 scope_guard = fail_closed(ScopeGuard())

@@ -1,10 +1,10 @@
 """The upstream resets connections or never answers, under load through the full chain.
 
-What is asserted is what the gateway does today: a reset is a prompt 502, a silent upstream is cut
-at mitmproxy's `tcp_timeout`, the gateway stays up and serves the next requests, nothing is retried
-blindly, and every flow has its session record (status 0 or 502, error `upstream_error`). The
-answers are mitmproxy's own (HTML 502, or a closed connection), not jitgate's JSON `{code, message}`
-with 502/504: that part is an open gap, kept here as strict xfails so it flips when fixed.
+A reset is a prompt 502 with jitgate's JSON `{code: upstream_unavailable, message}`
+(addon/error_answers.py), a silent upstream is cut at mitmproxy's `tcp_timeout`, the gateway stays
+up and serves the next requests, nothing is retried blindly, and every flow has its session record
+(error `upstream_error`). A 504 for a silent upstream is an open gap, kept as a strict xfail so it
+flips when fixed.
 """
 
 from __future__ import annotations
@@ -108,13 +108,14 @@ def test_silent_upstream_is_cut_at_tcp_timeout_and_recorded(
     assert {r["error"] for r in recs} <= {"upstream_error", "upstream_timeout", "flow_killed"}
 
 
-@pytest.mark.xfail(strict=True, reason="GAP: mitmproxy answers upstream failures itself (HTML 502), not jitgate JSON")
 @pytest.mark.parametrize("faulty", ["reset"], indirect=True)
 def test_upstream_reset_answer_is_json(faulty: tuple[FaultyUpstream, Gateway, Path, str, str]) -> None:
     up, gw, bundle, token, _ = faulty
     with client(gw, bundle, token) as c:
         resp = c.post(f"{up.url}/v2/rerank", json=BODY)
-    assert resp.status_code == 502 and set(resp.json()) == {"code", "message"}
+    assert resp.status_code == 502 and resp.headers["content-type"] == "application/json"
+    assert resp.json()["code"] == "upstream_unavailable" and set(resp.json()) == {"code", "message"}
+    assert "127.0.0.1" not in resp.text  # mitmproxy's own text (hosts, reasons) is not passed on
 
 
 @pytest.mark.xfail(strict=True, reason="GAP: no upstream response timeout; mitmproxy closes at tcp_timeout, no 504")

@@ -1,0 +1,40 @@
+"""mitmproxy's own error answers (upstream unreachable or reset, body over `body_size_limit`,
+unparseable request) as jitgate's JSON `{code, message}` instead of an HTML page.
+
+mitmproxy writes those answers in its HTTP/1 server layer, after the `error` hook, with no hook to
+change them; the only seam is the module function that builds them, which `install()` replaces.
+The message is a fixed sentence per status: mitmproxy's own text can name internal hosts.
+tests/reliability/test_upstream.py fails if a mitmproxy upgrade moves the seam.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mitmproxy import http, version
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1
+
+ANSWERS = {
+    400: ("bad_request", "the request is not valid HTTP"),
+    413: ("payload_too_large", "the request body is over the gateway's size limit"),
+    502: ("upstream_unavailable", "the upstream could not be reached or closed the connection; nothing was answered"),
+    504: ("upstream_timeout", "the upstream did not answer in time"),
+}
+_FALLBACK = ("gateway_error", "the gateway could not complete the request")
+
+
+def json_error_response(status_code: int, message: str = "") -> bytes:
+    """The bytes of an HTTP/1 error answer; `message` (mitmproxy's text) is deliberately not used."""
+    code, text = ANSWERS.get(status_code, _FALLBACK)
+    resp = http.Response.make(
+        status_code,
+        json.dumps({"code": code, "message": text}).encode(),
+        http.Headers(Server=version.MITMPROXY, Connection="close", Content_Type="application/json"),
+    )
+    raw: bytes = http1.assemble_response(resp)  # type: ignore[no-untyped-call]
+    return raw
+
+
+def install() -> None:
+    _http1.make_error_response = json_error_response
