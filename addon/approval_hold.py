@@ -27,6 +27,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
+from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
 from addon.scope_guard import document_count
 from jitgate.approval_store import ApprovalStore
@@ -74,11 +75,8 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
     documents: int | None = None
     # Count documents only when a rule needs the number: big bodies are not parsed for nothing.
     if operation is not None and conn.approval.max_documents is not None:
-        try:
-            body = json.loads(flow.request.get_content(strict=False) or b"null")
-        except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError
-            body = None
-        documents = document_count(conn.dialect, operation, body)
+        body = json_body(flow)  # parsed once per flow (addon/body.py)
+        documents = document_count(conn.dialect, operation, None if body is NOT_JSON else body)
     findings = flow.metadata.get(meta.FINDINGS) or []
     return RequestFacts(
         operation=operation,

@@ -21,6 +21,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
+from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
 from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size_exceeds
 from jitgate.dialects import RERANK_DIALECTS, match_route
@@ -210,7 +211,7 @@ class ScopeGuard:
         if err is not None:
             refuse(flow, err)
             return
-        limit_err = self._limits_error(claims, conn, operation, flow.request)
+        limit_err = self._limits_error(claims, conn, operation, flow)
         if limit_err is not None:
             if isinstance(limit_err, PayloadTooLarge | BodyNotDecodable):
                 flow.request.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
@@ -252,8 +253,11 @@ class ScopeGuard:
             self._usage.left[claims.jti] = (granted - 1, claims.exp)
             return True
 
-    def _limits_error(self, claims: Claims, conn: Connection, operation: str, req: http.Request) -> JitgateError | None:
+    def _limits_error(
+        self, claims: Claims, conn: Connection, operation: str, flow: http.HTTPFlow
+    ) -> JitgateError | None:
         limits = claims.limits
+        req = flow.request
         raw = req.raw_content or b""
         if limits.max_bytes is not None and len(raw) > limits.max_bytes:
             return PayloadTooLarge(f"the request body is over this token's {limits.max_bytes} bytes")
@@ -267,9 +271,8 @@ class ScopeGuard:
                 return BodyNotDecodable("the request body's content encoding cannot be decoded")
         if limits.max_documents is None:
             return None
-        try:
-            body = json.loads(req.get_content(strict=False) or b"null")
-        except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError, not ValueError
+        body = json_body(flow)  # parsed once per flow, shared with approval_hold and the recorder
+        if body is NOT_JSON:
             return BadRequest("the request body is not JSON, so its documents cannot be counted")
         count = document_count(conn.dialect, operation, body)
         if count is None:
@@ -291,9 +294,8 @@ class ScopeGuard:
         content = flow.response.get_content(strict=False) or b""
         if not content.strip():
             return
-        try:
-            body = json.loads(content)
-        except (ValueError, RecursionError):
+        body = json_body(flow, "response")
+        if body is NOT_JSON:
             flow.response = None
             msg = "the store's answer is not JSON, so it cannot be limited to your fields"
             refuse(flow, UpstreamResponseInvalid(msg))

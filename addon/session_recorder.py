@@ -29,7 +29,7 @@ from mitmproxy import ctx, http
 from mitmproxy import flow as mflow
 from mitmproxy.addonmanager import Loader
 
-from addon import meta, settings
+from addon import body, meta, settings
 from addon.respond import refuse
 from jitgate import digest
 from jitgate.errors import AuditUnavailable
@@ -86,6 +86,11 @@ def _path_withheld(findings: list[dict[str, Any]]) -> bool:
     return _withheld(findings, "url")
 
 
+def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
+    value = body.json_body(flow, side)
+    return None if value is body.NOT_JSON else value
+
+
 def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
     """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
     md = flow.metadata
@@ -107,8 +112,9 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
     visible = claims.scope.fields if claims is not None else None
 
-    req_json = digest.parse_json(req_content or None)
-    resp_json = digest.parse_json(resp_content or None) if response is not None else None
+    # Parsed once per flow and shared with scope_guard / approval_hold (addon/body.py).
+    req_json = _json(flow, "request") if req_content else None
+    resp_json = _json(flow, "response") if resp_content and response is not None else None
     summary = digest.RerankSummary()
     req_view, resp_view = req_json, resp_json
     if operation == "rerank":
@@ -352,5 +358,8 @@ class SessionRecorder:
 
     def _write(self, flow: http.HTTPFlow, reserved: int) -> None:
         assert self.spool is not None
-        record = build_record(flow, gateway=self.gateway, body_cap=self.body_cap, now=self._clock())
+        try:
+            record = build_record(flow, gateway=self.gateway, body_cap=self.body_cap, now=self._clock())
+        finally:
+            body.forget(flow)  # the recorder is the last reader of the parsed bodies
         self.spool.append(record.to_json_line(), reserved=reserved)

@@ -9,7 +9,6 @@ Hive partitions of the object key (`sessions/dt=YYYY-MM-DD/hour=HH/...`).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
 
@@ -124,8 +123,13 @@ class SessionRecord(_Frozen):
     truncated: bool = False
 
     def to_json_line(self) -> bytes:
-        """One JSON line, every column present (null when unknown) so readers see one shape."""
-        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        """One JSON line, every column present (null when unknown) so readers see one shape.
+
+        pydantic's own serializer writes the same compact UTF-8 JSON as `json.dumps(...,
+        separators=(",", ":"), ensure_ascii=False)` several times faster (a non-finite score is
+        written as null, which JSON readers accept, where json.dumps would write NaN).
+        """
+        return self.model_dump_json().encode() + b"\n"
 
 
 def record_id(gateway: str, flow_id: str) -> str:
