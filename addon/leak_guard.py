@@ -307,6 +307,12 @@ class LeakGuard:
             # The injected credential stays in memory no longer than needed (a 401 retry sets it again).
             flow.metadata.pop(meta.INJECTED_SECRET, None)
 
+    def error(self, flow: http.HTTPFlow) -> None:
+        # A stream cut short never reaches `response`: its masker is no plain data (flow files,
+        # addon/meta.py), and the injected credential is held no longer than the flow.
+        flow.metadata.pop(STREAM, None)
+        flow.metadata.pop(meta.INJECTED_SECRET, None)
+
     def _response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         if resp is None or self.scanner is None:

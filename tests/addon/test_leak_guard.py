@@ -184,6 +184,17 @@ def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
     assert f.response.content == out  # the record sees what was sent, masked
 
 
+def test_stream_cut_short_leaves_only_plain_metadata(guard: LeakGuard) -> None:
+    f = _flow(_rerank("a"))
+    f.metadata[meta.INJECTED_SECRET] = "x" * 24
+    f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    del f.response.headers["content-length"]
+    guard.responseheaders(f)
+    assert STREAM in f.metadata
+    guard.error(f)  # the upstream went away mid-stream: no `response` hook follows
+    assert STREAM not in f.metadata and meta.INJECTED_SECRET not in f.metadata
+
+
 def test_streamed_gzip_response_is_decoded(guard: LeakGuard) -> None:
     tok = _token(5)
     f = _flow(_rerank("a"))
