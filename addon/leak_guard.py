@@ -202,11 +202,17 @@ class LeakGuard:
         """Scan and mask header values in place; the findings (recorded)."""
         found: list[Finding] = []
         literals = self._literals(flow)
-        for name, value in list(message.headers.items(multi=True)):  # type: ignore[no-untyped-call]
+        fields = [
+            (name, value.encode("utf-8", "surrogateescape"))
+            for name, value in message.headers.items(multi=True)  # type: ignore[no-untyped-call]
+            if name.lower() not in _SKIP_HEADERS and not (side == "request" and name.lower() in _CREDENTIAL_HEADERS)
+        ]
+        assert self.scanner is not None
+        # One pass over all values first: most messages have nothing in their headers.
+        if not self.scanner.may_find([raw for _, raw in fields], pii=plan.pii_types, literals=literals):
+            return found
+        for name, raw in fields:
             low = name.lower()
-            if low in _SKIP_HEADERS or (side == "request" and low in _CREDENTIAL_HEADERS):
-                continue
-            raw = value.encode("utf-8", "surrogateescape")
             result = self._scan(raw, plan, literals)
             if result.findings:
                 self._record(flow, plan, f"{side}.header:{low}", result.findings)

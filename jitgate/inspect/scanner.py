@@ -176,6 +176,21 @@ class Scanner:
             self._decoded(buf, result, pii, literals, json_strings)
         return result
 
+    def may_find(self, values: Sequence[bytes], *, pii: Collection[str] = (), literals: Sequence[bytes] = ()) -> bool:
+        """False only when `scan` would find nothing in any of `values` (one engine pass for all).
+
+        The values are joined with `\n`. Every rule's edge conditions (lookbehinds, lookaheads,
+        the `^`/`$` alternatives) accept a `\n` as they accept the edge of a lone value, so a match
+        inside one value is a match in the joined text too; a candidate or a place to decode in
+        the joined text means: scan the values one by one.
+        """
+        if not values:
+            return False
+        joined = b"\n".join(values)
+        if self._candidates(joined, pii, literals):
+            return True
+        return any(rule_id in (0, 1) for rule_id, _ in self._decoder_engine.matches(joined))
+
     def contains_secret(self, buf: bytes, *, literals: Sequence[bytes] = ()) -> ScanResult:
         """The block decision: secrets only, raw first; the decoding pass only when raw is clean.
 
