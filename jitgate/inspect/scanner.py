@@ -31,6 +31,8 @@ _B64_REST = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _URL_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~%+=&/:@-")
 _URL_REST = re.compile(rb"[A-Za-z0-9._~%+=&/:@-]*")
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NUMBER_CHARS = frozenset(b"0123456789+-.eE")
 
 
 class Edit(NamedTuple):
@@ -174,6 +176,8 @@ class Scanner:
         result = ScanResult(findings, [Edit(f.start, f.end, masking.marker(f), f.anchor) for f in findings])
         if decode:
             self._decoded(buf, result, pii, literals, json_strings)
+        if json_strings and result.edits:
+            result.edits = _quote_bare_edits(buf, result.edits)
         return result
 
     def may_find(self, values: Sequence[bytes], *, pii: Collection[str] = (), literals: Sequence[bytes] = ()) -> bool:
@@ -335,6 +339,30 @@ def _b64(blob: bytes) -> bytes | None:
         return base64.b64decode(blob + b"=" * (-len(blob) % 4))
     except (binascii.Error, ValueError):
         return None
+
+
+def _quote_bare_edits(buf: bytes, edits: list[Edit]) -> list[Edit]:
+    """In JSON text, a match outside every string lies in a number (`"password": 8412.5e3`):
+    replace the whole number with a quoted marker, so the masked body is still JSON."""
+    spans = [(m.start(), m.end()) for m in _JSON_STRING.finditer(buf)]
+    starts = [start for start, _ in spans]
+    out: list[Edit] = []
+    covered = -1
+    for e in sorted(edits, key=lambda e: e.start):
+        i = bisect.bisect_right(starts, e.start) - 1
+        if i >= 0 and spans[i][0] <= e.start < spans[i][1]:  # in a string, or a whole string
+            out.append(e)
+            continue
+        start, end = e.start, e.end
+        while start > 0 and buf[start - 1] in _NUMBER_CHARS:
+            start -= 1
+        while end < len(buf) and buf[end] in _NUMBER_CHARS:
+            end += 1
+        if start < covered:  # a second finding in a number already replaced whole
+            continue
+        out.append(Edit(start, end, b'"' + e.replacement + b'"', e.anchor))
+        covered = end
+    return out
 
 
 def _is_text(data: bytes) -> bool:

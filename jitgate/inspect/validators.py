@@ -76,11 +76,16 @@ def github_checksum(value: bytes) -> bool:
     return bytes(reversed(out)) == check
 
 
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
 def generic_secret(value: bytes) -> bool:
     """A keyword-gated value: long and random enough, not code, not a placeholder."""
     if len(value) < 8 or entropy(value) < min(3.0, 0.8 * math.log2(len(value))):
         return False
     if _DOTTED_IDENT.fullmatch(value) or _UPPER_IDENT.fullmatch(value) or _WORDS.fullmatch(value):
+        return False
+    if _NUMBER.fullmatch(value):  # `"credential": 11547274426668.0` is a number, not a key
         return False
     return sum(1 for cls in _CLASSES if cls.search(value)) >= 2
 

@@ -140,3 +140,16 @@ def test_tagger_is_hmac_sha256(key_len: int) -> None:
     key = secrets.token_bytes(key_len)
     for value in (b"", b"x", secrets.token_bytes(100)):
         assert Tagger(key)(value) == hmac.new(key, value, hashlib.sha256).hexdigest()[:TAG_CHARS]
+
+
+def test_pii_in_a_bare_json_number_is_masked_as_a_quoted_marker(scanner: Scanner) -> None:
+    raw = b'{"card": 4111111111111111, "score": 0.5, "n": [1, 4111111111111111.0]}'
+    out = json.loads(scanner.scan(raw, pii=("card",), json_strings=True).masked(raw))
+    assert out["card"].startswith("[REDACTED:card:") and out["score"] == 0.5
+    assert out["n"][0] == 1 and out["n"][1].startswith("[REDACTED:card:")
+
+
+def test_a_number_under_a_secret_keyword_is_no_generic_secret(scanner: Scanner) -> None:
+    raw = b'{"credential": 11547274426668.0, "password": -2.5e-07}'
+    result = scanner.scan(raw, json_strings=True)
+    assert result.findings == [] and json.loads(result.masked(raw)) == json.loads(raw)
