@@ -1,8 +1,7 @@
 """The jitgate addon chain, for `mitmdump -s addon/jitgate_addons.py`.
 
 Order matters (DESIGN.md, addon/meta.py): each request hook skips flows an earlier addon
-answered; response hooks run in the same order. The marked places are filled by the engineers
-who own those addons; until then the chain runs without them. Every addon is wrapped by
+answered; response hooks run in the same order. Every addon is wrapped by
 `fail_closed` (addon/failsafe.py): a hook that raises refuses its flow instead of letting
 mitmproxy skip the rest of the chain and forward it.
 """
