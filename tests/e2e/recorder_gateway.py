@@ -94,6 +94,9 @@ class Gateway:
                 self.kill()
 
     def __enter__(self) -> Gateway:
+        # `with gw.start():` must not start a second mitmdump and orphan the first.
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
