@@ -394,7 +394,9 @@ class Load:
     `log` holds (start, end, status, code, marker) per request, start/end in time.monotonic().
     """
 
-    def __init__(self, make_client: Callable[[], httpx.Client], upstream_url: str, threads: int = 4) -> None:
+    def __init__(
+        self, make_client: Callable[[], httpx.Client], upstream_url: str, threads: int = 4, pause: float = 0.1
+    ) -> None:
         import secrets
         import threading
 
@@ -405,6 +407,9 @@ class Load:
         self._url = upstream_url
         self._token = secrets.token_hex(3)
         self._n = 0
+        # Paced, not flat out: the test token's budget is 1,000 requests (the dev policy's
+        # max_requests), and an idle machine would spend it within a 30 s fault window.
+        self._pause = pause
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def __enter__(self) -> Load:
@@ -440,7 +445,7 @@ class Load:
                     status, code = 0, type(exc).__name__
                 with self._lock:
                     self.log.append((begin, time.monotonic(), status, code, marker))
-                time.sleep(0.01)
+                time.sleep(self._pause)
 
 
 def outcome_counts(log: list[tuple[float, float, int, str, str]]) -> dict[tuple[int, str], int]:
