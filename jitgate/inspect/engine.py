@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Protocol
 
 from jitgate.inspect.rules import Rule
@@ -94,7 +96,7 @@ def _trigger(rule: Rule) -> tuple[re.Pattern[bytes], bool] | None:
     `re` finds a case-insensitive keyword alternation slowly; the same keywords in lower case
     over `buf.lower()` (same length, same offsets) are found several times faster.
     """
-    if not rule.trigger or rule.hs:
+    if not rule.trigger:
         return None
     text = rule.trigger
     if text.startswith("(?i:"):
@@ -144,15 +146,24 @@ class HyperscanEngine:
     def som_rules(self) -> int:
         return sum(self._som)
 
+    def reports(self, buf: bytes) -> list[tuple[int, int, int]]:
+        """(rule index, start or -1 without start of match, end) of every report, sorted."""
+        hits: list[tuple[int, int, int]] = []
+        add = hits.append
+
+        def on_match(rule_id: int, start: int, end: int, flags: int, context: Any) -> None:
+            add((rule_id, start, end))
+
+        self._db.scan(buf, match_event_handler=on_match)
+        hits.sort()
+        return hits
+
     def regions(self, buf: bytes) -> dict[int, list[tuple[int, int]]]:
         """Candidate regions per rule index, as reported."""
         hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
         som, back, ahead = self._som, self._back, self._ahead
-
-        def on_match(rule_id: int, start: int, end: int, flags: int, context: Any) -> None:
+        for rule_id, start, end in self.reports(buf):
             hits[rule_id].append((start if som[rule_id] else max(0, end - back[rule_id]), end + ahead[rule_id]))
-
-        self._db.scan(buf, match_event_handler=on_match)
         return hits
 
     @staticmethod
@@ -181,11 +192,24 @@ class HyperscanEngine:
 
     def matches(self, buf: bytes) -> list[RuleMatch]:
         out: list[RuleMatch] = []
-        for rule_id, regions in sorted(self.regions(buf).items()):
-            rule = self.rules[rule_id]
-            if rule.trigger:
-                out.extend((rule_id, m) for m in at_starts(buf, rule, [a for a, _ in regions]))
+        add = out.append
+        rules, som, back, ahead = self.rules, self._som, self._back, self._ahead
+        # Reports come sorted by rule, then start: one run per rule.
+        for rule_id, run in groupby(self.reports(buf), key=itemgetter(0)):
+            rule = rules[rule_id]
+            if rule.trigger:  # `at_starts` over the run's starts, inlined (one call per report adds up)
+                match = rule.regex.match
+                last_end = -1
+                for _, start, _ in run:
+                    if start >= last_end:
+                        m = match(buf, start)
+                        if m is not None:
+                            add((rule_id, m))
+                            last_end = m.end() if m.end() > start else start + 1
                 continue
+            regions = [
+                (start if som[rule_id] else max(0, end - back[rule_id]), end + ahead[rule_id]) for _, start, end in run
+            ]
             for a, b in self._merge(regions):
                 out.extend((rule_id, m) for m in self._confirm(buf, rule, a, b))
         return out

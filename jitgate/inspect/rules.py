@@ -10,7 +10,7 @@ Python's `re` confirm, so both engines return the same matches.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
@@ -30,7 +30,8 @@ _B64R = r"(?![A-Za-z0-9+/=])"
 # An assignment, escape-aware: `key = v`, `key: v`, `"key": "v"`, `\"key\": \"v\"` (JSON in JSON).
 _ASSIGN_OP = r"""\\?["']?[ \t]{0,4}(?::=|=>|[:=])"""
 _ASSIGN = _ASSIGN_OP + r"""[ \t]{0,4}\\?["']?"""
-_VALUE = r"""(?P<s>[^\s"'\\`,;(){}\[\]<>$|]{8,128})(?=[\s"'\\`,;)}\]>|]|$)"""
+_VALUE_CHARS = r"""[^\s"'\\`,;(){}\[\]<>$|]"""
+_VALUE = rf"""(?P<s>{_VALUE_CHARS}{{8,128}})(?=[\s"'\\`,;)}}\]>|]|$)"""
 _KEYWORDS = (
     r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
     r"access_key|private_key|auth_token|access_token|refresh_token|token|credentials?)"
@@ -189,14 +190,17 @@ SECRET_RULES: tuple[Rule, ...] = (
         "secret",
         r"https://hooks\.slack\.com/(?:services|workflows|triggers)/T[A-Z0-9]{8,12}/B[A-Z0-9]{8,12}/[A-Za-z0-9]{24}"
         + _R,
+        trigger=r"https://hooks\.slack\.com/",
     ),
     Rule(
         "discord_webhook",
         "secret",
         r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_-]{60,68}" + _RD,
+        trigger=r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/",
     ),
     Rule("telegram_bot_token", "secret", _lb("0-9") + rf"[0-9]{{8,10}}:AA[A-Za-z0-9_-]{{33}}{_RD}"),
-    _prefixed("twilio_api_key", "SK", "[0-9a-f]{32}", right=_R),
+    # `SK` starts many words: Hyperscan looks for the whole key, so it reports few false starts.
+    replace(_prefixed("twilio_api_key", "SK", "[0-9a-f]{32}", right=_R), hs="SK[0-9a-f]{32}"),
     _context("twilio_auth_token", r"twilio_?auth_?token", "[a-f0-9]{32}"),
     _prefixed("sendgrid_api_key", r"SG\.", r"[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"),
     _prefixed("mailgun_api_key", "key-", "[0-9a-f]{32}", right=_R),
@@ -215,7 +219,9 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("openai_project_key", "sk-proj-", "[A-Za-z0-9_-]{40,200}"),
     _prefixed("openai_service_account_key", "sk-svcacct-", "[A-Za-z0-9_-]{40,200}"),
     _prefixed("openai_admin_key", "sk-admin-", "[A-Za-z0-9_-]{40,200}"),
-    _prefixed("openai_legacy_key", "sk-", "[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}"),
+    replace(
+        _prefixed("openai_legacy_key", "sk-", "[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}"), hs="sk-[A-Za-z0-9]{20}T3BlbkFJ"
+    ),
     _prefixed("anthropic_api_key", "sk-ant-api03-", "[A-Za-z0-9_-]{93}AA"),
     _prefixed("anthropic_admin_key", "sk-ant-admin01-", "[A-Za-z0-9_-]{93}AA"),
     _prefixed("huggingface_token", "hf_", "[A-Za-z]{34}"),
@@ -292,6 +298,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         v.generic_secret,
         priority=9,
         trigger=_KEYWORDS + _ASSIGN_OP,
+        # Keywords are common words: Hyperscan also looks for the shortest value after them.
+        hs=_KEYWORDS + _ASSIGN + _VALUE_CHARS + "{8}",
     ),
 )
 

@@ -53,6 +53,27 @@ def entropy(value: bytes) -> float:
     return math.log2(n) - sum([_CLOG[value.count(b)] for b in set(value)]) / n
 
 
+# Slack for float rounding: `entropy` sums up to 128 terms of a few bits each, each off by ULPs.
+_EPSILON = 1e-9
+
+
+def entropy_at_least(value: bytes, bits: float) -> bool:
+    """`entropy(value) >= bits`, mostly without counting each byte.
+
+    With n bytes of k distinct values, the entropy is at most log2(k) (all equally often) and
+    at least what one value n-k+1 times and the others once give; only a value between the
+    two bounds (by more than float rounding) is counted.
+    """
+    n = len(value)
+    k = len(set(value))
+    if k > 1 and n < len(_CLOG):
+        if math.log2(n) - _CLOG[n - k + 1] / n >= bits + _EPSILON:
+            return True
+        if math.log2(k) < bits - _EPSILON:
+            return False
+    return entropy(value) >= bits
+
+
 _PLACEHOLDER_RE = re.compile(b"|".join(re.escape(p) for p in _PLACEHOLDERS))
 # Template variables stand in for a value: `{pw}`, `$PASSWORD`, `%(password)s`, `%s`.
 _TEMPLATE = re.compile(rb"\{[A-Za-z_][\w.]*\}|\$[A-Za-z_]\w*|%(?:\(\w+\))?s")
@@ -81,17 +102,23 @@ _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 def generic_secret(value: bytes) -> bool:
     """A keyword-gated value: long and random enough, not code, not a placeholder."""
-    if len(value) < 8 or entropy(value) < min(3.0, 0.8 * math.log2(len(value))):
+    if len(value) < 8 or not entropy_at_least(value, min(3.0, 0.8 * math.log2(len(value)))):
         return False
     if _DOTTED_IDENT.fullmatch(value) or _UPPER_IDENT.fullmatch(value) or _WORDS.fullmatch(value):
         return False
     if _NUMBER.fullmatch(value):  # `"credential": 11547274426668.0` is a number, not a key
         return False
-    return sum(1 for cls in _CLASSES if cls.search(value)) >= 2
+    classes = 0
+    for cls in _CLASSES:  # at least two character classes
+        if cls.search(value):
+            classes += 1
+            if classes == 2:
+                return True
+    return False
 
 
 def high_entropy(value: bytes) -> bool:
-    return entropy(value) >= 3.0
+    return entropy_at_least(value, 3.0)
 
 
 def jwt(value: bytes) -> bool:

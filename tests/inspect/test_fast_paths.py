@@ -1,0 +1,203 @@
+"""The shortcuts of the block decision and of masking return exactly what the plain computation does.
+
+Each shortcut is checked against the computation it replaces: the entropy bounds against the
+entropy, the local "inside a JSON string" test against matching every string from the start,
+markers found by the engines against `MARKER.finditer`, the Hyperscan patterns that report
+fewer false starts against the pure-`re` engine, and the block decision against a raw,
+secrets-only scan (then the decoding pass when raw is clean).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jitgate.inspect import Scanner
+from jitgate.inspect import scanner as scanner_module
+from jitgate.inspect import validators as v
+from jitgate.inspect.masking import MARKER
+from tests.inspect import corpus
+
+_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The string pattern before the shortcut (the reference the local test is checked against).
+_PLAIN_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+# -- entropy bounds --------------------------------------------------------------------------------
+
+
+@given(
+    value=st.one_of(
+        st.binary(min_size=0, max_size=300),
+        st.text(alphabet="ab", max_size=64).map(str.encode),
+        st.text(alphabet="0123456789abcdef", min_size=8, max_size=64).map(str.encode),
+    ),
+    bits=st.sampled_from([0.0, 1.0, 2.5, 3.0, 3.5, 4.0, 5.0, 8.0]),
+)
+@settings(max_examples=500)
+def test_entropy_at_least_is_the_entropy_compared(value: bytes, bits: float) -> None:
+    assert v.entropy_at_least(value, bits) is (v.entropy(value) >= bits)
+
+
+@pytest.mark.parametrize("n", [8, 9, 12, 14, 20, 32, 40, 64, 128])
+def test_entropy_at_least_at_the_generic_threshold(n: int) -> None:
+    """Values built to sit near `min(3.0, 0.8 * log2(n))`, where the bounds must not decide wrongly."""
+    bits = min(3.0, 0.8 * math.log2(n))
+    rng = random.Random(n)
+    for k in range(1, min(n, 40) + 1):
+        for _ in range(20):
+            alphabet = rng.sample(corpus.ALNUM, k)
+            value = ("".join(alphabet) + "".join(rng.choices(alphabet, k=n - k))).encode()
+            assert v.entropy_at_least(value, bits) is (v.entropy(value) >= bits)
+
+
+# -- inside a JSON string --------------------------------------------------------------------------
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet='0123456789 .,:-+eE[]{}"\\/abcxyz\n\t', max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+def _in_string(buf: bytes) -> list[bool]:
+    inside = [False] * len(buf)
+    for m in _PLAIN_STRING.finditer(buf):
+        inside[m.start() : m.end()] = [True] * (m.end() - m.start())
+    return inside
+
+
+@_SETTINGS
+@given(value=_json_values, indent=st.sampled_from([None, 1]))
+def test_clearly_in_string_only_inside_strings(value: object, indent: int | None) -> None:
+    buf = json.dumps(value, indent=indent).encode()
+    inside = _in_string(buf)
+    for pos in range(len(buf)):
+        if scanner_module._clearly_in_string(buf, pos):
+            assert inside[pos], (buf, pos)
+
+
+def _quote_bare_plain(buf: bytes, edits: list[scanner_module.Edit]) -> list[scanner_module.Edit]:
+    """`_quote_bare_edits` as it was: every string matched from the start of the text."""
+    import bisect
+
+    spans = [(m.start(), m.end()) for m in _PLAIN_STRING.finditer(buf)]
+    starts = [start for start, _ in spans]
+    out: list[scanner_module.Edit] = []
+    covered = -1
+    for e in sorted(edits, key=lambda e: e.start):
+        i = bisect.bisect_right(starts, e.start) - 1
+        if i >= 0 and spans[i][0] <= e.start < spans[i][1]:
+            out.append(e)
+            continue
+        start, end = e.start, e.end
+        while start > 0 and buf[start - 1] in scanner_module._NUMBER_CHARS:
+            start -= 1
+        while end < len(buf) and buf[end] in scanner_module._NUMBER_CHARS:
+            end += 1
+        if start < covered:
+            continue
+        out.append(scanner_module.Edit(start, end, b'"' + e.replacement + b'"', e.anchor))
+        covered = end
+    return out
+
+
+@_SETTINGS
+@given(value=_json_values, data=st.data())
+def test_quote_bare_edits_as_before_on_json(value: object, data: st.DataObject) -> None:
+    buf = json.dumps(value).encode()
+    digits = [m.span() for m in re.finditer(rb"[0-9]{2,}", buf)]
+    if not digits:
+        return
+    picked = data.draw(st.lists(st.sampled_from(digits), unique=True, max_size=6))
+    edits = [scanner_module.Edit(a, b, b"[REDACTED:card:0123456789]") for a, b in picked]
+    assert scanner_module._quote_bare_edits(buf, edits) == _quote_bare_plain(buf, edits)
+
+
+def test_pii_masked_in_numbers_and_in_strings_that_look_like_numbers(scanner: Scanner) -> None:
+    card = "4111111111111111"
+    raw = json.dumps({"a": f", {card}, ", "b": [1, int(card)], "c": f"[{card}]", "d": f": {card}}}"}).encode()
+    result = scanner.scan(raw, pii=("card",), json_strings=True)
+    out = json.loads(result.masked(raw))
+    assert len(result.findings) == 4
+    assert out["a"].startswith(", [REDACTED:card:") and out["b"][1].startswith("[REDACTED:card:")
+    assert out["c"].startswith("[[REDACTED:card:") and out["d"].startswith(": [REDACTED:card:")
+
+
+# -- markers found by the engines ------------------------------------------------------------------
+
+
+def test_engines_find_markers_as_marker_finditer(scanner: Scanner) -> None:
+    rng = random.Random(3)
+    once = scanner.scan(corpus.rerank_body(11, documents=12, secret_rate=0.8).encode(), json_strings=True)
+    raw = once.masked(corpus.rerank_body(11, documents=12, secret_rate=0.8).encode())
+    tag = bytes(rng.choices(b"0123456789abcdef", k=10))
+    raw += b" [REDACTED:x:0123] [REDACTED:ok_type:" + tag + b"] [REDACTED:[REDACTED:a:" + tag + b"]"
+    found = [(c.start, c.end) for c in scanner._candidates(raw, (), ()) if c.kind == "marker"]
+    assert found == [m.span() for m in MARKER.finditer(raw)] and len(found) >= 3
+
+
+def test_may_find_ignores_markers_alone(scanner: Scanner) -> None:
+    assert not scanner.may_find([b"[REDACTED:github_pat:0123456789]", b"keep-alive"])
+
+
+# -- Hyperscan patterns that report fewer false starts ---------------------------------------------
+
+_GENERIC_PARTS = [
+    "password", "PASSWORD", "client_secret", "secret_key", "secret", "api_key", "token", "access_token",
+    "credentials", "pwd", "passwd", ":", "=", ":=", "=>", " ", "\t", '"', "'", "\\", '\\"', "\n", "(", ")",
+    "get_password()", "abc", "x1Y2z3W4v5", "EXAMPLE", "${TOKEN}", "Zq8", "-", "_", ",", ";", "SK", "sk-",
+    "0123456789abcdef", "T3BlbkFJ", "https://hooks.slack.com/", "https://discord.com/api/webhooks/",
+    "services/T0123ABCD/B0123ABCD/", "123456789012345678/",
+]
+
+
+@_SETTINGS
+@given(parts=st.lists(st.sampled_from(_GENERIC_PARTS), max_size=40), seed=st.integers(0, 2**16))
+def test_both_engines_agree_around_keywords_and_prefixes(
+    hs_scanner: Scanner, re_scanner: Scanner, parts: list[str], seed: int
+) -> None:
+    rng = random.Random(seed)
+    for i in range(len(parts)):
+        if rng.random() < 0.2:
+            parts[i] = "".join(rng.choices(corpus.ALNUM + "-_", k=rng.randint(1, 70)))
+    raw = "".join(parts).encode()
+    assert hs_scanner.contains_secret(raw).findings == re_scanner.contains_secret(raw).findings
+    assert hs_scanner.scan(raw).findings == re_scanner.scan(raw).findings
+
+
+# -- the block decision ----------------------------------------------------------------------------
+
+
+def _block_reference(scanner: Scanner, raw: bytes) -> list[object]:
+    """Raw secrets first (no decoding, no PII); when there are none, what decoding finds."""
+    raw_found = scanner.scan(raw, decode=False).findings
+    if raw_found:
+        return list(raw_found)
+    return list(scanner.scan(raw, json_strings=True).findings)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), rate=st.sampled_from([0.0, 0.01, 0.2, 0.8]))
+def test_block_decision_is_the_raw_secret_scan(
+    hs_scanner: Scanner, re_scanner: Scanner, seed: int, rate: float
+) -> None:
+    body = corpus.rerank_body(seed, documents=12, secret_rate=rate, pii_rate=0.5)
+    raw = body.encode()
+    found = hs_scanner.contains_secret(raw).findings
+    assert found == _block_reference(hs_scanner, raw)
+    assert found == re_scanner.contains_secret(raw).findings
+    assert all(f.kind == "secret" for f in found)
+    for p in body.planted:  # the generator plants secrets where raw scanning sees them
+        for a, b in corpus.occurrences(raw, p.value) if p.kind == "secret" else ():
+            assert any(f.start <= a and b <= f.end for f in found), p.type
