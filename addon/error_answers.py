@@ -5,10 +5,16 @@ mitmproxy writes those answers in its HTTP/1 server layer, after the `error` hoo
 change them; the only seam is the module function that builds them, which `install()` replaces.
 The message is a fixed sentence per status: mitmproxy's own text can name internal hosts.
 tests/reliability/test_upstream.py fails if a mitmproxy upgrade moves the seam.
+
+The builder is not told which flow it answers. An addon that knows better (upstream_timeout: the
+gateway itself cut a silent upstream) calls `answer_as(504)` from the flow's `error` hook: mitmproxy
+runs the `error` hooks and then builds the answer in the same asyncio task (the hook task), so a
+context variable set in the hook reaches the builder and no other connection. It is used once.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 
 from mitmproxy import http, version
@@ -22,10 +28,25 @@ ANSWERS = {
     504: ("upstream_timeout", "the upstream did not answer in time"),
 }
 _FALLBACK = ("gateway_error", "the gateway could not complete the request")
+# Only a 502 (upstream closed or unreachable) may be re-labelled: the gateway closed it itself.
+_RELABEL_FROM = 502
+_override: contextvars.ContextVar[int | None] = contextvars.ContextVar("jitgate_error_answer", default=None)
+
+
+def answer_as(status_code: int) -> None:
+    """Call from an `error` hook: this flow's coming 502 from mitmproxy goes out as `status_code`."""
+    if status_code not in ANSWERS:
+        raise ValueError(f"no JSON answer for status {status_code}")
+    _override.set(status_code)
 
 
 def json_error_response(status_code: int, message: str = "") -> bytes:
     """The bytes of an HTTP/1 error answer; `message` (mitmproxy's text) is deliberately not used."""
+    override = _override.get()
+    if override is not None:
+        _override.set(None)  # once: tasks started later from this one must not inherit it
+        if status_code == _RELABEL_FROM:
+            status_code = override
     code, text = ANSWERS.get(status_code, _FALLBACK)
     resp = http.Response.make(
         status_code,

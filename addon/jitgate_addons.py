@@ -16,6 +16,7 @@ from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
+from addon.upstream_timeout import UpstreamTimeout
 
 error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
 
@@ -25,5 +26,9 @@ leak_guard = fail_closed(LeakGuard())
 approval_hold = fail_closed(ApprovalHold())
 credential_inject = fail_closed(CredentialInject())
 session_recorder = fail_closed(SessionRecorder())
+# Last: its timer starts once every request hook (and any approval hold) is through.
+upstream_timeout = fail_closed(UpstreamTimeout())
 
-addons = [token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder]
+addons = [
+    token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
+]

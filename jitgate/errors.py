@@ -192,6 +192,20 @@ class UpstreamResponseInvalid(JitgateError):
     status = 502
 
 
+class UpstreamResponseTooLarge(JitgateError):
+    """The upstream's response decodes to more than the gateway inspects (a decompression bomb), so it is withheld."""
+
+    code = "upstream_response_too_large"
+    status = 502
+
+
+class UpstreamTimeout(JitgateError):
+    """The upstream sent no response headers within the gateway's upstream timeout."""
+
+    code = "upstream_timeout"
+    status = 504
+
+
 # -- broker (issuance, revocation) -----------------------------------------------------------------
 
 

@@ -319,6 +319,7 @@ class FaultyUpstream:
 
         self.mode = mode
         self.accepted = 0
+        self.closed = 0  # "hang": connections the gateway closed while the upstream said nothing
         self._release = threading.Event()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self._ca_pem: bytes = ca.cert_pem.bytes()
@@ -370,7 +371,7 @@ class FaultyUpstream:
                     return
                 data += chunk
             if self.mode == "hang":
-                self._release.wait(120)
+                self._hang(conn)
             elif self.mode == "ok":
                 body = b'{"results": []}'
                 conn.sendall(
@@ -381,6 +382,20 @@ class FaultyUpstream:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         with contextlib.suppress(OSError):
             raw.close()
+
+    def _hang(self, conn: Any) -> None:
+        """Say nothing until `release()`; count it when the gateway closes the connection first."""
+        conn.settimeout(0.2)
+        while not self._release.is_set():
+            try:
+                if not conn.recv(65536):
+                    self.closed += 1
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                self.closed += 1
+                return
 
     def close(self) -> None:
         self._closed = True

@@ -1,10 +1,10 @@
 """The upstream resets connections or never answers, under load through the full chain.
 
 A reset is a prompt 502 with jitgate's JSON `{code: upstream_unavailable, message}`
-(addon/error_answers.py), a silent upstream is cut at mitmproxy's `tcp_timeout`, the gateway stays
-up and serves the next requests, nothing is retried blindly, and every flow has its session record
-(error `upstream_error`). A 504 for a silent upstream is an open gap, kept as a strict xfail so it
-flips when fixed.
+(addon/error_answers.py); a silent upstream gets 504 `{code: upstream_timeout, message}` once
+`jitgate_upstream_timeout` passes (addon/upstream_timeout.py) and its connection is closed. The
+gateway stays up, nothing is retried blindly, and every flow has its session record (error
+`upstream_error` / `upstream_timeout`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jitgate.devstack.gateway import Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from tests.reliability.harness import FaultyUpstream, client, full_gateway, records, wait_for, write_policy
 
+UPSTREAM_TIMEOUT = "1500ms"
 BODY = {"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]}
 
 
@@ -34,9 +35,11 @@ def faulty(
 ) -> Iterator[tuple[FaultyUpstream, Gateway, Path, str, str]]:
     up = FaultyUpstream(trustme.CA(), request.param)
     gateway_id = f"rel-up-{request.param}-" + secrets.token_hex(3)
+    # tcp_timeout well past the upstream timeout: a 504 can only come from jitgate's own timer.
     gw = full_gateway(
         tmp_path, policy=write_policy(tmp_path, oidc_issuer.url, up), upstream=up,  # type: ignore[arg-type]
-        broker=broker, stack=aws_stack, moto=moto_server, gateway_id=gateway_id, tcp_timeout="3",
+        broker=broker, stack=aws_stack, moto=moto_server, gateway_id=gateway_id, tcp_timeout="30",
+        jitgate_upstream_timeout=UPSTREAM_TIMEOUT,
     )
     try:
         with gw:
@@ -96,16 +99,17 @@ def test_upstream_resets_are_prompt_502s_and_recorded(
 
 
 @pytest.mark.parametrize("faulty", ["hang"], indirect=True)
-def test_silent_upstream_is_cut_at_tcp_timeout_and_recorded(
+def test_silent_upstream_under_load_is_504_and_recorded(
     faulty: tuple[FaultyUpstream, Gateway, Path, str, str], aws_stack: Stack, moto_server: str, tmp_path: Path
 ) -> None:
     up, gw, bundle, token, gateway_id = faulty
-    answers = _send_many(gw, bundle, token, up.url, 4, 4)
-    assert len(answers) == 4 and all(s in (0, 502, 504) for s, _ in answers), answers  # never a hang, never a 200
-    up.release()
-    recs = _flow_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", 4)
-    assert len(recs) == 4 and {r["status"] for r in recs} <= {0, 502, 504}
-    assert {r["error"] for r in recs} <= {"upstream_error", "upstream_timeout", "flow_killed"}
+    answers = _send_many(gw, bundle, token, up.url, 8, 4)
+    assert answers == [(504, "application/json")] * 8, answers  # never a hang, never a 200, never a bare close
+    assert up.accepted == 8  # each request went out once: a timed-out request is not retried
+    assert wait_for(lambda: up.closed == 8, 10), up.closed  # every silent connection was closed by the gateway
+    recs = _flow_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", 8)
+    assert len(recs) == 8
+    assert {(r["status"], r["error"], r["decision"]) for r in recs} == {(0, "upstream_timeout", "blocked")}
 
 
 @pytest.mark.parametrize("faulty", ["reset"], indirect=True)
@@ -118,10 +122,20 @@ def test_upstream_reset_answer_is_json(faulty: tuple[FaultyUpstream, Gateway, Pa
     assert "127.0.0.1" not in resp.text  # mitmproxy's own text (hosts, reasons) is not passed on
 
 
-@pytest.mark.xfail(strict=True, reason="GAP: no upstream response timeout; mitmproxy closes at tcp_timeout, no 504")
 @pytest.mark.parametrize("faulty", ["hang"], indirect=True)
-def test_silent_upstream_answer_is_504_json(faulty: tuple[FaultyUpstream, Gateway, Path, str, str]) -> None:
-    up, gw, bundle, token, _ = faulty
+def test_silent_upstream_answer_is_504_json(
+    faulty: tuple[FaultyUpstream, Gateway, Path, str, str], aws_stack: Stack, moto_server: str, tmp_path: Path
+) -> None:
+    up, gw, bundle, token, gateway_id = faulty
     with client(gw, bundle, token) as c:
         resp = c.post(f"{up.url}/v2/rerank", json=BODY)
-    assert resp.status_code == 504 and set(resp.json()) == {"code", "message"}
+    assert resp.status_code == 504 and resp.headers["content-type"] == "application/json"
+    assert resp.json() == {"code": "upstream_timeout", "message": "the upstream did not answer in time"}
+    assert token not in resp.text and "127.0.0.1" not in resp.text
+    assert wait_for(lambda: up.closed >= 1, 10), "the gateway left the silent upstream's connection open"
+    [rec] = _flow_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", 1)
+    assert (rec["status"], rec["error"], rec["decision"]) == (0, "upstream_timeout", "blocked")
+    assert rec["sub"] and rec["jti"]
+    assert not any(token in line for line in gw.log)
+    assert not any("crashed" in line or "Traceback" in line for line in gw.log), "\n".join(gw.log)
+    assert any("upstream_timeout" in line for line in gw.log)  # the gateway says why it answered 504

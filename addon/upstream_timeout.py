@@ -1,0 +1,140 @@
+"""upstream_timeout: an upstream that takes the request and then says nothing gets 504, not a hang.
+
+mitmproxy has no response timeout: a silent upstream holds the flow until `tcp_timeout` (600 s)
+and then the client's connection is simply closed. This addon, last in the chain, starts a timer
+when a flow leaves the request hooks; a flow held for approval (approval_hold intercepts it)
+starts its timer only when it is resumed, so a hold is never timed out here. Response headers,
+an answer from the gateway itself or an error cancel the timer; a slow or streamed body after the
+headers is not cut. When `jitgate_upstream_timeout` passes first, the flow is marked
+`upstream_timeout` (so its session record says so), its upstream connection is closed
+(addon/upstream_conn.py), and the 502 mitmproxy then writes goes out as 504 JSON
+`{code: upstream_timeout, message}` (addon/error_answers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+from mitmproxy import ctx, http
+from mitmproxy.addonmanager import Loader
+
+from addon import error_answers, meta, settings
+from addon.upstream_conn import close_upstream
+from jitgate.errors import UpstreamTimeout as UpstreamTimeoutError
+
+logger = logging.getLogger(__name__)
+
+OPTION = "jitgate_upstream_timeout"
+DEFAULT = "60s"
+MAX_SECONDS = 3600.0
+
+
+def parse_timeout(text: str) -> float:
+    """Seconds from `"60s"`, `"1500ms"` or `"2.5"` (seconds); ValueError unless 0 < value <= 3600 s.
+
+    A string because mitmproxy's `--set` cannot parse a float option.
+    """
+    value = text.strip().lower()
+    scale = 1.0
+    if value.endswith("ms"):
+        value, scale = value[:-2], 0.001
+    elif value.endswith("s"):
+        value = value[:-1]
+    try:
+        seconds = float(value.strip()) * scale
+    except ValueError:
+        raise ValueError(f"{OPTION} must look like 60s, 1500ms or 2.5, not {text!r}") from None
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"{OPTION} must be more than 0 and at most {MAX_SECONDS:.0f} s")
+    return seconds
+
+
+class UpstreamTimeout:
+    def __init__(
+        self,
+        *,
+        close: Callable[[http.HTTPFlow], bool] = close_upstream,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._close = close
+        self._sleep = sleep
+        self.timeout = parse_timeout(DEFAULT)
+        self.timers: dict[str, asyncio.Task[None]] = {}  # flow id -> its running timer
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            OPTION, str, DEFAULT,
+            "How long the gateway waits for the upstream's response headers after sending a request "
+            "(60s, 1500ms, 2.5); then the client gets 504 upstream_timeout and the upstream connection is closed.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if OPTION in updated:
+            try:
+                self.timeout = parse_timeout(ctx.options.jitgate_upstream_timeout)
+            except ValueError as exc:
+                raise settings.options_error(str(exc)) from None
+
+    def done(self) -> None:
+        for task in self.timers.values():
+            task.cancel()
+        self.timers.clear()
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return  # answered by the gateway: nothing goes upstream
+        self._cancel(flow)
+        self.timers[flow.id] = asyncio.get_running_loop().create_task(self._watch(flow))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._cancel(flow)
+        if self._timed_out(flow) and flow.killable:
+            # The headers came after the timer fired but before the close landed: nothing of
+            # this answer goes out (the record already says upstream_timeout).
+            flow.kill()  # type: ignore[no-untyped-call]
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._cancel(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._cancel(flow)
+        if self._timed_out(flow):
+            error_answers.answer_as(UpstreamTimeoutError.status)
+
+    # -- the timer ----------------------------------------------------------------------------
+
+    async def _watch(self, flow: http.HTTPFlow) -> None:
+        await flow.wait_for_resume()  # type: ignore[no-untyped-call]  # held for approval: not sent yet
+        await self._sleep(self.timeout)
+        self.timers.pop(flow.id, None)
+        self.expire(flow)
+
+    def expire(self, flow: http.HTTPFlow) -> bool:
+        """The timer passed: mark `flow` timed out and close its upstream; False when it no longer waits."""
+        if flow.response is not None or flow.error is not None or not flow.live or meta.ERROR in flow.metadata:
+            return False
+        flow.metadata[meta.ERROR] = UpstreamTimeoutError.code
+        logger.warning(
+            "jitgate: no response headers from %s within %.3g s; flow %s answered 504 upstream_timeout",
+            flow.request.pretty_host, self.timeout, flow.id,
+        )
+        if not self._close(flow):
+            logger.error("jitgate: the upstream connection of flow %s could not be closed", flow.id)
+        return True
+
+    def _cancel(self, flow: http.HTTPFlow) -> None:
+        task = self.timers.pop(flow.id, None)
+        if task is not None:
+            task.cancel()
+
+    @staticmethod
+    def _timed_out(flow: http.HTTPFlow) -> bool:
+        return flow.metadata.get(meta.ERROR) == UpstreamTimeoutError.code
+
+
+addons = [UpstreamTimeout()]

@@ -1,0 +1,262 @@
+"""upstream_timeout: the option, the timer's life (held, answered, cancelled, fired), the 504 label,
+and the mitmproxy internals it leans on (so an upgrade that moves them fails here, loudly).
+
+The timer's sleep is a gate the test opens, so nothing here waits on the wall clock. The real
+mitmdump run is tests/reliability/test_upstream.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.addons import proxyserver
+from mitmproxy.proxy import mode_servers, server
+from mitmproxy.proxy.layers.http import HttpStream, _http1
+from mitmproxy.test import taddons, tflow
+
+from addon import error_answers, meta
+from addon.upstream_timeout import UpstreamTimeout, parse_timeout
+from tests.addon.jit_fixtures import anyio_backend_fixture  # noqa: F401 (fixture)
+
+
+class _Gate:
+    """Stands for asyncio.sleep: records the delay and returns when the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.opened = asyncio.Event()
+
+    async def sleep(self, delay: float) -> None:
+        self.delays.append(delay)
+        await self.opened.wait()
+
+
+class _Closer:
+    def __init__(self, result: bool = True) -> None:
+        self.closed: list[str] = []
+        self.result = result
+
+    def __call__(self, flow: http.HTTPFlow) -> bool:
+        self.closed.append(flow.id)
+        return self.result
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _addon(result: bool = True) -> tuple[UpstreamTimeout, _Gate, _Closer]:
+    gate, closer = _Gate(), _Closer(result)
+    return UpstreamTimeout(close=closer, sleep=gate.sleep), gate, closer
+
+
+# -- the option ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("60s", 60.0), ("1500ms", 1.5), ("2.5", 2.5), (" 3S ", 3.0), ("1ms", 0.001), ("3600", 3600.0), ("0.25s", 0.25)],
+)
+def test_parse_timeout(text: str, seconds: float) -> None:
+    assert parse_timeout(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "0", "0ms", "-1s", "abc", "3601", "inf", "nan", "1h", "ms", "5 m s"])
+def test_parse_timeout_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="jitgate_upstream_timeout"):
+        parse_timeout(text)
+
+
+def test_bad_option_stops_the_start_and_a_good_one_is_used() -> None:
+    addon = UpstreamTimeout()
+    with taddons.context(addon) as tctx:
+        assert addon.timeout == 60.0  # the default
+        with pytest.raises(exceptions.OptionsError, match="jitgate_upstream_timeout"):
+            tctx.configure(addon, jitgate_upstream_timeout="0")
+        tctx.configure(addon, jitgate_upstream_timeout="250ms")
+        assert addon.timeout == 0.25
+
+
+# -- the timer -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_silent_upstream_is_marked_closed_and_answered_504() -> None:
+    addon, gate, closer = _addon()
+    flow = tflow.tflow()
+    addon.request(flow)
+    await _settle()
+    assert gate.delays == [addon.timeout] and not closer.closed
+    gate.opened.set()
+    await _settle()
+    assert closer.closed == [flow.id]
+    assert flow.metadata[meta.ERROR] == "upstream_timeout"  # what the session record will say
+    assert addon.timers == {}
+
+
+@pytest.mark.anyio
+async def test_headers_in_time_cancel_the_timer_and_a_slow_body_is_not_cut() -> None:
+    addon, gate, closer = _addon()
+    flow = tflow.tflow()
+    addon.request(flow)
+    await _settle()
+    flow.response = tflow.tresp()
+    addon.responseheaders(flow)
+    gate.opened.set()  # the body may take longer than the timeout: nothing fires
+    await _settle()
+    assert closer.closed == [] and meta.ERROR not in flow.metadata and addon.timers == {}
+    addon.response(flow)
+    assert not flow.error
+
+
+@pytest.mark.anyio
+async def test_error_and_answer_cancel_the_timer() -> None:
+    addon, gate, closer = _addon()
+    failed, answered = tflow.tflow(), tflow.tflow()
+    addon.request(failed)
+    addon.request(answered)
+    await _settle()
+    failed.error = tflow.terr()
+    addon.error(failed)
+    answered.response = tflow.tresp()
+    addon.response(answered)
+    gate.opened.set()
+    await _settle()
+    assert closer.closed == [] and addon.timers == {}
+
+
+@pytest.mark.anyio
+async def test_flow_answered_by_the_gateway_gets_no_timer() -> None:
+    addon, gate, _ = _addon()
+    flow = tflow.tflow()
+    flow.metadata[meta.ERROR] = "token_required"
+    addon.request(flow)
+    await _settle()
+    assert addon.timers == {} and gate.delays == []
+
+
+@pytest.mark.anyio
+async def test_held_flow_starts_its_timer_only_when_resumed() -> None:
+    addon, gate, closer = _addon()
+    flow = tflow.tflow()
+    flow.intercept()  # type: ignore[no-untyped-call]  # approval_hold ran before this addon
+    addon.request(flow)
+    gate.opened.set()  # however long the hold lasts
+    await _settle()
+    assert gate.delays == [] and closer.closed == []
+    flow.resume()  # type: ignore[no-untyped-call]  # approved: now it goes upstream
+    await _settle()
+    assert gate.delays == [addon.timeout] and closer.closed == [flow.id]
+
+
+@pytest.mark.anyio
+async def test_denied_hold_is_not_timed_out() -> None:
+    addon, gate, closer = _addon()
+    flow = tflow.tflow()
+    flow.intercept()  # type: ignore[no-untyped-call]
+    addon.request(flow)
+    flow.response = http.Response.make(403, b"{}")
+    flow.metadata[meta.ERROR] = "approval_denied"
+    flow.resume()  # type: ignore[no-untyped-call]
+    gate.opened.set()
+    await _settle()
+    assert closer.closed == [] and flow.metadata[meta.ERROR] == "approval_denied"
+
+
+@pytest.mark.anyio
+async def test_headers_after_the_timer_fired_are_not_forwarded() -> None:
+    addon, gate, _ = _addon()
+    flow = tflow.tflow()
+    addon.request(flow)
+    gate.opened.set()
+    await _settle()
+    flow.response = tflow.tresp()  # arrived before the close landed
+    addon.responseheaders(flow)
+    assert flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+
+
+@pytest.mark.anyio
+async def test_done_cancels_every_timer() -> None:
+    addon, gate, closer = _addon()
+    flows = [tflow.tflow() for _ in range(3)]
+    for f in flows:
+        addon.request(f)
+    await _settle()
+    addon.done()
+    gate.opened.set()
+    await _settle()
+    assert closer.closed == [] and addon.timers == {}
+
+
+@pytest.mark.anyio
+async def test_close_failure_still_marks_the_flow() -> None:
+    addon, gate, closer = _addon(result=False)
+    flow = tflow.tflow()
+    addon.request(flow)
+    gate.opened.set()
+    await _settle()
+    assert closer.closed == [flow.id] and flow.metadata[meta.ERROR] == "upstream_timeout"
+
+
+# -- the 504 label -----------------------------------------------------------------------------
+
+
+def _answer(raw: bytes) -> tuple[int, dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+@pytest.mark.anyio
+async def test_error_hook_labels_only_its_own_task_once() -> None:
+    """mitmproxy runs a flow's `error` hooks and then builds its answer in one task: the label
+    set by the hook reaches that answer, not another connection's, and not a later one."""
+    addon, _, _ = _addon()
+    timed_out, other = tflow.tflow(), tflow.tflow()
+    timed_out.metadata[meta.ERROR] = "upstream_timeout"
+    timed_out.error = tflow.terr()
+    other.error = tflow.terr()
+
+    async def hook_task(flow: http.HTTPFlow) -> list[tuple[int, dict[str, str]]]:
+        addon.error(flow)
+        await asyncio.sleep(0)  # other connections run in between
+        return [_answer(error_answers.json_error_response(502, "server closed connection")) for _ in range(2)]
+
+    mine, theirs = await asyncio.gather(hook_task(timed_out), hook_task(other))
+    assert mine[0] == (504, {"code": "upstream_timeout", "message": error_answers.ANSWERS[504][1]})
+    assert mine[1][0] == 502  # used once
+    assert [status for status, _ in theirs] == [502, 502]
+
+
+def test_label_only_relabels_a_502() -> None:
+    async def run() -> int:
+        error_answers.answer_as(504)
+        return _answer(error_answers.json_error_response(413))[0]
+
+    assert asyncio.run(run()) == 413
+    with pytest.raises(ValueError):
+        error_answers.answer_as(418)
+
+
+# -- mitmproxy internals this relies on (fail loudly when an upgrade moves them) ----------------
+
+
+def test_mitmproxy_seams_are_where_upstream_timeout_expects_them() -> None:
+    assert isinstance(proxyserver.Proxyserver().connections, dict)  # keyed by client connection id
+    assert "self.connections[connection_id]" in inspect.getsource(proxyserver.Proxyserver.inject_event)
+    assert "event.flow.client_conn.id" in inspect.getsource(proxyserver.Proxyserver.inject_event)
+    assert callable(server.ConnectionHandler.close_connection)
+    assert "self.transports" in inspect.getsource(server.ConnectionHandler.__init__)
+    # The error hooks run in the hook task, which then resumes the stream that writes the answer:
+    hook_task = inspect.getsource(server.ConnectionHandler.hook_task)
+    assert hook_task.index("await self.handle_hook(hook)") < hook_task.index("HookCompleted")
+    assert "await self.master.addons.handle_lifecycle(hook)" in inspect.getsource(
+        mode_servers.ProxyConnectionHandler.handle_hook
+    )
+    protocol_error = inspect.getsource(HttpStream.handle_protocol_error)
+    assert protocol_error.index("HttpErrorHook") < protocol_error.index("SendHttp(event, self.context.client)")
+    assert "make_error_response(status, event.message)" in inspect.getsource(_http1.Http1Server.send)
