@@ -15,8 +15,10 @@ import binascii
 import bisect
 import json
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -89,6 +91,12 @@ class _Candidate(NamedTuple):
     rule: Rule | None = None
 
 
+# Tuples built without the Python-level `__new__` of a NamedTuple (busy bodies make thousands).
+_candidate: Callable[[tuple[object, ...]], _Candidate] = partial(tuple.__new__, _Candidate)
+_finding: Callable[[tuple[object, ...]], Finding] = partial(tuple.__new__, Finding)
+_START = attrgetter("start")
+
+
 class _Intervals:
     """Accepted, non-overlapping spans, for O(log n) overlap checks."""
 
@@ -129,10 +137,11 @@ class Scanner:
     def _candidates(self, buf: bytes, pii: Collection[str], literals: Sequence[bytes]) -> list[_Candidate]:
         rules, engine = (self.all_rules, self._all_engine) if pii else (self.secret_rules, self._secret_engine)
         out: list[_Candidate] = []
+        add = out.append
         marker = len(rules)
         for i, m in engine.matches(buf):
             if i == marker:  # markers of an earlier masking win over anything inside them (idempotence)
-                out.append(_Candidate("", "marker", m.start(), m.end(), -9, m.start()))
+                add(_candidate(("", "marker", m.start(), m.end(), -9, m.start(), None)))
                 continue
             rule = rules[i]
             if rule.kind == "pii" and rule.name not in pii:
@@ -141,33 +150,38 @@ class Scanner:
             if start and buf[start - 1] == 0x5C:
                 start = _after_escape(buf, start, end)
             if start < end:
-                out.append(_Candidate(rule.name, rule.kind, start, end, rule.priority, m.start(), rule))
+                add(_candidate((rule.name, rule.kind, start, end, rule.priority, m.start(), rule)))
         for lit in literals:
             if len(lit) < 4:
                 continue
             pos = buf.find(lit)
             while pos != -1:
-                out.append(_Candidate(INJECTED, "secret", pos, pos + len(lit), -1, pos))
+                add(_candidate((INJECTED, "secret", pos, pos + len(lit), -1, pos, None)))
                 pos = buf.find(lit, pos + len(lit))
         return out
 
     def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Finding]:
         """Non-overlapping findings: secrets before PII, provider formats before generic rules."""
         tag = self._tag
-        candidates.sort(key=lambda c: c.start)
+        candidates.sort(key=_START)
         chosen: list[_Candidate] = []
-        cluster: list[_Candidate] = []
-        cluster_end = -1
-        for c in candidates:  # overlapping candidates form clusters; most clusters hold one
-            if c.start >= cluster_end:
-                chosen.extend(_arbitrate(buf, cluster))
-                cluster = [c]
+        n = len(candidates)
+        i = 0
+        while i < n:  # overlapping candidates form clusters; most clusters hold one
+            c = candidates[i]
+            cluster_end = c.end
+            j = i + 1
+            while j < n and candidates[j].start < cluster_end:
+                cluster_end = max(cluster_end, candidates[j].end)
+                j += 1
+            if j == i + 1:
+                if c.kind != "marker" and (c.rule is None or c.rule.valid(buf[c.start : c.end])):
+                    chosen.append(c)
             else:
-                cluster.append(c)
-            cluster_end = max(cluster_end, c.end)
-        chosen.extend(_arbitrate(buf, cluster))
+                chosen.extend(_arbitrate(buf, candidates[i:j]))
+            i = j
         return [
-            Finding(c.name, c.kind, c.start, c.end, tag(buf[c.start : c.end]), encoding, c.anchor)  # type: ignore[arg-type]
+            _finding((c.name, c.kind, c.start, c.end, tag(buf[c.start : c.end]), encoding, c.anchor))
             for c in chosen
         ]
 

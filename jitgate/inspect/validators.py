@@ -74,7 +74,23 @@ def entropy_at_least(value: bytes, bits: float) -> bool:
     return entropy(value) >= bits
 
 
-_PLACEHOLDER_RE = re.compile(b"|".join(re.escape(p) for p in _PLACEHOLDERS))
+
+
+def _alternation(literals: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """A regex for "any of `literals`", grouped by first byte (`E(?:XAMPLE|xample)|<|...`): the
+    same matches as the flat alternation, found faster by `re`."""
+    rests: dict[bytes, list[bytes]] = {}
+    for lit in literals:
+        rests.setdefault(lit[:1], []).append(lit[1:])
+    return re.compile(
+        b"|".join(
+            re.escape(first) + (b"(?:" + b"|".join(re.escape(r) for r in rest) + b")" if any(rest) else b"")
+            for first, rest in rests.items()
+        )
+    )
+
+
+_PLACEHOLDER_RE = _alternation(_PLACEHOLDERS)
 # Template variables stand in for a value: `{pw}`, `$PASSWORD`, `%(password)s`, `%s`.
 _TEMPLATE = re.compile(rb"\{[A-Za-z_][\w.]*\}|\$[A-Za-z_]\w*|%(?:\(\w+\))?s")
 # Words joined by `_` or `-` (`credential_inject`, `client-own`): names, not secrets.
@@ -82,7 +98,9 @@ _WORDS = re.compile(rb"[A-Za-z]+(?:[_-][A-Za-z]+)*")
 
 
 def not_placeholder(value: bytes) -> bool:
-    return _PLACEHOLDER_RE.search(value) is None and _TEMPLATE.fullmatch(value) is None and len(set(value)) > 3
+    if _PLACEHOLDER_RE.search(value) is not None or _TEMPLATE.fullmatch(value) is not None:
+        return False
+    return len(set(value[:8])) > 3 or len(set(value)) > 3  # a short head usually settles it
 
 
 def github_checksum(value: bytes) -> bool:

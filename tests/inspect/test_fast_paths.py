@@ -201,3 +201,32 @@ def test_block_decision_is_the_raw_secret_scan(
     for p in body.planted:  # the generator plants secrets where raw scanning sees them
         for a, b in corpus.occurrences(raw, p.value) if p.kind == "secret" else ():
             assert any(f.start <= a and b <= f.end for f in found), p.type
+
+
+# -- placeholders ----------------------------------------------------------------------------------
+
+
+def _not_placeholder_plain(value: bytes) -> bool:
+    flat = re.compile(b"|".join(re.escape(p) for p in v._PLACEHOLDERS))
+    return flat.search(value) is None and v._TEMPLATE.fullmatch(value) is None and len(set(value)) > 3
+
+
+_PLACEHOLDER_BITS = [
+    *(p.decode() for p in v._PLACEHOLDERS), "a", "b", "A", "_", "-", "0", "1", "{pw}", "$X", "%s", "..", "<"
+]
+
+
+@given(parts=st.lists(st.sampled_from(_PLACEHOLDER_BITS) | st.text(max_size=6), max_size=8))
+@settings(max_examples=500)
+def test_not_placeholder_as_the_plain_checks(parts: list[str]) -> None:
+    value = "".join(parts).encode()
+    assert v.not_placeholder(value) is _not_placeholder_plain(value)
+
+
+@given(
+    literals=st.lists(st.binary(min_size=1, max_size=4), min_size=1, max_size=8, unique=True),
+    text=st.binary(max_size=40),
+)
+def test_grouped_alternation_finds_what_the_flat_one_does(literals: list[bytes], text: bytes) -> None:
+    flat = re.compile(b"|".join(re.escape(lit) for lit in literals))
+    assert (v._alternation(tuple(literals)).search(text) is None) is (flat.search(text) is None)
