@@ -80,10 +80,19 @@ class Rule:
         """Whether the pattern names the span to mask (`s`)."""
         return "s" in self.regex.groupindex
 
-    def valid(self, value: bytes) -> bool:
-        if self.kind == "secret" and not self.placeholders_ok and not v.not_placeholder(value):
-            return False
-        return self.validator is None or self.validator(value)
+    @cached_property
+    def valid(self) -> v.Validator:
+        """Whether a matched value is a finding: not a placeholder (secrets), then the validator."""
+        validator = self.validator
+        if self.kind != "secret" or self.placeholders_ok:
+            return validator if validator is not None else _always
+        if validator is None:
+            return v.not_placeholder
+        return lambda value: v.not_placeholder(value) and validator(value)
+
+
+def _always(value: bytes) -> bool:
+    return True
 
 
 def _width(pattern: str) -> int:

@@ -164,7 +164,8 @@ class Scanner:
         """Non-overlapping findings: secrets before PII, provider formats before generic rules."""
         tag = self._tag
         candidates.sort(key=_START)
-        chosen: list[_Candidate] = []
+        found: list[Finding] = []
+        add = found.append
         n = len(candidates)
         i = 0
         while i < n:  # overlapping candidates form clusters; most clusters hold one
@@ -175,15 +176,15 @@ class Scanner:
                 cluster_end = max(cluster_end, candidates[j].end)
                 j += 1
             if j == i + 1:
-                if c.kind != "marker" and (c.rule is None or c.rule.valid(buf[c.start : c.end])):
-                    chosen.append(c)
+                if c.kind != "marker":
+                    value = buf[c.start : c.end]
+                    if c.rule is None or c.rule.valid(value):
+                        add(_finding((c.name, c.kind, c.start, c.end, tag(value), encoding, c.anchor)))
             else:
-                chosen.extend(_arbitrate(buf, candidates[i:j]))
+                for c in _arbitrate(buf, candidates[i:j]):
+                    add(_finding((c.name, c.kind, c.start, c.end, tag(buf[c.start : c.end]), encoding, c.anchor)))
             i = j
-        return [
-            _finding((c.name, c.kind, c.start, c.end, tag(buf[c.start : c.end]), encoding, c.anchor))
-            for c in chosen
-        ]
+        return found
 
     # -- public ----------------------------------------------------------------------------------
 

@@ -230,3 +230,33 @@ def test_not_placeholder_as_the_plain_checks(parts: list[str]) -> None:
 def test_grouped_alternation_finds_what_the_flat_one_does(literals: list[bytes], text: bytes) -> None:
     flat = re.compile(b"|".join(re.escape(lit) for lit in literals))
     assert (v._alternation(tuple(literals)).search(text) is None) is (flat.search(text) is None)
+
+
+# -- the generic-secret check ----------------------------------------------------------------------
+
+_PLAIN_CLASSES = (re.compile(rb"[a-z]"), re.compile(rb"[A-Z]"), re.compile(rb"[0-9]"), re.compile(rb"[^A-Za-z0-9]"))
+
+
+def _generic_secret_plain(value: bytes) -> bool:
+    """`validators.generic_secret` as first written: the entropy computed, four separate regexes."""
+    if len(value) < 8 or v.entropy(value) < min(3.0, 0.8 * math.log2(len(value))):
+        return False
+    if any(p.fullmatch(value) for p in (v._DOTTED_IDENT, v._UPPER_IDENT, v._WORDS, v._NUMBER)):
+        return False
+    return sum(1 for cls in _PLAIN_CLASSES if cls.search(value)) >= 2
+
+
+_VALUE_BITS = ["a", "Z", "7", "_", "-", ".", "()", "e5", "-1", "Ab", "xY9", "\x00", "é", "client.get", "API_KEY"]
+
+
+@given(
+    value=st.one_of(
+        st.lists(st.sampled_from(_VALUE_BITS), max_size=24).map(lambda p: "".join(p).encode()),
+        st.binary(min_size=6, max_size=60),
+        st.text(alphabet=corpus.ALNUM + "_-./+=", min_size=6, max_size=128).map(str.encode),
+    )
+)
+@settings(max_examples=800)
+def test_generic_secret_as_first_written(value: bytes) -> None:
+    assert v.generic_secret(value) is _generic_secret_plain(value)
+    assert v._two_classes(value) is (sum(1 for cls in _PLAIN_CLASSES if cls.search(value)) >= 2)
