@@ -11,6 +11,7 @@ the confirming search sees enough text after the region (`max_len`) that no asse
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -213,6 +214,30 @@ class HyperscanEngine:
             for a, b in self._merge(regions):
                 out.extend((rule_id, m) for m in self._confirm(buf, rule, a, b))
         return out
+
+
+class RunProbe:
+    """Whether a buffer holds a run of `length` bytes of one class: one Hyperscan pass that stops
+    at the first run, so a buffer without any costs a fast scan instead of a full rule pass."""
+
+    def __init__(self, char_class: bytes, length: int) -> None:
+        if hyperscan is None:
+            raise RuntimeError("hyperscan is not installed")
+        self._db = hyperscan.Database()
+        self._db.compile(
+            expressions=[char_class + b"{%d}" % length], ids=[0], elements=1, flags=[hyperscan.HS_FLAG_SINGLEMATCH]
+        )
+
+    def __call__(self, buf: bytes) -> bool:
+        found: list[int] = []
+
+        def on_match(rule_id: int, start: int, end: int, flags: int, context: Any) -> bool:
+            found.append(end)
+            return True  # stop: one is enough
+
+        with contextlib.suppress(hyperscan.ScanTerminated):
+            self._db.scan(buf, match_event_handler=on_match)
+        return bool(found)
 
 
 def make_engine(rules: Sequence[Rule], prefer: str = "auto") -> Engine:

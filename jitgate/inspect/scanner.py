@@ -23,7 +23,7 @@ from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from jitgate.inspect import masking
-from jitgate.inspect.engine import Engine, make_engine
+from jitgate.inspect.engine import Engine, RunProbe, make_engine
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.rules import DECODER_RULES, PII_RULES, SECRET_RULES, Rule
 
@@ -31,6 +31,8 @@ INJECTED = "injected_credential"
 MARKER_RULE = Rule("redacted_marker", "secret", masking.MARKER.pattern.decode("ascii"), trigger=r"\[REDACTED:")
 MIN_BLOB = 64
 _B64_REST = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_HEAD_CHARS = 4 * 48  # base64 characters decoded first to tell text from binary
+_B64_HEAD = re.compile(rb"[A-Za-z0-9+/]{0,%d}" % _HEAD_CHARS)
 _URL_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~%+=&/:@-")
 _URL_REST = re.compile(rb"[A-Za-z0-9._~%+=&/:@-]*")
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
@@ -130,6 +132,12 @@ class Scanner:
         self._secret_engine: Engine = make_engine((*self.secret_rules, MARKER_RULE), engine)
         self._all_engine: Engine = make_engine((*self.all_rules, MARKER_RULE), engine)
         self._decoder_engine: Engine = make_engine(DECODER_RULES, engine)
+        # Most bodies hold no run of 64 base64 characters: a quick probe says so, and then only
+        # the escape rules run (the base64 rule is most of the decoder pass's cost).
+        self._escape_engine: Engine = make_engine(DECODER_RULES[1:], engine)
+        self._b64_probe: RunProbe | None = (
+            RunProbe(rb"[A-Za-z0-9+/]", MIN_BLOB) if self._decoder_engine.name == "hyperscan" else None
+        )
         self.engine_name = self._all_engine.name
 
     # -- candidates ------------------------------------------------------------------------------
@@ -238,8 +246,12 @@ class Scanner:
     ) -> None:
         regions: list[tuple[int, int, list[Finding], bytes]] = []
         starts: tuple[list[int], list[int], list[int]] = ([], [], [])
-        for rule_id, m in self._decoder_engine.matches(buf):
-            starts[rule_id].append(m.start())
+        if self._b64_probe is None or self._b64_probe(buf):
+            for rule_id, m in self._decoder_engine.matches(buf):
+                starts[rule_id].append(m.start())
+        else:  # no base64 run anywhere: the escape rules alone (rule ids one lower)
+            for rule_id, m in self._escape_engine.matches(buf):
+                starts[rule_id + 1].append(m.start())
         if json_strings and starts[2]:
             regions.extend(self._json_escaped(buf, starts[2], pii, literals))
         regions.extend(self._blobs(buf, starts[0], pii, literals))
@@ -291,12 +303,19 @@ class Scanner:
     ) -> list[tuple[int, int, list[Finding], bytes]]:
         out: list[tuple[int, int, list[Finding], bytes]] = []
         for start in starts:
+            # The head first: most long runs are images, and an image's head is no text (a run
+            # shorter than the head is matched whole, `=` padding included, as below).
+            h = _B64_HEAD.match(buf, start)
+            assert h is not None
+            if h.end() - start < _HEAD_CHARS:
+                h = _B64_REST.match(buf, start)
+                assert h is not None
+            head = _b64(h.group()[:_HEAD_CHARS])
+            if head is None or not _is_text(head):
+                continue
             m = _B64_REST.match(buf, start)
             assert m is not None
             blob = m.group()
-            head = _b64(blob[: 4 * 48])
-            if head is None or not _is_text(head):
-                continue
             decoded = _b64(blob)
             if decoded is None or not _is_text(decoded):
                 continue

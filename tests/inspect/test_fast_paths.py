@@ -260,3 +260,43 @@ _VALUE_BITS = ["a", "Z", "7", "_", "-", ".", "()", "e5", "-1", "Ab", "xY9", "\x0
 def test_generic_secret_as_first_written(value: bytes) -> None:
     assert v.generic_secret(value) is _generic_secret_plain(value)
     assert v._two_classes(value) is (sum(1 for cls in _PLAIN_CLASSES if cls.search(value)) >= 2)
+
+
+# -- the base64 probe ------------------------------------------------------------------------------
+
+
+def test_run_probe_finds_a_run_of_exactly_the_length(hs_scanner: Scanner) -> None:
+    probe = hs_scanner._b64_probe
+    assert probe is not None
+    run = (corpus.ALNUM + "+/").encode() * 2
+    assert not probe(b"") and not probe(b"x " + run[:63] + b" y") and not probe(run[:63] + b"-" + run[:63])
+    assert probe(run[:64]) and probe(b"pre " + run[:64]) and probe(b'"' + run + b'"')
+
+
+@_SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), blob=st.sampled_from(["none", "short", "text", "image"]))
+def test_decoding_with_and_without_the_probe(hs_scanner: Scanner, seed: int, blob: str) -> None:
+    """The probe only skips the base64 rule where it cannot match: same findings, same masking."""
+    import base64
+
+    rng = random.Random(seed)
+    body = corpus.rerank_body(seed, documents=6, secret_rate=0.5, pii_rate=0.3, negative_rate=0.0)
+    inner = f"token: {corpus.PREFIXED['github_pat'](rng)}\n{' '.join(['note'] * rng.randint(5, 40))}".encode()
+    payload = {
+        "none": b"",
+        "short": base64.b64encode(inner)[:60],
+        "text": base64.b64encode(inner),
+        "image": base64.b64encode(bytes(rng.getrandbits(8) for _ in range(300))),
+    }[blob]
+    docs = body.payload["documents"]
+    docs.append(f"attached {payload.decode()} end")
+    raw = body.encode()
+    probe = hs_scanner._b64_probe
+    fast = (hs_scanner.scan(raw, pii=("email",), json_strings=True), hs_scanner.contains_secret(raw))
+    try:
+        hs_scanner._b64_probe = None
+        plain = (hs_scanner.scan(raw, pii=("email",), json_strings=True), hs_scanner.contains_secret(raw))
+    finally:
+        hs_scanner._b64_probe = probe
+    assert fast[0].findings == plain[0].findings and fast[0].masked(raw) == plain[0].masked(raw)
+    assert fast[1].findings == plain[1].findings
