@@ -4,8 +4,10 @@ Last in the chain. Its `request` hook reserves room in the spool for the flow's 
 anything is forwarded: a spool that cannot take it (quota reached, disk failing) refuses the flow
 with 503 `audit_unavailable` (option `jitgate_audit_required`, on by default). Its `response`
 and `error` hooks build the record from the flow and `flow.metadata` (addon/meta.py) and append
-it on a writer thread, so the event loop never waits on the disk; the answer goes back to the
-client only once the record's write returned. Refused flows are recorded like any other.
+it: one `write(2)` into the page cache on the event loop, or on a writer thread whenever that
+write could wait (a rotation's fsync, the uploader holding the segment, a failing disk), so the
+event loop never waits on the disk. The answer goes back to the client only once the record's
+write returned. Refused flows are recorded like any other.
 
 Never recorded: headers (the JIT token and the injected credential live there), query strings,
 raw embedding vectors (dimension + SHA-256 instead), store fields the token could not see, and a
@@ -15,6 +17,7 @@ body holding a finding that was not masked in place (blocked, held for review or
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -340,12 +343,18 @@ class SessionRecorder:
             await self._record(flow)
 
     async def _record(self, flow: http.HTTPFlow) -> None:
-        if self.spool is None:
+        spool = self.spool
+        if spool is None:
             return
         reserved = int(flow.metadata.pop(RESERVED, 0))
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write, flow, reserved)
+            line = self._line(flow)
+            # One write(2) into the page cache, here; a write that would wait (the segment busy,
+            # a rotation's fsync due, a failing disk) goes to the writer thread instead.
+            if not spool.try_append(line, reserved=reserved):
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, functools.partial(spool.append, line, reserved=reserved)
+                )
         except Exception as exc:
             self.write_failures += 1
             logger.error("session record of flow %s not written: %s", flow.id, type(exc).__name__)
@@ -356,10 +365,10 @@ class SessionRecorder:
                 flow.response = None
                 refuse(flow, AuditUnavailable("the session record cannot be written; the answer is withheld"))
 
-    def _write(self, flow: http.HTTPFlow, reserved: int) -> None:
-        assert self.spool is not None
+    def _line(self, flow: http.HTTPFlow) -> bytes:
+        """The flow's record as one JSON line (CPU only: built on the event loop)."""
         try:
             record = build_record(flow, gateway=self.gateway, body_cap=self.body_cap, now=self._clock())
         finally:
             body.forget(flow)  # the recorder is the last reader of the parsed bodies
-        self.spool.append(record.to_json_line(), reserved=reserved)
+        return record.to_json_line()

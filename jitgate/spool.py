@@ -88,9 +88,9 @@ class Spool:
     def __init__(self, config: SpoolConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._clock = clock
-        # Two locks: `_lock` guards the open segment (held during writes and rotation, never by
-        # the event loop); `_quota` guards the byte counts and is never held across IO, so
-        # `reserve()` on the proxy's event loop never waits on the disk.
+        # Two locks: `_lock` guards the open segment (held during writes and rotation; the event
+        # loop only ever tries it, in `try_append`); `_quota` guards the byte counts and is never
+        # held across IO, so `reserve()` on the proxy's event loop never waits on the disk.
         self._lock = threading.Lock()
         self._quota = threading.Lock()
         self._open_dir = config.directory / "open"
@@ -161,14 +161,37 @@ class Spool:
             self._reserved = max(0, self._reserved - n)
 
     # ---- writing -----------------------------------------------------------------------
-    def append(self, line: bytes, *, reserved: int = 0) -> None:
-        """Append one complete JSON line; on any failure nothing of it stays in the segment."""
-        n = len(line)
+    def _claim(self, n: int, reserved: int) -> None:
+        """Count `n` bytes as used (given back by the caller if the write fails); or SpoolFull."""
         with self._quota:
             self._reserved = max(0, self._reserved - reserved)
             if self._used + self._reserved + n > self.config.max_bytes:
                 raise SpoolFull()
-            self._used += n  # claimed now, given back if the write fails
+            self._used += n
+
+    def _write_locked(self, line: bytes) -> None:
+        assert self._fd is not None
+        n = len(line)
+        try:
+            written = os.write(self._fd, line)
+            if written != n:
+                raise OSError(errno.ENOSPC, "short write to spool")
+        except OSError:
+            os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
+            # The disk said no: flows are refused until a probe shows room for a record
+            # again, and the next line goes to a fresh segment (a per-file limit ends here).
+            self.failing = True
+            with contextlib.suppress(OSError):
+                self._rotate_locked()
+            raise
+        self._size += n
+        self._dirty = True
+        self.records += 1
+
+    def append(self, line: bytes, *, reserved: int = 0) -> None:
+        """Append one complete JSON line; on any failure nothing of it stays in the segment."""
+        n = len(line)
+        self._claim(n, reserved)
         try:
             with self._lock:
                 now = self._clock()
@@ -178,26 +201,41 @@ class Spool:
                     self._rotate_locked()
                 if self._fd is None:
                     self._open_locked(now)
-                assert self._fd is not None
-                try:
-                    written = os.write(self._fd, line)
-                    if written != n:
-                        raise OSError(errno.ENOSPC, "short write to spool")
-                except OSError:
-                    os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
-                    # The disk said no: flows are refused until a probe shows room for a record
-                    # again, and the next line goes to a fresh segment (a per-file limit ends here).
-                    self.failing = True
-                    with contextlib.suppress(OSError):
-                        self._rotate_locked()
-                    raise
-                self._size += n
-                self._dirty = True
-                self.records += 1
+                self._write_locked(line)
         except BaseException:
             with self._quota:
                 self._used -= n
             raise
+
+    def try_append(self, line: bytes, *, reserved: int = 0) -> bool:
+        """`append` without waiting: True when the line was written here and now.
+
+        False, with nothing done, when the segment is busy (the uploader rotating or syncing it),
+        when this line would rotate or open a segment (an fsync), or after a failed write: the
+        caller then runs `append` off the event loop. What this does is one `write(2)` into the
+        page cache, so the proxy's event loop can call it; SpoolFull and OSError as `append`.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            n = len(line)
+            if (
+                self._fd is None
+                or self.failing
+                or self._size + n > self.config.max_segment_bytes
+                or _hour(self._clock()) != _hour(self._opened_at)
+            ):
+                return False
+            self._claim(n, reserved)
+            try:
+                self._write_locked(line)
+            except BaseException:
+                with self._quota:
+                    self._used -= n
+                raise
+            return True
+        finally:
+            self._lock.release()
 
     def probe(self) -> bool:
         """Whether the disk takes a record-sized write again; clears `failing` if it does.

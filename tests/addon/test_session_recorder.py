@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import secrets
@@ -234,6 +235,31 @@ async def test_write_failure_withholds_the_answer(tmp_path: Path, monkeypatch: p
         assert json.loads(flow.response.content)["code"] == "audit_unavailable"
         assert b"relevance_score" not in flow.response.content
         assert rec.write_failures == 1
+        rec.done()
+
+
+async def test_a_record_waits_for_a_busy_segment_off_the_event_loop(tmp_path: Path) -> None:
+    """The fast path writes on the loop; while the uploader holds the segment, the writer thread waits."""
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        assert rec.spool is not None
+        first, second = (_rerank_flow(_claims(), "x", ["d"]) for _ in range(2))
+        for f in (first, second):
+            rec.request(f)
+            _answer(f)
+        await rec.response(first)  # opens the segment (writer thread)
+        assert rec.spool.records == 1
+        rec.spool._lock.acquire()  # as if a rotation were fsyncing
+        try:
+            task = asyncio.ensure_future(rec.response(second))
+            for _ in range(20):
+                await asyncio.sleep(0.01)  # the loop keeps running: nothing waits on it
+            assert not task.done() and rec.spool.records == 1  # the answer waits for its record
+        finally:
+            rec.spool._lock.release()
+        await asyncio.wait_for(task, 5)
+        assert rec.spool.records == 2 and second.response.status_code == 200
         rec.done()
 
 

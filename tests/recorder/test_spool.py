@@ -235,6 +235,49 @@ def test_reserve_never_waits_on_the_segment_lock(tmp_path: Path) -> None:
     assert finished
 
 
+def test_try_append_writes_only_what_needs_no_wait(tmp_path: Path) -> None:
+    """The event loop's fast path: one write into the open segment, never an open, rotation or lock wait."""
+    clock = Clock(T0)
+    line = _line(0, 80)
+    s = _spool(tmp_path, clock, max_segment_bytes=3 * len(line))
+    assert not s.try_append(line)  # no segment open yet: opening one is the writer thread's job
+    assert s.used_bytes == 0 and s.records == 0
+    s.append(line)
+    assert s.try_append(_line(1, 80)) and s.records == 2
+    assert not s.try_append(_line(2, 80) + b"x" * len(line))  # would rotate by size
+    clock.now += 3600  # would rotate at the hour
+    assert not s.try_append(_line(2, 80))
+    clock.now -= 3600
+    done: list[bool] = []
+    with s._lock:  # the uploader rotating or syncing: the fast path gives up at once
+        t = threading.Thread(target=lambda: done.append(s.try_append(_line(3, 80))))
+        t.start()
+        t.join(timeout=5)
+    assert done == [False]
+    assert s.records == 2 and s.used_bytes == 2 * len(line)
+    s.close()
+    lines = [json.loads(x)["i"] for p in s.closed_segments() for x in p.read_bytes().splitlines()]
+    assert lines == [0, 1]
+
+
+def test_try_append_keeps_the_quota_and_fails_like_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    line = _line(0, 200)
+    s = _spool(tmp_path, max_bytes=3 * len(line) + 10)
+    s.append(line)
+    s.reserve(len(line))
+    assert s.try_append(line, reserved=len(line))  # the holder's record fits
+    with pytest.raises(SpoolFull):
+        s.try_append(line + line)
+    assert s.used_bytes == 2 * len(line)
+    real_write = spool_mod.os.write
+    monkeypatch.setattr(spool_mod.os, "write", lambda fd, data: real_write(fd, data[:5]))
+    with pytest.raises(OSError):
+        s.try_append(_line(1))
+    assert s.failing and s.used_bytes == 2 * len(line)  # the torn line is gone and not counted
+    monkeypatch.setattr(spool_mod.os, "write", real_write)
+    assert not s.try_append(_line(2))  # failing: left to `append` on the writer thread
+
+
 def test_a_second_gateway_cannot_take_a_live_spool(tmp_path: Path) -> None:
     live = _spool(tmp_path)
     live.append(_line(1))
