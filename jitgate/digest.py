@@ -28,7 +28,7 @@ _RANKING: TypeAdapter[tuple[RankEntry, ...]] = TypeAdapter(tuple[RankEntry, ...]
 
 
 def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()  # JSON may carry a lone surrogate
 
 
 def document_fingerprint(doc: Any) -> str:
@@ -75,6 +75,8 @@ def _results(response: Any) -> list[Any]:
 def _score(item: dict[str, Any]) -> float | None:
     for key in ("relevance_score", "score"):
         value = item.get(key)
+        if type(value) is float:  # the usual case, first
+            return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     return None
@@ -86,15 +88,20 @@ def summarize_rerank(request: Any, response: Any) -> RerankSummary:
         return RerankSummary()
     query = request.get("query")
     docs = _documents(request)
-    ranking = [
-        {"index": item["index"], "score": _score(item)}
-        for item in _results(response)
-        if isinstance(item, dict) and isinstance(item.get("index"), int) and not isinstance(item["index"], bool)
-    ]
+    ranking = []
+    for item in _results(response):
+        if isinstance(item, dict):
+            index = item.get("index")
+            if type(index) is int:  # a JSON integer; never a bool
+                ranking.append({"index": index, "score": _score(item)})
+    sha256 = hashlib.sha256
     return RerankSummary(
         query=query if isinstance(query, str) else None,
         doc_count=len(docs) if docs is not None else None,
-        doc_sha256=tuple(document_fingerprint(d) for d in (docs or [])[:MAX_DOC_HASHES]),
+        doc_sha256=tuple(
+            sha256(d.encode("utf-8", "surrogatepass")).hexdigest() if type(d) is str else document_fingerprint(d)
+            for d in (docs or [])[:MAX_DOC_HASHES]
+        ),
         # Types are checked above; one validation of the whole list (pydantic-core) is cheaper
         # than building the entries one by one, even with model_construct.
         ranking=_RANKING.validate_python(ranking) if ranking else (),
@@ -152,7 +159,15 @@ def parse_json(content: bytes | None) -> Any:
 
 
 def cap(text: str, limit: int) -> tuple[str, bool]:
-    """`text` cut to `limit` UTF-8 bytes (on a character boundary) and whether it was cut."""
+    """`text` cut to `limit` UTF-8 bytes (on a character boundary) and whether it was cut.
+
+    A lone surrogate (JSON allows `\\ud800`; mitmproxy decodes bytes that are no UTF-8 to them)
+    is kept as its escape: text from the wire must not stop a record from being written.
+    """
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode()
+    if len(text) <= limit // 4 or (text.isascii() and len(text) <= limit):
+        return text, False
     raw = text.encode()
     if len(raw) <= limit:
         return text, False

@@ -12,7 +12,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 DECISIONS = ("allowed", "blocked", "masked", "held", "approved", "denied")
 
@@ -121,6 +121,18 @@ class SessionRecord(_Frozen):
     request_body: str | None = None
     response_body: str | None = None
     truncated: bool = False
+
+    @field_validator(
+        "sub", "job", "client", "host", "path", "operation", "collection", "rerank_query", "request_body",
+        "response_body",
+    )
+    @classmethod
+    def _no_lone_surrogates(cls, value: str | None) -> str | None:
+        """Text from the wire may hold lone surrogates (a JSON `\\ud800`, a path that is no UTF-8):
+        written as their escape, so the record serializes instead of being lost."""
+        if value is None or value.isascii():
+            return value
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
     def to_json_line(self) -> bytes:
         """One JSON line, every column present (null when unknown) so readers see one shape.

@@ -263,6 +263,25 @@ async def test_a_record_waits_for_a_busy_segment_off_the_event_loop(tmp_path: Pa
         rec.done()
 
 
+async def test_text_that_is_no_unicode_is_recorded_as_escapes(tmp_path: Path) -> None:
+    """A JSON `\\ud800` and a path that is no UTF-8 reach Python as lone surrogates: still one record."""
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "x", [])
+        flow.request.content = b'{"query": "q \\ud800", "documents": ["ok", "\\udfff lone"]}'
+        flow.request.path = "/v2/rerank/\udcff"  # how mitmproxy decodes the byte 0xff in a path
+        rec.request(flow)
+        _answer(flow)
+        await rec.response(flow)
+        rec.done()
+        assert rec.write_failures == 0 and flow.response.status_code == 200
+        [record] = _records(tmp_path)
+        assert record["rerank_query"] == "q \\ud800" and record["path"] == "/v2/rerank/\\udcff"
+        assert json.loads(record["request_body"])["query"] == "q \ud800"  # the body stays JSON, same value
+        assert record["doc_count"] == 2 and len(set(record["doc_sha256"])) == 2
+
+
 async def test_upstream_error_is_recorded(tmp_path: Path) -> None:
     rec = SessionRecorder()
     with taddons.context(rec) as tctx:
