@@ -368,15 +368,32 @@ def _arbitrate(buf: bytes, cluster: list[_Candidate]) -> list[_Candidate]:
     if len(cluster) == 1:
         c = cluster[0]
         return cluster if c.kind != "marker" and _valid(buf, c) else []
-    taken = _Intervals()
+    if len(cluster) == 2:  # the usual pair (a provider key inside a generic assignment): they overlap
+        first, second = sorted(cluster, key=_RANK)
+        if _valid(buf, first):
+            return [] if first.kind == "marker" else [first]
+        return [second] if second.kind != "marker" and _valid(buf, second) else []
+    taken: list[tuple[int, int]] = []  # a cluster holds a few candidates: a list beats bisection
     picked: list[_Candidate] = []
-    for c in sorted(cluster, key=lambda c: (c.kind == "pii", c.priority, c.start - c.end, c.start)):
-        if not taken.overlaps(c.start, c.end) and _valid(buf, c):
-            taken.add(c.start, c.end)
-            if c.kind != "marker":
-                picked.append(c)
-    picked.sort(key=lambda c: c.start)
+    for c in sorted(cluster, key=_RANK):
+        start, end = c.start, c.end
+        for a, b in taken:
+            if a < end and start < b:
+                break
+        else:
+            if _valid(buf, c):
+                taken.append((start, end))
+                if c.kind != "marker":
+                    picked.append(c)
+    picked.sort(key=_START)
     return picked
+
+
+def _rank(c: _Candidate) -> tuple[bool, int, int, int]:
+    return (c.kind == "pii", c.priority, c.start - c.end, c.start)
+
+
+_RANK = _rank
 
 
 def _b64(blob: bytes) -> bytes | None:

@@ -22,6 +22,7 @@ from jitgate.inspect import Scanner
 from jitgate.inspect import scanner as scanner_module
 from jitgate.inspect import validators as v
 from jitgate.inspect.masking import MARKER
+from jitgate.inspect.rules import Rule
 from tests.inspect import corpus
 
 _SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -300,3 +301,46 @@ def test_decoding_with_and_without_the_probe(hs_scanner: Scanner, seed: int, blo
         hs_scanner._b64_probe = probe
     assert fast[0].findings == plain[0].findings and fast[0].masked(raw) == plain[0].masked(raw)
     assert fast[1].findings == plain[1].findings
+
+
+# -- overlap arbitration ---------------------------------------------------------------------------
+
+_EVEN = Rule("even_first_byte", "secret", "x", validator=lambda value: value[0] % 2 == 0, placeholders_ok=True)
+
+
+def _arbitrate_plain(buf: bytes, cluster: list[scanner_module._Candidate]) -> list[scanner_module._Candidate]:
+    """Greedy by rank over all candidates, overlaps kept in `_Intervals` (as first written)."""
+    taken = scanner_module._Intervals()
+    picked = []
+    for c in sorted(cluster, key=lambda c: (c.kind == "pii", c.priority, c.start - c.end, c.start)):
+        if not taken.overlaps(c.start, c.end) and scanner_module._valid(buf, c):
+            taken.add(c.start, c.end)
+            if c.kind != "marker":
+                picked.append(c)
+    return sorted(picked, key=lambda c: c.start)
+
+
+@given(
+    spans=st.lists(
+        st.tuples(
+            st.integers(0, 40),
+            st.integers(1, 15),
+            st.sampled_from(["secret", "pii", "marker"]),
+            st.integers(-9, 9),
+            st.booleans(),
+        ),
+        min_size=2,
+        max_size=7,
+    )
+)
+@settings(max_examples=500)
+def test_arbitration_as_first_written(spans: list[tuple[int, int, str, int, bool]]) -> None:
+    buf = bytes(range(64))
+    cluster = [
+        scanner_module._Candidate(f"t{i}", kind, a, a + n, prio, a, _EVEN if checked and kind != "marker" else None)
+        for i, (a, n, kind, prio, checked) in enumerate(spans)
+    ]
+    cluster.sort(key=lambda c: c.start)
+    if any(c.start >= max(d.end for d in cluster[:i]) for i, c in enumerate(cluster) if i):
+        return  # not one cluster (the resolver splits those first)
+    assert scanner_module._arbitrate(buf, cluster) == _arbitrate_plain(buf, cluster)
