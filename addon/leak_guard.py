@@ -5,28 +5,37 @@ own credential are left to credential_inject; the URL, the other headers and the
 are scanned. Per the token's masking profile, a secret blocks with 403 `leak_blocked` (types
 and places, never the value) and PII is masked or blocks. Response: secrets, the injected
 credential and PII are masked; `text/event-stream` and bodies without a length are masked
-chunk by chunk with an overlap window. A body over `jitgate_max_inspect_bytes` gets 413 and is
-never forwarded unscanned. Every finding goes into the flow's record (`meta.FINDINGS`).
+chunk by chunk with an overlap window. A request body over `jitgate_max_inspect_bytes` gets 413;
+a response that decodes past it (a decompression bomb from the upstream, sized before it is
+decoded) is replaced by 502 `upstream_response_too_large`, and a streamed one is decoded a piece
+at a time and cut at the limit (upstream closed, client connection ended). Nothing goes out
+unscanned. Every finding goes into the flow's record (`meta.FINDINGS`).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import zlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import brotli
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import human
 
 from addon import meta, settings
 from addon.respond import refuse
-from jitgate.decoding import decoded_size_exceeds
-from jitgate.errors import BodyNotDecodable, JitgateError, LeakBlocked, PayloadTooLarge, UpstreamResponseInvalid
+from addon.upstream_conn import close_upstream
+from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
+from jitgate.errors import (
+    BodyNotDecodable,
+    JitgateError,
+    LeakBlocked,
+    PayloadTooLarge,
+    UpstreamResponseInvalid,
+    UpstreamResponseTooLarge,
+)
 from jitgate.inspect import Scanner, StreamMasker, actions, is_json, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
@@ -42,22 +51,29 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-
 _SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
 
 
-def _decompressor(encoding: str) -> Callable[[bytes], bytes] | None:
-    """An incremental decoder for a streamed body's content encoding."""
+def _decompressor(encoding: str, limit: int) -> Callable[[bytes], bytes] | None:
+    """An incremental decoder for a streamed body's content encoding, bounded at `limit` decoded
+    bytes (`BoundedDecoder`); None for an encoding it does not know. Identity is not decoded, so
+    it is not bounded either: it costs no more memory than it brings."""
     enc = encoding.strip().lower()
     if enc in ("", "identity"):
         return lambda data: data
-    if enc in ("gzip", "x-gzip"):
-        return zlib.decompressobj(wbits=47).decompress
-    if enc == "deflate":
-        return zlib.decompressobj().decompress
-    if enc == "br":
-        return brotli.Decompressor().process  # type: ignore[no-any-return]
-    if enc == "zstd":
-        import zstandard
+    try:
+        decoder = BoundedDecoder(enc, limit)
+    except ValueError:
+        return None
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress
-    return None
+    def decode(data: bytes) -> bytes:
+        out = decoder.feed(data)
+        if decoder.exceeded:
+            raise _TooLarge
+        return out
+
+    return decode
+
+
+class _TooLarge(Exception):
+    """A streamed body decoded past the inspection limit."""
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:
@@ -68,18 +84,35 @@ def _public(record: dict[str, Any]) -> dict[str, Any]:
 class _MaskStream:
     """The `flow.response.stream` callable: decode, mask with an overlap window, pass on.
 
-    What went out is kept (masked, up to `keep` bytes) so the session record can hold it.
+    What went out is kept (masked, up to `keep` bytes) so the session record can hold it. A body
+    that decodes past the inspection limit, or does not decode, is cut: nothing more is decoded or
+    passed on, `failed` holds why and `on_fail` is told once (leak_guard closes the upstream).
     """
 
-    def __init__(self, masker: StreamMasker, decode: Callable[[bytes], bytes], keep: int) -> None:
+    def __init__(
+        self,
+        masker: StreamMasker,
+        decode: Callable[[bytes], bytes],
+        keep: int,
+        on_fail: Callable[[JitgateError], None] = lambda error: None,
+    ) -> None:
         self.masker = masker
         self._decode = decode
         self._keep = keep
+        self._on_fail = on_fail
         self.sent = bytearray()
         self.complete = True
+        self.failed: JitgateError | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
-        out = self.masker.feed(self._decode(data)) if data else self.masker.close()
+        if self.failed is not None:
+            return []  # cut: the rest is dropped undecoded
+        try:
+            out = self.masker.feed(self._decode(data)) if data else self.masker.close()
+        except _TooLarge:
+            return self._fail(UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
+        except ValueError:
+            return self._fail(UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
         if self.complete and len(self.sent) + len(out) <= self._keep:
             self.sent += out
         else:
@@ -87,6 +120,13 @@ class _MaskStream:
             self.sent.clear()
         # Never an empty chunk: HTTP/1 chunked framing would read it as the end of the body.
         return [out] if out else []
+
+    def _fail(self, error: JitgateError) -> list[bytes]:
+        self.failed = error
+        self.complete = False
+        self.sent.clear()
+        self._on_fail(error)
+        return []
 
 
 class LeakGuard:
@@ -293,7 +333,7 @@ class LeakGuard:
         chunked = "chunked" in resp.headers.get("transfer-encoding", "").lower()
         if not (ctype.startswith("text/event-stream") or chunked):
             return
-        decode = _decompressor(resp.headers.get("content-encoding", ""))
+        decode = _decompressor(resp.headers.get("content-encoding", ""), self.max_bytes)
         if decode is None:
             return  # unknown encoding: buffered, and the response hook refuses it
         plan = actions.plan(self._profile(flow), "response")
@@ -302,7 +342,7 @@ class LeakGuard:
         )
         resp.headers.pop("content-encoding", None)
         resp.headers.pop("content-length", None)
-        stream = _MaskStream(masker, decode, self.max_bytes)
+        stream = _MaskStream(masker, decode, self.max_bytes, lambda error: self._cut(flow, error))
         flow.metadata[STREAM] = stream
         resp.stream = stream
 
@@ -316,8 +356,19 @@ class LeakGuard:
     def error(self, flow: http.HTTPFlow) -> None:
         # A stream cut short never reaches `response`: its masker is no plain data (flow files,
         # addon/meta.py), and the injected credential is held no longer than the flow.
-        flow.metadata.pop(STREAM, None)
+        stream = flow.metadata.pop(STREAM, None)
         flow.metadata.pop(meta.INJECTED_SECRET, None)
+        if isinstance(stream, _MaskStream) and stream.failed is not None:
+            # Cut here (upstream closed by `_cut`): the flow is recorded as failed with its code,
+            # like any flow the upstream left without an answer, not as the upstream's status.
+            flow.response = None
+
+    def _cut(self, flow: http.HTTPFlow, error: JitgateError) -> None:
+        """A streamed response went over the limit or does not decode: stop reading the upstream."""
+        flow.metadata[meta.ERROR] = error.code
+        flow.metadata[meta.DECISION] = "blocked"
+        logger.warning("jitgate: streamed response of flow %s cut (%s)", flow.id, error.code)
+        close_upstream(flow)
 
     def _response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
@@ -326,6 +377,11 @@ class LeakGuard:
         plan = actions.plan(self._profile(flow), "response")
         stream = flow.metadata.pop(STREAM, None)
         if isinstance(stream, _MaskStream):
+            if stream.failed is not None:  # the body ended before the close landed: answer was cut
+                self._replace(flow, stream.failed)
+                if flow.killable:
+                    flow.kill()  # type: ignore[no-untyped-call]  # the client must not take it as complete
+                return
             if stream.complete:  # already sent; this copy is what the session record sees
                 resp.data.content = bytes(stream.sent)
             records = self._record(flow, plan, "response.body", stream.masker.findings)
@@ -334,14 +390,25 @@ class LeakGuard:
             return
         if meta.ERROR in flow.metadata:
             return  # the gateway's own answer
+        too_large = UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit")
+        encoding = resp.headers.get("content-encoding", "")
+        if resp.raw_content and encoding:  # sized before decoding: a bomb costs one piece, not its size
+            try:
+                over = decoded_size_exceeds(resp.raw_content, encoding, self.max_bytes)
+            except ValueError:
+                over = None
+            if over is not False:
+                resp.headers.pop("content-encoding", None)  # nothing after this decodes it
+                invalid = UpstreamResponseInvalid("the upstream response cannot be decoded for inspection")
+                self._replace(flow, too_large if over else invalid)
+                return
         try:
             body = resp.get_content(strict=True) or b""
         except ValueError:
             self._replace(flow, UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
             return
         if len(body) > self.max_bytes:
-            limit = self.max_bytes
-            self._replace(flow, PayloadTooLarge(f"the response body exceeds the inspection limit of {limit} bytes"))
+            self._replace(flow, too_large)
             return
         found = self._headers(flow, resp, "response", plan)
         result = self._body(flow, resp, body, plan)

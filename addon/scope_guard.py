@@ -36,6 +36,7 @@ from jitgate.errors import (
     PayloadTooLarge,
     RequestLimitExceeded,
     UpstreamResponseInvalid,
+    UpstreamResponseTooLarge,
     UsageUnavailable,
     WrongConnection,
 )
@@ -291,6 +292,10 @@ class ScopeGuard:
         fields = claims.scope.fields
         if fields is None or conn.dialect not in _STORE_DIALECTS or not 200 <= flow.response.status_code < 300:
             return
+        if self._response_too_large(flow.response):
+            flow.response = None
+            refuse(flow, UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
+            return
         content = flow.response.get_content(strict=False) or b""
         if not content.strip():
             return
@@ -301,3 +306,16 @@ class ScopeGuard:
             refuse(flow, UpstreamResponseInvalid(msg))
             return
         flow.response.set_content(json.dumps(filter_fields(body, fields)).encode())
+
+    @staticmethod
+    def _response_too_large(resp: http.Response) -> bool:
+        """An encoded store answer that decodes past leak_guard's limit (sized, never decoded whole here:
+        this hook runs before leak_guard's, which refuses it the same way)."""
+        encoding = resp.headers.get("content-encoding", "")
+        if not (resp.raw_content and encoding):
+            return False
+        limit = getattr(ctx.options, "jitgate_max_inspect_bytes", DEFAULT_DECODED_LIMIT)
+        try:
+            return decoded_size_exceeds(resp.raw_content, encoding, int(limit))
+        except ValueError:
+            return False  # not decodable: get_content hands back the raw bytes, which are no JSON

@@ -1,12 +1,15 @@
-"""Close a flow's upstream connection from an addon, while mitmproxy waits on it.
+"""Close a flow's upstream connection from an addon, while mitmproxy waits on it or reads from it.
 
 mitmproxy has no command for this. Its proxyserver addon keeps one connection handler per
 client connection (`Proxyserver.connections`, keyed by the client connection's id); the handler
-holds a task per open connection (`transports`) and closes one with `close_connection`, the same
-call it makes for a layer's CloseConnection command. Closing ends the read task, the HTTP layer
-sees the upstream close, and the flow goes through mitmproxy's usual path for an upstream that
-hung up: `error` hook, then a 502 to the client (addon/error_answers.py).
-tests/addon/test_upstream_timeout.py fails if a mitmproxy upgrade moves these attributes.
+keeps the reader/writer of each open connection (`transports`). Closing the writer ends the
+socket (the upstream sees it at once) and the handler's read loop then sees end of file, exactly
+as if the upstream had hung up: the HTTP layer reports it to the flow (`error` hook, then a 502
+to the client, addon/error_answers.py) and closes the connection itself. Cancelling the read task
+instead (the handler's own `close_connection`) is not safe from here: a task cancelled while it
+waits for the handler's event lock ends without closing its socket. Only a connection that is
+still connecting (no writer yet) is closed by cancelling, which mitmproxy handles as a failed
+connect. tests/addon/test_upstream_timeout.py fails if a mitmproxy upgrade moves these attributes.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ def close_upstream(flow: http.HTTPFlow) -> bool:
     if handler is None:
         return False
     conn = flow.server_conn
-    if conn not in handler.transports:
+    io = handler.transports.get(conn)
+    if io is None:
         return False
-    handler.close_connection(conn)
+    if io.writer is None:
+        handler.close_connection(conn)  # still connecting: the connect is cancelled
+    else:
+        io.writer.close()
     return True

@@ -10,14 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import brotli
 import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from addon import meta
+from addon import leak_guard, meta
 from addon.leak_guard import STREAM, LeakGuard
 from jitgate.inspect import Scanner
 from jitgate.token import Claims, new_jti
+from tests.bombs import bomb, traced_peak
 from tests.inspect import corpus
 
 POLICY = """
@@ -214,7 +216,7 @@ def test_oversize_or_undecodable_response_is_refused(guard: LeakGuard) -> None:
     f = _flow(_rerank("a"))
     f.response = http.Response.make(200, b"x" * 70_000, {"content-type": "text/plain"})
     guard.response(f)
-    assert f.response.status_code == 413
+    assert (f.response.status_code, f.metadata[meta.ERROR]) == (502, "upstream_response_too_large")
     f = _flow(_rerank("a"))
     f.response = http.Response.make(200, b"", {"content-encoding": "gzip"})
     f.response.raw_content = b"garbage"
@@ -235,3 +237,90 @@ def test_buffered_response_without_length_is_not_streamed(guard: LeakGuard) -> N
     del f.response.headers["content-length"]
     guard.responseheaders(f)
     assert not f.response.stream and STREAM not in f.metadata
+
+
+# -- decompression bombs from the upstream ------------------------------------------------------
+
+
+def test_buffered_response_bomb_is_sized_not_decoded(guard: LeakGuard) -> None:
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "gzip"})
+    f.response.raw_content = bomb("gzip", 64 * 1024 * 1024)
+    _, peak = traced_peak(lambda: guard.response(f))
+    assert peak < 8 * 1024 * 1024  # pieces, not the 64 MB it decodes to
+    assert (f.response.status_code, f.metadata[meta.ERROR]) == (502, "upstream_response_too_large")
+    assert json.loads(f.response.content or b"")["code"] == "upstream_response_too_large"
+
+
+def test_buffered_response_just_under_the_limit_is_masked(guard: LeakGuard) -> None:
+    tok = _token(8)
+    body = json.dumps({"text": f"leak {tok}", "pad": "x" * (60 * 1024)}).encode()
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "gzip"})
+    f.response.raw_content = gzip.compress(body)
+    guard.response(f)
+    assert f.response.status_code == 200 and meta.ERROR not in f.metadata
+    assert tok not in (f.response.text or "")
+
+
+def _streamed(guard: LeakGuard, encoding: str) -> http.HTTPFlow:
+    f = _flow(_rerank("a"))
+    f.response = http.Response.make(200, b"", {"content-type": "text/event-stream", "content-encoding": encoding})
+    del f.response.headers["content-length"]
+    guard.responseheaders(f)
+    assert callable(f.response.stream)
+    return f
+
+
+def test_streamed_bomb_is_cut_at_the_limit_and_the_upstream_closed(
+    guard: LeakGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: closed.append(flow.id) or True)
+    f = _streamed(guard, "gzip")
+    packed = bomb("gzip", 64 * 1024 * 1024)
+    stream = f.response.stream
+    assert callable(stream)
+    sent, peak = traced_peak(
+        lambda: sum(len(c) for i in range(0, len(packed), 16 * 1024) for c in stream(packed[i : i + 16 * 1024]))
+    )
+    assert sent <= 64 * 1024  # at most the limit went out before the cut
+    assert peak < 8 * 1024 * 1024
+    assert closed == [f.id] and f.metadata[meta.ERROR] == "upstream_response_too_large"
+    assert stream(b"") == []  # nothing more after the cut, not even the held-back window
+    # The upstream close ends the flow with an error: recorded as failed (no upstream status).
+    f.error = tflow.terr()
+    guard.error(f)
+    assert f.response is None and STREAM not in f.metadata
+
+
+def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
+    guard: LeakGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: True)
+    f = _streamed(guard, "br")
+    stream = f.response.stream
+    assert callable(stream)
+    stream(brotli.compress(b"\0" * (200 * 1024)))
+    stream(b"")
+    guard.response(f)
+    assert (f.response.status_code, f.metadata[meta.ERROR]) == (502, "upstream_response_too_large")
+    assert f.error is not None and f.error.msg == f.error.KILLED_MESSAGE  # the client never sees it complete
+
+
+def test_streamed_garbage_is_cut_as_undecodable(guard: LeakGuard, monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: closed.append(flow.id) or True)
+    f = _streamed(guard, "gzip")
+    stream = f.response.stream
+    assert callable(stream)
+    assert stream(b"this is not gzip") == []
+    assert closed == [f.id] and f.metadata[meta.ERROR] == "upstream_response_invalid"
+
+
+def test_streamed_identity_is_not_bounded(guard: LeakGuard) -> None:
+    f = _streamed(guard, "identity")
+    stream = f.response.stream
+    assert callable(stream)
+    out = b"".join(c for _ in range(3) for c in stream(b"y" * 64 * 1024)) + b"".join(stream(b""))
+    assert len(out) == 3 * 64 * 1024 and meta.ERROR not in f.metadata

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     aws_fixture,
     policy_file_fixture,
 )
+from tests.bombs import bomb, traced_peak
 
 pytestmark = pytest.mark.anyio
 CONNS = parse_policy(POLICY).connections
@@ -227,6 +229,23 @@ async def test_store_answers_keep_only_granted_fields(aws: dict[str, Any], polic
     assert limited.response.json() == {"ids": [["1"]], "documents": [["doc"]], "included": ["documents"]}
     assert everything.response.json() == answer
     assert (garbled.response.status_code, garbled.response.json()["code"]) == (502, "upstream_response_invalid")
+
+
+async def test_store_answer_bomb_is_sized_not_decoded(aws: dict[str, Any], policy_file: Path) -> None:
+    guard = _guard(aws)
+    with taddons.context(guard) as tctx:
+        tctx.configure(guard, jitgate_policy=str(policy_file), jitgate_table=TABLE)
+        f = _store_flow(["ids"], b"")
+        f.response.headers["content-encoding"] = "gzip"
+        f.response.raw_content = bomb("gzip", 48 * 1024 * 1024)
+        small = _store_flow(["ids"], b"")
+        small.response.headers["content-encoding"] = "gzip"
+        small.response.raw_content = gzip.compress(json.dumps({"ids": [["1"]], "documents": [["d"]]}).encode())
+        _, peak = traced_peak(lambda: guard.response(f))
+        guard.response(small)
+    assert peak < 8 * 1024 * 1024  # sized a piece at a time, never held decoded
+    assert (f.response.status_code, f.response.json()["code"]) == (502, "upstream_response_too_large")
+    assert small.response.json() == {"ids": [["1"]]}
 
 
 @pytest.mark.parametrize(

@@ -251,6 +251,10 @@ def test_mitmproxy_seams_are_where_upstream_timeout_expects_them() -> None:
     assert "event.flow.client_conn.id" in inspect.getsource(proxyserver.Proxyserver.inject_event)
     assert callable(server.ConnectionHandler.close_connection)
     assert "self.transports" in inspect.getsource(server.ConnectionHandler.__init__)
+    assert {"handler", "reader", "writer"} <= set(server.ConnectionIO.__dataclass_fields__)
+    # A closed writer ends the read loop as end of file, which the HTTP layer reports to the flow:
+    reading = inspect.getsource(server.ConnectionHandler.handle_connection)
+    assert "if not data:" in reading and "events.ConnectionClosed(connection)" in reading
     # The error hooks run in the hook task, which then resumes the stream that writes the answer:
     hook_task = inspect.getsource(server.ConnectionHandler.hook_task)
     assert hook_task.index("await self.handle_hook(hook)") < hook_task.index("HookCompleted")

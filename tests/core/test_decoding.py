@@ -1,9 +1,10 @@
-"""decoded_size_exceeds: exact at the limit for every encoding mitmproxy decodes, bounded on bombs."""
+"""decoded_size_exceeds and BoundedDecoder: exact at the limit for every encoding mitmproxy decodes,
+whole or fed in arbitrary chunks, and bounded on bombs."""
 
 from __future__ import annotations
 
 import gzip
-import tracemalloc
+import itertools
 import zlib
 
 import brotli
@@ -12,7 +13,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jitgate.decoding import decoded_size_exceeds
+from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
+from tests.bombs import bomb, traced_peak
 
 ENCODERS = {
     "identity": lambda b: b,
@@ -39,29 +41,11 @@ def test_raw_deflate_and_gzip_members() -> None:
     assert decoded_size_exceeds(two, "gzip", 5009) and not decoded_size_exceeds(two, "gzip", 5010)
 
 
-def _bomb(enc: str, size: int) -> bytes:
-    """`size` zero bytes compressed a piece at a time, so building it costs no `size` of memory."""
-    piece = b"\0" * (1024 * 1024)
-    if enc in ("gzip", "deflate"):
-        z = zlib.compressobj(9, zlib.DEFLATED, 31 if enc == "gzip" else 15)
-        return b"".join(z.compress(piece) for _ in range(size // len(piece))) + z.flush()
-    if enc == "br":
-        b = brotli.Compressor()
-        return b"".join(b.process(piece) for _ in range(size // len(piece))) + b.finish()
-    c = zstandard.ZstdCompressor().compressobj()
-    return b"".join(c.compress(piece) for _ in range(size // len(piece))) + c.flush()
-
-
 @pytest.mark.parametrize("enc", ["gzip", "deflate", "br", "zstd"])
 def test_bomb_is_found_without_decoding_it(enc: str) -> None:
-    bomb = _bomb(enc, 300 * 1024 * 1024)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        assert decoded_size_exceeds(bomb, enc, 16 * 1024 * 1024)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    packed = bomb(enc, 300 * 1024 * 1024)
+    over, peak = traced_peak(lambda: decoded_size_exceeds(packed, enc, 16 * 1024 * 1024))
+    assert over
     assert peak < 4 * 1024 * 1024  # pieces only: the 300 MB it decodes to never exist at once
 
 
@@ -74,3 +58,64 @@ def test_corrupt_or_unknown_raises_value_error(enc: str, data: bytes) -> None:
 def test_truncated_gzip_raises() -> None:
     with pytest.raises(ValueError):
         decoded_size_exceeds(gzip.compress(b"a" * 1000)[:-12], "gzip", 10_000)
+
+
+# -- BoundedDecoder: a streamed body, chunk by chunk ---------------------------------------------
+
+ENCODED = ["gzip", "deflate", "br", "zstd"]
+
+
+def _feed_all(dec: BoundedDecoder, packed: bytes, cuts: list[int]) -> bytes:
+    bounds = sorted({min(max(c, 0), len(packed)) for c in cuts} | {0, len(packed)})
+    return b"".join(dec.feed(packed[a:b]) for a, b in itertools.pairwise(bounds))
+
+
+@pytest.mark.parametrize("enc", ENCODED)
+@settings(max_examples=30, deadline=None)
+@given(
+    body=st.binary(max_size=3000) | st.text(max_size=400).map(lambda t: (t * 40).encode()),
+    delta=st.integers(min_value=-2, max_value=2),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_bounded_decoder_in_any_chunks(enc: str, body: bytes, delta: int, cuts: list[int]) -> None:
+    limit = max(0, len(body) + delta)
+    dec = BoundedDecoder(enc, limit)
+    out = _feed_all(dec, ENCODERS[enc](body), cuts)
+    assert dec.exceeded is (len(body) > limit)
+    if not dec.exceeded:
+        assert out == body and dec.total == len(body)
+    else:
+        assert len(out) <= limit and dec.feed(b"more") == b""  # nothing past the limit, ever
+
+
+def test_bounded_decoder_members_and_raw_deflate() -> None:
+    two = gzip.compress(b"x" * 10) + gzip.compress(b"y" * 5000)
+    assert _feed_all(BoundedDecoder("gzip", 5010), two, [7, 30, 31]) == b"x" * 10 + b"y" * 5000
+    raw = zlib.compressobj(wbits=-15)
+    packed = raw.compress(b"a" * 5000) + raw.flush()
+    assert _feed_all(BoundedDecoder("deflate", 5000), packed, [3]) == b"a" * 5000
+
+
+@pytest.mark.parametrize("enc", ENCODED)
+def test_bounded_decoder_bomb_in_chunks_stays_bounded(enc: str) -> None:
+    packed = bomb(enc, 64 * 1024 * 1024)
+    limit = 4 * 1024 * 1024
+    dec = BoundedDecoder(enc, limit)
+    produced, peak = traced_peak(
+        lambda: sum(len(dec.feed(packed[i : i + 65536])) for i in range(0, len(packed), 65536))
+    )
+    assert dec.exceeded and produced <= limit
+    assert peak < 2 * limit + 2 * 1024 * 1024  # the limit (and its join), never the 64 MB
+
+
+@pytest.mark.parametrize(("enc", "data"), [("gzip", b"not gzip at all"), ("br", b"\xff\xff\xff"),
+                                           ("zstd", b"\x00" * 20), ("deflate", b"\xff" * 20)])
+def test_bounded_decoder_corrupt_raises_value_error(enc: str, data: bytes) -> None:
+    with pytest.raises(ValueError):
+        BoundedDecoder(enc, 1000).feed(data)
+
+
+@pytest.mark.parametrize("enc", ["identity", "", "compress", "gzip, br"])
+def test_bounded_decoder_only_for_real_encodings(enc: str) -> None:
+    with pytest.raises(ValueError):
+        BoundedDecoder(enc, 1000)

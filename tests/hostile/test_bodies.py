@@ -11,25 +11,16 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.hostile.conftest import Hostile
-from tests.reliability.harness import DOCS, QUERY, client, rerank
+from tests.reliability.harness import DOCS, QUERY, client, peak_rss, rerank
 
 MB = 1024 * 1024
 NESTED_OBJECT = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
-
-
-def _peak_rss(pid: int) -> int:
-    """VmHWM: the most resident memory the process ever had, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +96,7 @@ def _upload_reading_early(tls: ssl.SSLSocket, head: bytes, chunks: Iterator[byte
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_100_mb_body_is_413_with_bounded_memory(hostile: Hostile, token: str, framing: str) -> None:
     pid = hostile.gateway.proc.pid
-    base = _peak_rss(pid)
+    base = peak_rss(pid)
     mark = len(hostile.upstream.received)
     host = f"127.0.0.1:{hostile.upstream.port}"
     head = f"POST /v2/rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -120,7 +111,7 @@ def test_100_mb_body_is_413_with_bounded_memory(hostile: Hostile, token: str, fr
         answer = _upload_reading_early(tls, head.encode(), chunks)
     finally:
         tls.close()
-    growth = _peak_rss(pid) - base
+    growth = peak_rss(pid) - base
     status = int(answer.split()[1]) if answer.startswith(b"HTTP/") else 0
     print(f"100 MB body ({framing}): status {status}, gateway peak RSS +{growth / MB:.1f} MB")
     # mitmproxy answers 413 and closes without reading the rest; a client still uploading may get
@@ -134,14 +125,14 @@ def test_100_mb_body_is_413_with_bounded_memory(hostile: Hostile, token: str, fr
 def test_gzip_bomb_is_refused_with_bounded_memory(hostile: Hostile, c: httpx.Client, token: str) -> None:
     bomb = gzip.compress(b"0" * (200 * MB), compresslevel=9)  # ~200 KB on the wire
     pid = hostile.gateway.proc.pid
-    base = _peak_rss(pid)
+    base = peak_rss(pid)
     mark = len(hostile.upstream.received)
     resp = c.post(
         f"{hostile.upstream.url}/v2/rerank",
         content=bomb,
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip", "Authorization": "Bearer x"},
     )
-    growth = _peak_rss(pid) - base
+    growth = peak_rss(pid) - base
     print(f"gzip bomb {len(bomb) // 1024} KB -> 200 MB: status {resp.status_code}, peak RSS +{growth / MB:.1f} MB")
     assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a {len(bomb) // 1024} KB gzip bomb"
     assert (resp.status_code, resp.json()["code"]) == (413, "payload_too_large"), resp.text[:300]

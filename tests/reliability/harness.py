@@ -29,6 +29,7 @@ from jitgate.devstack.gateway import Gateway, jitgate_options, start_gateway
 from jitgate.devstack.policy import policy_dict
 from jitgate.devstack.upstream import Upstream
 from jitgate.token import AUDIENCE, der_to_raw_signature, new_jti
+from tests.bombs import bomb
 
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 DOCS = [
@@ -188,6 +189,14 @@ def raw_record_bytes(moto: str, bucket: str, gateway_id: str, spool: Path) -> by
     return blob
 
 
+def peak_rss(pid: int) -> int:
+    """VmHWM: the most resident memory the process ever had, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.3) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -309,8 +318,12 @@ def relay_to(url: str) -> Iterator[Relay]:
 class FaultyUpstream:
     """A TLS server (cert from `ca`) that reads one request head and then misbehaves.
 
-    mode "reset": closes with RST; "hang": never answers (until `release()`); "ok": a small 200 JSON.
+    mode "reset": closes with RST; "hang": never answers (until `release()`); "ok": a small 200 JSON;
+    "bomb": a 200 JSON whose gzip body (`bomb`, with Content-Length) decodes to `bomb_size` bytes;
+    "bomb-stream": the same bomb chunked, and then silence (no last chunk) until the gateway closes.
     """
+
+    bomb_size = 200 * 1024 * 1024
 
     def __init__(self, ca: Any, mode: str = "reset") -> None:
         import socket
@@ -321,6 +334,7 @@ class FaultyUpstream:
         self.accepted = 0
         self.closed = 0  # "hang": connections the gateway closed while the upstream said nothing
         self._release = threading.Event()
+        self.bomb = bomb("gzip", self.bomb_size) if mode.startswith("bomb") else b""
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self._ca_pem: bytes = ca.cert_pem.bytes()
         self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -372,6 +386,23 @@ class FaultyUpstream:
                 data += chunk
             if self.mode == "hang":
                 self._hang(conn)
+            elif self.mode == "bomb":
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                conn.sendall(head + b"Content-Length: " + str(len(self.bomb)).encode() + b"\r\n\r\n" + self.bomb)
+                self._hang(conn)  # keep-alive: the gateway may close it or keep it
+                return
+            elif self.mode == "bomb-stream":
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+                try:
+                    for i in range(0, len(self.bomb), 16 * 1024):
+                        piece = self.bomb[i : i + 16 * 1024]
+                        conn.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                except OSError:
+                    self.closed += 1  # the gateway stopped reading it and closed
+                    return
+                self._hang(conn)
+                return
             elif self.mode == "ok":
                 body = b'{"results": []}'
                 conn.sendall(

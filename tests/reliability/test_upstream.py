@@ -22,9 +22,19 @@ import trustme
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.gateway import Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from tests.reliability.harness import FaultyUpstream, client, full_gateway, records, wait_for, write_policy
+from tests.reliability.harness import (
+    FaultyUpstream,
+    client,
+    full_gateway,
+    peak_rss,
+    records,
+    wait_for,
+    write_policy,
+)
 
 UPSTREAM_TIMEOUT = "1500ms"
+MB = 1024 * 1024
+INSPECT_LIMIT = MB  # jitgate_max_inspect_bytes of the bomb cases
 BODY = {"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]}
 
 
@@ -35,11 +45,12 @@ def faulty(
 ) -> Iterator[tuple[FaultyUpstream, Gateway, Path, str, str]]:
     up = FaultyUpstream(trustme.CA(), request.param)
     gateway_id = f"rel-up-{request.param}-" + secrets.token_hex(3)
+    extra = {"jitgate_max_inspect_bytes": str(INSPECT_LIMIT)} if request.param.startswith("bomb") else {}
     # tcp_timeout well past the upstream timeout: a 504 can only come from jitgate's own timer.
     gw = full_gateway(
         tmp_path, policy=write_policy(tmp_path, oidc_issuer.url, up), upstream=up,  # type: ignore[arg-type]
         broker=broker, stack=aws_stack, moto=moto_server, gateway_id=gateway_id, tcp_timeout="30",
-        jitgate_upstream_timeout=UPSTREAM_TIMEOUT,
+        jitgate_upstream_timeout=UPSTREAM_TIMEOUT, **extra,
     )
     try:
         with gw:
@@ -139,3 +150,55 @@ def test_silent_upstream_answer_is_504_json(
     assert not any(token in line for line in gw.log)
     assert not any("crashed" in line or "Traceback" in line for line in gw.log), "\n".join(gw.log)
     assert any("upstream_timeout" in line for line in gw.log)  # the gateway says why it answered 504
+
+
+# -- decompression bombs from the upstream -----------------------------------------------------
+
+
+@pytest.mark.parametrize("faulty", ["bomb"], indirect=True)
+def test_response_bomb_is_502_json_with_bounded_memory(
+    faulty: tuple[FaultyUpstream, Gateway, Path, str, str], aws_stack: Stack, moto_server: str, tmp_path: Path
+) -> None:
+    up, gw, bundle, token, gateway_id = faulty
+    base = peak_rss(gw.proc.pid)
+    with client(gw, bundle, token) as c:
+        resp = c.post(f"{up.url}/v2/rerank", json=BODY)
+    growth = peak_rss(gw.proc.pid) - base
+    print(f"response gzip bomb {len(up.bomb) // 1024} KB -> {up.bomb_size // MB} MB: "
+          f"{resp.status_code} {resp.json().get('code')}, gateway peak RSS +{growth / MB:.1f} MB")
+    assert resp.status_code == 502 and resp.headers["content-type"] == "application/json"
+    assert resp.json() == {
+        "code": "upstream_response_too_large", "message": "the upstream response exceeds the gateway's inspection limit"
+    }
+    assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a {len(up.bomb) // 1024} KB response bomb"
+    [rec] = _flow_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", 1)
+    assert (rec["status"], rec["error"], rec["decision"]) == (502, "upstream_response_too_large", "blocked")
+    assert gw.proc.poll() is None
+
+
+@pytest.mark.parametrize("faulty", ["bomb-stream"], indirect=True)
+def test_streamed_response_bomb_is_cut_at_the_limit_with_bounded_memory(
+    faulty: tuple[FaultyUpstream, Gateway, Path, str, str], aws_stack: Stack, moto_server: str, tmp_path: Path
+) -> None:
+    up, gw, bundle, token, gateway_id = faulty
+    base = peak_rss(gw.proc.pid)
+    received, status, failure = 0, 0, ""
+    with client(gw, bundle, token) as c:
+        try:
+            with c.stream("POST", f"{up.url}/v2/rerank", json=BODY) as resp:
+                status = resp.status_code
+                for chunk in resp.iter_bytes():
+                    received += len(chunk)
+        except httpx.HTTPError as exc:
+            failure = type(exc).__name__
+    growth = peak_rss(gw.proc.pid) - base
+    print(f"streamed response gzip bomb {len(up.bomb) // 1024} KB -> {up.bomb_size // MB} MB: status {status}, "
+          f"{received} bytes then {failure or 'a clean end'}, gateway peak RSS +{growth / MB:.1f} MB")
+    assert status == 200  # the headers went out before the body was known to be a bomb
+    assert failure, "the cut stream must not look complete to the client"
+    assert received <= INSPECT_LIMIT  # never more than the limit, decoded
+    assert growth < 40 * MB, f"peak RSS grew by {growth // MB} MB for a {len(up.bomb) // 1024} KB streamed bomb"
+    assert wait_for(lambda: up.closed == 1, 10), "the gateway kept reading the bomb\n" + "\n".join(gw.log)
+    [rec] = _flow_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", 1)
+    assert (rec["status"], rec["error"], rec["decision"]) == (0, "upstream_response_too_large", "blocked")
+    assert not any("crashed" in line or "Traceback" in line for line in gw.log), "\n".join(gw.log)
