@@ -13,8 +13,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from jitgate.records import RankEntry, VectorDigest
 
 # Keys whose numeric lists are embedding vectors; any other all-number list this long is one too.
@@ -24,7 +22,6 @@ _LONG_NUMBER_LIST = 128
 STORE_FIELDS = frozenset({"ids", "embeddings", "documents", "uris", "data", "metadatas", "distances"})
 MAX_VECTOR_DIGESTS = 1024
 MAX_DOC_HASHES = 10_000
-_RANKING: TypeAdapter[tuple[RankEntry, ...]] = TypeAdapter(tuple[RankEntry, ...])
 
 
 def sha256_text(text: str) -> str:
@@ -88,12 +85,12 @@ def summarize_rerank(request: Any, response: Any) -> RerankSummary:
         return RerankSummary()
     query = request.get("query")
     docs = _documents(request)
-    ranking = []
+    ranking: list[RankEntry] = []
     for item in _results(response):
         if isinstance(item, dict):
             index = item.get("index")
             if type(index) is int:  # a JSON integer; never a bool
-                ranking.append({"index": index, "score": _score(item)})
+                ranking.append(RankEntry(index=index, score=_score(item)))
     sha256 = hashlib.sha256
     return RerankSummary(
         query=query if isinstance(query, str) else None,
@@ -102,9 +99,7 @@ def summarize_rerank(request: Any, response: Any) -> RerankSummary:
             sha256(d.encode("utf-8", "surrogatepass")).hexdigest() if type(d) is str else document_fingerprint(d)
             for d in (docs or [])[:MAX_DOC_HASHES]
         ),
-        # Types are checked above; one validation of the whole list (pydantic-core) is cheaper
-        # than building the entries one by one, even with model_construct.
-        ranking=_RANKING.validate_python(ranking) if ranking else (),
+        ranking=tuple(ranking),  # types checked above; the record validates them once more
     )
 
 

@@ -81,7 +81,7 @@ def test_summarize_rerank_dialects(request_body: object, response_body: object, 
     assert s.query == "q"
     assert s.doc_count == 3
     assert s.doc_sha256 == (_sha("a"), _sha("b"), _sha("c"))
-    assert [(r.index, r.score) for r in s.ranking] == [(2, scores[0]), (0, scores[1])]
+    assert [(r["index"], r["score"]) for r in s.ranking] == [(2, scores[0]), (0, scores[1])]
 
 
 def test_summarize_rerank_tolerates_garbage() -> None:
