@@ -1,4 +1,4 @@
-"""A mitmdump process for the recorder's end-to-end tests, and a TCP relay that can cut S3 off.
+"""A mitmdump process for the recorder's end-to-end tests (the relay that cuts S3 off: tests/relay.py).
 
 `Gateway` runs real `mitmdump` with the given addon scripts and options on a free loopback
 port; `kill()` sends SIGKILL (no `done` hook, no flush), `stop()` a clean shutdown.
@@ -6,13 +6,11 @@ port; `kill()` sends SIGKILL (no `done` hook, no flush), `stop()` a clean shutdo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -101,56 +99,3 @@ class Gateway:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class TcpRelay:
-    """Forward 127.0.0.1:<port> to a target; while `up` is False, connections are cut at once."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = True
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self.port = int(self._sock.getsockname()[1])
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            if not self.up:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                conn.close()  # RST: the client sees a reset connection
-                continue
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                conn.close()
-                continue
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()

@@ -24,7 +24,8 @@ import pytest
 
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.upstream import Upstream
-from tests.e2e.recorder_gateway import REPO, Gateway, TcpRelay
+from tests.e2e.recorder_gateway import REPO, Gateway
+from tests.relay import Relay
 
 DOCS = ["refund policy for damaged goods", "shipping times to Norway", "warranty terms for laptops"]
 
@@ -109,7 +110,7 @@ def _outage(
     """Load while S3 is cut off (uploads fail, segments pile up), then S3 back: all arrive once."""
     up, key, ca = upstream
     target = urlparse(moto_server)
-    relay = TcpRelay((target.hostname or "127.0.0.1", target.port or 80))
+    relay = Relay((target.hostname or "127.0.0.1", target.port or 80))
     relay.up = False
     gateway_id = "gw-outage-" + secrets.token_hex(3)
     gw = _gateway(

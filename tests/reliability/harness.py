@@ -2,7 +2,8 @@
 
 `full_gateway(...)` starts `mitmdump -s addon/jitgate_addons.py` with every addon on, its spool
 in the work folder and its records shipped to the audit bucket. AWS endpoints can be given per
-service (`aws_env`), so a test cuts one service off with a `TcpRelay` and leaves the others up.
+service (`aws_env`), so a test cuts one service off with a `Relay` (tests/relay.py) and leaves the
+others up.
 `kms_token(...)` signs arbitrary headers and claims with the broker's own KMS key, so a test can
 present a token that only its claims (or header) make wrong. `records(...)` reads every session
 record the gateway wrote, shipped or still in its spool.
@@ -15,8 +16,7 @@ import gzip
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,115 +204,6 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.3) -
             return True
         time.sleep(interval)
     return check()
-
-
-class Relay:
-    """Forward a loopback port to `target`; `up = False` resets every open connection and refuses new ones.
-
-    (tests/e2e/recorder_gateway.TcpRelay only refuses new connections; a keep-alive client would
-    go on using its open one, so a cut there does not cut a pooled AWS client.)
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        import socket
-        import threading
-
-        self.target = target
-        self._up = True
-        self._lock = threading.Lock()
-        self._open: set[Any] = set()
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(128)
-        self.port = int(self._sock.getsockname()[1])
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def up(self) -> bool:
-        return self._up
-
-    @up.setter
-    def up(self, value: bool) -> None:
-        self._up = value
-        if not value:
-            with self._lock:
-                victims = list(self._open)
-                self._open.clear()
-            for s in victims:
-                self._reset(s)
-
-    @staticmethod
-    def _reset(s: Any) -> None:
-        import contextlib
-        import socket
-
-        with contextlib.suppress(OSError):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        with contextlib.suppress(OSError):
-            s.close()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while not self._closed:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            if not self._up:
-                self._reset(conn)
-                continue
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                self._reset(conn)
-                continue
-            with self._lock:
-                self._open.update((conn, upstream))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: Any, dst: Any) -> None:
-        import contextlib
-        import socket
-
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            with self._lock:
-                self._open.discard(src)
-                self._open.discard(dst)
-
-    def close(self) -> None:
-        self._closed = True
-        self._sock.close()
-        self.up = False
-
-
-@contextmanager
-def relay_to(url: str) -> Iterator[Relay]:
-    """A Relay in front of `url`'s host and port; `.up = False` cuts it off."""
-    from urllib.parse import urlparse
-
-    target = urlparse(url)
-    relay = Relay((target.hostname or "127.0.0.1", target.port or 80))
-    try:
-        yield relay
-    finally:
-        relay.close()
 
 
 class FaultyUpstream:

@@ -23,6 +23,7 @@ from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import secret_id
 from jitgate.devstack.upstream import Upstream
+from tests.relay import relay_to
 from tests.reliability.harness import (
     Load,
     claims_for,
@@ -31,7 +32,6 @@ from tests.reliability.harness import (
     outcome_counts,
     record_counts,
     records,
-    relay_to,
     rerank,
     sign_with,
     wait_for,
