@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
@@ -26,6 +27,14 @@ from addon.upstream_conn import close_upstream
 from jitgate.errors import UpstreamTimeout as UpstreamTimeoutError
 
 logger = logging.getLogger(__name__)
+
+
+class _Timer(Protocol):
+    def cancel(self) -> Any: ...
+
+
+# loop.call_later's shape: (delay, callback, *args) -> a handle with cancel()
+CallLater = Callable[..., _Timer]
 
 OPTION = "jitgate_upstream_timeout"
 DEFAULT = "60s"
@@ -54,15 +63,12 @@ def parse_timeout(text: str) -> float:
 
 class UpstreamTimeout:
     def __init__(
-        self,
-        *,
-        close: Callable[[http.HTTPFlow], bool] = close_upstream,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        self, *, close: Callable[[http.HTTPFlow], bool] = close_upstream, call_later: CallLater | None = None
     ) -> None:
         self._close = close
-        self._sleep = sleep
+        self._call_later = call_later  # None: the running loop's (a timer handle, no task per flow)
         self.timeout = parse_timeout(DEFAULT)
-        self.timers: dict[str, asyncio.Task[None]] = {}  # flow id -> its running timer
+        self.timers: dict[str, _Timer] = {}  # flow id -> its running timer (or the task awaiting a hold)
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -89,7 +95,10 @@ class UpstreamTimeout:
         if meta.refused(flow):
             return  # answered by the gateway: nothing goes upstream
         self._cancel(flow)
-        self.timers[flow.id] = asyncio.get_running_loop().create_task(self._watch(flow))
+        if flow.intercepted:  # held for approval (approval_hold ran first): not sent until resumed
+            self.timers[flow.id] = asyncio.get_running_loop().create_task(self._after_hold(flow))
+        else:
+            self._start(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
@@ -108,9 +117,18 @@ class UpstreamTimeout:
 
     # -- the timer ----------------------------------------------------------------------------
 
-    async def _watch(self, flow: http.HTTPFlow) -> None:
-        await flow.wait_for_resume()  # type: ignore[no-untyped-call]  # held for approval: not sent yet
-        await self._sleep(self.timeout)
+    def _start(self, flow: http.HTTPFlow) -> None:
+        call_later = self._call_later or asyncio.get_running_loop().call_later
+        self.timers[flow.id] = call_later(self.timeout, self._fire, flow)
+
+    async def _after_hold(self, flow: http.HTTPFlow) -> None:
+        await flow.wait_for_resume()  # type: ignore[no-untyped-call]
+        if flow.response is None and flow.error is None:  # approved: it goes upstream now
+            self._start(flow)
+        else:
+            self.timers.pop(flow.id, None)
+
+    def _fire(self, flow: http.HTTPFlow) -> None:
         self.timers.pop(flow.id, None)
         self.expire(flow)
 

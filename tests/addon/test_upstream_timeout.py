@@ -1,7 +1,7 @@
 """upstream_timeout: the option, the timer's life (held, answered, cancelled, fired), the 504 label,
 and the mitmproxy internals it leans on (so an upgrade that moves them fails here, loudly).
 
-The timer's sleep is a gate the test opens, so nothing here waits on the wall clock. The real
+The timers are a fake `call_later` the test fires, so nothing here waits on the wall clock. The real
 mitmdump run is tests/reliability/test_upstream.py.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections.abc import Callable
 
 import pytest
 from mitmproxy import exceptions, http
@@ -23,16 +24,34 @@ from addon.upstream_timeout import UpstreamTimeout, parse_timeout
 from tests.addon.jit_fixtures import anyio_backend_fixture  # noqa: F401 (fixture)
 
 
-class _Gate:
-    """Stands for asyncio.sleep: records the delay and returns when the test opens the gate."""
+class _Handle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Clock:
+    """Stands for loop.call_later: records each timer; `fire()` runs the ones still armed."""
 
     def __init__(self) -> None:
-        self.delays: list[float] = []
-        self.opened = asyncio.Event()
+        self.timers: list[tuple[float, Callable[..., object], tuple[object, ...], _Handle]] = []
 
-    async def sleep(self, delay: float) -> None:
-        self.delays.append(delay)
-        await self.opened.wait()
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> _Handle:
+        handle = _Handle()
+        self.timers.append((delay, callback, args, handle))
+        return handle
+
+    @property
+    def delays(self) -> list[float]:
+        return [delay for delay, *_ in self.timers]
+
+    def fire(self) -> None:
+        due, self.timers = self.timers, []
+        for _, callback, args, handle in due:
+            if not handle.cancelled:
+                callback(*args)
 
 
 class _Closer:
@@ -50,9 +69,9 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def _addon(result: bool = True) -> tuple[UpstreamTimeout, _Gate, _Closer]:
-    gate, closer = _Gate(), _Closer(result)
-    return UpstreamTimeout(close=closer, sleep=gate.sleep), gate, closer
+def _addon(result: bool = True) -> tuple[UpstreamTimeout, _Clock, _Closer]:
+    clock, closer = _Clock(), _Closer(result)
+    return UpstreamTimeout(close=closer, call_later=clock.call_later), clock, closer
 
 
 # -- the option ------------------------------------------------------------------------------
@@ -85,96 +104,94 @@ def test_bad_option_stops_the_start_and_a_good_one_is_used() -> None:
 # -- the timer -------------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_silent_upstream_is_marked_closed_and_answered_504() -> None:
-    addon, gate, closer = _addon()
+def test_silent_upstream_is_marked_closed_and_answered_504() -> None:
+    addon, clock, closer = _addon()
     flow = tflow.tflow()
     addon.request(flow)
-    await _settle()
-    assert gate.delays == [addon.timeout] and not closer.closed
-    gate.opened.set()
-    await _settle()
+    assert clock.delays == [addon.timeout] and not closer.closed
+    clock.fire()
     assert closer.closed == [flow.id]
     assert flow.metadata[meta.ERROR] == "upstream_timeout"  # what the session record will say
     assert addon.timers == {}
 
 
-@pytest.mark.anyio
-async def test_headers_in_time_cancel_the_timer_and_a_slow_body_is_not_cut() -> None:
-    addon, gate, closer = _addon()
+def test_headers_in_time_cancel_the_timer_and_a_slow_body_is_not_cut() -> None:
+    addon, clock, closer = _addon()
     flow = tflow.tflow()
     addon.request(flow)
-    await _settle()
     flow.response = tflow.tresp()
     addon.responseheaders(flow)
-    gate.opened.set()  # the body may take longer than the timeout: nothing fires
-    await _settle()
+    clock.fire()  # the body may take longer than the timeout: nothing fires
     assert closer.closed == [] and meta.ERROR not in flow.metadata and addon.timers == {}
     addon.response(flow)
     assert not flow.error
 
 
-@pytest.mark.anyio
-async def test_error_and_answer_cancel_the_timer() -> None:
-    addon, gate, closer = _addon()
+def test_error_and_answer_cancel_the_timer() -> None:
+    addon, clock, closer = _addon()
     failed, answered = tflow.tflow(), tflow.tflow()
     addon.request(failed)
     addon.request(answered)
-    await _settle()
     failed.error = tflow.terr()
     addon.error(failed)
     answered.response = tflow.tresp()
     addon.response(answered)
-    gate.opened.set()
-    await _settle()
+    clock.fire()
     assert closer.closed == [] and addon.timers == {}
 
 
-@pytest.mark.anyio
-async def test_flow_answered_by_the_gateway_gets_no_timer() -> None:
-    addon, gate, _ = _addon()
+def test_answer_that_raced_the_timer_is_left_alone() -> None:
+    addon, clock, closer = _addon()
+    flow = tflow.tflow()
+    addon.request(flow)
+    flow.response = tflow.tresp()  # headers arrived; the hook has not run yet when the timer fires
+    clock.fire()
+    assert closer.closed == [] and meta.ERROR not in flow.metadata
+
+
+def test_flow_answered_by_the_gateway_gets_no_timer() -> None:
+    addon, clock, _ = _addon()
     flow = tflow.tflow()
     flow.metadata[meta.ERROR] = "token_required"
     addon.request(flow)
-    await _settle()
-    assert addon.timers == {} and gate.delays == []
+    assert addon.timers == {} and clock.delays == []
 
 
 @pytest.mark.anyio
 async def test_held_flow_starts_its_timer_only_when_resumed() -> None:
-    addon, gate, closer = _addon()
+    addon, clock, closer = _addon()
     flow = tflow.tflow()
     flow.intercept()  # type: ignore[no-untyped-call]  # approval_hold ran before this addon
     addon.request(flow)
-    gate.opened.set()  # however long the hold lasts
     await _settle()
-    assert gate.delays == [] and closer.closed == []
+    clock.fire()  # however long the hold lasts
+    assert clock.delays == [] and closer.closed == []
     flow.resume()  # type: ignore[no-untyped-call]  # approved: now it goes upstream
     await _settle()
-    assert gate.delays == [addon.timeout] and closer.closed == [flow.id]
+    assert clock.delays == [addon.timeout]
+    clock.fire()
+    assert closer.closed == [flow.id]
 
 
 @pytest.mark.anyio
 async def test_denied_hold_is_not_timed_out() -> None:
-    addon, gate, closer = _addon()
+    addon, clock, closer = _addon()
     flow = tflow.tflow()
     flow.intercept()  # type: ignore[no-untyped-call]
     addon.request(flow)
     flow.response = http.Response.make(403, b"{}")
     flow.metadata[meta.ERROR] = "approval_denied"
     flow.resume()  # type: ignore[no-untyped-call]
-    gate.opened.set()
     await _settle()
-    assert closer.closed == [] and flow.metadata[meta.ERROR] == "approval_denied"
+    clock.fire()
+    assert clock.delays == [] and closer.closed == [] and addon.timers == {}
 
 
-@pytest.mark.anyio
-async def test_headers_after_the_timer_fired_are_not_forwarded() -> None:
-    addon, gate, _ = _addon()
+def test_headers_after_the_timer_fired_are_not_forwarded() -> None:
+    addon, clock, _ = _addon()
     flow = tflow.tflow()
     addon.request(flow)
-    gate.opened.set()
-    await _settle()
+    clock.fire()
     flow.response = tflow.tresp()  # arrived before the close landed
     addon.responseheaders(flow)
     assert flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
@@ -182,25 +199,39 @@ async def test_headers_after_the_timer_fired_are_not_forwarded() -> None:
 
 @pytest.mark.anyio
 async def test_done_cancels_every_timer() -> None:
-    addon, gate, closer = _addon()
+    addon, clock, closer = _addon()
     flows = [tflow.tflow() for _ in range(3)]
+    flows[0].intercept()  # type: ignore[no-untyped-call]
     for f in flows:
         addon.request(f)
-    await _settle()
     addon.done()
-    gate.opened.set()
+    flows[0].resume()  # type: ignore[no-untyped-call]
     await _settle()
+    clock.fire()
     assert closer.closed == [] and addon.timers == {}
 
 
-@pytest.mark.anyio
-async def test_close_failure_still_marks_the_flow() -> None:
-    addon, gate, closer = _addon(result=False)
+def test_close_failure_still_marks_the_flow() -> None:
+    addon, clock, closer = _addon(result=False)
     flow = tflow.tflow()
     addon.request(flow)
-    gate.opened.set()
-    await _settle()
+    clock.fire()
     assert closer.closed == [flow.id] and flow.metadata[meta.ERROR] == "upstream_timeout"
+
+
+@pytest.mark.anyio
+async def test_default_timer_is_the_running_loops() -> None:
+    closer = _Closer()
+    addon = UpstreamTimeout(close=closer)
+    addon.timeout = 0.01
+    flow = tflow.tflow()
+    addon.request(flow)
+    assert isinstance(addon.timers[flow.id], asyncio.TimerHandle)  # a timer handle, no task per flow
+    for _ in range(200):
+        if closer.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert closer.closed == [flow.id]
 
 
 # -- the 504 label -----------------------------------------------------------------------------
