@@ -53,7 +53,9 @@ class Rule:
     # A prefix of `pattern` Hyperscan looks for instead of the whole pattern: one report per
     # occurrence instead of one per possible end of a variable-length match.
     trigger: str | None = None
-    # An explicit Hyperscan pattern, for the few rules whose superset is best written by hand.
+    # An explicit Hyperscan pattern, for the few rules whose superset is best written by hand. With
+    # a trigger: the trigger and what every match needs right after it (one start per occurrence,
+    # fewer false starts than the trigger alone).
     hs: str | None = None
 
     @cached_property

@@ -344,3 +344,14 @@ def test_arbitration_as_first_written(spans: list[tuple[int, int, str, int, bool
     if any(c.start >= max(d.end for d in cluster[:i]) for i, c in enumerate(cluster) if i):
         return  # not one cluster (the resolver splits those first)
     assert scanner_module._arbitrate(buf, cluster) == _arbitrate_plain(buf, cluster)
+
+
+def test_hand_written_hyperscan_patterns_of_triggered_rules_extend_the_trigger() -> None:
+    """Where the start of match is used, the pattern must start where every match starts."""
+    from jitgate.inspect.rules import _LOOKAROUND, RULES
+
+    extended = [r for r in RULES if r.trigger and r.hs]
+    assert {r.name for r in extended} >= {"generic_secret", "twilio_api_key", "openai_legacy_key"}
+    for rule in extended:
+        assert rule.hs.startswith(_LOOKAROUND.sub("", rule.trigger).replace("(?:|)", "")), rule.name
+        assert rule.pattern.startswith(rule.trigger), rule.name
