@@ -148,7 +148,7 @@ class HyperscanEngine:
         return sum(self._som)
 
     def reports(self, buf: bytes) -> list[tuple[int, int, int]]:
-        """(rule index, start or -1 without start of match, end) of every report, sorted."""
+        """(rule index, start (0 for a rule without start of match), end) of every report, sorted."""
         hits: list[tuple[int, int, int]] = []
         add = hits.append
 
