@@ -211,7 +211,8 @@ class FaultyUpstream:
 
     mode "reset": closes with RST; "hang": never answers (until `release()`); "ok": a small 200 JSON;
     "bomb": a 200 JSON whose gzip body (`bomb`, with Content-Length) decodes to `bomb_size` bytes;
-    "bomb-stream": the same bomb chunked, and then silence (no last chunk) until the gateway closes.
+    "bomb-stream": the same bomb chunked, and then silence (no last chunk) until the gateway closes;
+    "truncate": response headers and the start of the body, then a reset.
     """
 
     bomb_size = 200 * 1024 * 1024
@@ -294,6 +295,9 @@ class FaultyUpstream:
                     return
                 self._hang(conn)
                 return
+            elif self.mode == "truncate":
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                conn.sendall(head + b'{"results": [')  # then a reset, 987 bytes short
             elif self.mode == "ok":
                 body = b'{"results": []}'
                 conn.sendall(
