@@ -355,3 +355,12 @@ def test_hand_written_hyperscan_patterns_of_triggered_rules_extend_the_trigger()
     for rule in extended:
         assert rule.hs.startswith(_LOOKAROUND.sub("", rule.trigger).replace("(?:|)", "")), rule.name
         assert rule.pattern.startswith(rule.trigger), rule.name
+
+
+def test_the_probe_looks_for_runs_as_long_as_the_base64_rule_needs() -> None:
+    from jitgate.inspect.rules import DECODER_RULES
+
+    base64_run = DECODER_RULES[0]
+    assert base64_run.name == "base64_run"
+    run = f"[A-Za-z0-9+/]{{{scanner_module.MIN_BLOB}}}"
+    assert base64_run.pattern.endswith(run) and (base64_run.hs or "").endswith(run)
