@@ -128,12 +128,17 @@ class HyperscanEngine:
             raise RuntimeError("hyperscan is not installed")
         self.rules = tuple(rules)
         som = hyperscan.HS_FLAG_SOM_LEFTMOST
-        self._som = tuple(_compiles(r.hs_pattern, som) for r in self.rules)
+        self._som = tuple(not r.hs_ends and _compiles(r.hs_pattern, som) for r in self.rules)
         for rule, has_som in zip(self.rules, self._som, strict=True):
             if rule.trigger and not has_som:
                 raise ValueError(f"rule {rule.name}: its trigger must compile with start of match")
         # A trigger reports where a match may start: the region runs on for the rule's max length.
-        self._back = tuple(r.hs_max_len for r in self.rules)
+        # An `hs_ends` pattern reports where one may end (or just after, past a boundary it
+        # consumes): the region reaches back as far as both together.
+        self._back = tuple(r.max_len + r.hs_max_len if r.hs_ends else r.hs_max_len for r in self.rules)
+        # A match never starts more than the rule's max length before a report's end: a start of
+        # match further left (an unbounded `+` in a Hyperscan pattern) is clamped to that.
+        self._reach = tuple(r.max_len for r in self.rules)
         self._ahead = tuple(r.max_len if r.trigger else 0 for r in self.rules)
         self._db = hyperscan.Database()
         self._db.compile(
@@ -162,9 +167,10 @@ class HyperscanEngine:
     def regions(self, buf: bytes) -> dict[int, list[tuple[int, int]]]:
         """Candidate regions per rule index, as reported."""
         hits: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        som, back, ahead = self._som, self._back, self._ahead
+        som, back, ahead, reach = self._som, self._back, self._ahead, self._reach
         for rule_id, start, end in self.reports(buf):
-            hits[rule_id].append((start if som[rule_id] else max(0, end - back[rule_id]), end + ahead[rule_id]))
+            a = max(start, end - reach[rule_id]) if som[rule_id] else max(0, end - back[rule_id])
+            hits[rule_id].append((a, end + ahead[rule_id]))
         return hits
 
     @staticmethod
@@ -194,7 +200,7 @@ class HyperscanEngine:
     def matches(self, buf: bytes) -> list[RuleMatch]:
         out: list[RuleMatch] = []
         add = out.append
-        rules, som, back, ahead = self.rules, self._som, self._back, self._ahead
+        rules, som, back, ahead, reach = self.rules, self._som, self._back, self._ahead, self._reach
         # Reports come sorted by rule, then start: one run per rule.
         for rule_id, run in groupby(self.reports(buf), key=itemgetter(0)):
             rule = rules[rule_id]
@@ -208,8 +214,9 @@ class HyperscanEngine:
                             add((rule_id, m))
                             last_end = m.end() if m.end() > start else start + 1
                 continue
+            has_som, reach_r, back_r, ahead_r = som[rule_id], reach[rule_id], back[rule_id], ahead[rule_id]
             regions = [
-                (start if som[rule_id] else max(0, end - back[rule_id]), end + ahead[rule_id]) for _, start, end in run
+                (max(start, end - reach_r) if has_som else max(0, end - back_r), end + ahead_r) for _, start, end in run
             ]
             for a, b in self._merge(regions):
                 out.extend((rule_id, m) for m in self._confirm(buf, rule, a, b))
