@@ -44,6 +44,8 @@ DOCS = [
     "Paris is the capital of France.",
     "Berlin is the capital of Germany.",
 ]
+UPSTREAM_WAIT = 3.0  # jitgate_upstream_timeout of gateway A, seconds
+UPSTREAM_TIMEOUT = f"{UPSTREAM_WAIT:g}s"
 QUERY = "What is the capital of the United States?"
 
 if not any(g.name == "approvals" for g in app.registered_groups):
@@ -103,7 +105,7 @@ def gateway(
         aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
     )
     options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2",
-                   jitgate_gateway_id="gw-a")
+                   jitgate_gateway_id="gw-a", jitgate_upstream_timeout=UPSTREAM_TIMEOUT)
     with start_gateway(work, options=options) as gw:
         yield gw
         if gw.proc.poll() is not None:
@@ -331,6 +333,8 @@ def test_held_rerank_resumes_after_approval_and_the_client_gets_the_upstream_ans
     assert summary["reasons"] == [f"documents:{len(DOCS)}>5"] and summary["path"] == "/v2/rerank"
     assert minted["token"] not in json.dumps(hold) and DOCS[1] not in json.dumps(hold)
     assert call.running() and len(upstream.received) == mark  # held: nothing went upstream
+    time.sleep(UPSTREAM_WAIT + 0.5)  # held past jitgate_upstream_timeout: a hold is no wait for the upstream
+    assert call.running()
 
     assert _cli(broker, admin, "approvals", "approve", hold["id"], "--reason", "big batch ok").exit_code == 0
     answer = call.result()

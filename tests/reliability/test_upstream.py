@@ -148,6 +148,7 @@ def test_silent_upstream_answer_is_504_json(
     assert (rec["status"], rec["error"], rec["decision"]) == (0, "upstream_timeout", "blocked")
     assert rec["sub"] and rec["jti"]
     assert not any(token in line for line in gw.log)
+    assert not any(secret in line for secret in aws_stack.secrets.values() for line in gw.log)
     assert not any("crashed" in line or "Traceback" in line for line in gw.log), "\n".join(gw.log)
     assert any("upstream_timeout" in line for line in gw.log)  # the gateway says why it answered 504
 
