@@ -13,6 +13,7 @@ mitmproxy's `ssl_verify_upstream_trusted_ca` replaces the roots, so a combined b
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -61,15 +62,22 @@ def secret_value(raw: str | None, json_key: str | None) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _target(upstream: str, upstream_host: str) -> tuple[str, int, str]:
+    """(scheme, port, host) of a connection's upstream URL; parsed once per URL."""
+    target = urlsplit(upstream)
+    return target.scheme, target.port or (443 if target.scheme == "https" else 80), target.hostname or upstream_host
+
+
 def apply_credential(request: http.Request, conn: Connection, secret: str) -> None:
     """Strip client credentials, set the connection's header and point at the real upstream."""
+    present = {name.lower() for name in request.headers}
     for name in (*_CLIENT_CREDENTIALS, conn.credential.header):
-        request.headers.pop(name, None)
+        if name.lower() in present:  # one pass over the headers instead of one per name
+            request.headers.pop(name, None)
     request.headers[conn.credential.header] = conn.credential.format.replace("{secret}", secret)
-    target = urlsplit(conn.upstream)
-    request.scheme = target.scheme
-    request.port = target.port or (443 if target.scheme == "https" else 80)
-    request.host = target.hostname or conn.upstream_host
+    # Always set: the setters also rewrite the Host header / authority to the upstream's.
+    request.scheme, request.port, request.host = _target(conn.upstream, conn.upstream_host)
 
 
 def combined_bundle(private_ca: str) -> str:
