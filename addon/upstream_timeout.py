@@ -85,8 +85,8 @@ class UpstreamTimeout:
                 raise settings.options_error(str(exc)) from None
 
     def done(self) -> None:
-        for task in self.timers.values():
-            task.cancel()
+        for timer in self.timers.values():
+            timer.cancel()
         self.timers.clear()
 
     # -- hooks ------------------------------------------------------------------------------
@@ -146,9 +146,9 @@ class UpstreamTimeout:
         return True
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
-        task = self.timers.pop(flow.id, None)
-        if task is not None:
-            task.cancel()
+        timer = self.timers.pop(flow.id, None)
+        if timer is not None:
+            timer.cancel()
 
     @staticmethod
     def _timed_out(flow: http.HTTPFlow) -> bool:

@@ -212,7 +212,7 @@ class FaultyUpstream:
     mode "reset": closes with RST; "hang": never answers (until `release()`); "ok": a small 200 JSON;
     "bomb": a 200 JSON whose gzip body (`bomb`, with Content-Length) decodes to `bomb_size` bytes;
     "bomb-stream": the same bomb chunked, and then silence (no last chunk) until the gateway closes;
-    "truncate": response headers and the start of the body, then a reset.
+    "truncate": response headers and the start of the body, then a close.
     """
 
     bomb_size = 200 * 1024 * 1024
@@ -296,8 +296,10 @@ class FaultyUpstream:
                 self._hang(conn)
                 return
             elif self.mode == "truncate":
+                self._read_body(conn, data)  # unread request bytes would turn the close into a reset
                 head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                conn.sendall(head + b'{"results": [')  # then a reset, 987 bytes short
+                conn.sendall(head + b'{"results": [')  # then a close, 987 bytes short
+                return  # an orderly close (FIN): the head is read before the end, on any machine
             elif self.mode == "ok":
                 body = b'{"results": []}'
                 conn.sendall(
@@ -308,6 +310,21 @@ class FaultyUpstream:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         with contextlib.suppress(OSError):
             raw.close()
+
+    @staticmethod
+    def _read_body(conn: Any, data: bytes) -> None:
+        """Read the rest of a request whose head (and maybe part of its body) is in `data`."""
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            body += chunk
 
     def _hang(self, conn: Any) -> None:
         """Say nothing until `release()`; count it when the gateway closes the connection first."""
