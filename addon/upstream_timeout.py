@@ -83,6 +83,12 @@ class UpstreamTimeout:
                 self.timeout = parse_timeout(ctx.options.jitgate_upstream_timeout)
             except ValueError as exc:
                 raise settings.options_error(str(exc)) from None
+        idle = getattr(ctx.options, "tcp_timeout", None)  # mitmproxy's idle cut of the client connection
+        if updated & {OPTION, "tcp_timeout"} and isinstance(idle, int) and idle <= self.timeout:
+            logger.warning(
+                "jitgate: tcp_timeout (%d s) is not above %s (%.3g s): a silent upstream is cut at tcp_timeout "
+                "with no 504", idle, OPTION, self.timeout,
+            )
 
     def done(self) -> None:
         for timer in self.timers.values():

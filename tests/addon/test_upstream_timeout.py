@@ -101,6 +101,16 @@ def test_bad_option_stops_the_start_and_a_good_one_is_used() -> None:
         assert addon.timeout == 0.25
 
 
+def test_a_tcp_timeout_below_it_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    addon = UpstreamTimeout()
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("tcp_timeout", int, 600, "mitmproxy's")
+        tctx.configure(addon, jitgate_upstream_timeout="30s")
+        assert "tcp_timeout" not in caplog.text
+        tctx.configure(addon, tcp_timeout=20)
+        assert "tcp_timeout (20 s) is not above jitgate_upstream_timeout" in caplog.text
+
+
 # -- the timer -------------------------------------------------------------------------------
 
 
