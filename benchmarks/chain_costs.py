@@ -1,0 +1,179 @@
+"""Gateway CPU per request for chosen addon chains, and for the same chain from two code trees.
+
+The tool behind the full-chain tuning in docs/performance.md. `gateway_overhead.py` answers
+"how far is the shipped gateway from bare mitmdump"; this one answers "what does this addon cost"
+and "did this change help", on a shared machine where separate runs differ by more than most
+changes: every gateway runs in the same process tree with the same upstream, broker and token, the
+load (the same as gateway_overhead.py) alternates between them round by round, and each gateway's
+own CPU time per request is read from /proc.
+
+Chains: `core` (token_gate, scope_guard, credential_inject), `leak`, `rec`, `hold` (the core plus
+leak_guard, session_recorder or approval_hold), `full` (the shipped order), `noop` (six hook-only
+addons: what mitmproxy's dispatch costs). `NAME@TREE` runs a chain from another code tree: a folder
+holding `addon/` and `jitgate/`, e.g. a commit extracted with
+`git archive <commit> addon jitgate | tar -x -C /tmp/base`.
+
+Run: .venv/bin/python benchmarks/chain_costs.py --chains core,full,full@/tmp/base --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
+from jitgate.devstack.gateway import jitgate_options, start_gateway, write_bundle
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import CI_CLAIMS, policy_dict
+from jitgate.policy import parse_policy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import cpu_seconds, documents, upstream
+from gateway_overhead import CI_SUB, REPO, _load, _summary
+
+_IMPORTS = """
+from mitmproxy import http as _http
+
+from addon import error_answers
+from addon.approval_hold import ApprovalHold
+from addon.credential_inject import CredentialInject
+from addon.failsafe import fail_closed
+from addon.leak_guard import LeakGuard
+from addon.scope_guard import ScopeGuard
+from addon.session_recorder import SessionRecorder
+from addon.token_gate import TokenGate
+
+error_answers.install()
+
+
+class _Noop:
+    def http_connect(self, flow):
+        if flow.request.host.endswith(".invalid"):  # the readiness probe expects a refusal
+            flow.response = _http.Response.make(403)
+
+    def requestheaders(self, flow): pass
+    def request(self, flow): pass
+    def responseheaders(self, flow): pass
+    def response(self, flow): pass
+    def error(self, flow): pass
+"""
+CHAINS = {
+    "noop": "[_Noop() for _ in range(6)]",
+    "core": "[TokenGate(), ScopeGuard(), CredentialInject()]",
+    "leak": "[TokenGate(), ScopeGuard(), LeakGuard(), CredentialInject()]",
+    "rec": "[TokenGate(), ScopeGuard(), CredentialInject(), SessionRecorder()]",
+    "hold": "[TokenGate(), ScopeGuard(), ApprovalHold(), CredentialInject()]",
+    "full": "[TokenGate(), ScopeGuard(), LeakGuard(), ApprovalHold(), CredentialInject(), SessionRecorder()]",
+}
+
+
+def _script(chain: str, tree: str | None) -> str:
+    head = f"import sys\nsys.path.insert(0, {tree!r})\n" if tree else ""
+    return head + _IMPORTS + f"\naddons = [fail_closed(a) for a in {CHAINS[chain]}]\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--chains", default="core,full", help="comma-separated CHAIN or CHAIN@TREE")
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    specs = [s.strip() for s in args.chains.split(",") if s.strip()]
+    for spec in specs:
+        chain, _, tree = spec.partition("@")
+        if chain not in CHAINS:
+            parser.error(f"unknown chain {chain!r}; known: {', '.join(CHAINS)}")
+        if tree and not (Path(tree) / "addon").is_dir():
+            parser.error(f"{tree}: no addon/ folder (extract a commit with git archive)")
+
+    docs = documents(100, 1024, random.Random(7))
+    body = json.dumps({"model": "rerank-v3.5", "query": " ".join(docs[3].split()[:4]), "documents": docs}).encode()
+    real_key = "bench-" + secrets.token_urlsafe(24)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-chains-") as tmp:
+        work = Path(tmp)
+        moto = stack.enter_context(moto_server())
+        os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_DEFAULT_REGION": DEFAULT_REGION, **FAKE_CREDENTIALS})
+        issuer = stack.enter_context(OidcIssuer())
+        up_url, up_ca = stack.enter_context(upstream(work, real_key))
+        doc = policy_dict(issuer.url, upstreams={"cohere-test": up_url})
+        doc["grants"][0]["limits"] = {"max_documents": 1000, "max_bytes": 4 * 1024 * 1024}  # type: ignore[index]
+        policy_path = work / "policy.yaml"
+        policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        policy = parse_policy(policy_path.read_text())
+        fake = {c.credential.secret_id: "bench-" + secrets.token_urlsafe(18) for c in policy.connections.values()}
+        fake[policy.connections["cohere-test"].credential.secret_id] = real_key
+        aws = seed(moto.url, policy=policy, secrets=fake)
+        broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
+        answer = httpx.post(
+            f"{broker.url}/v1/tokens",
+            json={"connection": "cohere-test"},
+            headers={"Authorization": f"Bearer {issuer.mint(CI_SUB, CI_CLAIMS)}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        token = answer.json()["token"]
+        plain = {"ssl_verify_upstream_trusted_ca": str(write_bundle(work / "upstream.pem", up_ca.read_bytes()))}
+        jit = jitgate_options(
+            policy=policy_path,
+            jwks_url=f"{broker.url}/.well-known/jwks.json",
+            table=aws.table,
+            aws_endpoint=moto.url,
+            region=aws.region,
+            upstream_ca=up_ca,
+        )
+        ct = {"Content-Type": "application/json"}
+        paths: dict[str, dict[str, Any]] = {}
+        pids: dict[str, int] = {}
+        for i, spec in enumerate(["bare", *specs]):
+            chain, _, tree = spec.partition("@")
+            folder = work / f"gw{i}"
+            folder.mkdir()
+            script = None
+            if chain != "bare":
+                script = folder / "chain.py"
+                script.write_text(_script(chain, tree or None))
+            with_token = chain not in ("bare", "noop")
+            gw = stack.enter_context(start_gateway(folder, options=jit if with_token else plain, script=script))
+            pids[spec] = gw.proc.pid
+            paths[spec] = {
+                "headers": {**ct, "Authorization": "Bearer placeholder" if with_token else f"Bearer {real_key}"},
+                "proxy": gw.proxy_url(token) if with_token else gw.url,
+                "verify": gw.client_bundle(folder / "client.pem"),
+            }
+        runs: dict[str, list[tuple[list[float], float]]] = {spec: [] for spec in paths}
+        cpu = dict.fromkeys(paths, 0.0)
+        for _ in range(args.rounds):
+            for spec, how in paths.items():
+                before = cpu_seconds(pids[spec])
+                runs[spec].append(
+                    _load(
+                        f"{up_url}/v2/rerank", body, **how, requests=args.requests, concurrency=args.concurrency,
+                        warmup=args.warmup,
+                    )
+                )
+                cpu[spec] += cpu_seconds(pids[spec]) - before
+    per = (args.requests + args.warmup) * args.rounds
+    result: dict[str, Any] = {"requests": args.requests * args.rounds, "rounds": args.rounds, "cpus": os.cpu_count()}
+    for spec in paths:
+        summary = _summary(runs[spec])
+        result[spec] = {**summary, "cpu_ms_per_req": round(cpu[spec] * 1000 / per, 3)}
+    for spec in specs:
+        result[spec]["ratio_vs_bare"] = round(result[spec]["rps"] / result["bare"]["rps"], 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
