@@ -212,7 +212,8 @@ class FaultyUpstream:
     mode "reset": closes with RST; "hang": never answers (until `release()`); "ok": a small 200 JSON;
     "bomb": a 200 JSON whose gzip body (`bomb`, with Content-Length) decodes to `bomb_size` bytes;
     "bomb-stream": the same bomb chunked, and then silence (no last chunk) until the gateway closes;
-    "truncate": response headers and the start of the body, then a close.
+    "truncate": response headers and the start of the body, then a close; "huge": response headers
+    announcing `bomb_size` bytes, then silence.
     """
 
     bomb_size = 200 * 1024 * 1024
@@ -293,6 +294,11 @@ class FaultyUpstream:
                 except OSError:
                     self.closed += 1  # the gateway stopped reading it and closed
                     return
+                self._hang(conn)
+                return
+            elif self.mode == "huge":
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                conn.sendall(head + str(self.bomb_size).encode() + b"\r\n\r\n")
                 self._hang(conn)
                 return
             elif self.mode == "truncate":
