@@ -210,7 +210,8 @@ class ApprovalHold:
         claims = meta.claims(flow)
         if claims is None:
             return  # token_gate refuses such a flow; nothing here to hold
-        conn = meta.connection(flow, self.policy) or self.policy.connection_for_host(flow.request.host)
+        # The token's connection (scope_guard's pick); never another one sharing the host.
+        conn = meta.connection(flow, self.policy) or self.policy.connection_for_host(flow.request.host, claims.conn)
         if conn is None:
             return
         operation = flow.metadata.get(meta.OPERATION)

@@ -208,6 +208,8 @@ class LeakGuard:
             return policy.profile(claims.mask)
         conn = meta.connection(flow, policy)
         if conn is None:
+            # No token: only a host served by a single connection names a profile (a shared host
+            # cannot say whose, so the policy's default applies).
             conn = policy.connection_for_host(flow.request.pretty_host)
         return policy.profile(conn.mask if conn is not None else "default")
 

@@ -1,7 +1,9 @@
 """scope_guard: a verified token may do only what its scope and limits say, only on its connection.
 
-The destination host picks the connection (its public names and its real upstream); hosts of no
-connection are refused, on CONNECT already, so the gateway is no open proxy. Method + path map
+The token's `conn` claim picks the connection; it must serve the request's host (one of its public
+names or its real upstream) and, inside a CONNECT tunnel, the tunnel's host too. Several connections
+may share a host, so the host alone never picks one. Hosts of no connection are refused, on CONNECT
+already (before any token is known), so the gateway is no open proxy. Method + path map
 to the connection's named operations; operations and collections outside the token's scope
 are refused, as are bodies over `max_bytes` and rerank calls over `max_documents`.
 `max_requests` is a conditional DynamoDB counter, so it holds across gateway instances; each
@@ -186,13 +188,31 @@ class ScopeGuard:
                 "dynamodb", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
             )
 
-    def _connection(self, host: str) -> Connection | None:
-        return self.policy.connection_for_host(host) if self.policy is not None else None
+    def _served(self, host: str) -> bool:
+        return bool(self.policy.connections_for_host(host)) if self.policy is not None else False
+
+    def token_connection(self, claims: Claims, flow: http.HTTPFlow) -> Connection | JitgateError:
+        """The token's connection for `flow`, or why the flow may not use it.
+
+        Only the token names the connection: a Host header, CONNECT target or key header can at
+        most make the request fail, never switch it to another connection serving the same host.
+        """
+        host = flow.request.host
+        tunnel = flow.server_conn.address
+        if self.policy is None or not self._served(host) or (tunnel is not None and not self._served(str(tunnel[0]))):
+            return HostNotAllowed("this host belongs to no connection; the gateway is no open proxy")
+        conn = self.policy.connection_for_host(host, claims.conn)
+        if conn is None:
+            return WrongConnection(f"this token is for connection {claims.conn!r}, which does not serve this host")
+        # Inside a CONNECT tunnel the Host header must stay on the tunnel's connection.
+        if tunnel is not None and self.policy.connection_for_host(str(tunnel[0]), claims.conn) is None:
+            return HostNotAllowed("the Host header leaves the tunnel's connection")
+        return conn
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        if self._connection(flow.request.host) is None:
+        if not self._served(flow.request.host):
             refuse(flow, HostNotAllowed("this host belongs to no connection; the gateway is no open proxy"))
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -202,11 +222,9 @@ class ScopeGuard:
         if claims is None:
             refuse(flow, InvalidToken("no verified token for this request"))
             return
-        conn = self._connection(flow.request.host)
-        tunnel = flow.server_conn.address
-        # Inside a CONNECT tunnel the Host header must stay on the tunnel's connection.
-        if conn is None or (tunnel is not None and self._connection(str(tunnel[0])) is not conn):
-            refuse(flow, HostNotAllowed("this host belongs to no connection; the gateway is no open proxy"))
+        conn = self.token_connection(claims, flow)
+        if isinstance(conn, JitgateError):
+            refuse(flow, conn)
             return
         err, operation, collection = scope_error(claims, conn, flow.request.method, flow.request.path)
         if err is not None:

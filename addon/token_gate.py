@@ -2,7 +2,8 @@
 
 The token comes as proxy credentials (`Proxy-Authorization` on CONNECT, bound to that client
 connection, or on a plain-HTTP proxy request) or in place of the upstream API key
-(`Authorization: Bearer`, or the connection's own key header). It is verified with
+(`Authorization: Bearer`, or the key header of any connection serving the host: several
+connections may share a host, and only the verified token says which one it is for). It is verified with
 `jitgate.token.verify_token` against the broker's JWKS; the result is cached by the token's
 SHA-256 until `exp`, so the hot path does no crypto. Revocations are pulled from DynamoDB by a
 background thread; a list older than its staleness bound refuses everything (fail closed).
@@ -17,7 +18,7 @@ import binascii
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -88,8 +89,13 @@ def key_header_token(value: str, fmt: str) -> str | None:
     return inner if looks_like_token(inner) else None
 
 
-def take_token(request: http.Request, conn: Connection | None) -> str | None:
-    """Find the JIT token in `request` and strip every copy of it from the headers."""
+def take_token(request: http.Request, conns: Sequence[Connection]) -> str | None:
+    """Find the JIT token in `request` and strip every copy of it from the headers.
+
+    `conns` are the connections serving the request's host: the token may sit in the key header
+    of any of them (which one it is for, only the verified token says), so every one is checked
+    and stripped. Precedence: proxy credentials, then `Authorization: Bearer`, then key headers.
+    """
     found: str | None = None
     if "Proxy-Authorization" in request.headers:
         found = proxy_token(request.headers["Proxy-Authorization"])
@@ -98,11 +104,14 @@ def take_token(request: http.Request, conn: Connection | None) -> str | None:
     if auth[:7].lower() == "bearer " and looks_like_token(auth[7:].strip()):
         found = found or auth[7:].strip()
         del request.headers["Authorization"]
-    if conn is not None and conn.credential.header in request.headers:
-        inner = key_header_token(request.headers[conn.credential.header], conn.credential.format)
+    for conn in conns:
+        header = conn.credential.header
+        if header not in request.headers:
+            continue
+        inner = key_header_token(request.headers[header], conn.credential.format)
         if inner is not None:
             found = found or inner
-            del request.headers[conn.credential.header]
+            del request.headers[header]
     return found
 
 
@@ -303,8 +312,8 @@ class TokenGate:
         if meta.refused(flow):
             return
         flow.metadata.setdefault(meta.STARTED, time.monotonic())
-        conn = self.policy.connection_for_host(flow.request.host) if self.policy is not None else None
-        token = take_token(flow.request, conn) or self._bound.get(flow.client_conn.id)
+        conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
+        token = take_token(flow.request, conns) or self._bound.get(flow.client_conn.id)
         if token is None:
             refuse(
                 flow,

@@ -7,15 +7,24 @@ the field and the line. `evaluate_grants` is the pure decision the broker makes 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jitgate.dialects import DEFAULT_ROUTES, Route
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
@@ -25,6 +34,24 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 DEFAULT_TTL = 15 * 60
+# A DNS name (labels of letters, digits, hyphens; underscores for internal service names), with an
+# optional final dot. No scheme, port, path, wildcard or space: a host entry matches one name exactly.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$", re.IGNORECASE)
+
+
+def normalize_host(host: str) -> str:
+    """The form hosts are compared in: lower case, no final dot, no IPv6 brackets."""
+    return host.strip().strip("[]").lower().rstrip(".")
+
+
+def _host_name(value: str) -> str:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        if not _HOSTNAME.match(value):
+            raise ValueError(f"{value!r} is not a host name (no scheme, port, path or wildcard)") from None
+    return value
 
 
 def parse_duration(value: int | str) -> int:
@@ -99,7 +126,7 @@ class Connection(_Model):
     name: str = Field(pattern=_NAME)
     dialect: Literal["cohere", "jina", "voyage", "tei", "chroma", "generic"]
     upstream: str = Field(pattern=r"^https?://[^/\s]+")
-    hosts: tuple[str, ...] = ()
+    hosts: tuple[Annotated[str, AfterValidator(_host_name)], ...] = ()
     credential: Credential
     key_env: str | None = None
     mask: str = "default"
@@ -119,12 +146,19 @@ class Connection(_Model):
 
     @cached_property
     def upstream_host(self) -> str:
-        return self.upstream.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]").lower()
+        authority = self.upstream.split("://", 1)[1].split("/", 1)[0]
+        if authority.startswith("["):  # an IPv6 literal: its colons are no port separator
+            return normalize_host(authority.split("]", 1)[0])
+        return normalize_host(authority.rsplit(":", 1)[0])
 
     @cached_property
     def all_hosts(self) -> frozenset[str]:
-        """Host names that belong to this connection: its public names and its real upstream."""
-        return frozenset(h.lower() for h in self.hosts) | {self.upstream_host}
+        """Host names that belong to this connection: its public names and its real upstream.
+
+        Several connections may share a host (two accounts of one vendor, staging and prod of one
+        self-hosted server); the JIT token's `conn` claim then says which one a request uses.
+        """
+        return frozenset(normalize_host(h) for h in self.hosts) | {self.upstream_host}
 
 
 class GrantApproval(_Model):
@@ -213,14 +247,9 @@ class Policy(_Model):
     def _references(self) -> Policy:
         profiles = set(self.profiles) | {"default"}
         issuers = {i.issuer for i in self.issuers}
-        hosts: dict[str, str] = {}
         for name, conn in self.connections.items():
             if conn.mask not in profiles:
                 raise ValueError(f"connection {name!r}: unknown mask profile {conn.mask!r}")
-            for host in conn.all_hosts:
-                if host in hosts and hosts[host] != name:
-                    raise ValueError(f"host {host!r} belongs to both {hosts[host]!r} and {name!r}")
-                hosts[host] = name
             unknown_ops = set(conn.approval.operations) - conn.operation_names
             if unknown_ops:
                 raise ValueError(f"connection {name!r}: approval names unknown operations {sorted(unknown_ops)}")
@@ -252,12 +281,30 @@ class Policy(_Model):
     def profile(self, name: str) -> MaskProfile:
         return self.profiles.get(name) or MaskProfile()
 
-    def connection_for_host(self, host: str) -> Connection | None:
-        host = host.lower().rstrip(".")
+    @cached_property
+    def _by_host(self) -> Mapping[str, tuple[Connection, ...]]:
+        index: dict[str, list[Connection]] = {}
         for conn in self.connections.values():
-            if host in conn.all_hosts:
-                return conn
-        return None
+            for host in conn.all_hosts:
+                index.setdefault(host, []).append(conn)
+        return {host: tuple(conns) for host, conns in index.items()}
+
+    def connections_for_host(self, host: str) -> tuple[Connection, ...]:
+        """Every connection serving `host` (public name or real upstream), in policy order."""
+        return self._by_host.get(normalize_host(host), ())
+
+    def connection_for_host(self, host: str, conn: str | None = None) -> Connection | None:
+        """The connection a request to `host` uses.
+
+        With `conn` (a token's `conn` claim): that connection when it serves `host`, else None, even
+        when others do. Without it: the one connection serving `host`; None when none or several do,
+        since a shared host alone cannot say whose credential, scope or mask applies.
+        """
+        if conn is not None:
+            named = self.connections.get(conn)
+            return named if named is not None and normalize_host(host) in named.all_hosts else None
+        serving = self.connections_for_host(host)
+        return serving[0] if len(serving) == 1 else None
 
     def issuer(self, iss: str) -> Issuer | None:
         return next((i for i in self.issuers if i.issuer == iss), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,14 @@ LINE_CASES = [
     ("unknown algorithm", "    audience: jitgate\n  - issuer",
      "    audience: jitgate\n    algorithms: [HS256]\n  - issuer", "algorithms: [HS256]", ["issuers.0.algorithms"]),
     ("wrong version", "version: 1", "version: 2", "version: 2", ["version"]),
+    ("host with a scheme", "hosts: [api.cohere.com, api.cohere.ai]", "hosts: [api.cohere.com, https://api.cohere.ai]",
+     "hosts: [api.cohere.com, https://api.cohere.ai]", ["connections.cohere-prod.hosts.1", "not a host name"]),
+    ("host with a port", "hosts: [api.cohere.com, api.cohere.ai]",
+     "hosts:\n      - api.cohere.com\n      - api.cohere.ai:443", "- api.cohere.ai:443", ["hosts.1", "not a host"]),
+    ("wildcard host", "hosts: [api.cohere.com, api.cohere.ai]", "hosts:\n      - '*.cohere.com'",
+     "- '*.cohere.com'", ["hosts.0", "not a host name"]),
+    ("empty host", "hosts: [api.cohere.com, api.cohere.ai]", "hosts:\n      - api.cohere.com\n      - ''",
+     "- ''", ["hosts.1", "not a host name"]),
 ]
 
 
@@ -122,8 +131,6 @@ REFERENCE_CASES = [
     ("approval without approvers", "approvers: {groups: [search-leads], count: 2}", "approvers: {count: 2}",
      "needs approvers"),
     ("unknown mask profile", "mask: strict", "mask: paranoid", "unknown mask profile 'paranoid'"),
-    ("host claimed twice", "hosts: [api.cohere.com, api.cohere.ai]", "hosts: [api.cohere.com, chroma.internal.example]",
-     "belongs to both"),
     ("approval of unknown operation", "operations: [delete, drop_collection]", "operations: [delete, truncate]",
      "unknown operations ['truncate']"),
     ("duplicate grant", "name: store-maintenance", "name: store-readers", "defined twice"),
@@ -280,3 +287,129 @@ def test_admins(policy: Policy, claims: dict[str, Any], subject: str, admin: boo
 )
 def test_identity_claim_values(claims: dict[str, Any], name: str, values: list[str]) -> None:
     assert Identity("https://i", "real", claims).values(name) == values
+
+
+# -- shared hosts: the token's connection picks, the host alone does not -------------------------
+
+SHARED = """
+version: 1
+issuers: [{issuer: https://oidc.test, audience: jitgate}]
+profiles: {default: {}, strict: {request_pii: block}}
+connections:
+  cohere-a:
+    dialect: cohere
+    upstream: https://api.cohere.com
+    credential: {secret_id: jitgate/cohere-a}
+  cohere-b:
+    dialect: cohere
+    upstream: https://API.cohere.com:443/
+    hosts: [api.cohere.ai]
+    mask: strict
+    credential: {secret_id: jitgate/cohere-b, header: X-Api-Key, format: "{secret}"}
+  tei-staging:
+    dialect: tei
+    upstream: https://tei.internal:8080
+    hosts: [rerank.internal]
+    credential: {secret_id: jitgate/tei-staging}
+  tei-prod:
+    dialect: tei
+    upstream: https://tei.internal:8080
+    hosts: [rerank.internal]
+    credential: {secret_id: jitgate/tei-prod}
+  ipv6:
+    dialect: tei
+    upstream: https://[::1]:8443
+    credential: {secret_id: jitgate/ipv6}
+grants:
+  - name: both-accounts
+    match: {issuer: https://oidc.test}
+    connections: [cohere-a, cohere-b]
+    operations: [rerank]
+"""
+
+
+@pytest.fixture(scope="module")
+def shared() -> Policy:
+    return parse_policy(SHARED)
+
+
+@pytest.mark.parametrize(
+    ("host", "serving"),
+    [
+        ("api.cohere.com", ["cohere-a", "cohere-b"]),
+        ("API.Cohere.COM.", ["cohere-a", "cohere-b"]),
+        ("api.cohere.ai", ["cohere-b"]),
+        ("rerank.internal", ["tei-staging", "tei-prod"]),
+        ("tei.internal", ["tei-staging", "tei-prod"]),
+        ("::1", ["ipv6"]),
+        ("[::1]", ["ipv6"]),
+        ("cohere.com", []),
+        ("api.cohere.com.evil.example", []),
+        ("", []),
+    ],
+)
+def test_connections_for_host_lists_every_serving_connection(shared: Policy, host: str, serving: list[str]) -> None:
+    assert [c.name for c in shared.connections_for_host(host)] == serving
+
+
+@pytest.mark.parametrize(
+    ("host", "conn", "picked"),
+    [
+        ("api.cohere.com", "cohere-a", "cohere-a"),
+        ("api.cohere.com", "cohere-b", "cohere-b"),
+        ("api.cohere.ai", "cohere-b", "cohere-b"),
+        ("api.cohere.ai", "cohere-a", None),  # a public name of B only: never A's
+        ("rerank.internal", "tei-prod", "tei-prod"),
+        ("rerank.internal", "tei-staging", "tei-staging"),
+        ("api.cohere.com", "tei-prod", None),
+        ("api.cohere.com", "no-such-connection", None),
+        ("evil.example", "cohere-a", None),
+        ("api.cohere.com", None, None),  # shared and unnamed: ambiguous, so nothing
+        ("api.cohere.ai", None, "cohere-b"),  # served by one: that one
+        ("evil.example", None, None),
+    ],
+)
+def test_connection_for_host_prefers_the_named_connection(
+    shared: Policy, host: str, conn: str | None, picked: str | None
+) -> None:
+    found = shared.connection_for_host(host, conn)
+    assert (found.name if found is not None else None) == picked
+    if found is not None:
+        assert found is shared.connections[found.name]
+
+
+def test_shared_hosts_keep_each_connections_own_settings(shared: Policy) -> None:
+    a, b = shared.connections["cohere-a"], shared.connections["cohere-b"]
+    assert a.upstream_host == b.upstream_host == "api.cohere.com"
+    assert (a.credential.secret_id, a.mask) == ("jitgate/cohere-a", "default")
+    assert (b.credential.secret_id, b.credential.header, b.mask) == ("jitgate/cohere-b", "X-Api-Key", "strict")
+    assert shared.connections["ipv6"].upstream_host == "::1"
+
+
+def test_shared_hosts_still_check_every_other_reference() -> None:
+    bad = SHARED.replace("    mask: strict\n", "    mask: paranoid\n", 1)
+    with pytest.raises(PolicyError) as err:
+        parse_policy(bad, source="p.yaml")
+    assert "unknown mask profile 'paranoid'" in err.value.message
+    assert re.search(r"p\.yaml: line \d+: ", err.value.message)
+
+
+@pytest.mark.parametrize(
+    "host", ["api.cohere.com", "API.Cohere.com.", "chroma_store.internal", "10.0.0.7", "::1", "localhost"]
+)
+def test_valid_host_names(host: str) -> None:
+    text = SHARED.replace("hosts: [api.cohere.ai]", f"hosts: [{json.dumps(host)}]", 1)
+    assert parse_policy(text).connections["cohere-b"].hosts == (host,)
+
+
+@pytest.mark.parametrize(
+    "host", ["", " ", "https://api.cohere.com", "api.cohere.com:443", "*.cohere.com", "api.cohere.com/v2",
+             "api cohere.com", "-api.cohere.com", "api..cohere.com", "a" * 64 + ".example", "user@api.cohere.com"]
+)
+def test_invalid_host_names(host: str) -> None:
+    text = SHARED.replace("hosts: [api.cohere.ai]", f"hosts: [{json.dumps(host)}]", 1)
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, source="p.yaml")
+    line = _line_of(text, "hosts: [")
+    assert f"p.yaml: line {line}: connections.cohere-b.hosts.0: " in err.value.message
+    assert "not a host name" in err.value.message
