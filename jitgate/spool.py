@@ -102,6 +102,7 @@ class Spool:
         self._size = 0
         self._opened_at = 0.0
         self._dirty = False
+        self._rotate_due = False  # a failed write on the fast path: rotate off the event loop
         self._synced_at = 0.0
         self._used = 0  # bytes on disk: open + closed segments
         self._reserved = 0
@@ -169,7 +170,7 @@ class Spool:
                 raise SpoolFull()
             self._used += n
 
-    def _write_locked(self, line: bytes) -> None:
+    def _write_locked(self, line: bytes, *, rotate_on_failure: bool = True) -> None:
         assert self._fd is not None
         n = len(line)
         try:
@@ -180,9 +181,13 @@ class Spool:
             os.ftruncate(self._fd, self._size)  # a torn line would poison the segment
             # The disk said no: flows are refused until a probe shows room for a record
             # again, and the next line goes to a fresh segment (a per-file limit ends here).
+            # Rotating fsyncs: from the event loop's fast path it is left to the next
+            # `append` or `tick`, both off the loop.
             self.failing = True
-            with contextlib.suppress(OSError):
-                self._rotate_locked()
+            self._rotate_due = True
+            if rotate_on_failure:
+                with contextlib.suppress(OSError):
+                    self._rotate_locked()
             raise
         self._size += n
         self._dirty = True
@@ -196,7 +201,9 @@ class Spool:
             with self._lock:
                 now = self._clock()
                 if self._fd is not None and (
-                    self._size + n > self.config.max_segment_bytes or _hour(now) != _hour(self._opened_at)
+                    self._rotate_due
+                    or self._size + n > self.config.max_segment_bytes
+                    or _hour(now) != _hour(self._opened_at)
                 ):
                     self._rotate_locked()
                 if self._fd is None:
@@ -228,7 +235,7 @@ class Spool:
                 return False
             self._claim(n, reserved)
             try:
-                self._write_locked(line)
+                self._write_locked(line, rotate_on_failure=False)
             except BaseException:
                 with self._quota:
                     self._used -= n
@@ -272,7 +279,11 @@ class Spool:
             if self._fd is None:
                 return
             now = self._clock()
-            if now - self._opened_at >= self.config.max_segment_age or _hour(now) != _hour(self._opened_at):
+            if (
+                self._rotate_due
+                or now - self._opened_at >= self.config.max_segment_age
+                or _hour(now) != _hour(self._opened_at)
+            ):
                 self._rotate_locked()
             elif self._dirty and now - self._synced_at >= self.config.fsync_interval:
                 dup = os.dup(self._fd)
@@ -299,6 +310,7 @@ class Spool:
         self._dirty = False
 
     def _rotate_locked(self) -> None:
+        self._rotate_due = False
         if self._fd is None:
             return
         fd, self._fd = self._fd, None

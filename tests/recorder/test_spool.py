@@ -270,12 +270,21 @@ def test_try_append_keeps_the_quota_and_fails_like_append(tmp_path: Path, monkey
         s.try_append(line + line)
     assert s.used_bytes == 2 * len(line)
     real_write = spool_mod.os.write
+    fsyncs: list[int] = []
+    real_fsync = spool_mod.os.fsync
+    monkeypatch.setattr(spool_mod.os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
     monkeypatch.setattr(spool_mod.os, "write", lambda fd, data: real_write(fd, data[:5]))
     with pytest.raises(OSError):
         s.try_append(_line(1))
     assert s.failing and s.used_bytes == 2 * len(line)  # the torn line is gone and not counted
+    assert fsyncs == [] and s.closed_segments() == []  # no fsync, no rotation on the event loop
     monkeypatch.setattr(spool_mod.os, "write", real_write)
     assert not s.try_append(_line(2))  # failing: left to `append` on the writer thread
+    s.append(_line(3))  # off the loop: the failed segment is closed first, the line opens a new one
+    assert len(s.closed_segments()) == 1 and fsyncs
+    s.close()
+    lines = [[json.loads(x)["i"] for x in p.read_bytes().splitlines()] for p in s.closed_segments()]
+    assert lines == [[0, 0], [3]]
 
 
 def test_a_second_gateway_cannot_take_a_live_spool(tmp_path: Path) -> None:
