@@ -69,8 +69,9 @@ class DevStack:
         self.upstream = upstream
         upstream_ca = state / "upstream-ca.pem"
         upstream_ca.write_bytes(upstream.ca_pem())
-        # Connections may not share an upstream host, so the store answers on `localhost` and
-        # the other rerank connections keep their (unreachable) defaults.
+        # The store answers on `localhost`, a leftover from when connections could not share an
+        # upstream host (they may now: the token picks the connection); the other rerank
+        # connections keep their (unreachable) defaults.
         upstreams = {"cohere-test": upstream.url, STORE_CONNECTION: f"https://localhost:{upstream.port}"}
         doc: dict[str, Any] = policy_dict(issuer.url, upstreams=upstreams)
         for name, hosts in PUBLIC_HOSTS.items():
