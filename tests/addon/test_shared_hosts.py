@@ -278,3 +278,28 @@ async def test_approval_hold_falls_back_to_the_tokens_connection(
         await hold.request(f)
         assert f.intercepted is held
         hold.done()
+
+
+def test_take_token_tries_each_format_of_a_shared_key_header() -> None:
+    """Two connections on one host, one header name, two formats: the token is found in either."""
+    b_header = 'header: X-Api-Key, format: "{secret}"'
+    doc = SHARED_POLICY.replace(b_header, 'header: Authorization, format: "Token {secret}"')
+    conns = parse_policy(doc).connections_for_host("api.cohere.com")
+    assert [c.credential.format for c in conns] == ["Bearer {secret}", "Token {secret}"]
+    token = Signer().mint(conn="cohere-b")
+    for value in (f"Token {token}", f"Bearer {token}"):
+        f = _flow("api.cohere.com", headers={"Authorization": value})
+        assert take_token(f.request, conns) == token
+        assert "Authorization" not in f.request.headers
+
+
+async def test_connect_to_a_shared_host_passes_before_any_token(aws: dict[str, Any], shared_policy: Path) -> None:
+    guard = ScopeGuard(dynamodb=aws["dynamodb"])
+    with taddons.context(guard) as tctx:
+        tctx.configure(guard, jitgate_policy=str(shared_policy), jitgate_table=TABLE)
+        flows = {host: tflow.tflow() for host in ("api.cohere.com", "127.0.0.1", "b.cohere.test", "evil.example")}
+        for host, f in flows.items():
+            f.request.method, f.request.host = "CONNECT", host
+            guard.http_connect(f)
+    assert [h for h, f in flows.items() if f.response is not None] == ["evil.example"]
+    assert flows["evil.example"].response.json()["code"] == "host_not_allowed"
