@@ -138,7 +138,10 @@ def test_dynamodb_unreachable_refuses_past_the_staleness_bound(
             time.sleep(max(0.0, cut + STALENESS + REFRESH + 4.0 - time.monotonic()))  # well past the bound
             relay.up = True
             back = time.monotonic()
-            assert wait_for(lambda: load.log[-1][2] == 200, 15)
+            # Liveness, not speed: a loaded machine may take a while for the next refresh to land.
+            recovered = wait_for(lambda: load.log[-1][2] == 200, 40)
+            assert recovered, ("no 200 after DynamoDB came back", outcome_counts(list(load.log)[-40:]),
+                               "\n".join(list(gw.log)[-20:]))
             time.sleep(0.5)
             load.stop()
             log = list(load.log)
