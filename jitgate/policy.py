@@ -37,7 +37,7 @@ DEFAULT_TTL = 15 * 60
 # A DNS name (labels of letters, digits, hyphens; underscores for internal service names), with an
 # optional final dot. No scheme, port, path, wildcard or space: a host entry matches one name exactly.
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$", re.IGNORECASE)
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\.?\Z){_LABEL}(?:\.{_LABEL})*\.?", re.IGNORECASE)
 
 
 def normalize_host(host: str) -> str:
@@ -49,7 +49,7 @@ def _host_name(value: str) -> str:
     try:
         ipaddress.ip_address(value.strip("[]"))
     except ValueError:
-        if not _HOSTNAME.match(value):
+        if not _HOSTNAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a host name (no scheme, port, path or wildcard)") from None
     return value
 

@@ -404,7 +404,8 @@ def test_valid_host_names(host: str) -> None:
 
 @pytest.mark.parametrize(
     "host", ["", " ", "https://api.cohere.com", "api.cohere.com:443", "*.cohere.com", "api.cohere.com/v2",
-             "api cohere.com", "-api.cohere.com", "api..cohere.com", "a" * 64 + ".example", "user@api.cohere.com"]
+             "api cohere.com", "-api.cohere.com", "api..cohere.com", "a" * 64 + ".example", "user@api.cohere.com",
+             "api.cohere.com\n", "api.cohere.com\nevil.example", ("a" * 60 + ".") * 4 + "a" * 10]
 )
 def test_invalid_host_names(host: str) -> None:
     text = SHARED.replace("hosts: [api.cohere.ai]", f"hosts: [{json.dumps(host)}]", 1)
