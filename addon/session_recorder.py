@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 RESERVED = "jitgate.recorder.reserved"  # bytes of spool quota held for this flow's record
 _FORWARDED_SAFE = "jitgate.recorder.checked"  # the request hook let this flow through
+_RECORDED = "jitgate.recorder.recorded"  # this flow's record was taken (one per flow)
 _OWN = frozenset(
     {
         "jitgate_bucket",
@@ -145,7 +146,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         query = None if _body_withheld(raw_findings, "request") else digest.cap(query, body_cap)[0]
 
     error = md.get(meta.ERROR)
-    if response is None and flow.error is not None and error is None:
+    if flow.error is not None and error is None:  # with a response too: it failed after the headers
         error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
     decision = md.get(meta.DECISION) or ("blocked" if error else "allowed")
     started = request.timestamp_start
@@ -168,7 +169,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         path="[withheld]" if _path_withheld(raw_findings) else request.path.split("?", 1)[0],
         operation=operation,
         collection=md.get(meta.COLLECTION),
-        status=response.status_code if response is not None else 0,
+        status=response.status_code if response is not None and flow.error is None else 0,  # 0: no whole answer
         request_bytes=len(request.raw_content or b""),
         response_bytes=len(response.raw_content or b"") if response is not None else 0,
         latency_ms=round(max(0.0, ended - started) * 1000, 3),
@@ -334,7 +335,9 @@ class SessionRecorder:
         await self._record(flow)
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
+        # No response, or an upstream that failed after its headers (truncated, over the body
+        # size limit, cut mid-stream): `response` never ran, so the record is taken here.
+        if not flow.metadata.get(_RECORDED):
             await self._record(flow)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -347,6 +350,7 @@ class SessionRecorder:
         if spool is None:
             return
         reserved = int(flow.metadata.pop(RESERVED, 0))
+        flow.metadata[_RECORDED] = True
         try:
             line = self._line(flow)
             # One write(2) into the page cache, here; a write that would wait (the segment busy,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from mitmproxy import exceptions
+from mitmproxy import flow as flow_mod
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
@@ -280,6 +281,30 @@ async def test_text_that_is_no_unicode_is_recorded_as_escapes(tmp_path: Path) ->
         assert record["rerank_query"] == "q \\ud800" and record["path"] == "/v2/rerank/\\udcff"
         assert json.loads(record["request_body"])["query"] == "q \ud800"  # the body stays JSON, same value
         assert record["doc_count"] == 2 and len(set(record["doc_sha256"])) == 2
+
+
+async def test_an_upstream_failing_after_its_headers_is_recorded_once(tmp_path: Path) -> None:
+    """`response` never runs for it (mitmproxy goes to `error`): the record is taken there, once."""
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        cut = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(cut)
+        _answer(cut)  # the headers arrived...
+        cut.error = flow_mod.Error("peer closed connection without sending complete message body")
+        await rec.error(cut)  # ...then the body broke off
+        done = _rerank_flow(_claims(), "x", ["d"])
+        rec.request(done)
+        _answer(done)
+        await rec.response(done)
+        done.error = flow_mod.Error("client disconnected")
+        await rec.error(done)  # after its record: no second one
+        rec.done()
+        records = _records(tmp_path)
+        assert [(r["flow_id"], r["status"], r["error"]) for r in records] == [
+            (cut.id, 0, "upstream_error"),  # no whole answer, as when none came at all
+            (done.id, 200, None),
+        ]
 
 
 async def test_upstream_error_is_recorded(tmp_path: Path) -> None:
