@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from jitgate.records import RankEntry, VectorDigest
+from jitgate.records import RankEntry, VectorDigest, escape_surrogates
 
 # Keys whose numeric lists are embedding vectors; any other all-number list this long is one too.
 _VECTOR_KEYS = frozenset({"embedding", "embeddings", "query_embeddings", "vector", "vectors", "values"})
@@ -38,9 +38,7 @@ def sha256_text(text: str) -> str:
 def document_fingerprint(doc: Any) -> str:
     """SHA-256 of a document's text; a structured document without `text` hashes its canonical JSON."""
     if isinstance(doc, str):
-        h = _SHA256.copy()
-        h.update(doc.encode("utf-8", "surrogatepass"))
-        return h.hexdigest()
+        return sha256_text(doc)
     if isinstance(doc, dict) and isinstance(doc.get("text"), str):
         return sha256_text(doc["text"])
     return sha256_text(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
@@ -159,13 +157,9 @@ def parse_json(content: bytes | None) -> Any:
 
 
 def cap(text: str, limit: int) -> tuple[str, bool]:
-    """`text` cut to `limit` UTF-8 bytes (on a character boundary) and whether it was cut.
-
-    A lone surrogate (JSON allows `\\ud800`; mitmproxy decodes bytes that are no UTF-8 to them)
-    is kept as its escape: text from the wire must not stop a record from being written.
-    """
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode()
+    """`text` cut to `limit` UTF-8 bytes (on a character boundary) and whether it was cut; lone
+    surrogates are kept as their escapes (`records.escape_surrogates`)."""
+    text = escape_surrogates(text)
     if len(text) <= limit // 4 or (text.isascii() and len(text) <= limit):
         return text, False
     raw = text.encode()

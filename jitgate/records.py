@@ -133,11 +133,7 @@ class SessionRecord(_Frozen):
     )
     @classmethod
     def _no_lone_surrogates(cls, value: str | None) -> str | None:
-        """Text from the wire may hold lone surrogates (a JSON `\\ud800`, a path that is no UTF-8):
-        written as their escape, so the record serializes instead of being lost."""
-        if value is None or value.isascii():
-            return value
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return None if value is None else escape_surrogates(value)
 
     def to_json_line(self) -> bytes:
         """One JSON line, every column present (null when unknown) so readers see one shape.
@@ -147,6 +143,15 @@ class SessionRecord(_Frozen):
         written as null, which JSON readers accept, where json.dumps would write NaN).
         """
         return self.model_dump_json().encode() + b"\n"
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\ud800`).
+
+    Text from the wire can hold them (JSON allows a `\\ud800` escape; mitmproxy decodes bytes
+    that are no UTF-8 to them); UTF-8 cannot encode them, and a record must still be written.
+    """
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record_id(gateway: str, flow_id: str) -> str:
