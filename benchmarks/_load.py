@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import ssl
 import statistics
 import string
@@ -17,11 +18,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
+
+from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
+from jitgate.devstack.gateway import jitgate_options, write_bundle
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import CI_CLAIMS, policy_dict
+from jitgate.policy import parse_policy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +61,62 @@ def upstream(work: Path, key: str) -> Iterator[tuple[str, Path]]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
+
+
+@dataclass(frozen=True)
+class BenchStack:
+    """What a gateway benchmark runs against: upstream, broker-minted token, gateway options."""
+
+    upstream_url: str
+    upstream_ca: Path
+    token: str  # minted by the real broker for `cohere-test`
+    jitgate_options: dict[str, str]  # `--set` options of a jitgate gateway against this stack
+    bare_options: dict[str, str]  # a bare mitmdump trusting the upstream's CA
+
+
+@contextmanager
+def bench_stack(work: Path, real_key: str, limits: dict[str, int]) -> Iterator[BenchStack]:
+    """moto server, OIDC issuer, the upstream, a policy whose grant carries `limits`, the broker."""
+    with ExitStack() as stack:
+        moto = stack.enter_context(moto_server())
+        os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_DEFAULT_REGION": DEFAULT_REGION, **FAKE_CREDENTIALS})
+        issuer = stack.enter_context(OidcIssuer())
+        up_url, up_ca = stack.enter_context(upstream(work, real_key))
+        doc = policy_dict(issuer.url, upstreams={"cohere-test": up_url})
+        doc["grants"][0]["limits"] = limits  # type: ignore[index]
+        policy_path = work / "policy.yaml"
+        policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        policy = parse_policy(policy_path.read_text())
+        fake = {c.credential.secret_id: "bench-" + secrets.token_urlsafe(18) for c in policy.connections.values()}
+        fake[policy.connections["cohere-test"].credential.secret_id] = real_key
+        aws = seed(moto.url, policy=policy, secrets=fake)
+        broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
+        answer = httpx.post(
+            f"{broker.url}/v1/tokens",
+            json={"connection": "cohere-test"},
+            headers={"Authorization": f"Bearer {issuer.mint(CI_SUB, CI_CLAIMS)}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        options = jitgate_options(
+            policy=policy_path,
+            jwks_url=f"{broker.url}/.well-known/jwks.json",
+            table=aws.table,
+            aws_endpoint=moto.url,
+            region=aws.region,
+            upstream_ca=up_ca,
+        )
+        bundle = write_bundle(work / "upstream-bundle.pem", up_ca.read_bytes())
+        yield BenchStack(
+            upstream_url=up_url,
+            upstream_ca=up_ca,
+            token=answer.json()["token"],
+            jitgate_options=options,
+            bare_options={"ssl_verify_upstream_trusted_ca": str(bundle)},
+        )
 
 
 @dataclass

@@ -29,18 +29,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
-
-from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
-from jitgate.devstack.gateway import jitgate_options, start_gateway, write_bundle
-from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import CI_CLAIMS, policy_dict
-from jitgate.policy import parse_policy
+from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import cpu_seconds, documents, upstream
-from gateway_overhead import CI_SUB, REPO, _load, _summary
+from _load import bench_stack, cpu_seconds, documents
+from gateway_overhead import _load, _summary
 
 _IMPORTS = """
 from mitmproxy import http as _http
@@ -104,36 +97,7 @@ def main() -> None:
     real_key = "bench-" + secrets.token_urlsafe(24)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-chains-") as tmp:
         work = Path(tmp)
-        moto = stack.enter_context(moto_server())
-        os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_DEFAULT_REGION": DEFAULT_REGION, **FAKE_CREDENTIALS})
-        issuer = stack.enter_context(OidcIssuer())
-        up_url, up_ca = stack.enter_context(upstream(work, real_key))
-        doc = policy_dict(issuer.url, upstreams={"cohere-test": up_url})
-        doc["grants"][0]["limits"] = {"max_documents": 1000, "max_bytes": 4 * 1024 * 1024}  # type: ignore[index]
-        policy_path = work / "policy.yaml"
-        policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        policy = parse_policy(policy_path.read_text())
-        fake = {c.credential.secret_id: "bench-" + secrets.token_urlsafe(18) for c in policy.connections.values()}
-        fake[policy.connections["cohere-test"].credential.secret_id] = real_key
-        aws = seed(moto.url, policy=policy, secrets=fake)
-        broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
-        answer = httpx.post(
-            f"{broker.url}/v1/tokens",
-            json={"connection": "cohere-test"},
-            headers={"Authorization": f"Bearer {issuer.mint(CI_SUB, CI_CLAIMS)}"},
-            timeout=30,
-        )
-        answer.raise_for_status()
-        token = answer.json()["token"]
-        plain = {"ssl_verify_upstream_trusted_ca": str(write_bundle(work / "upstream.pem", up_ca.read_bytes()))}
-        jit = jitgate_options(
-            policy=policy_path,
-            jwks_url=f"{broker.url}/.well-known/jwks.json",
-            table=aws.table,
-            aws_endpoint=moto.url,
-            region=aws.region,
-            upstream_ca=up_ca,
-        )
+        env = stack.enter_context(bench_stack(work, real_key, {"max_documents": 1000, "max_bytes": 4 * 1024 * 1024}))
         ct = {"Content-Type": "application/json"}
         paths: dict[str, dict[str, Any]] = {}
         pids: dict[str, int] = {}
@@ -146,11 +110,12 @@ def main() -> None:
                 script = folder / "chain.py"
                 script.write_text(_script(chain, tree or None))
             with_token = chain not in ("bare", "noop")
-            gw = stack.enter_context(start_gateway(folder, options=jit if with_token else plain, script=script))
+            options = env.jitgate_options if with_token else env.bare_options
+            gw = stack.enter_context(start_gateway(folder, options=options, script=script))
             pids[spec] = gw.proc.pid
             paths[spec] = {
                 "headers": {**ct, "Authorization": "Bearer placeholder" if with_token else f"Bearer {real_key}"},
-                "proxy": gw.proxy_url(token) if with_token else gw.url,
+                "proxy": gw.proxy_url(env.token) if with_token else gw.url,
                 "verify": gw.client_bundle(folder / "client.pem"),
             }
         runs: dict[str, list[tuple[list[float], float]]] = {spec: [] for spec in paths}
@@ -158,12 +123,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for spec, how in paths.items():
                 before = cpu_seconds(pids[spec])
-                runs[spec].append(
-                    _load(
-                        f"{up_url}/v2/rerank", body, **how, requests=args.requests, concurrency=args.concurrency,
-                        warmup=args.warmup,
-                    )
-                )
+                url = f"{env.upstream_url}/v2/rerank"
+                load = {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup}
+                runs[spec].append(_load(url, body, **how, **load))
                 cpu[spec] += cpu_seconds(pids[spec]) - before
     per = (args.requests + args.warmup) * args.rounds
     result: dict[str, Any] = {"requests": args.requests * args.rounds, "rounds": args.rounds, "cpus": os.cpu_count()}

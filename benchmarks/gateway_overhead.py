@@ -29,21 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
-from jitgate.devstack.gateway import jitgate_options, start_gateway, write_bundle
-from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import CI_CLAIMS, policy_dict
-from jitgate.policy import parse_policy
+from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import bench_stack
 from _load import cpu_seconds as _cpu_seconds
 from _load import documents as _documents
-from _load import upstream as _upstream
 
-REPO = Path(__file__).resolve().parents[1]
-CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 # The data-path core alone (this benchmark's subject): token_gate, scope_guard, credential_inject.
 CORE_CHAIN = """
 from addon.credential_inject import CredentialInject
@@ -150,48 +143,12 @@ def main() -> None:
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-bench-") as tmp:
         work = Path(tmp)
-        moto = stack.enter_context(moto_server())
-        os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_DEFAULT_REGION": DEFAULT_REGION, **FAKE_CREDENTIALS})
-        issuer = stack.enter_context(OidcIssuer())
-        up_url, up_ca = stack.enter_context(_upstream(work, real_key))
-
-        doc = policy_dict(issuer.url, upstreams={"cohere-test": up_url})
-        grant = doc["grants"][0]  # type: ignore[index]
         limits = {"max_documents": 1000, "max_bytes": 4 * 1024 * 1024}
         if args.count_requests:
             limits["max_requests"] = 10 * (args.requests + args.warmup)
-        grant["limits"] = limits
-        policy_path = work / "policy.yaml"
-        policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        policy = parse_policy(policy_path.read_text())
-        fake = {c.credential.secret_id: "bench-" + secrets.token_urlsafe(18) for c in policy.connections.values()}
-        fake[policy.connections["cohere-test"].credential.secret_id] = real_key
-        aws = seed(moto.url, policy=policy, secrets=fake)
-        broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
-        oidc = issuer.mint(CI_SUB, CI_CLAIMS)
-        answer = httpx.post(
-            f"{broker.url}/v1/tokens",
-            json={"connection": "cohere-test"},
-            headers={"Authorization": f"Bearer {oidc}"},
-            timeout=30,
-        )
-        answer.raise_for_status()
-        token = answer.json()["token"]
-
-        upstream_bundle = write_bundle(work / "upstream-bundle.pem", up_ca.read_bytes())
-        bare = stack.enter_context(
-            start_gateway(
-                work / "bare", options={"ssl_verify_upstream_trusted_ca": str(upstream_bundle)}, script=None
-            )
-        )
-        jit_opts = jitgate_options(
-            policy=policy_path,
-            jwks_url=f"{broker.url}/.well-known/jwks.json",
-            table=aws.table,
-            aws_endpoint=moto.url,
-            region=aws.region,
-            upstream_ca=up_ca,
-        )
+        env = stack.enter_context(bench_stack(work, real_key, limits))
+        up_url, up_ca, token, jit_opts = env.upstream_url, env.upstream_ca, env.token, env.jitgate_options
+        bare = stack.enter_context(start_gateway(work / "bare", options=env.bare_options, script=None))
         jit = stack.enter_context(start_gateway(work / "jit", options=jit_opts))
         core_script = work / "core_chain.py"
         core_script.write_text(CORE_CHAIN)
@@ -200,8 +157,7 @@ def main() -> None:
         if args.noop:
             noop_script = work / "noop_chain.py"
             noop_script.write_text(NOOP_CHAIN)
-            noop_opts = {"ssl_verify_upstream_trusted_ca": str(upstream_bundle)}
-            noop = stack.enter_context(start_gateway(work / "noop", options=noop_opts, script=noop_script))
+            noop = stack.enter_context(start_gateway(work / "noop", options=env.bare_options, script=noop_script))
 
         url = f"{up_url}/v2/rerank"
         common: dict[str, Any] = {
