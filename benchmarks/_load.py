@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
+from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, Stack, local_broker, moto_server, seed
 from jitgate.devstack.gateway import jitgate_options, write_bundle
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import CI_CLAIMS, policy_dict
@@ -75,10 +75,15 @@ class BenchStack:
     token: str  # minted by the real broker for `cohere-test`
     jitgate_options: dict[str, str]  # `--set` options of a jitgate gateway against this stack
     bare_options: dict[str, str]  # a bare mitmdump trusting the upstream's CA
+    aws: Stack  # the seeded moto resources (bucket, table, region)
+    aws_endpoint: str
+    broker_url: str
 
 
 @contextmanager
-def bench_stack(work: Path, real_key: str, limits: dict[str, int]) -> Iterator[BenchStack]:
+def bench_stack(
+    work: Path, real_key: str, limits: dict[str, int], *, ttl: str | None = None
+) -> Iterator[BenchStack]:
     """moto server, OIDC issuer, the upstream, a policy whose grant carries `limits`, the broker."""
     with ExitStack() as stack:
         moto = stack.enter_context(moto_server())
@@ -96,7 +101,7 @@ def bench_stack(work: Path, real_key: str, limits: dict[str, int]) -> Iterator[B
         broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
         answer = httpx.post(
             f"{broker.url}/v1/tokens",
-            json={"connection": "cohere-test"},
+            json={"connection": "cohere-test", **({"ttl": ttl} if ttl else {})},
             headers={"Authorization": f"Bearer {issuer.mint(CI_SUB, CI_CLAIMS)}"},
             timeout=30,
         )
@@ -116,6 +121,9 @@ def bench_stack(work: Path, real_key: str, limits: dict[str, int]) -> Iterator[B
             token=answer.json()["token"],
             jitgate_options=options,
             bare_options={"ssl_verify_upstream_trusted_ca": str(bundle)},
+            aws=aws,
+            aws_endpoint=moto.url,
+            broker_url=broker.url,
         )
 
 

@@ -30,19 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
-import yaml
 
-from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, local_broker, moto_server, seed
-from jitgate.devstack.gateway import jitgate_options, start_gateway, write_bundle
-from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import CI_CLAIMS, policy_dict
-from jitgate.policy import parse_policy
+from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import REPO, Run, cpu_seconds, documents, drive, summary, upstream
+from _load import Run, bench_stack, cpu_seconds, documents, drive, summary
 
-CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 GATEWAY_ID = "load"
 
 
@@ -94,46 +87,15 @@ def main() -> None:
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-load-") as tmp:
         work = Path(tmp)
-        moto = stack.enter_context(moto_server())
-        os.environ.update({"AWS_ENDPOINT_URL": moto.url, "AWS_DEFAULT_REGION": DEFAULT_REGION, **FAKE_CREDENTIALS})
-        issuer = stack.enter_context(OidcIssuer())
-        up_url, up_ca = stack.enter_context(upstream(work, real_key))
-
-        doc = policy_dict(issuer.url, upstreams={"cohere-test": up_url})
-        grant = doc["grants"][0]  # type: ignore[index]
         # A request budget the run cannot use up: the shared DynamoDB counter is on the path.
-        grant["limits"] = {"max_requests": 4 * sent_through_jitgate, "max_documents": 1000, "max_bytes": 4 << 20}
-        policy_path = work / "policy.yaml"
-        policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        policy = parse_policy(policy_path.read_text())
-        fake = {c.credential.secret_id: "load-" + secrets.token_urlsafe(18) for c in policy.connections.values()}
-        fake[policy.connections["cohere-test"].credential.secret_id] = real_key
-        aws = seed(moto.url, policy=policy, secrets=fake)
-        broker = stack.enter_context(local_broker(aws, policy_path, cwd=REPO))
-        answer = httpx.post(
-            f"{broker.url}/v1/tokens",
-            json={"connection": "cohere-test", "ttl": "30m"},
-            headers={"Authorization": f"Bearer {issuer.mint(CI_SUB, CI_CLAIMS)}"},
-            timeout=30,
-        )
-        answer.raise_for_status()
-        token = answer.json()["token"]
-
-        upstream_bundle = write_bundle(work / "upstream-bundle.pem", up_ca.read_bytes())
-        bare = stack.enter_context(
-            start_gateway(work / "bare", options={"ssl_verify_upstream_trusted_ca": str(upstream_bundle)}, script=None)
-        )
-        opts = jitgate_options(
-            policy=policy_path,
-            jwks_url=f"{broker.url}/.well-known/jwks.json",
-            table=aws.table,
-            aws_endpoint=moto.url,
-            region=aws.region,
-            upstream_ca=up_ca,
-        )
+        limits = {"max_requests": 4 * sent_through_jitgate, "max_documents": 1000, "max_bytes": 4 << 20}
+        env = stack.enter_context(bench_stack(work, real_key, limits, ttl="30m"))
+        up_url, token, aws = env.upstream_url, env.token, env.aws
+        bare = stack.enter_context(start_gateway(work / "bare", options=env.bare_options, script=None))
+        opts = dict(env.jitgate_options)
         opts.update(
             {
-                "jitgate_issuer": broker.url,
+                "jitgate_issuer": env.broker_url,
                 "jitgate_bucket": aws.bucket,
                 "jitgate_spool_dir": str(work / "spool"),
                 "jitgate_gateway_id": GATEWAY_ID,
@@ -176,7 +138,7 @@ def main() -> None:
 
         # Every request through jitgate (warm-up included) must arrive in S3 as one record.
         expected = {f"mkj{r}{i:06d}" for r in range(args.rounds) for i in range(per_round + args.warmup)}
-        s3 = boto3.client("s3", endpoint_url=moto.url, region_name=aws.region)
+        s3 = boto3.client("s3", endpoint_url=env.aws_endpoint, region_name=aws.region)
         deadline = time.monotonic() + args.ship_timeout
         shipped, without = _shipped_markers(s3, aws.bucket)
         while set(shipped) != expected and time.monotonic() < deadline:
