@@ -12,6 +12,7 @@ from addon import error_answers
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.failsafe import fail_closed
+from addon.gc_freeze import GcFreeze
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
@@ -31,4 +32,5 @@ upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
     token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
+    GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]
