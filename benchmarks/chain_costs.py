@@ -8,7 +8,8 @@ load (the same as gateway_overhead.py) alternates between them round by round, a
 own CPU time per request is read from /proc.
 
 Chains: `core` (token_gate, scope_guard, credential_inject), `leak`, `rec`, `hold` (the core plus
-leak_guard, session_recorder or approval_hold), `full` (the shipped order), `noop` (six hook-only
+leak_guard, session_recorder or approval_hold), `full` (those six in the shipped order; without
+upstream_timeout and gc_freeze, so older trees run too), `noop` (six hook-only
 addons: what mitmproxy's dispatch costs). `NAME@TREE` runs a chain from another code tree: a folder
 holding `addon/` and `jitgate/`, e.g. a commit extracted with
 `git archive <commit> addon jitgate | tar -x -C /tmp/base`.
