@@ -18,22 +18,16 @@ import json
 import os
 import random
 import secrets
-import ssl
-import statistics
 import sys
 import tempfile
-import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import bench_stack
+from _load import bench_stack, drive, summary
 from _load import cpu_seconds as _cpu_seconds
 from _load import documents as _documents
 
@@ -71,56 +65,19 @@ def _load(
     url: str, body: bytes, headers: dict[str, str], *, proxy: str | None, verify: Path, requests: int, concurrency: int,
     warmup: int,
 ) -> tuple[list[float], float]:
-    ctx = ssl.create_default_context(cafile=str(verify))
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    remaining = [warmup + requests]
-    started = threading.Barrier(concurrency + 1)
-    t0 = [0.0]
-
-    def worker() -> None:
-        with httpx.Client(proxy=proxy, verify=ctx, trust_env=False, timeout=60) as client:
-            started.wait()
-            while True:
-                with lock:
-                    if remaining[0] <= 0:
-                        return
-                    remaining[0] -= 1
-                    n = remaining[0]
-                begin = time.perf_counter()
-                resp = client.post(url, content=body, headers=headers)
-                elapsed = time.perf_counter() - begin
-                if resp.status_code != 200:
-                    with lock:
-                        errors.append(f"{resp.status_code} {resp.text[:200]}")
-                    return
-                if n < requests:  # the first `warmup` requests handed out are not measured
-                    with lock:
-                        if not t0[0]:
-                            t0[0] = begin
-                        latencies.append(elapsed)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    started.wait()
-    for t in threads:
-        t.join()
-    end = time.perf_counter()
-    if errors:
-        raise RuntimeError(f"{len(errors)} failed requests, first: {errors[0]}")
-    return latencies, end - t0[0]
+    """`drive` with one body; any failed request fails the benchmark. (latencies, wall seconds)."""
+    run = drive(
+        url, lambda _i: body, headers, proxy=proxy, verify=verify, requests=requests, concurrency=concurrency,
+        warmup=warmup,
+    )
+    if run.errors:
+        raise RuntimeError(f"{len(run.errors)} failed requests, first: {run.errors[0]}")
+    return run.latencies, run.wall
 
 
 def _summary(runs: list[tuple[list[float], float]]) -> dict[str, float]:
-    latencies = sorted(x for lat, _ in runs for x in lat)
-    wall = sum(w for _, w in runs)
-    return {
-        "rps": round(len(latencies) / wall, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 3),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
-    }
+    """`summary` over the rounds of one path."""
+    return summary([x for lat, _ in runs for x in lat], sum(w for _, w in runs))
 
 
 def main() -> None:
