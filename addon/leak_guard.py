@@ -15,6 +15,7 @@ unscanned. Every finding goes into the flow's record (`meta.FINDINGS`).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,16 @@ STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
 # Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-chroma-token"})
 _SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
+# HTTP-date headers (RFC 9110 5.6.7). A value that is exactly an IMF-fixdate holds a date and
+# nothing else, but its digits are a phone candidate: scanning it cost every response a second
+# pass over each header. Any other value of these headers is scanned like the rest.
+_DATE_HEADERS = frozenset(
+    {"date", "expires", "last-modified", "if-modified-since", "if-unmodified-since", "retry-after"}
+)
+_IMF_FIXDATE = re.compile(
+    rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3][0-9] (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    rb"[0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-6][0-9] GMT"
+)
 
 
 def _decompressor(encoding: str, limit: int) -> Callable[[bytes], bytes] | None:
@@ -244,11 +255,15 @@ class LeakGuard:
         """Scan and mask header values in place; the findings (recorded)."""
         found: list[Finding] = []
         literals = self._literals(flow)
-        fields = [
-            (name, value.encode("utf-8", "surrogateescape"))
-            for name, value in message.headers.items(multi=True)  # type: ignore[no-untyped-call]
-            if name.lower() not in _SKIP_HEADERS and not (side == "request" and name.lower() in _CREDENTIAL_HEADERS)
-        ]
+        fields: list[tuple[str, bytes]] = []
+        for name, value in message.headers.items(multi=True):  # type: ignore[no-untyped-call]
+            low = name.lower()
+            if low in _SKIP_HEADERS or (side == "request" and low in _CREDENTIAL_HEADERS):
+                continue
+            raw = value.encode("utf-8", "surrogateescape")
+            if low in _DATE_HEADERS and _IMF_FIXDATE.fullmatch(raw):
+                continue
+            fields.append((name, raw))
         assert self.scanner is not None
         # One pass over all values first: most messages have nothing in their headers.
         if not self.scanner.may_find([raw for _, raw in fields], pii=plan.pii_types, literals=literals):

@@ -9,7 +9,8 @@ own CPU time per request is read from /proc.
 
 Chains: `core` (token_gate, scope_guard, credential_inject), `leak`, `rec`, `hold` (the core plus
 leak_guard, session_recorder or approval_hold), `full` (those six in the shipped order; without
-upstream_timeout and gc_freeze, so older trees run too), `noop` (six hook-only
+upstream_timeout and gc_freeze, so older trees run too), `ship` (the tree's addon/jitgate_addons.py
+as it is), `noop` (six hook-only
 addons: what mitmproxy's dispatch costs). `NAME@TREE` runs a chain from another code tree: a folder
 holding `addon/` and `jitgate/`, e.g. a commit extracted with
 `git archive <commit> addon jitgate | tar -x -C /tmp/base`.
@@ -69,11 +70,14 @@ CHAINS = {
     "rec": "[TokenGate(), ScopeGuard(), CredentialInject(), SessionRecorder()]",
     "hold": "[TokenGate(), ScopeGuard(), ApprovalHold(), CredentialInject()]",
     "full": "[TokenGate(), ScopeGuard(), LeakGuard(), ApprovalHold(), CredentialInject(), SessionRecorder()]",
+    "ship": "",  # addon/jitgate_addons.py as shipped (the tree's own, with `@TREE`)
 }
 
 
 def _script(chain: str, tree: str | None) -> str:
     head = f"import sys\nsys.path.insert(0, {tree!r})\n" if tree else ""
+    if chain == "ship":
+        return head + "from addon.jitgate_addons import addons  # noqa: F401\n"
     return head + _IMPORTS + f"\naddons = [fail_closed(a) for a in {CHAINS[chain]}]\n"
 
 

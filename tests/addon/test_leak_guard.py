@@ -170,6 +170,40 @@ def test_response_masks_secrets_pii_and_the_injected_credential(guard: LeakGuard
     assert meta.INJECTED_SECRET not in f.metadata  # dropped once the response is masked
 
 
+@pytest.mark.parametrize("name", ["Date", "Last-Modified", "Expires"])
+def test_an_exact_http_date_is_not_scanned_but_anything_else_in_a_date_header_is(
+    guard: LeakGuard, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    date = "Mon, 23 Nov 2026 17:53:35 GMT"  # its digits are a phone candidate
+    seen: list[bytes] = []
+    may_find = guard.scanner.may_find
+
+    def spy(values: list[bytes], **kw: Any) -> bool:
+        seen.extend(values)
+        return may_find(values, **kw)
+
+    monkeypatch.setattr(guard.scanner, "may_find", spy)
+    f = _flow(_rerank("a"))
+    guard.request(f)
+    f.response = http.Response.make(200, b"{}", {"content-type": "application/json", name: date, "Server": "up/1"})
+    seen.clear()
+    guard.response(f)
+    assert seen == [b"up/1"] and f.response.headers[name] == date
+    assert meta.FINDINGS not in f.metadata
+
+    # The same header with more than a date is scanned and masked like any other.
+    for value in (f"{date} call +44 20 7946 0958", f"call +44 20 7946 0958, {date}", date.replace("GMT", "UTC")):
+        f = _flow(_rerank("a"))
+        guard.request(f)
+        f.response = http.Response.make(200, b"{}", {"content-type": "application/json", name: value})
+        seen.clear()
+        guard.response(f)
+        assert seen == [value.encode()]
+        if "+44" in value:
+            assert "[REDACTED:phone:" in f.response.headers[name]
+            assert [x["where"] for x in f.metadata[meta.FINDINGS]] == [f"response.header:{name.lower()}"]
+
+
 def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
     tok = _token(4)
     f = _flow(_rerank("a"))
