@@ -140,13 +140,19 @@ class HyperscanEngine:
         # match further left (an unbounded `+` in a Hyperscan pattern) is clamped to that.
         self._reach = tuple(r.max_len for r in self.rules)
         self._ahead = tuple(r.max_len if r.trigger else 0 for r in self.rules)
-        self._db = hyperscan.Database()
-        self._db.compile(
-            expressions=[r.hs_pattern for r in self.rules],
-            ids=list(range(len(self.rules))),
-            elements=len(self.rules),
-            flags=[som if s else 0 for s in self._som],
-        )
+        # One database for the rules, and one of its own for each `hs_alone` rule.
+        groups = [[i for i, r in enumerate(self.rules) if not r.hs_alone]]
+        groups += [[i] for i, r in enumerate(self.rules) if r.hs_alone]
+        self._dbs: list[Any] = []
+        for ids in filter(None, groups):
+            db = hyperscan.Database()
+            db.compile(
+                expressions=[self.rules[i].hs_pattern for i in ids],
+                ids=ids,
+                elements=len(ids),
+                flags=[som if self._som[i] else 0 for i in ids],
+            )
+            self._dbs.append(db)
 
     @property
     def som_rules(self) -> int:
@@ -160,7 +166,8 @@ class HyperscanEngine:
         def on_match(rule_id: int, start: int, end: int, flags: int, context: Any) -> None:
             add((rule_id, start, end))
 
-        self._db.scan(buf, match_event_handler=on_match)
+        for db in self._dbs:
+            db.scan(buf, match_event_handler=on_match)
         hits.sort()
         return hits
 

@@ -56,13 +56,14 @@ def test_both_scanners_agree_on_pii(hs_scanner: Scanner, re_scanner: Scanner, pa
 
 
 def test_a_long_run_before_an_at_sign_costs_a_bounded_window() -> None:
-    """An unbounded e-mail prefix in Hyperscan must not make `re` search the whole run."""
+    """A long local part before `@` must not make `re` search the whole run."""
     raw = b"a" * 200_000 + b"@example.org and bob@example.org"
     found = _found(_HS, raw)
     assert found == _found(_RE, raw) == [("email", 200_017, 200_032)]
     email = [r.name for r in _HS.rules].index("email")
     windows = [b - a for a, b in _HS.regions(raw)[email]]
-    assert len(windows) == 2 and max(windows) <= _HS.rules[email].max_len  # not the 200 kB run
+    rule = _HS.rules[email]
+    assert len(windows) == 2 and max(windows) <= rule.max_len + rule.hs_max_len  # not the 200 kB run
 
 
 def test_decimal_fractions_are_no_phone_or_card_candidates() -> None:
