@@ -15,6 +15,10 @@ addons: what mitmproxy's dispatch costs). `NAME@TREE` runs a chain from another 
 holding `addon/` and `jitgate/`, e.g. a commit extracted with
 `git archive <commit> addon jitgate | tar -x -C /tmp/base`.
 
+`--hooks` adds each chain's CPU per flow of every addon hook, measured inside the gateway (the
+main thread's CPU clock around each hook): where the chain's cost over bare mitmdump goes, under
+the same load, caches and allocator as in production rather than in a quiet loop.
+
 Run: .venv/bin/python benchmarks/chain_costs.py --chains core,full,full@/tmp/base --rounds 3
 """
 
@@ -74,11 +78,70 @@ CHAINS = {
 }
 
 
-def _script(chain: str, tree: str | None) -> str:
+# `--hooks`: each flow hook of the chain's addons (as the chain holds them, fail_closed wrapper
+# included) is timed with the main thread's CPU clock; the totals are written every 200 calls.
+# An async hook that really waits (the recorder's writer-thread fallback) also counts what the
+# event loop ran meanwhile: rare here, and never on the fast path.
+_HOOK_TIMES = """
+import inspect as _inspect, json as _json, time as _time
+_cpu, _calls = {{}}, {{}}
+
+
+def _note(key, t0):
+    _cpu[key] = _cpu.get(key, 0.0) + _time.thread_time() - t0
+    _calls[key] = _calls.get(key, 0) + 1
+    if sum(_calls.values()) % 200 == 0:
+        with open({out!r}, "w") as f:
+            _json.dump({{"cpu_s": _cpu, "calls": _calls}}, f)
+
+
+def _timed(addon):
+    for name in ("http_connect", "requestheaders", "request", "responseheaders", "response", "error"):
+        hook = getattr(addon, name, None)
+        if not callable(hook):
+            continue
+        key = type(addon).__name__ + "." + name
+        if _inspect.iscoroutinefunction(hook):
+            async def timed(flow, hook=hook, key=key):
+                t0 = _time.thread_time()
+                try:
+                    await hook(flow)
+                finally:
+                    _note(key, t0)
+        else:
+            def timed(flow, hook=hook, key=key):
+                t0 = _time.thread_time()
+                try:
+                    hook(flow)
+                finally:
+                    _note(key, t0)
+        setattr(addon, name, timed)
+    return addon
+
+
+addons = [_timed(a) for a in addons]
+"""
+
+
+def _script(chain: str, tree: str | None, hook_times: Path | None = None) -> str:
     head = f"import sys\nsys.path.insert(0, {tree!r})\n" if tree else ""
     if chain == "ship":
-        return head + "from addon.jitgate_addons import addons  # noqa: F401\n"
-    return head + _IMPORTS + f"\naddons = [fail_closed(a) for a in {CHAINS[chain]}]\n"
+        text = head + "from addon.jitgate_addons import addons\n"
+    else:
+        text = head + _IMPORTS + f"\naddons = [fail_closed(a) for a in {CHAINS[chain]}]\n"
+    return text + (_HOOK_TIMES.format(out=str(hook_times)) if hook_times else "")
+
+
+def _hook_ms(path: Path) -> dict[str, float]:
+    """Main-thread CPU ms per flow of each timed hook (flows: the most `request` calls of an addon)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    flows = max((n for key, n in data["calls"].items() if key.endswith(".request")), default=0)
+    if not flows:
+        return {}
+    ms = {key: round(sec * 1000 / flows, 3) for key, sec in data["cpu_s"].items()}
+    return {"all": round(sum(ms.values()), 3), **dict(sorted(ms.items(), key=lambda kv: -kv[1]))}
 
 
 def main() -> None:
@@ -88,6 +151,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hooks", action="store_true", help="also time every hook of each chain (CPU ms per flow)")
     args = parser.parse_args()
     specs = [s.strip() for s in args.chains.split(",") if s.strip()]
     for spec in specs:
@@ -106,6 +170,7 @@ def main() -> None:
         ct = {"Content-Type": "application/json"}
         paths: dict[str, dict[str, Any]] = {}
         pids: dict[str, int] = {}
+        hook_files: dict[str, Path] = {}
         for i, spec in enumerate(["bare", *specs]):
             chain, _, tree = spec.partition("@")
             folder = work / f"gw{i}"
@@ -113,7 +178,10 @@ def main() -> None:
             script = None
             if chain != "bare":
                 script = folder / "chain.py"
-                script.write_text(_script(chain, tree or None))
+                times = folder / "hooks.json" if args.hooks and chain != "noop" else None
+                script.write_text(_script(chain, tree or None, times))
+                if times is not None:
+                    hook_files[spec] = times
             with_token = chain not in ("bare", "noop")
             options = env.jitgate_options if with_token else env.bare_options
             gw = stack.enter_context(start_gateway(folder, options=options, script=script))
@@ -132,6 +200,7 @@ def main() -> None:
                 load = {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup}
                 runs[spec].append(_load(url, body, **how, **load))
                 cpu[spec] += cpu_seconds(pids[spec]) - before
+        hooks = {spec: _hook_ms(path) for spec, path in hook_files.items()}
     per = (args.requests + args.warmup) * args.rounds
     result: dict[str, Any] = {"requests": args.requests * args.rounds, "rounds": args.rounds, "cpus": os.cpu_count()}
     for spec in paths:
@@ -139,6 +208,8 @@ def main() -> None:
         result[spec] = {**summary, "cpu_ms_per_req": round(cpu[spec] * 1000 / per, 3)}
     for spec in specs:
         result[spec]["ratio_vs_bare"] = round(result[spec]["rps"] / result["bare"]["rps"], 3)
+        if spec in hooks:
+            result[spec]["hooks_cpu_ms_per_flow"] = hooks[spec]
     print(json.dumps(result))
 
 
