@@ -86,6 +86,21 @@ def _score(item: dict[str, Any]) -> float | None:
     return None
 
 
+def fingerprints(docs: list[Any]) -> tuple[str, ...]:
+    """`document_fingerprint` of each document; text documents (the usual case) inline."""
+    copy = _SHA256.copy
+    out: list[str] = []
+    add = out.append
+    for doc in docs:
+        if type(doc) is str:
+            h = copy()
+            h.update(doc.encode("utf-8", "surrogatepass"))
+            add(h.hexdigest())
+        else:
+            add(document_fingerprint(doc))
+    return tuple(out)
+
+
 def summarize_rerank(request: Any, response: Any) -> RerankSummary:
     """Query, document fingerprints and ranking of a rerank call in any supported dialect."""
     if not isinstance(request, dict):
@@ -93,16 +108,18 @@ def summarize_rerank(request: Any, response: Any) -> RerankSummary:
     query = request.get("query")
     docs = _documents(request)
     ranking: list[RankEntry] = []
+    add = ranking.append
     for item in _results(response):
         if isinstance(item, dict):
             index = item.get("index")
             if type(index) is int:  # a JSON integer; never a bool
-                ranking.append(RankEntry(index=index, score=_score(item)))
+                score = item.get("relevance_score")
+                add({"index": index, "score": score if type(score) is float else _score(item)})
     return RerankSummary(
         query=query if isinstance(query, str) else None,
         doc_count=len(docs) if docs is not None else None,
-        doc_sha256=tuple(map(document_fingerprint, (docs or [])[:MAX_DOC_HASHES])),
-        ranking=tuple(ranking),  # types checked above; the record validates them once more
+        doc_sha256=fingerprints((docs or [])[:MAX_DOC_HASHES]),
+        ranking=tuple(ranking),  # types checked here: the record is not validated again
     )
 
 

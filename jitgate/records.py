@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import TypedDict, overload
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -133,7 +133,7 @@ class SessionRecord(_Frozen):
     )
     @classmethod
     def _no_lone_surrogates(cls, value: str | None) -> str | None:
-        return None if value is None else escape_surrogates(value)
+        return escape_text(value)
 
     def to_json_line(self) -> bytes:
         """One JSON line, every column present (null when unknown) so readers see one shape.
@@ -143,6 +143,15 @@ class SessionRecord(_Frozen):
         written as null, which JSON readers accept, where json.dumps would write NaN).
         """
         return self.model_dump_json().encode() + b"\n"
+
+
+@overload
+def escape_text(value: str) -> str: ...
+@overload
+def escape_text(value: None) -> None: ...
+def escape_text(value: str | None) -> str | None:
+    """`escape_surrogates` of a text field that may be unknown (None)."""
+    return None if value is None else escape_surrogates(value)
 
 
 def escape_surrogates(text: str) -> str:
