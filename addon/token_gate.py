@@ -95,6 +95,8 @@ def take_token(request: http.Request, conns: Sequence[Connection]) -> str | None
     `conns` are the connections serving the request's host: the token may sit in the key header
     of any of them (which one it is for, only the verified token says), so every one is checked
     and stripped. Precedence: proxy credentials, then `Authorization: Bearer`, then key headers.
+    Other copies: `strip_copies` (headers); in the URL or the body they are leak_guard's (a JWT
+    is a secret, and request secrets are never allowed through).
     """
     found: str | None = None
     if "Proxy-Authorization" in request.headers:
@@ -113,6 +115,14 @@ def take_token(request: http.Request, conns: Sequence[Connection]) -> str | None
             found = found or inner
             del request.headers[header]
     return found
+
+
+def strip_copies(request: http.Request, token: str) -> None:
+    """Remove every header whose value holds `token` (an SDK sending its key twice, a debug
+    header): the token is never forwarded, whatever the masking profile."""
+    copies = [name for name, value in request.headers.items(multi=True) if token in value]  # type: ignore[no-untyped-call]
+    for name in copies:
+        request.headers.pop(name, None)
 
 
 def fetch_jwks(url: str) -> KeySet:
@@ -314,6 +324,8 @@ class TokenGate:
         flow.metadata.setdefault(meta.STARTED, time.monotonic())
         conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
         token = take_token(flow.request, conns) or self._bound.get(flow.client_conn.id)
+        if token is not None:
+            strip_copies(flow.request, token)
         if token is None:
             refuse(
                 flow,

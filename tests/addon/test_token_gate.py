@@ -163,6 +163,37 @@ async def test_valid_token_in_each_place_is_accepted_and_stripped(
     assert all(token not in v for v in f.request.headers.values())
 
 
+@pytest.mark.parametrize("how", ["bearer", "connect"])
+async def test_copies_of_the_token_in_other_headers_are_removed(
+    aws: dict[str, Any], policy_file: Path, how: str
+) -> None:
+    """An SDK sending its key in two headers, or a debug header quoting it: no copy goes upstream."""
+    signer = Signer()
+    gate = _gate(aws, Fetcher(signer))
+    token = signer.mint(conn="rerank")
+    with taddons.context(gate) as tctx:
+        _configure(tctx, gate, policy_file)
+        gate.running()
+        f = _flow(host="api.cohere.com")
+        if how == "bearer":
+            f.request.headers["Authorization"] = f"Bearer {token}"
+        else:
+            connect = tflow.tflow()
+            connect.request.headers["Proxy-Authorization"] = _basic(token)
+            connect.client_conn = f.client_conn
+            gate.http_connect(connect)
+        f.request.headers["X-Goog-Api-Key"] = token
+        f.request.headers.add("X-Debug", f"key={token};trace=1")
+        f.request.headers.add("X-Debug", "trace=2")
+        f.request.headers["X-Request-Id"] = "r-1"
+        await gate.request(f)
+        gate.done()
+    assert f.response is None and meta.claims(f) is not None
+    assert all(token not in value for value in f.request.headers.values(multi=True))
+    assert "X-Goog-Api-Key" not in f.request.headers
+    assert f.request.headers["X-Request-Id"] == "r-1"  # headers without the token stay
+
+
 async def test_connect_binding_ends_with_the_client_connection(aws: dict[str, Any], policy_file: Path) -> None:
     signer = Signer()
     gate = _gate(aws, Fetcher(signer))

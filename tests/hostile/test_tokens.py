@@ -212,6 +212,29 @@ def test_token_in_the_query_string_is_refused_and_never_recorded(
     assert token.encode() not in blob and digest_prefix.encode() not in blob
 
 
+@pytest.mark.parametrize("place", ["proxy-credentials", "api-key"])
+def test_copies_of_the_token_in_other_headers_never_reach_the_upstream(
+    hostile: Hostile, mint: Callable[..., dict[str, Any]], place: str
+) -> None:
+    """An SDK that sends its key twice, or a debug header quoting it: the request goes through,
+    and what the upstream receives holds the real key, never the JIT token."""
+    token = mint("cohere-test")["token"]
+    PRESENTED.append(token)
+    mark = len(hostile.upstream.received)
+    body = {"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]}
+    copies = {"X-Goog-Api-Key": token, "X-Debug": f"key={token}; trace=1"}
+    key = token if place == "api-key" else "placeholder"
+    with client(hostile.gateway, hostile.bundle, token if place == "proxy-credentials" else None) as c:
+        resp = c.post(
+            f"{hostile.upstream.url}/v2/rerank", json=body, headers={"Authorization": f"Bearer {key}", **copies}
+        )
+    assert resp.status_code == 200, resp.text
+    [seen] = list(hostile.upstream.received)[mark:]
+    assert all(token not in value for value in seen.headers.values())
+    assert {"x-goog-api-key", "x-debug"}.isdisjoint(name.lower() for name in seen.headers)
+    assert seen.headers.get("Authorization", seen.headers.get("authorization", "")).startswith("Bearer ")
+
+
 def _records_settled(h: Hostile) -> bool:
     return bool(raw_record_bytes(h.moto, h.stack.bucket, h.gateway_id, h.spool))
 
