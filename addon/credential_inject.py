@@ -22,6 +22,7 @@ import ssl
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,8 @@ class CredentialInject:
         # secret id -> (value, monotonic time fetched): the hot path reads this without a thread hop.
         self._memo: dict[str, tuple[str, float]] = {}
         self._fetch_lock = threading.Lock()
+        # Flows that carry the injected credential until their `response` or `error` (see `done`).
+        self._carrying: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.ttl = DEFAULT_SECRET_TTL
         self.policy: Policy | None = None
         self._bundle: str | None = None
@@ -148,6 +151,10 @@ class CredentialInject:
         self._memo.clear()
 
     def done(self) -> None:
+        # mitmproxy saves the flows still in flight when it stops (`-w`); its Save addon's `done`
+        # runs after the script addons' (ScriptLoader comes first in the addon chain).
+        for flow in list(self._carrying):
+            self.forget(flow)
         if self._bundle is not None:
             Path(self._bundle).unlink(missing_ok=True)
 
@@ -217,6 +224,7 @@ class CredentialInject:
         apply_credential(flow.request, conn, secret)
         flow.metadata[meta.INJECTED] = True
         flow.metadata[meta.INJECTED_SECRET] = secret  # in memory only: leak_guard masks it in the response
+        self._carrying.add(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         try:
@@ -233,6 +241,7 @@ class CredentialInject:
         What follows the chain (mitmproxy's flow writer for `-w`, mitmweb, a later `flow.copy()`)
         must never see the upstream secret.
         """
+        self._carrying.discard(flow)
         flow.metadata.pop(meta.INJECTED_SECRET, None)
         if not flow.metadata.get(meta.INJECTED):
             return

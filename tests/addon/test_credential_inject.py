@@ -80,6 +80,26 @@ async def test_injects_secret_strips_client_credentials_and_targets_upstream(
     assert f.request.headers["Host"] == "127.0.0.1:9443"
 
 
+async def test_flows_still_in_flight_at_shutdown_lose_the_credential(aws: dict[str, Any], policy_file: Path) -> None:
+    """`done` runs before mitmproxy's Save addon writes the flows in flight (`-w`)."""
+    real = _fake_key()
+    aws["secretsmanager"].create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": real}))
+    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+    conn = parse_policy(POLICY).connections["rerank"]
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, jitgate_policy=str(policy_file))
+        waiting, answered = _flow(conn), _flow(conn)
+        await addon.request(waiting)
+        await addon.request(answered)
+        answered.response = tflow.tresp()
+        await addon.response(answered)
+        assert waiting.request.headers["Authorization"] == f"Bearer {real}"  # sent with it
+        addon.done()
+    for f in (waiting, answered):
+        assert "Authorization" not in f.request.headers and meta.INJECTED_SECRET not in f.metadata
+    assert waiting.metadata[meta.INJECTED] is True  # the record still says it was injected
+
+
 async def test_key_header_format_for_a_store(aws: dict[str, Any], policy_file: Path) -> None:
     real = _fake_key()
     aws["secretsmanager"].create_secret(Name="jitgate/store", SecretString=real)

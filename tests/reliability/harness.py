@@ -16,7 +16,7 @@ import gzip
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ def full_gateway(
     gateway_id: str,
     jwks_url: str | None = None,
     aws_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
     **options: str,
 ) -> Gateway:
     """Start the whole chain. With `aws_env`, boto3 in the gateway finds AWS through the environment
@@ -95,7 +96,7 @@ def full_gateway(
     if aws_env is not None:
         opts["jitgate_aws_endpoint"] = ""
         env.update(aws_env)
-    return start_gateway(work / "gw", options=opts, env=env)
+    return start_gateway(work / "gw", options=opts, env=env, extra_args=extra_args)
 
 
 def client(gateway: Gateway, bundle: Path, token: str | None, **kwargs: Any) -> httpx.Client:

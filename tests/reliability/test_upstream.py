@@ -18,10 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from mitmproxy import http
+from mitmproxy.io import FlowReader
 
+from addon import meta
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.gateway import Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import secret_id
 from tests.reliability.harness import (
     FaultyUpstream,
     client,
@@ -221,3 +225,51 @@ def test_upstream_failing_after_the_headers_is_recorded(
     # The spool is read too (segments of 0.3 s, fsync every 0.1 s): 5 s is ample once this is fixed.
     recs = _flow_records(moto_server, aws_stack, gateway_id, tmp_path / "spool", 1, timeout=5)
     assert [r["error"] for r in recs] == ["upstream_error"]
+
+
+# -- shutdown with a request in flight ---------------------------------------------------------
+
+
+def test_a_flow_in_flight_at_shutdown_is_saved_without_the_credential(
+    tmp_path: Path, oidc_issuer: OidcIssuer, broker: str, aws_stack: Stack, moto_server: str,
+    mint: Callable[..., dict[str, Any]],
+) -> None:
+    """`mitmdump -w`: mitmproxy saves the flows still in flight when it stops. One waiting on a
+    silent upstream then still carried the injected upstream key in its request headers."""
+    up = FaultyUpstream(trustme.CA(), "hang")
+    flows_file = tmp_path / "flows.mitm"
+    token = mint("cohere-test")["token"]
+    real_key = aws_stack.secrets[secret_id("cohere-test")]
+    answers: list[object] = []
+    try:
+        gw = full_gateway(
+            tmp_path, policy=write_policy(tmp_path, oidc_issuer.url, up), upstream=up,  # type: ignore[arg-type]
+            broker=broker, stack=aws_stack, moto=moto_server, gateway_id="rel-inflight-" + secrets.token_hex(3),
+            extra_args=["-w", str(flows_file)], tcp_timeout="30", jitgate_upstream_timeout="60s",
+        )
+        with gw:
+            bundle = gw.client_bundle(tmp_path / "bundle.pem")
+
+            def send() -> None:
+                try:
+                    with client(gw, bundle, token) as c:
+                        answers.append(c.post(f"{up.url}/v2/rerank", json=BODY).status_code)
+                except httpx.HTTPError as exc:
+                    answers.append(type(exc).__name__)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            assert wait_for(lambda: up.accepted == 1, 10), "the request never reached the upstream"
+            gw.stop()  # SIGTERM: mitmproxy's `done` saves what is in flight
+            sender.join(10)
+            log = "\n".join(gw.log)
+    finally:
+        up.close()
+    assert answers and answers[0] != 200, answers
+    raw = flows_file.read_bytes()
+    with flows_file.open("rb") as fh:
+        flows = [f for f in FlowReader(fh).stream() if isinstance(f, http.HTTPFlow)]
+    assert len(flows) == 1 and flows[0].response is None, log  # saved while still waiting
+    assert raw.find(real_key.encode()) == -1, "the upstream key is in the flow file"
+    assert raw.find(token.encode()) == -1, "the JIT token is in the flow file"
+    assert meta.INJECTED_SECRET not in flows[0].metadata
