@@ -62,13 +62,17 @@ def _flow(conn: Connection | None, **headers: str) -> Any:
     return f
 
 
+def _rerank_addon(aws: dict[str, Any]) -> tuple[str, CredentialInject, Connection]:
+    """A fresh fake key in Secrets Manager for `rerank`, the addon and the connection."""
+    real = _fake_key()
+    aws["secretsmanager"].create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": real}))
+    return real, CredentialInject(secretsmanager=aws["secretsmanager"]), parse_policy(POLICY).connections["rerank"]
+
+
 async def test_injects_secret_strips_client_credentials_and_targets_upstream(
     aws: dict[str, Any], policy_file: Path
 ) -> None:
-    real = _fake_key()
-    aws["secretsmanager"].create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": real}))
-    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
-    conn = parse_policy(POLICY).connections["rerank"]
+    real, addon, conn = _rerank_addon(aws)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jitgate_policy=str(policy_file))
         f = _flow(conn, Authorization="Bearer client-own", X_Api_Key="client-other")
@@ -82,10 +86,7 @@ async def test_injects_secret_strips_client_credentials_and_targets_upstream(
 
 async def test_flows_still_in_flight_at_shutdown_lose_the_credential(aws: dict[str, Any], policy_file: Path) -> None:
     """`done` runs before mitmproxy's Save addon writes the flows in flight (`-w`)."""
-    real = _fake_key()
-    aws["secretsmanager"].create_secret(Name="jitgate/rerank", SecretString=json.dumps({"api_key": real}))
-    addon = CredentialInject(secretsmanager=aws["secretsmanager"])
-    conn = parse_policy(POLICY).connections["rerank"]
+    real, addon, conn = _rerank_addon(aws)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jitgate_policy=str(policy_file))
         waiting, answered = _flow(conn), _flow(conn)
