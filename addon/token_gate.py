@@ -324,8 +324,6 @@ class TokenGate:
         flow.metadata.setdefault(meta.STARTED, time.monotonic())
         conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
         token = take_token(flow.request, conns) or self._bound.get(flow.client_conn.id)
-        if token is not None:
-            strip_copies(flow.request, token)
         if token is None:
             refuse(
                 flow,
@@ -333,6 +331,7 @@ class TokenGate:
                 headers={"Proxy-Authenticate": PROXY_AUTHENTICATE},
             )
             return
+        strip_copies(flow.request, token)
         if not self.revocations.fresh():
             refuse(flow, RevocationUnavailable("the revocation list is stale; requests are refused until it refreshes"))
             return

@@ -87,18 +87,8 @@ def _score(item: dict[str, Any]) -> float | None:
 
 
 def fingerprints(docs: list[Any]) -> tuple[str, ...]:
-    """`document_fingerprint` of each document; text documents (the usual case) inline."""
-    copy = _SHA256.copy
-    out: list[str] = []
-    add = out.append
-    for doc in docs:
-        if type(doc) is str:
-            h = copy()
-            h.update(doc.encode("utf-8", "surrogatepass"))
-            add(h.hexdigest())
-        else:
-            add(document_fingerprint(doc))
-    return tuple(out)
+    """`document_fingerprint` of each document; text documents (the usual case) straight to the hash."""
+    return tuple([sha256_text(doc) if type(doc) is str else document_fingerprint(doc) for doc in docs])
 
 
 def summarize_rerank(request: Any, response: Any) -> RerankSummary:
