@@ -17,7 +17,9 @@ holding `addon/` and `jitgate/`, e.g. a commit extracted with
 
 `--hooks` adds each chain's CPU per flow of every addon hook, measured inside the gateway (the
 main thread's CPU clock around each hook): where the chain's cost over bare mitmdump goes, under
-the same load, caches and allocator as in production rather than in a quiet loop.
+the same load, caches and allocator as in production rather than in a quiet loop. `--ship` gives
+every chain's recorder the moto S3 bucket, so closed segments are gzipped and uploaded as deployed
+(without it records stay in the spool, and the uploader's CPU is not in the figures).
 
 Run: .venv/bin/python benchmarks/chain_costs.py --chains core,full,full@/tmp/base --rounds 3
 """
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hooks", action="store_true", help="also time every hook of each chain (CPU ms per flow)")
+    parser.add_argument("--ship", action="store_true", help="recorders ship their segments to the moto S3 bucket")
     args = parser.parse_args()
     specs = [s.strip() for s in args.chains.split(",") if s.strip()]
     for spec in specs:
@@ -184,6 +187,8 @@ def main() -> None:
                     hook_files[spec] = times
             with_token = chain not in ("bare", "noop")
             options = env.jitgate_options if with_token else env.bare_options
+            if with_token and args.ship:  # each gateway its own id, so no segment key is shared
+                options = {**options, "jitgate_bucket": env.aws.bucket, "jitgate_gateway_id": f"gw{i}"}
             gw = stack.enter_context(start_gateway(folder, options=options, script=script))
             pids[spec] = gw.proc.pid
             paths[spec] = {

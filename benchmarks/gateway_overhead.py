@@ -6,7 +6,9 @@ rerank POSTs of `--docs` documents x `--doc-bytes` bytes, `--concurrency` keep-a
 child process with a private CA; the jitgate gateway gets its token from the real broker (local
 adapter) backed by a moto server. Prints one JSON object (`--json`) with rps, p50 and p99 per path,
 `ratio_vs_bare` and `p50_added_ms_vs_bare`. The token carries no `max_requests` unless
-`--count-requests`, so the hot path makes no DynamoDB call (the figures say which).
+`--count-requests`, so the hot path makes no DynamoDB call (the figures say which). The jitgate
+gateway ships its session records to the moto S3 bucket as deployed (gzip included) unless
+`--no-ship`, which leaves them in the spool as the benchmark did before 2026-11-23 night.
 
 Run: .venv/bin/python benchmarks/gateway_overhead.py --json
 """
@@ -23,6 +25,8 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+import boto3
 
 from jitgate.devstack.gateway import start_gateway
 
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternate the three paths this many times")
     parser.add_argument("--noop", action="store_true", help="add a no-op `-s` script as a diagnostic baseline")
     parser.add_argument("--count-requests", action="store_true", help="give the token max_requests (DynamoDB counter)")
+    parser.add_argument("--no-ship", action="store_true", help="keep session records in the spool (no S3 upload)")
     args = parser.parse_args()
 
     rng = random.Random(7)
@@ -105,6 +110,8 @@ def main() -> None:
             limits["max_requests"] = 10 * (args.requests + args.warmup)
         env = stack.enter_context(bench_stack(work, real_key, limits))
         up_url, up_ca, token, jit_opts = env.upstream_url, env.upstream_ca, env.token, env.jitgate_options
+        if not args.no_ship:  # as deployed: closed segments gzipped and put to the bucket
+            jit_opts = {**jit_opts, "jitgate_bucket": env.aws.bucket}
         bare = stack.enter_context(start_gateway(work / "bare", options=env.bare_options, script=None))
         jit = stack.enter_context(start_gateway(work / "jit", options=jit_opts))
         core_script = work / "core_chain.py"
@@ -158,6 +165,10 @@ def main() -> None:
                         print("\n".join(list(gw.log)[-30:]), file=sys.stderr)
                     raise
         direct, bare_r, jit_r, core_r = (_summary(runs[name]) for name in ("direct", "bare", "jitgate", "core"))
+        shipped = 0
+        if not args.no_ship:  # the segments the jitgate gateway put to S3 during the run
+            s3 = boto3.client("s3", endpoint_url=env.aws_endpoint, region_name=env.aws.region)
+            shipped = s3.list_objects_v2(Bucket=env.aws.bucket).get("KeyCount", 0)
 
     result = {
         "requests": args.requests * args.rounds,
@@ -166,6 +177,8 @@ def main() -> None:
         "documents": args.docs,
         "body_bytes": len(body),
         "request_counter": args.count_requests,
+        "ships_records": not args.no_ship,
+        "segments_shipped": shipped,
         "direct_rps": direct["rps"],
         "bare_rps": bare_r["rps"],
         "jitgate_rps": jit_r["rps"],
