@@ -10,9 +10,10 @@ own CPU time per request is read from /proc.
 Chains: `core` (token_gate, scope_guard, credential_inject), `leak`, `rec`, `hold` (the core plus
 leak_guard, session_recorder or approval_hold), `full` (those six in the shipped order; without
 upstream_timeout and gc_freeze, so older trees run too), `ship` (the tree's addon/jitgate_addons.py
-as it is), `noop` (six hook-only
-addons: what mitmproxy's dispatch costs). `NAME@TREE` runs a chain from another code tree: a folder
-holding `addon/` and `jitgate/`, e.g. a commit extracted with
+as it is), `noop` (six hook-only addons: what mitmproxy's dispatch costs), `offload` (the core plus
+benchmarks/offload_standin.py: inspection and recording moved to a worker process, as the event
+loop would see it). `NAME@TREE` runs a chain from another code tree: a folder holding `addon/` and
+`jitgate/`, e.g. a commit extracted with
 `git archive <commit> addon jitgate | tar -x -C /tmp/base`.
 
 `--hooks` adds each chain's CPU per flow of every addon hook, measured inside the gateway (the
@@ -44,7 +45,11 @@ from _load import bench_stack, cpu_seconds, documents
 from gateway_overhead import _load, _summary
 
 _IMPORTS = """
+import sys as _sys
+_sys.path.append({bench!r})
+
 from mitmproxy import http as _http
+from offload_standin import OffloadStandIn
 
 from addon import error_answers
 from addon.approval_hold import ApprovalHold
@@ -77,6 +82,9 @@ CHAINS = {
     "hold": "[TokenGate(), ScopeGuard(), ApprovalHold(), CredentialInject()]",
     "full": "[TokenGate(), ScopeGuard(), LeakGuard(), ApprovalHold(), CredentialInject(), SessionRecorder()]",
     "ship": "",  # addon/jitgate_addons.py as shipped (the tree's own, with `@TREE`)
+    # Diagnostic: the core plus a stand-in that burns leak_guard's and the recorder's CPU in a
+    # child process while the hooks await it (benchmarks/offload_standin.py).
+    "offload": "[TokenGate(), ScopeGuard(), CredentialInject(), OffloadStandIn()]",
 }
 
 
@@ -130,7 +138,8 @@ def _script(chain: str, tree: str | None, hook_times: Path | None = None) -> str
     if chain == "ship":
         text = head + "from addon.jitgate_addons import addons\n"
     else:
-        text = head + _IMPORTS + f"\naddons = [fail_closed(a) for a in {CHAINS[chain]}]\n"
+        imports = _IMPORTS.format(bench=str(Path(__file__).resolve().parent))
+        text = head + imports + f"\naddons = [fail_closed(a) for a in {CHAINS[chain]}]\n"
     return text + (_HOOK_TIMES.format(out=str(hook_times)) if hook_times else "")
 
 
