@@ -110,10 +110,10 @@ def main() -> None:
             limits["max_requests"] = 10 * (args.requests + args.warmup)
         env = stack.enter_context(bench_stack(work, real_key, limits))
         up_url, up_ca, token, jit_opts = env.upstream_url, env.upstream_ca, env.token, env.jitgate_options
-        if not args.no_ship:  # as deployed: closed segments gzipped and put to the bucket
-            jit_opts = {**jit_opts, "jitgate_bucket": env.aws.bucket}
+        # As deployed, the full chain's recorder gzips closed segments and puts them to the bucket.
+        full_opts = jit_opts if args.no_ship else {**jit_opts, "jitgate_bucket": env.aws.bucket}
         bare = stack.enter_context(start_gateway(work / "bare", options=env.bare_options, script=None))
-        jit = stack.enter_context(start_gateway(work / "jit", options=jit_opts))
+        jit = stack.enter_context(start_gateway(work / "jit", options=full_opts))
         core_script = work / "core_chain.py"
         core_script.write_text(CORE_CHAIN)
         core = stack.enter_context(start_gateway(work / "core", options=jit_opts, script=core_script))
@@ -168,7 +168,7 @@ def main() -> None:
         shipped = 0
         if not args.no_ship:  # the segments the jitgate gateway put to S3 during the run
             s3 = boto3.client("s3", endpoint_url=env.aws_endpoint, region_name=env.aws.region)
-            shipped = s3.list_objects_v2(Bucket=env.aws.bucket).get("KeyCount", 0)
+            shipped = s3.list_objects_v2(Bucket=env.aws.bucket, Prefix="sessions/").get("KeyCount", 0)
 
     result = {
         "requests": args.requests * args.rounds,
