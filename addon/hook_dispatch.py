@@ -1,0 +1,137 @@
+"""hook_dispatch: mitmproxy's event dispatch, the same calls in the same order for less CPU.
+
+For every event mitmproxy's `AddonManager.trigger_event` walks its whole addon chain: ~45
+built-in addons in mitmdump, then the `-s` script with the jitgate chain inside. An HTTP flow is
+8 events (four hooks, each followed by `update`), and per addon and event the stock code builds a
+generator-based context manager (`safecall`), a coroutine (`invoke_addon`), two generators
+(`_iter_hooks`, `traverse`) and the hook's arguments again from `dataclasses.fields` for each
+call, although almost no addon has the hook. Under the gateway benchmark's load that was about a
+fifth of a bare mitmdump's CPU (docs/performance.md, "Fifth pass").
+
+`install()` replaces `trigger_event` with a loop that makes the same calls: each chain entry and
+then its sub-addons (`addons`, read after the entry's own hook, as `traverse` does), hooks found by
+`getattr` at the moment of the call (nothing is cached, so addons added, removed or reloaded later
+are seen), awaitables awaited, a module bound to a hook's name skipped, anything else not callable
+an error. Errors are handled as the stock code does: `AddonHalt` ends the event, `OptionsError`
+propagates, any other exception is logged as mitmproxy's "Addon error" and ends that chain entry's
+remaining sub-addons only (addon/failsafe.py guards the jitgate hooks against exactly that).
+
+It only replaces code it knows: `install()` compares the stock functions with the sources this
+module was written against (mitmproxy 12.2.3, constraints.txt) and leaves mitmproxy as it is, with a warning,
+when they differ. tests/addon/test_hook_dispatch.py runs both dispatchers side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import types
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import addonmanager, exceptions, hooks
+
+logger = logging.getLogger(__name__)
+
+# SHA-256 of the stock sources `trigger_event` is made of (`inspect.getsource`), as in mitmproxy 12.2.3.
+STOCK_SOURCES = {
+    "AddonManager.trigger_event": "b763c59bc4992e33030d38fe5a62368b0437ad4f327ea609b0664db32286a4d9",
+    "AddonManager.invoke_addon": "13180532440359de4072c45e3f24aa3ad3b75292ef1ebfa5caa6385160a0be12",
+    "AddonManager._iter_hooks": "350b419ab7284091f6341cbeb463bf6071dca027396ab37d0615789def57e7c0",
+    "traverse": "bad3d9f88bdf9269a3a1380948222f64da429fcfa2801a38bbed467289d7bd60",
+    "safecall": "f2052c18340e99b029865b6c9aae1ae3d5e61e203bbb702e11deb059da7660f1",
+}
+_STOCK: dict[str, Callable[..., Any]] = {
+    "AddonManager.trigger_event": addonmanager.AddonManager.trigger_event,
+    "AddonManager.invoke_addon": addonmanager.AddonManager.invoke_addon,
+    "AddonManager._iter_hooks": addonmanager.AddonManager._iter_hooks,
+    "traverse": addonmanager.traverse,
+    "safecall": addonmanager.safecall,
+}
+stock_trigger_event = addonmanager.AddonManager.trigger_event
+
+
+def source_digests() -> dict[str, str]:
+    """SHA-256 of each stock function's source as installed ("" when it cannot be read)."""
+    out = {}
+    for name, func in _STOCK.items():
+        try:
+            out[name] = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
+        except (OSError, TypeError):
+            out[name] = ""
+    return out
+
+
+def _not_callable(addon: Any, name: str, func: Any) -> bool:
+    """True for a module bound to a hook's name (skipped, as mitmproxy does); raise for anything else."""
+    if isinstance(func, types.ModuleType):
+        return True
+    raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")  # type: ignore[no-untyped-call]
+
+
+def _call(addon: Any, name: str, args: list[Any]) -> Any:
+    """Call `addon`'s hook `name`, if it has one: what is left to await, or None."""
+    func = getattr(addon, name, None)
+    if func and (callable(func) or not _not_callable(addon, name, func)):
+        res = func(*args)
+        if res is not None and inspect.isawaitable(res):
+            return res
+    return None
+
+
+async def invoke_addon(addon: Any, name: str, args: list[Any]) -> None:
+    """`addon`'s hook, then its sub-addons', depth first (mitmproxy's `invoke_addon` over `traverse`)."""
+    pending = _call(addon, name, args)
+    if pending is not None:
+        await pending
+    if hasattr(addon, "addons"):
+        for sub in addon.addons:
+            await invoke_addon(sub, name, args)
+
+
+async def trigger_event(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
+    """Trigger `event` across all addons: mitmproxy's `trigger_event`, without its per-addon objects."""
+    assert isinstance(event, hooks.Hook)
+    name = event.name
+    args = event.args()
+    for addon in self.chain:
+        try:
+            # `invoke_addon` inlined: most entries have no hook and no sub-addons, and no coroutine is made for them.
+            pending = _call(addon, name, args)
+            if pending is not None:
+                await pending
+            if hasattr(addon, "addons"):
+                for sub in addon.addons:
+                    await invoke_addon(sub, name, args)
+        except exceptions.AddonHalt:
+            return
+        except exceptions.OptionsError:
+            raise
+        except Exception:
+            with addonmanager.safecall():  # mitmproxy's own "Addon error" log line, traceback included
+                raise
+
+
+def installed() -> bool:
+    return addonmanager.AddonManager.trigger_event is trigger_event
+
+
+def install() -> bool:
+    """Use this dispatcher if mitmproxy's is the one it was written against; True if it is in use."""
+    if installed():
+        return True
+    found = source_digests()
+    changed = sorted(name for name, digest in STOCK_SOURCES.items() if found.get(name) != digest)
+    if changed:
+        logger.warning(
+            "jitgate: mitmproxy's hook dispatch differs from the one hook_dispatch knows (%s); keeping mitmproxy's",
+            ", ".join(changed),
+        )
+        return False
+    addonmanager.AddonManager.trigger_event = trigger_event  # type: ignore[method-assign]
+    return True
+
+
+def uninstall() -> None:
+    addonmanager.AddonManager.trigger_event = stock_trigger_event  # type: ignore[method-assign]
