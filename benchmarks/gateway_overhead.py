@@ -9,6 +9,9 @@ adapter) backed by a moto server. Prints one JSON object (`--json`) with rps, p5
 `--count-requests`, so the hot path makes no DynamoDB call (the figures say which). The jitgate
 gateway ships its session records to the moto S3 bucket as deployed (gzip included) unless
 `--no-ship`, which leaves them in the spool as the benchmark did before 2026-11-23 night.
+The jitgate gateway runs mitmproxy's event dispatch through addon/hook_dispatch.py, which a bare
+mitmdump does not; `--dispatch` adds a bare mitmdump with only that (`bare_dispatch_*`), so the
+chain's own cost can be read like for like (`ratio_vs_bare_dispatch`).
 
 Run: .venv/bin/python benchmarks/gateway_overhead.py --json
 """
@@ -63,6 +66,14 @@ class Noop:
 
 addons = [Noop()]
 """
+# Diagnostic baseline (--dispatch): a bare mitmdump with jitgate's hook dispatch and no addon of its own.
+DISPATCH_ONLY = """
+from addon import hook_dispatch
+
+if not hook_dispatch.install():
+    raise RuntimeError("hook_dispatch did not install")
+addons = []
+"""
 
 
 def _load(
@@ -96,6 +107,9 @@ def main() -> None:
     parser.add_argument("--noop", action="store_true", help="add a no-op `-s` script as a diagnostic baseline")
     parser.add_argument("--count-requests", action="store_true", help="give the token max_requests (DynamoDB counter)")
     parser.add_argument("--no-ship", action="store_true", help="keep session records in the spool (no S3 upload)")
+    parser.add_argument(
+        "--dispatch", action="store_true", help="add a bare mitmdump with only jitgate's hook dispatch (like for like)"
+    )
     args = parser.parse_args()
 
     rng = random.Random(7)
@@ -123,6 +137,16 @@ def main() -> None:
             noop_script.write_text(NOOP_CHAIN)
             noop = stack.enter_context(start_gateway(work / "noop", options=env.bare_options, script=noop_script))
 
+        dispatch = None
+        if args.dispatch:  # a `-s` script that refuses nothing: readiness is probed as for bare
+            dispatch_script = work / "dispatch_only.py"
+            dispatch_script.write_text(DISPATCH_ONLY)
+            dispatch = stack.enter_context(
+                start_gateway(
+                    work / "dispatch", options=env.bare_options, script=None, extra_args=["-s", str(dispatch_script)]
+                )
+            )
+
         url = f"{up_url}/v2/rerank"
         common: dict[str, Any] = {
             "requests": args.requests,
@@ -149,6 +173,11 @@ def main() -> None:
         if noop is not None:
             paths["noop"] = {"headers": real_auth, "proxy": noop.url, "verify": noop.client_bundle(work / "noop.pem")}
             pids["noop"] = noop.proc.pid
+        if dispatch is not None:
+            paths["bare_dispatch"] = {
+                "headers": real_auth, "proxy": dispatch.url, "verify": dispatch.client_bundle(work / "dispatch.pem"),
+            }
+            pids["bare_dispatch"] = dispatch.proc.pid
         runs: dict[str, list[tuple[list[float], float]]] = {name: [] for name in paths}
         cpu = dict.fromkeys(pids, 0.0)
         # Alternating rounds: drift in a shared machine's load hits all three paths alike.
@@ -160,7 +189,7 @@ def main() -> None:
                     if name in pids:
                         cpu[name] += _cpu_seconds(pids[name]) - before
                 except RuntimeError:
-                    gw = {"bare": bare, "jitgate": jit, "core": core, "noop": noop}.get(name)
+                    gw = {"bare": bare, "jitgate": jit, "core": core, "noop": noop, "bare_dispatch": dispatch}.get(name)
                     if gw is not None:
                         print("\n".join(list(gw.log)[-30:]), file=sys.stderr)
                     raise
@@ -206,6 +235,16 @@ def main() -> None:
         noop_r = _summary(runs["noop"])
         per_req = (args.requests + args.warmup) * args.rounds
         result.update(noop_rps=noop_r["rps"], noop_cpu_ms_per_req=round(cpu["noop"] * 1000 / per_req, 3))
+    if args.dispatch:
+        disp_r = _summary(runs["bare_dispatch"])
+        per_req = (args.requests + args.warmup) * args.rounds
+        result.update(
+            bare_dispatch_rps=disp_r["rps"],
+            bare_dispatch_p50_ms=disp_r["p50_ms"],
+            bare_dispatch_cpu_ms_per_req=round(cpu["bare_dispatch"] * 1000 / per_req, 3),
+            ratio_vs_bare_dispatch=round(jit_r["rps"] / disp_r["rps"], 3),
+            p50_added_ms_vs_bare_dispatch=round(jit_r["p50_ms"] - disp_r["p50_ms"], 3),
+        )
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
