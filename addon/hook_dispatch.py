@@ -80,14 +80,18 @@ def _call(addon: Any, name: str, args: list[Any]) -> Any:
     return None
 
 
-async def invoke_addon(addon: Any, name: str, args: list[Any]) -> None:
-    """`addon`'s hook, then its sub-addons', depth first (mitmproxy's `invoke_addon` over `traverse`)."""
-    pending = _call(addon, name, args)
-    if pending is not None:
-        await pending
-    if hasattr(addon, "addons"):
-        for sub in addon.addons:
-            await invoke_addon(sub, name, args)
+async def invoke_subs(subs: Any, name: str, args: list[Any]) -> None:
+    """The hooks of `subs` and, depth first, of their own sub-addons (`traverse`'s order).
+
+    A sub-addon's `addons` is read after its own hook ran, as `traverse` reads it. A coroutine is
+    made only for an addon that has sub-addons (the script loader, a script), not for each addon.
+    """
+    for sub in subs:
+        pending = _call(sub, name, args)
+        if pending is not None:
+            await pending
+        if hasattr(sub, "addons"):
+            await invoke_subs(sub.addons, name, args)
 
 
 async def trigger_event(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
@@ -97,13 +101,11 @@ async def trigger_event(self: addonmanager.AddonManager, event: hooks.Hook) -> N
     args = event.args()
     for addon in self.chain:
         try:
-            # `invoke_addon` inlined: most entries have no hook and no sub-addons, and no coroutine is made for them.
             pending = _call(addon, name, args)
             if pending is not None:
                 await pending
             if hasattr(addon, "addons"):
-                for sub in addon.addons:
-                    await invoke_addon(sub, name, args)
+                await invoke_subs(addon.addons, name, args)
         except exceptions.AddonHalt:
             return
         except exceptions.OptionsError:
