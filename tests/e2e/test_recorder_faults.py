@@ -245,7 +245,9 @@ def test_disk_full_refuses_and_forwards_at_most_the_flow_that_found_out(
     """A real write error (EFBIG from RLIMIT_FSIZE, as ENOSPC would be): the flow whose record
     failed gets 503 instead of its answer, every later flow is refused before forwarding."""
     up, key, ca = upstream
-    gw = _gateway(tmp_path, ca, env={"JITGATE_TEST_FSIZE": "40000"})
+    # One segment for the whole test: with the 300 ms rotation of the other fault tests, a slow machine
+    # (~40 ms a flow) rotated before any segment reached the 40 kB cap and no write ever failed.
+    gw = _gateway(tmp_path, ca, env={"JITGATE_TEST_FSIZE": "40000"}, jitgate_segment_ms=600_000)
     statuses: list[tuple[str, int, str]] = []
     with gw, gw.client() as c:
         for _ in range(60):
