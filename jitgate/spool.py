@@ -352,7 +352,7 @@ Put = Callable[[str, bytes], None]
 # stdlib `gzip`, Athena and DuckDB read). A segment of rerank records is mostly SHA-256 hex (the
 # documents' fingerprints), which no level packs much below 2:1. On 8 MB of such records, on the
 # 2-core test machine: zlib level 1 cost 279 us of gateway CPU per record for 2.06:1, ISA-L level 1
-# 66 us for 2.22:1 (zlib level 6, the earlier default: ~2.5x zlib level 1; docs/performance.md).
+# 66 us for 2.22:1 (zlib level 6, the earlier default, cost ~2.8x zlib level 1; docs/performance.md).
 SEGMENT_GZIP_LEVEL = 1
 
 
