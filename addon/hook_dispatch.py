@@ -1,7 +1,7 @@
 """hook_dispatch: mitmproxy's event dispatch, the same calls in the same order for less CPU.
 
-For every event mitmproxy's `AddonManager.trigger_event` walks its whole addon chain: ~45
-built-in addons in mitmdump, then the `-s` script with the jitgate chain inside. An HTTP flow is
+For every event mitmproxy's `AddonManager.trigger_event` walks its whole addon chain: 36
+entries in mitmdump, one of them the script loader that holds the jitgate chain. An HTTP flow is
 8 events (four hooks, each followed by `update`), and per addon and event the stock code builds a
 generator-based context manager (`safecall`), a coroutine (`invoke_addon`), two generators
 (`_iter_hooks`, `traverse`) and the hook's arguments again from `dataclasses.fields` for each
@@ -17,8 +17,8 @@ propagates, any other exception is logged as mitmproxy's "Addon error" and ends 
 remaining sub-addons only (addon/failsafe.py guards the jitgate hooks against exactly that).
 
 It only replaces code it knows: `install()` compares the stock functions with the sources this
-module was written against (mitmproxy 12.2.3, constraints.txt) and leaves mitmproxy as it is, with a warning,
-when they differ. tests/addon/test_hook_dispatch.py runs both dispatchers side by side.
+module was written against (mitmproxy 12.2.3, constraints.txt) and leaves mitmproxy as it is,
+with a warning, when they differ. tests/addon/test_hook_dispatch.py runs both dispatchers side by side.
 """
 
 from __future__ import annotations
