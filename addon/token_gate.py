@@ -201,6 +201,12 @@ class TokenGate:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "onboarding" in updated and "onboarding" in ctx.options and ctx.options.onboarding:
+            # mitmproxy's onboarding app (http://mitm.it through the proxy) answers before the chain
+            # runs: its page and the CA download to anyone, with no token. Nothing is answered
+            # without a token here, so it is switched off, whatever the command line said.
+            ctx.options.update(onboarding=False)  # type: ignore[no-untyped-call]
+            logger.info("jitgate: mitmproxy's onboarding app is off (it answers without a token)")
         if not (updated & (_OWN | settings.SHARED)):
             return
         opts = ctx.options

@@ -432,3 +432,16 @@ async def test_bad_tokens_are_remembered_but_not_yet_valid_ones_are_not(
             codes.append(f.response.json()["code"])
     assert codes == ["invalid_token", "invalid_token", "token_not_yet_valid", "token_not_yet_valid"]
     assert len(calls) == 3  # the forged token was checked once
+
+
+def test_mitmproxys_onboarding_app_is_switched_off() -> None:
+    # Its page and CA download at http://mitm.it answer before the chain runs, without a token.
+    from mitmproxy.addons.onboarding import Onboarding
+
+    gate, onboarding = TokenGate(), Onboarding()
+    with taddons.context(onboarding, gate) as tctx:
+        assert tctx.options.onboarding is True  # mitmproxy's default
+        gate.configure({"onboarding"})
+        assert tctx.options.onboarding is False
+        tctx.options.update(onboarding=True)  # set again at run time (`--set`, mitmweb): off again
+        assert tctx.options.onboarding is False

@@ -174,6 +174,16 @@ def test_no_token_is_407(client_env: Callable[[str | None], None], upstream: Ups
     assert _seen_since(upstream, mark) == []
 
 
+def test_mitmproxys_onboarding_app_needs_a_token_too(gateway: Gateway) -> None:
+    """http://mitm.it through the proxy was mitmproxy's onboarding page and CA download, answered
+    before the chain ran: with no token it is refused like any other request."""
+    for path in ("/", "/cert/pem"):
+        resp = httpx.get(f"http://mitm.it{path}", proxy=gateway.url, trust_env=False)
+        assert resp.status_code == 407, path
+        assert resp.json()["code"] == "token_required"
+        assert b"BEGIN CERTIFICATE" not in resp.content
+
+
 def _kms_signed_expired(aws_stack: Stack, moto_server: str, broker: str) -> str:
     """A token signed by the broker's own KMS key whose window has passed."""
     kms = boto3.client("kms", endpoint_url=moto_server, region_name=aws_stack.region)
