@@ -49,7 +49,7 @@ _STOCK: dict[str, Callable[..., Any]] = {
     "traverse": addonmanager.traverse,
     "safecall": addonmanager.safecall,
 }
-stock_trigger_event = addonmanager.AddonManager.trigger_event
+stock_trigger_event = _STOCK["AddonManager.trigger_event"]
 
 
 def source_digests() -> dict[str, str]:
@@ -63,21 +63,21 @@ def source_digests() -> dict[str, str]:
     return out
 
 
-def _not_callable(addon: Any, name: str, func: Any) -> bool:
-    """True for a module bound to a hook's name (skipped, as mitmproxy does); raise for anything else."""
-    if isinstance(func, types.ModuleType):
-        return True
-    raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")  # type: ignore[no-untyped-call]
-
-
 def _call(addon: Any, name: str, args: list[Any]) -> Any:
-    """Call `addon`'s hook `name`, if it has one: what is left to await, or None."""
+    """Call `addon`'s hook `name`, if it has one: what is left to await, or None.
+
+    A module bound to the hook's name is skipped and anything else not callable is an error, as in
+    mitmproxy's `_iter_hooks`.
+    """
     func = getattr(addon, name, None)
-    if func and (callable(func) or not _not_callable(addon, name, func)):
-        res = func(*args)
-        if res is not None and inspect.isawaitable(res):
-            return res
-    return None
+    if not func:
+        return None
+    if not callable(func):
+        if isinstance(func, types.ModuleType):
+            return None
+        raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")  # type: ignore[no-untyped-call]
+    res = func(*args)
+    return res if res is not None and inspect.isawaitable(res) else None
 
 
 async def invoke_subs(subs: Any, name: str, args: list[Any]) -> None:

@@ -199,6 +199,7 @@ def main() -> None:
             s3 = boto3.client("s3", endpoint_url=env.aws_endpoint, region_name=env.aws.region)
             shipped = s3.list_objects_v2(Bucket=env.aws.bucket, Prefix="sessions/").get("KeyCount", 0)
 
+    per_req = (args.requests + args.warmup) * args.rounds  # every request a gateway's CPU was read over
     result = {
         "requests": args.requests * args.rounds,
         "rounds": args.rounds,
@@ -226,18 +227,16 @@ def main() -> None:
         "core_p99_ms": core_r["p99_ms"],
         "core_p50_added_ms_vs_bare": round(core_r["p50_ms"] - bare_r["p50_ms"], 3),
         # Gateway process CPU per request: steadier than rps on a shared machine.
-        "bare_cpu_ms_per_req": round(cpu["bare"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
-        "jitgate_cpu_ms_per_req": round(cpu["jitgate"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
-        "core_cpu_ms_per_req": round(cpu["core"] * 1000 / ((args.requests + args.warmup) * args.rounds), 3),
+        "bare_cpu_ms_per_req": round(cpu["bare"] * 1000 / per_req, 3),
+        "jitgate_cpu_ms_per_req": round(cpu["jitgate"] * 1000 / per_req, 3),
+        "core_cpu_ms_per_req": round(cpu["core"] * 1000 / per_req, 3),
         "cpus": os.cpu_count(),
     }
     if args.noop:
         noop_r = _summary(runs["noop"])
-        per_req = (args.requests + args.warmup) * args.rounds
         result.update(noop_rps=noop_r["rps"], noop_cpu_ms_per_req=round(cpu["noop"] * 1000 / per_req, 3))
     if args.dispatch:
         disp_r = _summary(runs["bare_dispatch"])
-        per_req = (args.requests + args.warmup) * args.rounds
         result.update(
             bare_dispatch_rps=disp_r["rps"],
             bare_dispatch_p50_ms=disp_r["p50_ms"],
