@@ -5,10 +5,12 @@ rerank POSTs of `--docs` documents x `--doc-bytes` bytes, `--concurrency` keep-a
 `--requests` requests each (after a warm-up). The upstream (jitgate.devstack.upstream) runs in a
 child process with a private CA; the jitgate gateway gets its token from the real broker (local
 adapter) backed by a moto server. Prints one JSON object (`--json`) with rps, p50 and p99 per path,
-`ratio_vs_bare` and `p50_added_ms_vs_bare`. The token carries no `max_requests` unless
-`--count-requests`, so the hot path makes no DynamoDB call (the figures say which). The jitgate
-gateway ships its session records to the moto S3 bucket as deployed (gzip included) unless
-`--no-ship`, which leaves them in the spool as the benchmark did before 2026-11-23 night.
+`ratio_vs_bare` and `p50_added_ms_vs_bare` (pooled over the rounds), and the same two per round
+(`ratio_vs_bare_by_round`, `p50_added_ms_by_round`), so the drift within one run can be read.
+The token carries no `max_requests` unless `--count-requests`, so the hot path makes no DynamoDB
+call (the figures say which). The jitgate gateway ships its session records to the moto S3
+bucket as deployed (gzip included) unless `--no-ship`, which leaves them in the spool as the
+benchmark did before 2026-11-23 night.
 The jitgate gateway runs mitmproxy's event dispatch through addon/hook_dispatch.py, which a bare
 mitmdump does not; `--dispatch` adds a bare mitmdump with only that (`bare_dispatch_*`), so the
 chain's own cost can be read like for like (`ratio_vs_bare_dispatch`).
@@ -232,6 +234,15 @@ def main() -> None:
         "core_cpu_ms_per_req": round(cpu["core"] * 1000 / per_req, 3),
         "cpus": os.cpu_count(),
     }
+    # Each round's jitgate against the same round's bare: how far the pooled figures above moved
+    # within this run (a shared machine's drift shows up here as one round far from the others).
+    by_round = [
+        (summary(*runs["jitgate"][i]), summary(*runs["bare"][i])) for i in range(args.rounds)
+    ]
+    result.update(
+        ratio_vs_bare_by_round=[round(j["rps"] / b["rps"], 3) for j, b in by_round],
+        p50_added_ms_by_round=[round(j["p50_ms"] - b["p50_ms"], 3) for j, b in by_round],
+    )
     if args.noop:
         noop_r = _summary(runs["noop"])
         result.update(noop_rps=noop_r["rps"], noop_cpu_ms_per_req=round(cpu["noop"] * 1000 / per_req, 3))
