@@ -13,6 +13,7 @@ from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
+from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
@@ -22,6 +23,8 @@ from addon.upstream_timeout import UpstreamTimeout
 error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
 hook_dispatch.install()  # mitmproxy's event dispatch, same calls for less CPU (falls back if mitmproxy changed)
 
+# First: the gateway forwards inspected HTTP only (no raw relays, no protocol upgrades).
+http_only = fail_closed(HttpOnly())
 token_gate = fail_closed(TokenGate())
 scope_guard = fail_closed(ScopeGuard())
 leak_guard = fail_closed(LeakGuard())
@@ -32,6 +35,7 @@ session_recorder = fail_closed(SessionRecorder())
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
+    http_only,
     token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

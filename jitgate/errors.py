@@ -159,6 +159,12 @@ class CollectionNotAllowed(Forbidden):
     code = "collection_not_allowed"
 
 
+class UpgradeNotAllowed(Forbidden):
+    """The request asks to switch protocols (WebSocket, raw TCP), which the gateway cannot inspect."""
+
+    code = "upgrade_not_allowed"
+
+
 class RequestLimitExceeded(Forbidden):
     """The token has used up its `max_requests`."""
 

@@ -102,6 +102,7 @@ class Upstream:
         self.v1_shape = v1_shape
         self.record = record
         self.received: collections.deque[Received] = collections.deque(maxlen=max_records)
+        self.connections = 0  # TCP connections accepted: a test can tell that nothing was relayed at all
         self.collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -286,6 +287,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.owner._lock:
+            self.owner.connections += 1
 
     def log_message(self, format: str, *args: Any) -> None:
         return

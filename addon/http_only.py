@@ -1,0 +1,99 @@
+"""http_only: the gateway forwards HTTP and nothing else, so every byte meets the chain.
+
+mitmproxy relays what it does not take for HTTP byte for byte (a raw TCP layer), and after a
+101 answer it turns the connection into a WebSocket or raw TCP relay. No jitgate hook runs on
+either: no token check, no scope, no inspection, no record. Reproduced against a real gateway
+before this addon: a client with no token opened a CONNECT tunnel to a connection's host, offered
+no ALPN and wrote its request line in two pieces, the first without a newline. mitmproxy's guess
+(`next_layer`: no newline yet, so "probably no HTTP") made the tunnel a raw relay, and the
+upstream answered the request with 200. A leading CRLF, which many servers skip, did the same.
+
+So, in the gateway:
+- `rawtcp` and `websocket` are switched off, whatever the command line said.
+- `ignore_hosts`, `allow_hosts`, `tcp_hosts` and `udp_hosts` stop the start: each one exempts
+  traffic from interception.
+- At `next_layer`, any raw relay mitmproxy still picks (TCP, UDP, QUIC; DNS outside local
+  capture, where the captured job must resolve names) is replaced by the HTTP layer. That layer
+  parses what comes and answers 400 to what is not HTTP.
+- A request asking to switch protocols (an `Upgrade` header, once mitmproxy has dropped its own
+  h2c upgrade) gets 403 `upgrade_not_allowed`. A 101 answer can then only come unasked: the flow
+  is killed at its headers, so neither side is left with a relay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy import layer, layers, mode_specs
+from mitmproxy.proxy.layers.http import HTTPMode
+
+from addon import meta, settings
+from addon.respond import refuse
+from jitgate.errors import UpgradeNotAllowed
+
+logger = logging.getLogger(__name__)
+
+# mitmproxy options that would let traffic past the chain uninspected.
+SWITCHED_OFF = ("rawtcp", "websocket")
+EXEMPTING = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts")
+_RAW = (layers.TCPLayer, layers.UDPLayer, layers.RawQuicLayer, layers.DNSLayer)
+
+
+def _allowed_raw(candidate: layer.Layer) -> bool:
+    """DNS in local capture mode: the captured job resolves the names it then connects to."""
+    return isinstance(candidate, layers.DNSLayer) and isinstance(
+        candidate.context.client.proxy_mode, mode_specs.LocalMode
+    )
+
+
+def http_instead_of_raw(top: layer.Layer | None) -> layer.Layer | None:
+    """`top` (a layer and the child layers already stacked under it) with its first raw relay
+    replaced by the HTTP layer; None when it holds none."""
+    parent: Any = None
+    current: Any = top
+    while isinstance(current, layer.Layer):
+        if isinstance(current, _RAW) and not _allowed_raw(current):
+            replacement = layers.HttpLayer(current.context, HTTPMode.transparent)
+            if parent is None:
+                return replacement
+            parent.child_layer = replacement
+            return top
+        parent, current = current, getattr(current, "child_layer", None)
+    return None
+
+
+class HttpOnly:
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        for name in EXEMPTING:
+            if name in updated and name in opts and getattr(opts, name):
+                raise settings.options_error(
+                    f"{name} exempts traffic from the jitgate chain (uninspected, unrecorded); leave it empty"
+                )
+        on = [name for name in SWITCHED_OFF if name in updated and name in opts and getattr(opts, name)]
+        if on:
+            ctx.options.update(**dict.fromkeys(on, False))  # type: ignore[no-untyped-call]
+            logger.info("jitgate: %s off: the gateway forwards inspected HTTP only", ", ".join(on))
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        # mitmproxy's own next_layer addon has decided by now (it runs before scripts).
+        replaced = http_instead_of_raw(nextlayer.layer)
+        if replaced is not None:
+            logger.info("jitgate: a raw relay was asked for (%s); parsing it as HTTP instead", type(nextlayer.layer))
+            nextlayer.layer = replaced
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if meta.refused(flow):
+            return
+        if "upgrade" in flow.request.headers:
+            refuse(flow, UpgradeNotAllowed("protocol upgrades (WebSocket and others) are not inspected, so refused"))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and flow.response.status_code == 101 and flow.killable:
+            logger.warning("jitgate: the upstream switched protocols unasked on flow %s; killed", flow.id)
+            flow.kill()  # type: ignore[no-untyped-call]
+
+
+addons = [HttpOnly()]

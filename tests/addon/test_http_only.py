@@ -1,0 +1,140 @@
+"""http_only: mitmproxy's raw relays and protocol switches are off, and what would still pick one
+is parsed as HTTP instead. The real gateway runs are tests/hostile/test_protocols.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mitmproxy import connection, exceptions, options
+from mitmproxy.proxy import context, layer, layers, mode_specs, tunnel
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.test import taddons, tflow
+
+from addon import meta
+from addon.http_only import EXEMPTING, HttpOnly, http_instead_of_raw
+
+
+def _context(mode: str = "regular", transport: str = "tcp") -> context.Context:
+    client = connection.Client(
+        peername=("127.0.0.1", 50000),
+        sockname=("127.0.0.1", 8080),
+        transport_protocol=transport,  # type: ignore[arg-type]
+        proxy_mode=mode_specs.ProxyMode.parse(mode),
+    )
+    return context.Context(client, options.Options())
+
+
+def test_raw_relays_and_websockets_are_switched_off() -> None:
+    addon = HttpOnly()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, rawtcp=True, websocket=True)
+        assert (tctx.options.rawtcp, tctx.options.websocket) == (False, False)
+
+
+@pytest.mark.parametrize("name", EXEMPTING)
+def test_an_option_that_exempts_traffic_stops_the_start(name: str) -> None:
+    addon = HttpOnly()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=f"{name} exempts traffic"):
+        tctx.configure(addon, **{name: [".*"]})
+
+
+@pytest.mark.parametrize("upgrade", ["websocket", "WebSocket", "tcp", "h2c, websocket"])
+def test_a_request_to_switch_protocols_is_refused(upgrade: str) -> None:
+    addon = HttpOnly()
+    flow = tflow.tflow()
+    flow.request.headers["Connection"] = "Upgrade"
+    flow.request.headers["Upgrade"] = upgrade
+    with taddons.context(addon):
+        addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert json.loads(flow.response.content or b"")["code"] == "upgrade_not_allowed"
+    assert flow.metadata[meta.ERROR] == "upgrade_not_allowed"
+
+
+def test_an_ordinary_request_and_a_refused_one_are_left_alone() -> None:
+    addon = HttpOnly()
+    plain = tflow.tflow()
+    refused = tflow.tflow()
+    refused.request.headers["Upgrade"] = "websocket"
+    refused.metadata[meta.ERROR] = "token_required"
+    with taddons.context(addon):
+        addon.request(plain)
+        addon.request(refused)
+    assert plain.response is None and meta.ERROR not in plain.metadata
+    assert refused.response is None and refused.metadata[meta.ERROR] == "token_required"
+
+
+@pytest.mark.parametrize(("status", "killed"), [(101, True), (200, False), (400, False)])
+def test_an_unasked_switch_of_protocols_kills_the_flow(status: int, killed: bool) -> None:
+    addon = HttpOnly()
+    flow = tflow.tflow(resp=True)
+    assert flow.response is not None
+    flow.response.status_code = status
+    with taddons.context(addon):
+        addon.responseheaders(flow)
+    assert (flow.error is not None) is killed
+
+
+def _stack(*kinds: type[layer.Layer], ctx: context.Context | None = None) -> layer.Layer:
+    """Layers stacked top to bottom as mitmproxy's next_layer builds them, inside a proxy mode layer."""
+    ctx = ctx or _context()
+    modes.HttpProxy(ctx)  # what a tunnel's layers sit on (TLS layers look at the layer below them)
+    stack = tunnel.LayerStack()
+    for kind in kinds:
+        stack /= kind(ctx, HTTPMode.transparent) if kind is layers.HttpLayer else kind(ctx)  # type: ignore[call-arg]
+    return stack[0]
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        (layers.TCPLayer,),
+        (layers.UDPLayer,),
+        (layers.DNSLayer,),
+        (layers.ClientTLSLayer, layers.TCPLayer),
+        (layers.ServerTLSLayer, layers.ClientTLSLayer, layers.TCPLayer),
+    ],
+    ids=["tcp", "udp", "dns", "tls-tcp", "server-tls-client-tls-tcp"],
+)
+def test_a_raw_relay_anywhere_in_the_stack_becomes_http(kinds: tuple[type[layer.Layer], ...]) -> None:
+    top = _stack(*kinds)
+    out = http_instead_of_raw(top)
+    assert out is not None
+    chain = []
+    current: object = out
+    while isinstance(current, layer.Layer):
+        chain.append(current)
+        current = getattr(current, "child_layer", None)
+    assert not any(isinstance(x, layers.TCPLayer | layers.UDPLayer | layers.DNSLayer) for x in chain)
+    assert isinstance(chain[-1], layers.HttpLayer) and chain[-1].mode is HTTPMode.transparent
+    assert [type(x) for x in chain[:-1]] == list(kinds[:-1])  # the TLS layers above it stay
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [(layers.HttpLayer,), (layers.ServerTLSLayer, layers.ClientTLSLayer), (layers.ClientTLSLayer, layers.HttpLayer)],
+    ids=["http", "tls-next", "tls-http"],
+)
+def test_http_and_tls_stacks_are_kept(kinds: tuple[type[layer.Layer], ...]) -> None:
+    assert http_instead_of_raw(_stack(*kinds)) is None
+
+
+def test_dns_stays_in_local_capture_mode_only() -> None:
+    assert http_instead_of_raw(_stack(layers.DNSLayer, ctx=_context("local", "udp"))) is None
+    assert http_instead_of_raw(_stack(layers.DNSLayer, ctx=_context("regular"))) is not None
+
+
+def test_the_next_layer_hook_replaces_what_mitmproxy_chose() -> None:
+    addon = HttpOnly()
+    ctx = _context()
+    nextlayer = layer.NextLayer(ctx)
+    nextlayer.layer = layers.TCPLayer(ctx)
+    with taddons.context(addon):
+        addon.next_layer(nextlayer)
+    assert isinstance(nextlayer.layer, layers.HttpLayer)
+    nextlayer.layer = kept = layers.HttpLayer(ctx, HTTPMode.regular)
+    with taddons.context(addon):
+        addon.next_layer(nextlayer)
+    assert nextlayer.layer is kept

@@ -1,0 +1,165 @@
+"""Traffic that mitmproxy would relay without running a hook, against the real gateway.
+
+Before addon/http_only.py, a tunnel whose first bytes did not look like HTTP to mitmproxy (a
+request line written in two pieces, a leading CRLF, no ALPN) became a raw TCP relay: the request
+reached the upstream with no token, no inspection and no record. Each case here must meet the
+chain or be refused, and the upstream must see nothing unchecked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jitgate.devstack.policy import secret_id
+from tests.hostile.conftest import Hostile
+from tests.reliability.harness import client, full_gateway, write_policy
+
+
+def _tunnel(h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None) -> socket.socket:
+    """A CONNECT tunnel through the gateway to the upstream (TLS to the gateway's CA inside)."""
+    host, port = "127.0.0.1", h.upstream.port
+    raw = socket.create_connection(("127.0.0.1", h.gateway.port), timeout=10)
+    auth = ""
+    if token is not None:
+        auth = "Proxy-Authorization: Basic " + base64.b64encode(f"jit:{token}".encode()).decode() + "\r\n"
+    raw.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode())
+    head = raw.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if not tls:
+        return raw
+    ctx = ssl.create_default_context(cafile=str(h.bundle))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx.wrap_socket(raw, server_hostname=host)
+
+
+def _request(h: Hostile, *, key: str = "placeholder", extra: str = "") -> bytes:
+    body = json.dumps({"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]}).encode()
+    head = (
+        f"POST /v2/rerank HTTP/1.1\r\nHost: 127.0.0.1:{h.upstream.port}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _answer(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """What comes back until the gateway closes, or until `timeout` passes in silence."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ssl.SSLError, ConnectionResetError):
+        pass
+    return data
+
+
+def _status_and_code(answer: bytes) -> tuple[int, str | None]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)["code"]
+    except (ValueError, KeyError):
+        return status, None
+
+
+@pytest.mark.parametrize("alpn", [None, ["http/1.1"]], ids=["no-alpn", "alpn"])
+def test_a_request_line_in_two_pieces_without_a_token_is_refused(hostile: Hostile, alpn: list[str] | None) -> None:
+    """The bypass as found: the first TLS record ends before the request line's newline."""
+    mark, opened = len(hostile.upstream.received), hostile.upstream.connections
+    key = hostile.stack.secrets[secret_id("cohere-test")]  # even the real upstream key does not help
+    with _tunnel(hostile, None, alpn=alpn) as sock:
+        request = _request(hostile, key=key)
+        sock.sendall(request[:15])  # "POST /v2/rerank": no newline yet
+        time.sleep(0.3)
+        sock.sendall(request[15:])
+        answer = _answer(sock)
+    assert _status_and_code(answer) == (407, "token_required")
+    assert list(hostile.upstream.received)[mark:] == []
+    assert hostile.upstream.connections == opened  # not a byte went upstream
+
+
+def test_a_request_line_in_two_pieces_with_a_token_goes_through_the_chain(
+    hostile: Hostile, mint: Callable[..., dict[str, Any]]
+) -> None:
+    token = mint("cohere-test")["token"]
+    mark = len(hostile.upstream.received)
+    with _tunnel(hostile, token) as sock:
+        request = _request(hostile)
+        sock.sendall(request[:15])
+        time.sleep(0.3)
+        sock.sendall(request[15:])
+        answer = _answer(sock)
+    assert _status_and_code(answer)[0] == 200, answer[:300]
+    [seen] = list(hostile.upstream.received)[mark:]
+    # The chain ran: the real key was injected and the JIT token never left the gateway.
+    assert hostile.upstream.authorized(seen.headers)
+    assert all(token not in value for value in seen.headers.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "tls"),
+    [
+        ("leading-crlf", b"\r\n", True),
+        ("ssh-greeting", b"SSH-2.0-OpenSSH_9.6\r\n", True),
+        ("binary", b"\x00\x01\x02\x03", True),
+        ("binary-plaintext-tunnel", b"\x00\x01\x02\x03", False),
+    ],
+)
+def test_bytes_that_do_not_look_like_http_are_never_relayed(
+    hostile: Hostile, name: str, first: bytes, tls: bool
+) -> None:
+    mark, opened = len(hostile.upstream.received), hostile.upstream.connections
+    with _tunnel(hostile, None, tls=tls) as sock:
+        sock.sendall(first + _request(hostile))
+        answer = _answer(sock, timeout=3.0)
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 4"), answer[:200]  # an HTTP refusal, never the upstream's answer
+    assert list(hostile.upstream.received)[mark:] == []
+    # Not even a connection: a raw relay would have opened one whatever the upstream made of the bytes.
+    assert hostile.upstream.connections == opened
+
+
+@pytest.mark.parametrize("upgrade", ["websocket", "tcp", "h2c, websocket"])
+def test_a_protocol_upgrade_is_refused(
+    hostile: Hostile, mint: Callable[..., dict[str, Any]], upgrade: str
+) -> None:
+    token = mint("cohere-test")["token"]
+    mark = len(hostile.upstream.received)
+    headers = {
+        "Authorization": "Bearer placeholder",
+        "Connection": "Upgrade",
+        "Upgrade": upgrade,
+        "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    with client(hostile.gateway, hostile.bundle, token) as c:
+        resp = c.post(
+            f"{hostile.upstream.url}/v2/rerank", json={"model": "m", "query": "q", "documents": ["a"]}, headers=headers
+        )
+    assert (resp.status_code, resp.json()["code"]) == (403, "upgrade_not_allowed")
+    assert list(hostile.upstream.received)[mark:] == []
+
+
+@pytest.mark.parametrize("option", ["ignore_hosts", "allow_hosts", "tcp_hosts"])
+def test_options_that_exempt_traffic_stop_the_start(
+    tmp_path: Path, hostile: Hostile, oidc_issuer: Any, option: str
+) -> None:
+    with pytest.raises(RuntimeError) as info:
+        gw = full_gateway(
+            tmp_path, policy=write_policy(tmp_path, oidc_issuer.url, hostile.upstream), upstream=hostile.upstream,
+            broker=hostile.broker, stack=hostile.stack, moto=hostile.moto, gateway_id="exempt-test",
+            extra_args=["--set", f"{option}=.*"],
+        )
+        gw.stop()
+    assert f"{option} exempts traffic from the jitgate chain" in str(info.value)
+
