@@ -18,6 +18,9 @@ So, in the gateway:
 - A request asking to switch protocols (an `Upgrade` header, once mitmproxy has dropped its own
   h2c upgrade) gets 403 `upgrade_not_allowed`. A 101 answer can then only come unasked: the flow
   is killed at its headers, so neither side is left with a relay.
+- Trailer fields (HTTP/2) are scanned by nobody: a request carrying them gets 403
+  `trailers_not_allowed` (an AWS key in a request trailer went out past leak_guard before), and an
+  answer's trailers are dropped before anything else sees the answer.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 
 from addon import meta, settings
 from addon.respond import refuse
-from jitgate.errors import UpgradeNotAllowed
+from jitgate.errors import TrailersNotAllowed, UpgradeNotAllowed
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +92,18 @@ class HttpOnly:
             return
         if "upgrade" in flow.request.headers:
             refuse(flow, UpgradeNotAllowed("protocol upgrades (WebSocket and others) are not inspected, so refused"))
+        elif flow.request.trailers:
+            refuse(flow, TrailersNotAllowed("request trailers are not inspected, so the request is refused"))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response.status_code == 101 and flow.killable:
             logger.warning("jitgate: the upstream switched protocols unasked on flow %s; killed", flow.id)
             flow.kill()  # type: ignore[no-untyped-call]
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and flow.response.trailers:
+            logger.info("jitgate: trailers of the answer to flow %s dropped (not inspected)", flow.id)
+            flow.response.trailers = None
 
 
 addons = [HttpOnly()]

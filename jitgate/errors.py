@@ -165,6 +165,12 @@ class UpgradeNotAllowed(Forbidden):
     code = "upgrade_not_allowed"
 
 
+class TrailersNotAllowed(Forbidden):
+    """The request carries trailer fields (HTTP/2), which the gateway does not inspect."""
+
+    code = "trailers_not_allowed"
+
+
 class RequestLimitExceeded(Forbidden):
     """The token has used up its `max_requests`."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from mitmproxy import connection, exceptions, options
+from mitmproxy import connection, exceptions, http, options
 from mitmproxy.proxy import context, layer, layers, mode_specs, tunnel
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HTTPMode
@@ -138,3 +138,27 @@ def test_the_next_layer_hook_replaces_what_mitmproxy_chose() -> None:
     with taddons.context(addon):
         addon.next_layer(nextlayer)
     assert nextlayer.layer is kept
+
+
+def test_a_request_with_trailers_is_refused() -> None:
+    addon = HttpOnly()
+    flow = tflow.tflow()
+    flow.request.trailers = http.Headers(x_exfil="AKIAIOSFODNN7EXAMPLE")
+    with taddons.context(addon):
+        addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert json.loads(flow.response.content or b"")["code"] == "trailers_not_allowed"
+    assert b"AKIA" not in (flow.response.content or b"")
+
+
+def test_the_trailers_of_an_answer_are_dropped() -> None:
+    addon = HttpOnly()
+    flow = tflow.tflow(resp=True)
+    assert flow.response is not None
+    flow.response.trailers = http.Headers(x_note="leaks")
+    plain = tflow.tflow(resp=True)
+    with taddons.context(addon):
+        addon.response(flow)
+        addon.response(plain)
+    assert flow.response.trailers is None
+    assert plain.response is not None and plain.response.status_code == 200 and plain.response.trailers is None

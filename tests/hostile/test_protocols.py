@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from jitgate.devstack.policy import secret_id
@@ -163,3 +166,53 @@ def test_options_that_exempt_traffic_stop_the_start(
         gw.stop()
     assert f"{option} exempts traffic from the jitgate chain" in str(info.value)
 
+
+
+def _h2_post(sock: ssl.SSLSocket, h: Hostile, body: bytes, trailers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    """One HTTP/2 POST of a rerank (with `trailers` after the body, if any): (status, body)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [
+        (":method", "POST"), (":path", "/v2/rerank"), (":scheme", "https"),
+        (":authority", f"127.0.0.1:{h.upstream.port}"), ("authorization", "Bearer placeholder"),
+        ("content-type", "application/json"), ("content-length", str(len(body))), ("te", "trailers"),
+    ])
+    conn.send_data(stream, body, end_stream=not trailers)
+    if trailers:
+        conn.send_headers(stream, trailers, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    sock.settimeout(10)
+    status, data = 0, b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, "the gateway closed the connection before the answer ended"
+        for event in conn.receive_data(chunk):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                data += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                return status, data
+        sock.sendall(conn.data_to_send())
+
+
+def test_request_trailers_are_refused_before_anything_goes_upstream(
+    hostile: Hostile, mint: Callable[..., dict[str, Any]]
+) -> None:
+    """HTTP/2 trailers are scanned by nobody: an AWS key in one went out past leak_guard before."""
+    token = mint("cohere-test")["token"]
+    body = json.dumps({"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]}).encode()
+    mark, opened = len(hostile.upstream.received), hostile.upstream.connections
+    with _tunnel(hostile, token, alpn=["h2"]) as sock:
+        assert sock.selected_alpn_protocol() == "h2"
+        status, answer = _h2_post(sock, hostile, body, [("x-exfil", "AKIAIOSFODNN7EXAMPLE")])
+    assert (status, json.loads(answer)["code"]) == (403, "trailers_not_allowed")
+    assert b"AKIA" not in answer
+    assert list(hostile.upstream.received)[mark:] == [] and hostile.upstream.connections == opened
+    # The same request without trailers goes through the chain over HTTP/2.
+    with _tunnel(hostile, token, alpn=["h2"]) as sock:
+        status, answer = _h2_post(sock, hostile, body, [])
+    assert status == 200, answer[:200]
+    assert len(list(hostile.upstream.received)[mark:]) == 1
