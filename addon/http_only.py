@@ -10,8 +10,9 @@ upstream answered the request with 200. A leading CRLF, which many servers skip,
 
 So, in the gateway:
 - `rawtcp` and `websocket` are switched off, whatever the command line said.
-- `ignore_hosts`, `allow_hosts`, `tcp_hosts` and `udp_hosts` stop the start: each one exempts
-  traffic from interception.
+- `ignore_hosts`, `allow_hosts`, `tcp_hosts`, `udp_hosts` and `stream_large_bodies` stop the
+  start: the first four exempt traffic from interception, the last streams large bodies on
+  before any hook has seen them.
 - At `next_layer`, any raw relay mitmproxy still picks (TCP, UDP, QUIC; DNS outside local
   capture, where the captured job must resolve names) is replaced by the HTTP layer. That layer
   parses what comes and answers 400 to what is not HTTP.
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 # mitmproxy options that would let traffic past the chain uninspected.
 SWITCHED_OFF = ("rawtcp", "websocket")
-EXEMPTING = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts")
+EXEMPTING = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts", "stream_large_bodies")
 _RAW = (layers.TCPLayer, layers.UDPLayer, layers.RawQuicLayer, layers.DNSLayer)
 
 
@@ -73,7 +74,7 @@ class HttpOnly:
         for name in EXEMPTING:
             if name in updated and name in opts and getattr(opts, name):
                 raise settings.options_error(
-                    f"{name} exempts traffic from the jitgate chain (uninspected, unrecorded); leave it empty"
+                    f"{name} lets traffic past the jitgate chain (uninspected, unrecorded); leave it unset"
                 )
         on = [name for name in SWITCHED_OFF if name in updated and name in opts and getattr(opts, name)]
         if on:
