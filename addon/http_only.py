@@ -59,6 +59,10 @@ def http_instead_of_raw(top: layer.Layer | None) -> layer.Layer | None:
     current: Any = top
     while isinstance(current, layer.Layer):
         if isinstance(current, _RAW) and not _allowed_raw(current):
+            # A layer adds itself to its context's stack when made: take the raw one out first, so
+            # the stack the layers below look at stays what it is.
+            if current in current.context.layers:
+                current.context.layers.remove(current)
             replacement = layers.HttpLayer(current.context, HTTPMode.transparent)
             if parent is None:
                 return replacement
@@ -82,8 +86,13 @@ class HttpOnly:
             logger.info("jitgate: %s off: the gateway forwards inspected HTTP only", ", ".join(on))
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        # mitmproxy's own next_layer addon has decided by now (it runs before scripts).
-        replaced = http_instead_of_raw(nextlayer.layer)
+        # mitmproxy's own next_layer addon has decided by now (it runs before scripts). This hook is
+        # no flow hook (failsafe.py does not guard it), so a failure here fails closed by itself.
+        try:
+            replaced = http_instead_of_raw(nextlayer.layer)
+        except Exception as exc:
+            logger.error("jitgate: next layer not checked (%s); parsing it as HTTP", type(exc).__name__)
+            replaced = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
         if replaced is not None:
             logger.info("jitgate: a raw relay was asked for (%s); parsing it as HTTP instead", type(nextlayer.layer))
             nextlayer.layer = replaced

@@ -103,8 +103,12 @@ def _stack(*kinds: type[layer.Layer], ctx: context.Context | None = None) -> lay
 )
 def test_a_raw_relay_anywhere_in_the_stack_becomes_http(kinds: tuple[type[layer.Layer], ...]) -> None:
     top = _stack(*kinds)
+    ctx = top.context
     out = http_instead_of_raw(top)
     assert out is not None
+    # The context's own stack says the same: the raw layer is gone, the HTTP layer in its place.
+    assert not any(isinstance(x, layers.TCPLayer | layers.UDPLayer | layers.DNSLayer) for x in ctx.layers)
+    assert isinstance(ctx.layers[-1], layers.HttpLayer)
     chain = []
     current: object = out
     while isinstance(current, layer.Layer):
@@ -165,3 +169,20 @@ def test_the_trailers_of_an_answer_are_dropped() -> None:
         addon.response(plain)
     assert flow.response.trailers is None
     assert plain.response is not None and plain.response.status_code == 200 and plain.response.trailers is None
+
+
+def test_a_failing_check_fails_closed() -> None:
+    """Whatever mitmproxy put there, a check that raises leaves the HTTP layer, never the raw relay."""
+
+    class _Broken(layer.Layer):
+        @property
+        def child_layer(self) -> layer.Layer:
+            raise RuntimeError("broken")
+
+    addon = HttpOnly()
+    ctx = _context()
+    nextlayer = layer.NextLayer(ctx)
+    nextlayer.layer = _Broken(ctx)
+    with taddons.context(addon):
+        addon.next_layer(nextlayer)
+    assert isinstance(nextlayer.layer, layers.HttpLayer)
