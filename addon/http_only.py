@@ -20,8 +20,10 @@ So, in the gateway:
   h2c upgrade) gets 403 `upgrade_not_allowed`. A 101 answer can then only come unasked: the flow
   is killed at its headers, so neither side is left with a relay.
 - Trailer fields (HTTP/2) are scanned by nobody: a request carrying them gets 403
-  `trailers_not_allowed` (an AWS key in a request trailer went out past leak_guard before), and an
-  answer's trailers are dropped before anything else sees the answer.
+  `trailers_not_allowed`, and an answer's trailers are dropped before anything else sees the
+  answer. Before, an AWS key in a request trailer met no check: mitmproxy sends HTTP/2 trailers on
+  to an HTTP/2 upstream after the `request` hook, and to an HTTP/1 one it sent the request on and
+  then failed on them.
 """
 
 from __future__ import annotations
