@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
+import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,3 +64,26 @@ def hostile(
                           moto_server, broker)
             if gw.proc.poll() is not None:
                 pytest.fail("the gateway died:\n" + "\n".join(gw.log))
+
+
+def tunnel(
+    h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30
+) -> socket.socket:
+    """A CONNECT tunnel through the gateway to the upstream (with `token` as proxy credentials, if
+    any), and TLS inside it to the gateway's CA unless `tls` is False."""
+    host = f"127.0.0.1:{h.upstream.port}"
+    sock = socket.create_connection(("127.0.0.1", h.gateway.port), timeout=timeout)
+    auth = ""
+    if token is not None:
+        auth = "Proxy-Authorization: Basic " + base64.b64encode(f"jit:{token}".encode()).decode() + "\r\n"
+    sock.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert b" 200 " in head.split(b"\r\n", 1)[0], head
+    if not tls:
+        return sock
+    ctx = ssl.create_default_context(cafile=str(h.bundle))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx.wrap_socket(sock, server_hostname="127.0.0.1")

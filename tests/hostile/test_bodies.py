@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.hostile.conftest import Hostile
+from tests.hostile.conftest import Hostile, tunnel
 from tests.reliability.harness import DOCS, QUERY, client, peak_rss, rerank
 
 MB = 1024 * 1024
@@ -48,21 +48,6 @@ def _zeros(total: int, chunk: int = MB) -> Iterator[bytes]:
         n = min(chunk, total - sent)
         yield block[:n]
         sent += n
-
-
-def _tunnel(h: Hostile, token: str) -> ssl.SSLSocket:
-    """A TLS connection to the upstream through the gateway's CONNECT, with proxy credentials."""
-    import base64
-
-    auth = base64.b64encode(f"jit:{token}".encode()).decode()
-    host = f"127.0.0.1:{h.upstream.port}"
-    sock = socket.create_connection(("127.0.0.1", h.gateway.port), timeout=30)
-    sock.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
-    assert b" 200 " in head.split(b"\r\n", 1)[0]
-    return ssl.create_default_context(cafile=str(h.bundle)).wrap_socket(sock, server_hostname="127.0.0.1")
 
 
 def _upload_reading_early(tls: ssl.SSLSocket, head: bytes, chunks: Iterator[bytes]) -> bytes:
@@ -106,7 +91,7 @@ def test_100_mb_body_is_413_with_bounded_memory(hostile: Hostile, token: str, fr
     else:
         head += "Transfer-Encoding: chunked\r\n\r\n"
         chunks = (f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in _zeros(100 * MB))
-    tls = _tunnel(hostile, token)
+    tls = tunnel(hostile, token)
     try:
         answer = _upload_reading_early(tls, head.encode(), chunks)
     finally:
