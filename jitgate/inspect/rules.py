@@ -134,15 +134,17 @@ _DB_SCHEMES = (
     r"cockroachdb|clickhouse|snowflake)://"
 )
 _URL_SCHEMES = r"(?i:https|http|ftps|ftp|sftp|ssh|git)://"
-# The literal first, its left boundary checked behind it (see `_prefixed`).
-_AWS_ID = r"(?:AKIA|ASIA|ABIA|ACCA)(?:(?<=\\[nrt]....)|(?<![A-Z0-9]....))"
+# The literal first, its left boundary checked behind it (see `_prefixed`). The key id's 16 characters
+# are [A-Z0-9], as detect-secrets and trufflehog match them: AWS issues base32 ids, but a rule that
+# reads only [A-Z2-7] lets a key with a 0, 1, 8 or 9 pass unmasked (issue 16, item 13).
+_AWS_ID = r"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])(?:(?<=\\[nrt]....)|(?<![A-Z0-9]....))"
 
 SECRET_RULES: tuple[Rule, ...] = (
     # Cloud providers
     Rule(
         "aws_access_key_id",
         "secret",
-        _AWS_ID + r"[A-Z2-7]{16}(?![A-Z0-9])",
+        _AWS_ID + r"[A-Z0-9]{16}(?![A-Z0-9])",
         trigger=_AWS_ID,
     ),
     _context("aws_secret_access_key", r"aws_?secret_?(?:access_?)?key", "[A-Za-z0-9/+]{40}", _B64R),

@@ -103,9 +103,19 @@ def _password(rng: random.Random) -> str:
     return "".join(head + rng.sample(rest, rng.randint(2, 10)))
 
 
+AWS_KEY_ID_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "A3T")
+
+
+def _aws_key_id(rng: random.Random) -> str:
+    """A key id as detect-secrets and trufflehog match it: a prefix (A3T and one more), then 16 of
+    [A-Z0-9], so 0, 1, 8 and 9 are planted too, not only the base32 AWS issues."""
+    prefix = rng.choice(AWS_KEY_ID_PREFIXES)
+    return prefix + ("" if len(prefix) == 4 else rng.choice(UPPER_NUM)) + _r(rng, UPPER_NUM, 16)
+
+
 # type -> generator of the value to mask (provider formats, all prefixed).
 PREFIXED: dict[str, Callable[[random.Random], str]] = {
-    "aws_access_key_id": lambda rng: rng.choice(["AKIA", "ASIA"]) + _r(rng, B32, 16),
+    "aws_access_key_id": _aws_key_id,
     "google_api_key": _simple("AIza", URLSAFE, 35),
     "google_oauth_client_secret": _simple("GOCSPX-", URLSAFE, 28),
     "digitalocean_pat": _simple("dop_v1_", HEX, 64),

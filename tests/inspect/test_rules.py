@@ -36,6 +36,36 @@ def test_prefixed_format_found_over_full_span(scanner: Scanner, typ: str, contex
     assert json.loads(masked)["documents"][0].count("[REDACTED:") >= 1
 
 
+@pytest.mark.parametrize("prefix", [*corpus.AWS_KEY_ID_PREFIXES[:4], "A3T0", "A3TA"])
+@pytest.mark.parametrize("digit", "0189")
+def test_aws_key_id_with_a_digit_outside_base32_is_found_and_masked(scanner: Scanner, prefix: str, digit: str) -> None:
+    """Issue 16 item 13: 16 characters of [A-Z0-9] (the policy's "sixteen alphanumeric characters"),
+    not only base32 [A-Z2-7]: a 0, 1, 8 or 9 anywhere in them must not let the key through."""
+    rng = random.Random(prefix + digit)
+    for spot in (0, 7, 15):
+        body = [*(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))]
+        body[spot] = digit
+        value = prefix + "".join(body)
+        for raw in (f"aws key {value} in prose".encode(), json.dumps({"documents": [f"id={value}"]}).encode()):
+            result = scanner.scan(raw, json_strings=True)
+            assert [(f.type, raw[f.start : f.end]) for f in result.findings] == [("aws_access_key_id", value.encode())]
+            assert value.encode() not in result.masked(raw)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "AKIA" + "0123456789ABCDE",  # 15 characters
+        "AKIA" + "0123456789ABCDEF" + "9",  # 17: part of a longer run
+        "XAKIA" + "0123456789ABCDEF",  # inside a longer run on the left
+        "akia" + "0123456789abcdef",  # key ids are upper case
+        "A3T" + "0123456789ABCDEF",  # A3T needs one more character before the 16
+    ],
+)
+def test_aws_key_id_look_alikes_are_not_findings(scanner: Scanner, text: str) -> None:
+    assert scanner.scan(text.encode(), json_strings=True).findings == []
+
+
 @pytest.mark.parametrize("typ", sorted(corpus.CONTEXTUAL))
 def test_contextual_secret_masks_only_the_value(scanner: Scanner, typ: str) -> None:
     rng = random.Random(typ)
