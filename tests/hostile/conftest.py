@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import socket
 import ssl
@@ -66,24 +67,53 @@ def hostile(
                 pytest.fail("the gateway died:\n" + "\n".join(gw.log))
 
 
-def tunnel(
-    h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30
-) -> socket.socket:
-    """A CONNECT tunnel through the gateway to the upstream (with `token` as proxy credentials, if
-    any), and TLS inside it to the gateway's CA unless `tls` is False."""
-    host = f"127.0.0.1:{h.upstream.port}"
+def connect(h: Hostile, token: str | None, target: str, *, timeout: float = 30) -> tuple[socket.socket, bytes]:
+    """A CONNECT to `target` through the gateway (with `token` as proxy credentials, if any): the
+    socket and the head of the gateway's answer."""
     sock = socket.create_connection(("127.0.0.1", h.gateway.port), timeout=timeout)
     auth = ""
     if token is not None:
         auth = "Proxy-Authorization: Basic " + base64.b64encode(f"jit:{token}".encode()).decode() + "\r\n"
-    sock.sendall(f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode())
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(4096)
+    return sock, head
+
+
+def tunnel(
+    h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30,
+    host: str = "127.0.0.1",
+) -> socket.socket:
+    """A CONNECT tunnel through the gateway to the upstream at `host` (with `token` as proxy
+    credentials, if any), and TLS inside it to the gateway's CA unless `tls` is False."""
+    sock, head = connect(h, token, f"{host}:{h.upstream.port}", timeout=timeout)
     assert b" 200 " in head.split(b"\r\n", 1)[0], head
     if not tls:
         return sock
     ctx = ssl.create_default_context(cafile=str(h.bundle))
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    return ctx.wrap_socket(sock, server_hostname=host)
+
+
+def answer_of(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """What comes back until the gateway closes, or until `timeout` passes in silence."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ssl.SSLError, ConnectionResetError):
+        pass
+    return data
+
+
+def status_and_code(answer: bytes) -> tuple[int, str | None]:
+    """The status of a raw HTTP/1 answer and the `code` of its JSON body (None: no such body)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        return status, json.loads(body)["code"]
+    except (ValueError, KeyError):
+        return status, None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import h2.events
 import pytest
 
 from jitgate.devstack.policy import secret_id
-from tests.hostile.conftest import Hostile, tunnel
+from tests.hostile.conftest import Hostile, answer_of, status_and_code, tunnel
 from tests.reliability.harness import client, full_gateway, write_policy
 
 
@@ -37,27 +36,6 @@ def _request(h: Hostile, *, key: str = "placeholder") -> bytes:
     return head.encode() + body
 
 
-def _answer(sock: socket.socket, timeout: float = 5.0) -> bytes:
-    """What comes back until the gateway closes, or until `timeout` passes in silence."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (TimeoutError, ssl.SSLError, ConnectionResetError):
-        pass
-    return data
-
-
-def _status_and_code(answer: bytes) -> tuple[int, str | None]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    try:
-        return status, json.loads(body)["code"]
-    except (ValueError, KeyError):
-        return status, None
-
-
 @pytest.mark.parametrize("alpn", [None, ["http/1.1"]], ids=["no-alpn", "alpn"])
 def test_a_request_line_in_two_pieces_without_a_token_is_refused(hostile: Hostile, alpn: list[str] | None) -> None:
     """The bypass as found: the first TLS record ends before the request line's newline."""
@@ -68,8 +46,8 @@ def test_a_request_line_in_two_pieces_without_a_token_is_refused(hostile: Hostil
         sock.sendall(request[:15])  # "POST /v2/rerank": no newline yet
         time.sleep(0.3)
         sock.sendall(request[15:])
-        answer = _answer(sock)
-    assert _status_and_code(answer) == (407, "token_required")
+        answer = answer_of(sock)
+    assert status_and_code(answer) == (407, "token_required")
     assert list(hostile.upstream.received)[mark:] == []
     assert hostile.upstream.connections == opened  # not a byte went upstream
 
@@ -84,8 +62,8 @@ def test_a_request_line_in_two_pieces_with_a_token_goes_through_the_chain(
         sock.sendall(request[:15])
         time.sleep(0.3)
         sock.sendall(request[15:])
-        answer = _answer(sock)
-    assert _status_and_code(answer)[0] == 200, answer[:300]
+        answer = answer_of(sock)
+    assert status_and_code(answer)[0] == 200, answer[:300]
     [seen] = list(hostile.upstream.received)[mark:]
     # The chain ran: the real key was injected and the JIT token never left the gateway.
     assert hostile.upstream.authorized(seen.headers)
@@ -107,7 +85,7 @@ def test_bytes_that_do_not_look_like_http_are_never_relayed(
     mark, opened = len(hostile.upstream.received), hostile.upstream.connections
     with tunnel(hostile, None, tls=tls) as sock:
         sock.sendall(first + _request(hostile))
-        answer = _answer(sock, timeout=3.0)
+        answer = answer_of(sock, timeout=3.0)
     if answer:
         assert answer.startswith(b"HTTP/1.1 4"), answer[:200]  # an HTTP refusal, never the upstream's answer
     assert list(hostile.upstream.received)[mark:] == []
