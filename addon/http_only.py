@@ -24,6 +24,15 @@ So, in the gateway:
   answer. Before, an AWS key in a request trailer met no check: mitmproxy sends HTTP/2 trailers on
   to an HTTP/2 upstream after the `request` hook, and to an HTTP/1 one it sent the request on and
   then failed on them.
+- What a request asks for is what the chain checks (`jitgate.request_target`, issue 16 items 8 to
+  10), checked here before any other hook: a method that is no exact upper-case token (`post`
+  passed the scope as POST and reached the upstream as `post`) is 400 `method_not_allowed`; a
+  method-override, URL-rewrite or forwarded-host header is 403 `header_not_allowed`; no Host (or
+  two, or one that is no host[:port]) is 400 `host_invalid`; a Host or an absolute-form authority
+  other than the request's target (the tunnel's host, inside a CONNECT tunnel) is 403
+  `host_not_allowed`. Before, mitmproxy set the target from the tunnel and nothing compared the
+  Host with it. A refused flow's Host is set to the target, so its record names the tunnel's host,
+  not the client's. An absolute-form request naming its own tunnel goes on in origin-form.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from addon import meta, settings
 from addon.respond import refuse
 from jitgate.errors import TrailersNotAllowed, UpgradeNotAllowed
+from jitgate.request_target import authority, header_error, method_error, target_error
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +112,28 @@ class HttpOnly:
     def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        if "upgrade" in flow.request.headers:
+        req = flow.request
+        http1 = req.http_version.startswith("HTTP/1")
+        wrong_target = target_error(
+            host=req.host, port=req.port, scheme=req.scheme, host_headers=req.headers.get_all("host"),
+            request_authority=req.authority, http1=http1,
+        )
+        if wrong_target is not None:
+            req.host_header = authority(req.host, req.port, req.scheme)  # the record names the target
+            refuse(flow, wrong_target)
+            return
+        if http1 and req.authority:
+            # Absolute-form naming its own tunnel: sent on in origin-form, the path the scope checks
+            # (mitmproxy does the same outside tunnels; inside, it sent the whole URL on).
+            req.authority = ""
+        # `Request.method` upper-cases what came: the bytes as sent are what the upstream reads.
+        sent = req.data.method.decode("utf-8", "surrogateescape")
+        other = method_error(sent) or header_error(req.headers.keys())
+        if other is not None:
+            refuse(flow, other)
+        elif "upgrade" in req.headers:
             refuse(flow, UpgradeNotAllowed("protocol upgrades (WebSocket and others) are not inspected, so refused"))
-        elif flow.request.trailers:
+        elif req.trailers:
             refuse(flow, TrailersNotAllowed("request trailers are not inspected, so the request is refused"))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

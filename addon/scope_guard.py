@@ -64,7 +64,7 @@ def scope_error(
     scope = claims.scope
     if route.operation not in scope.operations:
         return OperationNotAllowed(f"operation {route.operation!r} is not in this token's scope"), route.operation, None
-    if scope.methods and method.upper() not in scope.methods:
+    if scope.methods and method not in scope.methods:
         return OperationNotAllowed(f"method {method} is not in this token's scope"), route.operation, None
     bare = path.split("?", 1)[0]
     if scope.paths and not any(fnmatch.fnmatchcase(bare, p) for p in scope.paths):

@@ -38,7 +38,7 @@ class Route:
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         """The placeholders of `path` if this route matches, else None."""
-        if method.upper() != self.method:
+        if method != self.method:  # exact: methods are case-sensitive (RFC 9110 §9.1), `post` is no POST
             return None
         m = self.regex.fullmatch(path.split("?", 1)[0])
         return m.groupdict() if m else None

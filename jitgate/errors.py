@@ -171,6 +171,24 @@ class TrailersNotAllowed(Forbidden):
     code = "trailers_not_allowed"
 
 
+class HeaderNotAllowed(Forbidden):
+    """The request carries a header by which upstreams take another method, URL or host than the scope checked."""
+
+    code = "header_not_allowed"
+
+
+class MethodNotAllowed(BadRequest):
+    """The request method is no exact upper-case token (RFC 9110 §9.1), so an upstream may read it otherwise."""
+
+    code = "method_not_allowed"
+
+
+class HostInvalid(BadRequest):
+    """The request has no Host, more than one, or one that is no host[:port] (RFC 9112 §3.2)."""
+
+    code = "host_invalid"
+
+
 class RequestLimitExceeded(Forbidden):
     """The token has used up its `max_requests`."""
 

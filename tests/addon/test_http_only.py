@@ -27,6 +27,13 @@ def _context(mode: str = "regular", transport: str = "tcp") -> context.Context:
     return context.Context(client, options.Options())
 
 
+def _request_flow() -> http.HTTPFlow:
+    """A request as mitmproxy hands it on inside a tunnel: its Host names the target."""
+    flow = tflow.tflow()
+    flow.request.host_header = f"{flow.request.host}:{flow.request.port}"
+    return flow
+
+
 def test_raw_relays_and_websockets_are_switched_off() -> None:
     addon = HttpOnly()
     with taddons.context(addon) as tctx:
@@ -47,7 +54,7 @@ def test_an_option_that_exempts_traffic_stops_the_start(name: str) -> None:
 @pytest.mark.parametrize("upgrade", ["websocket", "WebSocket", "tcp", "h2c, websocket"])
 def test_a_request_to_switch_protocols_is_refused(upgrade: str) -> None:
     addon = HttpOnly()
-    flow = tflow.tflow()
+    flow = _request_flow()
     flow.request.headers["Connection"] = "Upgrade"
     flow.request.headers["Upgrade"] = upgrade
     with taddons.context(addon):
@@ -59,8 +66,8 @@ def test_a_request_to_switch_protocols_is_refused(upgrade: str) -> None:
 
 def test_an_ordinary_request_and_a_refused_one_are_left_alone() -> None:
     addon = HttpOnly()
-    plain = tflow.tflow()
-    refused = tflow.tflow()
+    plain = _request_flow()
+    refused = _request_flow()
     refused.request.headers["Upgrade"] = "websocket"
     refused.metadata[meta.ERROR] = "token_required"
     with taddons.context(addon):
@@ -150,7 +157,7 @@ def test_the_next_layer_hook_replaces_what_mitmproxy_chose() -> None:
 
 def test_a_request_with_trailers_is_refused() -> None:
     addon = HttpOnly()
-    flow = tflow.tflow()
+    flow = _request_flow()
     fake_key = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
     flow.request.trailers = http.Headers(x_exfil=fake_key)
     with taddons.context(addon):
@@ -188,3 +195,55 @@ def test_a_failing_check_fails_closed() -> None:
     with taddons.context(addon):
         addon.next_layer(nextlayer)
     assert isinstance(nextlayer.layer, layers.HttpLayer)
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"method": "post"}, 400, "method_not_allowed"),
+        ({"method": "Post"}, 400, "method_not_allowed"),
+        ({"headers": {"X-HTTP-Method-Override": "DELETE"}}, 403, "header_not_allowed"),
+        ({"headers": {"X_Original_URL": "/v2/chat"}}, 403, "header_not_allowed"),
+        ({"headers": {"X-Forwarded-Host": "store.internal"}}, 403, "header_not_allowed"),
+        ({"host": None}, 400, "host_invalid"),
+        ({"host": "evil.example"}, 403, "host_not_allowed"),
+        ({"host": "address:23"}, 403, "host_not_allowed"),
+        ({"authority": "evil.example"}, 403, "host_not_allowed"),  # absolute-form inside the tunnel
+    ],
+)
+def test_a_request_asking_for_more_than_the_chain_checks_is_refused(
+    change: dict[str, object], status: int, code: str
+) -> None:
+    addon = HttpOnly()
+    flow = _request_flow()
+    req = flow.request
+    req.method = str(change.get("method", req.method))
+    for name, value in dict(change.get("headers", {})).items():  # type: ignore[call-overload]
+        req.headers[name] = value
+    if "host" in change:
+        req.host_header = change["host"]  # type: ignore[assignment]
+    if "authority" in change:
+        req.authority = str(change["authority"])
+    with taddons.context(addon):
+        addon.request(flow)
+    assert flow.response is not None
+    assert (flow.response.status_code, json.loads(flow.response.content or b"")["code"]) == (status, code)
+    assert flow.metadata[meta.ERROR] == code
+    # Whatever the client named, the record names the target (the tunnel's host).
+    assert (req.pretty_host, req.host_header) == ("address", "address:22")
+
+
+@pytest.mark.parametrize(
+    ("version", "host"), [("HTTP/2.0", None), ("HTTP/1.1", "address:22")], ids=["h2-authority-only", "absolute-form"]
+)
+def test_a_request_naming_its_target_goes_on_in_origin_form(version: str, host: str | None) -> None:
+    """HTTP/2 may name the target in `:authority` alone; an HTTP/1 absolute-form naming its tunnel
+    goes on in origin-form, the path the scope checks."""
+    addon = HttpOnly()
+    flow = tflow.tflow()
+    req = flow.request
+    req.http_version, req.host_header, req.authority = version, host, "address:22"
+    with taddons.context(addon):
+        addon.request(flow)
+    assert flow.response is None
+    assert (req.authority if version.startswith("HTTP/1") else "", req.host, req.path) == ("", "address", "/path")
