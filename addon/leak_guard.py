@@ -43,7 +43,7 @@ from jitgate.errors import (
 from jitgate.inspect import Scanner, StreamMasker, actions, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
-from jitgate.inspect.stream import DEFAULT_WINDOW
+from jitgate.inspect.stream import DEFAULT_WINDOW, HoldLimitExceeded
 from jitgate.policy import MaskProfile, Policy
 
 logger = logging.getLogger(__name__)
@@ -134,10 +134,8 @@ class _MaskStream:
             return self._fail(UpstreamResponseNotUtf8("the upstream response is not UTF-8, so it cannot be masked"))
         try:
             out = self.masker.feed(decoded) if data else self.masker.close()
-        except _TooLarge:
+        except HoldLimitExceeded:
             return self._fail(UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
-        except ValueError:
-            return self._fail(UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
         if self.complete and len(self.sent) + len(out) <= self._keep:
             self.sent += out
         else:
@@ -404,8 +402,11 @@ class LeakGuard:
         # The headers go out now, before any of the body: they are masked here, not in `response`.
         if self._headers(flow, resp, "response", plan):
             flow.metadata.setdefault(meta.DECISION, "masked")
+        # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
+        # parses them: their escapes are decoded, each string whole, held back at most to the limit.
         masker = StreamMasker(
-            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window
+            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window,
+            json_strings=True, max_hold=self.max_bytes,
         )
         resp.headers.pop("content-encoding", None)
         resp.headers.pop("content-length", None)

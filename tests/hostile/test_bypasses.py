@@ -322,3 +322,18 @@ def test_store_fields_hold_for_every_framing(
     got = resp.json()
     assert set(got) == {"ids", "documents", "distances", "metadatas", "included"}
     assert got["included"] == ["documents"] and b"s3://private" not in resp.content
+
+
+@pytest.mark.parametrize("ctype", ["text/event-stream", "application/json"])
+def test_streamed_escape_is_masked(scripted: Scripted, c: httpx.Client, ctype: str) -> None:
+    """`\\u0041KIA…` in a streamed answer's JSON string, split across chunks: a client's parser
+    reads an AWS key, so the stream decodes escapes too."""
+    key = aws_key()
+    event = ('{"text": "see ' + escaped(key) + '"}').encode()
+    raw = b"data: " + event + b"\n\n" if ctype == "text/event-stream" else event
+    cut = raw.index(b"\\u") + 3
+    scripted.upstream.answer = lambda seen: http_answer(200, {"Content-Type": ctype}, chunks=[raw[:cut], raw[cut:]])
+    resp = c.post(f"{scripted.upstream.url}/v2/rerank", json=RERANK)
+    assert resp.status_code == 200
+    text = json.loads(resp.content.removeprefix(b"data: "))["text"]
+    assert key not in text and "[REDACTED:aws_access_key_id:" in text
