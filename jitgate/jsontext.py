@@ -24,7 +24,6 @@ import codecs
 import enum
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,8 +57,12 @@ class BodyText:
 EMPTY: Final = BodyText(None, False)
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8, UTF-16 LE / BE (and UTF-32 LE, which starts so)
 _JSON_OPENERS = frozenset("{[\"")
-# A number that could overflow a double: an exponent of three digits or more, or 309+ digits.
-_BIG_NUMBER = re.compile(r"[eE][+-]?[0-9]{3}|[0-9]{309}")
+# A number that could overflow a double has an exponent of three digits or more, or 309+ digits.
+# Looked for in the bytes with every digit made `0`, `E` made `e` and `-` made `+` (one C pass, and
+# plain substring searches; a regex costs ~25 us per 1 kB here): prose like `file123` only costs
+# the slower parse that checks each float.
+_NUMBER_SHAPES = bytes.maketrans(b"123456789E-", b"000000000e+")
+_BIG_SHAPES = (b"e000", b"e+000", b"0" * 309)
 
 
 class _Strictness(ValueError):
@@ -84,10 +87,15 @@ def _finite(text: str) -> float:
     return value
 
 
-def loads_strict(text: str) -> Any:
+def _may_overflow(raw: bytes) -> bool:
+    shapes = raw.translate(_NUMBER_SHAPES)
+    return any(shape in shapes for shape in _BIG_SHAPES)
+
+
+def loads_strict(text: str, raw: bytes | None = None) -> Any:
     """`json.loads`, refusing duplicate keys, NaN / Infinity and overflowing numbers (`ValueError`,
-    or `RecursionError` past the parser's depth)."""
-    if _BIG_NUMBER.search(text):
+    or `RecursionError` past the parser's depth). `raw`: `text` as UTF-8, when the caller has it."""
+    if _may_overflow(text.encode("utf-8", "surrogatepass") if raw is None else raw):
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_finite)
     return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
 
@@ -122,7 +130,7 @@ def read(body: bytes, content_type: str = "", *, strict: bool) -> BodyText:
         except (ValueError, RecursionError):
             return BodyText(NOT_JSON, looks)
     try:
-        return BodyText(loads_strict(text), True)
+        return BodyText(loads_strict(text, body), True)
     except _Strictness:
         return BodyText(NOT_JSON, True, Problem.INVALID_JSON)
     except RecursionError:
