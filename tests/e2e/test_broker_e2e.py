@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -150,6 +151,37 @@ def test_refusals_have_stable_codes(
     )
     assert (resp.status_code, resp.json()) == (status, {"code": code, "message": resp.json()["message"]})
     assert "token" not in resp.json()
+
+
+DEEP = 3000  # levels: under 16 kB, past Python's recursion limit
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[" * DEEP + "]" * DEEP,
+        '{"connection": "cohere-test", "ttl": ' + "[" * DEEP + "]" * DEEP + "}",
+        '{"connection": "cohere-test", "operations": ' + '{"a":' * DEEP + "1" + "}" * DEEP + "}",
+        '{"connection": "cohere-test", "ttl": true}',
+        '{"connection": "cohere-test", "ttl": false}',
+        '{"connection": true}',
+    ],
+    ids=["deep_array", "deep_ttl", "deep_operations", "ttl_true", "ttl_false", "connection_true"],
+)
+def test_a_malformed_body_is_400_and_its_denial_is_recorded(
+    broker: str, oidc_issuer: OidcIssuer, aws_stack: Stack, content: str
+) -> None:
+    marker = f"malformed-{uuid.uuid4().hex}"  # finds this request's event among the others
+    resp = httpx.post(
+        f"{broker}/v1/tokens",
+        content=content,
+        headers={"Authorization": f"Bearer {oidc_issuer.mint(CI_SUB, CI_CLAIMS)}", "User-Agent": marker},
+        timeout=10,
+    )
+    assert (resp.status_code, resp.json()["code"]) == (400, "bad_request"), resp.text
+    assert "token" not in resp.json()
+    (event,) = [json.loads(line) for line in _event_lines(aws_stack) if marker in line]
+    assert (event["event_type"], event["status"], event["code"], event["sub"]) == ("denied", 400, "bad_request", CI_SUB)
 
 
 # -- attacks on the OIDC check: each must be refused with 401 -------------------------------------
