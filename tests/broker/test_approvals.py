@@ -14,7 +14,7 @@ from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import Approval, new_id
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, MAINTAINER_SUB, policy_dict
+from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, MAINTAINER_SUB, approvers, policy_dict
 from jitgate.events import TokenEvent
 from jitgate.policy import Approvers
 from jitgate.token import KeySet, verify_token
@@ -30,7 +30,7 @@ def policy_file(issuer: OidcIssuer, tmp_path: Path) -> Path:
     for grant in data["grants"]:
         if grant["name"] == "store-maintenance":
             grant["approval"]["approvers"]["count"] = 2
-    data["connections"]["store-test"]["approval"]["approvers"] = {"groups": [APPROVER_GROUP]}
+    data["connections"]["store-test"]["approval"]["approvers"] = approvers(issuer.url, APPROVER_GROUP)
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -114,6 +114,7 @@ def test_two_of_m_then_the_requester_collects_once_and_the_ttl_starts_then(
     clock.now += 60
     status, view = _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve", "planned cleanup")
     assert status == 200 and (view["state"], view["approvals"], view["required"]) == ("pending", 1, 2)
+    clock.now += 1  # events sort by time
     status, err = _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve", "again")
     assert (status, err["code"]) == (409, "already_voted")
     status, view = _get(invoke, _requester(issuer, clock), approval_id)
@@ -236,7 +237,8 @@ def test_gateway_holds_are_decided_through_the_same_routes(
     store = ApprovalStore(boto3.client("dynamodb", region_name=stack.region), stack.table)
     hold = Approval(
         id=new_id("hold"), kind="hold", requester="repo:acme/search", connection="store-test",
-        approvers=Approvers(groups=(APPROVER_GROUP,)), created_at=clock.now, expires_at=clock.now + 120,
+        approvers=Approvers.model_validate(approvers(issuer.url, APPROVER_GROUP)),
+        created_at=clock.now, expires_at=clock.now + 120,
         summary={"operation": "delete", "path": "/api/v1/collections/candidates/delete", "bytes": 20, "jti": "j" * 32},
     )
     store.create(hold, now=clock.now)
