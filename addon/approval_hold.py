@@ -53,7 +53,7 @@ from jitgate.errors import (
     TokenRevoked,
 )
 from jitgate.policy import Connection, Policy, parse_duration
-from jitgate.state import REVOCATION_PK
+from jitgate.state import REVOCATION_PK, revocation_item_live
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> s
         if resp.get("UnprocessedKeys"):
             raise RuntimeError("revocation read incomplete")
         for item in resp.get("Responses", {}).get(table, []):
-            if float(item.get("expires_at", {}).get("N", "0")) > now:
+            if revocation_item_live(item, now=now):
                 revoked.add(item["sk"]["S"])
     return revoked
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 POLICY = """
 version: 1
 issuers: [{issuer: https://oidc.test, audience: jitgate}]
-admins: {groups: [platform-security]}
+admins: [{group: platform-security}]
 connections:
   rerank:
     dialect: cohere
@@ -37,7 +37,7 @@ connections:
     credential: {secret_id: jitgate/store, header: X-Chroma-Token, format: "{secret}"}
     approval:
       operations: [delete, drop_collection]
-      approvers: {groups: [search-leads]}
+      approvers: {members: [{group: search-leads}]}
 """
 REQUESTER = "system:serviceaccount:ranking:janitor"
 LEAD = Identity("https://oidc.test", "alice", {"groups": ["search-leads"]})
@@ -153,7 +153,8 @@ async def test_hold_item_has_masked_summary(aws: dict[str, Any], policy_file: Pa
     assert summary["bytes"] == len(f.request.raw_content) and summary["path"] == "/v2/rerank"
     assert summary["reasons"] == ["documents:5>3"]
     assert "should-not-leak" not in item["doc"]["S"] and '"d"' not in item["doc"]["S"]
-    assert doc["approvers"]["groups"] == ["platform-security"]  # no connection approvers: the admins
+    # No connection approvers: the admins, of the policy's one issuer.
+    assert doc["approvers"]["members"] == [{"issuer": "https://oidc.test", "sub": None, "group": "platform-security"}]
     assert doc["expires_at"] - doc["created_at"] == 30.0
     assert item["state"]["S"] == "pending"
 
@@ -412,7 +413,7 @@ async def test_new_holds_are_published_without_the_token_or_body(aws: dict[str, 
 REVIEW_POLICY = """
 version: 1
 issuers: [{issuer: https://oidc.test, audience: jitgate}]
-admins: {groups: [platform-security]}
+admins: [{group: platform-security}]
 profiles:
   default: {}
   reviewed: {request_pii: review}

@@ -25,9 +25,17 @@ from typer.testing import CliRunner
 from jitgate.cli import _register, app
 from jitgate.devstack.aws import Stack, local_broker
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, CI_CLAIMS, MAINTAINER_SUB, policy_dict, secret_id
+from jitgate.devstack.policy import (
+    ADMIN_GROUP,
+    APPROVER_GROUP,
+    CI_CLAIMS,
+    MAINTAINER_SUB,
+    approvers,
+    policy_dict,
+    secret_id,
+)
 from jitgate.devstack.upstream import Upstream, bm25
-from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
+from tests.e2e.gateway import Gateway, policy_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 JITGATE = Path(sys.executable).with_name("jitgate")
@@ -73,13 +81,14 @@ def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssue
         },
     )
     doc["connections"]["cohere-test"]["approval"] = {"max_documents": 5}  # approvers: the policy's admins
-    doc["connections"]["store-test"]["approval"]["approvers"] = {"groups": [APPROVER_GROUP]}
+    doc["connections"]["store-test"]["approval"]["approvers"] = approvers(oidc_issuer.url, APPROVER_GROUP)
     grants = {g["name"]: g for g in doc["grants"]}
     grants["store-maintenance"]["approval"]["approvers"]["count"] = 2
     short = json.loads(json.dumps(grants["store-maintenance"]))
     short.update(name="store-oncall")
     short["match"]["claims"] = {"sub": ["system:serviceaccount:ranking-oncall:*"]}
-    short["approval"] = {"required": True, "approvers": {"groups": [APPROVER_GROUP]}, "timeout": f"{EXPIRY}s"}
+    short["approval"] = {"required": True, "approvers": approvers(oidc_issuer.url, APPROVER_GROUP),
+                      "timeout": f"{EXPIRY}s"}
     doc["grants"].append(short)
     path = tmp_path_factory.mktemp("approvals") / "policy.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -97,16 +106,12 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
     policy_file: Path,
 ) -> Iterator[Gateway]:
-    work = tmp_path_factory.mktemp("approvals-gateway")
-    ca = work / "upstream-ca.pem"
-    ca.write_bytes(upstream.ca_pem())
-    options = jitgate_options(
-        policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
-        aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
-    )
-    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2",
-                   jitgate_gateway_id="gw-a", jitgate_upstream_timeout=UPSTREAM_TIMEOUT)
-    with start_gateway(work, options=options) as gw:
+    with policy_gateway(
+        tmp_path_factory.mktemp("approvals-gateway"), upstream=upstream, broker=broker, stack=aws_stack,
+        moto_server=moto_server, policy=policy_file, revocation_staleness=STALENESS,
+        jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2", jitgate_gateway_id="gw-a",
+        jitgate_upstream_timeout=UPSTREAM_TIMEOUT,
+    ) as gw:
         yield gw
         if gw.proc.poll() is not None:
             pytest.fail("the gateway died:\n" + "\n".join(gw.log))
@@ -118,16 +123,11 @@ def second_gateway(
     moto_server: str, policy_file: Path,
 ) -> Iterator[Gateway]:
     """Another gateway instance on the same table (its own process, CA and poller)."""
-    work = tmp_path_factory.mktemp("approvals-gateway-b")
-    ca = work / "upstream-ca.pem"
-    ca.write_bytes(upstream.ca_pem())
-    options = jitgate_options(
-        policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
-        aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
-    )
-    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT * 3), jitgate_approval_poll="0.2",
-                   jitgate_gateway_id="gw-b")
-    with start_gateway(work, options=options) as gw:
+    with policy_gateway(
+        tmp_path_factory.mktemp("approvals-gateway-b"), upstream=upstream, broker=broker, stack=aws_stack,
+        moto_server=moto_server, policy=policy_file, revocation_staleness=STALENESS,
+        jitgate_approval_timeout=str(HOLD_TIMEOUT * 3), jitgate_approval_poll="0.2", jitgate_gateway_id="gw-b",
+    ) as gw:
         yield gw
 
 
