@@ -315,3 +315,10 @@ class BodyNotDecodable(BadRequest):
     """A body's content encoding cannot be decoded, so it cannot be inspected."""
 
     code = "body_not_decodable"
+
+
+class MisdirectedRequest(JitgateError):
+    """The client's TLS server name (SNI) names another host than the tunnel it came through."""
+
+    code = "misdirected_request"
+    status = 421
