@@ -255,7 +255,7 @@ class RequestFacts:
 
     operation: str | None
     documents: int | None
-    size: int
+    size: int  # body bytes once decoded (Content-Encoding), as the upstream will read them
     findings: Sequence[Mapping[str, Any]] = ()
 
 

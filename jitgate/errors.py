@@ -333,3 +333,10 @@ class UpstreamResponseNotUtf8(UpstreamResponseInvalid):
     """An upstream answer is not UTF-8 without a byte order mark, so it cannot be masked as a client would read it."""
 
     code = "upstream_response_not_utf8"
+
+
+class MisdirectedRequest(JitgateError):
+    """The client's TLS server name (SNI) names another host than the tunnel it came through."""
+
+    code = "misdirected_request"
+    status = 421

@@ -5,6 +5,7 @@ HTTPS upstream with a private CA, `mitmdump -s addon/jitgate_addons.py`, real cl
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import ssl
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import brotli
 import cohere
 import httpx
 import pytest
@@ -55,6 +57,7 @@ DOCS = [
 UPSTREAM_WAIT = 3.0  # jitgate_upstream_timeout of gateway A, seconds
 UPSTREAM_TIMEOUT = f"{UPSTREAM_WAIT:g}s"
 QUERY = "What is the capital of the United States?"
+HOLD_BYTES = 100_000  # cohere-test's approval max_bytes
 
 if not any(g.name == "approvals" for g in app.registered_groups):
     _register()
@@ -71,7 +74,8 @@ def upstream(aws_stack: Stack) -> Iterator[Upstream]:
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, upstream: Upstream) -> Path:
     """One file for this module's broker and gateway: the dev policy, pointed at the local
-    upstream, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5 documents held."""
+    upstream, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5 documents or of more
+    than HOLD_BYTES (decoded) held."""
     doc: Any = policy_dict(
         oidc_issuer.url,
         upstreams={
@@ -80,7 +84,8 @@ def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssue
             "store-test": f"https://localhost:{upstream.port}",
         },
     )
-    doc["connections"]["cohere-test"]["approval"] = {"max_documents": 5}  # approvers: the policy's admins
+    # approvers: the policy's admins
+    doc["connections"]["cohere-test"]["approval"] = {"max_documents": 5, "max_bytes": HOLD_BYTES}
     doc["connections"]["store-test"]["approval"]["approvers"] = approvers(oidc_issuer.url, APPROVER_GROUP)
     grants = {g["name"]: g for g in doc["grants"]}
     grants["store-maintenance"]["approval"]["approvers"]["count"] = 2
@@ -369,6 +374,34 @@ def test_held_rerank_times_out_with_403(
     admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
     late = _cli(broker, admin, "approvals", "approve", resp.json()["approval_id"], "--reason", "late")
     assert late.exit_code == 2 and "approval_expired" in late.output
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_big_rerank_sent_compressed_is_held_on_its_decoded_size(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream, encoding: str
+) -> None:
+    minted = _ci_token(broker, oidc_issuer)
+    docs = [" ".join([d] * 1600) for d in DOCS[:3]]  # 3 documents (no document rule), ~300 kB
+    plain = json.dumps({"model": "rerank-v3.5", "query": QUERY, "documents": docs}).encode()
+    packed = gzip.compress(plain) if encoding == "gzip" else brotli.compress(plain)
+    assert len(plain) > 3 * HOLD_BYTES and len(packed) < HOLD_BYTES // 10
+    mark = len(upstream.received)
+
+    def send() -> httpx.Response:
+        with httpx.Client(proxy=gateway.proxy_url(minted["token"]), verify=str(bundle), timeout=60) as client:
+            return client.post(f"{upstream.url}/v2/rerank", content=packed,
+                               headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+
+    call = Background(send)
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    hold = _wait_for_hold(broker, admin, minted["jti"])
+    assert hold["summary"]["bytes"] == len(plain)
+    assert hold["summary"]["reasons"] == [f"bytes:{len(plain)}>{HOLD_BYTES}"]
+    assert call.running() and len(upstream.received) == mark  # held: nothing went upstream
+    assert _cli(broker, admin, "approvals", "deny", hold["id"], "--reason", "too big").exit_code == 0
+    resp = call.result()
+    assert resp.status_code == 403 and resp.json()["code"] == "approval_denied"
+    assert len(upstream.received) == mark
 
 
 def test_other_flows_pass_while_one_is_held(

@@ -67,11 +67,13 @@ def hostile(
 
 
 def tunnel(
-    h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30
+    h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30,
+    target: str = "127.0.0.1", server_name: str | None = "",
 ) -> socket.socket:
-    """A CONNECT tunnel through the gateway to the upstream (with `token` as proxy credentials, if
-    any), and TLS inside it to the gateway's CA unless `tls` is False."""
-    host = f"127.0.0.1:{h.upstream.port}"
+    """A CONNECT tunnel through the gateway to `target` at the upstream's port (with `token` as proxy
+    credentials, if any), and TLS inside it to the gateway's CA unless `tls` is False; the ClientHello
+    names `server_name` ("": the target; None: no name at all)."""
+    host = f"{target}:{h.upstream.port}"
     sock = socket.create_connection(("127.0.0.1", h.gateway.port), timeout=timeout)
     auth = ""
     if token is not None:
@@ -86,4 +88,6 @@ def tunnel(
     ctx = ssl.create_default_context(cafile=str(h.bundle))
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    if server_name is None:
+        ctx.check_hostname = False  # nothing to check a certificate against
+    return ctx.wrap_socket(sock, server_hostname=target if server_name == "" else server_name)
