@@ -1,14 +1,15 @@
 """approval_hold: a risky request waits for a human before it goes upstream.
 
 The connection's approval rules (jitgate.approvals.risk_reasons) mark a request as risky: a
-named operation, a rerank over a document or byte threshold, or an inspection finding whose
-profile action is `review`. Such a flow is intercepted, a hold item with a masked summary
-(who, which token by jti, operation, host, path, sizes, findings; never a body or a secret) is
-written to the shared table (pk="hold"), and one background task per gateway polls the table
-for all of its holds at once. Approved: the flow resumes. Denied: 403 `approval_denied`. No
-decision within `jitgate_approval_timeout`: the hold is closed with a conditional write (so a
-late approval cannot land after it) and the answer is 403 `approval_timeout`. Other flows are
-never blocked; several gateways share the table, each polling only its own holds.
+named operation, a rerank over a document or byte threshold (bytes of the decoded body, whatever
+its Content-Encoding), or an inspection finding whose profile action is `review`. Such a flow is
+intercepted, a hold item with a masked summary (who, which token by jti, operation, host, path,
+sizes, findings; never a body or a secret) is written to the shared table (pk="hold"), and one
+background task per gateway polls the table for all of its holds at once. Approved: the flow
+resumes. Denied: 403 `approval_denied`. No decision within `jitgate_approval_timeout`: the hold
+is closed with a conditional write (so a late approval cannot land after it) and the answer is
+403 `approval_timeout`. Other flows are never blocked; several gateways share the table, each
+polling only its own holds.
 """
 
 from __future__ import annotations
@@ -42,18 +43,20 @@ from jitgate.approvals import (
     risk_reasons,
     state_at,
 )
+from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size
 from jitgate.errors import (
     ApprovalClosed,
     ApprovalDenied,
     ApprovalTimeout,
     ApprovalUnavailable,
+    BodyNotDecodable,
     JitgateError,
     RevocationUnavailable,
     TokenExpired,
     TokenRevoked,
 )
 from jitgate.policy import Connection, Policy, parse_duration
-from jitgate.state import REVOCATION_PK
+from jitgate.state import REVOCATION_PK, revocation_item_live
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +74,27 @@ class _Held:
 
 
 def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) -> RequestFacts:
+    """The facts the approval rules judge; raises ValueError for a body that does not decode.
+
+    `size` is the decoded body (300 kB is no 1 kB request for being sent as gzip), counted without
+    holding it decoded: exact up to `bound` (`max_bytes`, at least the default inspection limit),
+    past it only "more than `bound`", and such a body is not parsed for its documents either (a
+    bomb). In the chain leak_guard and scope_guard refuse bodies that decode that far before this.
+    """
     raw = flow.request.raw_content or b""
+    encoding = flow.request.headers.get("content-encoding", "")
+    bound = max(conn.approval.max_bytes or 0, DEFAULT_DECODED_LIMIT)
+    size = decoded_size(raw, encoding, bound) if raw else 0
     documents: int | None = None
     # Count documents only when a rule needs the number: big bodies are not parsed for nothing.
-    if operation is not None and conn.approval.max_documents is not None:
+    if operation is not None and conn.approval.max_documents is not None and size <= bound:
         body = json_body(flow)  # parsed once per flow (addon/body.py)
         documents = document_count(conn.dialect, operation, None if body is NOT_JSON else body)
     findings = flow.metadata.get(meta.FINDINGS) or []
     return RequestFacts(
         operation=operation,
         documents=documents,
-        size=len(raw),
+        size=size,
         findings=tuple(f for f in findings if isinstance(f, dict)),
     )
 
@@ -96,7 +109,7 @@ def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> s
         if resp.get("UnprocessedKeys"):
             raise RuntimeError("revocation read incomplete")
         for item in resp.get("Responses", {}).get(table, []):
-            if float(item.get("expires_at", {}).get("N", "0")) > now:
+            if revocation_item_live(item, now=now):
                 revoked.add(item["sk"]["S"])
     return revoked
 
@@ -215,7 +228,12 @@ class ApprovalHold:
         if conn is None:
             return
         operation = flow.metadata.get(meta.OPERATION)
-        facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
+        try:
+            facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
+        except ValueError:  # leak_guard refuses such a body first; should it not run, nothing passes
+            flow.request.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
+            refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
+            return
         reasons = risk_reasons(conn.approval, facts)
         if not reasons:
             return

@@ -10,42 +10,42 @@ scope_guard's field filter), the next read parses the new body. Callers must not
 
 from __future__ import annotations
 
-import json
 import weakref
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from mitmproxy import http
 
+from jitgate import jsontext
+from jitgate.jsontext import NOT_JSON, BodyText
 
-class _NotJson:
-    def __repr__(self) -> str:
-        return "NOT_JSON"
-
-
-NOT_JSON: Final[Any] = _NotJson()  # the body is there but is no JSON (or cannot be decoded)
+__all__ = ["NOT_JSON", "BodyText", "Side", "forget", "json_body", "text"]
 
 Side = Literal["request", "response"]
-# flow -> side -> (raw body object, content-encoding, parsed value)
-_cache: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, tuple[bytes | None, str, Any]]] = (
+# flow -> side -> (raw body object, content-encoding, what the body is)
+_cache: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, tuple[bytes | None, str, BodyText]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _parse(message: http.Message) -> Any:
-    content = message.get_content(strict=False)
-    if not content:
-        return None
+def _parse(message: http.Message, side: Side) -> BodyText:
     try:
-        return json.loads(content)
-    except (ValueError, RecursionError):  # deeply nested JSON raises RecursionError, not ValueError
-        return NOT_JSON
+        content = message.get_content(strict=True)
+    except ValueError:  # leak_guard refuses such a body; nothing here reads it as JSON
+        return jsontext.BodyText(NOT_JSON, False)
+    ctype = message.headers.get("content-type", "")
+    return jsontext.read(content or b"", ctype, strict=side == "request")
 
 
 def json_body(flow: http.HTTPFlow, side: Side = "request") -> Any:
     """The body's JSON value; None when there is no body, `NOT_JSON` when it is not JSON."""
+    return text(flow, side).value
+
+
+def text(flow: http.HTTPFlow, side: Side = "request") -> BodyText:
+    """What the body is (jitgate/jsontext.py), read once per body and shared by the chain."""
     message = flow.request if side == "request" else flow.response
     if message is None:
-        return None
+        return jsontext.EMPTY
     raw = message.raw_content
     encoding = message.headers.get("content-encoding", "")
     sides = _cache.get(flow)
@@ -53,7 +53,7 @@ def json_body(flow: http.HTTPFlow, side: Side = "request") -> Any:
         hit = sides.get(side)
         if hit is not None and hit[0] is raw and hit[1] == encoding:
             return hit[2]
-    value = _parse(message)
+    value = _parse(message, side)
     if sides is None:
         sides = _cache[flow] = {}
     sides[side] = (raw, encoding, value)

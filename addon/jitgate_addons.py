@@ -18,6 +18,7 @@ from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
+from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
 
 error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
@@ -25,6 +26,8 @@ hook_dispatch.install()  # mitmproxy's event dispatch, same calls for less CPU (
 
 # First: the gateway forwards inspected HTTP only (no raw relays, no protocol upgrades).
 http_only = fail_closed(HttpOnly())
+# The upstream TLS name comes from the policy; a client naming another host than its tunnel is refused.
+upstream_sni = fail_closed(UpstreamSni())
 token_gate = fail_closed(TokenGate())
 scope_guard = fail_closed(ScopeGuard())
 leak_guard = fail_closed(LeakGuard())
@@ -35,7 +38,7 @@ session_recorder = fail_closed(SessionRecorder())
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
-    http_only,
+    http_only, upstream_sni,
     token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

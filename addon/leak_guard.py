@@ -25,9 +25,11 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import human
 
+from addon import body as bodies
 from addon import meta, settings
 from addon.respond import refuse
 from addon.upstream_conn import close_upstream
+from jitgate import jsontext
 from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
 from jitgate.errors import (
     BodyNotDecodable,
@@ -35,12 +37,13 @@ from jitgate.errors import (
     LeakBlocked,
     PayloadTooLarge,
     UpstreamResponseInvalid,
+    UpstreamResponseNotUtf8,
     UpstreamResponseTooLarge,
 )
-from jitgate.inspect import Scanner, StreamMasker, actions, is_json, jsonpath
+from jitgate.inspect import Scanner, StreamMasker, actions, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
-from jitgate.inspect.stream import DEFAULT_WINDOW
+from jitgate.inspect.stream import DEFAULT_WINDOW, HoldLimitExceeded
 from jitgate.policy import MaskProfile, Policy
 
 logger = logging.getLogger(__name__)
@@ -114,16 +117,25 @@ class _MaskStream:
         self.sent = bytearray()
         self.complete = True
         self.failed: JitgateError | None = None
+        self._utf8 = jsontext.Utf8Stream()
 
     def __call__(self, data: bytes) -> list[bytes]:
         if self.failed is not None:
             return []  # cut: the rest is dropped undecoded
         try:
-            out = self.masker.feed(self._decode(data)) if data else self.masker.close()
+            decoded = self._decode(data) if data else b""
         except _TooLarge:
             return self._fail(UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
         except ValueError:
             return self._fail(UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
+        try:
+            self._utf8.feed(decoded, final=not data)
+        except ValueError:
+            return self._fail(UpstreamResponseNotUtf8("the upstream response is not UTF-8, so it cannot be masked"))
+        try:
+            out = self.masker.feed(decoded) if data else self.masker.close()
+        except HoldLimitExceeded:
+            return self._fail(UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
         if self.complete and len(self.sent) + len(out) <= self._keep:
             self.sent += out
         else:
@@ -243,14 +255,6 @@ class LeakGuard:
         assert self.scanner is not None
         return self.scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
 
-    @staticmethod
-    def _json(message: http.Message, body: bytes) -> bytes | None:
-        return body if is_json(message.headers.get("content-type", ""), body) else None
-
-    def _body(self, flow: http.HTTPFlow, message: http.Message, body: bytes, plan: actions.Plan) -> ScanResult:
-        json_text = is_json(message.headers.get("content-type", ""), body)
-        return self._scan(body, plan, self._literals(flow), json_text=json_text)
-
     def _headers(self, flow: http.HTTPFlow, message: http.Message, side: str, plan: actions.Plan) -> list[Finding]:
         """Scan and mask header values in place; the findings (recorded)."""
         found: list[Finding] = []
@@ -286,47 +290,51 @@ class LeakGuard:
         if length.isdigit() and int(length) > self.max_bytes:
             refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {self.max_bytes} bytes"))
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        if meta.refused(flow) or self.scanner is None:
-            return
-        plan = actions.plan(self._profile(flow), "request")
-        req = flow.request
-        encoding = req.headers.get("content-encoding", "")
-        if req.raw_content and encoding:  # sized before decoding: a gzip bomb costs one piece, not its size
+    def _decoded(self, message: http.Message) -> bytes | str:
+        """The decoded body, or why it cannot be inspected: "undecodable" or "too_large" (the
+        content encoding is dropped then, so nothing after this decodes it: the recorder)."""
+        encoding = message.headers.get("content-encoding", "")
+        if message.raw_content and encoding:  # sized before decoding: a bomb costs one piece, not its size
             try:
-                over = decoded_size_exceeds(req.raw_content, encoding, self.max_bytes)
+                over = decoded_size_exceeds(message.raw_content, encoding, self.max_bytes)
             except ValueError:
                 over = None
             if over is not False:
-                req.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
-                if over is None:
-                    refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
-                else:
-                    limit = self.max_bytes
-                    refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {limit} bytes"))
-                return
+                message.headers.pop("content-encoding", None)
+                return "undecodable" if over is None else "too_large"
         try:
-            body = req.get_content(strict=True) or b""
+            body = message.get_content(strict=True) or b""
         except ValueError:
-            refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
+            return "undecodable"
+        return "too_large" if len(body) > self.max_bytes else body
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.scanner is None:
             return
-        if len(body) > self.max_bytes:
-            refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {self.max_bytes} bytes"))
+        if meta.refused(flow):
+            self._inspect_refused(flow)
+            return
+        plan = actions.plan(self._profile(flow), "request")
+        req = flow.request
+        body = self._decoded(req)
+        if isinstance(body, str):
+            refuse(flow, _request_unreadable(body, self.max_bytes))
+            return
+        text = bodies.text(flow, "request")
+        if text.problem is not None:
+            refuse(flow, jsontext.refusal(text.problem))
             return
         found = self._headers(flow, req, "request", plan)
-        raw_path = req.path.encode("utf-8", "surrogateescape")
-        path_result = self._scan(raw_path, plan, [])
-        if not path_result.findings and b"%" in raw_path:
-            path_result = self._scan(unquote_to_bytes(raw_path), plan, [])
-            path_result.edits.clear()  # found only decoded: nothing to mask in place, the flow blocks or masks below
+        path_result = self._path(req, plan)
         self._record(flow, plan, "request.path", path_result.findings)
-        result = self._body(flow, req, body, plan)
-        self._record(flow, plan, "request.body", result.findings, self._json(req, body))
+        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
+        self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
         found += path_result.findings + result.findings
         decision = actions.decide(plan, found)
         if decision == "review" and ctx.master.addons.get("approvalhold") is None:  # type: ignore[no-untyped-call]
             decision = "block"  # nobody can hold it for review: fail closed
         if decision == "block" or (decision != "allow" and path_result.findings and not path_result.edits):
+            _inspected(flow, "request")
             refuse(
                 flow,
                 LeakBlocked("the request carries secrets or personal data; nothing was forwarded"),
@@ -334,11 +342,46 @@ class LeakGuard:
             )
             return
         if path_result.edits:
-            req.path = path_result.masked(raw_path).decode("utf-8", "surrogateescape")
+            req.path = _masked_text(path_result, req.path)
         if result.edits:
             req.content = result.masked(body)
         if found:
             flow.metadata[meta.DECISION] = "masked"
+        _inspected(flow, "request")
+
+    def _path(self, req: http.Request, plan: actions.Plan) -> ScanResult:
+        """Scan the request target; what is found only once percent-decoded has no edit (nothing to
+        mask in place: the flow blocks, or its path is withheld from the record)."""
+        raw_path = req.path.encode("utf-8", "surrogateescape")
+        result = self._scan(raw_path, plan, [])
+        if not result.findings and b"%" in raw_path:
+            result = self._scan(unquote_to_bytes(raw_path), plan, [])
+            result.edits.clear()
+        return result
+
+    def _inspect_refused(self, flow: http.HTTPFlow) -> None:
+        """A flow an earlier addon refused goes nowhere, but its record must be masked too: its
+        target and body are scanned and masked in place for the recorder. A body that cannot be
+        read stays unmarked, so the recorder keeps it out of the record."""
+        if meta.INSPECTED in flow.metadata:
+            return
+        plan = actions.plan(self._profile(flow), "request")
+        req = flow.request
+        path_result = self._path(req, plan)
+        self._record(flow, plan, "request.path", path_result.findings)
+        if path_result.edits:
+            req.path = _masked_text(path_result, req.path)
+        body = self._decoded(req) if req.raw_content else b""
+        if isinstance(body, str):
+            return
+        text = bodies.text(flow, "request")
+        if text.problem is not None:
+            return
+        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
+        self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
+        if result.edits:
+            req.content = result.masked(body)
+        _inspected(flow, "request")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
@@ -353,9 +396,17 @@ class LeakGuard:
         decode = _decompressor(resp.headers.get("content-encoding", ""), self.max_bytes)
         if decode is None:
             return  # unknown encoding: buffered, and the response hook refuses it
+        if flow.metadata.get(meta.BUFFER_RESPONSE):
+            return  # a later check needs the whole answer (a store's field filter): buffered, bounded
         plan = actions.plan(self._profile(flow), "response")
+        # The headers go out now, before any of the body: they are masked here, not in `response`.
+        if self._headers(flow, resp, "response", plan):
+            flow.metadata.setdefault(meta.DECISION, "masked")
+        # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
+        # parses them: their escapes are decoded, each string whole, held back at most to the limit.
         masker = StreamMasker(
-            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window
+            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window,
+            json_strings=True, max_hold=self.max_bytes,
         )
         resp.headers.pop("content-encoding", None)
         resp.headers.pop("content-length", None)
@@ -404,42 +455,56 @@ class LeakGuard:
             records = self._record(flow, plan, "response.body", stream.masker.findings)
             if records:
                 flow.metadata.setdefault(meta.DECISION, "masked")
+            if stream.complete:
+                _inspected(flow, "response")
             return
         if meta.ERROR in flow.metadata:
             return  # the gateway's own answer
-        too_large = UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit")
-        encoding = resp.headers.get("content-encoding", "")
-        if resp.raw_content and encoding:  # sized before decoding: a bomb costs one piece, not its size
-            try:
-                over = decoded_size_exceeds(resp.raw_content, encoding, self.max_bytes)
-            except ValueError:
-                over = None
-            if over is not False:
-                resp.headers.pop("content-encoding", None)  # nothing after this decodes it
-                invalid = UpstreamResponseInvalid("the upstream response cannot be decoded for inspection")
-                self._replace(flow, too_large if over else invalid)
-                return
-        try:
-            body = resp.get_content(strict=True) or b""
-        except ValueError:
-            self._replace(flow, UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
+        body = self._decoded(resp)
+        if isinstance(body, str):
+            self._replace(flow, _response_unreadable(body))
             return
-        if len(body) > self.max_bytes:
-            self._replace(flow, too_large)
+        text = bodies.text(flow, "response")
+        if text.problem is not None:
+            self._replace(flow, UpstreamResponseNotUtf8("the upstream response is not UTF-8, so it cannot be masked"))
             return
         found = self._headers(flow, resp, "response", plan)
-        result = self._body(flow, resp, body, plan)
-        self._record(flow, plan, "response.body", result.findings, self._json(resp, body))
+        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
+        self._record(flow, plan, "response.body", result.findings, body if text.json_text else None)
         if result.edits:
             resp.content = result.masked(body)
         if found or result.findings:
             flow.metadata.setdefault(meta.DECISION, "masked")
+        _inspected(flow, "response")
 
     @staticmethod
     def _replace(flow: http.HTTPFlow, error: JitgateError) -> None:
         """Answer with an error instead of an upstream response that cannot be inspected."""
         flow.response = None
         refuse(flow, error)
+
+
+def _inspected(flow: http.HTTPFlow, side: str) -> None:
+    """Mark a side whose body is masked as it now stands: the recorder records no other body."""
+    done = flow.metadata.setdefault(meta.INSPECTED, [])
+    if side not in done:
+        done.append(side)
+
+
+def _masked_text(result: ScanResult, text: str) -> str:
+    return result.masked(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+
+
+def _request_unreadable(why: str, limit: int) -> JitgateError:
+    if why == "too_large":
+        return PayloadTooLarge(f"the request body exceeds the inspection limit of {limit} bytes")
+    return BodyNotDecodable("the request body's content encoding cannot be decoded")
+
+
+def _response_unreadable(why: str) -> JitgateError:
+    if why == "too_large":
+        return UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit")
+    return UpstreamResponseInvalid("the upstream response cannot be decoded for inspection")
 
 
 addons = [LeakGuard()]

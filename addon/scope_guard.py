@@ -24,7 +24,9 @@ from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
 from addon.body import NOT_JSON, json_body
+from addon.body import text as body_text
 from addon.respond import refuse
+from jitgate import jsontext
 from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size_exceeds
 from jitgate.dialects import RERANK_DIALECTS, match_route
 from jitgate.errors import (
@@ -290,7 +292,10 @@ class ScopeGuard:
                 return BodyNotDecodable("the request body's content encoding cannot be decoded")
         if limits.max_documents is None:
             return None
-        body = json_body(flow)  # parsed once per flow, shared with approval_hold and the recorder
+        text = body_text(flow)  # read once per flow, shared with leak_guard, approval_hold and the recorder
+        if text.problem is not None:
+            return jsontext.refusal(text.problem)  # as leak_guard would answer it
+        body = text.value
         if body is NOT_JSON:
             return BadRequest("the request body is not JSON, so its documents cannot be counted")
         count = document_count(conn.dialect, operation, body)
@@ -300,15 +305,25 @@ class ScopeGuard:
             return PayloadTooLarge(f"{count} documents are over this token's {limits.max_documents}")
         return None
 
+    def _fields(self, flow: http.HTTPFlow) -> tuple[str, ...] | None:
+        """The fields a store answer is limited to, or None (no limit, or no store)."""
+        claims = meta.claims(flow)
+        conn = meta.connection(flow, self.policy)
+        if claims is None or conn is None or conn.dialect not in _STORE_DIALECTS:
+            return None
+        return claims.scope.fields
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # A limited answer is filtered whole, whatever its framing (chunked, an event stream): it
+        # is buffered (bounded by the inspection limit), never streamed past the filter.
+        if meta.ERROR not in flow.metadata and flow.response is not None and self._fields(flow) is not None:
+            flow.metadata[meta.BUFFER_RESPONSE] = True
+
     def response(self, flow: http.HTTPFlow) -> None:
         if meta.ERROR in flow.metadata or flow.response is None:
             return
-        claims = meta.claims(flow)
-        conn = meta.connection(flow, self.policy)
-        if claims is None or conn is None:
-            return
-        fields = claims.scope.fields
-        if fields is None or conn.dialect not in _STORE_DIALECTS or not 200 <= flow.response.status_code < 300:
+        fields = self._fields(flow)
+        if fields is None or not 200 <= flow.response.status_code < 300:
             return
         if self._response_too_large(flow.response):
             flow.response = None

@@ -90,6 +90,11 @@ def _path_withheld(findings: list[dict[str, Any]]) -> bool:
     return _withheld(findings, "url")
 
 
+def _bare_path(path: str) -> str:
+    """The path without query or fragment (a client may put anything there, a token too)."""
+    return path.split("?", 1)[0].split("#", 1)[0]
+
+
 def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
     value = body.json_body(flow, side)
     return None if value is body.NOT_JSON else value
@@ -130,11 +135,15 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     truncated = False
     request_body: str | None = None
     response_body: str | None = None
-    if not _body_withheld(raw_findings, "request"):
+    # Only a body leak_guard masked as it now stands is recorded (a flow refused before any body
+    # was read, or one that cannot be read as a parser would, keeps its body out of the record).
+    inspected = md.get(meta.INSPECTED) or ()
+    answer_read = "response" in inspected or meta.ERROR in md  # inspected, or the gateway's own answer
+    if "request" in inspected and not _body_withheld(raw_findings, "request"):
         d = digest.digest_body(req_content or None, location="request", limit=body_cap, parsed=req_view)
         request_body, truncated = d.text, d.truncated
         vectors += d.vectors
-    if response is not None and not _body_withheld(raw_findings, "response"):
+    if response is not None and answer_read and not _body_withheld(raw_findings, "response"):
         d = digest.digest_body(
             resp_content or None, location="response", limit=body_cap, visible_fields=visible, parsed=resp_view
         )
@@ -143,7 +152,8 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
 
     query = summary.query
     if query is not None:
-        query = None if _body_withheld(raw_findings, "request") else digest.cap(query, body_cap)[0]
+        withheld = "request" not in inspected or _body_withheld(raw_findings, "request")
+        query = None if withheld else digest.cap(query, body_cap)[0]
 
     error = md.get(meta.ERROR)
     if flow.error is not None and error is None:  # with a response too: it failed after the headers
@@ -170,7 +180,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         client=escape_text(f"{peer[0]}:{peer[1]}") if peer else None,
         method=escape_text(request.method),
         host=escape_text(request.pretty_host),
-        path="[withheld]" if _path_withheld(raw_findings) else escape_text(request.path.split("?", 1)[0]),
+        path="[withheld]" if _path_withheld(raw_findings) else escape_text(_bare_path(request.path)),
         operation=escape_text(_opt_str(operation)),
         collection=escape_text(_opt_str(md.get(meta.COLLECTION))),
         status=response.status_code if response is not None and flow.error is None else 0,  # 0: no whole answer

@@ -28,7 +28,7 @@ from botocore.config import Config
 
 from broker.deps import Services, issuer_url, services
 from broker.observability import logger, metrics
-from broker.routes.common import base_event, bearer, json_body, json_response
+from broker.routes.common import base_event, bearer, json_body, json_response, record_denial
 from jitgate.approval_store import ApprovalStore, Conflict
 from jitgate.approvals import (
     Approval,
@@ -297,15 +297,22 @@ def _decide(approval_id: str, verdict: Verdict) -> Response[str]:
     svc = services()
     asvc = approval_services(svc)
     now = svc.clock()
-    who = _identity(svc, now)
-    if kind_of(approval_id) is None:
-        raise NotFound("no such approval")
-    reason = json_body(router.current_event).get("reason")
-    if not isinstance(reason, str):
-        raise BadRequest("a decision needs a reason: {\"reason\": \"...\"}")
-    _, after = asvc.store.update(
-        approval_id, lambda a: decide(a, who, verdict, reason, now=svc.clock()), now=svc.clock
-    )
+    fields = base_event(router, svc, now, "approval_decided")
+    try:
+        who = _identity(svc, now)
+        fields.update(oidc_issuer=who.issuer, actor=who.subject)
+        if kind_of(approval_id) is None:
+            raise NotFound("no such approval")
+        fields.update(apv=approval_id)
+        reason = json_body(router.current_event).get("reason")
+        if not isinstance(reason, str):
+            raise BadRequest("a decision needs a reason: {\"reason\": \"...\"}")
+        _, after = asvc.store.update(
+            approval_id, lambda a: decide(a, who, verdict, reason, now=svc.clock()), now=svc.clock
+        )
+    except JitgateError as exc:  # a refused vote (a malformed body too) is a denial on record
+        record_denial(svc, fields, exc)
+        raise
     t = svc.clock()
     state = state_at(after, t)
     _event(svc, t, "approval_decided", after, status=200, actor=who.subject,

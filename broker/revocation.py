@@ -1,9 +1,11 @@
 """Token records and revocations in the shared DynamoDB table (jitgate/state.py).
 
 At issuance the broker records who a token belongs to (pk="token", sk=jti), so a later
-DELETE can check that the caller is its subject. A revocation (pk="revocation", sk=jti)
-expires with the token: gateways stop needing it the moment the token would fail anyway.
-Readers filter on `expires_at` themselves, since DynamoDB deletes expired items late.
+DELETE can check that the caller is its subject. A revocation (pk="revocation", sk=jti) is
+kept until no gateway could accept the token any more (its `exp` plus the largest leeway,
+`jitgate.token.revocation_expires_at`), and a token can be revoked until then. Readers filter on
+`expires_at` themselves with `jitgate.token.revocation_live`, since DynamoDB deletes expired
+items late.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from jitgate.errors import NotTokenOwner, Unavailable, UnknownTokenId
 from jitgate.policy import Identity
 from jitgate.state import REVOCATION_PK, TOKEN_PK
-from jitgate.token import Claims
+from jitgate.token import Claims, revocation_expires_at, revocation_live
 
 
 @dataclass(frozen=True)
@@ -61,20 +63,21 @@ class TokenStore:
             ).get("Item")
         except (ClientError, BotoCoreError):
             raise _unavailable() from None
-        if found is None or int(found["expires_at"]["N"]) <= now:
+        # A token a gateway may still accept (within its leeway past exp) can still be revoked.
+        expires_at = int(found["expires_at"]["N"]) if found is not None else 0
+        if found is None or not revocation_live(revocation_expires_at(expires_at), now=now):
             raise UnknownTokenId("no live token has that id")
         sub, oidc_iss = found["sub"]["S"], found["oidc_iss"]["S"]
         owner = identity.subject == sub and identity.issuer == oidc_iss
         if not (owner or admin):
             raise NotTokenOwner("only the token's subject or an admin may revoke it")
-        expires_at = int(found["expires_at"]["N"])
         item = {
             "pk": {"S": REVOCATION_PK},
             "sk": {"S": jti},
             "sub": {"S": sub},
             "revoked_by": {"S": identity.subject},
             "revoked_at": {"N": str(now)},
-            "expires_at": {"N": str(expires_at)},
+            "expires_at": {"N": str(revocation_expires_at(expires_at))},
         }
         try:
             self._ddb.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")

@@ -114,7 +114,7 @@ def is_approver(approval: Approval, who: Identity) -> bool:
     """Named by the policy for this approval, and not the requester."""
     if who.subject == approval.requester:
         return False
-    return who.in_any(approval.approvers.groups, approval.approvers.subjects)
+    return who.is_among(approval.approvers.members)
 
 
 def may_decide(approval: Approval, who: Identity, now: float) -> bool:
@@ -140,7 +140,7 @@ def decide(approval: Approval, who: Identity, verdict: Verdict, reason: str, *, 
         raise ApprovalClosed(f"the approval is already {state}")
     if who.subject == approval.requester:
         raise SelfApproval("the requester cannot decide their own request")
-    if not who.in_any(approval.approvers.groups, approval.approvers.subjects):
+    if not who.is_among(approval.approvers.members):
         raise NotAnApprover("the policy does not name you as an approver of this request")
     if any(v.approver == who.subject for v in approval.votes):
         raise AlreadyVoted("you already voted on this approval")
@@ -255,7 +255,7 @@ class RequestFacts:
 
     operation: str | None
     documents: int | None
-    size: int
+    size: int  # body bytes once decoded (Content-Encoding), as the upstream will read them
     findings: Sequence[Mapping[str, Any]] = ()
 
 
@@ -312,6 +312,6 @@ def hold_summary(
 def hold_approvers(policy: Policy, connection: Connection) -> Approvers:
     """Who decides a data-path hold: the connection's approvers, else the policy's admins (one of them)."""
     own = connection.approval.approvers
-    if own is not None and (own.groups or own.subjects):
+    if own is not None and own.members:
         return own
-    return Approvers(groups=policy.admins.groups, subjects=policy.admins.subjects, count=1)
+    return Approvers(members=policy.admins, count=1)

@@ -1,8 +1,8 @@
 """How big a compressed body is once decoded, found without ever holding it decoded.
 
 A decompression bomb (200 MB of zeros is 200 kB of gzip) costs its decoded size in memory the
-moment anything calls mitmproxy's `get_content()`. `decoded_size_exceeds` decodes a piece at a
-time, keeps nothing and stops as soon as the limit is passed, so checking a bomb costs one piece.
+moment anything calls mitmproxy's `get_content()`. `decoded_size` (and `decoded_size_exceeds`) decode
+a piece at a time, keep nothing and stop as soon as the limit is passed, so checking a bomb costs one piece.
 """
 
 from __future__ import annotations
@@ -21,24 +21,34 @@ def decoded_size_exceeds(raw: bytes, encoding: str, limit: int) -> bool:
 
     Raises ValueError for an encoding it does not know or data that does not decode.
     """
+    return decoded_size(raw, encoding, limit) > limit
+
+
+def decoded_size(raw: bytes, encoding: str, limit: int) -> int:
+    """How long `raw` is once decoded per the Content-Encoding `encoding`, counted a piece at a time.
+
+    Exact up to `limit`; past it counting stops, so an answer above `limit` only says "longer than
+    `limit`" (a bomb costs one piece, never its decoded size). Raises ValueError for an encoding it
+    does not know or data that does not decode.
+    """
     enc = encoding.strip().lower()
     if enc in ("", "identity"):
-        return len(raw) > limit
+        return len(raw)
     if enc in ("gzip", "x-gzip"):
-        return _zlib_exceeds(raw, 31, limit, members=True)
+        return _zlib_size(raw, 31, limit, members=True)
     if enc == "deflate":
         try:
-            return _zlib_exceeds(raw, 15, limit, members=False)
+            return _zlib_size(raw, 15, limit, members=False)
         except ValueError:
-            return _zlib_exceeds(raw, -15, limit, members=False)  # raw deflate, as some clients send it
+            return _zlib_size(raw, -15, limit, members=False)  # raw deflate, as some clients send it
     if enc == "br":
-        return _brotli_exceeds(raw, limit)
+        return _brotli_size(raw, limit)
     if enc == "zstd":
-        return _zstd_exceeds(raw, limit)
+        return _zstd_size(raw, limit)
     raise ValueError(f"unsupported content encoding {enc!r}")
 
 
-def _zlib_exceeds(raw: bytes, wbits: int, limit: int, *, members: bool) -> bool:
+def _zlib_size(raw: bytes, wbits: int, limit: int, *, members: bool) -> int:
     total = 0
     data = raw
     try:
@@ -48,7 +58,7 @@ def _zlib_exceeds(raw: bytes, wbits: int, limit: int, *, members: bool) -> bool:
                 out = d.decompress(data, _PIECE)
                 total += len(out)
                 if total > limit:
-                    return True
+                    return total
                 data = d.unconsumed_tail
                 if not data and len(out) < _PIECE:
                     break
@@ -57,10 +67,10 @@ def _zlib_exceeds(raw: bytes, wbits: int, limit: int, *, members: bool) -> bool:
             data = d.unused_data if members else b""  # gzip may hold several members back to back
     except zlib.error:
         raise ValueError("corrupt compressed body") from None
-    return False
+    return total
 
 
-def _brotli_exceeds(raw: bytes, limit: int) -> bool:
+def _brotli_size(raw: bytes, limit: int) -> int:
     d = brotli.Decompressor()
     total = 0
     try:
@@ -68,7 +78,7 @@ def _brotli_exceeds(raw: bytes, limit: int) -> bool:
         while True:
             total += len(out)
             if total > limit:
-                return True
+                return total
             if d.is_finished() or (d.can_accept_more_data() and not out):
                 break
             out = d.process(b"", output_buffer_limit=_PIECE)
@@ -76,10 +86,10 @@ def _brotli_exceeds(raw: bytes, limit: int) -> bool:
         raise ValueError("corrupt compressed body") from None
     if not d.is_finished():
         raise ValueError("truncated compressed body")
-    return False
+    return total
 
 
-def _zstd_exceeds(raw: bytes, limit: int) -> bool:
+def _zstd_size(raw: bytes, limit: int) -> int:
     import io
 
     import zstandard
@@ -90,10 +100,10 @@ def _zstd_exceeds(raw: bytes, limit: int) -> bool:
             while piece := reader.read(_PIECE):
                 total += len(piece)
                 if total > limit:
-                    return True
+                    return total
     except zstandard.ZstdError:
         raise ValueError("corrupt compressed body") from None
-    return False
+    return total
 
 
 class _Exceeded(Exception):

@@ -333,3 +333,28 @@ class BodyNotDecodable(BadRequest):
     """A body's content encoding cannot be decoded, so it cannot be inspected."""
 
     code = "body_not_decodable"
+
+
+class BodyNotUtf8(BadRequest):
+    """A body is not UTF-8 without a byte order mark (RFC 8259 §8.1): inspection cannot read it as a parser would."""
+
+    code = "body_not_utf8"
+
+
+class BodyInvalidJson(BadRequest):
+    """A body that is or claims to be JSON is no strict JSON (duplicate keys, NaN, an overflowing number, too deep)."""
+
+    code = "body_invalid_json"
+
+
+class UpstreamResponseNotUtf8(UpstreamResponseInvalid):
+    """An upstream answer is not UTF-8 without a byte order mark, so it cannot be masked as a client would read it."""
+
+    code = "upstream_response_not_utf8"
+
+
+class MisdirectedRequest(JitgateError):
+    """The client's TLS server name (SNI) names another host than the tunnel it came through."""
+
+    code = "misdirected_request"
+    status = 421

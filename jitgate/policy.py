@@ -9,7 +9,8 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     field_validator,
     model_validator,
@@ -104,10 +106,66 @@ class RouteSpec(_Model):
     path: str = Field(pattern=r"^/")
 
 
+# The one trusted issuer while a policy that lists exactly one is validated (see Policy._sole_issuer).
+_SOLE_ISSUER: ContextVar[str | None] = ContextVar("jitgate_policy_sole_issuer", default=None)
+_ENTRY_FORM = "a list of entries, each {issuer, sub} or {issuer, group}"
+
+
+class Principal(_Model):
+    """One admin or approver: a subject, or a group, of one issuer.
+
+    Groups and subjects are claims of the issuer that signed them: another trusted issuer can
+    claim any group it likes, so an entry always names its issuer. With exactly one trusted
+    issuer the policy file may leave it out; the loaded entry then names that one.
+    """
+
+    issuer: str | None = Field(default=None, min_length=1)
+    sub: str | None = Field(default=None, min_length=1)
+    group: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_issuer(cls, data: Any) -> Any:
+        sole = _SOLE_ISSUER.get()
+        if sole is not None and isinstance(data, Mapping) and "issuer" not in data:
+            return {**data, "issuer": sole}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> Principal:
+        if (self.sub is None) == (self.group is None):
+            raise ValueError("an admin or approver entry names either sub or group")
+        if self.issuer is None:
+            raise ValueError(
+                "this entry names no issuer: with several trusted issuers, every admin and approver names its issuer"
+            )
+        return self
+
+    def matches(self, identity: Identity) -> bool:
+        if identity.issuer != self.issuer:
+            return False
+        if self.sub is not None:
+            return identity.subject == self.sub
+        return self.group in identity.values("groups")
+
+
+def _no_old_form(value: Any, what: str) -> Any:
+    """Refuse the old `groups:` / `subjects:` lists with a message that says the new form."""
+    if isinstance(value, Mapping) and ({"groups", "subjects"} & set(value)):
+        raise ValueError(f"{what} {_ENTRY_FORM}; groups/subjects lists name no issuer")
+    return value
+
+
 class Approvers(_Model):
-    groups: tuple[str, ...] = ()
-    subjects: tuple[str, ...] = ()
+    """Who decides: any `count` distinct identities among `members`."""
+
+    members: tuple[Principal, ...] = ()
     count: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _form(cls, data: Any) -> Any:
+        return _no_old_form(data, "approvers name `members`:")
 
 
 class ApprovalRules(_Model):
@@ -173,8 +231,8 @@ class GrantApproval(_Model):
 
     @model_validator(mode="after")
     def _needs_approvers(self) -> GrantApproval:
-        if self.required and not (self.approvers.groups or self.approvers.subjects):
-            raise ValueError("approval.required needs approvers (groups or subjects)")
+        if self.required and not self.approvers.members:
+            raise ValueError("approval.required needs approvers (members)")
         return self
 
 
@@ -223,18 +281,33 @@ class MaskProfile(_Model):
     pii_types: tuple[str, ...] = ("email", "phone", "card", "iban", "ssn", "ip")
 
 
-class Admins(_Model):
-    groups: tuple[str, ...] = ()
-    subjects: tuple[str, ...] = ()
-
-
 class Policy(_Model):
     version: Literal[1] = 1
     issuers: tuple[Issuer, ...] = Field(min_length=1)
-    admins: Admins = Admins()
+    # Who may revoke any token and, where a connection names no approvers, decide its holds.
+    admins: tuple[Principal, ...] = ()
     profiles: Mapping[str, MaskProfile] = Field(default_factory=lambda: {"default": MaskProfile()})
     connections: Mapping[str, Connection]
     grants: tuple[Grant, ...] = ()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sole_issuer(cls, data: Any, handler: ModelWrapValidatorHandler[Policy]) -> Policy:
+        """With exactly one trusted issuer, an admin or approver entry without `issuer` means it."""
+        issuers = data.get("issuers") if isinstance(data, Mapping) else None
+        sole = None
+        if isinstance(issuers, list | tuple) and len(issuers) == 1 and isinstance(issuers[0], Mapping):
+            sole = issuers[0].get("issuer") if isinstance(issuers[0].get("issuer"), str) else None
+        reset = _SOLE_ISSUER.set(sole)
+        try:
+            return handler(data)
+        finally:
+            _SOLE_ISSUER.reset(reset)
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _admins_form(cls, v: Any) -> Any:
+        return _no_old_form(v, "admins are")
 
     @field_validator("connections", mode="before")
     @classmethod
@@ -247,6 +320,10 @@ class Policy(_Model):
     def _references(self) -> Policy:
         profiles = set(self.profiles) | {"default"}
         issuers = {i.issuer for i in self.issuers}
+        for where, entries in self._principals():
+            for entry in entries:
+                if entry.issuer not in issuers:
+                    raise ValueError(f"{where}: issuer {entry.issuer!r} is not in issuers")
         for name, conn in self.connections.items():
             if conn.mask not in profiles:
                 raise ValueError(f"connection {name!r}: unknown mask profile {conn.mask!r}")
@@ -277,6 +354,14 @@ class Policy(_Model):
             if grant.default_ttl is not None and grant.default_ttl > grant.max_ttl:
                 raise ValueError(f"grant {grant.name!r}: default_ttl exceeds max_ttl")
         return self
+
+    def _principals(self) -> Iterator[tuple[str, tuple[Principal, ...]]]:
+        yield "admins", self.admins
+        for name, conn in self.connections.items():
+            if conn.approval.approvers is not None:
+                yield f"connection {name!r} approvers", conn.approval.approvers.members
+        for grant in self.grants:
+            yield f"grant {grant.name!r} approvers", grant.approval.approvers.members
 
     def profile(self, name: str) -> MaskProfile:
         return self.profiles.get(name) or MaskProfile()
@@ -392,8 +477,9 @@ class Identity:
             return [str(x) for x in v if isinstance(x, str | int)]
         return []
 
-    def in_any(self, groups: Sequence[str], subjects: Sequence[str]) -> bool:
-        return self.subject in subjects or bool(set(self.values("groups")) & set(groups))
+    def is_among(self, principals: Sequence[Principal]) -> bool:
+        """Named by one of `principals`: its subject or one of its groups, of its own issuer."""
+        return any(p.matches(self) for p in principals)
 
 
 @dataclass(frozen=True)
@@ -469,4 +555,4 @@ def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -
 
 
 def is_admin(policy: Policy, identity: Identity) -> bool:
-    return identity.in_any(policy.admins.groups, policy.admins.subjects)
+    return identity.is_among(policy.admins)

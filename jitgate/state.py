@@ -7,7 +7,13 @@ on `expires_at` itself.
 
 from __future__ import annotations
 
-REVOCATION_PK = "revocation"  # sk = jti; attrs: sub, revoked_by, revoked_at, expires_at
+from collections.abc import Mapping
+from typing import Any
+
+from jitgate.token import revocation_live
+
+# sk = jti; attrs: sub, revoked_by, revoked_at, expires_at (the token's exp plus the largest leeway)
+REVOCATION_PK = "revocation"
 APPROVAL_PK = "approval"  # sk = approval id; attrs: state, requester, decisions, expires_at, ...
 HOLD_PK = "hold"  # sk = hold id (data-path approvals held by a gateway)
 
@@ -20,3 +26,16 @@ def usage_pk(jti: str) -> str:
 USAGE_SK = "count"
 
 TOKEN_PK = "token"  # sk = jti; attrs: sub, oidc_iss, conn, issued_at, expires_at (who may revoke it)
+
+
+def revocation_item_live(item: Mapping[str, Any], *, now: float) -> bool:
+    """Whether a revocation item read from the table is still in force at `now`.
+
+    An item whose `expires_at` cannot be read counts as in force: refusing a token too long fails
+    closed, dropping a revocation early does not.
+    """
+    try:
+        expires_at = float(item["expires_at"]["N"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return revocation_live(expires_at, now=now)

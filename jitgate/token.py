@@ -23,7 +23,11 @@ from jitgate.errors import InvalidToken, TokenExpired, TokenNotYetValid, Unknown
 
 ALGORITHM = "ES256"
 AUDIENCE = "jitgate"
+# Seconds a gateway accepts a token past its `exp` (and before its `nbf`), for clock skew. No
+# verifier may use more than MAX_LEEWAY: a revocation is kept until exp + MAX_LEEWAY, and a token
+# accepted any later than that could no longer be refused as revoked.
 DEFAULT_LEEWAY = 30
+MAX_LEEWAY = DEFAULT_LEEWAY
 MAX_TOKEN_BYTES = 16 * 1024
 _P256_COORD_BYTES = 32
 
@@ -80,6 +84,8 @@ def check_claims(
     leeway: int = DEFAULT_LEEWAY,
 ) -> Claims:
     """Validate a decoded claims mapping against the contract and `now`."""
+    if not 0 <= leeway <= MAX_LEEWAY:
+        raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY} seconds")
     try:
         claims = Claims.model_validate(raw)
     except ValidationError:
@@ -95,6 +101,24 @@ def check_claims(
     if now + leeway < claims.nbf:
         raise TokenNotYetValid("token is not valid yet")
     return claims
+
+
+def revocation_expires_at(exp: int) -> int:
+    """When a revocation of the token expiring at `exp` may go: from then on no gateway accepts it.
+
+    The broker writes it as the revocation's `expires_at`, and accepts a revoke while the token
+    could still be accepted anywhere (`revocation_live(revocation_expires_at(exp), now=now)`).
+    """
+    return exp + MAX_LEEWAY
+
+
+def revocation_live(expires_at: float, *, now: float) -> bool:
+    """Whether a revocation that expires at `expires_at` must still be enforced at `now`.
+
+    Every reader of revocation items filters with this (DynamoDB's TTL deletes late), and the
+    broker's revoke uses it for its acceptance window: one rule for both sides.
+    """
+    return now < expires_at
 
 
 class KeySet:

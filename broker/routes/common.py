@@ -36,12 +36,15 @@ def bearer(event: APIGatewayProxyEventV2) -> str:
 
 
 def json_body(event: APIGatewayProxyEventV2) -> dict[str, Any]:
+    """The body as a JSON object; BadRequest for anything else, so the route records the denial."""
     try:
         raw = event.decoded_body or ""
         if len(raw) > MAX_BODY_BYTES:
             raise BadRequest("request body is too large")
         body = json.loads(raw)
-    except ValueError:  # bad base64, bad UTF-8 and bad JSON alike
+    # Bad base64, bad UTF-8 and bad JSON alike; nesting deeper than the parser's recursion limit
+    # (3,000 levels fit in 16 kB) raises RecursionError, which is no ValueError.
+    except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")

@@ -14,7 +14,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from broker import approvals
 from broker.deps import Services, issuer_url, services
@@ -38,7 +38,8 @@ class MintRequest(BaseModel):
 
     connection: str = Field(min_length=1, max_length=128)
     operations: tuple[str, ...] | None = Field(default=None, max_length=64)
-    ttl: int | str | None = None
+    # Strict: JSON true would otherwise be read as 1 second. Booleans are not durations.
+    ttl: StrictInt | StrictStr | None = None
     job: str | None = Field(default=None, min_length=1, max_length=128)
     purpose: str | None = Field(default=None, min_length=1, max_length=512)
 

@@ -33,6 +33,11 @@ def secret_id(connection: str) -> str:
     return f"jitgate/test/{connection}"
 
 
+def approvers(issuer: str, group: str, *, count: int = 1) -> dict[str, object]:
+    """An `approvers` block: any `count` members of `issuer`'s `group`."""
+    return {"count": count, "members": [{"issuer": issuer, "group": group}]}
+
+
 def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> dict[str, object]:
     ups = {**DEFAULT_UPSTREAMS, **(upstreams or {})}
     connections: dict[str, object] = {}
@@ -55,7 +60,7 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
     return {
         "version": 1,
         "issuers": [{"issuer": issuer, "audience": "jitgate"}],
-        "admins": {"groups": [ADMIN_GROUP]},
+        "admins": [{"issuer": issuer, "group": ADMIN_GROUP}],
         "profiles": {
             "default": {"request_secrets": "block", "request_pii": "mask"},
             "strict": {"request_secrets": "block", "request_pii": "block"},
@@ -88,7 +93,7 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
                 "operations": ["query", "get", "add", "upsert", "delete"],
                 "collections": ["candidates"],
                 "max_ttl": "1h",
-                "approval": {"required": True, "approvers": {"groups": [APPROVER_GROUP]}, "timeout": "1h"},
+                "approval": {"required": True, "approvers": approvers(issuer, APPROVER_GROUP), "timeout": "1h"},
             },
         ],
     }

@@ -1,9 +1,10 @@
 """An HTTPS rerank upstream and a small Chroma-style store on loopback, for tests and benchmarks.
 
 It answers the shapes real clients expect (Cohere v1 and v2, Jina, Voyage, TEI, Chroma v1/v2
-collections) with real lexical BM25 scores, checks an API key, and records what it received so
-tests can assert that the real key arrived and the JIT token did not. TLS comes from a private
-CA (trustme); TCP_NODELAY is set so small responses are not delayed by Nagle.
+collections) with real lexical BM25 scores, checks an API key, and records what it received (and
+each TLS handshake's server name) so tests can assert that the real key arrived and the JIT token
+did not. TLS comes from a private CA (trustme); TCP_NODELAY is set so small responses are not
+delayed by Nagle.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class Upstream:
         self.record = record
         self.received: collections.deque[Received] = collections.deque(maxlen=max_records)
         self.connections = 0  # TCP connections accepted: a test can tell that nothing was relayed at all
+        # The TLS server name (SNI) of each handshake, None when the client sent none: a test can
+        # tell which name a front routing by SNI would have picked the backend by.
+        self.server_names: collections.deque[str | None] = collections.deque(maxlen=max_records)
         self.collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -114,6 +118,7 @@ class Upstream:
         cert = self.ca.issue_cert("127.0.0.1", "localhost")
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(ctx)
+        ctx.sni_callback = self._saw_server_name
         upstream = self
 
         class _Handler(_RequestHandler):
@@ -147,6 +152,10 @@ class Upstream:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    def _saw_server_name(self, _sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        with self._lock:
+            self.server_names.append(name)
 
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem.bytes()

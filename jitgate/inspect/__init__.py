@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.rules import PII_TYPES, SECRET_TYPES
-from jitgate.inspect.scanner import Scanner, ScanResult, is_json
+from jitgate.inspect.scanner import Scanner, ScanResult
 from jitgate.inspect.stream import StreamMasker
 
-__all__ = ["PII_TYPES", "SECRET_TYPES", "Finding", "ScanResult", "Scanner", "StreamMasker", "is_json"]
+__all__ = ["PII_TYPES", "SECRET_TYPES", "Finding", "ScanResult", "Scanner", "StreamMasker"]

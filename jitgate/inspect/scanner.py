@@ -204,13 +204,16 @@ class Scanner:
         literals: Sequence[bytes] = (),
         json_strings: bool = False,
         decode: bool = True,
+        requote: bool = True,
     ) -> ScanResult:
-        """Findings and masking edits for `buf`; `json_strings` when `buf` is JSON text."""
+        """Findings and masking edits for `buf`; `json_strings` when `buf` is JSON text (or holds
+        JSON strings: `requote=False` for text that is not JSON as a whole, such as an event stream,
+        where a match outside every string is masked as it stands)."""
         findings = self._resolve(buf, self._candidates(buf, pii, literals), "raw")
         result = ScanResult(findings, [Edit(f.start, f.end, masking.marker(f), f.anchor) for f in findings])
         if decode:
             self._decoded(buf, result, pii, literals, json_strings)
-        if json_strings and result.edits:
+        if json_strings and requote and result.edits:
             result.edits = _quote_bare_edits(buf, result.edits)
         return result
 
@@ -506,9 +509,15 @@ def _escaped(buf: bytes, pos: int) -> bool:
     return n % 2 == 1
 
 
-def is_json(content_type: str, body: bytes) -> bool:
-    """Whether to treat a body as JSON text (its strings may hide values behind escapes)."""
-    if "json" in content_type.lower():
-        return True
-    head = body[:64].lstrip()
-    return head[:1] in (b"{", b"[")
+def open_string_start(buf: bytes, cut: int, floor: int = 0) -> int | None:
+    """The opening quote of the JSON string `cut` may fall in, or None: the last unescaped quote
+    on `cut`'s line (a JSON string holds no raw line break), not before `floor`. A stream is not
+    cut inside a string: its escapes can be decoded only once it is whole. The quote found may
+    close a string instead; holding back from it then only costs a little more waiting."""
+    line = buf.rfind(b"\n", floor, cut) + 1 or floor
+    q = buf.rfind(b'"', line, cut)
+    while q > line and _escaped(buf, q):
+        q = buf.rfind(b'"', line, q)
+    if q < max(line, floor) or _escaped(buf, q):
+        return None
+    return q

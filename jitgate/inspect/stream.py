@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.rules import RULES
-from jitgate.inspect.scanner import Edit, Scanner
+from jitgate.inspect.scanner import Edit, Scanner, open_string_start
 
 # Longer than the longest match any rule can make (a PEM block), rounded up to 1 KiB.
 DEFAULT_WINDOW = (max(r.max_len for r in RULES) // 1024 + 1) * 1024
@@ -20,8 +20,18 @@ DEFAULT_WINDOW = (max(r.max_len for r in RULES) // 1024 + 1) * 1024
 LEFT_CONTEXT = 64
 
 
+class HoldLimitExceeded(ValueError):
+    """A JSON string with an escape stayed open past `max_hold` bytes: it cannot be inspected whole."""
+
+
 class StreamMasker:
-    """Feed chunks, get masked bytes back; `close()` flushes the held-back tail."""
+    """Feed chunks, get masked bytes back; `close()` flushes the held-back tail.
+
+    With `json_strings`, `\\u` escapes in JSON strings are decoded and scanned too (an event stream's
+    JSON events, a chunked JSON answer). A string is decoded only once it is whole, so the cut
+    never falls inside one: it is held back until it closes, at most `max_hold` bytes (then
+    `HoldLimitExceeded`). `requote` as for `Scanner.scan` (True for JSON text).
+    """
 
     def __init__(
         self,
@@ -30,9 +40,15 @@ class StreamMasker:
         pii: Collection[str] = (),
         literals: Sequence[bytes] = (),
         window: int = DEFAULT_WINDOW,
+        json_strings: bool = False,
+        requote: bool = False,
+        max_hold: int = 16 * 1024 * 1024,
     ) -> None:
         if window < 256:
             raise ValueError("the overlap window must be at least 256 bytes")
+        self._json = json_strings
+        self._requote = requote
+        self._max_hold = max_hold
         self._scanner = scanner
         self._pii = pii
         self._literals = literals
@@ -53,11 +69,19 @@ class StreamMasker:
 
     def close(self) -> bytes:
         buf, self._carry = self._carry, b""
-        return self._emit(buf, len(buf)) if buf else b""
+        return self._emit(buf, len(buf), final=True) if buf else b""
 
-    def _emit(self, buf: bytes, cut: int) -> bytes:
+    def _emit(self, buf: bytes, cut: int, *, final: bool = False) -> bytes:
         ctx = len(self._left)
-        result = self._scanner.scan(self._left + buf, pii=self._pii, literals=self._literals)
+        if self._json and not final:
+            start = open_string_start(self._left + buf, ctx + cut, ctx)
+            if start is not None:
+                if len(buf) - (start - ctx) > self._max_hold:
+                    raise HoldLimitExceeded("a JSON string is longer than the stream may hold")
+                cut = start - ctx
+        result = self._scanner.scan(
+            self._left + buf, pii=self._pii, literals=self._literals, json_strings=self._json, requote=self._requote
+        )
         # Back to `buf` coordinates; what starts in the left context was decided last time.
         edits = sorted((_shift(e, -ctx) for e in result.edits if e.start >= ctx), key=lambda e: e.start)
         findings = [_shift(f, -ctx) for f in result.findings if f.start >= ctx]

@@ -1,30 +1,35 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
+import brotli
 import pytest
+import zstandard
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.approval_hold import HOLD, ApprovalHold
+from addon.approval_hold import HOLD, ApprovalHold, request_facts
 from jitgate.approval_store import ApprovalStore
-from jitgate.approvals import decide, state_at
+from jitgate.approvals import decide, risk_reasons, state_at
 from jitgate.errors import ApprovalExpired, SelfApproval
 from jitgate.policy import Identity, parse_policy
 from jitgate.state import HOLD_PK, REVOCATION_PK
 from jitgate.token import Claims, new_jti
 from tests.addon.jit_fixtures import TABLE, anyio_backend_fixture, aws_fixture  # noqa: F401 (fixtures)
+from tests.bombs import MB, bomb, traced_peak
 
 pytestmark = pytest.mark.anyio
 
 POLICY = """
 version: 1
 issuers: [{issuer: https://oidc.test, audience: jitgate}]
-admins: {groups: [platform-security]}
+admins: [{group: platform-security}]
 connections:
   rerank:
     dialect: cohere
@@ -37,7 +42,7 @@ connections:
     credential: {secret_id: jitgate/store, header: X-Chroma-Token, format: "{secret}"}
     approval:
       operations: [delete, drop_collection]
-      approvers: {groups: [search-leads]}
+      approvers: {members: [{group: search-leads}]}
 """
 REQUESTER = "system:serviceaccount:ranking:janitor"
 LEAD = Identity("https://oidc.test", "alice", {"groups": ["search-leads"]})
@@ -125,6 +130,64 @@ async def test_risky_requests_are_held_others_pass(
         addon.done()
 
 
+def _encoded(body: bytes, encoding: str) -> bytes:
+    if encoding == "identity":
+        return body
+    return {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
+            "zstd": zstandard.ZstdCompressor().compress}[encoding](body)
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", "br", "zstd"])
+@pytest.mark.parametrize(("text", "held"), [("x" * 3700, False), ("x" * 5000, True), ("x" * 300_000, True)])
+async def test_max_bytes_is_judged_on_the_decoded_body(
+    aws: dict[str, Any], policy_file: Path, encoding: str, text: str, held: bool
+) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        f = _rerank(1)
+        plain = json.dumps({"query": "q", "documents": [text]}).encode()
+        f.request.headers["content-encoding"] = encoding
+        f.request.raw_content = _encoded(plain, encoding)
+        if encoding != "identity":
+            assert len(f.request.raw_content) < 4000  # the wire size alone would pass max_bytes: 4000
+        await addon.request(f)
+        assert f.intercepted is held and f.response is None
+        if held:
+            summary = json.loads(_item(aws, f.metadata[HOLD])["doc"]["S"])["summary"]
+            assert summary["bytes"] == len(plain) and summary["reasons"] == [f"bytes:{len(plain)}>4000"]
+        addon.done()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_a_bomb_is_sized_without_being_decoded(encoding: str) -> None:
+    f = _rerank(1)
+    f.request.headers["content-encoding"] = encoding
+    f.request.raw_content = bomb(encoding, 300 * MB)
+    conn = parse_policy(POLICY).connections["rerank"]
+    facts, peak = traced_peak(lambda: request_facts(f, conn, "rerank"))
+    assert facts.size > 16 * MB  # counted only until past the bound: "more than", never the whole 300 MB
+    assert risk_reasons(conn.approval, facts) == (f"bytes:{facts.size}>4000",)
+    assert peak < 4 * MB  # pieces only
+
+
+@pytest.mark.parametrize(("encoding", "raw"), [("gzip", b"not gzip"), ("gzip, br", b"x"), ("compress", b"x")])
+async def test_a_body_that_does_not_decode_is_refused_not_held(
+    aws: dict[str, Any], policy_file: Path, encoding: str, raw: bytes
+) -> None:
+    addon = ApprovalHold(dynamodb=aws["dynamodb"])
+    with taddons.context(addon) as tctx:
+        _hold(aws, tctx, policy_file, addon=addon)
+        f = _rerank(1)
+        f.request.headers["content-encoding"] = encoding
+        f.request.raw_content = raw
+        await addon.request(f)
+        assert not f.intercepted and HOLD not in f.metadata
+        assert f.response.status_code == 400 and f.response.json()["code"] == "body_not_decodable"
+        assert "content-encoding" not in f.request.headers
+        addon.done()
+
+
 @pytest.mark.parametrize("action", ["review", "mask", "block"])
 async def test_findings_with_review_action_are_held(aws: dict[str, Any], policy_file: Path, action: str) -> None:
     addon = ApprovalHold(dynamodb=aws["dynamodb"])
@@ -153,7 +216,8 @@ async def test_hold_item_has_masked_summary(aws: dict[str, Any], policy_file: Pa
     assert summary["bytes"] == len(f.request.raw_content) and summary["path"] == "/v2/rerank"
     assert summary["reasons"] == ["documents:5>3"]
     assert "should-not-leak" not in item["doc"]["S"] and '"d"' not in item["doc"]["S"]
-    assert doc["approvers"]["groups"] == ["platform-security"]  # no connection approvers: the admins
+    # No connection approvers: the admins, of the policy's one issuer.
+    assert doc["approvers"]["members"] == [{"issuer": "https://oidc.test", "sub": None, "group": "platform-security"}]
     assert doc["expires_at"] - doc["created_at"] == 30.0
     assert item["state"]["S"] == "pending"
 
@@ -412,7 +476,7 @@ async def test_new_holds_are_published_without_the_token_or_body(aws: dict[str, 
 REVIEW_POLICY = """
 version: 1
 issuers: [{issuer: https://oidc.test, audience: jitgate}]
-admins: {groups: [platform-security]}
+admins: [{group: platform-security}]
 profiles:
   default: {}
   reviewed: {request_pii: review}

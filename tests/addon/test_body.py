@@ -10,6 +10,7 @@ import pytest
 from mitmproxy.test import tflow
 
 from addon import body
+from jitgate import jsontext
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def loads_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         calls.append(data)
         return real(data, **kw)
 
-    monkeypatch.setattr(body.json, "loads", counting)
+    monkeypatch.setattr(jsontext.json, "loads", counting)
     return calls
 
 

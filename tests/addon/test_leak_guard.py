@@ -258,11 +258,26 @@ def test_oversize_or_undecodable_response_is_refused(guard: LeakGuard) -> None:
     assert f.response.status_code == 502
 
 
-def test_refused_flows_are_left_alone(guard: LeakGuard) -> None:
-    f = _flow(_rerank(_token(6)))
+def test_refused_flows_are_masked_for_their_record_only(guard: LeakGuard) -> None:
+    """A flow an earlier addon refused goes nowhere; its body and target are masked for the record,
+    and nothing about its answer changes."""
+    token = _token(6)
+    f = _flow(_rerank(token))
+    f.request.path = "/v2/rerank#q=" + token
     f.metadata[meta.ERROR] = "invalid_token"
     guard.request(f)
-    assert f.response is None and meta.FINDINGS not in f.metadata
+    assert f.response is None and f.metadata[meta.ERROR] == "invalid_token"
+    assert token.encode() not in (f.request.content or b"") and token not in f.request.path
+    assert f.metadata[meta.INSPECTED] == ["request"]
+    assert {r["where"] for r in f.metadata[meta.FINDINGS]} == {"request.body", "request.path"}
+
+
+def test_refused_flow_with_an_unreadable_body_is_not_marked_inspected(guard: LeakGuard) -> None:
+    f = _flow(_rerank(_token(6)))
+    f.request.content = json.dumps({"query": "x"}).encode("utf-16")
+    f.metadata[meta.ERROR] = "invalid_token"
+    guard.request(f)
+    assert meta.INSPECTED not in f.metadata
 
 
 def test_buffered_response_without_length_is_not_streamed(guard: LeakGuard) -> None:

@@ -16,7 +16,7 @@ class PagedTable:
     def query(self, **kw: Any) -> dict[str, Any]:
         self.asked.append(kw)
         i = len(self.asked) - 1
-        page: dict[str, Any] = {"Items": [{"sk": {"S": jti}} for jti in self.pages[i]]}
+        page: dict[str, Any] = {"Items": [{"sk": {"S": jti}, "expires_at": {"N": "2000"}} for jti in self.pages[i]]}
         if i + 1 < len(self.pages):
             page["LastEvaluatedKey"] = {"pk": {"S": "revocation"}, "sk": {"S": self.pages[i][-1]}}
         return page
@@ -24,17 +24,34 @@ class PagedTable:
 
 class OnePage:
     def query(self, **kw: Any) -> dict[str, Any]:
-        return {"Items": [{"sk": {"S": "y"}}]}
+        return {"Items": [{"sk": {"S": "y"}, "expires_at": {"N": str(2**62)}}]}
 
 
-def test_fetch_follows_pages_and_filters_on_expiry() -> None:
+def test_fetch_follows_pages() -> None:
     table = PagedTable([["a", "b"], ["c"], []])
     assert fetch_revocations(table, "t", now=1234.9) == frozenset({"a", "b", "c"})
     assert len(table.asked) == 3
     first = table.asked[0]
-    assert first["ExpressionAttributeValues"][":now"] == {"N": "1234"}
-    assert first["FilterExpression"] == "expires_at > :now" and "ExclusiveStartKey" not in first
+    assert first["ProjectionExpression"] == "sk, expires_at" and "ExclusiveStartKey" not in first
     assert table.asked[1]["ExclusiveStartKey"]["sk"] == {"S": "b"}
+
+
+class Items:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def query(self, **kw: Any) -> dict[str, Any]:
+        return {"Items": self.items}
+
+
+def test_fetch_keeps_what_is_in_force_and_an_unreadable_expiry() -> None:
+    table = Items([
+        {"sk": {"S": "live"}, "expires_at": {"N": "1001"}},
+        {"sk": {"S": "gone"}, "expires_at": {"N": "1000"}},
+        {"sk": {"S": "no-expiry"}},
+        {"sk": {"S": "bad-expiry"}, "expires_at": {"N": "soon"}},
+    ])
+    assert fetch_revocations(table, "t", now=1000.0) == frozenset({"live", "no-expiry", "bad-expiry"})
 
 
 def test_freshness_follows_the_last_good_pull() -> None:

@@ -74,6 +74,7 @@ def _rerank_flow(claims: Claims, credential: str, docs: list[str]) -> Any:
     f.metadata[meta.OPERATION] = "rerank"
     f.metadata[meta.DECISION] = "allowed"
     f.metadata[meta.INJECTED] = True
+    f.metadata[meta.INSPECTED] = ["request", "response"]  # as leak_guard leaves it
     return f
 
 
@@ -171,6 +172,7 @@ async def test_store_answer_keeps_only_visible_fields_and_no_vectors(tmp_path: P
         flow.metadata[meta.CLAIMS] = _claims(fields=("ids", "documents", "distances"))
         flow.metadata[meta.OPERATION] = "query"
         flow.metadata[meta.COLLECTION] = "candidates"
+        flow.metadata[meta.INSPECTED] = ["request", "response"]
         rec.request(flow)
         assert rec.spool is not None and flow.metadata["jitgate.recorder.reserved"] > 0
         flow.response = tflow.tresp()
@@ -429,3 +431,38 @@ async def test_after_a_failed_write_flows_are_refused_until_a_write_succeeds(
         assert third.response is None
         rec.done()
     assert _records(tmp_path) == []
+
+
+@pytest.mark.parametrize("inspected", [[], ["request"], ["response"]])
+async def test_bodies_leak_guard_did_not_mask_are_not_recorded(tmp_path: Path, inspected: list[str]) -> None:
+    """A body is recorded only once leak_guard masked it as it stands (a flow refused before its body
+    was read, a body no parser reads as UTF-8): the record never holds what nobody inspected."""
+    key = "AKIA" + "".join(random.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "x", [key])
+        flow.request.content = json.dumps({"query": key, "documents": [key]}).encode()
+        flow.metadata[meta.INSPECTED] = inspected
+        rec.request(flow)
+        _answer(flow)
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert (key in json.dumps(r)) == ("request" in inspected)  # marked inspected: taken as masked
+    assert (r["request_body"] is not None, r["rerank_query"] is not None) == (("request" in inspected),) * 2
+    assert (r["response_body"] is not None) == ("response" in inspected)
+
+
+async def test_fragment_is_not_recorded(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "x", ["d"])
+        flow.request.path = "/v2/rerank#access_token=eyJhbGciOiJFUzI1NiJ9.e30.c2ln"
+        rec.request(flow)
+        _answer(flow)
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert r["path"] == "/v2/rerank"

@@ -135,6 +135,31 @@ def load_event(name: str, *, token: str | None = None, jti: str | None = None, b
     return event
 
 
+def api_event(method: str, path: str, token: str | None, body: Any = None) -> dict[str, Any]:
+    """A v2 event for any route (`/v1/approvals/{id}/...` gets its path parameter); a `str` body is
+    sent as it is, anything else as JSON."""
+    event: dict[str, Any] = json.loads((EVENTS / "revoke.json").read_text())
+    route = path
+    params: dict[str, str] = {}
+    parts = path.strip("/").split("/")
+    if len(parts) >= 3 and parts[1] == "approvals":
+        params["approval_id"] = parts[2]
+        route = "/v1/approvals/{approval_id}" + ("/" + parts[3] if len(parts) > 3 else "")
+    elif len(parts) == 3 and parts[1] == "tokens":
+        params["jti"] = parts[2]
+        route = "/v1/tokens/{jti}"
+    event["routeKey"] = event["requestContext"]["routeKey"] = f"{method} {route}"
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["requestContext"]["http"]["method"] = method
+    event["pathParameters"] = params or None
+    if token is None:
+        event["headers"].pop("authorization")
+    else:
+        event["headers"]["authorization"] = f"Bearer {token}"
+    event["body"] = None if body is None else body if isinstance(body, str) else json.dumps(body)
+    return event
+
+
 def b64_body(event: dict[str, Any]) -> dict[str, Any]:
     event = copy.deepcopy(event)
     event["body"] = base64.b64encode(event["body"].encode()).decode()

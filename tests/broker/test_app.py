@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
+from addon.approval_hold import revoked_among
 from broker import deps
 from broker.app import handler
 from jitgate.devstack.aws import Stack
@@ -16,7 +17,7 @@ from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import ADMIN_GROUP, CI_CLAIMS, MAINTAINER_SUB, READER_SUB
 from jitgate.events import TokenEvent
 from jitgate.state import REVOCATION_PK, TOKEN_PK
-from jitgate.token import KeySet, verify_token
+from jitgate.token import MAX_LEEWAY, KeySet, verify_token
 from tests.broker.conftest import BROKER_URL, Clock, FakeLambdaContext, Invoke, b64_body, load_event
 
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
@@ -223,7 +224,7 @@ def _item(stack: Stack, pk: str, jti: str) -> dict[str, Any] | None:
     return item
 
 
-def test_subject_revokes_idempotently_and_the_item_expires_with_the_token(
+def test_subject_revokes_idempotently_and_the_item_outlives_the_leeway(
     invoke: Invoke, issuer: OidcIssuer, stack: Stack, clock: Clock
 ) -> None:
     minted = _mint(invoke, _ci(issuer, clock))
@@ -235,7 +236,8 @@ def test_subject_revokes_idempotently_and_the_item_expires_with_the_token(
     status, again, _ = invoke(load_event("revoke", token=_ci(issuer, clock), jti=minted["jti"]))
     assert (status, again["already_revoked"], again["revoked_at"]) == (200, True, first["revoked_at"])
     item = _item(stack, REVOCATION_PK, minted["jti"])
-    assert item is not None and int(item["expires_at"]["N"]) == minted["expires_at"]
+    # Kept until no gateway accepts the token any more: exp plus the largest leeway.
+    assert item is not None and int(item["expires_at"]["N"]) == minted["expires_at"] + MAX_LEEWAY
     kinds = [e.event_type for e in _events(stack)]
     assert sorted(kinds) == ["issued", "revoked", "revoked"]
 
@@ -265,9 +267,31 @@ def test_revoke_unknown_or_malformed(
     assert (got, body["code"]) == (status, code)
 
 
-def test_revoking_an_expired_token_is_unknown(invoke: Invoke, issuer: OidcIssuer, clock: Clock) -> None:
+@pytest.mark.parametrize("past_exp", [0, 1, MAX_LEEWAY - 1])
+def test_a_token_past_exp_but_inside_the_leeway_can_be_revoked_and_stays_revoked(
+    invoke: Invoke, issuer: OidcIssuer, stack: Stack, clock: Clock, past_exp: int
+) -> None:
+    """A gateway still accepts the token until exp + leeway, so a revoke then must count (issue 17)."""
+    from addon.revocations import fetch_revocations  # the gateway's reader of the same items
+
+    ddb = boto3.client("dynamodb", region_name=stack.region)
     minted = _mint(invoke, _ci(issuer, clock))
-    clock.now = minted["expires_at"] + 1
+    clock.now = minted["expires_at"] + past_exp
+    status, body, _ = invoke(load_event("revoke", token=_ci(issuer, clock), jti=minted["jti"]))
+    assert (status, body["already_revoked"], body["expires_at"]) == (200, False, minted["expires_at"])
+    for moment in (clock.now, minted["expires_at"] + MAX_LEEWAY - 0.5):
+        assert minted["jti"] in fetch_revocations(ddb, stack.table, now=moment)
+        assert revoked_among(ddb, stack.table, {minted["jti"]}, now=moment) == {minted["jti"]}
+    gone = minted["expires_at"] + MAX_LEEWAY
+    assert minted["jti"] not in fetch_revocations(ddb, stack.table, now=gone)
+    assert revoked_among(ddb, stack.table, {minted["jti"]}, now=gone) == set()
+
+
+def test_revoking_a_token_no_gateway_accepts_any_more_is_unknown(
+    invoke: Invoke, issuer: OidcIssuer, clock: Clock
+) -> None:
+    minted = _mint(invoke, _ci(issuer, clock))
+    clock.now = minted["expires_at"] + MAX_LEEWAY
     status, body, _ = invoke(load_event("revoke", token=_ci(issuer, clock), jti=minted["jti"]))
     assert (status, body["code"]) == (404, "unknown_token")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,13 @@ from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import Approval, new_id
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, MAINTAINER_SUB, policy_dict
+from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, MAINTAINER_SUB, approvers, policy_dict
 from jitgate.events import TokenEvent
 from jitgate.policy import Approvers
 from jitgate.token import KeySet, verify_token
-from tests.broker.conftest import BROKER_URL, EVENTS, Clock, Invoke, load_event
+from tests.broker.conftest import BROKER_URL, Clock, Invoke, api_event, load_event
 
 LEAD_A, LEAD_B, LEAD_C = "lead-alice", "lead-bob", "lead-carol"
-TEMPLATE = json.loads((EVENTS / "revoke.json").read_text())
 
 
 @pytest.fixture
@@ -32,30 +30,10 @@ def policy_file(issuer: OidcIssuer, tmp_path: Path) -> Path:
     for grant in data["grants"]:
         if grant["name"] == "store-maintenance":
             grant["approval"]["approvers"]["count"] = 2
-    data["connections"]["store-test"]["approval"]["approvers"] = {"groups": [APPROVER_GROUP]}
+    data["connections"]["store-test"]["approval"]["approvers"] = approvers(issuer.url, APPROVER_GROUP)
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
-
-
-def _call(method: str, path: str, token: str | None, body: Any = None) -> dict[str, Any]:
-    event = copy.deepcopy(TEMPLATE)
-    route = path
-    params: dict[str, str] = {}
-    parts = path.strip("/").split("/")
-    if len(parts) >= 3 and parts[1] == "approvals":
-        params["approval_id"] = parts[2]
-        route = "/v1/approvals/{approval_id}" + ("/" + parts[3] if len(parts) > 3 else "")
-    event["routeKey"] = event["requestContext"]["routeKey"] = f"{method} {route}"
-    event["rawPath"] = event["requestContext"]["http"]["path"] = path
-    event["requestContext"]["http"]["method"] = method
-    event["pathParameters"] = params or None
-    if token is None:
-        event["headers"].pop("authorization")
-    else:
-        event["headers"]["authorization"] = f"Bearer {token}"
-    event["body"] = None if body is None else json.dumps(body)
-    return event
 
 
 def _lead(issuer: OidcIssuer, clock: Clock, sub: str) -> str:
@@ -77,12 +55,12 @@ def _request(invoke: Invoke, issuer: OidcIssuer, clock: Clock, **body: Any) -> s
 
 def _vote(invoke: Invoke, token: str, approval_id: str, verdict: str, reason: str | None = "ok") -> tuple[int, Any]:
     body = {} if reason is None else {"reason": reason}
-    status, answer, _ = invoke(_call("POST", f"/v1/approvals/{approval_id}/{verdict}", token, body))
+    status, answer, _ = invoke(api_event("POST", f"/v1/approvals/{approval_id}/{verdict}", token, body))
     return status, answer
 
 
 def _get(invoke: Invoke, token: str, approval_id: str) -> tuple[int, Any]:
-    status, answer, _ = invoke(_call("GET", f"/v1/approvals/{approval_id}", token))
+    status, answer, _ = invoke(api_event("GET", f"/v1/approvals/{approval_id}", token))
     return status, answer
 
 
@@ -136,6 +114,7 @@ def test_two_of_m_then_the_requester_collects_once_and_the_ttl_starts_then(
     clock.now += 60
     status, view = _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve", "planned cleanup")
     assert status == 200 and (view["state"], view["approvals"], view["required"]) == ("pending", 1, 2)
+    clock.now += 1  # events sort by time
     status, err = _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve", "again")
     assert (status, err["code"]) == (409, "already_voted")
     status, view = _get(invoke, _requester(issuer, clock), approval_id)
@@ -160,6 +139,7 @@ def test_two_of_m_then_the_requester_collects_once_and_the_ttl_starts_then(
     assert kinds == [
         ("approval_requested", None, approval_id),
         ("approval_decided", LEAD_A, approval_id),
+        ("denied", LEAD_A, approval_id),  # the second vote, refused as already_voted
         ("approval_decided", LEAD_B, approval_id),
         ("issued", None, approval_id),
     ]
@@ -190,7 +170,7 @@ def test_self_approval_is_refused_even_in_the_approver_group(
     self_token = _requester(issuer, clock, groups=[APPROVER_GROUP])
     status, err = _vote(invoke, self_token, approval_id, verdict)
     assert (status, err["code"]) == (403, "self_approval")
-    _, listed, _ = invoke(_call("GET", "/v1/approvals", self_token))
+    _, listed, _ = invoke(api_event("GET", "/v1/approvals", self_token))
     assert approval_id not in [a["id"] for a in listed["approvals"]]
     assert _get(invoke, self_token, approval_id)[1]["votes"] == []
 
@@ -219,20 +199,20 @@ def test_pending_expires_as_a_real_state(invoke: Invoke, issuer: OidcIssuer, clo
     _get(invoke, _requester(issuer, clock), approval_id)  # a second look writes no second event
     expired = [e for e in _events(stack) if e.event_type == "approval_expired"]
     assert len(expired) == 1 and expired[0].apv == approval_id and expired[0].code == "approval_expired"
-    _, listed, _ = invoke(_call("GET", "/v1/approvals", _lead(issuer, clock, LEAD_B)))
+    _, listed, _ = invoke(api_event("GET", "/v1/approvals", _lead(issuer, clock, LEAD_B)))
     assert listed["approvals"] == []
 
 
 @pytest.mark.parametrize("body", [{}, {"reason": ""}, {"reason": 5}, {"reason": "x" * 501}])
 def test_a_decision_needs_a_reason(invoke: Invoke, issuer: OidcIssuer, clock: Clock, body: dict[str, Any]) -> None:
     approval_id = _request(invoke, issuer, clock)
-    status, answer, _ = invoke(_call("POST", f"/v1/approvals/{approval_id}/approve", _lead(issuer, clock, LEAD_A),
+    status, answer, _ = invoke(api_event("POST", f"/v1/approvals/{approval_id}/approve", _lead(issuer, clock, LEAD_A),
                                      body))
     assert (status, answer["code"]) == (400, "bad_request")
 
 
 def test_unauthenticated_calls_are_401(invoke: Invoke) -> None:
-    for event in (_call("GET", "/v1/approvals", None), _call("POST", f"/v1/approvals/{new_id('hold')}/approve",
+    for event in (api_event("GET", "/v1/approvals", None), api_event("POST", f"/v1/approvals/{new_id('hold')}/approve",
                                                               None, {"reason": "x"})):
         status, answer, _ = invoke(event)
         assert (status, answer["code"]) == (401, "unauthenticated")
@@ -243,11 +223,11 @@ def test_list_shows_what_the_caller_may_decide(invoke: Invoke, issuer: OidcIssue
     clock.now += 1
     second = _request(invoke, issuer, clock)
     _vote(invoke, _lead(issuer, clock, LEAD_A), first, "approve")
-    _, listed_a, _ = invoke(_call("GET", "/v1/approvals", _lead(issuer, clock, LEAD_A)))
+    _, listed_a, _ = invoke(api_event("GET", "/v1/approvals", _lead(issuer, clock, LEAD_A)))
     assert [a["id"] for a in listed_a["approvals"]] == [second]  # already voted on the first
-    _, listed_b, _ = invoke(_call("GET", "/v1/approvals", _lead(issuer, clock, LEAD_B)))
+    _, listed_b, _ = invoke(api_event("GET", "/v1/approvals", _lead(issuer, clock, LEAD_B)))
     assert [a["id"] for a in listed_b["approvals"]] == [first, second]
-    _, listed_r, _ = invoke(_call("GET", "/v1/approvals", _requester(issuer, clock)))
+    _, listed_r, _ = invoke(api_event("GET", "/v1/approvals", _requester(issuer, clock)))
     assert listed_r["approvals"] == []
 
 
@@ -257,11 +237,12 @@ def test_gateway_holds_are_decided_through_the_same_routes(
     store = ApprovalStore(boto3.client("dynamodb", region_name=stack.region), stack.table)
     hold = Approval(
         id=new_id("hold"), kind="hold", requester="repo:acme/search", connection="store-test",
-        approvers=Approvers(groups=(APPROVER_GROUP,)), created_at=clock.now, expires_at=clock.now + 120,
+        approvers=Approvers.model_validate(approvers(issuer.url, APPROVER_GROUP)),
+        created_at=clock.now, expires_at=clock.now + 120,
         summary={"operation": "delete", "path": "/api/v1/collections/candidates/delete", "bytes": 20, "jti": "j" * 32},
     )
     store.create(hold, now=clock.now)
-    _, listed, _ = invoke(_call("GET", "/v1/approvals", _lead(issuer, clock, LEAD_A)))
+    _, listed, _ = invoke(api_event("GET", "/v1/approvals", _lead(issuer, clock, LEAD_A)))
     (item,) = listed["approvals"]
     assert item["id"] == hold.id and item["kind"] == "hold" and item["summary"]["operation"] == "delete"
     status, view = _vote(invoke, _lead(issuer, clock, LEAD_A), hold.id, "approve", "expected cleanup")

@@ -10,7 +10,7 @@ from moto import mock_aws
 from jitgate.approval_store import ApprovalStore, Conflict
 from jitgate.approvals import RETAIN, Approval, close, decide, new_id, state_at
 from jitgate.errors import AlreadyVoted, ApprovalUnavailable, NotFound
-from jitgate.policy import Approvers, Identity
+from jitgate.policy import Approvers, Identity, Principal
 
 NOW = 1_800_000_000.0
 TABLE = "jitgate-state-test"
@@ -42,7 +42,7 @@ def _approval(kind: str = "issuance", count: int = 2, ttl: float = 3600) -> Appr
         kind=kind,  # type: ignore[arg-type]
         requester="janitor",
         connection="store-test",
-        approvers=Approvers(groups=("search-leads",), count=count),
+        approvers=Approvers(members=(Principal(issuer="https://oidc.test", group="search-leads"),), count=count),
         created_at=NOW,
         expires_at=NOW + ttl,
     )

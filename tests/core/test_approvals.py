@@ -16,6 +16,7 @@ from jitgate.approvals import (
     from_item,
     hold_approvers,
     hold_summary,
+    is_approver,
     item_expired,
     kind_of,
     may_decide,
@@ -35,7 +36,7 @@ from jitgate.errors import (
     NotAnApprover,
     SelfApproval,
 )
-from jitgate.policy import ApprovalRules, Approvers, Identity, parse_policy
+from jitgate.policy import ApprovalRules, Approvers, Identity, Principal, parse_policy
 from jitgate.state import APPROVAL_PK, HOLD_PK
 
 NOW = 1_800_000_000.0
@@ -43,8 +44,16 @@ ISS = "https://oidc.test"
 REQUESTER = "system:serviceaccount:ranking-admin:janitor"
 
 
-def _who(sub: str, *groups: str) -> Identity:
-    return Identity(ISS, sub, {"groups": list(groups)})
+def _who(sub: str, *groups: str, issuer: str = ISS) -> Identity:
+    return Identity(issuer, sub, {"groups": list(groups)})
+
+
+def _group(name: str) -> Principal:
+    return Principal(issuer=ISS, group=name)
+
+
+def _sub(name: str) -> Principal:
+    return Principal(issuer=ISS, sub=name)
 
 
 LEAD_A = _who("alice", "search-leads")
@@ -60,7 +69,7 @@ def _approval(count: int = 1, *, ttl: float = 3600, **over: Any) -> Approval:
         "kind": "issuance",
         "requester": REQUESTER,
         "connection": "store-test",
-        "approvers": Approvers(groups=("search-leads",), subjects=("dave",), count=count),
+        "approvers": Approvers(members=(_group("search-leads"), _sub("dave")), count=count),
         "created_at": NOW,
         "expires_at": NOW + ttl,
     }
@@ -120,6 +129,24 @@ def test_outsider_cannot_decide(verdict: str) -> None:
     with pytest.raises(NotAnApprover):
         decide(a, OUTSIDER, verdict, "why not", now=NOW)  # type: ignore[arg-type]
     assert not may_decide(a, OUTSIDER, NOW)
+
+
+OTHER_ISSUER = "https://partner.test"
+
+
+@pytest.mark.parametrize(
+    "impostor",
+    [_who("mallory", "search-leads", issuer=OTHER_ISSUER), _who("dave", issuer=OTHER_ISSUER)],
+    ids=["the_group", "the_subject"],
+)
+@pytest.mark.parametrize("verdict", ["approve", "deny"])
+def test_another_issuers_group_or_subject_is_no_approver(impostor: Identity, verdict: str) -> None:
+    """Groups and subjects are the claims of their issuer: the same names from another are nobody (issue 17)."""
+    a = _approval()
+    assert not is_approver(a, impostor) and not may_decide(a, impostor, NOW)
+    with pytest.raises(NotAnApprover):
+        decide(a, impostor, verdict, "looks fine", now=NOW)  # type: ignore[arg-type]
+    assert is_approver(a, LEAD_A) and is_approver(a, NAMED)  # the control: the same names of ISS
 
 
 def test_same_approver_counts_once() -> None:
@@ -275,7 +302,7 @@ def test_hold_summary_drops_query_string_and_finding_values() -> None:
 _POLICY = """
 version: 1
 issuers: [{issuer: https://oidc.test, audience: jitgate}]
-admins: {groups: [platform-security], subjects: [root]}
+admins: [{group: platform-security}, {sub: root}]
 connections:
   plain:
     dialect: cohere
@@ -287,15 +314,16 @@ connections:
     credential: {secret_id: s2}
     approval:
       operations: [delete]
-      approvers: {groups: [search-leads], count: 2}
+      approvers: {count: 2, members: [{group: search-leads}]}
 """
 
 
 def test_hold_approvers_come_from_the_connection_else_the_admins() -> None:
     policy = parse_policy(_POLICY)
-    assert hold_approvers(policy, policy.connections["guarded"]) == Approvers(groups=("search-leads",), count=2)
+    expected = Approvers(members=(_group("search-leads"),), count=2)
+    assert hold_approvers(policy, policy.connections["guarded"]) == expected
     admins = hold_approvers(policy, policy.connections["plain"])
-    assert admins.groups == ("platform-security",) and admins.subjects == ("root",) and admins.count == 1
+    assert admins.members == (_group("platform-security"), _sub("root")) and admins.count == 1
 
 
 _PEOPLE = ["alice", "bob", "carol", "dave", "mallory", REQUESTER]

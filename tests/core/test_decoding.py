@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
+from jitgate.decoding import BoundedDecoder, decoded_size, decoded_size_exceeds
 from tests.bombs import bomb, traced_peak
 
 ENCODERS = {
@@ -31,6 +31,23 @@ ENCODERS = {
 def test_exact_at_the_limit(enc: str, body: bytes, delta: int) -> None:
     limit = max(0, len(body) + delta)
     assert decoded_size_exceeds(ENCODERS[enc](body), enc, limit) is (len(body) > limit)
+
+
+@pytest.mark.parametrize("enc", sorted(ENCODERS))
+@settings(max_examples=30, deadline=None)
+@given(body=st.binary(max_size=3000), delta=st.integers(min_value=-2, max_value=2))
+def test_decoded_size_is_exact_up_to_the_limit(enc: str, body: bytes, delta: int) -> None:
+    limit = max(0, len(body) + delta)
+    size = decoded_size(ENCODERS[enc](body), enc, limit)
+    assert size == len(body) if len(body) <= limit else size > limit
+
+
+@pytest.mark.parametrize("enc", ["gzip", "deflate", "br", "zstd"])
+def test_decoded_size_of_a_bomb_stops_past_the_limit(enc: str) -> None:
+    packed = bomb(enc, 300 * 1024 * 1024)
+    size, peak = traced_peak(lambda: decoded_size(packed, enc, 16 * 1024 * 1024))
+    assert 16 * 1024 * 1024 < size < 300 * 1024 * 1024
+    assert peak < 4 * 1024 * 1024
 
 
 def test_raw_deflate_and_gzip_members() -> None:

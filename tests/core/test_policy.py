@@ -25,6 +25,7 @@ from jitgate.policy import (
 EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "policy.example.yaml"
 GH = "https://token.actions.githubusercontent.com"
 EKS = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE"
+SSO = "https://sso.example.com"
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,9 @@ REFERENCE_CASES = [
     ("operation the connection lacks", "operations: [rerank]", "operations: [rerank, embed]",
      "has no operations ['embed']"),
     ("default over max", "default_ttl: 10m", "default_ttl: 1h", "default_ttl exceeds max_ttl"),
-    ("approval without approvers", "approvers: {groups: [search-leads], count: 2}", "approvers: {count: 2}",
-     "needs approvers"),
+    ("approval without approvers",
+     '        count: 2\n        members: [{issuer: "https://sso.example.com", group: search-leads}]',
+     "        count: 2", "needs approvers"),
     ("unknown mask profile", "mask: strict", "mask: paranoid", "unknown mask profile 'paranoid'"),
     ("approval of unknown operation", "operations: [delete, drop_collection]", "operations: [delete, truncate]",
      "unknown operations ['truncate']"),
@@ -168,7 +170,7 @@ def test_policy_must_be_a_mapping(text: str) -> None:
 
 def test_missing_required_sections_point_at_the_mapping() -> None:
     with pytest.raises(PolicyError) as err:
-        parse_policy("version: 1\nadmins: {groups: [x]}\n", source="p.yaml")
+        parse_policy("version: 1\nadmins: [{group: x}]\n", source="p.yaml")
     assert "issuers: Field required" in err.value.message and "connections: Field required" in err.value.message
 
 
@@ -277,7 +279,92 @@ grants:
      ({"groups": "platform-security"}, "x", True), ({"groups": [["platform-security"]]}, "x", False)],
 )
 def test_admins(policy: Policy, claims: dict[str, Any], subject: str, admin: bool) -> None:
-    assert is_admin(policy, Identity(GH, subject, claims)) is admin
+    assert is_admin(policy, Identity(SSO, subject, claims)) is admin
+
+
+@pytest.mark.parametrize("issuer", [GH, EKS, "https://sso.example.com.evil"])
+def test_an_admin_group_claimed_by_another_issuer_is_no_admin(policy: Policy, issuer: str) -> None:
+    """The example's admins are SSO's platform-security group: GitHub or EKS saying so is nobody (issue 17)."""
+    assert not is_admin(policy, Identity(issuer, "x", {"groups": ["platform-security"]}))
+
+
+TWO_ISSUERS = """\
+version: 1
+issuers:
+  - {issuer: "https://a.test", audience: jitgate}
+  - {issuer: "https://b.test", audience: jitgate}
+admins:
+  - {issuer: "https://a.test", group: ops}
+  - {issuer: "https://b.test", sub: root}
+connections:
+  c:
+    dialect: cohere
+    upstream: https://c.test
+    credential: {secret_id: s}
+    approval:
+      max_documents: 3
+      approvers:
+        members:
+          - {issuer: "https://a.test", group: leads}
+"""
+
+
+def test_entries_are_issuer_subject_and_issuer_group_pairs() -> None:
+    policy = parse_policy(TWO_ISSUERS)
+    assert is_admin(policy, Identity("https://a.test", "anyone", {"groups": ["ops"]}))
+    assert not is_admin(policy, Identity("https://b.test", "anyone", {"groups": ["ops"]}))
+    assert is_admin(policy, Identity("https://b.test", "root", {}))
+    assert not is_admin(policy, Identity("https://a.test", "root", {}))
+    (lead,) = policy.connections["c"].approval.approvers.members  # type: ignore[union-attr]
+    assert (lead.issuer, lead.group, lead.sub) == ("https://a.test", "leads", None)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line"),
+    [
+        ('  - {issuer: "https://b.test", sub: root}', "  - {sub: root}", 7),
+        ('          - {issuer: "https://a.test", group: leads}', "          - {group: leads}", 17),
+    ],
+    ids=["admin", "approver"],
+)
+def test_with_several_issuers_an_entry_without_issuer_fails_naming_its_line(old: str, new: str, line: int) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(TWO_ISSUERS.replace(old, new), source="p.yaml")
+    assert err.value.message.startswith(f"p.yaml: line {line}: "), err.value.message
+    assert "names no issuer" in err.value.message
+
+
+def test_with_one_issuer_an_entry_without_issuer_means_that_one() -> None:
+    text = TWO_ISSUERS.replace('  - {issuer: "https://b.test", audience: jitgate}\n', "").replace(
+        '  - {issuer: "https://b.test", sub: root}', "  - {sub: root}"
+    ).replace('{issuer: "https://a.test", group: leads}', "{group: leads}")
+    policy = parse_policy(text)
+    assert [(p.issuer, p.sub) for p in policy.admins] == [("https://a.test", None), ("https://a.test", "root")]
+    assert is_admin(policy, Identity("https://a.test", "root", {}))
+    (lead,) = policy.connections["c"].approval.approvers.members  # type: ignore[union-attr]
+    assert lead.issuer == "https://a.test"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ('  - {issuer: "https://a.test", group: ops}\n  - {issuer: "https://b.test", sub: root}',
+         "  {groups: [ops]}", "admins are a list of entries"),
+        ('        members:\n          - {issuer: "https://a.test", group: leads}', "        groups: [leads]",
+         "approvers name `members`"),
+        ('{issuer: "https://a.test", group: ops}', '{issuer: "https://a.test", group: ops, sub: x}',
+         "either sub or group"),
+        ('{issuer: "https://a.test", group: ops}', '{issuer: "https://a.test"}', "either sub or group"),
+        ('{issuer: "https://b.test", sub: root}', '{issuer: "https://c.test", sub: root}',
+         "issuer 'https://c.test' is not in issuers"),
+    ],
+    ids=["old_admins_form", "old_approvers_form", "sub_and_group", "neither", "unknown_issuer"],
+)
+def test_bad_admin_or_approver_entries_fail_to_load(old: str, new: str, words: str) -> None:
+    assert old in TWO_ISSUERS
+    with pytest.raises(PolicyError) as err:
+        parse_policy(TWO_ISSUERS.replace(old, new), source="p.yaml")
+    assert re.search(r"p\.yaml: line \d+: ", err.value.message) and words in err.value.message, err.value.message
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jitgate.errors import InvalidToken, TokenExpired, TokenNotYetValid, UnknownKeyId
 from jitgate.token import (
     AUDIENCE,
+    DEFAULT_LEEWAY,
+    MAX_LEEWAY,
     Claims,
     KeySet,
     Limits,
@@ -22,6 +24,8 @@ from jitgate.token import (
     encode_token,
     new_jti,
     public_jwk,
+    revocation_expires_at,
+    revocation_live,
     verify_token,
 )
 
@@ -108,6 +112,29 @@ def test_check_claims_leeway() -> None:
     assert check_claims(raw, now=NOW + 20, issuer=ISS, leeway=30).exp == NOW + 10
     with pytest.raises(TokenExpired):
         check_claims(raw, now=NOW + 20, issuer=ISS, leeway=5)
+
+
+@pytest.mark.parametrize("leeway", [-1, MAX_LEEWAY + 1, 3600])
+def test_no_verifier_may_use_more_than_the_largest_leeway(leeway: int) -> None:
+    """A revocation is kept until exp + MAX_LEEWAY; a longer leeway would outlive it."""
+    with pytest.raises(ValueError, match="leeway"):
+        check_claims(_claims(), now=NOW, issuer=ISS, leeway=leeway)
+
+
+@pytest.mark.parametrize("past_exp", [-5, 0, 1, DEFAULT_LEEWAY - 1, MAX_LEEWAY - 1])
+def test_a_revocation_is_live_whenever_the_token_is_still_accepted(past_exp: int) -> None:
+    raw = _claims(exp=NOW + 10)
+    now = NOW + 10 + past_exp
+    check_claims(raw, now=now, issuer=ISS)  # accepted at `now`, by the default leeway ...
+    assert revocation_live(revocation_expires_at(NOW + 10), now=now)  # ... so a revocation still holds
+
+
+def test_a_revocation_ends_when_no_leeway_accepts_the_token() -> None:
+    raw = _claims(exp=NOW + 10)
+    end = revocation_expires_at(NOW + 10)
+    assert not revocation_live(end, now=end)
+    with pytest.raises(TokenExpired):
+        check_claims(raw, now=end, issuer=ISS, leeway=MAX_LEEWAY)
 
 
 def _b64(obj: Any) -> str:

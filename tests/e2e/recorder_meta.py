@@ -1,8 +1,8 @@
 """The recorder-only gateway: a test addon standing in for token_gate/scope_guard, then the recorder.
 
 It takes the identity from `X-Test-Sub` / `X-Test-Jti` headers (removed before forwarding) and
-names the operation from the Cohere dialect, so the recorder sees the metadata the real chain
-would give it.
+names the operation from the Cohere dialect and marks the bodies inspected (as leak_guard
+would), so the recorder sees the metadata the real chain would give it.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class FakeGate:
         if route is not None:
             flow.metadata[meta.OPERATION] = route.operation
         flow.metadata[meta.DECISION] = "allowed"
+        flow.metadata[meta.INSPECTED] = ["request"]  # no leak_guard here: these test bodies hold nothing
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        flow.metadata.setdefault(meta.INSPECTED, []).append("response")
 
 
 # A disk that fills up: JITGATE_TEST_FSIZE caps every file this process writes (EFBIG beyond).

@@ -5,6 +5,7 @@ HTTPS upstream with a private CA, `mitmdump -s addon/jitgate_addons.py`, real cl
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import ssl
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import brotli
 import cohere
 import httpx
 import pytest
@@ -25,9 +27,17 @@ from typer.testing import CliRunner
 from jitgate.cli import _register, app
 from jitgate.devstack.aws import Stack, local_broker
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import ADMIN_GROUP, APPROVER_GROUP, CI_CLAIMS, MAINTAINER_SUB, policy_dict, secret_id
+from jitgate.devstack.policy import (
+    ADMIN_GROUP,
+    APPROVER_GROUP,
+    CI_CLAIMS,
+    MAINTAINER_SUB,
+    approvers,
+    policy_dict,
+    secret_id,
+)
 from jitgate.devstack.upstream import Upstream, bm25
-from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
+from tests.e2e.gateway import Gateway, policy_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 JITGATE = Path(sys.executable).with_name("jitgate")
@@ -47,6 +57,7 @@ DOCS = [
 UPSTREAM_WAIT = 3.0  # jitgate_upstream_timeout of gateway A, seconds
 UPSTREAM_TIMEOUT = f"{UPSTREAM_WAIT:g}s"
 QUERY = "What is the capital of the United States?"
+HOLD_BYTES = 100_000  # cohere-test's approval max_bytes
 
 if not any(g.name == "approvals" for g in app.registered_groups):
     _register()
@@ -63,7 +74,8 @@ def upstream(aws_stack: Stack) -> Iterator[Upstream]:
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, upstream: Upstream) -> Path:
     """One file for this module's broker and gateway: the dev policy, pointed at the local
-    upstream, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5 documents held."""
+    upstream, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5 documents or of more
+    than HOLD_BYTES (decoded) held."""
     doc: Any = policy_dict(
         oidc_issuer.url,
         upstreams={
@@ -72,14 +84,16 @@ def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssue
             "store-test": f"https://localhost:{upstream.port}",
         },
     )
-    doc["connections"]["cohere-test"]["approval"] = {"max_documents": 5}  # approvers: the policy's admins
-    doc["connections"]["store-test"]["approval"]["approvers"] = {"groups": [APPROVER_GROUP]}
+    # approvers: the policy's admins
+    doc["connections"]["cohere-test"]["approval"] = {"max_documents": 5, "max_bytes": HOLD_BYTES}
+    doc["connections"]["store-test"]["approval"]["approvers"] = approvers(oidc_issuer.url, APPROVER_GROUP)
     grants = {g["name"]: g for g in doc["grants"]}
     grants["store-maintenance"]["approval"]["approvers"]["count"] = 2
     short = json.loads(json.dumps(grants["store-maintenance"]))
     short.update(name="store-oncall")
     short["match"]["claims"] = {"sub": ["system:serviceaccount:ranking-oncall:*"]}
-    short["approval"] = {"required": True, "approvers": {"groups": [APPROVER_GROUP]}, "timeout": f"{EXPIRY}s"}
+    short["approval"] = {"required": True, "approvers": approvers(oidc_issuer.url, APPROVER_GROUP),
+                      "timeout": f"{EXPIRY}s"}
     doc["grants"].append(short)
     path = tmp_path_factory.mktemp("approvals") / "policy.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -97,16 +111,12 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
     policy_file: Path,
 ) -> Iterator[Gateway]:
-    work = tmp_path_factory.mktemp("approvals-gateway")
-    ca = work / "upstream-ca.pem"
-    ca.write_bytes(upstream.ca_pem())
-    options = jitgate_options(
-        policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
-        aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
-    )
-    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2",
-                   jitgate_gateway_id="gw-a", jitgate_upstream_timeout=UPSTREAM_TIMEOUT)
-    with start_gateway(work, options=options) as gw:
+    with policy_gateway(
+        tmp_path_factory.mktemp("approvals-gateway"), upstream=upstream, broker=broker, stack=aws_stack,
+        moto_server=moto_server, policy=policy_file, revocation_staleness=STALENESS,
+        jitgate_approval_timeout=str(HOLD_TIMEOUT), jitgate_approval_poll="0.2", jitgate_gateway_id="gw-a",
+        jitgate_upstream_timeout=UPSTREAM_TIMEOUT,
+    ) as gw:
         yield gw
         if gw.proc.poll() is not None:
             pytest.fail("the gateway died:\n" + "\n".join(gw.log))
@@ -118,16 +128,11 @@ def second_gateway(
     moto_server: str, policy_file: Path,
 ) -> Iterator[Gateway]:
     """Another gateway instance on the same table (its own process, CA and poller)."""
-    work = tmp_path_factory.mktemp("approvals-gateway-b")
-    ca = work / "upstream-ca.pem"
-    ca.write_bytes(upstream.ca_pem())
-    options = jitgate_options(
-        policy=policy_file, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
-        aws_endpoint=moto_server, region=aws_stack.region, upstream_ca=ca, revocation_staleness=STALENESS,
-    )
-    options.update(jitgate_approval_timeout=str(HOLD_TIMEOUT * 3), jitgate_approval_poll="0.2",
-                   jitgate_gateway_id="gw-b")
-    with start_gateway(work, options=options) as gw:
+    with policy_gateway(
+        tmp_path_factory.mktemp("approvals-gateway-b"), upstream=upstream, broker=broker, stack=aws_stack,
+        moto_server=moto_server, policy=policy_file, revocation_staleness=STALENESS,
+        jitgate_approval_timeout=str(HOLD_TIMEOUT * 3), jitgate_approval_poll="0.2", jitgate_gateway_id="gw-b",
+    ) as gw:
         yield gw
 
 
@@ -369,6 +374,34 @@ def test_held_rerank_times_out_with_403(
     admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
     late = _cli(broker, admin, "approvals", "approve", resp.json()["approval_id"], "--reason", "late")
     assert late.exit_code == 2 and "approval_expired" in late.output
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_big_rerank_sent_compressed_is_held_on_its_decoded_size(
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream, encoding: str
+) -> None:
+    minted = _ci_token(broker, oidc_issuer)
+    docs = [" ".join([d] * 1600) for d in DOCS[:3]]  # 3 documents (no document rule), ~300 kB
+    plain = json.dumps({"model": "rerank-v3.5", "query": QUERY, "documents": docs}).encode()
+    packed = gzip.compress(plain) if encoding == "gzip" else brotli.compress(plain)
+    assert len(plain) > 3 * HOLD_BYTES and len(packed) < HOLD_BYTES // 10
+    mark = len(upstream.received)
+
+    def send() -> httpx.Response:
+        with httpx.Client(proxy=gateway.proxy_url(minted["token"]), verify=str(bundle), timeout=60) as client:
+            return client.post(f"{upstream.url}/v2/rerank", content=packed,
+                               headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+
+    call = Background(send)
+    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+    hold = _wait_for_hold(broker, admin, minted["jti"])
+    assert hold["summary"]["bytes"] == len(plain)
+    assert hold["summary"]["reasons"] == [f"bytes:{len(plain)}>{HOLD_BYTES}"]
+    assert call.running() and len(upstream.received) == mark  # held: nothing went upstream
+    assert _cli(broker, admin, "approvals", "deny", hold["id"], "--reason", "too big").exit_code == 0
+    resp = call.result()
+    assert resp.status_code == 403 and resp.json()["code"] == "approval_denied"
+    assert len(upstream.received) == mark
 
 
 def test_other_flows_pass_while_one_is_held(

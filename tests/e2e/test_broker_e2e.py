@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import ADMIN_GROUP, CI_CLAIMS, READER_SUB
 from jitgate.devstack.process import ChildServer
 from jitgate.state import REVOCATION_PK
-from jitgate.token import KeySet, verify_token
+from jitgate.token import MAX_LEEWAY, KeySet, verify_token
 
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 
@@ -84,7 +85,7 @@ def test_mint_verify_revoke(
     assert claims.scope.operations == ("rerank",)
     assert claims.exp == answer["expires_at"]
 
-    # Someone else may not revoke it; its subject may, twice (idempotent); the item expires with the token.
+    # Someone else may not revoke it; its subject may, twice (idempotent); the item outlives the leeway.
     other = oidc_issuer.mint(READER_SUB)
     assert _delete(broker, other, claims.jti).json()["code"] == "not_token_owner"
     assert _revoked(aws_stack, claims.jti) is None
@@ -94,7 +95,7 @@ def test_mint_verify_revoke(
     assert again.status_code == 200 and again.json()["already_revoked"] is True
     assert again.json()["revoked_at"] == first.json()["revoked_at"]
     item = _revoked(aws_stack, claims.jti)
-    assert item is not None and int(item["expires_at"]["N"]) == claims.exp
+    assert item is not None and int(item["expires_at"]["N"]) == claims.exp + MAX_LEEWAY
 
     # The audit trail has the issuance and the revocation, and never the token.
     lines = _event_lines(aws_stack)
@@ -121,8 +122,9 @@ def test_admin_may_revoke_and_a_revoked_token_fails_the_gateway_check(
     assert _delete(broker, admin, answer["jti"]).status_code == 200
     revoked = fetch_revocations(ddb, aws_stack.table, now=time.time())
     assert answer["jti"] in revoked and other["jti"] not in revoked
-    # Once the token would have expired anyway, the revocation no longer needs to be held.
-    assert answer["jti"] not in fetch_revocations(ddb, aws_stack.table, now=answer["expires_at"] + 1)
+    # Held past exp while a gateway's leeway still accepts the token; not needed after that.
+    assert answer["jti"] in fetch_revocations(ddb, aws_stack.table, now=answer["expires_at"] + 1)
+    assert answer["jti"] not in fetch_revocations(ddb, aws_stack.table, now=answer["expires_at"] + MAX_LEEWAY)
     unknown = _delete(broker, admin, "0" * 32)
     assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_token")
 
@@ -149,6 +151,37 @@ def test_refusals_have_stable_codes(
     )
     assert (resp.status_code, resp.json()) == (status, {"code": code, "message": resp.json()["message"]})
     assert "token" not in resp.json()
+
+
+DEEP = 3000  # levels: under 16 kB, past Python's recursion limit
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[" * DEEP + "]" * DEEP,
+        '{"connection": "cohere-test", "ttl": ' + "[" * DEEP + "]" * DEEP + "}",
+        '{"connection": "cohere-test", "operations": ' + '{"a":' * DEEP + "1" + "}" * DEEP + "}",
+        '{"connection": "cohere-test", "ttl": true}',
+        '{"connection": "cohere-test", "ttl": false}',
+        '{"connection": true}',
+    ],
+    ids=["deep_array", "deep_ttl", "deep_operations", "ttl_true", "ttl_false", "connection_true"],
+)
+def test_a_malformed_body_is_400_and_its_denial_is_recorded(
+    broker: str, oidc_issuer: OidcIssuer, aws_stack: Stack, content: str
+) -> None:
+    marker = f"malformed-{uuid.uuid4().hex}"  # finds this request's event among the others
+    resp = httpx.post(
+        f"{broker}/v1/tokens",
+        content=content,
+        headers={"Authorization": f"Bearer {oidc_issuer.mint(CI_SUB, CI_CLAIMS)}", "User-Agent": marker},
+        timeout=10,
+    )
+    assert (resp.status_code, resp.json()["code"]) == (400, "bad_request"), resp.text
+    assert "token" not in resp.json()
+    (event,) = [json.loads(line) for line in _event_lines(aws_stack) if marker in line]
+    assert (event["event_type"], event["status"], event["code"], event["sub"]) == ("denied", 400, "bad_request", CI_SUB)
 
 
 # -- attacks on the OIDC check: each must be refused with 401 -------------------------------------

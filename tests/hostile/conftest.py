@@ -83,18 +83,21 @@ def connect(h: Hostile, token: str | None, target: str, *, timeout: float = 30) 
 
 def tunnel(
     h: Hostile, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30,
-    host: str = "127.0.0.1",
+    target: str = "127.0.0.1", server_name: str | None = "",
 ) -> socket.socket:
-    """A CONNECT tunnel through the gateway to the upstream at `host` (with `token` as proxy
-    credentials, if any), and TLS inside it to the gateway's CA unless `tls` is False."""
-    sock, head = connect(h, token, f"{host}:{h.upstream.port}", timeout=timeout)
+    """A CONNECT tunnel through the gateway to `target` at the upstream's port (with `token` as proxy
+    credentials, if any), and TLS inside it to the gateway's CA unless `tls` is False; the ClientHello
+    names `server_name` ("": the target; None: no name at all)."""
+    sock, head = connect(h, token, f"{target}:{h.upstream.port}", timeout=timeout)
     assert b" 200 " in head.split(b"\r\n", 1)[0], head
     if not tls:
         return sock
     ctx = ssl.create_default_context(cafile=str(h.bundle))
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    return ctx.wrap_socket(sock, server_hostname=host)
+    if server_name is None:
+        ctx.check_hostname = False  # nothing to check a certificate against
+    return ctx.wrap_socket(sock, server_hostname=target if server_name == "" else server_name)
 
 
 def answer_of(sock: socket.socket, timeout: float = 5.0) -> bytes:

@@ -40,7 +40,7 @@ def _head(line: str, hosts: list[str], headers: dict[str, str] | None = None, bo
 
 def _send(h: Hostile, token: str, request: bytes, *, host: str = "127.0.0.1") -> tuple[int, str | None, str]:
     """(status, code, the client address a record names) of `request` sent over a fresh tunnel to `host`."""
-    with tunnel(h, token, host=host) as sock:
+    with tunnel(h, token, target=host) as sock:
         address, port = sock.getsockname()[:2]
         peer = f"{address}:{port}"
         sock.sendall(request)

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from jitgate.inspect import Scanner, actions, is_json
+from jitgate.inspect import Scanner, actions
 from jitgate.inspect.masking import MARKER
 from jitgate.policy import MaskProfile
 from tests.inspect import corpus
@@ -82,12 +82,6 @@ def test_block_decision_lists_types_and_locations(scanner: Scanner) -> None:
     rec = f.record("request.body", "block")
     assert rec["type"] == "github_pat" and rec["offset"] == raw.index(tok.encode())
     assert tok not in json.dumps(rec)
-
-
-def test_is_json() -> None:
-    assert is_json("application/json; charset=utf-8", b"")
-    assert is_json("", b'  {"a": 1}')
-    assert not is_json("text/plain", b"hello")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,34 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.3) -
     return check()
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A request a scripted upstream received."""
+
+    head: bytes
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.lower().encode():
+                return value.strip().decode("latin-1")
+        return None
+
+
+def http_answer(
+    status: int, headers: Mapping[str, str], body: bytes = b"{}", *, chunks: list[bytes] | None = None
+) -> bytes:
+    """Raw HTTP/1.1 answer bytes: with `chunks`, chunked framing; else Content-Length."""
+    lines = [f"HTTP/1.1 {status} OK", "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+    if chunks is None:
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    lines.append("Transfer-Encoding: chunked")
+    framed = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks if c) + b"0\r\n\r\n"
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + framed
+
+
 class FaultyUpstream:
     """A TLS server (cert from `ca`) that reads one request head and then misbehaves.
 
@@ -214,7 +243,9 @@ class FaultyUpstream:
     "bomb": a 200 JSON whose gzip body (`bomb`, with Content-Length) decodes to `bomb_size` bytes;
     "bomb-stream": the same bomb chunked, and then silence (no last chunk) until the gateway closes;
     "truncate": response headers and the start of the body, then a close; "huge": response headers
-    announcing `bomb_size` bytes, then silence.
+    announcing `bomb_size` bytes, then silence; "script": reads the whole request, keeps it in
+    `seen` and writes the raw bytes `answer(seen)` returns (any framing, headers or encoding: see
+    `http_answer`), then closes.
     """
 
     bomb_size = 200 * 1024 * 1024
@@ -225,6 +256,8 @@ class FaultyUpstream:
         import threading
 
         self.mode = mode
+        self.seen: list[Seen] = []
+        self.answer: Callable[[Seen], bytes] = lambda seen: http_answer(200, {"Content-Type": "application/json"})
         self.accepted = 0
         self.closed = 0  # "hang": connections the gateway closed while the upstream said nothing
         self._release = threading.Event()
@@ -307,6 +340,12 @@ class FaultyUpstream:
                 head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                 conn.sendall(head + b'{"results": [')  # then a close, 987 bytes short
                 return  # an orderly close (FIN): the head is read before the end, on any machine
+            elif self.mode == "script":
+                seen = Seen(data.partition(b"\r\n\r\n")[0], self._read_body(conn, data))
+                self.seen.append(seen)
+                conn.sendall(self.answer(seen))
+                conn.close()
+                return
             elif self.mode == "ok":
                 body = b'{"results": []}'
                 conn.sendall(
@@ -319,19 +358,16 @@ class FaultyUpstream:
             raw.close()
 
     @staticmethod
-    def _read_body(conn: Any, data: bytes) -> None:
+    def _read_body(conn: Any, data: bytes) -> bytes:
         """Read the rest of a request whose head (and maybe part of its body) is in `data`."""
         head, _, body = data.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
+        length = int(Seen(head, b"").header("content-length") or 0)
         while len(body) < length:
             chunk = conn.recv(65536)
             if not chunk:
-                return
+                break
             body += chunk
+        return body
 
     def _hang(self, conn: Any) -> None:
         """Say nothing until `release()`; count it when the gateway closes the connection first."""
