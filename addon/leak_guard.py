@@ -245,7 +245,11 @@ class LeakGuard:
     def _record(
         flow: http.HTTPFlow, plan: actions.Plan, where: str, findings: list[Finding], json_body: bytes | None = None
     ) -> list[dict[str, Any]]:
-        paths = jsonpath.locate(json_body, [f.start for f in findings]) if json_body and findings else {}
+        paths = (
+            jsonpath.locate(json_body, [f.start for f in findings], hidden=[(f.start, f.end) for f in findings])
+            if json_body and findings
+            else {}
+        )
         records = [f.record(where, actions.action_for(plan, f), paths.get(f.start)) for f in findings]
         if records:
             flow.metadata.setdefault(meta.FINDINGS, []).extend(records)
@@ -269,11 +273,19 @@ class LeakGuard:
                 continue
             fields.append((name, raw))
         assert self.scanner is not None
-        # One pass over all values first: most messages have nothing in their headers.
-        if not self.scanner.may_find([raw for _, raw in fields], pii=plan.pii_types, literals=literals):
+        # One pass over all names and values first: most messages have nothing in their headers.
+        names = [name.encode("utf-8", "surrogateescape") for name, _ in fields]
+        if not self.scanner.may_find([*names, *(raw for _, raw in fields)], pii=plan.pii_types, literals=literals):
             return found
-        for name, raw in fields:
+        for (name, raw), encoded in zip(fields, names, strict=True):
             low = name.lower()
+            in_name = self._scan(encoded, plan, literals)
+            if in_name.findings:
+                # A name is no place for a value: the header goes, and its name is in no record.
+                self._record(flow, plan, f"{side}.header-name", in_name.findings)
+                found += in_name.findings
+                message.headers.pop(name, None)
+                continue
             result = self._scan(raw, plan, literals)
             if result.findings:
                 self._record(flow, plan, f"{side}.header:{low}", result.findings)

@@ -10,8 +10,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -23,14 +22,8 @@ MB = 1024 * 1024
 NESTED_OBJECT = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 
 
-@pytest.fixture(scope="module")
-def token(mint: Callable[..., dict[str, Any]]) -> str:
-    value: str = mint("cohere-test")["token"]
-    return value
-
-
 @pytest.fixture
-def c(hostile: Hostile, token: str) -> Iterator[httpx.Client]:
+def c(hostile: Hostile, token: str) -> Iterator[httpx.Client]:  # through `hostile`, not conftest's `scripted`
     with client(hostile.gateway, hostile.bundle, token) as cl:
         yield cl
 
