@@ -2,7 +2,8 @@
 unparseable request) as jitgate's JSON `{code, message}` instead of an HTML page.
 
 mitmproxy writes those answers in its HTTP/1 server layer, after the `error` hook, with no hook to
-change them; the only seam is the module function that builds them, which `install()` replaces.
+change them; the only seam is the module function that builds them, which addon/mitmproxy_compat.py
+replaces with `json_error_response` (and refuses to start where mitmproxy's differs).
 The message is a fixed sentence per status: mitmproxy's own text can name internal hosts.
 tests/reliability/test_upstream.py fails if a mitmproxy upgrade moves the seam.
 
@@ -19,7 +20,6 @@ import json
 
 from mitmproxy import http, version
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1
 
 ANSWERS = {
     400: ("bad_request", "the request is not valid HTTP"),
@@ -55,7 +55,3 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
     )
     raw: bytes = http1.assemble_response(resp)  # type: ignore[no-untyped-call]
     return raw
-
-
-def install() -> None:
-    _http1.make_error_response = json_error_response

@@ -8,7 +8,7 @@ mitmproxy skip the rest of the chain and forward it.
 
 from __future__ import annotations
 
-from addon import error_answers, hook_dispatch
+from addon import mitmproxy_compat
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.failsafe import fail_closed
@@ -21,8 +21,10 @@ from addon.token_gate import TokenGate
 from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
 
-error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
-hook_dispatch.install()  # mitmproxy's event dispatch, same calls for less CPU (falls back if mitmproxy changed)
+# mitmproxy's own 502/413/400 answers as JSON, raw relays parsed as HTTP, upstreams closable, and a
+# cheaper event dispatch: each checked against the mitmproxy it was written for. Where a needed one
+# differs this raises, and mitmdump exits at start ("error logged during startup").
+mitmproxy_compat.install()
 
 # First: the gateway forwards inspected HTTP only (no raw relays, no protocol upgrades).
 http_only = fail_closed(HttpOnly())

@@ -27,8 +27,8 @@ from mitmproxy.utils import human
 
 from addon import body as bodies
 from addon import meta, settings
+from addon.mitmproxy_compat import close_upstream
 from addon.respond import refuse
-from addon.upstream_conn import close_upstream
 from jitgate import jsontext
 from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
 from jitgate.errors import (

@@ -7,7 +7,7 @@ starts its timer only when it is resumed, so a hold is never timed out here. Res
 an answer from the gateway itself or an error cancel the timer; a slow or streamed body after the
 headers is not cut. When `jitgate_upstream_timeout` passes first, the flow is marked
 `upstream_timeout` (so its session record says so), its upstream connection is closed
-(addon/upstream_conn.py), and the 502 mitmproxy then writes goes out as 504 JSON
+(addon/mitmproxy_compat.py), and the 502 mitmproxy then writes goes out as 504 JSON
 `{code: upstream_timeout, message}` (addon/error_answers.py).
 """
 
@@ -23,7 +23,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import error_answers, meta, settings
-from addon.upstream_conn import close_upstream
+from addon.mitmproxy_compat import close_upstream
 from jitgate.errors import UpstreamTimeout as UpstreamTimeoutError
 
 logger = logging.getLogger(__name__)
