@@ -30,7 +30,6 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
-from addon.scope_guard import document_count
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import (
     Approval,
@@ -56,6 +55,8 @@ from jitgate.errors import (
     TokenRevoked,
 )
 from jitgate.policy import Connection, Policy, parse_duration
+from jitgate.records import Decision
+from jitgate.scope import document_count
 from jitgate.state import REVOCATION_PK, revocation_item_live
 
 logger = logging.getLogger(__name__)
@@ -238,7 +239,10 @@ class ApprovalHold:
         if not reasons:
             return
         if len(self.held) >= self.max_held:
-            refuse(flow, ApprovalUnavailable("too many requests are waiting for approval; try again later"))
+            refuse(
+                flow, ApprovalUnavailable("too many requests are waiting for approval; try again later"),
+                decision=Decision.DENIED,
+            )
             return
         now = self._clock()
         summary = hold_summary(
@@ -265,11 +269,14 @@ class ApprovalHold:
         try:
             await asyncio.to_thread(self.store.create, approval, now=now)
         except Exception:
-            refuse(flow, ApprovalUnavailable("this request needs an approval, and the hold cannot be recorded"))
+            refuse(
+                flow, ApprovalUnavailable("this request needs an approval, and the hold cannot be recorded"),
+                decision=Decision.DENIED,
+            )
             return
         flow.intercept()  # type: ignore[no-untyped-call]
         flow.metadata[HOLD] = approval.id
-        flow.metadata[meta.DECISION] = "held"
+        flow.metadata[meta.DECISION] = Decision.HELD
         self.held[approval.id] = _Held(flow, approval, self._monotonic() + self.timeout)
         logger.info("jitgate: held %s %s (%s) as %s", conn.name, operation, ",".join(reasons), approval.id)
         if self.topic:
@@ -351,7 +358,7 @@ class ApprovalHold:
                 error = TokenExpired("token expired while its request waited for approval")
             if error is not None:
                 self.held.pop(hold_id, None)
-                held.flow.metadata[meta.DECISION] = "denied"
+                held.flow.metadata[meta.DECISION] = Decision.DENIED
                 refuse(held.flow, error, extra={"approval_id": hold_id})
                 held.flow.resume()  # type: ignore[no-untyped-call]
                 continue
@@ -383,12 +390,12 @@ class ApprovalHold:
             return
         flow = held.flow
         if state == "approved":
-            flow.metadata[meta.DECISION] = "approved"
+            flow.metadata[meta.DECISION] = Decision.APPROVED
         elif state == "denied":
-            flow.metadata[meta.DECISION] = "denied"
+            flow.metadata[meta.DECISION] = Decision.DENIED
             refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
         else:
-            flow.metadata[meta.DECISION] = "denied"
+            flow.metadata[meta.DECISION] = Decision.DENIED
             refuse(
                 flow,
                 ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),

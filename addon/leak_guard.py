@@ -45,6 +45,7 @@ from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
 from jitgate.inspect.stream import DEFAULT_WINDOW, HoldLimitExceeded
 from jitgate.policy import MaskProfile, Policy
+from jitgate.records import Decision
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ class LeakGuard:
         if result.edits:
             req.content = result.masked(body)
         if found:
-            flow.metadata[meta.DECISION] = "masked"
+            flow.metadata[meta.DECISION] = Decision.MASKED
         _inspected(flow, "request")
 
     def _path(self, req: http.Request, plan: actions.Plan) -> ScanResult:
@@ -413,7 +414,7 @@ class LeakGuard:
         plan = actions.plan(self._profile(flow), "response")
         # The headers go out now, before any of the body: they are masked here, not in `response`.
         if self._headers(flow, resp, "response", plan):
-            flow.metadata.setdefault(meta.DECISION, "masked")
+            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
         # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
         # parses them: their escapes are decoded, each string whole, held back at most to the limit.
         masker = StreamMasker(
@@ -446,7 +447,7 @@ class LeakGuard:
     def _cut(self, flow: http.HTTPFlow, error: JitgateError) -> None:
         """A streamed response went over the limit or does not decode: stop reading the upstream."""
         flow.metadata[meta.ERROR] = error.code
-        flow.metadata[meta.DECISION] = "blocked"
+        flow.metadata[meta.DECISION] = Decision.BLOCKED
         logger.warning("jitgate: streamed response of flow %s cut (%s)", flow.id, error.code)
         close_upstream(flow)
 
@@ -466,7 +467,7 @@ class LeakGuard:
                 resp.data.content = bytes(stream.sent)
             records = self._record(flow, plan, "response.body", stream.masker.findings)
             if records:
-                flow.metadata.setdefault(meta.DECISION, "masked")
+                flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
             if stream.complete:
                 _inspected(flow, "response")
             return
@@ -486,7 +487,7 @@ class LeakGuard:
         if result.edits:
             resp.content = result.masked(body)
         if found or result.findings:
-            flow.metadata.setdefault(meta.DECISION, "masked")
+            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
         _inspected(flow, "response")
 
     @staticmethod

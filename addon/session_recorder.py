@@ -36,7 +36,7 @@ from addon import body, meta, settings
 from addon.respond import refuse
 from jitgate import digest
 from jitgate.errors import AuditUnavailable
-from jitgate.records import Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
+from jitgate.records import Decision, Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
 from jitgate.spool import Spool, SpoolConfig, Uploader
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     error = md.get(meta.ERROR)
     if flow.error is not None and error is None:  # with a response too: it failed after the headers
         error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
-    decision = md.get(meta.DECISION) or ("blocked" if error else "allowed")
+    decision = md.get(meta.DECISION) or (Decision.BLOCKED if error else Decision.ALLOWED)
     started = request.timestamp_start
     ended = (response.timestamp_end if response is not None else None) or now
     peer = flow.client_conn.peername

@@ -327,7 +327,6 @@ class TokenGate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        flow.metadata.setdefault(meta.STARTED, time.monotonic())
         conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
         token = take_token(flow.request, conns) or self._bound.get(flow.client_conn.id)
         if token is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jitgate.token import revocation_live
+from jitgate.token import Claims, revocation_live
 
 # sk = jti; attrs: sub, revoked_by, revoked_at, expires_at (the token's exp plus the largest leeway)
 REVOCATION_PK = "revocation"
@@ -39,3 +39,30 @@ def revocation_item_live(item: Mapping[str, Any], *, now: float) -> bool:
     except (KeyError, TypeError, ValueError):
         return True
     return revocation_live(expires_at, now=now)
+
+
+def reserve_requests(dynamodb: Any, table: str, claims: Claims, block: int) -> int:
+    """Reserve up to `block` uses on the token's shared counter; how many were granted (0: used up).
+
+    One conditional update reserves the whole block while the budget has room for it; near the end
+    of the budget it falls back to single uses, so the limit is never exceeded across gateways.
+    """
+    limit = claims.limits.max_requests
+    assert limit is not None
+    for size in (block, 1) if block > 1 else (1,):
+        try:
+            dynamodb.update_item(
+                TableName=table,
+                Key={"pk": {"S": usage_pk(claims.jti)}, "sk": {"S": USAGE_SK}},
+                UpdateExpression="ADD n :k SET expires_at = if_not_exists(expires_at, :exp)",
+                ConditionExpression="attribute_not_exists(n) OR n <= :room",
+                ExpressionAttributeValues={
+                    ":k": {"N": str(size)},
+                    ":room": {"N": str(limit - size)},
+                    ":exp": {"N": str(claims.exp)},
+                },
+            )
+        except dynamodb.exceptions.ConditionalCheckFailedException:
+            continue
+        return size
+    return 0
