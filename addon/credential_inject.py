@@ -36,6 +36,7 @@ from mitmproxy.addonmanager import Loader, traverse
 
 from addon import meta, settings
 from addon.respond import refuse
+from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
 from jitgate.errors import CredentialUnavailable, JitgateError
 from jitgate.policy import Connection, Policy
 
@@ -45,8 +46,6 @@ DEFAULT_SECRET_TTL = 300
 _CHAIN_PACKAGE = "addon."
 RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
-# Client headers that may carry someone's own credential; never forwarded.
-_CLIENT_CREDENTIALS = ("Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Chroma-Token")
 
 
 def secret_value(raw: str | None, json_key: str | None) -> str:
@@ -73,7 +72,7 @@ def _target(upstream: str, upstream_host: str) -> tuple[str, int, str]:
 def apply_credential(request: http.Request, conn: Connection, secret: str) -> None:
     """Strip client credentials, set the connection's header and point at the real upstream."""
     present = {name.lower() for name in request.headers}
-    for name in (*_CLIENT_CREDENTIALS, conn.credential.header):
+    for name in (*CLIENT_CREDENTIAL_HEADERS, conn.credential.header):
         if name.lower() in present:  # one pass over the headers instead of one per name
             request.headers.pop(name, None)
     request.headers[conn.credential.header] = conn.credential.format.replace("{secret}", secret)

@@ -21,13 +21,25 @@ import json
 from mitmproxy import http, version
 from mitmproxy.net.http import http1
 
-ANSWERS = {
-    400: ("bad_request", "the request is not valid HTTP"),
-    413: ("payload_too_large", "the request body is over the gateway's size limit"),
-    502: ("upstream_unavailable", "the upstream could not be reached or closed the connection; nothing was answered"),
-    504: ("upstream_timeout", "the upstream did not answer in time"),
+from jitgate.errors import (
+    BadRequest,
+    GatewayError,
+    JitgateError,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+# mitmproxy's status -> the error it goes out as, with a fixed message (mitmproxy's own text can
+# name internal hosts). Codes and classes are jitgate/errors.py's.
+_ERRORS: dict[int, JitgateError] = {
+    400: BadRequest("the request is not valid HTTP"),
+    413: PayloadTooLarge("the request body is over the gateway's size limit"),
+    502: UpstreamUnavailable("the upstream could not be reached or closed the connection; nothing was answered"),
+    504: UpstreamTimeout("the upstream did not answer in time"),
 }
-_FALLBACK = ("gateway_error", "the gateway could not complete the request")
+ANSWERS = {status: (error.code, error.message) for status, error in _ERRORS.items()}
+_FALLBACK = (GatewayError.code, "the gateway could not complete the request")
 # Only a 502 (upstream closed or unreachable) may be re-labelled: the gateway closed it itself.
 _RELABEL_FROM = 502
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar("jitgate_error_answer", default=None)

@@ -31,6 +31,7 @@ from addon.mitmproxy_compat import close_upstream
 from addon.respond import refuse
 from jitgate import jsontext
 from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
+from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
 from jitgate.errors import (
     BodyNotDecodable,
     JitgateError,
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_INSPECT = 16 * 1024 * 1024
 STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
 # Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-chroma-token"})
+_CREDENTIAL_HEADERS = frozenset(name.lower() for name in CLIENT_CREDENTIAL_HEADERS)
 _SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
 # HTTP-date headers (RFC 9110 5.6.7). A value that is exactly an IMF-fixdate holds a date and
 # nothing else, but its digits are a phone candidate: scanning it cost every response a second

@@ -236,6 +236,20 @@ class UpstreamTimeout(JitgateError):
     status = 504
 
 
+class UpstreamUnavailable(JitgateError):
+    """The upstream could not be reached, or closed the connection before it answered."""
+
+    code = "upstream_unavailable"
+    status = 502
+
+
+class GatewayError(JitgateError):
+    """The gateway could not complete the request for a reason no narrower code names."""
+
+    code = "gateway_error"
+    status = 500
+
+
 # -- broker (issuance, revocation) -----------------------------------------------------------------
 
 
