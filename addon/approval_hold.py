@@ -159,22 +159,14 @@ class ApprovalHold:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        # Durations are strings: mitmproxy's `--set` cannot parse floats.
-        loader.add_option(
+        settings.add_options(
+            loader,
+            *settings.SHARED,
             "jitgate_approval_timeout",
-            str,
-            "120",
-            "Seconds (or '2m') a risky request waits for an approver before it is answered 403 approval_timeout.",
-        )
-        loader.add_option(
-            "jitgate_approval_poll", str, "1", "Seconds between reads of the shared table for this gateway's holds."
-        )
-        loader.add_option(
-            "jitgate_approval_topic", str, "", "SNS topic ARN told about new holds; empty: approvers list them."
-        )
-        loader.add_option(
-            "jitgate_approval_max_held", int, 200, "Most requests this gateway holds at once; more are refused (503)."
+            "jitgate_approval_poll",
+            "jitgate_approval_topic",
+            "jitgate_approval_max_held",
+            "jitgate_gateway_id",
         )
 
     def configure(self, updated: set[str]) -> None:

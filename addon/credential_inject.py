@@ -42,7 +42,6 @@ from jitgate.policy import Connection, Policy
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SECRET_TTL = 300
 _CHAIN_PACKAGE = "addon."
 RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
@@ -109,19 +108,13 @@ class CredentialInject:
         self._fetch_lock = threading.Lock()
         # Flows that carry the injected credential until their `response` or `error` (see `done`).
         self._carrying: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        self.ttl = DEFAULT_SECRET_TTL
+        self.ttl = settings.DEFAULT_SECRET_TTL
         self.policy: Policy | None = None
         self._bundle: str | None = None
         self._http: httpx.AsyncClient | None = None
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_secret_ttl", int, DEFAULT_SECRET_TTL, "Seconds an upstream secret is used before it is re-read."
-        )
-        loader.add_option(
-            "jitgate_upstream_ca", str, "", "PEM file of a private CA trusted upstream, besides the public roots."
-        )
+        settings.add_options(loader, *settings.SHARED, "jitgate_secret_ttl", "jitgate_upstream_ca")
 
     def configure(self, updated: set[str]) -> None:
         # Eager CONNECTs turn refusals into 502s from unreachable hosts; jitgate answers itself.

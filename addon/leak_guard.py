@@ -50,7 +50,6 @@ from jitgate.records import Decision
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_INSPECT = 16 * 1024 * 1024
 STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
 # Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
 _CREDENTIAL_HEADERS = frozenset(name.lower() for name in CLIENT_CREDENTIAL_HEADERS)
@@ -159,23 +158,17 @@ class LeakGuard:
         self._given = scanner
         self.scanner: Scanner | None = scanner
         self.policy: Policy | None = None
-        self.max_bytes = DEFAULT_MAX_INSPECT
+        self.max_bytes = settings.DEFAULT_MAX_INSPECT
         self.window = DEFAULT_WINDOW
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_max_inspect_bytes", int, DEFAULT_MAX_INSPECT,
-            "Largest decoded body leak_guard inspects; larger bodies are refused with 413.",
-        )
-        loader.add_option(
-            "jitgate_mask_key_secret", str, "",
-            "Secrets Manager id of the HMAC key for masking tags; empty means a random key per process.",
-        )
-        loader.add_option("jitgate_inspect_engine", str, "auto", "Detection engine: auto, hyperscan or re.")
-        loader.add_option(
-            "jitgate_stream_window", int, DEFAULT_WINDOW,
-            "Bytes held back when masking a streamed response (overlap window); the default exceeds the longest match.",
+        settings.add_options(
+            loader,
+            *settings.SHARED,
+            "jitgate_max_inspect_bytes",
+            "jitgate_mask_key_secret",
+            "jitgate_inspect_engine",
+            "jitgate_stream_window",
         )
 
     def configure(self, updated: set[str]) -> None:

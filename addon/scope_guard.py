@@ -45,7 +45,6 @@ from jitgate.scope import STORE_DIALECTS, document_count, filter_fields, lease_s
 from jitgate.state import reserve_requests
 from jitgate.token import Claims
 
-DEFAULT_LEASE = 16
 _USAGE_PRUNE_AT = 10_000
 
 
@@ -78,18 +77,12 @@ class ScopeGuard:
         self._dynamodb = dynamodb
         self._given_dynamodb = dynamodb is not None
         self._usage = _Usage()
-        self.lease = DEFAULT_LEASE
+        self.lease = settings.DEFAULT_LEASE
         self.policy: Policy | None = None
         self.table = ""
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_usage_lease",
-            int,
-            DEFAULT_LEASE,
-            "Uses of a token's max_requests a gateway reserves per DynamoDB update (1: one update per request).",
-        )
+        settings.add_options(loader, *settings.SHARED, "jitgate_usage_lease", "jitgate_max_inspect_bytes")
 
     def configure(self, updated: set[str]) -> None:
         if "jitgate_usage_lease" in updated:
@@ -264,7 +257,7 @@ class ScopeGuard:
         encoding = resp.headers.get("content-encoding", "")
         if not (resp.raw_content and encoding):
             return False
-        limit = getattr(ctx.options, "jitgate_max_inspect_bytes", DEFAULT_DECODED_LIMIT)
+        limit = ctx.options.jitgate_max_inspect_bytes
         try:
             return decoded_size_exceeds(resp.raw_content, encoding, int(limit))
         except ValueError:

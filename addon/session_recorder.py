@@ -218,27 +218,20 @@ class SessionRecorder:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option("jitgate_bucket", str, "", "Audit bucket for session records; empty keeps them in the spool.")
-        loader.add_option("jitgate_spool_dir", str, "", "Durable spool directory; empty means <confdir>/jitgate-spool.")
-        loader.add_option(
-            "jitgate_gateway_id", str, "", "This gateway's id in records and object keys; empty: hostname."
-        )
-        loader.add_option("jitgate_sessions_prefix", str, "sessions/", "Key prefix of session objects in the bucket.")
-        loader.add_option("jitgate_segment_bytes", int, 8 * 1024 * 1024, "Rotate a spool segment at this size.")
-        # Durations are integer milliseconds: mitmproxy's `--set` cannot parse float options.
-        loader.add_option("jitgate_segment_ms", int, 60_000, "Rotate a spool segment at this age (ms).")
-        loader.add_option("jitgate_fsync_ms", int, 1000, "Milliseconds between fsyncs of the open segment.")
-        loader.add_option(
-            "jitgate_spool_max_bytes", int, 1024 * 1024 * 1024, "Spool quota; when reached, flows are refused (503)."
-        )
-        loader.add_option("jitgate_record_body_cap", int, 8192, "Bytes of each masked body kept in a record.")
-        loader.add_option("jitgate_upload_backoff_max_ms", int, 30_000, "Longest wait (ms) between upload retries.")
-        loader.add_option(
+        settings.add_options(
+            loader,
+            *settings.SHARED,
+            "jitgate_bucket",
+            "jitgate_spool_dir",
+            "jitgate_gateway_id",
+            "jitgate_sessions_prefix",
+            "jitgate_segment_bytes",
+            "jitgate_segment_ms",
+            "jitgate_fsync_ms",
+            "jitgate_spool_max_bytes",
+            "jitgate_record_body_cap",
+            "jitgate_upload_backoff_max_ms",
             "jitgate_audit_required",
-            bool,
-            True,
-            "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",
         )
 
     def configure(self, updated: set[str]) -> None:

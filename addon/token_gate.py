@@ -178,26 +178,15 @@ class TokenGate:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option("jitgate_jwks_url", str, "", "The broker's JWKS URL (https://<broker>/.well-known/jwks.json).")
-        loader.add_option(
-            "jitgate_issuer", str, "", "Expected token `iss` (the broker URL); empty: the JWKS URL without its path."
-        )
-        loader.add_option("jitgate_revocation_refresh", str, "2", "Seconds between revocation list refreshes.")
-        loader.add_option(
+        settings.add_options(
+            loader,
+            *settings.SHARED,
+            "jitgate_jwks_url",
+            "jitgate_issuer",
+            "jitgate_revocation_refresh",
             "jitgate_revocation_staleness",
-            str,
-            "5",
-            "Refuse every request (503) when the last good revocation refresh is older than this many seconds.",
-        )
-        loader.add_option(
-            "jitgate_jwks_refetch_interval", str, "10", "Least seconds between JWKS refetches for an unknown kid."
-        )
-        loader.add_option(
+            "jitgate_jwks_refetch_interval",
             "jitgate_jwks_refresh",
-            str,
-            "300",
-            "Seconds between routine JWKS refreshes; a key the broker dropped stops verifying cached tokens.",
         )
 
     def configure(self, updated: set[str]) -> None:

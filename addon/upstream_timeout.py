@@ -37,7 +37,7 @@ class _Timer(Protocol):
 CallLater = Callable[..., _Timer]
 
 OPTION = "jitgate_upstream_timeout"
-DEFAULT = "60s"
+DEFAULT = settings.DEFAULT_UPSTREAM_TIMEOUT
 MAX_SECONDS = 3600.0
 
 
@@ -71,11 +71,7 @@ class UpstreamTimeout:
         self.timers: dict[str, _Timer] = {}  # flow id -> its running timer (or the task awaiting a hold)
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            OPTION, str, DEFAULT,
-            "How long the gateway waits for the upstream's response headers after sending a request "
-            "(60s, 1500ms, 2.5); then the client gets 504 upstream_timeout and the upstream connection is closed.",
-        )
+        settings.add_options(loader, "jitgate_upstream_timeout")
 
     def configure(self, updated: set[str]) -> None:
         if OPTION in updated:
