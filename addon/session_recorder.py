@@ -218,21 +218,7 @@ class SessionRecorder:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(
-            loader,
-            *settings.SHARED,
-            "jitgate_bucket",
-            "jitgate_spool_dir",
-            "jitgate_gateway_id",
-            "jitgate_sessions_prefix",
-            "jitgate_segment_bytes",
-            "jitgate_segment_ms",
-            "jitgate_fsync_ms",
-            "jitgate_spool_max_bytes",
-            "jitgate_record_body_cap",
-            "jitgate_upload_backoff_max_ms",
-            "jitgate_audit_required",
-        )
+        settings.add_options(loader, *settings.SHARED, *sorted(_OWN))
 
     def configure(self, updated: set[str]) -> None:
         if not (updated & (_OWN | settings.SHARED | {"confdir"})):
