@@ -30,6 +30,7 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
+from jitgate import durations
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import (
     Approval,
@@ -54,7 +55,7 @@ from jitgate.errors import (
     TokenExpired,
     TokenRevoked,
 )
-from jitgate.policy import Connection, Policy, parse_duration
+from jitgate.policy import Connection, Policy
 from jitgate.records import Decision
 from jitgate.scope import document_count
 from jitgate.state import REVOCATION_PK, revocation_item_live
@@ -116,17 +117,11 @@ def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> s
 
 
 def seconds(value: str, name: str) -> float:
-    """Positive, finite seconds from an option string: `120`, `0.5` or `2m`."""
+    """Positive, finite seconds from an option string: `120`, `0.5` or `2m` (`jitgate.durations`)."""
     try:
-        result = float(value)
-    except ValueError:
-        try:
-            result = float(parse_duration(value))
-        except ValueError:
-            raise settings.options_error(f"{name} must be a number of seconds, not {value!r}") from None
-    if not 0 < result < float("inf"):
-        raise settings.options_error(f"{name} must be positive and finite")
-    return result
+        return durations.seconds(value, what=name)
+    except ValueError as exc:
+        raise settings.options_error(str(exc)) from None
 
 
 class ApprovalHold:

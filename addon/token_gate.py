@@ -28,6 +28,7 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.respond import refuse
 from addon.revocations import RevocationList
+from jitgate import durations
 from jitgate.errors import (
     InvalidToken,
     JitgateError,
@@ -133,14 +134,11 @@ def fetch_jwks(url: str) -> KeySet:
 
 
 def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
-    """A number of seconds from an option string (mitmproxy `--set` cannot parse floats)."""
+    """Seconds from an option string (`jitgate.durations`); a bad one stops the start."""
     try:
-        seconds = float(value)
-    except ValueError:
-        raise settings.options_error(f"{name} must be a number of seconds, not {value!r}") from None
-    if not (seconds >= 0 if zero_ok else seconds > 0) or seconds != seconds or seconds == float("inf"):
-        raise settings.options_error(f"{name} must be {'non-negative' if zero_ok else 'positive'} and finite")
-    return seconds
+        return durations.seconds(value, what=name, zero_ok=zero_ok)
+    except ValueError as exc:
+        raise settings.options_error(str(exc)) from None
 
 
 def token_sha256(token: str) -> str:

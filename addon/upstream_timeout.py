@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +23,7 @@ from mitmproxy.addonmanager import Loader
 
 from addon import error_answers, meta, settings
 from addon.mitmproxy_compat import close_upstream
+from jitgate import durations
 from jitgate.errors import UpstreamTimeout as UpstreamTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -46,19 +46,7 @@ def parse_timeout(text: str) -> float:
 
     A string because mitmproxy's `--set` cannot parse a float option.
     """
-    value = text.strip().lower()
-    scale = 1.0
-    if value.endswith("ms"):
-        value, scale = value[:-2], 0.001
-    elif value.endswith("s"):
-        value = value[:-1]
-    try:
-        seconds = float(value.strip()) * scale
-    except ValueError:
-        raise ValueError(f"{OPTION} must look like 60s, 1500ms or 2.5, not {text!r}") from None
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
-        raise ValueError(f"{OPTION} must be more than 0 and at most {MAX_SECONDS:.0f} s")
-    return seconds
+    return durations.seconds(text, what=OPTION, units=("ms", "s"), maximum=MAX_SECONDS)
 
 
 class UpstreamTimeout:
