@@ -58,7 +58,7 @@ from jitgate.errors import (
 from jitgate.policy import Connection, Policy
 from jitgate.records import Decision
 from jitgate.scope import document_count
-from jitgate.state import REVOCATION_PK, revocation_item_live
+from jitgate.state import revoked_among
 
 logger = logging.getLogger(__name__)
 
@@ -99,21 +99,6 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
         size=size,
         findings=tuple(f for f in findings if isinstance(f, dict)),
     )
-
-
-def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> set[str]:
-    """Which of `jtis` are revoked right now (one consistent batch read of pk="revocation")."""
-    revoked: set[str] = set()
-    ids = sorted(jtis)
-    for i in range(0, len(ids), 100):
-        keys = [{"pk": {"S": REVOCATION_PK}, "sk": {"S": j}} for j in ids[i : i + 100]]
-        resp = dynamodb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})
-        if resp.get("UnprocessedKeys"):
-            raise RuntimeError("revocation read incomplete")
-        for item in resp.get("Responses", {}).get(table, []):
-            if revocation_item_live(item, now=now):
-                revoked.add(item["sk"]["S"])
-    return revoked
 
 
 def seconds(value: str, name: str) -> float:

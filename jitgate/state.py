@@ -66,3 +66,40 @@ def reserve_requests(dynamodb: Any, table: str, claims: Claims, block: int) -> i
             continue
         return size
     return 0
+
+
+def fetch_revocations(dynamodb: Any, table: str, *, now: float) -> frozenset[str]:
+    """Revoked `jti`s still in force at `now` (DynamoDB TTL deletes late, so filter).
+
+    The filter is `revocation_item_live`, the rule the broker's revoke also uses, applied
+    here rather than restated as a DynamoDB filter expression.
+    """
+    revoked: set[str] = set()
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk",
+        "ProjectionExpression": "sk, expires_at",
+        "ExpressionAttributeValues": {":pk": {"S": REVOCATION_PK}},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = dynamodb.query(**kwargs)
+        revoked.update(item["sk"]["S"] for item in page.get("Items", []) if revocation_item_live(item, now=now))
+        if "LastEvaluatedKey" not in page:
+            return frozenset(revoked)
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> set[str]:
+    """Which of `jtis` are revoked right now (one consistent batch read of pk="revocation")."""
+    revoked: set[str] = set()
+    ids = sorted(jtis)
+    for i in range(0, len(ids), 100):
+        keys = [{"pk": {"S": REVOCATION_PK}, "sk": {"S": j}} for j in ids[i : i + 100]]
+        resp = dynamodb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})
+        if resp.get("UnprocessedKeys"):
+            raise RuntimeError("revocation read incomplete")
+        for item in resp.get("Responses", {}).get(table, []):
+            if revocation_item_live(item, now=now):
+                revoked.add(item["sk"]["S"])
+    return revoked
