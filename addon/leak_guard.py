@@ -30,7 +30,7 @@ from addon import meta, settings
 from addon.mitmproxy_compat import close_upstream
 from addon.respond import refuse
 from jitgate import jsontext
-from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
+from jitgate.decoding import BoundedDecoder, bomb_check
 from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
 from jitgate.errors import (
     BodyNotDecodable,
@@ -300,15 +300,11 @@ class LeakGuard:
     def _decoded(self, message: http.Message) -> bytes | str:
         """The decoded body, or why it cannot be inspected: "undecodable" or "too_large" (the
         content encoding is dropped then, so nothing after this decodes it: the recorder)."""
-        encoding = message.headers.get("content-encoding", "")
-        if message.raw_content and encoding:  # sized before decoding: a bomb costs one piece, not its size
-            try:
-                over = decoded_size_exceeds(message.raw_content, encoding, self.max_bytes)
-            except ValueError:
-                over = None
-            if over is not False:
-                message.headers.pop("content-encoding", None)
-                return "undecodable" if over is None else "too_large"
+        # Sized before decoding: a bomb costs one piece, not its size.
+        over = bomb_check(message.raw_content or b"", message.headers.get("content-encoding", ""), self.max_bytes)
+        if over is not False:
+            message.headers.pop("content-encoding", None)
+            return "undecodable" if over is None else "too_large"
         try:
             body = message.get_content(strict=True) or b""
         except ValueError:

@@ -26,7 +26,7 @@ from addon.body import NOT_JSON, json_body
 from addon.body import text as body_text
 from addon.respond import refuse
 from jitgate import jsontext
-from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size_exceeds
+from jitgate.decoding import DEFAULT_DECODED_LIMIT, bomb_check
 from jitgate.errors import (
     BadRequest,
     BodyNotDecodable,
@@ -192,14 +192,13 @@ class ScopeGuard:
         raw = req.raw_content or b""
         if limits.max_bytes is not None and len(raw) > limits.max_bytes:
             return PayloadTooLarge(f"the request body is over this token's {limits.max_bytes} bytes")
-        encoding = req.headers.get("content-encoding", "")
-        if raw and encoding:  # sized without decoding it whole: a gzip bomb must not cost its decoded size
-            bound = limits.max_bytes if limits.max_bytes is not None else DEFAULT_DECODED_LIMIT
-            try:
-                if decoded_size_exceeds(raw, encoding, bound):
-                    return PayloadTooLarge(f"the request body is over {bound} bytes once decoded")
-            except ValueError:
-                return BodyNotDecodable("the request body's content encoding cannot be decoded")
+        # Sized without decoding it whole: a gzip bomb must not cost its decoded size.
+        bound = limits.max_bytes if limits.max_bytes is not None else DEFAULT_DECODED_LIMIT
+        over = bomb_check(raw, req.headers.get("content-encoding", ""), bound)
+        if over is None:
+            return BodyNotDecodable("the request body's content encoding cannot be decoded")
+        if over:
+            return PayloadTooLarge(f"the request body is over {bound} bytes once decoded")
         if limits.max_documents is None:
             return None
         text = body_text(flow)  # read once per flow, shared with leak_guard, approval_hold and the recorder
@@ -254,11 +253,6 @@ class ScopeGuard:
     def _response_too_large(resp: http.Response) -> bool:
         """An encoded store answer that decodes past leak_guard's limit (sized, never decoded whole here:
         this hook runs before leak_guard's, which refuses it the same way)."""
-        encoding = resp.headers.get("content-encoding", "")
-        if not (resp.raw_content and encoding):
-            return False
-        limit = ctx.options.jitgate_max_inspect_bytes
-        try:
-            return decoded_size_exceeds(resp.raw_content, encoding, int(limit))
-        except ValueError:
-            return False  # not decodable: get_content hands back the raw bytes, which are no JSON
+        over = bomb_check(resp.raw_content or b"", resp.headers.get("content-encoding", ""),
+                          int(ctx.options.jitgate_max_inspect_bytes))
+        return over is True  # not decodable: get_content hands back the raw bytes, which are no JSON
