@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from addon import mitmproxy_compat
 from addon.approval_hold import ApprovalHold
-from addon.credential_inject import CredentialInject
+from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
@@ -35,12 +35,15 @@ scope_guard = fail_closed(ScopeGuard())
 leak_guard = fail_closed(LeakGuard())
 approval_hold = fail_closed(ApprovalHold())
 credential_inject = fail_closed(CredentialInject())
+# Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
+credential_retry = fail_closed(CredentialRetry(credential_inject))
 session_recorder = fail_closed(SessionRecorder())
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
     http_only, upstream_sni,
-    token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
+    token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
+    upstream_timeout,
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]
