@@ -268,7 +268,7 @@ def _collect(
         job=stored.get("job"),
         purpose=stored.get("purpose"),
     )
-    decision = evaluate_grants(svc.policy, who, request)
+    decision = evaluate_grants(svc.policy, who, request, default_ttl=svc.settings.default_ttl)
     if decision.grant != stored.get("grant"):
         raise NotGranted("the grant this approval was for no longer applies to you")
     jti = new_jti()

@@ -517,8 +517,15 @@ def _matches(grant: Grant, identity: Identity) -> bool:
     return True
 
 
-def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -> Decision:
-    """The first grant that gives `identity` the requested connection and operations."""
+def evaluate_grants(
+    policy: Policy, identity: Identity, request: TokenRequest, *, default_ttl: int = DEFAULT_TTL
+) -> Decision:
+    """The first grant that gives `identity` the requested connection and operations.
+
+    The token's lifetime is decided here and nowhere else: the requested TTL, else the grant's
+    `default_ttl`, else `default_ttl` (the broker's JITGATE_DEFAULT_TTL), never above `max_ttl`.
+    What approvers are shown and what the token's `exp` says are both `Decision.ttl`.
+    """
     conn = policy.connections.get(request.connection)
     if conn is None:
         raise UnknownConnection(f"no connection named {request.connection!r}")
@@ -537,7 +544,12 @@ def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -
         wanted = frozenset(request.operations) if request.operations is not None else allowed
         if not wanted or not wanted <= allowed:
             continue
-        wanted_ttl = request.ttl if request.ttl is not None else (grant.default_ttl or grant.max_ttl)
+        if request.ttl is not None:
+            wanted_ttl = request.ttl
+        elif grant.default_ttl is not None:
+            wanted_ttl = grant.default_ttl
+        else:  # nothing asked, nothing set: the broker's default is no request, so never "clamped"
+            wanted_ttl = min(default_ttl, grant.max_ttl)
         ttl = min(wanted_ttl, grant.max_ttl)
         return Decision(
             grant=grant.name,

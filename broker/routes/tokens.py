@@ -58,16 +58,6 @@ def _parse(body: dict[str, Any]) -> TokenRequest:
     return TokenRequest(req.connection, req.operations, ttl, req.job, req.purpose)
 
 
-def _ttl(svc: Services, decision: Decision, request: TokenRequest) -> int:
-    """The grant's default, else the broker's JITGATE_DEFAULT_TTL, never above the grant's max."""
-    if request.ttl is not None:
-        return decision.ttl
-    grant = next(g for g in svc.policy.grants if g.name == decision.grant)
-    if grant.default_ttl is not None:
-        return decision.ttl
-    return min(svc.settings.default_ttl, grant.max_ttl)
-
-
 @router.post("/v1/tokens")
 def mint() -> Response[str]:
     svc = services()
@@ -78,7 +68,7 @@ def mint() -> Response[str]:
         fields.update(oidc_issuer=identity.issuer, sub=identity.subject)
         request = _parse(json_body(router.current_event))
         fields.update(conn=request.connection, job=request.job, purpose=request.purpose, requested_ttl=request.ttl)
-        decision = evaluate_grants(svc.policy, identity, request)
+        decision = evaluate_grants(svc.policy, identity, request, default_ttl=svc.settings.default_ttl)
         fields.update(grant_name=decision.grant, operations=list(decision.operations))
         if decision.approval.required:
             return approvals.open_issuance(svc, identity, request, decision, fields, now)
@@ -102,7 +92,7 @@ def issue(
     apv: str | None = None,
 ) -> dict[str, Any]:
     """Mint, record and audit one token; the answer body. `apv` names the approval it was collected from."""
-    ttl = _ttl(svc, decision, request)
+    ttl = decision.ttl
     conn = svc.policy.connections[decision.connection]
     claims = Claims(
         iss=issuer_url(svc.settings, router.current_event),

@@ -209,7 +209,7 @@ GRANT_CASES: list[tuple[str, Identity, TokenRequest, dict[str, Any]]] = [
     ("reader subset", _sa("ranking"), TokenRequest("candidates-store", operations=("query",)),
      {"operations": ("query",)}),
     ("maintainer delete needs approval", _sa("ranking-admin"), TokenRequest("candidates-store", operations=("delete",)),
-     {"grant": "store-maintenance", "approval.required": True, "ttl": 3600}),
+     {"grant": "store-maintenance", "approval.required": True, "ttl": 900, "clamped": False}),
 ]
 
 
@@ -222,6 +222,25 @@ def test_grants_allow(policy: Policy, identity: Identity, request_: TokenRequest
         for part in path.split("."):
             got = getattr(got, part)
         assert got == value, path
+
+
+@pytest.mark.parametrize(
+    ("identity", "request_", "default_ttl", "ttl", "clamped"),
+    [
+        # store-maintenance: max_ttl 1h, no default_ttl, so the broker's default applies, capped at the max.
+        (_sa("ranking-admin"), TokenRequest("candidates-store"), 300, 300, False),
+        (_sa("ranking-admin"), TokenRequest("candidates-store"), 7200, 3600, False),
+        (_sa("ranking-admin"), TokenRequest("candidates-store", ttl=120), 300, 120, False),
+        # rerank-ci has default_ttl 10m: the broker's default does not apply.
+        (_ci(), TokenRequest("cohere-prod"), 60, 600, False),
+    ],
+    ids=["broker default", "broker default over max", "requested wins", "grant default wins"],
+)
+def test_the_ttl_is_decided_once_with_the_brokers_default(
+    policy: Policy, identity: Identity, request_: TokenRequest, default_ttl: int, ttl: int, clamped: bool
+) -> None:
+    decision = evaluate_grants(policy, identity, request_, default_ttl=default_ttl)
+    assert (decision.ttl, decision.clamped) == (ttl, clamped)
 
 
 DENY_CASES: list[tuple[str, Identity, TokenRequest, type[Exception]]] = [
