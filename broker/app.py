@@ -8,9 +8,8 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from broker import approvals
 from broker.observability import logger, metrics
-from broker.routes import jwks, tokens
+from broker.routes import approvals, jwks, tokens
 from broker.routes.common import json_response
 from jitgate.errors import JitgateError
 

@@ -21,10 +21,13 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from broker.approvals import Approvals
 from broker.audit import EventSink
+from broker.issuance import Issuance
 from broker.oidc import OidcVerifier
 from broker.revocation import TokenStore
 from broker.signer import KmsJwks, KmsSigner
+from jitgate.approval_store import ApprovalStore
 from jitgate.errors import JitgateError
 from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration, parse_policy
 
@@ -75,6 +78,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Services:
+    """Everything a route uses, built once per container; each AWS client is made once and shared."""
+
     settings: Settings
     policy: Policy
     verifier: OidcVerifier
@@ -82,6 +87,8 @@ class Services:
     jwks: KmsJwks
     tokens: TokenStore
     events: EventSink
+    issuance: Issuance
+    approvals: Approvals
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -93,16 +100,28 @@ class Services:
         client: Callable[[str], Any] | None = None,
     ) -> Services:
         make = client or (lambda name: boto3.client(name, config=_CLIENT_CONFIG))  # type: ignore[call-overload]
-        kms = make("kms")
-        policy = read_policy(settings.policy_path, s3=make("s3"))
+        kms, s3, dynamodb = make("kms"), make("s3"), make("dynamodb")
+        policy = read_policy(settings.policy_path, s3=s3)
+        signer = KmsSigner(kms, settings.kms_key_ids[0])
+        tokens = TokenStore(dynamodb, settings.table)
+        events = EventSink(s3, settings.bucket)
+        issuance = Issuance(policy, settings.default_ttl, signer=signer, tokens=tokens, events=events)
         return cls(
             settings=settings,
             policy=policy,
             verifier=OidcVerifier(policy.issuers),
-            signer=KmsSigner(kms, settings.kms_key_ids[0]),
+            signer=signer,
             jwks=KmsJwks(kms, settings.kms_key_ids),
-            tokens=TokenStore(make("dynamodb"), settings.table),
-            events=EventSink(make("s3"), settings.bucket),
+            tokens=tokens,
+            events=events,
+            issuance=issuance,
+            approvals=Approvals(
+                store=ApprovalStore(dynamodb, settings.table),
+                sns=make("sns"),
+                topic_arn=settings.topic_arn,
+                events=events,
+                issuance=issuance,
+            ),
             clock=clock,
         )
 
