@@ -28,18 +28,11 @@ from broker.oidc import OidcVerifier
 from broker.revocation import TokenStore
 from broker.signer import KmsJwks, KmsSigner
 from jitgate.approval_store import ApprovalStore
-from jitgate.errors import JitgateError
+from jitgate.errors import BrokerMisconfigured
 from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration, parse_policy
 
 BUNDLED_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 _CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
-
-
-class Misconfigured(JitgateError):
-    """A required setting is missing or invalid; the broker refuses every request."""
-
-    code = "broker_misconfigured"
-    status = 500
 
 
 @dataclass(frozen=True)
@@ -57,14 +50,14 @@ class Settings:
         def need(name: str) -> str:
             value = env.get(name, "").strip()
             if not value:
-                raise Misconfigured(f"the broker is misconfigured: {name} is not set")
+                raise BrokerMisconfigured(f"the broker is misconfigured: {name} is not set")
             return value
 
         key_ids = tuple(k.strip() for k in need("JITGATE_KMS_KEY_IDS").split(",") if k.strip())
         try:
             default_ttl = parse_duration(env.get("JITGATE_DEFAULT_TTL") or DEFAULT_TTL)
         except ValueError:
-            raise Misconfigured("the broker is misconfigured: JITGATE_DEFAULT_TTL is not a duration") from None
+            raise BrokerMisconfigured("the broker is misconfigured: JITGATE_DEFAULT_TTL is not a duration") from None
         return cls(
             policy_path=env.get("JITGATE_POLICY") or str(BUNDLED_POLICY),
             issuer=env.get("JITGATE_ISSUER", "").strip().rstrip("/"),
@@ -132,11 +125,11 @@ def read_policy(location: str, *, s3: Any) -> Policy:
         return load_policy(location)
     bucket, _, key = location.removeprefix("s3://").partition("/")
     if not bucket or not key:
-        raise Misconfigured("the broker is misconfigured: JITGATE_POLICY is not s3://bucket/key")
+        raise BrokerMisconfigured("the broker is misconfigured: JITGATE_POLICY is not s3://bucket/key")
     try:
         text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     except (ClientError, BotoCoreError, UnicodeDecodeError):
-        raise Misconfigured(f"the broker cannot read its policy at {location}") from None
+        raise BrokerMisconfigured(f"the broker cannot read its policy at {location}") from None
     return parse_policy(text, source=location)
 
 
@@ -151,7 +144,7 @@ def issuer_url(settings: Settings, event: APIGatewayProxyEventV2) -> str:
         return settings.issuer
     domain = event.request_context.domain_name
     if not domain:
-        raise Misconfigured("the broker is misconfigured: JITGATE_ISSUER is not set")
+        raise BrokerMisconfigured("the broker is misconfigured: JITGATE_ISSUER is not set")
     return f"https://{domain}"
 
 
