@@ -28,8 +28,9 @@ from broker.oidc import OidcVerifier
 from broker.revocation import TokenStore
 from broker.signer import KmsJwks, KmsSigner
 from jitgate.approval_store import ApprovalStore
+from jitgate.durations import parse_duration
 from jitgate.errors import BrokerMisconfigured
-from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration, parse_policy
+from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_policy
 
 BUNDLED_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 _CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})

@@ -29,11 +29,10 @@ from pydantic import (
 )
 
 from jitgate.dialects import DEFAULT_ROUTES, Route
+from jitgate.durations import parse_duration as parse_duration  # re-exported: addon/approval_hold.py imports it here
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
 from jitgate.token import Limits
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 DEFAULT_TTL = 15 * 60
 # A DNS name (labels of letters, digits, hyphens; underscores for internal service names), with an
@@ -54,22 +53,6 @@ def _host_name(value: str) -> str:
         if not _HOSTNAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a host name (no scheme, port, path or wildcard)") from None
     return value
-
-
-def parse_duration(value: int | str) -> int:
-    """Seconds from `900`, `"900"`, `"30s"`, `"15m"`, `"1h"` or `"1d"`."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '15m'")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"invalid duration {value!r}: use seconds or a string like '15m'")
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
-    return seconds
 
 
 class _Model(BaseModel):

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from broker.deps import issuer_url, services
 from broker.observability import logger, metrics
 from broker.routes.common import base_event, bearer, json_body, json_response, record_denial
+from jitgate.durations import parse_duration
 from jitgate.errors import BadRequest, JitgateError
 from jitgate.events import TokenEvent
-from jitgate.policy import TokenRequest, is_admin, parse_duration
+from jitgate.policy import TokenRequest, is_admin
 
 router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]
 

@@ -14,9 +14,10 @@ from rich.console import Console
 
 from jitgate.capture import capture_unavailable_reason
 from jitgate.client import BrokerClient, Minted, Pending
+from jitgate.durations import parse_duration
 from jitgate.errors import ApprovalDenied, ApprovalExpired, ApprovalPending, JitgateError
 from jitgate.oidc_source import find_oidc_token
-from jitgate.policy import load_policy, parse_duration
+from jitgate.policy import load_policy
 from jitgate.run import JobEnv, job_environment, run_job, write_ca_bundle
 
 err = Console(stderr=True)

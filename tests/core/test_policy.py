@@ -18,7 +18,6 @@ from jitgate.policy import (
     evaluate_grants,
     is_admin,
     load_policy,
-    parse_duration,
     parse_policy,
 )
 
@@ -50,20 +49,6 @@ def test_example_policy_loads(policy: Policy) -> None:
     assert policy.grants[0].max_ttl == 1800 and policy.grants[0].default_ttl == 600
     assert policy.connection_for_host("API.cohere.com.") is policy.connections["cohere-prod"]
     assert policy.connection_for_host("evil.example") is None
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [(900, 900), ("900", 900), ("30s", 30), ("15m", 900), ("1h", 3600), ("2d", 172800), (" 5 m ", 300)],
-)
-def test_durations(value: int | str, seconds: int) -> None:
-    assert parse_duration(value) == seconds
-
-
-@pytest.mark.parametrize("value", [0, -1, "0m", "15 minutes", "1w", "m", "", "1.5h", True])
-def test_bad_durations(value: Any) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(value)
 
 
 def _line_of(text: str, needle: str) -> int:
