@@ -104,9 +104,9 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
 def seconds(value: str, name: str) -> float:
     """Positive, finite seconds from an option string: `120`, `0.5` or `2m` (`jitgate.durations`)."""
     try:
-        return durations.seconds(value, what=name)
+        return durations.parse_seconds(value)
     except ValueError as exc:
-        raise settings.options_error(str(exc)) from None
+        raise settings.options_error(f"{name}: {exc}") from None
 
 
 class ApprovalHold:

@@ -136,9 +136,9 @@ def fetch_jwks(url: str) -> KeySet:
 def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
     """Seconds from an option string (`jitgate.durations`); a bad one stops the start."""
     try:
-        return durations.seconds(value, what=name, zero_ok=zero_ok)
+        return durations.parse_seconds(value, zero_ok=zero_ok)
     except ValueError as exc:
-        raise settings.options_error(str(exc)) from None
+        raise settings.options_error(f"{name}: {exc}") from None
 
 
 def token_sha256(token: str) -> str:

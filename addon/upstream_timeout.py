@@ -46,7 +46,10 @@ def parse_timeout(text: str) -> float:
 
     A string because mitmproxy's `--set` cannot parse a float option.
     """
-    return durations.seconds(text, what=OPTION, units=("ms", "s"), maximum=MAX_SECONDS)
+    try:
+        return durations.parse_seconds(text, units=("ms", "s"), at_most=MAX_SECONDS)
+    except ValueError as exc:
+        raise ValueError(f"{OPTION}: {exc}") from None
 
 
 class UpstreamTimeout:

@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from jitgate import durations
 from jitgate.dialects import DEFAULT_ROUTES, Route
+from jitgate.durations import parse_duration as parse_duration  # re-exported for callers of the policy
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
 from jitgate.token import Limits
 
@@ -53,14 +53,6 @@ def _host_name(value: str) -> str:
         if not _HOSTNAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a host name (no scheme, port, path or wildcard)") from None
     return value
-
-
-def parse_duration(value: int | str) -> int:
-    """Whole seconds from `900`, `"900"`, `"30s"`, `"15m"`, `"1h"` or `"1d"` (`jitgate.durations`)."""
-    try:
-        return int(durations.seconds(value, units=("s", "m", "h", "d"), whole=True))
-    except ValueError as exc:
-        raise ValueError(f"invalid duration: {exc}") from None
 
 
 class _Model(BaseModel):
@@ -508,8 +500,15 @@ def _matches(grant: Grant, identity: Identity) -> bool:
     return True
 
 
-def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -> Decision:
-    """The first grant that gives `identity` the requested connection and operations."""
+def evaluate_grants(
+    policy: Policy, identity: Identity, request: TokenRequest, *, default_ttl: int = DEFAULT_TTL
+) -> Decision:
+    """The first grant that gives `identity` the requested connection and operations.
+
+    The token's lifetime is decided here and nowhere else: the requested TTL, else the grant's
+    `default_ttl`, else `default_ttl` (the broker's JITGATE_DEFAULT_TTL), never above `max_ttl`.
+    What approvers are shown and what the token's `exp` says are both `Decision.ttl`.
+    """
     conn = policy.connections.get(request.connection)
     if conn is None:
         raise UnknownConnection(f"no connection named {request.connection!r}")
@@ -528,7 +527,12 @@ def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -
         wanted = frozenset(request.operations) if request.operations is not None else allowed
         if not wanted or not wanted <= allowed:
             continue
-        wanted_ttl = request.ttl if request.ttl is not None else (grant.default_ttl or grant.max_ttl)
+        if request.ttl is not None:
+            wanted_ttl = request.ttl
+        elif grant.default_ttl is not None:
+            wanted_ttl = grant.default_ttl
+        else:  # nothing asked, nothing set: the broker's default is no request, so never "clamped"
+            wanted_ttl = min(default_ttl, grant.max_ttl)
         ttl = min(wanted_ttl, grant.max_ttl)
         return Decision(
             grant=grant.name,
