@@ -36,6 +36,23 @@ _KEYWORDS = (
     r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
     r"access_key|private_key|auth_token|access_token|refresh_token|token|credentials?)"
 )
+# Keys that end in "token" but hold no credential: pagination cursors, continuation and
+# idempotency tokens (`next_page_token`, `nextPageToken`, `idempotency_token`, ...). A request that
+# carries one is ordinary; with the default profile (request secrets blocked) a finding there
+# refused it (issue 23). Fixed-width lookbehinds before the bare keyword `token`, one per prefix and
+# separator, in the Python pattern only (Hyperscan's prefilter stays the wider one; Python confirms).
+_BENIGN_TOKEN_PREFIXES = ("page", "next", "continuation", "idempotency", "cursor", "pagination", "resume", "sync")
+
+
+def _not_after(words: tuple[str, ...]) -> str:
+    def caseless(text: str) -> str:
+        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+    return "".join(f"(?<!{caseless(w)}{sep})" for w in words for sep in ("", "_", "-", "."))
+
+
+_BENIGN_LB = _not_after(_BENIGN_TOKEN_PREFIXES)
+_CREDENTIAL_KEYWORDS = _KEYWORDS.replace("|token|", "|" + _BENIGN_LB + "token|")
 _LOOKAROUND = re.compile(r"\(\?<?[!=](?:\[(?:\\.|[^\]\\])*\]|\\.|[^()\[\\])*\)")
 
 
@@ -314,10 +331,10 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "generic_secret",
         "secret",
-        _KEYWORDS + _ASSIGN + _VALUE,
+        _CREDENTIAL_KEYWORDS + _ASSIGN + _VALUE,
         v.generic_secret,
         priority=9,
-        trigger=_KEYWORDS + _ASSIGN_OP,
+        trigger=_CREDENTIAL_KEYWORDS + _ASSIGN_OP,
         # Keywords are common words: Hyperscan also looks for the shortest value after them.
         hs=_KEYWORDS + _ASSIGN + _VALUE_CHARS + "{8}",
     ),
