@@ -340,6 +340,32 @@ SECRET_RULES: tuple[Rule, ...] = (
     ),
 )
 
+# Card numbers: 4-4-4-(1..7) or 4-4-4-4-(1..3) (Visa, Mastercard, Discover, JCB, UnionPay, 13 to 19 digits in fours)
+# or 4-6-(4..5) (American Express 4-6-5, Diners Club 4-6-4); the validator checks Luhn and issuer.
+_CARD = r"[0-9]{4}(?:(?:[ -]?[0-9]{4}){2}[ -]?(?:[0-9]{4}[ -]?[0-9]{1,3}|[0-9]{1,7})|[ -]?[0-9]{6}[ -]?[0-9]{4,5})"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_H = r"[0-9a-fA-F]{1,4}"
+# Every textual IPv6 form: an IPv4 tail (`::ffff:192.0.2.1`), full, compressed (`fd35::21cc`).
+_IPV6 = (
+    rf"(?:(?:{_H}:){{6}}|(?:{_H}(?::{_H}){{0,4}})?::(?:{_H}:){{0,4}}){_IPV4}"
+    rf"|(?:{_H}:){{7}}{_H}|(?:{_H}(?::{_H}){{0,6}})?::(?:{_H}(?::{_H}){{0,6}})?"
+)
+# Versions, not addresses: `agent to 1.2.3.4`, `version 1.2.3.4`, `v1.2.3.4` (fixed-width lookbehinds,
+# in Python's pattern only: Hyperscan's prefilter is wider, Python confirms).
+_VERSION_WORDS = ("version ", "version: ", "version=", "ver ", "release ", "build ", "firmware ", "agent to ",
+                  "upgraded to ", "updated to ", "update to ", "upgrade to ", "v", "release-", "version-")
+
+
+def _not_after_text(words: tuple[str, ...]) -> str:
+    def caseless(text: str) -> str:
+        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+    return "".join(f"(?<!{caseless(w)})" for w in words)
+
+
+_NOT_VERSION = _not_after_text(_VERSION_WORDS)
+
 PII_RULES: tuple[Rule, ...] = (
     Rule(
         "email",
@@ -373,11 +399,11 @@ PII_RULES: tuple[Rule, ...] = (
     Rule(
         "card",
         "pii",
-        _lb("0-9A-Za-z_.-") + r"[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9A-Za-z_-])",
+        _lb("0-9A-Za-z_.-") + _CARD + r"(?![0-9A-Za-z_-])",
         v.luhn,
         # The left boundary as a character Hyperscan consumes: no candidate inside a longer number
         # or a decimal fraction (a rerank answer's relevance scores).
-        hs=r"(?:^|[^0-9A-Za-z_.-]|\\[nrt])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}",
+        hs=r"(?:^|[^0-9A-Za-z_.-]|\\[nrt])" + _CARD,
     ),
     Rule(
         "iban",
@@ -385,16 +411,27 @@ PII_RULES: tuple[Rule, ...] = (
         _lb("A-Za-z0-9") + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])",
         v.iban,
     ),
-    Rule("ssn", "pii", _lb("0-9A-Za-z-") + r"[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9A-Za-z-])", v.ssn),
+    Rule(
+        "ssn",
+        "pii",
+        _lb("0-9A-Za-z-") + r"(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4})(?![0-9A-Za-z-])",
+        v.ssn,
+    ),
+    # Nine digits alone are an SSN only where the text says so (`SSN: 123456789`).
+    Rule(
+        "ssn",
+        "pii",
+        _lb("A-Za-z")
+        + r"(?i:ssn|ss#|social security(?: number| no\.?)?)[ \t:#=\"']{0,4}(?P<s>[0-9]{9})(?![0-9A-Za-z])",
+        v.ssn,
+    ),
     Rule(
         "ip",
         "pii",
-        _lb("0-9A-Za-z.") + r"(?<!version )(?<!Version )(?<!version: )(?<!release )(?<!build )(?<!v )"
-        r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-        r"(?![0-9A-Za-z]|\.[0-9])",
+        _lb("0-9A-Za-z.:-") + _NOT_VERSION + _IPV4 + r"(?![0-9A-Za-z:]|\.[0-9A-Za-z-]|-[0-9])",
         v.ipv4,
     ),
-    Rule("ip", "pii", _lb("0-9A-Za-z:") + r"(?:[0-9a-fA-F]{1,4}::?){2,7}[0-9a-fA-F]{1,4}(?![0-9A-Za-z:])", v.ipv6),
+    Rule("ip", "pii", _lb("0-9A-Za-z:.") + _NOT_VERSION + _IPV6 + r"(?![0-9A-Za-z:]|\.[0-9])", v.ipv6),
 )
 
 RULES: tuple[Rule, ...] = SECRET_RULES + PII_RULES

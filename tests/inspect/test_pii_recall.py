@@ -1,0 +1,133 @@
+"""PII formats beyond the US-only first cut (issue 23): every IBAN country, every card network's
+ranges and groupings, SSNs in three forms, IPv4/IPv6 in every textual form, and what only looks like
+them (versions, netmasks, reverse-DNS names). Values are generated here; each is masked whole."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+
+from jitgate.inspect import PII_TYPES, Scanner
+from tests.inspect.corpus import _luhn_digit
+
+_RNG = random.Random(23)
+
+
+def _iban(country: str, length: int, rng: random.Random) -> str:
+    bban = "".join(rng.choices(string.digits, k=length - 4))
+    numeric = "".join(str(int(ch, 36)) for ch in bban + country + "00")
+    return f"{country}{98 - int(numeric) % 97:02d}{bban}"
+
+
+def _grouped(value: str, sizes: tuple[int, ...], sep: str) -> str:
+    parts, i = [], 0
+    for n in sizes:
+        parts.append(value[i : i + n])
+        i += n
+    return sep.join(p for p in parts if p)
+
+
+def _card(prefix: str, length: int, rng: random.Random) -> str:
+    body = prefix + "".join(rng.choices(string.digits, k=length - len(prefix) - 1))
+    return body + _luhn_digit(body)
+
+
+def _masked_whole(scanner: Scanner, value: str, typ: str) -> None:
+    raw = f"Customer record: {value}, noted.".encode()
+    result = scanner.scan(raw, pii=PII_TYPES)
+    assert [f.type for f in result.findings] == [typ], value
+    assert result.masked(raw).startswith(f"Customer record: [REDACTED:{typ}:".encode())
+    assert result.masked(raw).endswith(b"], noted.")
+
+
+_COUNTRIES = {"UA": 29, "PK": 24, "GE": 22, "RS": 22, "EG": 29, "AZ": 28, "LC": 32, "RU": 33, "NO": 15, "MT": 31,
+              "JO": 30, "KZ": 20, "XK": 20, "BY": 28, "SC": 31, "DE": 22}
+
+
+@pytest.mark.parametrize("country", sorted(_COUNTRIES))
+@pytest.mark.parametrize("spaced", [False, True])
+def test_iban_of_every_registered_country_masked_whole(scanner: Scanner, country: str, spaced: bool) -> None:
+    iban = _iban(country, _COUNTRIES[country], _RNG)
+    _masked_whole(scanner, " ".join(iban[i : i + 4] for i in range(0, len(iban), 4)) if spaced else iban, "iban")
+
+
+def test_an_iban_with_a_wrong_check_is_no_finding(scanner: Scanner) -> None:
+    iban = _iban("UA", 29, _RNG)
+    bad = iban[:2] + f"{(int(iban[2:4]) + 1) % 100:02d}" + iban[4:]
+    assert scanner.scan(f"ref {bad} end".encode(), pii=PII_TYPES).findings == []
+
+
+_CARDS = [  # network, prefix, length, grouping
+    ("amex", "37", 15, (4, 6, 5)),
+    ("amex", "34", 15, (4, 4, 4, 3)),
+    ("diners", "36", 14, (4, 6, 4)),
+    ("diners", "300", 14, (4, 6, 4)),
+    ("unionpay", "62", 16, (4, 4, 4, 4)),
+    ("unionpay", "62", 19, (4, 4, 4, 4, 3)),
+    ("discover", "6011", 16, (4, 4, 4, 4)),
+    ("jcb", "3530", 16, (4, 4, 4, 4)),
+    ("mastercard", "2221", 16, (4, 4, 4, 4)),
+    ("maestro", "6759", 19, (4, 4, 4, 4, 3)),
+    ("mir", "2200", 16, (4, 4, 4, 4)),
+    ("visa", "4", 16, (4, 4, 4, 4)),
+]
+
+
+@pytest.mark.parametrize(("network", "prefix", "length", "groups"), _CARDS)
+@pytest.mark.parametrize("sep", ["", " ", "-"])
+def test_cards_of_every_major_network_and_grouping(
+    scanner: Scanner, network: str, prefix: str, length: int, groups: tuple[int, ...], sep: str
+) -> None:
+    _masked_whole(scanner, _grouped(_card(prefix, length, _RNG), groups, sep), "card")
+
+
+def test_a_card_number_failing_luhn_or_outside_every_range_is_no_finding(scanner: Scanner) -> None:
+    good = _card("36", 14, _RNG)
+    bad_luhn = good[:-1] + str((int(good[-1]) + 1) % 10)
+    no_issuer = _card("1", 16, _RNG)
+    for value in (bad_luhn, no_issuer):
+        assert scanner.scan(f"order {_grouped(value, (4, 6, 4, 2), ' ')} ok".encode(), pii={"card"}).findings == []
+
+
+def _ssn(rng: random.Random) -> tuple[str, str, str]:
+    return f"{rng.randint(1, 665):03d}", f"{rng.randint(1, 99):02d}", f"{rng.randint(1, 9999):04d}"
+
+
+@pytest.mark.parametrize("sep", ["-", " "])
+def test_ssn_dashed_and_spaced(scanner: Scanner, sep: str) -> None:
+    _masked_whole(scanner, sep.join(_ssn(_RNG)), "ssn")
+
+
+@pytest.mark.parametrize("context", ["SSN: {}", "ssn={}", "Social Security Number {}", "SS# {}"])
+def test_undashed_ssn_with_context(scanner: Scanner, context: str) -> None:
+    value = "".join(_ssn(_RNG))
+    raw = context.format(value).encode()
+    result = scanner.scan(raw, pii=PII_TYPES)
+    assert [f.type for f in result.findings] == ["ssn"]
+    assert value.encode() not in result.masked(raw)
+
+
+def test_undashed_nine_digits_without_context_are_no_ssn(scanner: Scanner) -> None:
+    raw = f"order {''.join(_ssn(_RNG))} shipped".encode()
+    assert scanner.scan(raw, pii={"ssn"}).findings == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["fd35::21cc", "2001:db8::8a2e:370:7334", "::ffff:198.51.100.23", "fe80::1ff:fe23:4567:890a",
+     "2001:0db8:0000:0000:0000:ff00:0042:8329", "64:ff9b::192.0.2.33", "203.0.113.77"],
+)
+def test_ip_addresses_in_every_textual_form_masked_whole(scanner: Scanner, value: str) -> None:
+    _masked_whole(scanner, value, "ip")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Upgraded the agent to 1.2.3.4 today", "download setup-1.2.3.4.exe now", "netmask 255.255.255.0 set",
+     "mask 255.255.240.0", "PTR 4.3.2.1.in-addr.arpa", "running version 10.2.3.4", "tag v1.2.3.4 built",
+     "build 2.14.7.1 passed"],
+)
+def test_versions_netmasks_and_reverse_dns_are_no_ip(scanner: Scanner, text: str) -> None:
+    assert scanner.scan(text.encode(), pii=PII_TYPES).findings == []
