@@ -396,11 +396,26 @@ PII_RULES: tuple[Rule, ...] = (
         hs=r"[0-9][^0-9A-Za-z]{1,2}[0-9]{2,4}[ .-]?[0-9]{3,4}(?:[^0-9A-Za-z]|$)",
         hs_ends=True,
     ),
+    # Other groupings (FR 2-2-2-2-2, ES 3-2-2-2, IN 5-5, JP 2-4-4, NL 1-8, `+33 6 12 34 56 78`):
+    # digit groups of up to 8 joined by one separator each; the validator counts 8-15 digits and
+    # asks phonenumbers.
+    Rule(
+        "phone",
+        "pii",
+        _lb("\\w+.-") + r"(?:\+[1-9][0-9]{0,2}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,6}(?:[ .-][0-9]{2,8}){1,5}"
+        r"(?![\w.-]?[0-9A-Za-z])",
+        v.phone,
+        hs=r"[0-9][ .-][0-9]{2,8}(?:[^0-9A-Za-z]|$)",
+        hs_ends=True,
+    ),
+    # E.164 written without separators: `+14155550132`.
+    Rule("phone", "pii", _lb("\\w+.-") + r"\+[1-9][0-9]{6,14}(?![0-9A-Za-z]|[.-][0-9])", v.phone),
     Rule(
         "card",
         "pii",
         _lb("0-9A-Za-z_.-") + _CARD + r"(?![0-9A-Za-z_-])",
         v.luhn,
+        priority=0,  # a Luhn- and issuer-checked number is no phone number (same span: card wins)
         # The left boundary as a character Hyperscan consumes: no candidate inside a longer number
         # or a decimal fraction (a rerank answer's relevance scores).
         hs=r"(?:^|[^0-9A-Za-z_.-]|\\[nrt])" + _CARD,
@@ -410,12 +425,14 @@ PII_RULES: tuple[Rule, ...] = (
         "pii",
         _lb("A-Za-z0-9") + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])",
         v.iban,
+        priority=0,
     ),
     Rule(
         "ssn",
         "pii",
         _lb("0-9A-Za-z-") + r"(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4})(?![0-9A-Za-z-])",
         v.ssn,
+        priority=0,  # `123 45 6789` is also a valid number in some numbering plan: SSN wins
     ),
     # Nine digits alone are an SSN only where the text says so (`SSN: 123456789`).
     Rule(

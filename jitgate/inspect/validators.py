@@ -242,16 +242,43 @@ def ipv6(value: bytes) -> bool:
     return not (addr.is_unspecified or addr.is_loopback)
 
 
-def phone(value: bytes) -> bool:
-    text = value.decode("ascii")
-    digits = sum(ch.isdigit() for ch in text)
-    if not 8 <= digits <= 15:
+# Where a number written without `+` is read (the major numbering plans, not only the US); the
+# gateway option `jitgate_pii_phone_regions` replaces the list.
+# Dates and the SSN shape are no phone numbers (`2024-06-12`, `12.06.2024`, `000-12-3456`), whatever
+# a numbering plan allows: a date is no PII, an SSN-shaped value is the SSN rule's to judge.
+_DATE = re.compile(
+    rb"(?:19|20)[0-9]{2}([-./ ])[0-9]{1,2}\1[0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\2(?:19|20)[0-9]{2}"
+    rb"|[0-9]{3}([- ])[0-9]{2}\3[0-9]{4}"
+)
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "JP", "IN", "ES", "NL", "IT", "BR", "AU", "MX", "CN")
+
+
+def phone_in(regions: tuple[str, ...]) -> Validator:
+    """A valid number by `phonenumbers`: E.164 (`+` and country code) as written, else in one of `regions`.
+
+    An order number shaped like a phone number is no finding unless one of those plans says it is
+    a valid number.
+    """
+    unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+    if unknown or not regions:
+        raise ValueError(f"unknown phone regions: {', '.join(unknown) or '(none given)'}")
+
+    def _phone(value: bytes) -> bool:
+        text = value.decode("ascii")
+        if not 8 <= sum(ch.isdigit() for ch in text) <= 15 or _DATE.fullmatch(value):
+            return False
+        for region in (None,) if text.startswith("+") else regions:
+            try:
+                if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
+                    return True
+            except phonenumbers.NumberParseException:
+                continue
         return False
-    try:
-        number = phonenumbers.parse(text, None if text.startswith("+") else "US")
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(number)
+
+    return _phone
+
+
+phone = phone_in(DEFAULT_PHONE_REGIONS)
 
 
 def email(value: bytes) -> bool:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import random
 import string
 
+import phonenumbers
 import pytest
 
 from jitgate.inspect import PII_TYPES, Scanner
+from jitgate.inspect.validators import DEFAULT_PHONE_REGIONS
+from tests.inspect.conftest import KEY
 from tests.inspect.corpus import _luhn_digit
 
 _RNG = random.Random(23)
@@ -131,3 +134,54 @@ def test_ip_addresses_in_every_textual_form_masked_whole(scanner: Scanner, value
 )
 def test_versions_netmasks_and_reverse_dns_are_no_ip(scanner: Scanner, text: str) -> None:
     assert scanner.scan(text.encode(), pii=PII_TYPES).findings == []
+
+
+def _phone(region: str, rng: random.Random) -> phonenumbers.PhoneNumber:
+    """A valid number of `region`: its example number with random last digits."""
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    assert example is not None
+    while True:
+        national = str(example.national_number)
+        candidate = phonenumbers.parse(f"+{example.country_code}{national[:-4]}{rng.randint(0, 9999):04d}")
+        if phonenumbers.is_valid_number(candidate):
+            return candidate
+
+
+_FORMATS = {
+    "e164": phonenumbers.PhoneNumberFormat.E164,
+    "international": phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+    "national": phonenumbers.PhoneNumberFormat.NATIONAL,
+}
+
+
+@pytest.mark.parametrize("region", ["US", "GB", "DE", "JP", "FR", "IN", "ES", "NL"])
+@pytest.mark.parametrize("form", sorted(_FORMATS))
+def test_phones_of_the_major_regions_in_every_form(scanner: Scanner, region: str, form: str) -> None:
+    number = _phone(region, _RNG)
+    text = phonenumbers.format_number(number, _FORMATS[form])
+    if "(" in text:  # a parenthesised area code: the rule's own grouping, not the one under test here
+        text = text.replace("(", "").replace(")", "")
+    _masked_whole(scanner, text, "phone")
+
+
+def test_phone_regions_are_configurable() -> None:
+    number = _phone("JP", _RNG)
+    raw = f"call {phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)} now".encode()
+    for engine in ("hyperscan", "re"):
+        assert [f.type for f in Scanner(KEY, engine=engine).scan(raw, pii={"phone"}).findings] == ["phone"]
+        assert Scanner(KEY, engine=engine, phone_regions=["US"]).scan(raw, pii={"phone"}).findings == []
+    with pytest.raises(ValueError, match="unknown phone regions: XX"):
+        Scanner(KEY, engine="re", phone_regions=["US", "XX"])
+
+
+def test_order_numbers_are_masked_only_where_a_numbering_plan_says_valid(scanner: Scanner) -> None:
+    rng = random.Random(7)
+    kept = 0
+    for _ in range(40):
+        digits = "".join(rng.choices(string.digits, k=10))
+        text = f"{digits[:4]} {digits[4:7]} {digits[7:]}"
+        valid = any(phonenumbers.is_valid_number(phonenumbers.parse(text, r)) for r in DEFAULT_PHONE_REGIONS)
+        found = scanner.scan(f"order {text} shipped".encode(), pii={"phone"}).findings
+        assert bool(found) == valid, text
+        kept += not valid
+    assert kept  # some of them are no valid number anywhere, and stay
