@@ -244,11 +244,12 @@ def ipv6(value: bytes) -> bool:
 
 # Where a number written without `+` is read (the major numbering plans, not only the US); the
 # gateway option `jitgate_pii_phone_regions` replaces the list.
-# Dates and the SSN shape are no phone numbers (`2024-06-12`, `12.06.2024`, `000-12-3456`), whatever
-# a numbering plan allows: a date is no PII, an SSN-shaped value is the SSN rule's to judge.
-_DATE = re.compile(
+# Dates, the SSN shape and dotted quads are no phone numbers (`2024-06-12`, `12.06.2024`,
+# `000-12-3456`, `115.133.188.220`), whatever a numbering plan allows: a date is no PII, the others
+# are the SSN and IP rules' to judge.
+_NOT_PHONE = re.compile(
     rb"(?:19|20)[0-9]{2}([-./ ])[0-9]{1,2}\1[0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\2(?:19|20)[0-9]{2}"
-    rb"|[0-9]{3}([- ])[0-9]{2}\3[0-9]{4}"
+    rb"|[0-9]{3}([- ])[0-9]{2}\3[0-9]{4}|[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
 )
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "JP", "IN", "ES", "NL", "IT", "BR", "AU", "MX", "CN")
 
@@ -265,7 +266,7 @@ def phone_in(regions: tuple[str, ...]) -> Validator:
 
     def _phone(value: bytes) -> bool:
         text = value.decode("ascii")
-        if not 8 <= sum(ch.isdigit() for ch in text) <= 15 or _DATE.fullmatch(value):
+        if not 8 <= sum(ch.isdigit() for ch in text) <= 15 or _NOT_PHONE.fullmatch(value):
             return False
         for region in (None,) if text.startswith("+") else regions:
             try:

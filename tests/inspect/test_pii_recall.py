@@ -12,29 +12,14 @@ import pytest
 
 from jitgate.inspect import PII_TYPES, Scanner
 from jitgate.inspect.validators import DEFAULT_PHONE_REGIONS
+from tests.inspect import corpus
 from tests.inspect.conftest import KEY
-from tests.inspect.corpus import _luhn_digit
+from tests.inspect.corpus import card_number as _card
+from tests.inspect.corpus import grouped as _grouped
+from tests.inspect.corpus import iban_of as _iban
+from tests.inspect.corpus import phone_of as _phone
 
 _RNG = random.Random(23)
-
-
-def _iban(country: str, length: int, rng: random.Random) -> str:
-    bban = "".join(rng.choices(string.digits, k=length - 4))
-    numeric = "".join(str(int(ch, 36)) for ch in bban + country + "00")
-    return f"{country}{98 - int(numeric) % 97:02d}{bban}"
-
-
-def _grouped(value: str, sizes: tuple[int, ...], sep: str) -> str:
-    parts, i = [], 0
-    for n in sizes:
-        parts.append(value[i : i + n])
-        i += n
-    return sep.join(p for p in parts if p)
-
-
-def _card(prefix: str, length: int, rng: random.Random) -> str:
-    body = prefix + "".join(rng.choices(string.digits, k=length - len(prefix) - 1))
-    return body + _luhn_digit(body)
 
 
 def _masked_whole(scanner: Scanner, value: str, typ: str) -> None:
@@ -45,8 +30,7 @@ def _masked_whole(scanner: Scanner, value: str, typ: str) -> None:
     assert result.masked(raw).endswith(b"], noted.")
 
 
-_COUNTRIES = {"UA": 29, "PK": 24, "GE": 22, "RS": 22, "EG": 29, "AZ": 28, "LC": 32, "RU": 33, "NO": 15, "MT": 31,
-              "JO": 30, "KZ": 20, "XK": 20, "BY": 28, "SC": 31, "DE": 22}
+_COUNTRIES = corpus.IBAN_LENGTHS
 
 
 @pytest.mark.parametrize("country", sorted(_COUNTRIES))
@@ -62,20 +46,7 @@ def test_an_iban_with_a_wrong_check_is_no_finding(scanner: Scanner) -> None:
     assert scanner.scan(f"ref {bad} end".encode(), pii=PII_TYPES).findings == []
 
 
-_CARDS = [  # network, prefix, length, grouping
-    ("amex", "37", 15, (4, 6, 5)),
-    ("amex", "34", 15, (4, 4, 4, 3)),
-    ("diners", "36", 14, (4, 6, 4)),
-    ("diners", "300", 14, (4, 6, 4)),
-    ("unionpay", "62", 16, (4, 4, 4, 4)),
-    ("unionpay", "62", 19, (4, 4, 4, 4, 3)),
-    ("discover", "6011", 16, (4, 4, 4, 4)),
-    ("jcb", "3530", 16, (4, 4, 4, 4)),
-    ("mastercard", "2221", 16, (4, 4, 4, 4)),
-    ("maestro", "6759", 19, (4, 4, 4, 4, 3)),
-    ("mir", "2200", 16, (4, 4, 4, 4)),
-    ("visa", "4", 16, (4, 4, 4, 4)),
-]
+_CARDS = corpus.CARD_KINDS
 
 
 @pytest.mark.parametrize(("network", "prefix", "length", "groups"), _CARDS)
@@ -136,29 +107,11 @@ def test_versions_netmasks_and_reverse_dns_are_no_ip(scanner: Scanner, text: str
     assert scanner.scan(text.encode(), pii=PII_TYPES).findings == []
 
 
-def _phone(region: str, rng: random.Random) -> phonenumbers.PhoneNumber:
-    """A valid number of `region`: its example number with random last digits."""
-    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
-    assert example is not None
-    while True:
-        national = str(example.national_number)
-        candidate = phonenumbers.parse(f"+{example.country_code}{national[:-4]}{rng.randint(0, 9999):04d}")
-        if phonenumbers.is_valid_number(candidate):
-            return candidate
-
-
-_FORMATS = {
-    "e164": phonenumbers.PhoneNumberFormat.E164,
-    "international": phonenumbers.PhoneNumberFormat.INTERNATIONAL,
-    "national": phonenumbers.PhoneNumberFormat.NATIONAL,
-}
-
-
-@pytest.mark.parametrize("region", ["US", "GB", "DE", "JP", "FR", "IN", "ES", "NL"])
-@pytest.mark.parametrize("form", sorted(_FORMATS))
+@pytest.mark.parametrize("region", corpus.PHONE_REGIONS)
+@pytest.mark.parametrize("form", sorted(corpus.PHONE_FORMATS))
 def test_phones_of_the_major_regions_in_every_form(scanner: Scanner, region: str, form: str) -> None:
     number = _phone(region, _RNG)
-    text = phonenumbers.format_number(number, _FORMATS[form])
+    text = phonenumbers.format_number(number, corpus.PHONE_FORMATS[form])
     if "(" in text:  # a parenthesised area code: the rule's own grouping, not the one under test here
         text = text.replace("(", "").replace(")", "")
     _masked_whole(scanner, text, "phone")
@@ -185,3 +138,13 @@ def test_order_numbers_are_masked_only_where_a_numbering_plan_says_valid(scanner
         assert bool(found) == valid, text
         kept += not valid
     assert kept  # some of them are no valid number anywhere, and stay
+
+
+def test_every_generated_pii_format_is_found_whole_as_its_type(scanner: Scanner) -> None:
+    """The benchmark's corpus (one value of every format): each found over its full span, as its type."""
+    for typ, form, value in corpus.pii_cases(random.Random(5)):
+        raw = f"Record: {value}, noted.".encode()
+        planted = value.removeprefix("SSN: ").encode()
+        start = raw.index(planted)
+        found = [(f.type, f.start, f.end) for f in scanner.scan(raw, pii=PII_TYPES).findings]
+        assert found == [(typ, start, start + len(planted))], form
