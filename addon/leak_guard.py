@@ -168,6 +168,7 @@ class LeakGuard:
             "jitgate_max_inspect_bytes",
             "jitgate_mask_key_secret",
             "jitgate_inspect_engine",
+            "jitgate_pii_phone_regions",
             "jitgate_stream_window",
         )
 
@@ -192,11 +193,18 @@ class LeakGuard:
             raise settings.options_error("jitgate_inspect_engine must be auto, hyperscan or re")
         if updated & settings.SHARED:
             self.policy = settings.policy_from(opts.jitgate_policy)
-        if self._given is None and updated & {"jitgate_mask_key_secret", "jitgate_inspect_engine"}:
+        if self._given is None and updated & {
+            "jitgate_mask_key_secret", "jitgate_inspect_engine", "jitgate_pii_phone_regions"
+        }:
+            regions = [r.strip().upper() for r in opts.jitgate_pii_phone_regions.split(",") if r.strip()]
             try:
-                self.scanner = Scanner(self._mask_key(), engine=opts.jitgate_inspect_engine)
+                self.scanner = Scanner(
+                    self._mask_key(), engine=opts.jitgate_inspect_engine, phone_regions=regions or None
+                )
             except RuntimeError as exc:  # hyperscan asked for but missing
                 raise settings.options_error(f"jitgate_inspect_engine: {exc}") from None
+            except ValueError as exc:  # a region phonenumbers does not know
+                raise settings.options_error(f"jitgate_pii_phone_regions: {exc}") from None
 
     def _mask_key(self) -> bytes:
         secret_id = ctx.options.jitgate_mask_key_secret

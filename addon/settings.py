@@ -81,6 +81,10 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("jitgate_inspect_engine", str, "auto", "Detection engine: auto, hyperscan or re."),
         Option(
+            "jitgate_pii_phone_regions", str, "",
+            "Comma-separated regions (US,GB,JP,...) where a phone number without + is read; empty: the major ones.",
+        ),
+        Option(
             "jitgate_stream_window", int, DEFAULT_WINDOW,
             "Bytes held back when masking a streamed response (overlap window); the default exceeds the longest match.",
         ),

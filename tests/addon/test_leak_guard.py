@@ -393,3 +393,27 @@ def test_a_header_whose_name_holds_a_secret_is_removed_and_is_a_finding(guard: L
     assert name not in message.headers
     where = [x["where"] for x in f.metadata[meta.FINDINGS]]
     assert where == [f"{side}.header-name"] and name not in repr(f.metadata[meta.FINDINGS])
+
+
+def test_phone_regions_option_chooses_where_numbers_without_plus_are_read(tmp_path: Path) -> None:
+    """`jitgate_pii_phone_regions` (issue 23): a Japanese number is PII by default, not with US only."""
+    import phonenumbers
+    from mitmproxy import exceptions
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    example = phonenumbers.example_number_for_type("JP", phonenumbers.PhoneNumberType.MOBILE)
+    assert example is not None
+    national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+    g = LeakGuard()
+    with taddons.context(g) as tctx:
+        tctx.configure(g, jitgate_policy=str(policy), jitgate_inspect_engine="re")
+        f = _flow(_rerank(f"call {national} today"))
+        g.request(f)
+        assert national not in json.loads(f.request.content or b"")["documents"][0]
+        tctx.configure(g, jitgate_pii_phone_regions="us, ca")
+        f = _flow(_rerank(f"call {national} today"))
+        g.request(f)
+        assert json.loads(f.request.content or b"")["documents"][0] == f"call {national} today"
+        with pytest.raises(exceptions.OptionsError, match="jitgate_pii_phone_regions: unknown phone regions: XX"):
+            tctx.configure(g, jitgate_pii_phone_regions="US,XX")
