@@ -117,6 +117,18 @@ def test_phones_of_the_major_regions_in_every_form(scanner: Scanner, region: str
     _masked_whole(scanner, text, "phone")
 
 
+@pytest.mark.parametrize("region", ["US", "GB", "DE", "AU", "MX"])
+@pytest.mark.parametrize("spacing", ["({area}) {rest}", "({area}){rest}", "({area})-{rest}", "+{cc} ({area}) {rest}"])
+def test_a_parenthesised_area_code_then_one_run_or_groups(scanner: Scanner, region: str, spacing: str) -> None:
+    number = _phone(region, _RNG)
+    national = str(number.national_number)
+    area_len = phonenumbers.length_of_geographical_area_code(number) or 3
+    area, rest = national[:area_len], national[area_len:]
+    _masked_whole(scanner, spacing.format(cc=number.country_code, area=area, rest=rest), "phone")
+    grouped = f"{rest[:3]}-{rest[3:]}" if len(rest) > 5 else rest
+    _masked_whole(scanner, spacing.format(cc=number.country_code, area=area, rest=grouped), "phone")
+
+
 def test_phone_regions_are_configurable() -> None:
     number = _phone("JP", _RNG)
     raw = f"call {phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)} now".encode()
