@@ -19,7 +19,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, Protocol
 
-from jitgate.inspect.rules import Rule
+from jitgate.inspect.rules import _LOOKAROUND, Rule
 
 try:  # pragma: no cover - exercised by the engine-choice tests
     import hyperscan
@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
     HAVE_HYPERSCAN = False
 
 RuleMatch = tuple[int, re.Match[bytes]]
+_LEADING_LOOKAROUNDS = re.compile(rf"^(?:{_LOOKAROUND.pattern})+")
 
 
 class Engine(Protocol):
@@ -99,7 +100,9 @@ def _trigger(rule: Rule) -> tuple[re.Pattern[bytes], bool] | None:
     """
     if not rule.trigger:
         return None
-    text = rule.trigger
+    # Lookbehinds leading the trigger are checked where the rule's regex is matched: the search
+    # looks for what follows them.
+    text = _LEADING_LOOKAROUNDS.sub("", rule.trigger, count=1)
     if text.startswith("(?i:"):
         body, rest = text[4 : text.index(")")], text[text.index(")") :]
         plain_rest = re.sub(r"\\.", "", rest)  # escapes such as \t are not letters to fold

@@ -18,6 +18,7 @@ from jitgate.inspect import validators as v
 
 Kind = Literal["secret", "pii"]
 
+
 def _lb(chars: str) -> str:
     """Left boundary: not after one of `chars`, but right after a `\\n`/`\\t`/`\\r` escape is fine."""
     return rf"(?:(?<=\\[nrt])|(?<![{chars}]))"
@@ -30,8 +31,19 @@ _B64R = r"(?![A-Za-z0-9+/=])"
 # An assignment, escape-aware: `key = v`, `key: v`, `"key": "v"`, `\"key\": \"v\"` (JSON in JSON).
 _ASSIGN_OP = r"""\\?["']?[ \t]{0,4}(?::=|=>|[:=])"""
 _ASSIGN = _ASSIGN_OP + r"""[ \t]{0,4}\\?["']?"""
-_VALUE_CHARS = r"""[^\s"'\\`,;(){}\[\]<>$|]"""
-_VALUE = rf"""(?P<s>{_VALUE_CHARS}{{8,128}})(?=[\s"'\\`,;)}}\]>|]|$)"""
+# A value holds the punctuation passwords hold (`$ ; , ( ) [ ] { } | < >`) and runs up to 4 kB; it
+# ends before whitespace, a quote or a backslash, one closing punctuation mark before them left out
+# (`f(password=Xy7…, timeout=5)`: the comma is no part of it).
+_VALUE_CHARS = r"""[^\s"'\\`]"""
+_VALUE = rf"""(?P<s>{_VALUE_CHARS}{{8,4096}}?)(?=[,;)}}\]>|.]?(?:[\s"'\\`]|$))"""
+# Keys that name no credential although they end in a keyword: pagination cursors and
+# idempotency keys (`next_page_token`, `nextPageToken`, `idempotency_token`, `continuation_token`).
+# With the default profile a false positive refuses a real request.
+_BENIGN_KEY = "".join(
+    "(?<!" + "".join(f"[{c.upper()}{c}]" for c in word) + sep + ")"  # character classes: Hyperscan drops it
+    for word in ("page", "idempotency", "continuation", "cursor", "pagination", "sync", "resume")
+    for sep in ("_", "-", "")
+)
 _KEYWORDS = (
     r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
     r"access_key|private_key|auth_token|access_token|refresh_token|token|credentials?)"
@@ -155,8 +167,9 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "azure_storage_connection_string",
         "secret",
-        r"DefaultEndpointsProtocol=https?;AccountName=[A-Za-z0-9]{3,24};AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)",
-        trigger="DefaultEndpointsProtocol=",
+        # `AccountKey=` alone: the key follows `BlobEndpoint=` or `AccountName=` in any order.
+        r"AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)",
+        trigger="AccountKey=",
     ),
     Rule(
         "azure_sas_signature",
@@ -178,7 +191,8 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("github_server_to_server_token", "ghs_", _GH, validator=v.github_checksum),
     _prefixed("github_refresh_token", "ghr_", _GH, validator=v.github_checksum),
     _prefixed("github_fine_grained_pat", "github_pat_", "[A-Za-z0-9]{22}_[A-Za-z0-9]{59}"),
-    _prefixed("gitlab_pat", "glpat-", r"[A-Za-z0-9_-]{20}(?:\.[0-9a-z]{2}\.[a-z0-9]{9})?"),
+    # Legacy (20), routable (27 or more, `.`, 9) and the `.xx.` form.
+    _prefixed("gitlab_pat", "glpat-", r"[A-Za-z0-9_-]{20,300}(?:\.[0-9a-z]{2}\.[a-z0-9]{9}|\.[A-Za-z0-9_-]{9})?"),
     _prefixed("gitlab_deploy_token", "gldt-", "[A-Za-z0-9_-]{20}"),
     _prefixed("gitlab_runner_token", "glrt-", "[A-Za-z0-9_-]{20,64}"),
     _prefixed("gitlab_pipeline_trigger_token", "glptt-", "[a-f0-9]{40}"),
@@ -196,7 +210,14 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("nuget_api_key", "oy2", "[a-z0-9]{43}", validator=v.high_entropy),
     _prefixed("clojars_token", "CLOJARS_", "[a-z0-9]{60}"),
     _prefixed("terraform_cloud_token", "", r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}"),
-    _prefixed("hashicorp_vault_token", r"hv[sb]\.", "[A-Za-z0-9_-]{24,120}"),
+    # Service tokens (`hvs.`, ~95 characters) and batch tokens (`hvb.`, 138 to 300).
+    _prefixed("hashicorp_vault_token", r"hv[sb]\.", "[A-Za-z0-9_-]{24,300}"),
+    _context("hashicorp_vault_legacy_token", r"(?:x-)?vault_?token", r"s\.[A-Za-z0-9]{24}", validator=v.high_entropy),
+    _prefixed("onepassword_service_account_token", "ops_eyJ", "[A-Za-z0-9+/]{250,8000}={0,3}", right=_B64R),
+    _prefixed("artifactory_api_key", "AKCp", "[A-Za-z0-9]{69}", right=_R),
+    _prefixed("artifactory_reference_token", "cmVmd", "[A-Za-z0-9]{59}", validator=v.high_entropy, right=_R),
+    _prefixed("cloudflare_origin_ca_key", r"v1\.0-", "[a-f0-9]{24}-[a-f0-9]{146}", right=_R),
+    _prefixed("adobe_client_secret", "p8e-", "[A-Za-z0-9]{32}", validator=v.high_entropy, right=_R),
     _prefixed("doppler_token", r"dp\.(?:pt|st|sa|ct|scim|audit)\.", "[A-Za-z0-9]{40,44}"),
     _prefixed("pulumi_token", "pul-", "[a-f0-9]{40}"),
     # Chat and notifications
@@ -204,6 +225,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("slack_user_token", "xoxp-", "[0-9]{10,13}-[0-9]{10,13}-[0-9]{10,13}-[a-f0-9]{32}"),
     _prefixed("slack_legacy_token", "xox[ars]-", "[0-9A-Za-z-]{10,250}"),
     _prefixed("slack_config_token", r"xoxe\.xox[bp]-", "[0-9A-Za-z-]{30,250}"),
+    _prefixed("slack_config_refresh_token", "xoxe-[0-9]-", "[A-Za-z0-9]{140,160}"),
     _prefixed("slack_app_token", "xapp-", "[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{64}"),
     Rule(
         "slack_webhook",
@@ -231,6 +253,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("stripe_restricted_key", "rk_live_", "[0-9A-Za-z]{24,99}"),
     _prefixed("stripe_webhook_secret", "whsec_", "[A-Za-z0-9]{32,64}"),
     _prefixed("square_access_token", "EAAA", "[A-Za-z0-9_-]{60}"),
+    _prefixed("square_access_token", "sq0atp-", "[A-Za-z0-9_-]{22,60}"),
     _prefixed("square_oauth_secret", "sq0csp-", "[0-9A-Za-z_-]{43}"),
     _prefixed("braintree_access_token", r"access_token\$production\$", r"[0-9a-z]{16}\$[0-9a-f]{32}"),
     _prefixed("shopify_access_token", "shp(?:at|ca|pa)_", "[a-fA-F0-9]{32}"),
@@ -254,13 +277,13 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("jina_api_key", "jina_", "[A-Za-z0-9_-]{60}"),
     _prefixed("langsmith_api_key", "lsv2_(?:pt|sk)_", "[a-f0-9]{32}_[a-f0-9]{10}"),
     _prefixed("pinecone_api_key", "pcsk_", "[A-Za-z0-9_]{40,100}"),
-    _context(
-        "cohere_api_key", r"(?:co|cohere)_?api_?key", "[A-Za-z0-9]{40}", validator=v.high_entropy
-    ),
+    _context("cohere_api_key", r"(?:co|cohere)_?api_?key", "[A-Za-z0-9]{40}", validator=v.high_entropy),
     _context("mistral_api_key", r"mistral_?api_?key", "[A-Za-z0-9]{32}", validator=v.high_entropy),
     # Observability and SaaS
     _prefixed("newrelic_user_key", "NRAK-", "[A-Z0-9]{27}"),
     _prefixed("sentry_auth_token", "sntrys_", "[A-Za-z0-9+/=_]{50,200}"),
+    _prefixed("sentry_user_token", "sntryu_", "[a-f0-9]{64}"),
+    _prefixed("grafana_cloud_token", "glc_", "[A-Za-z0-9+/]{32,400}={0,3}", right=_B64R),
     _prefixed("grafana_service_account_token", "glsa_", "[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}"),
     _prefixed("linear_api_key", "lin_api_", "[A-Za-z0-9]{40}"),
     _prefixed("notion_token", "ntn_", "[A-Za-z0-9]{46}"),
@@ -275,7 +298,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         "private_key",
         "secret",
         r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----"
-        r"[A-Za-z0-9+/=\s\\:,-]{20,8192}?"
+        # Armor headers (`Comment: …`, `Version: …`) may hold any character but a quote.
+        r'[^"]{20,8192}?'
         r"-----END (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----",
         priority=0,
         placeholders_ok=True,
@@ -292,7 +316,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "database_password",
         "secret",
-        _DB_SCHEMES + r"[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
+        _DB_SCHEMES + r"[^\s:/@\"'\\]{0,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
         trigger=_DB_SCHEMES,
     ),
     Rule(
@@ -305,7 +329,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "authorization_header",
         "secret",
-        r"(?i:authorization|x-api-key|api-key)\\?[\"']?[ \t]{0,4}:[ \t]{0,4}\\?[\"']?(?i:bearer |token |basic )?"
+        r"(?i:authorization|x-api-key|api-key)\\?[\"']?[ \t]{0,4}:[ \t]{0,4}f?\\?[\"']?(?i:bearer |token |basic )?"
         r"(?P<s>[A-Za-z0-9._~+/=-]{16,512})" + r"(?![A-Za-z0-9._~+/=-])",
         v.high_entropy,
         priority=8,
@@ -314,10 +338,10 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "generic_secret",
         "secret",
-        _KEYWORDS + _ASSIGN + _VALUE,
+        _BENIGN_KEY + _KEYWORDS + _ASSIGN + _VALUE,
         v.generic_secret,
         priority=9,
-        trigger=_KEYWORDS + _ASSIGN_OP,
+        trigger=_BENIGN_KEY + _KEYWORDS + _ASSIGN_OP,
         # Keywords are common words: Hyperscan also looks for the shortest value after them.
         hs=_KEYWORDS + _ASSIGN + _VALUE_CHARS + "{8}",
     ),
@@ -384,7 +408,21 @@ RULES: tuple[Rule, ...] = SECRET_RULES + PII_RULES
 SECRET_TYPES: frozenset[str] = frozenset(r.name for r in SECRET_RULES)
 PII_TYPES: frozenset[str] = frozenset(r.name for r in PII_RULES)
 
-# Where decoded content may hide a finding: base64 runs of at least 64 characters that start
+
+def _shortest_prefixed() -> int:
+    """Length of the shortest match a prefixed secret rule (one with a literal trigger) can make."""
+    return min(
+        int(re._parser.parse(r.pattern).getwidth()[0])  # type: ignore[attr-defined]
+        for r in SECRET_RULES
+        if r.trigger and not r.has_group
+    )
+
+
+# A base64 run this long is the shortest that can hold a prefixed secret (a Kubernetes `Secret`
+# holds an AWS key id, 20 bytes, as 27 characters; the shortest prefixed rule matches 15).
+MIN_BLOB = -(-_shortest_prefixed() * 4 // 3)
+
+# Where decoded content may hide a finding: base64 runs of at least MIN_BLOB characters that start
 # after a separator (one report per run: the Hyperscan pattern consumes the separator; a run
 # glued to other word characters is not a blob), %XX escapes and the JSON escapes raw rules
 # cannot see through (`\\uXXXX`, `\\/`).
@@ -392,8 +430,8 @@ DECODER_RULES: tuple[Rule, ...] = (
     Rule(
         "base64_run",
         "secret",
-        r"""(?:^|(?<=[ \t\r\n"'=:,;(\[{>])|(?<=\\[nrt]))[A-Za-z0-9+/]{64}""",
-        hs=r"""(?:^|[ \t\r\n"'=:,;(\[{>]|\\[nrt])[A-Za-z0-9+/]{64}""",
+        r"""(?:^|(?<=[ \t\r\n"'=:,;(\[{>])|(?<=\\[nrt]))[A-Za-z0-9+/]""" + f"{{{MIN_BLOB}}}",
+        hs=r"""(?:^|[ \t\r\n"'=:,;(\[{>]|\\[nrt])[A-Za-z0-9+/]""" + f"{{{MIN_BLOB}}}",
     ),
     # Literal triggers: Hyperscan finds `%` and `\u`/`\/` much faster than the full escapes.
     Rule("percent_escape", "secret", "%[0-9A-Fa-f]{2}", trigger="%"),

@@ -24,19 +24,74 @@ Validator = Callable[[bytes], bool]
 _B62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Marks of documentation values: a value carrying one of these is an example, not a secret.
 _PLACEHOLDERS = (
-    b"EXAMPLE", b"example", b"Example", b"XXXXXXXX", b"xxxxxxxx", b"your_", b"YOUR_", b"your-", b"YOUR-",
-    b"<", b"${", b"{{", b"REDACTED", b"PLACEHOLDER", b"placeholder", b"changeme", b"CHANGEME", b"dummy",
-    b"DUMMY", b"*****", b"...", b"0000000000000000",
+    b"EXAMPLE",
+    b"example",
+    b"Example",
+    b"XXXXXXXX",
+    b"xxxxxxxx",
+    b"your_",
+    b"YOUR_",
+    b"your-",
+    b"YOUR-",
+    b"${",
+    b"{{",
+    b"REDACTED",
+    b"PLACEHOLDER",
+    b"placeholder",
+    b"changeme",
+    b"CHANGEME",
+    b"dummy",
+    b"DUMMY",
+    b"*****",
+    b"...",
+    b"0000000000000000",
 )
 _DOTTED_IDENT = re.compile(rb"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?")
 _UPPER_IDENT = re.compile(rb"[A-Z][A-Z0-9_]*")
 _CLASSES = (re.compile(rb"[a-z]"), re.compile(rb"[A-Z]"), re.compile(rb"[0-9]"), re.compile(rb"[^A-Za-z0-9]"))
 _IBAN_LENGTHS = {
-    b"AD": 24, b"AT": 20, b"BE": 16, b"BG": 22, b"CH": 21, b"CY": 28, b"CZ": 24, b"DE": 22, b"DK": 18,
-    b"EE": 20, b"ES": 24, b"FI": 18, b"FR": 27, b"GB": 22, b"GR": 27, b"HR": 21, b"HU": 28, b"IE": 22,
-    b"IS": 26, b"IT": 27, b"LI": 21, b"LT": 20, b"LU": 20, b"LV": 21, b"MC": 27, b"MT": 31, b"NL": 18,
-    b"NO": 15, b"PL": 28, b"PT": 25, b"RO": 24, b"SE": 24, b"SI": 19, b"SK": 24, b"SM": 27, b"TR": 26,
-    b"AE": 23, b"SA": 24, b"IL": 23, b"BR": 29, b"QA": 29, b"KW": 30,
+    b"AD": 24,
+    b"AT": 20,
+    b"BE": 16,
+    b"BG": 22,
+    b"CH": 21,
+    b"CY": 28,
+    b"CZ": 24,
+    b"DE": 22,
+    b"DK": 18,
+    b"EE": 20,
+    b"ES": 24,
+    b"FI": 18,
+    b"FR": 27,
+    b"GB": 22,
+    b"GR": 27,
+    b"HR": 21,
+    b"HU": 28,
+    b"IE": 22,
+    b"IS": 26,
+    b"IT": 27,
+    b"LI": 21,
+    b"LT": 20,
+    b"LU": 20,
+    b"LV": 21,
+    b"MC": 27,
+    b"MT": 31,
+    b"NL": 18,
+    b"NO": 15,
+    b"PL": 28,
+    b"PT": 25,
+    b"RO": 24,
+    b"SE": 24,
+    b"SI": 19,
+    b"SK": 24,
+    b"SM": 27,
+    b"TR": 26,
+    b"AE": 23,
+    b"SA": 24,
+    b"IL": 23,
+    b"BR": 29,
+    b"QA": 29,
+    b"KW": 30,
 }
 
 
@@ -74,8 +129,6 @@ def entropy_at_least(value: bytes, bits: float) -> bool:
     return entropy(value) >= bits
 
 
-
-
 def _alternation(literals: tuple[bytes, ...]) -> re.Pattern[bytes]:
     """A regex for "any of `literals`", grouped by first byte (`E(?:XAMPLE|xample)|<|...`): the
     same matches as the flat alternation, found faster by `re`."""
@@ -93,12 +146,16 @@ def _alternation(literals: tuple[bytes, ...]) -> re.Pattern[bytes]:
 _PLACEHOLDER_RE = _alternation(_PLACEHOLDERS)
 # Template variables stand in for a value: `{pw}`, `$PASSWORD`, `%(password)s`, `%s`.
 _TEMPLATE = re.compile(rb"\{[A-Za-z_][\w.]*\}|\$[A-Za-z_]\w*|%(?:\(\w+\))?s")
+# `<your-token-here>`, `<API KEY>`: a name in angle brackets (a `<` inside a password is no mark).
+_ANGLED = re.compile(rb"<[A-Za-z][\w .-]*>")
 # Words joined by `_` or `-` (`credential_inject`, `client-own`): names, not secrets.
 _WORDS = re.compile(rb"[A-Za-z]+(?:[_-][A-Za-z]+)*")
 
 
 def not_placeholder(value: bytes) -> bool:
     if _PLACEHOLDER_RE.search(value) is not None or _TEMPLATE.fullmatch(value) is not None:
+        return False
+    if b"<" in value and _ANGLED.search(value) is not None:
         return False
     return len(set(value[:8])) > 3 or len(set(value)) > 3  # a short head usually settles it
 
@@ -120,7 +177,11 @@ _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 # Names and numbers, not keys: `client.secret_key()`, `API_TOKEN`, `credential_inject`, `11547274426668.0`
 # (`"credential": 11547274426668.0` is a number). One alternation: one `fullmatch` call for all four.
-_NOT_A_VALUE = re.compile(b"|".join(b"(?:" + p.pattern + b")" for p in (_DOTTED_IDENT, _UPPER_IDENT, _WORDS, _NUMBER)))
+# A call (`get_password()`, `os.environ.get("PW")`): code, not a value.
+_CALL = re.compile(rb"[A-Za-z_][\w.]*\(.*\)?")  # its `)` may be left out as closing punctuation
+_NOT_A_VALUE = re.compile(
+    b"|".join(b"(?:" + p.pattern + b")" for p in (_DOTTED_IDENT, _UPPER_IDENT, _WORDS, _NUMBER, _CALL))
+)
 _ALNUM = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
 
 

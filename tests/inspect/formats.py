@@ -50,9 +50,9 @@ def _pgp(rng: random.Random) -> str:
 
 def _ops(rng: random.Random) -> str:
     claims = json.dumps(
-        {"signInAddress": "my.example.com", "userAuth": {"method": "SRPg-4096"}, "k": _r(rng, ALNUM, 60)}
+        {"signInAddress": "my.example.com", "userAuth": {"method": "SRPg-4096"}, "k": _r(rng, ALNUM, 200)}
     )
-    return "ops_" + base64.b64encode(json.dumps(claims).encode()).decode().rstrip("=") + _r(rng, ALNUM, 40)
+    return "ops_" + base64.b64encode(claims.encode()).decode().rstrip("=") + _r(rng, ALNUM, 40)
 
 
 def _vault_legacy(rng: random.Random) -> str:
@@ -85,6 +85,28 @@ FORMATS: dict[str, Gen] = {
     "flyio_token": corpus._simple("fo1_", URLSAFE, 43),
     "shopify_shared_secret": corpus._simple("shpss_", HEX, 32),
     "square_oauth_secret": corpus._simple("sq0csp-", URLSAFE, 43),
+    "adobe_client_secret": lambda rng: "p8e-" + "".join(rng.sample(ALNUM, 32)),
+    "artifactory_reference_token": lambda rng: "cmVmd" + "".join(rng.sample(ALNUM, 59)),
+    "cloudflare_origin_ca_key": lambda rng: f"v1.0-{_r(rng, HEX, 24)}-{_r(rng, HEX, 146)}",
+    "azure_ad_client_secret": lambda rng: f"{_r(rng, ALNUM, 3)}{rng.randint(0, 9)}Q~{_r(rng, ALNUM + '_~.-', 34)}",
+    "braintree_access_token": lambda rng: (
+        "access_token$" + f"production${_r(rng, corpus.LOWER_NUM, 16)}${_r(rng, HEX, 32)}"
+    ),
+    "clojars_token": corpus._simple("CLOJARS_", corpus.LOWER_NUM, 60),
+    "digitalocean_oauth_token": corpus._simple("doo_v1_", HEX, 64),
+    "digitalocean_refresh_token": corpus._simple("dor_v1_", HEX, 64),
+    "dynatrace_token": lambda rng: f"dt0c01.{_r(rng, corpus.UPPER_NUM, 24)}.{_r(rng, corpus.UPPER_NUM, 64)}",
+    "gitlab_agent_token": corpus._simple("glagent-", URLSAFE, 50),
+    "gitlab_cicd_job_token": lambda rng: "glcbt-" + _r(rng, HEX, 2) + "_" + _r(rng, URLSAFE, 20),
+    "gitlab_oauth_secret": corpus._simple("gloas-", HEX, 64),
+    "gitlab_scim_token": corpus._simple("glsoat-", URLSAFE, 20),
+    "huggingface_org_token": corpus._simple("api_org_", string.ascii_letters, 34),
+    "mailchimp_api_key": lambda rng: _r(rng, HEX, 32) + f"-us{rng.randint(1, 20)}",
+    "nuget_api_key": lambda rng: "oy2" + "".join(rng.sample(corpus.LOWER_NUM, 36)) + _r(rng, corpus.LOWER_NUM, 7),
+    "planetscale_token": corpus._simple("pscale_tkn_", URLSAFE, 43),
+    "slack_config_token": corpus._simple("xoxe.xoxp-", ALNUM, 120),
+    "slack_legacy_token": lambda rng: f"xoxa-{_r(rng, string.digits, 11)}-{_r(rng, ALNUM, 40)}",
+    "terraform_cloud_token": lambda rng: f"{_r(rng, ALNUM, 14)}.atlasv1.{_r(rng, URLSAFE, 67)}",
     "private_key": corpus._pem,
     "pgp_private_key": _pgp,
 }
@@ -96,6 +118,10 @@ ASSIGNED: dict[str, tuple[str, Gen]] = {
     "generic_secret_punctuation": ("password", _pw_punct),
     "generic_secret_long": ("client_secret", _pw_long),
     "hashicorp_vault_legacy_token": ("VAULT_TOKEN", _vault_legacy),
+    "aws_session_token": ("aws_session_token", lambda rng: _r(rng, ALNUM + "+/", 300)),
+    "twilio_auth_token": ("TWILIO_AUTH_TOKEN", lambda rng: "".join(rng.sample(HEX, 16)) + _r(rng, HEX, 16)),
+    "cohere_api_key": ("CO_API_KEY", lambda rng: "".join(rng.sample(ALNUM, 40))),
+    "mistral_api_key": ("MISTRAL_API_KEY", lambda rng: "".join(rng.sample(ALNUM, 32))),
 }
 
 
@@ -117,7 +143,7 @@ def _json_u(v: str) -> str:
 
 
 def _json_slash(v: str) -> str:
-    return json.dumps(v)[1:-1].replace("/", "\\/") if "/" in v else json.dumps(v[:4] + "/" + v[4:])[1:-1]
+    return json.dumps(v)[1:-1].replace("/", "\\/")
 
 
 # context -> (text with `{n}` for the needle and `{k}` for a key name, how the value becomes the needle)
@@ -130,7 +156,8 @@ CONTEXTS: dict[str, tuple[str, Callable[[str], str]]] = {
     "log": ("2025-03-14T09:26:53Z INFO worker-7 auth ok {k}={n} latency_ms=42", str),
     "url": ("GET https://api.internal.example/v1/items?{k}={n}&page=2", lambda v: quote(v, safe="")),
     "json_u": ('{{"note": "{n}"}}', _json_u),
-    "json_slash": ('{{"{k}": "{n}"}}', _json_slash),
+    # The value once assigned, once in a string whose other slashes are escaped too.
+    "json_slash": ('{{"{k}": "{n}", "doc": "see https:\\/\\/docs.example\\/ with {k}={n} set"}}', _json_slash),
     "punctuation": ("Keys: ({n}), then [{n}]; or '{n}'.", str),
 }
 # Multi-line values (PEM, PGP) in one-line contexts only as JSON escapes them.
@@ -178,6 +205,17 @@ def _redis(rng: random.Random) -> Case:
     return Case("redis_empty_user", "env", "secret", None, f"REDIS_URL=redis://:{pw}@cache-1:6379/0\n", pw, pw)
 
 
+def _sas(rng: random.Random) -> Case:
+    sig = quote(base64.b64encode(rng.randbytes(32)).decode(), safe="")
+    text = f"GET https://acme.blob.example.net/c/b.txt?sv=2024-08-04&ss=b&srt=o&sp=r&sig={sig}&se=2026-01-01"
+    return Case("azure_sas_signature", "url", "secret", None, text, sig, sig)
+
+
+def _url_password(rng: random.Random) -> Case:
+    pw = corpus._password(rng)
+    return Case("url_password", "log", "secret", None, f"fetching https://deploy:{pw}@git.example.net/r.git", pw, pw)
+
+
 def _azure_blob_first(rng: random.Random) -> Case:
     key = corpus._azure_conn(rng)
     text = f"BlobEndpoint=https://acme.blob.example.net/;AccountName=acme;AccountKey={key};EndpointSuffix=example.net"
@@ -186,7 +224,7 @@ def _azure_blob_first(rng: random.Random) -> Case:
 
 def extra_cases(seed: int = 24) -> list[Case]:
     rng = random.Random(seed)
-    cases = [f(rng) for f in (_fstring, _redis, _azure_blob_first) for _ in range(3)]
+    cases = [f(rng) for f in (_fstring, _redis, _azure_blob_first, _sas, _url_password) for _ in range(3)]
     return [replace(c, context=f"{c.context}{i % 3}") for i, c in enumerate(cases)]
 
 

@@ -16,6 +16,7 @@ from tests.inspect.formats import Case
 
 PII = ("email", "phone", "card", "iban", "ssn", "ip")
 _U = re.compile(r"\\u([0-9a-fA-F]{4})")
+_MARKER = re.compile(r"\[REDACTED:[^\]]*\]")
 
 
 def _views(text: str) -> list[str]:
@@ -37,10 +38,12 @@ def missed(scanner: Scanner, case: Case) -> str | None:
         ):
             return "no finding covers it: " + ",".join(f.type for f in result.findings)
         pos = raw.find(needle, end)
-    masked = result.masked(raw).decode()
+    masked = _MARKER.sub("", result.masked(raw).decode())  # a marker names the type (`rubygems_…`)
     w = min(8, len(case.value))
     pieces = {case.value[i : i + w] for i in range(0, len(case.value) - w + 1)}
     pieces |= {case.needle[i : i + w] for i in range(0, len(case.needle) - w + 1)}
+    rest = _views(case.text.replace(case.needle, ""))  # pieces the text holds anyway (`https://`)
+    pieces = {p for p in pieces if not any(p in r for r in rest)}
     for view in _views(masked):
         if any(p in view for p in pieces):
             return "part of it is left visible"
