@@ -19,7 +19,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, Protocol
 
-from jitgate.inspect.rules import Rule
+from jitgate.inspect.rules import _LOOKAROUND, Rule
 
 try:  # pragma: no cover - exercised by the engine-choice tests
     import hyperscan
@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
     HAVE_HYPERSCAN = False
 
 RuleMatch = tuple[int, re.Match[bytes]]
+_LEADING_LOOKAROUNDS = re.compile(rf"^(?:{_LOOKAROUND.pattern})+")
 
 
 class Engine(Protocol):
@@ -99,7 +100,9 @@ def _trigger(rule: Rule) -> tuple[re.Pattern[bytes], bool] | None:
     """
     if not rule.trigger:
         return None
-    text = rule.trigger
+    # Lookbehinds leading the trigger are checked where the rule's regex is matched: the search
+    # looks for what follows them.
+    text = _LEADING_LOOKAROUNDS.sub("", rule.trigger, count=1)
     if text.startswith("(?i:"):
         body, rest = text[4 : text.index(")")], text[text.index(")") :]
         plain_rest = re.sub(r"\\.", "", rest)  # escapes such as \t are not letters to fold
@@ -231,15 +234,19 @@ class HyperscanEngine:
 
 
 class RunProbe:
-    """Whether a buffer holds a run of `length` bytes of one class: one Hyperscan pass that stops
-    at the first run, so a buffer without any costs a fast scan instead of a full rule pass."""
+    """Whether a buffer holds a match of any of `expressions` (a run of one class, literals): one
+    Hyperscan pass that stops at the first, so a buffer without any costs a fast scan instead of a
+    full rule pass."""
 
-    def __init__(self, char_class: bytes, length: int) -> None:
+    def __init__(self, expressions: Sequence[bytes]) -> None:
         if hyperscan is None:
             raise RuntimeError("hyperscan is not installed")
         self._db = hyperscan.Database()
         self._db.compile(
-            expressions=[char_class + b"{%d}" % length], ids=[0], elements=1, flags=[hyperscan.HS_FLAG_SINGLEMATCH]
+            expressions=list(expressions),
+            ids=list(range(len(expressions))),
+            elements=len(expressions),
+            flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(expressions),
         )
 
     def __call__(self, buf: bytes) -> bool:

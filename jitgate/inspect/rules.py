@@ -9,6 +9,7 @@ Python's `re` confirm, so both engines return the same matches.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -17,6 +18,7 @@ from typing import Literal
 from jitgate.inspect import validators as v
 
 Kind = Literal["secret", "pii"]
+
 
 def _lb(chars: str) -> str:
     """Left boundary: not after one of `chars`, but right after a `\\n`/`\\t`/`\\r` escape is fine."""
@@ -30,8 +32,11 @@ _B64R = r"(?![A-Za-z0-9+/=])"
 # An assignment, escape-aware: `key = v`, `key: v`, `"key": "v"`, `\"key\": \"v\"` (JSON in JSON).
 _ASSIGN_OP = r"""\\?["']?[ \t]{0,4}(?::=|=>|[:=])"""
 _ASSIGN = _ASSIGN_OP + r"""[ \t]{0,4}\\?["']?"""
-_VALUE_CHARS = r"""[^\s"'\\`,;(){}\[\]<>$|]"""
-_VALUE = rf"""(?P<s>{_VALUE_CHARS}{{8,128}})(?=[\s"'\\`,;)}}\]>|]|$)"""
+# A value holds the punctuation passwords hold (`$ ; , ( ) [ ] { } | < >`) and runs up to 4 kB; it
+# ends before whitespace, a quote or a backslash, one closing punctuation mark before them left out
+# (`f(password=Xy7…, timeout=5)`: the comma is no part of it).
+_VALUE_CHARS = r"""[^\s"'\\`]"""
+_VALUE = rf"""(?P<s>{_VALUE_CHARS}{{8,4096}}?)(?=[,;)}}\]>|.]?(?:[\s"'\\`]|$))"""
 _KEYWORDS = (
     r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
     r"access_key|private_key|auth_token|access_token|refresh_token|token|credentials?)"
@@ -172,8 +177,9 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "azure_storage_connection_string",
         "secret",
-        r"DefaultEndpointsProtocol=https?;AccountName=[A-Za-z0-9]{3,24};AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)",
-        trigger="DefaultEndpointsProtocol=",
+        # `AccountKey=` alone: the key follows `BlobEndpoint=` or `AccountName=` in any order.
+        r"AccountKey=(?P<s>[A-Za-z0-9+/]{86}==)",
+        trigger="AccountKey=",
     ),
     Rule(
         "azure_sas_signature",
@@ -195,7 +201,8 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("github_server_to_server_token", "ghs_", _GH, validator=v.github_checksum),
     _prefixed("github_refresh_token", "ghr_", _GH, validator=v.github_checksum),
     _prefixed("github_fine_grained_pat", "github_pat_", "[A-Za-z0-9]{22}_[A-Za-z0-9]{59}"),
-    _prefixed("gitlab_pat", "glpat-", r"[A-Za-z0-9_-]{20}(?:\.[0-9a-z]{2}\.[a-z0-9]{9})?"),
+    # Legacy (20), routable (27 or more, `.`, 9) and the `.xx.` form.
+    _prefixed("gitlab_pat", "glpat-", r"[A-Za-z0-9_-]{20,300}(?:\.[0-9a-z]{2}\.[a-z0-9]{9}|\.[A-Za-z0-9_-]{9})?"),
     _prefixed("gitlab_deploy_token", "gldt-", "[A-Za-z0-9_-]{20}"),
     _prefixed("gitlab_runner_token", "glrt-", "[A-Za-z0-9_-]{20,64}"),
     _prefixed("gitlab_pipeline_trigger_token", "glptt-", "[a-f0-9]{40}"),
@@ -213,7 +220,14 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("nuget_api_key", "oy2", "[a-z0-9]{43}", validator=v.high_entropy),
     _prefixed("clojars_token", "CLOJARS_", "[a-z0-9]{60}"),
     _prefixed("terraform_cloud_token", "", r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}"),
-    _prefixed("hashicorp_vault_token", r"hv[sb]\.", "[A-Za-z0-9_-]{24,120}"),
+    # Service tokens (`hvs.`, ~95 characters) and batch tokens (`hvb.`, 138 to 300).
+    _prefixed("hashicorp_vault_token", r"hv[sb]\.", "[A-Za-z0-9_-]{24,300}"),
+    _context("hashicorp_vault_legacy_token", r"(?:x-)?vault_?token", r"s\.[A-Za-z0-9]{24}", validator=v.high_entropy),
+    _prefixed("onepassword_service_account_token", "ops_eyJ", "[A-Za-z0-9+/]{250,8000}={0,3}", right=_B64R),
+    _prefixed("artifactory_api_key", "AKCp", "[A-Za-z0-9]{69}", right=_R),
+    _prefixed("artifactory_reference_token", "cmVmd", "[A-Za-z0-9]{59}", validator=v.high_entropy, right=_R),
+    _prefixed("cloudflare_origin_ca_key", r"v1\.0-", "[a-f0-9]{24}-[a-f0-9]{146}", right=_R),
+    _prefixed("adobe_client_secret", "p8e-", "[A-Za-z0-9]{32}", validator=v.high_entropy, right=_R),
     _prefixed("doppler_token", r"dp\.(?:pt|st|sa|ct|scim|audit)\.", "[A-Za-z0-9]{40,44}"),
     _prefixed("pulumi_token", "pul-", "[a-f0-9]{40}"),
     # Chat and notifications
@@ -221,6 +235,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("slack_user_token", "xoxp-", "[0-9]{10,13}-[0-9]{10,13}-[0-9]{10,13}-[a-f0-9]{32}"),
     _prefixed("slack_legacy_token", "xox[ars]-", "[0-9A-Za-z-]{10,250}"),
     _prefixed("slack_config_token", r"xoxe\.xox[bp]-", "[0-9A-Za-z-]{30,250}"),
+    _prefixed("slack_config_refresh_token", "xoxe-[0-9]-", "[A-Za-z0-9]{140,160}"),
     _prefixed("slack_app_token", "xapp-", "[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{64}"),
     Rule(
         "slack_webhook",
@@ -248,6 +263,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("stripe_restricted_key", "rk_live_", "[0-9A-Za-z]{24,99}"),
     _prefixed("stripe_webhook_secret", "whsec_", "[A-Za-z0-9]{32,64}"),
     _prefixed("square_access_token", "EAAA", "[A-Za-z0-9_-]{60}"),
+    _prefixed("square_access_token", "sq0atp-", "[A-Za-z0-9_-]{22,60}"),
     _prefixed("square_oauth_secret", "sq0csp-", "[0-9A-Za-z_-]{43}"),
     _prefixed("braintree_access_token", r"access_token\$production\$", r"[0-9a-z]{16}\$[0-9a-f]{32}"),
     _prefixed("shopify_access_token", "shp(?:at|ca|pa)_", "[a-fA-F0-9]{32}"),
@@ -271,13 +287,13 @@ SECRET_RULES: tuple[Rule, ...] = (
     _prefixed("jina_api_key", "jina_", "[A-Za-z0-9_-]{60}"),
     _prefixed("langsmith_api_key", "lsv2_(?:pt|sk)_", "[a-f0-9]{32}_[a-f0-9]{10}"),
     _prefixed("pinecone_api_key", "pcsk_", "[A-Za-z0-9_]{40,100}"),
-    _context(
-        "cohere_api_key", r"(?:co|cohere)_?api_?key", "[A-Za-z0-9]{40}", validator=v.high_entropy
-    ),
+    _context("cohere_api_key", r"(?:co|cohere)_?api_?key", "[A-Za-z0-9]{40}", validator=v.high_entropy),
     _context("mistral_api_key", r"mistral_?api_?key", "[A-Za-z0-9]{32}", validator=v.high_entropy),
     # Observability and SaaS
     _prefixed("newrelic_user_key", "NRAK-", "[A-Z0-9]{27}"),
     _prefixed("sentry_auth_token", "sntrys_", "[A-Za-z0-9+/=_]{50,200}"),
+    _prefixed("sentry_user_token", "sntryu_", "[a-f0-9]{64}"),
+    _prefixed("grafana_cloud_token", "glc_", "[A-Za-z0-9+/]{32,400}={0,3}", right=_B64R),
     _prefixed("grafana_service_account_token", "glsa_", "[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}"),
     _prefixed("linear_api_key", "lin_api_", "[A-Za-z0-9]{40}"),
     _prefixed("notion_token", "ntn_", "[A-Za-z0-9]{46}"),
@@ -292,7 +308,8 @@ SECRET_RULES: tuple[Rule, ...] = (
         "private_key",
         "secret",
         r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----"
-        r"[A-Za-z0-9+/=\s\\:,-]{20,8192}?"
+        # Armor headers (`Comment: …`, `Version: …`) may hold any character but a quote.
+        r'[^"]{20,8192}?'
         r"-----END (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----",
         priority=0,
         placeholders_ok=True,
@@ -309,7 +326,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "database_password",
         "secret",
-        _DB_SCHEMES + r"[^\s:/@\"'\\]{1,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
+        _DB_SCHEMES + r"[^\s:/@\"'\\]{0,64}:(?P<s>[^\s@\"'\\/]{1,128})@[A-Za-z0-9\[]",
         trigger=_DB_SCHEMES,
     ),
     Rule(
@@ -322,7 +339,7 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "authorization_header",
         "secret",
-        r"(?i:authorization|x-api-key|api-key)\\?[\"']?[ \t]{0,4}:[ \t]{0,4}\\?[\"']?(?i:bearer |token |basic )?"
+        r"(?i:authorization|x-api-key|api-key)\\?[\"']?[ \t]{0,4}:[ \t]{0,4}f?\\?[\"']?(?i:bearer |token |basic )?"
         r"(?P<s>[A-Za-z0-9._~+/=-]{16,512})" + r"(?![A-Za-z0-9._~+/=-])",
         v.high_entropy,
         priority=8,
@@ -448,7 +465,77 @@ RULES: tuple[Rule, ...] = SECRET_RULES + PII_RULES
 SECRET_TYPES: frozenset[str] = frozenset(r.name for r in SECRET_RULES)
 PII_TYPES: frozenset[str] = frozenset(r.name for r in PII_RULES)
 
-# Where decoded content may hide a finding: base64 runs of at least 64 characters that start
+
+def _leading_literals(pattern: str, cap: int = 64) -> list[str]:
+    """The literal strings a match of `pattern` can start with, alternatives and small character
+    sets expanded ([] when a match can start with anything). A pattern that starts case-insensitive
+    gives its literals as written, in lower, upper and title case (`Authorization`, `X-Api-Key`)."""
+    parser = re._parser  # type: ignore[attr-defined]
+    constants = re._constants  # type: ignore[attr-defined]
+
+    def expand(items: list[tuple[object, object]]) -> tuple[list[str], bool]:
+        outs = [""]
+        for op, av in items:
+            full = True
+            if op is constants.LITERAL:
+                alts = [chr(av)]  # type: ignore[arg-type]
+            elif op is constants.IN and all(o is constants.LITERAL for o, _ in av):  # type: ignore[attr-defined]
+                alts = [chr(c) for _, c in av]  # type: ignore[attr-defined]
+            elif op is constants.SUBPATTERN:
+                sub = av[-1]  # type: ignore[index]
+                alts, full = expand(list(sub))
+            elif op is constants.BRANCH:
+                alts = []
+                for branch in av[1]:  # type: ignore[index]
+                    more, whole = expand(list(branch))
+                    alts += more
+                    full = full and whole
+            else:
+                return outs, False
+            if not alts or "" in alts:
+                return outs, False
+            outs = [a + b for a in outs for b in alts]
+            if len(outs) > cap:
+                return [], False
+            if not full:
+                return outs, False
+        return outs, True
+
+    found, _ = expand(list(parser.parse(pattern)))
+    if not pattern.startswith("(?i"):
+        return sorted(set(found))
+    return sorted({c for f in found for c in (f, f.lower(), f.upper(), f.title())})
+
+
+def _b64_prefixes(min_bytes: int = 3) -> tuple[str, ...]:
+    """The base64 characters a blob starts with when it encodes a value starting with a secret
+    rule's literal prefix (`AKIA` -> `QUtJQ`): the characters the prefix alone decides. Assignment
+    rules are left out (a Kubernetes `Secret` value is the value, not `password=…`) except the URL
+    ones (`DATABASE_URL`), written in lower case; a form that starts with a shorter one is left out."""
+    out: set[str] = set()
+    for rule in SECRET_RULES:
+        url = rule.name in ("database_password", "url_password")
+        if rule.has_group and not url:
+            continue
+        for lit in _leading_literals(rule.trigger or rule.pattern):
+            raw = lit.encode("utf-8")
+            if len(raw) >= min_bytes and not (url and lit != lit.lower()):
+                out.add(base64.b64encode(raw).decode("ascii")[: len(raw) * 8 // 6])
+    return tuple(p for p in sorted(out) if not any(p != q and p.startswith(q) for q in out))
+
+
+# A base64 run this long is decoded whatever it starts with (a text blob: an `.env`, a config file);
+# a shorter one only when it starts with the base64 form of a secret prefix (a Kubernetes `Secret`
+# holds an AWS key id, 20 bytes, as 28 characters starting `QUtJQ`), and then from SHORT_BLOB on. A
+# run of 20 base64 characters is common in prose (`internationalization`), the prefixed forms are
+# not: decoding every such run made the clean-text block decision ~40% slower.
+MIN_BLOB = 64
+SHORT_BLOB = 20
+B64_PREFIXES = _b64_prefixes()
+_B64_CHARS = "[A-Za-z0-9+/]"
+_B64_PREFIX_ALT = "|".join(re.escape(p) for p in B64_PREFIXES)
+
+# Where decoded content may hide a finding: base64 runs (as above) that start
 # after a separator (one report per run: the Hyperscan pattern consumes the separator; a run
 # glued to other word characters is not a blob), %XX escapes and the JSON escapes raw rules
 # cannot see through (`\\uXXXX`, `\\/`).
@@ -456,8 +543,10 @@ DECODER_RULES: tuple[Rule, ...] = (
     Rule(
         "base64_run",
         "secret",
-        r"""(?:^|(?<=[ \t\r\n"'=:,;(\[{>])|(?<=\\[nrt]))[A-Za-z0-9+/]{64}""",
-        hs=r"""(?:^|[ \t\r\n"'=:,;(\[{>]|\\[nrt])[A-Za-z0-9+/]{64}""",
+        r"""(?:^|(?<=[ \t\r\n"'=:,;(\[{>])|(?<=\\[nrt]))"""
+        + f"(?:{_B64_CHARS}{{{MIN_BLOB}}}|(?=(?:{_B64_PREFIX_ALT})){_B64_CHARS}{{{SHORT_BLOB}}})",
+        # The prefixes are literals: Hyperscan finds them at the cost of one more literal set.
+        hs=r"""(?:^|[ \t\r\n"'=:,;(\[{>]|\\[nrt])""" + f"(?:{_B64_CHARS}{{{MIN_BLOB}}}|{_B64_PREFIX_ALT})",
     ),
     # Literal triggers: Hyperscan finds `%` and `\u`/`\/` much faster than the full escapes.
     Rule("percent_escape", "secret", "%[0-9A-Fa-f]{2}", trigger="%"),

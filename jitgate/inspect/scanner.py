@@ -25,11 +25,10 @@ from urllib.parse import unquote_to_bytes
 from jitgate.inspect import masking, validators
 from jitgate.inspect.engine import Engine, RunProbe, make_engine
 from jitgate.inspect.masking import Finding
-from jitgate.inspect.rules import DECODER_RULES, PII_RULES, SECRET_RULES, Rule
+from jitgate.inspect.rules import B64_PREFIXES, DECODER_RULES, MIN_BLOB, PII_RULES, SECRET_RULES, Rule
 
 INJECTED = "injected_credential"
 MARKER_RULE = Rule("redacted_marker", "secret", masking.MARKER.pattern.decode("ascii"), trigger=r"\[REDACTED:")
-MIN_BLOB = 64
 _B64_REST = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _HEAD_CHARS = 4 * 48  # base64 characters decoded first to tell text from binary
 _B64_HEAD = re.compile(rb"[A-Za-z0-9+/]{0,%d}" % _HEAD_CHARS)
@@ -42,6 +41,8 @@ _NUMBER_CHARS = frozenset(b"0123456789+-.eE")
 # What may stand outside JSON strings: numbers and the literals, whitespace, the punctuation.
 _BARE_CHARS = _NUMBER_CHARS | frozenset(b"truefalsn")
 _JSON_SPACE = frozenset(b" \t\r\n")
+# The key right before a JSON string value: `"key": ` (no escapes in it), at the end of the window.
+_JSON_KEY_BEFORE = re.compile(rb'"([A-Za-z0-9_.-]{1,64})"[ \t]*:[ \t]*\Z')
 _BEFORE_VALUE = frozenset(b":,[")
 _AFTER_VALUE = frozenset(b",]}")
 _JSON_PUNCT = _JSON_SPACE | frozenset(b":,[]{}")
@@ -132,11 +133,14 @@ class Scanner:
         self._secret_engine: Engine = make_engine((*self.secret_rules, MARKER_RULE), engine)
         self._all_engine: Engine = make_engine((*self.all_rules, MARKER_RULE), engine)
         self._decoder_engine: Engine = make_engine(DECODER_RULES, engine)
-        # Most bodies hold no run of 64 base64 characters: a quick probe says so, and then only
-        # the escape rules run (the base64 rule is most of the decoder pass's cost).
+        # Most bodies hold no run of MIN_BLOB base64 characters and no base64 form of a secret
+        # prefix: a quick probe says so, and then only the escape rules run (the base64 rule is
+        # most of the decoder pass's cost).
         self._escape_engine: Engine = make_engine(DECODER_RULES[1:], engine)
         self._b64_probe: RunProbe | None = (
-            RunProbe(rb"[A-Za-z0-9+/]", MIN_BLOB) if self._decoder_engine.name == "hyperscan" else None
+            RunProbe([rb"[A-Za-z0-9+/]{%d}" % MIN_BLOB, *(p.encode() for p in B64_PREFIXES)])
+            if self._decoder_engine.name == "hyperscan"
+            else None
         )
         self.engine_name = self._all_engine.name
 
@@ -294,10 +298,18 @@ class Scanner:
             if not isinstance(value, str):
                 continue
             decoded = value.encode("utf-8", "surrogatepass")
-            inner = self.scan(decoded, pii=pii, literals=literals, decode=True)
+            # The string's key goes with it (`"client_secret": "…\/…"`): assignment rules need it.
+            key = _JSON_KEY_BEFORE.search(buf, max(0, start - 80), start)
+            prefix = key.group(1) + b": " if key is not None else b""
+            inner = self.scan(prefix + decoded, pii=pii, literals=literals, decode=True)
+            if prefix:
+                n = len(prefix)
+                inner.findings = [f for f in inner.findings if f.start >= n]
+                inner.edits = [Edit(e.start - n, e.end - n, e.replacement) for e in inner.edits if e.start >= n]
             if inner.findings:
                 masked = inner.masked(decoded).decode("utf-8", "surrogatepass")
-                found = [Finding(f.type, f.kind, f.start, f.end, f.tag, "json-escape") for f in inner.findings]
+                # The whole string is replaced: each finding's place is the string's.
+                found = [Finding(f.type, f.kind, start, end, f.tag, "json-escape") for f in inner.findings]
                 out.append((start, end, found, json.dumps(masked, ensure_ascii=False).encode("utf-8", "surrogatepass")))
         return out
 
@@ -305,7 +317,7 @@ class Scanner:
         self, buf: bytes, starts: list[int], pii: Collection[str], literals: Sequence[bytes]
     ) -> list[tuple[int, int, list[Finding], bytes]]:
         out: list[tuple[int, int, list[Finding], bytes]] = []
-        for start in starts:
+        for start in dict.fromkeys(starts):  # a run that is long and prefixed is reported twice
             # The head first: most long runs are images, and an image's head is no text (a run
             # shorter than the head is matched whole, `=` padding included, as below).
             h = _B64_HEAD.match(buf, start)

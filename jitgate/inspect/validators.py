@@ -24,9 +24,27 @@ Validator = Callable[[bytes], bool]
 _B62 = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Marks of documentation values: a value carrying one of these is an example, not a secret.
 _PLACEHOLDERS = (
-    b"EXAMPLE", b"example", b"Example", b"XXXXXXXX", b"xxxxxxxx", b"your_", b"YOUR_", b"your-", b"YOUR-",
-    b"<", b"${", b"{{", b"REDACTED", b"PLACEHOLDER", b"placeholder", b"changeme", b"CHANGEME", b"dummy",
-    b"DUMMY", b"*****", b"...", b"0000000000000000",
+    b"EXAMPLE",
+    b"example",
+    b"Example",
+    b"XXXXXXXX",
+    b"xxxxxxxx",
+    b"your_",
+    b"YOUR_",
+    b"your-",
+    b"YOUR-",
+    b"${",
+    b"{{",
+    b"REDACTED",
+    b"PLACEHOLDER",
+    b"placeholder",
+    b"changeme",
+    b"CHANGEME",
+    b"dummy",
+    b"DUMMY",
+    b"*****",
+    b"...",
+    b"0000000000000000",
 )
 _DOTTED_IDENT = re.compile(rb"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?")
 _UPPER_IDENT = re.compile(rb"[A-Z][A-Z0-9_]*")
@@ -78,8 +96,6 @@ def entropy_at_least(value: bytes, bits: float) -> bool:
     return entropy(value) >= bits
 
 
-
-
 def _alternation(literals: tuple[bytes, ...]) -> re.Pattern[bytes]:
     """A regex for "any of `literals`", grouped by first byte (`E(?:XAMPLE|xample)|<|...`): the
     same matches as the flat alternation, found faster by `re`."""
@@ -97,12 +113,16 @@ def _alternation(literals: tuple[bytes, ...]) -> re.Pattern[bytes]:
 _PLACEHOLDER_RE = _alternation(_PLACEHOLDERS)
 # Template variables stand in for a value: `{pw}`, `$PASSWORD`, `%(password)s`, `%s`.
 _TEMPLATE = re.compile(rb"\{[A-Za-z_][\w.]*\}|\$[A-Za-z_]\w*|%(?:\(\w+\))?s")
+# `<your-token-here>`, `<API KEY>`: a name in angle brackets (a `<` inside a password is no mark).
+_ANGLED = re.compile(rb"<[A-Za-z][\w .-]*>")
 # Words joined by `_` or `-` (`credential_inject`, `client-own`): names, not secrets.
 _WORDS = re.compile(rb"[A-Za-z]+(?:[_-][A-Za-z]+)*")
 
 
 def not_placeholder(value: bytes) -> bool:
     if _PLACEHOLDER_RE.search(value) is not None or _TEMPLATE.fullmatch(value) is not None:
+        return False
+    if b"<" in value and _ANGLED.search(value) is not None:
         return False
     return len(set(value[:8])) > 3 or len(set(value)) > 3  # a short head usually settles it
 
@@ -124,7 +144,11 @@ _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 # Names and numbers, not keys: `client.secret_key()`, `API_TOKEN`, `credential_inject`, `11547274426668.0`
 # (`"credential": 11547274426668.0` is a number). One alternation: one `fullmatch` call for all four.
-_NOT_A_VALUE = re.compile(b"|".join(b"(?:" + p.pattern + b")" for p in (_DOTTED_IDENT, _UPPER_IDENT, _WORDS, _NUMBER)))
+# A call (`get_password()`, `os.environ.get("PW")`): code, not a value.
+_CALL = re.compile(rb"[A-Za-z_][\w.]*\(.*\)?")  # its `)` may be left out as closing punctuation
+_NOT_A_VALUE = re.compile(
+    b"|".join(b"(?:" + p.pattern + b")" for p in (_DOTTED_IDENT, _UPPER_IDENT, _WORDS, _NUMBER, _CALL))
+)
 _ALNUM = bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123))
 
 

@@ -155,11 +155,48 @@ def test_may_find_ignores_markers_alone(scanner: Scanner) -> None:
 # -- Hyperscan patterns that report fewer false starts ---------------------------------------------
 
 _GENERIC_PARTS = [
-    "password", "PASSWORD", "client_secret", "secret_key", "secret", "api_key", "token", "access_token",
-    "credentials", "pwd", "passwd", ":", "=", ":=", "=>", " ", "\t", '"', "'", "\\", '\\"', "\n", "(", ")",
-    "get_password()", "abc", "x1Y2z3W4v5", "EXAMPLE", "${TOKEN}", "Zq8", "-", "_", ",", ";", "SK", "sk-",
-    "0123456789abcdef", "T3BlbkFJ", "https://hooks.slack.com/", "https://discord.com/api/webhooks/",
-    "services/T0123ABCD/B0123ABCD/", "123456789012345678/",
+    "password",
+    "PASSWORD",
+    "client_secret",
+    "secret_key",
+    "secret",
+    "api_key",
+    "token",
+    "access_token",
+    "credentials",
+    "pwd",
+    "passwd",
+    ":",
+    "=",
+    ":=",
+    "=>",
+    " ",
+    "\t",
+    '"',
+    "'",
+    "\\",
+    '\\"',
+    "\n",
+    "(",
+    ")",
+    "get_password()",
+    "abc",
+    "x1Y2z3W4v5",
+    "EXAMPLE",
+    "${TOKEN}",
+    "Zq8",
+    "-",
+    "_",
+    ",",
+    ";",
+    "SK",
+    "sk-",
+    "0123456789abcdef",
+    "T3BlbkFJ",
+    "https://hooks.slack.com/",
+    "https://discord.com/api/webhooks/",
+    "services/T0123ABCD/B0123ABCD/",
+    "123456789012345678/",
 ]
 
 
@@ -213,7 +250,19 @@ def _not_placeholder_plain(value: bytes) -> bool:
 
 
 _PLACEHOLDER_BITS = [
-    *(p.decode() for p in v._PLACEHOLDERS), "a", "b", "A", "_", "-", "0", "1", "{pw}", "$X", "%s", "..", "<"
+    *(p.decode() for p in v._PLACEHOLDERS),
+    "a",
+    "b",
+    "A",
+    "_",
+    "-",
+    "0",
+    "1",
+    "{pw}",
+    "$X",
+    "%s",
+    "..",
+    "<",
 ]
 
 
@@ -242,7 +291,7 @@ def _generic_secret_plain(value: bytes) -> bool:
     """`validators.generic_secret` as first written: the entropy computed, four separate regexes."""
     if len(value) < 8 or v.entropy(value) < min(3.0, 0.8 * math.log2(len(value))):
         return False
-    if any(p.fullmatch(value) for p in (v._DOTTED_IDENT, v._UPPER_IDENT, v._WORDS, v._NUMBER)):
+    if any(p.fullmatch(value) for p in (v._DOTTED_IDENT, v._UPPER_IDENT, v._WORDS, v._NUMBER, v._CALL)):
         return False
     return sum(1 for cls in _PLAIN_CLASSES if cls.search(value)) >= 2
 
@@ -267,11 +316,14 @@ def test_generic_secret_as_first_written(value: bytes) -> None:
 
 
 def test_run_probe_finds_a_run_of_exactly_the_length(hs_scanner: Scanner) -> None:
+    from jitgate.inspect.rules import MIN_BLOB
+
     probe = hs_scanner._b64_probe
     assert probe is not None
     run = (corpus.ALNUM + "+/").encode() * 2
-    assert not probe(b"") and not probe(b"x " + run[:63] + b" y") and not probe(run[:63] + b"-" + run[:63])
-    assert probe(run[:64]) and probe(b"pre " + run[:64]) and probe(b'"' + run + b'"')
+    n = MIN_BLOB
+    assert not probe(b"") and not probe(b"x " + run[: n - 1] + b" y") and not probe(run[: n - 1] + b"-" + run[: n - 1])
+    assert probe(run[:n]) and probe(b"pre " + run[:n]) and probe(b'"' + run + b'"')
 
 
 @_SETTINGS
@@ -357,10 +409,28 @@ def test_hand_written_hyperscan_patterns_of_triggered_rules_extend_the_trigger()
         assert rule.pattern.startswith(rule.trigger), rule.name
 
 
-def test_the_probe_looks_for_runs_as_long_as_the_base64_rule_needs() -> None:
-    from jitgate.inspect.rules import DECODER_RULES
+def test_the_probe_looks_for_runs_as_long_as_the_base64_rule_needs(hs_scanner: Scanner) -> None:
+    """Long runs whatever they start with; short ones only in the base64 form of a secret prefix,
+    which the scanner then decodes (a Kubernetes `Secret` holding an AWS key id)."""
+    import base64
+    import string
+
+    from jitgate.inspect.rules import DECODER_RULES, SHORT_BLOB
+    from tests.inspect.conftest import KEY
 
     base64_run = DECODER_RULES[0]
     assert base64_run.name == "base64_run"
     run = f"[A-Za-z0-9+/]{{{scanner_module.MIN_BLOB}}}"
-    assert base64_run.pattern.endswith(run) and (base64_run.hs or "").endswith(run)
+    assert run in base64_run.pattern and run in (base64_run.hs or "")
+    probe = hs_scanner._b64_probe
+    assert probe is not None
+    key_id = "AKIA" + "".join(random.Random(7).choices(string.ascii_uppercase + string.digits, k=16))
+    encoded = base64.b64encode(key_id.encode())
+    assert SHORT_BLOB <= len(encoded) < scanner_module.MIN_BLOB
+    assert probe(b"data:\n  id: " + encoded + b"\n")
+    assert not probe(b"data:\n  id: " + base64.b64encode(b"n" + key_id.encode()[1:]) + b"\n")
+    for scanner in (hs_scanner, Scanner(KEY, engine="re")):
+        found = scanner.contains_secret(b"data:\n  id: " + encoded + b"\n").findings
+        assert [f.type for f in found] == ["aws_access_key_id"]
+        other = base64.b64encode(key_id.lower().encode())
+        assert scanner.contains_secret(b"data:\n  id: " + other + b"\n").findings == []
