@@ -8,6 +8,7 @@ on). The first `warmup` requests handed out are not measured.
 from __future__ import annotations
 
 import os
+import queue
 import random
 import secrets
 import ssl
@@ -187,6 +188,70 @@ def drive(
     for t in threads:
         t.join()
     run.wall = time.perf_counter() - t0[0] if t0[0] else 0.0
+    return run
+
+
+def drive_open(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    proxy: str | None,
+    verify: Path,
+    rate: float,
+    requests: int,
+    seed: int,
+    clients: int = 32,
+) -> Run:
+    """Open loop: `requests` POSTs arriving at `rate` per second (Poisson: exponential gaps drawn
+    from `seed`, so two paths get the same arrivals), whatever the answers' pace. Each latency runs
+    from the request's scheduled arrival, so time spent queued behind a slow answer counts (no
+    coordinated omission). `clients` keep-alive clients take the arrivals in turn."""
+    ctx = ssl.create_default_context(cafile=str(verify))
+    rng = random.Random(seed)
+    offsets: list[float] = []
+    t = 0.0
+    for _ in range(requests):
+        t += rng.expovariate(rate)
+        offsets.append(t)
+    run = Run()
+    lock = threading.Lock()
+    arrivals: queue.Queue[float | None] = queue.Queue()
+    ready = threading.Barrier(clients + 1)
+
+    def worker() -> None:
+        with httpx.Client(proxy=proxy, verify=ctx, trust_env=False, timeout=60) as client:
+            client.post(url, content=body, headers=headers)  # connect (CONNECT + TLS) before the clock
+            ready.wait()
+            while (due := arrivals.get()) is not None:
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                try:
+                    resp = client.post(url, content=body, headers=headers)
+                    status, text = resp.status_code, resp.text[:200]
+                except httpx.HTTPError as exc:
+                    status, text = 0, type(exc).__name__
+                done = time.perf_counter()
+                with lock:
+                    run.sent += 1
+                    if status != 200:
+                        run.errors.append(f"{status} {text}")
+                    else:
+                        run.latencies.append(done - due)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    ready.wait()
+    start = time.perf_counter() + 0.05
+    for off in offsets:  # all arrivals are queued up front: each waits for its time in a client
+        arrivals.put(start + off)
+    for _ in threads:
+        arrivals.put(None)
+    for th in threads:
+        th.join()
+    run.wall = time.perf_counter() - start
     return run
 
 

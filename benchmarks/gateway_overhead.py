@@ -18,6 +18,13 @@ chain's own cost can be read like for like (`ratio_vs_bare_dispatch`).
 refactor), run by the same mitmdump with that tree first on PYTHONPATH, in the same rounds:
 `baseline_*` and `cpu_ratio_vs_baseline` (this tree's gateway CPU per request / the other's).
 
+Issue 22's figures, in the same run: `cpu_ratio_vs_bare` (jitgate's gateway CPU per request / bare
+mitmdump's); an open-loop phase (`--openloop-requests` arriving at a fixed Poisson rate, by default
+half of bare mitmdump's closed-loop rps, against bare and jitgate in turn with the same arrivals:
+`openloop_p50_added_ms`, `openloop_p99_added_ms`, latency counted from each request's scheduled
+arrival); and LiteLLM's proxy as a peer on the same load (benchmarks/peer_litellm.py installs it
+into a venv of its own; `--no-litellm` skips it): `litellm_rps`, `ratio_vs_litellm`.
+
 Run: .venv/bin/python benchmarks/gateway_overhead.py --json
 """
 
@@ -39,9 +46,18 @@ import boto3
 from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import bench_stack, drive, summary
+from _load import bench_stack, drive, drive_open, summary
 from _load import cpu_seconds as _cpu_seconds
 from _load import documents as _documents
+from peer_litellm import PeerUnavailable, litellm_proxy
+
+TARGETS = {
+    "cpu_ratio_vs_bare": ("<=", 1.15),
+    "openloop_p50_added_ms": ("<=", 1.0),
+    "openloop_p99_added_ms": ("<=", 5.0),
+    "ratio_vs_litellm": (">=", 2.0),
+    "ratio_vs_bare": (">=", 0.85),
+}
 
 # The data-path core alone (this benchmark's subject): token_gate, scope_guard, credential_inject.
 CORE_CHAIN = """
@@ -83,9 +99,10 @@ addons = []
 
 def _load(
     url: str, body: bytes, headers: dict[str, str], *, proxy: str | None, verify: Path, requests: int, concurrency: int,
-    warmup: int,
+    warmup: int, path_url: str | None = None,
 ) -> tuple[list[float], float]:
     """`drive` with one body; any failed request fails the benchmark. (latencies, wall seconds)."""
+    url = path_url or url
     run = drive(
         url, lambda _i: body, headers, proxy=proxy, verify=verify, requests=requests, concurrency=concurrency,
         warmup=warmup,
@@ -115,6 +132,11 @@ def main() -> None:
     parser.add_argument(
         "--dispatch", action="store_true", help="add a bare mitmdump with only jitgate's hook dispatch (like for like)"
     )
+    parser.add_argument("--openloop-requests", type=int, default=1500, help="requests per open-loop round")
+    parser.add_argument(
+        "--openloop-rate", type=float, default=0.0, help="open-loop arrivals per second (default: half of bare's rps)"
+    )
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy (the peer) out")
     parser.add_argument(
         "--baseline-tree", type=Path, default=None,
         help="another checkout whose full chain runs beside this one's (before/after in one run)",
@@ -166,6 +188,13 @@ def main() -> None:
                 )
             )
 
+        peer, peer_error = None, None
+        if not args.no_litellm:
+            try:
+                peer = stack.enter_context(litellm_proxy(work, up_url, up_ca, real_key))
+            except PeerUnavailable as exc:
+                peer_error = str(exc)
+
         url = f"{up_url}/v2/rerank"
         common: dict[str, Any] = {
             "requests": args.requests,
@@ -204,6 +233,14 @@ def main() -> None:
                 "headers": real_auth, "proxy": dispatch.url, "verify": dispatch.client_bundle(work / "dispatch.pem"),
             }
             pids["bare_dispatch"] = dispatch.proc.pid
+        if peer is not None:
+            paths["litellm"] = {
+                "headers": {**ct, "Authorization": f"Bearer {peer.master_key}"},
+                "proxy": None,
+                "verify": up_ca,
+                "path_url": f"{peer.url}/v2/rerank",
+            }
+            pids["litellm"] = peer.pid
         runs: dict[str, list[tuple[list[float], float]]] = {name: [] for name in paths}
         cpu = dict.fromkeys(pids, 0.0)
         # Alternating rounds: drift in a shared machine's load hits all three paths alike.
@@ -222,6 +259,19 @@ def main() -> None:
                         print("\n".join(list(gw.log)[-30:]), file=sys.stderr)
                     raise
         direct, bare_r, jit_r, core_r = (_summary(runs[name]) for name in ("direct", "bare", "jitgate", "core"))
+        # Open loop: the same Poisson arrivals (one seed per round) to bare mitmdump and jitgate.
+        rate = args.openloop_rate or round(bare_r["rps"] / 2, 1)
+        open_runs: dict[str, list[list[float]]] = {"bare": [], "jitgate": []}
+        for r in range(args.rounds):
+            for name in open_runs:
+                how = paths[name]
+                run = drive_open(
+                    url, body, how["headers"], proxy=how["proxy"], verify=how["verify"], rate=rate,
+                    requests=args.openloop_requests, seed=1000 + r,
+                )
+                if run.errors:
+                    raise RuntimeError(f"open loop {name}: {len(run.errors)} failed requests, first: {run.errors[0]}")
+                open_runs[name].append(run.latencies)
         shipped = 0
         if not args.no_ship:  # the segments the jitgate gateway put to S3 during the run
             s3 = boto3.client("s3", endpoint_url=env.aws_endpoint, region_name=env.aws.region)
@@ -258,8 +308,37 @@ def main() -> None:
         "bare_cpu_ms_per_req": round(cpu["bare"] * 1000 / per_req, 3),
         "jitgate_cpu_ms_per_req": round(cpu["jitgate"] * 1000 / per_req, 3),
         "core_cpu_ms_per_req": round(cpu["core"] * 1000 / per_req, 3),
+        "cpu_ratio_vs_bare": round(cpu["jitgate"] / cpu["bare"], 3),
         "cpus": os.cpu_count(),
     }
+    ob = summary([x for lat in open_runs["bare"] for x in lat], 1.0)
+    oj = summary([x for lat in open_runs["jitgate"] for x in lat], 1.0)
+    result.update(
+        openloop_rate_rps=rate,
+        openloop_requests=args.openloop_requests * args.rounds,
+        openloop_bare_p50_ms=ob["p50_ms"],
+        openloop_bare_p99_ms=ob["p99_ms"],
+        openloop_jitgate_p50_ms=oj["p50_ms"],
+        openloop_jitgate_p99_ms=oj["p99_ms"],
+        openloop_p50_added_ms=round(oj["p50_ms"] - ob["p50_ms"], 3),
+        openloop_p99_added_ms=round(oj["p99_ms"] - ob["p99_ms"], 3),
+        openloop_p50_added_ms_by_round=[
+            round(summary(j, 1.0)["p50_ms"] - summary(b, 1.0)["p50_ms"], 3)
+            for j, b in zip(open_runs["jitgate"], open_runs["bare"], strict=True)
+        ],
+    )
+    if "litellm" in runs:
+        lit = _summary(runs["litellm"])
+        result.update(
+            litellm_version=peer.version if peer else None,
+            litellm_rps=lit["rps"],
+            litellm_p50_ms=lit["p50_ms"],
+            litellm_p99_ms=lit["p99_ms"],
+            litellm_cpu_ms_per_req=round(cpu["litellm"] * 1000 / per_req, 3),
+            ratio_vs_litellm=round(jit_r["rps"] / lit["rps"], 3),
+        )
+    else:
+        result.update(litellm_error=peer_error or "skipped (--no-litellm)")
     # Each round's jitgate against the same round's bare: how far the pooled figures above moved
     # within this run (a shared machine's drift shows up here as one round far from the others).
     by_round = [
@@ -292,6 +371,8 @@ def main() -> None:
             ratio_vs_bare_dispatch=round(jit_r["rps"] / disp_r["rps"], 3),
             p50_added_ms_vs_bare_dispatch=round(jit_r["p50_ms"] - disp_r["p50_ms"], 3),
         )
+    checks = {k: (result[k] <= v if op == "<=" else result[k] >= v) for k, (op, v) in TARGETS.items() if k in result}
+    result.update(targets={k: f"{op} {v}" for k, (op, v) in TARGETS.items()}, meets_targets=checks)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 
