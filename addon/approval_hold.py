@@ -62,7 +62,6 @@ from jitgate.state import revoked_among
 
 logger = logging.getLogger(__name__)
 
-HOLD = "jitgate.hold"  # flow.metadata: the hold id of a held flow
 _OWN = frozenset(
     {"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held"}
 )
@@ -92,7 +91,7 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
     if operation is not None and conn.approval.max_documents is not None and size <= bound:
         body = json_body(flow)  # parsed once per flow (addon/body.py)
         documents = document_count(conn.dialect, operation, None if body is NOT_JSON else body)
-    findings = flow.metadata.get(meta.FINDINGS) or []
+    findings = meta.state_of(flow).findings
     return RequestFacts(
         operation=operation,
         documents=documents,
@@ -193,16 +192,17 @@ class ApprovalHold:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow) or self.policy is None or self.store is None:
             return
-        claims = meta.claims(flow)
+        state = meta.state_of(flow)
+        claims = state.claims
         if claims is None:
             return  # token_gate refuses such a flow; nothing here to hold
         # The token's connection (scope_guard's pick); never another one sharing the host.
-        conn = meta.connection(flow, self.policy) or self.policy.connection_for_host(flow.request.host, claims.conn)
+        conn = state.connection_in(self.policy) or self.policy.connection_for_host(flow.request.host, claims.conn)
         if conn is None:
             return
-        operation = flow.metadata.get(meta.OPERATION)
+        operation = state.operation
         try:
-            facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
+            facts = request_facts(flow, conn, operation)
         except ValueError:  # leak_guard refuses such a body first; should it not run, nothing passes
             flow.request.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
             refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
@@ -247,8 +247,8 @@ class ApprovalHold:
             )
             return
         flow.intercept()  # type: ignore[no-untyped-call]
-        flow.metadata[HOLD] = approval.id
-        flow.metadata[meta.DECISION] = Decision.HELD
+        state.hold_id = approval.id
+        state.decision = Decision.HELD
         self.held[approval.id] = _Held(flow, approval, self._monotonic() + self.timeout)
         logger.info("jitgate: held %s %s (%s) as %s", conn.name, operation, ",".join(reasons), approval.id)
         if self.topic:
@@ -320,7 +320,7 @@ class ApprovalHold:
             held = self.held.get(hold_id)
             if held is None:
                 continue
-            claims = meta.claims(held.flow)
+            claims = meta.state_of(held.flow).claims
             error: JitgateError | None = None
             if unreadable:
                 error = RevocationUnavailable("the token's revocation state cannot be checked")
@@ -330,7 +330,7 @@ class ApprovalHold:
                 error = TokenExpired("token expired while its request waited for approval")
             if error is not None:
                 self.held.pop(hold_id, None)
-                held.flow.metadata[meta.DECISION] = Decision.DENIED
+                meta.state_of(held.flow).decision = Decision.DENIED
                 refuse(held.flow, error, extra={"approval_id": hold_id})
                 held.flow.resume()  # type: ignore[no-untyped-call]
                 continue
@@ -362,12 +362,12 @@ class ApprovalHold:
             return
         flow = held.flow
         if state == "approved":
-            flow.metadata[meta.DECISION] = Decision.APPROVED
+            meta.state_of(flow).decision = Decision.APPROVED
         elif state == "denied":
-            flow.metadata[meta.DECISION] = Decision.DENIED
+            meta.state_of(flow).decision = Decision.DENIED
             refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
         else:
-            flow.metadata[meta.DECISION] = Decision.DENIED
+            meta.state_of(flow).decision = Decision.DENIED
             refuse(
                 flow,
                 ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),

@@ -43,7 +43,6 @@ from jitgate.policy import Connection, Policy
 
 logger = logging.getLogger(__name__)
 
-RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
 
 
@@ -201,7 +200,7 @@ class CredentialInject:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        conn = meta.connection(flow, self.policy)
+        conn = meta.state_of(flow).connection_in(self.policy)
         if conn is None:
             refuse(flow, JitgateError("the request was not checked against a scope"))
             return
@@ -214,8 +213,9 @@ class CredentialInject:
             refuse(flow, CredentialUnavailable(f"the credential of {conn.name!r} is unavailable"))
             return
         apply_credential(flow.request, conn, secret)
-        flow.metadata[meta.INJECTED] = True
-        flow.metadata[meta.INJECTED_SECRET] = secret  # in memory only: leak_guard masks it in the response
+        state = meta.state_of(flow)
+        state.injected = True
+        state.injected_secret = secret  # in memory only: leak_guard masks it in the response
         self._carrying.add(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -225,27 +225,29 @@ class CredentialInject:
         self.forget(flow)
 
     def forget(self, flow: http.HTTPFlow) -> None:
-        """Drop the injected credential from the finished flow (request header and metadata).
+        """Drop the injected credential from the finished flow (request header and flow state).
 
         What follows the chain (mitmproxy's flow writer for `-w`, mitmweb, a later `flow.copy()`)
         must never see the upstream secret.
         """
         self._carrying.discard(flow)
-        flow.metadata.pop(meta.INJECTED_SECRET, None)
-        if not flow.metadata.get(meta.INJECTED):
+        state = meta.state_of(flow)
+        state.injected_secret = None
+        if not state.injected:
             return
-        conn = meta.connection(flow, self.policy)
+        conn = state.connection_in(self.policy)
         if conn is not None:
             flow.request.headers.pop(conn.credential.header, None)
 
     async def retry_on_401(self, flow: http.HTTPFlow) -> None:
         """Send the request once more with a fresh secret when the upstream answered 401 to the injected one."""
-        if flow.response is None or flow.response.status_code != 401 or not flow.metadata.get(meta.INJECTED):
+        state = meta.state_of(flow)
+        if flow.response is None or flow.response.status_code != 401 or not state.injected:
             return
-        if flow.metadata.get(RETRIED):
+        if state.credential_retried:
             return
-        flow.metadata[RETRIED] = True
-        conn = meta.connection(flow, self.policy)
+        state.credential_retried = True
+        conn = state.connection_in(self.policy)
         if conn is None:
             return
         old = flow.request.headers.get(conn.credential.header)
@@ -253,7 +255,7 @@ class CredentialInject:
         if fresh is None:
             return
         apply_credential(flow.request, conn, fresh)
-        flow.metadata[meta.INJECTED_SECRET] = fresh
+        state.injected_secret = fresh
         if flow.request.headers.get(conn.credential.header) == old:
             return  # same credential: another try would get the same 401
         try:

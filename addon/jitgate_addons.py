@@ -12,6 +12,7 @@ from addon import mitmproxy_compat
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
+from addon.flow_metadata import FlowMetadata
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
@@ -45,5 +46,6 @@ addons = [
     http_only, upstream_sni,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
     upstream_timeout,
+    FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

@@ -9,7 +9,7 @@ chunk by chunk with an overlap window. A request body over `jitgate_max_inspect_
 a response that decodes past it (a decompression bomb from the upstream, sized before it is
 decoded) is replaced by 502 `upstream_response_too_large`, and a streamed one is decoded a piece
 at a time and cut at the limit (upstream closed, client connection ended). Nothing goes out
-unscanned. Every finding goes into the flow's record (`meta.FINDINGS`).
+unscanned. Every finding goes into the flow's state (`FlowState.findings`), so into its record.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from jitgate.errors import (
     UpstreamResponseNotUtf8,
     UpstreamResponseTooLarge,
 )
+from jitgate.flow_state import Side
 from jitgate.inspect import Scanner, StreamMasker, actions, jsonpath
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
@@ -50,7 +51,6 @@ from jitgate.records import Decision
 
 logger = logging.getLogger(__name__)
 
-STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
 # Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
 _CREDENTIAL_HEADERS = frozenset(name.lower() for name in CLIENT_CREDENTIAL_HEADERS)
 _SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
@@ -229,10 +229,10 @@ class LeakGuard:
         policy = self.policy
         if policy is None:
             return MaskProfile()
-        claims = meta.claims(flow)
+        claims = meta.state_of(flow).claims
         if claims is not None:
             return policy.profile(claims.mask)
-        conn = meta.connection(flow, policy)
+        conn = meta.state_of(flow).connection_in(policy)
         if conn is None:
             # No token: only a host served by a single connection names a profile (a shared host
             # cannot say whose, so the policy's default applies).
@@ -241,7 +241,7 @@ class LeakGuard:
 
     @staticmethod
     def _literals(flow: http.HTTPFlow) -> list[bytes]:
-        value = flow.metadata.get(meta.INJECTED_SECRET)
+        value = meta.state_of(flow).injected_secret
         return [value.encode()] if isinstance(value, str) and value else []
 
     @staticmethod
@@ -255,7 +255,7 @@ class LeakGuard:
         )
         records = [f.record(where, actions.action_for(plan, f), paths.get(f.start)) for f in findings]
         if records:
-            flow.metadata.setdefault(meta.FINDINGS, []).extend(records)
+            meta.state_of(flow).findings.extend(records)
         return records
 
     def _scan(self, data: bytes, plan: actions.Plan, literals: list[bytes], *, json_text: bool = False) -> ScanResult:
@@ -349,7 +349,7 @@ class LeakGuard:
             refuse(
                 flow,
                 LeakBlocked("the request carries secrets or personal data; nothing was forwarded"),
-                extra={"findings": [_public(r) for r in flow.metadata.get(meta.FINDINGS, [])]},
+                extra={"findings": [_public(r) for r in meta.state_of(flow).findings]},
             )
             return
         if path_result.edits:
@@ -357,7 +357,7 @@ class LeakGuard:
         if result.edits:
             req.content = result.masked(body)
         if found:
-            flow.metadata[meta.DECISION] = Decision.MASKED
+            meta.state_of(flow).decision = Decision.MASKED
         _inspected(flow, "request")
 
     def _path(self, req: http.Request, plan: actions.Plan) -> ScanResult:
@@ -374,7 +374,7 @@ class LeakGuard:
         """A flow an earlier addon refused goes nowhere, but its record must be masked too: its
         target and body are scanned and masked in place for the recorder. A body that cannot be
         read stays unmarked, so the recorder keeps it out of the record."""
-        if meta.INSPECTED in flow.metadata:
+        if meta.state_of(flow).inspected:
             return
         plan = actions.plan(self._profile(flow), "request")
         req = flow.request
@@ -396,7 +396,7 @@ class LeakGuard:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
-        if resp is None or meta.ERROR in flow.metadata or self.scanner is None:
+        if resp is None or meta.state_of(flow).error is not None or self.scanner is None:
             return
         # Event streams and explicitly chunked bodies go out chunk by chunk; the rest is buffered
         # (and masked whole in `response`), so the session record keeps the body.
@@ -407,12 +407,12 @@ class LeakGuard:
         decode = _decompressor(resp.headers.get("content-encoding", ""), self.max_bytes)
         if decode is None:
             return  # unknown encoding: buffered, and the response hook refuses it
-        if flow.metadata.get(meta.BUFFER_RESPONSE):
+        if meta.state_of(flow).buffer_response:
             return  # a later check needs the whole answer (a store's field filter): buffered, bounded
         plan = actions.plan(self._profile(flow), "response")
         # The headers go out now, before any of the body: they are masked here, not in `response`.
         if self._headers(flow, resp, "response", plan):
-            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
+            meta.state_of(flow).decide(Decision.MASKED)
         # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
         # parses them: their escapes are decoded, each string whole, held back at most to the limit.
         masker = StreamMasker(
@@ -422,7 +422,7 @@ class LeakGuard:
         resp.headers.pop("content-encoding", None)
         resp.headers.pop("content-length", None)
         stream = _MaskStream(masker, decode, self.max_bytes, lambda error: self._cut(flow, error))
-        flow.metadata[STREAM] = stream
+        meta.state_of(flow).stream = stream
         resp.stream = stream
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -430,13 +430,13 @@ class LeakGuard:
             self._response(flow)
         finally:
             # The injected credential stays in memory no longer than needed (a 401 retry sets it again).
-            flow.metadata.pop(meta.INJECTED_SECRET, None)
+            meta.state_of(flow).injected_secret = None
 
     def error(self, flow: http.HTTPFlow) -> None:
-        # A stream cut short never reaches `response`: its masker is no plain data (flow files,
-        # addon/meta.py), and the injected credential is held no longer than the flow.
-        stream = flow.metadata.pop(STREAM, None)
-        flow.metadata.pop(meta.INJECTED_SECRET, None)
+        # A stream cut short never reaches `response`: its masker and the injected credential are
+        # held no longer than the flow.
+        state = meta.state_of(flow)
+        stream, state.stream, state.injected_secret = state.stream, None, None
         if isinstance(stream, _MaskStream) and stream.failed is not None:
             # Cut here (upstream closed by `_cut`): the flow is recorded as failed with its code,
             # like any flow the upstream left without an answer, not as the upstream's status.
@@ -444,8 +444,8 @@ class LeakGuard:
 
     def _cut(self, flow: http.HTTPFlow, error: JitgateError) -> None:
         """A streamed response went over the limit or does not decode: stop reading the upstream."""
-        flow.metadata[meta.ERROR] = error.code
-        flow.metadata[meta.DECISION] = Decision.BLOCKED
+        meta.state_of(flow).error = error.code
+        meta.state_of(flow).decision = Decision.BLOCKED
         logger.warning("jitgate: streamed response of flow %s cut (%s)", flow.id, error.code)
         close_upstream(flow)
 
@@ -454,7 +454,8 @@ class LeakGuard:
         if resp is None or self.scanner is None:
             return
         plan = actions.plan(self._profile(flow), "response")
-        stream = flow.metadata.pop(STREAM, None)
+        state = meta.state_of(flow)
+        stream, state.stream = state.stream, None
         if isinstance(stream, _MaskStream):
             if stream.failed is not None:  # the body ended before the close landed: answer was cut
                 self._replace(flow, stream.failed)
@@ -465,11 +466,11 @@ class LeakGuard:
                 resp.data.content = bytes(stream.sent)
             records = self._record(flow, plan, "response.body", stream.masker.findings)
             if records:
-                flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
+                meta.state_of(flow).decide(Decision.MASKED)
             if stream.complete:
                 _inspected(flow, "response")
             return
-        if meta.ERROR in flow.metadata:
+        if meta.state_of(flow).error is not None:
             return  # the gateway's own answer
         body = self._decoded(resp)
         if isinstance(body, str):
@@ -485,7 +486,7 @@ class LeakGuard:
         if result.edits:
             resp.content = result.masked(body)
         if found or result.findings:
-            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
+            meta.state_of(flow).decide(Decision.MASKED)
         _inspected(flow, "response")
 
     @staticmethod
@@ -495,11 +496,9 @@ class LeakGuard:
         refuse(flow, error)
 
 
-def _inspected(flow: http.HTTPFlow, side: str) -> None:
+def _inspected(flow: http.HTTPFlow, side: Side) -> None:
     """Mark a side whose body is masked as it now stands: the recorder records no other body."""
-    done = flow.metadata.setdefault(meta.INSPECTED, [])
-    if side not in done:
-        done.append(side)
+    meta.state_of(flow).mark_inspected(side)
 
 
 def _masked_text(result: ScanResult, text: str) -> str:

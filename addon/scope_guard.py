@@ -130,7 +130,7 @@ class ScopeGuard:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        claims = meta.claims(flow)
+        claims = meta.state_of(flow).claims
         if claims is None:
             refuse(flow, InvalidToken("no verified token for this request"))
             return
@@ -157,9 +157,9 @@ class ScopeGuard:
             if not within:
                 refuse(flow, RequestLimitExceeded(f"this token's {claims.limits.max_requests} requests are used up"))
                 return
-        meta.set_connection(flow, conn)
-        flow.metadata[meta.OPERATION] = operation
-        flow.metadata[meta.COLLECTION] = collection
+        state = meta.state_of(flow)
+        state.use_connection(conn)
+        state.operation, state.collection = operation, collection
 
     async def _count(self, claims: Claims) -> bool:
         """One use of the token's `max_requests`, from this gateway's reservation or a new one."""
@@ -216,8 +216,8 @@ class ScopeGuard:
 
     def _fields(self, flow: http.HTTPFlow) -> tuple[str, ...] | None:
         """The fields a store answer is limited to, or None (no limit, or no store)."""
-        claims = meta.claims(flow)
-        conn = meta.connection(flow, self.policy)
+        state = meta.state_of(flow)
+        claims, conn = state.claims, state.connection_in(self.policy)
         if claims is None or conn is None or conn.dialect not in STORE_DIALECTS:
             return None
         return claims.scope.fields
@@ -225,11 +225,12 @@ class ScopeGuard:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # A limited answer is filtered whole, whatever its framing (chunked, an event stream): it
         # is buffered (bounded by the inspection limit), never streamed past the filter.
-        if meta.ERROR not in flow.metadata and flow.response is not None and self._fields(flow) is not None:
-            flow.metadata[meta.BUFFER_RESPONSE] = True
+        state = meta.state_of(flow)
+        if state.error is None and flow.response is not None and self._fields(flow) is not None:
+            state.buffer_response = True
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if meta.ERROR in flow.metadata or flow.response is None:
+        if meta.state_of(flow).error is not None or flow.response is None:
             return
         fields = self._fields(flow)
         if fields is None or not 200 <= flow.response.status_code < 300:

@@ -3,7 +3,7 @@
 Last in the chain. Its `request` hook reserves room in the spool for the flow's record before
 anything is forwarded: a spool that cannot take it (quota reached, disk failing) refuses the flow
 with 503 `audit_unavailable` (option `jitgate_audit_required`, on by default). Its `response`
-and `error` hooks build the record from the flow and `flow.metadata` (addon/meta.py) and append
+and `error` hooks build the record from the flow and its state (addon/meta.py) and append
 it: one `write(2)` into the page cache on the event loop, or on a writer thread whenever that
 write could wait (a rotation's fsync, the uploader holding the segment, a failing disk), so the
 event loop never waits on the disk. The answer goes back to the client only once the record's
@@ -41,9 +41,6 @@ from jitgate.spool import Spool, SpoolConfig, Uploader
 
 logger = logging.getLogger(__name__)
 
-RESERVED = "jitgate.recorder.reserved"  # bytes of spool quota held for this flow's record
-_FORWARDED_SAFE = "jitgate.recorder.checked"  # the request hook let this flow through
-_RECORDED = "jitgate.recorder.recorded"  # this flow's record was taken (one per flow)
 _OWN = frozenset(
     {
         "jitgate_bucket",
@@ -102,9 +99,9 @@ def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
 
 def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
     """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
-    md = flow.metadata
-    claims = meta.claims(flow)
-    raw_findings: list[dict[str, Any]] = list(md.get(meta.FINDINGS) or [])
+    state = meta.state_of(flow)
+    claims = state.claims
+    raw_findings = state.findings
     findings = tuple(
         Finding(
             type=str(f.get("type", "")),
@@ -116,7 +113,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         for f in raw_findings
     )
     request, response = flow.request, flow.response
-    operation: str | None = md.get(meta.OPERATION)
+    operation = state.operation
     req_content = request.raw_content and request.get_content(strict=False)
     resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
     visible = claims.scope.fields if claims is not None else None
@@ -137,8 +134,8 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     response_body: str | None = None
     # Only a body leak_guard masked as it now stands is recorded (a flow refused before any body
     # was read, or one that cannot be read as a parser would, keeps its body out of the record).
-    inspected = md.get(meta.INSPECTED) or ()
-    answer_read = "response" in inspected or meta.ERROR in md  # inspected, or the gateway's own answer
+    inspected = state.inspected
+    answer_read = "response" in inspected or state.error is not None  # inspected, or the gateway's own answer
     if "request" in inspected and not _body_withheld(raw_findings, "request"):
         d = digest.digest_body(req_content or None, location="request", limit=body_cap, parsed=req_view)
         request_body, truncated = d.text, d.truncated
@@ -155,10 +152,10 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         withheld = "request" not in inspected or _body_withheld(raw_findings, "request")
         query = None if withheld else digest.cap(query, body_cap)[0]
 
-    error = md.get(meta.ERROR)
+    error = state.error
     if flow.error is not None and error is None:  # with a response too: it failed after the headers
         error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
-    decision = md.get(meta.DECISION) or (Decision.BLOCKED if error else Decision.ALLOWED)
+    decision = state.decision or (Decision.BLOCKED if error else Decision.ALLOWED)
     started = request.timestamp_start
     ended = (response.timestamp_end if response is not None else None) or now
     peer = flow.client_conn.peername
@@ -173,16 +170,16 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         flow_id=flow.id,
         jti=claims.jti if claims else None,
         sub=escape_text(claims.sub) if claims else None,
-        conn=claims.conn if claims else meta.connection_name(flow),
+        conn=claims.conn if claims else state.connection_name,
         job=escape_text(claims.job) if claims else None,
         apv=claims.apv if claims else None,
-        token_sha256=_opt_str(md.get(meta.TOKEN_HASH)),
+        token_sha256=state.token_sha256,
         client=escape_text(f"{peer[0]}:{peer[1]}") if peer else None,
         method=escape_text(request.method),
         host=escape_text(request.pretty_host),
         path="[withheld]" if _path_withheld(raw_findings) else escape_text(_bare_path(request.path)),
-        operation=escape_text(_opt_str(operation)),
-        collection=escape_text(_opt_str(md.get(meta.COLLECTION))),
+        operation=escape_text(operation),
+        collection=escape_text(state.collection),
         status=response.status_code if response is not None and flow.error is None else 0,  # 0: no whole answer
         request_bytes=len(request.raw_content or b""),
         response_bytes=len(response.raw_content or b"") if response is not None else 0,
@@ -321,8 +318,8 @@ class SessionRecorder:
                 refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
                 return
         else:
-            flow.metadata[RESERVED] = self.reserve_bytes
-        flow.metadata[_FORWARDED_SAFE] = True
+            meta.state_of(flow).spool_reserved = self.reserve_bytes
+        meta.state_of(flow).audit_checked = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         await self._record(flow)
@@ -330,7 +327,7 @@ class SessionRecorder:
     async def error(self, flow: http.HTTPFlow) -> None:
         # No response, or an upstream that failed after its headers (truncated, over the body
         # size limit, cut mid-stream): `response` never ran, so the record is taken here.
-        if not flow.metadata.get(_RECORDED):
+        if not meta.state_of(flow).recorded:
             await self._record(flow)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -342,8 +339,8 @@ class SessionRecorder:
         spool = self.spool
         if spool is None:
             return
-        reserved = int(flow.metadata.pop(RESERVED, 0))
-        flow.metadata[_RECORDED] = True
+        state = meta.state_of(flow)
+        reserved, state.spool_reserved, state.recorded = state.spool_reserved, 0, True
         try:
             line = self._line(flow)
             # One write(2) into the page cache, here; a write that would wait (the segment busy,
@@ -357,7 +354,7 @@ class SessionRecorder:
             logger.error("session record of flow %s not written: %s", flow.id, type(exc).__name__)
             if self.spool is not None and reserved:
                 self.spool.unreserve(reserved)
-            if self.required and flow.metadata.get(_FORWARDED_SAFE) and flow.response is not None:
+            if self.required and state.audit_checked and flow.response is not None:
                 # The upstream answered but the answer cannot be recorded: it goes no further.
                 flow.response = None
                 refuse(flow, AuditUnavailable("the session record cannot be written; the answer is withheld"))

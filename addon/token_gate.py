@@ -339,5 +339,5 @@ class TokenGate:
         if claims.jti in self.revocations:
             refuse(flow, TokenRevoked("token has been revoked"))
             return
-        meta.set_claims(flow, claims)
-        flow.metadata[meta.TOKEN_HASH] = digest
+        state = meta.state_of(flow)
+        state.claims, state.token_sha256 = claims, digest

@@ -181,7 +181,7 @@ async def test_token_gate_reads_b_key_header_on_the_shared_host(chain: tuple[_Ch
     f = _flow("api.cohere.com", headers={"X-Api-Key": token})
     await c.gate.request(f)
     assert f.response is None
-    claims = meta.claims(f)
+    claims = meta.state_of(f).claims
     assert claims is not None and claims.conn == "cohere-b"
     assert token not in _forwarded(f)
 
@@ -231,12 +231,12 @@ async def test_a_token_never_gets_another_connections_credential(
         code = _expected(conn, how, host, tunnel)
         if code is not None:  # answered by the gateway: nothing is forwarded, headers are never recorded
             assert f.response is not None and f.response.json()["code"] == code, case
-            assert real[conn] not in sent and not f.metadata.get(meta.INJECTED), case
+            assert real[conn] not in sent and not meta.state_of(f).injected, case
             continue
         allowed += 1
         assert f.response is None, case
         assert token not in sent, case
-        assert meta.connection_name(f) == conn, case
+        assert meta.state_of(f).connection_name == conn, case
         assert f.request.headers[mine.credential.header] == mine.credential.format.replace("{secret}", real[conn]), case
         assert (f.request.host, f.request.port) == ("127.0.0.1", PORTS[conn]), case
         assert c.leak._profile(f) == POLICY.profile(MASKS[conn]), case  # the token's mask, never the neighbour's
@@ -254,7 +254,8 @@ async def test_scope_and_limits_are_the_tokens_connection(chain: tuple[_Chain, S
     b = signer.mint(conn="cohere-b", scope={"operations": ["rerank", "embed"]})
     g = _flow("api.cohere.com", path="/v2/embed", headers={"X-Api-Key": b})
     await c.run(g)
-    assert g.response is None and meta.connection_name(g) == "cohere-b" and g.metadata[meta.OPERATION] == "embed"
+    assert g.response is None and meta.state_of(g).connection_name == "cohere-b"
+    assert meta.state_of(g).operation == "embed"
     # Limits travel in the token: A's tight document limit holds on the shared host.
     tight = signer.mint(conn="cohere-a", limits={"max_documents": 1})
     h = _flow("api.cohere.com", headers={"Authorization": f"Bearer {tight}"})
@@ -273,8 +274,8 @@ async def test_approval_hold_falls_back_to_the_tokens_connection(
         tctx.configure(hold, jitgate_policy=str(shared_policy), jitgate_table=TABLE)
         f = _flow("api.cohere.com", path="/v2/embed")
         token = Signer().mint(conn=conn, scope={"operations": ["embed"]} if conn == "cohere-b" else {"operations": []})
-        meta.set_claims(f, Claims.model_validate(jwt.decode(token, options={"verify_signature": False})))
-        f.metadata[meta.OPERATION] = "embed"
+        meta.state_of(f).claims = Claims.model_validate(jwt.decode(token, options={"verify_signature": False}))
+        meta.state_of(f).operation = "embed"
         await hold.request(f)
         assert f.intercepted is held
         hold.done()
