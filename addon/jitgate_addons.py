@@ -33,7 +33,8 @@ http_only = fail_closed(HttpOnly())
 upstream_sni = fail_closed(UpstreamSni())
 token_gate = fail_closed(TokenGate())
 scope_guard = fail_closed(ScopeGuard())
-leak_guard = fail_closed(LeakGuard())
+# approval_hold follows: findings whose action is `review` are held, not blocked.
+leak_guard = fail_closed(LeakGuard(review_held=True))
 approval_hold = fail_closed(ApprovalHold())
 credential_inject = fail_closed(CredentialInject())
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.

@@ -154,8 +154,13 @@ class _MaskStream:
 
 
 class LeakGuard:
-    def __init__(self, scanner: Scanner | None = None) -> None:
+    """`review_held`: the chain holds requests for review after this addon (approval_hold, as
+    addon/jitgate_addons.py builds it); otherwise a finding whose action is `review` blocks, as
+    nobody can hold it (fail closed)."""
+
+    def __init__(self, scanner: Scanner | None = None, *, review_held: bool = False) -> None:
         self._given = scanner
+        self.review_held = review_held
         self.scanner: Scanner | None = scanner
         self.policy: Policy | None = None
         self.max_bytes = settings.DEFAULT_MAX_INSPECT
@@ -342,7 +347,7 @@ class LeakGuard:
         self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
         found += path_result.findings + result.findings
         decision = actions.decide(plan, found)
-        if decision == "review" and ctx.master.addons.get("approvalhold") is None:  # type: ignore[no-untyped-call]
+        if decision == "review" and not self.review_held:
             decision = "block"  # nobody can hold it for review: fail closed
         if decision == "block" or (decision != "allow" and path_result.findings and not path_result.edits):
             _inspected(flow, "request")

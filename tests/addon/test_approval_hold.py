@@ -506,7 +506,7 @@ async def test_review_findings_from_leak_guard_are_held_or_blocked_without_a_hol
 
     policy = tmp_path / "review.yaml"
     policy.write_text(REVIEW_POLICY)
-    leak = LeakGuard(scanner=Scanner(_secrets.token_bytes(32)))
+    leak = LeakGuard(scanner=Scanner(_secrets.token_bytes(32)), review_held=with_hold)
     hold = ApprovalHold(dynamodb=aws["dynamodb"])
     chain = (leak, hold) if with_hold else (leak,)
     email = "jane.roe" + "@" + "example.org"

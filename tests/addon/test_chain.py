@@ -1,0 +1,54 @@
+"""No addon reaches another: none imports another addon's module, looks one up in the running
+chain or keeps flow values outside the one flow state; the entry file composes them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from addon import jitgate_addons, mitmproxy_compat
+from addon.leak_guard import LeakGuard
+
+# Importing the chain installs mitmproxy_compat's patches: the other tests of this process run on stock mitmproxy.
+mitmproxy_compat.uninstall()
+
+ADDON_DIR = Path(jitgate_addons.__file__).parent
+# The chain's addon modules (each one addon class, or two in credential_inject); the rest of
+# addon/ is glue every addon may use (meta, respond, body, settings, failsafe, compat).
+ADDON_MODULES = sorted(
+    {type(a).__module__.removeprefix("addon.") for a in jitgate_addons.addons} - {"jitgate_addons"}
+)
+
+
+def _imports(module: str) -> set[str]:
+    tree = ast.parse((ADDON_DIR / f"{module}.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            if node.module == "addon":
+                names |= {a.name for a in node.names}
+            elif node.module.startswith("addon."):
+                names.add(node.module.removeprefix("addon."))
+        elif isinstance(node, ast.Import):
+            names |= {a.name.removeprefix("addon.") for a in node.names if a.name.startswith("addon.")}
+    return names
+
+
+@pytest.mark.parametrize("module", ADDON_MODULES)
+def test_no_addon_imports_another(module: str) -> None:
+    assert not (_imports(module) & set(ADDON_MODULES)) - {module}
+
+
+@pytest.mark.parametrize("module", ADDON_MODULES)
+def test_no_addon_looks_up_the_chain_or_the_metadata(module: str) -> None:
+    source = (ADDON_DIR / f"{module}.py").read_text()
+    assert "ctx.master.addons" not in source and "master.addons.get" not in source
+    if module != "flow_metadata":  # the one writer of the plain form
+        assert ".metadata[" not in source and ".metadata.get(" not in source and ".metadata.pop(" not in source
+
+
+def test_the_chain_holds_review_findings_and_a_leak_guard_alone_blocks_them() -> None:
+    assert jitgate_addons.leak_guard.review_held is True
+    assert LeakGuard().review_held is False
