@@ -33,7 +33,7 @@ from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
 from jitgate.inspect.stream import DEFAULT_WINDOW
 from jitgate.masked_stream import MaskStream, decompressor
-from jitgate.policy import Policy
+from jitgate.policy import MaskProfile, Policy
 from jitgate.records import Decision
 
 logger = logging.getLogger(__name__)
@@ -116,10 +116,12 @@ class LeakGuard:
 
     # -- reading the flow, applying the answers -----------------------------------------------
 
-    def _plan(self, flow: http.HTTPFlow, side: Side) -> actions.Plan:
+    def _profile(self, flow: http.HTTPFlow) -> MaskProfile:
         state = meta.state_of(flow)
-        conn = state.connection_in(self.policy)
-        return actions.plan(leaks.profile_for(self.policy, state.claims, conn, flow.request.pretty_host), side)
+        return leaks.profile_for(self.policy, state.claims, state.connection_in(self.policy), flow.request.pretty_host)
+
+    def _plan(self, flow: http.HTTPFlow, side: Side) -> actions.Plan:
+        return actions.plan(self._profile(flow), side)
 
     @staticmethod
     def _literals(flow: http.HTTPFlow) -> list[bytes]:
