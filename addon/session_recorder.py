@@ -34,9 +34,9 @@ from mitmproxy.addonmanager import Loader
 
 from addon import body, meta, settings
 from addon.respond import refuse
-from jitgate import digest
 from jitgate.errors import AuditUnavailable
-from jitgate.records import Decision, Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
+from jitgate.recording import Exchange, record_of
+from jitgate.records import SessionRecord
 from jitgate.spool import Spool, SpoolConfig, Uploader
 
 logger = logging.getLogger(__name__)
@@ -58,144 +58,42 @@ _OWN = frozenset(
 )
 
 
-def _part(where: str) -> str:
-    """Which recorded part a leak_guard location (`request.body`, `request.path`, `response.header:x`) is in."""
-    if ".header" in where:
-        return "header"  # headers are never recorded
-    if where.startswith(("request.path", "request.url", "request.query")):
-        return "url"
-    for side in ("request", "response"):
-        if where.startswith(side):
-            return side
-    return "unknown"  # an unfamiliar format counts against every part: withhold more, never less
-
-
-def _withheld(findings: list[dict[str, Any]], part: str) -> bool:
-    """A part with a finding that was not masked in place still holds the matched text."""
-    return any(f.get("action") != "mask" and _part(str(f.get("where", ""))) in (part, "unknown") for f in findings)
-
-
-def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
-    return _withheld(findings, side)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _path_withheld(findings: list[dict[str, Any]]) -> bool:
-    return _withheld(findings, "url")
-
-
-def _bare_path(path: str) -> str:
-    """The path without query or fragment (a client may put anything there, a token too)."""
-    return path.split("?", 1)[0].split("#", 1)[0]
-
-
 def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
-    value = body.json_body(flow, side)
+    value = body.json_body(flow, side)  # parsed once per flow, shared with scope_guard / approval_hold
     return None if value is body.NOT_JSON else value
 
 
-def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
-    """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
-    state = meta.state_of(flow)
-    claims = state.claims
-    raw_findings = state.findings
-    findings = tuple(
-        Finding(
-            type=str(f.get("type", "")),
-            kind=_opt_str(f.get("kind")),
-            location=str(f.get("where", "")),
-            action=str(f.get("action", "")),
-            tag=_opt_str(f.get("tag")),
-        )
-        for f in raw_findings
-    )
+def exchange(flow: http.HTTPFlow) -> Exchange:
+    """What the record needs from the flow itself (jitgate/recording.py)."""
     request, response = flow.request, flow.response
-    operation = state.operation
     req_content = request.raw_content and request.get_content(strict=False)
     resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
-    visible = claims.scope.fields if claims is not None else None
-
-    # Parsed once per flow and shared with scope_guard / approval_hold (addon/body.py).
-    req_json = _json(flow, "request") if req_content else None
-    resp_json = _json(flow, "response") if resp_content and response is not None else None
-    summary = digest.RerankSummary()
-    req_view, resp_view = req_json, resp_json
-    if operation == "rerank":
-        ok = response is not None and response.status_code < 400
-        summary = digest.summarize_rerank(req_json, resp_json if ok else None)
-        req_view, resp_view = digest.rerank_request_view(req_json), digest.rerank_response_view(resp_json)
-
-    vectors: list[VectorDigest] = []
-    truncated = False
-    request_body: str | None = None
-    response_body: str | None = None
-    # Only a body leak_guard masked as it now stands is recorded (a flow refused before any body
-    # was read, or one that cannot be read as a parser would, keeps its body out of the record).
-    inspected = state.inspected
-    answer_read = "response" in inspected or state.error is not None  # inspected, or the gateway's own answer
-    if "request" in inspected and not _body_withheld(raw_findings, "request"):
-        d = digest.digest_body(req_content or None, location="request", limit=body_cap, parsed=req_view)
-        request_body, truncated = d.text, d.truncated
-        vectors += d.vectors
-    if response is not None and answer_read and not _body_withheld(raw_findings, "response"):
-        d = digest.digest_body(
-            resp_content or None, location="response", limit=body_cap, visible_fields=visible, parsed=resp_view
-        )
-        response_body, truncated = d.text, truncated or d.truncated
-        vectors += d.vectors
-
-    query = summary.query
-    if query is not None:
-        withheld = "request" not in inspected or _body_withheld(raw_findings, "request")
-        query = None if withheld else digest.cap(query, body_cap)[0]
-
-    error = state.error
-    if flow.error is not None and error is None:  # with a response too: it failed after the headers
-        error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
-    decision = state.decision or (Decision.BLOCKED if error else Decision.ALLOWED)
-    started = request.timestamp_start
-    ended = (response.timestamp_end if response is not None else None) or now
     peer = flow.client_conn.peername
-    # Built from values typed here, so not validated again (`model_construct`): validating the
-    # document hashes and ranking entries cost ~20 us a record. Text from the wire is escaped
-    # here as the model's validator would (`escape_text`); tests/addon/test_record_fast_path.py checks
-    # such records equal validated ones.
-    return SessionRecord.model_construct(
-        record_id=record_id(gateway, flow.id),
-        ts=iso_ts(started),
-        gateway=gateway,
+    failure = None
+    if flow.error is not None:
+        failure = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
+    return Exchange(
         flow_id=flow.id,
-        jti=claims.jti if claims else None,
-        sub=escape_text(claims.sub) if claims else None,
-        conn=claims.conn if claims else state.connection_name,
-        job=escape_text(claims.job) if claims else None,
-        apv=claims.apv if claims else None,
-        token_sha256=state.token_sha256,
-        client=escape_text(f"{peer[0]}:{peer[1]}") if peer else None,
-        method=escape_text(request.method),
-        host=escape_text(request.pretty_host),
-        path="[withheld]" if _path_withheld(raw_findings) else escape_text(_bare_path(request.path)),
-        operation=escape_text(operation),
-        collection=escape_text(state.collection),
-        status=response.status_code if response is not None and flow.error is None else 0,  # 0: no whole answer
+        method=request.method,
+        host=request.pretty_host,
+        path=request.path,
+        client=f"{peer[0]}:{peer[1]}" if peer else None,
+        started=request.timestamp_start,
+        ended=response.timestamp_end if response is not None else None,
         request_bytes=len(request.raw_content or b""),
+        request_content=req_content or None,
+        request_json=_json(flow, "request") if req_content else None,
+        status=response.status_code if response is not None else None,
         response_bytes=len(response.raw_content or b"") if response is not None else 0,
-        latency_ms=round(max(0.0, float(ended - started)) * 1000, 3),
-        decision=str(decision),
-        error=_opt_str(error),
-        findings=findings,
-        rerank_query=escape_text(query),
-        doc_count=summary.doc_count,
-        doc_sha256=summary.doc_sha256,
-        ranking=summary.ranking,
-        embeddings=tuple(vectors[: digest.MAX_VECTOR_DIGESTS]),
-        request_body=escape_text(request_body),
-        response_body=escape_text(response_body),
-        truncated=truncated,
+        response_content=resp_content or None,
+        response_json=_json(flow, "response") if resp_content and response is not None else None,
+        failure=failure,
     )
+
+
+def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
+    """The record of `flow` as it stands after the chain."""
+    return record_of(meta.state_of(flow), exchange(flow), gateway=gateway, body_cap=body_cap, now=now)
 
 
 class SessionRecorder:
