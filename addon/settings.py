@@ -20,6 +20,7 @@ import boto3
 from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
 
+from jitgate import durations
 from jitgate.errors import PolicyError
 from jitgate.inspect.stream import DEFAULT_WINDOW
 from jitgate.policy import Policy, load_policy
@@ -165,6 +166,14 @@ def policy_from(path: str) -> Policy:
         return _load(path, mtime)
     except PolicyError as exc:
         raise options_error(f"jitgate_policy: {exc.message}") from None
+
+
+def seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
+    """Seconds from the duration option `name` (`120`, `0.5`, `2m`: jitgate.durations); a bad one stops the start."""
+    try:
+        return durations.parse_seconds(value, zero_ok=zero_ok)
+    except ValueError as exc:
+        raise options_error(f"{name}: {exc}") from None
 
 
 def region(value: str) -> str:

@@ -28,7 +28,6 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.respond import refuse
 from addon.revocations import RevocationList
-from jitgate import durations
 from jitgate.errors import (
     InvalidToken,
     JitgateError,
@@ -133,14 +132,6 @@ def fetch_jwks(url: str) -> KeySet:
     return KeySet.from_jwks(resp.json())
 
 
-def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
-    """Seconds from an option string (`jitgate.durations`); a bad one stops the start."""
-    try:
-        return durations.parse_seconds(value, zero_ok=zero_ok)
-    except ValueError as exc:
-        raise settings.options_error(f"{name}: {exc}") from None
-
-
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -207,10 +198,10 @@ class TokenGate:
             raise settings.options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
         if not opts.jitgate_table:
             raise settings.options_error("jitgate_table is required: revocations are read from it")
-        refresh = _seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
-        staleness = _seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
-        refetch = _seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
-        self.jwks_refresh = _seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
+        refresh = settings.seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
+        staleness = settings.seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
+        refetch = settings.seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
+        self.jwks_refresh = settings.seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
         if staleness <= refresh:
             raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
         self.revocations.table = opts.jitgate_table
