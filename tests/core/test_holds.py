@@ -10,20 +10,17 @@ import pytest
 
 from jitgate import holds
 from jitgate.approvals import risk_reasons
-from jitgate.policy import parse_policy
+from jitgate.policy import Policy
 from jitgate.token import Claims, new_jti
 
-POLICY = parse_policy("""
-version: 1
-issuers: [{issuer: https://oidc.test, audience: jitgate}]
-admins: [{group: platform-security}]
-connections:
-  rerank:
-    dialect: cohere
-    upstream: https://api.cohere.test
-    credential: {secret_id: jitgate/rerank}
-    approval: {max_documents: 3, max_bytes: 4000}
-""")
+POLICY = Policy.model_validate({
+    "version": 1, "issuers": [{"issuer": "https://oidc.test", "audience": "jitgate"}],
+    "admins": [{"group": "platform-security"}],
+    "connections": {"rerank": {
+        "dialect": "cohere", "upstream": "https://api.cohere.test", "credential": {"secret_id": "jitgate/rerank"},
+        "approval": {"max_documents": 3, "max_bytes": 4000},
+    }},
+})
 CONN = POLICY.connections["rerank"]
 
 
