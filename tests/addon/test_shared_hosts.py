@@ -25,9 +25,10 @@ from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
-from addon.token_gate import TokenGate, take_token
+from addon.token_gate import TokenGate
 from jitgate.policy import Policy, parse_policy
 from jitgate.token import Claims, KeySet
+from jitgate.token_intake import take_token
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     JWKS_URL,
     TABLE,
@@ -160,7 +161,7 @@ def _forwarded(f: Any) -> str:
 def test_take_token_checks_every_serving_connection(conn: str, how: str) -> None:
     token = Signer().mint(conn=conn)
     f = _flow("api.cohere.com", headers=_present(how, token))
-    assert take_token(f.request, POLICY.connections_for_host("api.cohere.com")) == token
+    assert take_token(f.request.headers, POLICY.connections_for_host("api.cohere.com")) == token
     assert token not in _forwarded(f)
 
 
@@ -168,11 +169,11 @@ def test_take_token_strips_every_copy_and_takes_the_first_by_precedence() -> Non
     signer = Signer()
     ta, tb = signer.mint(conn="cohere-a"), signer.mint(conn="cohere-b")
     f = _flow("api.cohere.com", headers={"Authorization": f"Bearer {ta}", "X-Api-Key": tb})
-    assert take_token(f.request, POLICY.connections_for_host("api.cohere.com")) == ta
+    assert take_token(f.request.headers, POLICY.connections_for_host("api.cohere.com")) == ta
     assert ta not in _forwarded(f) and tb not in _forwarded(f)
     # A host only A serves: B's key header is no key header there, and is left to credential_inject.
     g = _flow("a-only.test", headers={"X-Api-Key": tb})
-    assert take_token(g.request, ()) is None
+    assert take_token(g.request.headers, ()) is None
 
 
 async def test_token_gate_reads_b_key_header_on_the_shared_host(chain: tuple[_Chain, Signer]) -> None:
@@ -290,7 +291,7 @@ def test_take_token_tries_each_format_of_a_shared_key_header() -> None:
     token = Signer().mint(conn="cohere-b")
     for value in (f"Token {token}", f"Bearer {token}"):
         f = _flow("api.cohere.com", headers={"Authorization": value})
-        assert take_token(f.request, conns) == token
+        assert take_token(f.request.headers, conns) == token
         assert "Authorization" not in f.request.headers
 
 

@@ -10,9 +10,10 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon import meta, token_gate
-from addon.token_gate import TokenGate, key_header_token, proxy_token
+from addon.token_gate import TokenGate
 from jitgate.state import REVOCATION_PK
 from jitgate.token import Claims, KeySet
+from jitgate.token_intake import key_header_token, proxy_token
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     ISSUER,
     JWKS_URL,
