@@ -14,7 +14,8 @@ from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.credential_inject import CredentialInject, CredentialRetry, secret_value
+from addon.credential_inject import CredentialInject, CredentialRetry
+from jitgate.credentials import secret_value
 from jitgate.devstack.upstream import Upstream
 from jitgate.policy import Connection, parse_policy
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
@@ -271,7 +272,8 @@ async def test_hot_path_reads_memory_and_rereads_after_the_ttl(aws: dict[str, An
             value: str = self.client.get_secret_value(SecretId=secret_id)["SecretString"]
             return value
 
-    addon = CredentialInject(secretsmanager=sm, cache_factory=CountingCache)  # type: ignore[arg-type]
+    now = [1000.0]
+    addon = CredentialInject(secretsmanager=sm, cache_factory=CountingCache, monotonic=lambda: now[0])  # type: ignore[arg-type]
     conn = parse_policy(POLICY).connections["store"]
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jitgate_policy=str(policy_file), jitgate_secret_ttl=60)
@@ -280,8 +282,7 @@ async def test_hot_path_reads_memory_and_rereads_after_the_ttl(aws: dict[str, An
         assert reads == ["jitgate/store"]
         rotated = _fake_key()
         sm.put_secret_value(SecretId="jitgate/store", SecretString=rotated)
-        value, fetched = addon._memo["jitgate/store"]
-        addon._memo["jitgate/store"] = (value, fetched - 61)  # the memo is past its ttl
+        now[0] += 61  # the memo is past its ttl
         f = _flow(conn)
         await addon.request(f)
         with pytest.raises(exceptions.OptionsError, match="jitgate_secret_ttl"):
