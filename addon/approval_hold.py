@@ -83,7 +83,9 @@ class ApprovalHold:
         monotonic: Callable[[], float] = time.monotonic,
         dynamodb: Any = None,
         sns: Any = None,
+        aws: settings.AwsClients | None = None,
     ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._clock = clock
         self._monotonic = monotonic
         self._dynamodb = dynamodb
@@ -137,13 +139,9 @@ class ApprovalHold:
         if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
             self.gateway = opts.jitgate_gateway_id
         if not self._given_dynamodb:
-            self._dynamodb = settings.aws_client(
-                "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
-            )
+            self._dynamodb = self._aws.client("dynamodb", opts)
         if self.topic and not self._given_sns:
-            self._sns = settings.aws_client(
-                "sns", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
-            )
+            self._sns = self._aws.client("sns", opts)
         self.table = opts.jitgate_table
         self.store = ApprovalStore(self._dynamodb, self.table)
 

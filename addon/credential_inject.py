@@ -74,7 +74,9 @@ class CredentialInject:
         secretsmanager: Any = None,
         cache_factory: Callable[[Any], SecretCache] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        aws: settings.AwsClients | None = None,
     ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._sm = secretsmanager
         self._given_sm = secretsmanager is not None
         self._cache_factory = cache_factory or (
@@ -114,9 +116,7 @@ class CredentialInject:
             return
         self.policy = settings.policy_from(ctx.options.jitgate_policy)
         if not self._given_sm:
-            self._sm = settings.aws_client(
-                "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
-            )
+            self._sm = self._aws.client("secretsmanager", ctx.options)
         self._caches.clear()
         self._memo.clear()
 

@@ -18,6 +18,7 @@ from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
+from addon.settings import AwsClients
 from addon.token_gate import TokenGate
 from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
@@ -31,15 +32,18 @@ mitmproxy_compat.install()
 http_only = fail_closed(HttpOnly())
 # The upstream TLS name comes from the policy; a client naming another host than its tunnel is refused.
 upstream_sni = fail_closed(UpstreamSni())
-token_gate = fail_closed(TokenGate())
-scope_guard = fail_closed(ScopeGuard())
+# One AWS client per service for the whole chain (one DynamoDB client for revocations, usage
+# counters and holds), built when the options are first configured.
+aws = AwsClients()
+token_gate = fail_closed(TokenGate(aws=aws))
+scope_guard = fail_closed(ScopeGuard(aws=aws))
 # approval_hold follows: findings whose action is `review` are held, not blocked.
-leak_guard = fail_closed(LeakGuard(review_held=True))
-approval_hold = fail_closed(ApprovalHold())
-credential_inject = fail_closed(CredentialInject())
+leak_guard = fail_closed(LeakGuard(review_held=True, aws=aws))
+approval_hold = fail_closed(ApprovalHold(aws=aws))
+credential_inject = fail_closed(CredentialInject(aws=aws))
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
-session_recorder = fail_closed(SessionRecorder())
+session_recorder = fail_closed(SessionRecorder(aws=aws))
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 

@@ -44,7 +44,10 @@ class LeakGuard:
     addon/jitgate_addons.py builds it); otherwise a finding whose action is `review` blocks, as
     nobody can hold it (fail closed)."""
 
-    def __init__(self, scanner: Scanner | None = None, *, review_held: bool = False) -> None:
+    def __init__(
+        self, scanner: Scanner | None = None, *, review_held: bool = False, aws: settings.AwsClients | None = None
+    ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._given = scanner
         self.review_held = review_held
         self.scanner: Scanner | None = scanner
@@ -102,9 +105,7 @@ class LeakGuard:
         if not secret_id:
             logger.warning("jitgate: no jitgate_mask_key_secret; masking tags correlate only within this process")
             return secrets.token_bytes(32)
-        client = settings.aws_client(
-            "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
-        )
+        client = self._aws.client("secretsmanager", ctx.options)
         try:
             value = client.get_secret_value(SecretId=secret_id).get("SecretString") or ""
         except Exception as exc:

@@ -73,7 +73,8 @@ class _Usage:
 
 
 class ScopeGuard:
-    def __init__(self, *, dynamodb: Any = None) -> None:
+    def __init__(self, *, dynamodb: Any = None, aws: settings.AwsClients | None = None) -> None:
+        self._aws = aws or settings.AwsClients()
         self._dynamodb = dynamodb
         self._given_dynamodb = dynamodb is not None
         self._usage = _Usage()
@@ -96,9 +97,7 @@ class ScopeGuard:
         if not self.table:
             raise settings.options_error("jitgate_table is required: per-token request counters live in it")
         if not self._given_dynamodb:
-            self._dynamodb = settings.aws_client(
-                "dynamodb", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
-            )
+            self._dynamodb = self._aws.client("dynamodb", ctx.options)
 
     def _served(self, host: str) -> bool:
         return bool(self.policy.connections_for_host(host)) if self.policy is not None else False

@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config as BotoConfig
 from mitmproxy import ctx, http
 from mitmproxy import flow as mflow
@@ -97,7 +96,8 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
 
 
 class SessionRecorder:
-    def __init__(self, *, s3: Any = None, clock: Any = time.time) -> None:
+    def __init__(self, *, s3: Any = None, clock: Any = time.time, aws: settings.AwsClients | None = None) -> None:
+        self._aws = aws or settings.AwsClients()
         self._s3 = s3
         self._clock = clock
         self.spool: Spool | None = None
@@ -181,10 +181,8 @@ class SessionRecorder:
             return None
         # Short timeouts and few SDK retries: the uploader has its own backoff, and a black-holed
         # endpoint must not pin the thread (or the shutdown) for minutes.
-        s3 = self._s3 or boto3.client(
-            "s3",
-            endpoint_url=opts.jitgate_aws_endpoint or None,
-            region_name=settings.region(opts.jitgate_aws_region),
+        s3 = self._s3 or self._aws.client(
+            "s3", opts,
             config=BotoConfig(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}),
         )
 

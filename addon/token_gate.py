@@ -69,7 +69,9 @@ class TokenGate:
         monotonic: Callable[[], float] = time.monotonic,
         jwks_fetcher: Callable[[str], KeySet] = fetch_jwks,
         dynamodb: Any = None,
+        aws: settings.AwsClients | None = None,
     ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._clock = clock
         self._monotonic = monotonic
         self._jwks_fetcher = jwks_fetcher
@@ -133,9 +135,7 @@ class TokenGate:
         self.refetch_interval = refetch
         self._results.clear()  # results under other settings do not carry over
         if not self._given_dynamodb:
-            self.revocations.dynamodb = settings.aws_client(
-                "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
-            )
+            self.revocations.dynamodb = self._aws.client("dynamodb", opts)
 
     def running(self) -> None:
         # One synchronous round at start so the first requests are not refused as stale.

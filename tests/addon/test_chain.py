@@ -7,8 +7,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from moto import mock_aws
 
-from addon import jitgate_addons, mitmproxy_compat
+from addon import jitgate_addons, mitmproxy_compat, settings
 from addon.leak_guard import LeakGuard
 
 # Importing the chain installs mitmproxy_compat's patches: the other tests of this process run on stock mitmproxy.
@@ -52,3 +53,24 @@ def test_no_addon_looks_up_the_chain_or_the_metadata(module: str) -> None:
 def test_the_chain_holds_review_findings_and_a_leak_guard_alone_blocks_them() -> None:
     assert jitgate_addons.leak_guard.review_held is True
     assert LeakGuard().review_held is False
+
+
+def test_the_chain_shares_one_aws_client_factory() -> None:
+    chain = (jitgate_addons.token_gate, jitgate_addons.scope_guard, jitgate_addons.leak_guard,
+             jitgate_addons.approval_hold, jitgate_addons.credential_inject, jitgate_addons.session_recorder)
+    assert all(a._aws is jitgate_addons.aws for a in chain)
+
+
+def test_one_client_per_service_endpoint_and_region_built_on_first_use() -> None:
+    class Opts:
+        def __init__(self, endpoint: str, region: str) -> None:
+            self.jitgate_aws_endpoint, self.jitgate_aws_region = endpoint, region
+
+    clients = settings.AwsClients()
+    with mock_aws():
+        first = clients.client("dynamodb", Opts("", "eu-west-1"))
+        assert clients.client("dynamodb", Opts("", "eu-west-1")) is first
+        assert clients.client("dynamodb", Opts("http://127.0.0.1:5", "eu-west-1")) is not first
+        assert clients.client("dynamodb", Opts("", "us-east-1")) is not first
+        assert clients.client("sns", Opts("", "eu-west-1")) is not first
+        first.list_tables()  # built after the mock started: it answers from moto
