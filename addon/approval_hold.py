@@ -15,9 +15,7 @@ polling only its own holds.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import socket
 import time
 from collections.abc import Callable
@@ -30,39 +28,29 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
-from jitgate import durations
+from jitgate import holds
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import (
     Approval,
     RequestFacts,
     State,
     close,
-    hold_approvers,
-    hold_summary,
-    new_id,
     risk_reasons,
     state_at,
 )
-from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size
 from jitgate.errors import (
     ApprovalClosed,
     ApprovalDenied,
     ApprovalTimeout,
     ApprovalUnavailable,
     BodyNotDecodable,
-    JitgateError,
-    RevocationUnavailable,
-    TokenExpired,
-    TokenRevoked,
 )
 from jitgate.policy import Connection, Policy
 from jitgate.records import Decision
-from jitgate.scope import document_count
 from jitgate.state import revoked_among
 
 logger = logging.getLogger(__name__)
 
-HOLD = "jitgate.hold"  # flow.metadata: the hold id of a held flow
 _OWN = frozenset(
     {"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held"}
 )
@@ -76,37 +64,15 @@ class _Held:
 
 
 def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) -> RequestFacts:
-    """The facts the approval rules judge; raises ValueError for a body that does not decode.
+    """The facts the approval rules judge (jitgate.holds.request_facts); raises ValueError for a
+    body that does not decode. The body is parsed once per flow (addon/body.py)."""
 
-    `size` is the decoded body (300 kB is no 1 kB request for being sent as gzip), counted without
-    holding it decoded: exact up to `bound` (`max_bytes`, at least the default inspection limit),
-    past it only "more than `bound`", and such a body is not parsed for its documents either (a
-    bomb). In the chain leak_guard and scope_guard refuse bodies that decode that far before this.
-    """
-    raw = flow.request.raw_content or b""
-    encoding = flow.request.headers.get("content-encoding", "")
-    bound = max(conn.approval.max_bytes or 0, DEFAULT_DECODED_LIMIT)
-    size = decoded_size(raw, encoding, bound) if raw else 0
-    documents: int | None = None
-    # Count documents only when a rule needs the number: big bodies are not parsed for nothing.
-    if operation is not None and conn.approval.max_documents is not None and size <= bound:
-        body = json_body(flow)  # parsed once per flow (addon/body.py)
-        documents = document_count(conn.dialect, operation, None if body is NOT_JSON else body)
-    findings = flow.metadata.get(meta.FINDINGS) or []
-    return RequestFacts(
-        operation=operation,
-        documents=documents,
-        size=size,
-        findings=tuple(f for f in findings if isinstance(f, dict)),
-    )
+    def parsed() -> Any:
+        value = json_body(flow)
+        return None if value is NOT_JSON else value
 
-
-def seconds(value: str, name: str) -> float:
-    """Positive, finite seconds from an option string: `120`, `0.5` or `2m` (`jitgate.durations`)."""
-    try:
-        return durations.parse_seconds(value)
-    except ValueError as exc:
-        raise settings.options_error(f"{name}: {exc}") from None
+    raw, encoding = flow.request.raw_content or b"", flow.request.headers.get("content-encoding", "")
+    return holds.request_facts(raw, encoding, conn, operation, parsed, meta.state_of(flow).findings)
 
 
 class ApprovalHold:
@@ -117,7 +83,9 @@ class ApprovalHold:
         monotonic: Callable[[], float] = time.monotonic,
         dynamodb: Any = None,
         sns: Any = None,
+        aws: settings.AwsClients | None = None,
     ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._clock = clock
         self._monotonic = monotonic
         self._dynamodb = dynamodb
@@ -156,8 +124,8 @@ class ApprovalHold:
         self.policy = settings.policy_from(opts.jitgate_policy)
         if not opts.jitgate_table:
             raise settings.options_error("jitgate_table is required: holds are written to it")
-        timeout = seconds(opts.jitgate_approval_timeout, "jitgate_approval_timeout")
-        poll = seconds(opts.jitgate_approval_poll, "jitgate_approval_poll")
+        timeout = settings.seconds(opts.jitgate_approval_timeout, "jitgate_approval_timeout")
+        poll = settings.seconds(opts.jitgate_approval_poll, "jitgate_approval_poll")
         if poll >= timeout:
             raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
         if opts.jitgate_approval_topic and not opts.jitgate_approval_topic.startswith("arn:"):
@@ -171,13 +139,9 @@ class ApprovalHold:
         if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
             self.gateway = opts.jitgate_gateway_id
         if not self._given_dynamodb:
-            self._dynamodb = settings.aws_client(
-                "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
-            )
+            self._dynamodb = self._aws.client("dynamodb", opts)
         if self.topic and not self._given_sns:
-            self._sns = settings.aws_client(
-                "sns", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
-            )
+            self._sns = self._aws.client("sns", opts)
         self.table = opts.jitgate_table
         self.store = ApprovalStore(self._dynamodb, self.table)
 
@@ -193,16 +157,17 @@ class ApprovalHold:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow) or self.policy is None or self.store is None:
             return
-        claims = meta.claims(flow)
+        state = meta.state_of(flow)
+        claims = state.claims
         if claims is None:
             return  # token_gate refuses such a flow; nothing here to hold
         # The token's connection (scope_guard's pick); never another one sharing the host.
-        conn = meta.connection(flow, self.policy) or self.policy.connection_for_host(flow.request.host, claims.conn)
+        conn = state.connection_in(self.policy) or self.policy.connection_for_host(flow.request.host, claims.conn)
         if conn is None:
             return
-        operation = flow.metadata.get(meta.OPERATION)
+        operation = state.operation
         try:
-            facts = request_facts(flow, conn, operation if isinstance(operation, str) else None)
+            facts = request_facts(flow, conn, operation)
         except ValueError:  # leak_guard refuses such a body first; should it not run, nothing passes
             flow.request.headers.pop("content-encoding", None)  # nothing after this decodes it (recorder)
             refuse(flow, BodyNotDecodable("the request body's content encoding cannot be decoded"))
@@ -217,26 +182,9 @@ class ApprovalHold:
             )
             return
         now = self._clock()
-        summary = hold_summary(
-            sub=claims.sub,
-            jti=claims.jti,
-            job=claims.job,
-            connection=conn.name,
-            facts=facts,
-            method=flow.request.method,
-            host=flow.request.pretty_host,
-            path=flow.request.path,
-            reasons=reasons,
-        )
-        approval = Approval(
-            id=new_id("hold"),
-            kind="hold",
-            requester=claims.sub,
-            connection=conn.name,
-            approvers=hold_approvers(self.policy, conn),
-            created_at=now,
-            expires_at=now + self.timeout,
-            summary={**summary, "gateway": self.gateway, "flow": flow.id},
+        approval = holds.new_hold(
+            self.policy, conn, claims, facts, reasons, method=flow.request.method, host=flow.request.pretty_host,
+            path=flow.request.path, now=now, timeout=self.timeout, gateway=self.gateway, flow_id=flow.id,
         )
         try:
             await asyncio.to_thread(self.store.create, approval, now=now)
@@ -247,8 +195,8 @@ class ApprovalHold:
             )
             return
         flow.intercept()  # type: ignore[no-untyped-call]
-        flow.metadata[HOLD] = approval.id
-        flow.metadata[meta.DECISION] = Decision.HELD
+        state.hold_id = approval.id
+        state.decision = Decision.HELD
         self.held[approval.id] = _Held(flow, approval, self._monotonic() + self.timeout)
         logger.info("jitgate: held %s %s (%s) as %s", conn.name, operation, ",".join(reasons), approval.id)
         if self.topic:
@@ -261,14 +209,9 @@ class ApprovalHold:
     # -- background ---------------------------------------------------------------------------
 
     async def _notify(self, approval: Approval) -> None:
-        message = {"type": "jitgate.approval_requested", "id": approval.id, "kind": "hold",
-                   "requester": approval.requester, "connection": approval.connection,
-                   "expires_at": math.ceil(approval.expires_at), "summary": dict(approval.summary)}
+        subject, message = holds.hold_notice(approval)
         try:
-            await asyncio.to_thread(
-                self._sns.publish, TopicArn=self.topic, Subject=f"jitgate: request held on {approval.connection}"[:100],
-                Message=json.dumps(message, separators=(",", ":")),
-            )
+            await asyncio.to_thread(self._sns.publish, TopicArn=self.topic, Subject=subject, Message=message)
         except Exception as exc:
             logger.warning("jitgate: hold notification not published (%s)", type(exc).__name__)
 
@@ -294,12 +237,13 @@ class ApprovalHold:
             if held is None:
                 continue
             entry = found.get(hold_id)
-            state = state_at(entry[0], now) if entry is not None else None
-            if state == "approved":
+            result = holds.outcome(state_at(entry[0], now) if entry is not None else None,
+                                   past_deadline=mono >= held.deadline)
+            if result == "approved":
                 approved.append(hold_id)
-            elif state == "denied":
-                self._finish(hold_id, state)
-            elif state == "expired" or mono >= held.deadline:
+            elif result == "denied":
+                self._finish(hold_id, result)
+            elif result == "close":
                 self._finish(hold_id, await self._close(hold_id))
         if approved:
             await self._resume_approved(approved)
@@ -307,30 +251,23 @@ class ApprovalHold:
     async def _resume_approved(self, hold_ids: list[str]) -> None:
         """An approval is no pass for a token revoked or expired while its request waited."""
         jtis = {h: self.held[h].approval.summary.get("jti") for h in hold_ids if h in self.held}
+        revoked: set[str] | None
         try:
             revoked = await asyncio.to_thread(
                 revoked_among, self._dynamodb, self.table, {str(j) for j in jtis.values()}, now=self._clock()
             )
-            unreadable = False
         except Exception as exc:
             logger.warning("jitgate: revocation check before resuming failed (%s)", type(exc).__name__)
-            revoked, unreadable = set(), True
+            revoked = None
         now = self._clock()
         for hold_id, jti in jtis.items():
             held = self.held.get(hold_id)
             if held is None:
                 continue
-            claims = meta.claims(held.flow)
-            error: JitgateError | None = None
-            if unreadable:
-                error = RevocationUnavailable("the token's revocation state cannot be checked")
-            elif jti in revoked:
-                error = TokenRevoked("token has been revoked")
-            elif claims is not None and now >= claims.exp:
-                error = TokenExpired("token expired while its request waited for approval")
+            error = holds.resume_error(meta.state_of(held.flow).claims, str(jti), revoked, now=now)
             if error is not None:
                 self.held.pop(hold_id, None)
-                held.flow.metadata[meta.DECISION] = Decision.DENIED
+                meta.state_of(held.flow).decision = Decision.DENIED
                 refuse(held.flow, error, extra={"approval_id": hold_id})
                 held.flow.resume()  # type: ignore[no-untyped-call]
                 continue
@@ -362,12 +299,12 @@ class ApprovalHold:
             return
         flow = held.flow
         if state == "approved":
-            flow.metadata[meta.DECISION] = Decision.APPROVED
+            meta.state_of(flow).decision = Decision.APPROVED
         elif state == "denied":
-            flow.metadata[meta.DECISION] = Decision.DENIED
+            meta.state_of(flow).decision = Decision.DENIED
             refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
         else:
-            flow.metadata[meta.DECISION] = Decision.DENIED
+            meta.state_of(flow).decision = Decision.DENIED
             refuse(
                 flow,
                 ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),

@@ -15,8 +15,6 @@ mitmproxy's `ssl_verify_upstream_trusted_ca` replaces the roots, so a combined b
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import os
 import ssl
@@ -27,7 +25,6 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import certifi
 import httpx
@@ -37,46 +34,23 @@ from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
 from addon.respond import refuse
-from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
+from jitgate import credentials
+from jitgate.credentials import secret_value
 from jitgate.errors import CredentialUnavailable, JitgateError
 from jitgate.policy import Connection, Policy
 
 logger = logging.getLogger(__name__)
 
-RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
-
-
-def secret_value(raw: str | None, json_key: str | None) -> str:
-    """The credential inside a secret string, optionally one key of a JSON secret."""
-    if raw is None:
-        raise ValueError("secret has no string value")
-    if json_key is None:
-        value: object = raw
-    else:
-        doc = json.loads(raw)
-        value = doc.get(json_key) if isinstance(doc, dict) else None
-    if not isinstance(value, str) or not value:
-        raise ValueError("secret has no usable value")
-    return value
-
-
-@functools.lru_cache(maxsize=256)
-def _target(upstream: str, upstream_host: str) -> tuple[str, int, str]:
-    """(scheme, port, host) of a connection's upstream URL; parsed once per URL."""
-    target = urlsplit(upstream)
-    return target.scheme, target.port or (443 if target.scheme == "https" else 80), target.hostname or upstream_host
-
-
 def apply_credential(request: http.Request, conn: Connection, secret: str) -> None:
     """Strip client credentials, set the connection's header and point at the real upstream."""
     present = {name.lower() for name in request.headers}
-    for name in (*CLIENT_CREDENTIAL_HEADERS, conn.credential.header):
+    for name in credentials.stripped_headers(conn):
         if name.lower() in present:  # one pass over the headers instead of one per name
             request.headers.pop(name, None)
-    request.headers[conn.credential.header] = conn.credential.format.replace("{secret}", secret)
+    name, value = credentials.credential_header(conn, secret)
+    request.headers[name] = value
     # Always set: the setters also rewrite the Host header / authority to the upstream's.
-    request.scheme, request.port, request.host = _target(conn.upstream, conn.upstream_host)
+    request.scheme, request.port, request.host = credentials.upstream_target(conn)
 
 
 def combined_bundle(private_ca: str) -> str:
@@ -95,16 +69,22 @@ def combined_bundle(private_ca: str) -> str:
 
 class CredentialInject:
     def __init__(
-        self, *, secretsmanager: Any = None, cache_factory: Callable[[Any], SecretCache] | None = None
+        self,
+        *,
+        secretsmanager: Any = None,
+        cache_factory: Callable[[Any], SecretCache] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        aws: settings.AwsClients | None = None,
     ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._sm = secretsmanager
         self._given_sm = secretsmanager is not None
         self._cache_factory = cache_factory or (
             lambda client: SecretCache(SecretCacheConfig(secret_refresh_interval=self.ttl), client)
         )
         self._caches: dict[str, SecretCache] = {}
-        # secret id -> (value, monotonic time fetched): the hot path reads this without a thread hop.
-        self._memo: dict[str, tuple[str, float]] = {}
+        # The hot path reads this without a thread hop.
+        self._memo = credentials.SecretMemo(settings.DEFAULT_SECRET_TTL, monotonic=monotonic)
         self._fetch_lock = threading.Lock()
         # Flows that carry the injected credential until their `response` or `error` (see `done`).
         self._carrying: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
@@ -130,15 +110,13 @@ class CredentialInject:
         if "jitgate_secret_ttl" in updated:
             if ctx.options.jitgate_secret_ttl < 1:
                 raise settings.options_error("jitgate_secret_ttl must be at least 1 second")
-            self.ttl = ctx.options.jitgate_secret_ttl
+            self.ttl = self._memo.ttl = ctx.options.jitgate_secret_ttl
             self._memo.clear()
         if not (updated & settings.SHARED):
             return
         self.policy = settings.policy_from(ctx.options.jitgate_policy)
         if not self._given_sm:
-            self._sm = settings.aws_client(
-                "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
-            )
+            self._sm = self._aws.client("secretsmanager", ctx.options)
         self._caches.clear()
         self._memo.clear()
 
@@ -160,10 +138,7 @@ class CredentialInject:
 
     def cached_secret(self, conn: Connection) -> str | None:
         """The connection's credential if it was read less than `ttl` seconds ago (no IO)."""
-        hit = self._memo.get(conn.credential.secret_id)
-        if hit is None or time.monotonic() - hit[1] >= self.ttl:
-            return None
-        return hit[0]
+        return self._memo.fresh(conn.credential.secret_id)
 
     def secret(self, conn: Connection) -> str:
         """The connection's credential (blocking on a cache miss; run in a thread).
@@ -179,7 +154,7 @@ class CredentialInject:
                     # read afresh through a new one; Secrets Manager unreachable then means 503.
                     self._caches.pop(cred.secret_id, None)
                 value = secret_value(self._cache(cred.secret_id).get_secret_string(cred.secret_id), cred.json_key)
-                self._memo[cred.secret_id] = (value, time.monotonic())
+                self._memo.put(cred.secret_id, value)
         return value
 
     def rotate(self, conn: Connection) -> str | None:
@@ -193,7 +168,7 @@ class CredentialInject:
             return None
         with self._fetch_lock:
             self._caches[cred.secret_id] = fresh
-            self._memo[cred.secret_id] = (value, time.monotonic())
+            self._memo.put(cred.secret_id, value)
         return value
 
     # -- hooks ------------------------------------------------------------------------------
@@ -201,7 +176,7 @@ class CredentialInject:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        conn = meta.connection(flow, self.policy)
+        conn = meta.state_of(flow).connection_in(self.policy)
         if conn is None:
             refuse(flow, JitgateError("the request was not checked against a scope"))
             return
@@ -214,8 +189,9 @@ class CredentialInject:
             refuse(flow, CredentialUnavailable(f"the credential of {conn.name!r} is unavailable"))
             return
         apply_credential(flow.request, conn, secret)
-        flow.metadata[meta.INJECTED] = True
-        flow.metadata[meta.INJECTED_SECRET] = secret  # in memory only: leak_guard masks it in the response
+        state = meta.state_of(flow)
+        state.injected = True
+        state.injected_secret = secret  # in memory only: leak_guard masks it in the response
         self._carrying.add(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -225,27 +201,28 @@ class CredentialInject:
         self.forget(flow)
 
     def forget(self, flow: http.HTTPFlow) -> None:
-        """Drop the injected credential from the finished flow (request header and metadata).
+        """Drop the injected credential from the finished flow (request header and flow state).
 
         What follows the chain (mitmproxy's flow writer for `-w`, mitmweb, a later `flow.copy()`)
         must never see the upstream secret.
         """
         self._carrying.discard(flow)
-        flow.metadata.pop(meta.INJECTED_SECRET, None)
-        if not flow.metadata.get(meta.INJECTED):
+        state = meta.state_of(flow)
+        state.injected_secret = None
+        if not state.injected:
             return
-        conn = meta.connection(flow, self.policy)
+        conn = state.connection_in(self.policy)
         if conn is not None:
             flow.request.headers.pop(conn.credential.header, None)
 
     async def retry_on_401(self, flow: http.HTTPFlow) -> None:
         """Send the request once more with a fresh secret when the upstream answered 401 to the injected one."""
-        if flow.response is None or flow.response.status_code != 401 or not flow.metadata.get(meta.INJECTED):
+        state = meta.state_of(flow)
+        status = flow.response.status_code if flow.response is not None else None
+        if not credentials.retry_after_401(status, injected=state.injected, retried=state.credential_retried):
             return
-        if flow.metadata.get(RETRIED):
-            return
-        flow.metadata[RETRIED] = True
-        conn = meta.connection(flow, self.policy)
+        state.credential_retried = True
+        conn = state.connection_in(self.policy)
         if conn is None:
             return
         old = flow.request.headers.get(conn.credential.header)
@@ -253,7 +230,7 @@ class CredentialInject:
         if fresh is None:
             return
         apply_credential(flow.request, conn, fresh)
-        flow.metadata[meta.INJECTED_SECRET] = fresh
+        state.injected_secret = fresh
         if flow.request.headers.get(conn.credential.header) == old:
             return  # same credential: another try would get the same 401
         try:
@@ -265,15 +242,15 @@ class CredentialInject:
         if self._http is None:
             self._http = httpx.AsyncClient(verify=self._verify(), timeout=30.0, follow_redirects=False)
         fields = request.headers.items(multi=True)  # type: ignore[no-untyped-call]
-        headers = [(k, v) for k, v in fields if k.lower() not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in fields if k.lower() not in credentials.HOP_BY_HOP]
         req = self._http.build_request(request.method, request.url, headers=headers, content=request.raw_content)
         resp = await self._http.send(req, stream=True)
         try:
             body = b"".join([chunk async for chunk in resp.aiter_raw()])
         finally:
             await resp.aclose()
-        out_headers = [(k.encode(), v.encode()) for k, v in resp.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
-        out_headers = [h for h in out_headers if h[0].lower() != b"content-length"]
+        dropped = credentials.HOP_BY_HOP | {"content-length"}
+        out_headers = [(k.encode(), v.encode()) for k, v in resp.headers.multi_items() if k.lower() not in dropped]
         out_headers.append((b"content-length", str(len(body)).encode()))
         answer = http.Response.make(resp.status_code, b"", http.Headers(out_headers))
         answer.raw_content = body  # as the upstream encoded it; its headers say how

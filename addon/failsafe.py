@@ -37,12 +37,12 @@ def _internal() -> JitgateError:
 def on_failure(flow: http.HTTPFlow, hook: str) -> None:
     """What a hook's exception means for `flow` (see the module docstring)."""
     if hook in _REQUEST_SIDE:
-        if flow.response is None or meta.ERROR not in flow.metadata:
+        if flow.response is None or meta.state_of(flow).error is None:
             flow.response = None
             refuse(flow, _internal())
     elif hook == "responseheaders":
         flow.kill()  # type: ignore[no-untyped-call]
-    elif hook == "response" and meta.ERROR not in flow.metadata:
+    elif hook == "response" and meta.state_of(flow).error is None:
         flow.response = None
         refuse(flow, _internal())
 

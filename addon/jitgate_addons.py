@@ -12,11 +12,13 @@ from addon import mitmproxy_compat
 from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
+from addon.flow_metadata import FlowMetadata
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
+from addon.settings import AwsClients
 from addon.token_gate import TokenGate
 from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
@@ -30,14 +32,18 @@ mitmproxy_compat.install()
 http_only = fail_closed(HttpOnly())
 # The upstream TLS name comes from the policy; a client naming another host than its tunnel is refused.
 upstream_sni = fail_closed(UpstreamSni())
-token_gate = fail_closed(TokenGate())
-scope_guard = fail_closed(ScopeGuard())
-leak_guard = fail_closed(LeakGuard())
-approval_hold = fail_closed(ApprovalHold())
-credential_inject = fail_closed(CredentialInject())
+# One AWS client per service for the whole chain (one DynamoDB client for revocations, usage
+# counters and holds), built when the options are first configured.
+aws = AwsClients()
+token_gate = fail_closed(TokenGate(aws=aws))
+scope_guard = fail_closed(ScopeGuard(aws=aws))
+# approval_hold follows: findings whose action is `review` are held, not blocked.
+leak_guard = fail_closed(LeakGuard(review_held=True, aws=aws))
+approval_hold = fail_closed(ApprovalHold(aws=aws))
+credential_inject = fail_closed(CredentialInject(aws=aws))
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
-session_recorder = fail_closed(SessionRecorder())
+session_recorder = fail_closed(SessionRecorder(aws=aws))
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
@@ -45,5 +51,6 @@ addons = [
     http_only, upstream_sni,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
     upstream_timeout,
+    FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

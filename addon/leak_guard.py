@@ -9,17 +9,13 @@ chunk by chunk with an overlap window. A request body over `jitgate_max_inspect_
 a response that decodes past it (a decompression bomb from the upstream, sized before it is
 decoded) is replaced by 502 `upstream_response_too_large`, and a streamed one is decoded a piece
 at a time and cut at the limit (upstream closed, client connection ended). Nothing goes out
-unscanned. Every finding goes into the flow's record (`meta.FINDINGS`).
+unscanned. Every finding goes into the flow's state (`FlowState.findings`), so into its record.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
@@ -29,133 +25,31 @@ from addon import body as bodies
 from addon import meta, settings
 from addon.mitmproxy_compat import close_upstream
 from addon.respond import refuse
-from jitgate import jsontext
-from jitgate.decoding import BoundedDecoder, bomb_check
-from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
-from jitgate.errors import (
-    BodyNotDecodable,
-    JitgateError,
-    LeakBlocked,
-    PayloadTooLarge,
-    UpstreamResponseInvalid,
-    UpstreamResponseNotUtf8,
-    UpstreamResponseTooLarge,
-)
-from jitgate.inspect import Scanner, StreamMasker, actions, jsonpath
+from jitgate import jsontext, leaks
+from jitgate.errors import JitgateError, LeakBlocked, PayloadTooLarge, UpstreamResponseNotUtf8
+from jitgate.flow_state import Side
+from jitgate.inspect import Scanner, StreamMasker, actions
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
-from jitgate.inspect.stream import DEFAULT_WINDOW, HoldLimitExceeded
+from jitgate.inspect.stream import DEFAULT_WINDOW
+from jitgate.masked_stream import MaskStream, decompressor
 from jitgate.policy import MaskProfile, Policy
 from jitgate.records import Decision
 
 logger = logging.getLogger(__name__)
 
-STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
-# Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
-_CREDENTIAL_HEADERS = frozenset(name.lower() for name in CLIENT_CREDENTIAL_HEADERS)
-_SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
-# HTTP-date headers (RFC 9110 5.6.7). A value that is exactly an IMF-fixdate holds a date and
-# nothing else, but its digits are a phone candidate: scanning it cost every response a second
-# pass over each header. Any other value of these headers is scanned like the rest.
-_DATE_HEADERS = frozenset(
-    {"date", "expires", "last-modified", "if-modified-since", "if-unmodified-since", "retry-after"}
-)
-_IMF_FIXDATE = re.compile(
-    rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3][0-9] (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    rb"[0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-6][0-9] GMT"
-)
-
-
-def _decompressor(encoding: str, limit: int) -> Callable[[bytes], bytes] | None:
-    """An incremental decoder for a streamed body's content encoding, bounded at `limit` decoded
-    bytes (`BoundedDecoder`); None for an encoding it does not know. Identity is not decoded, so
-    it is not bounded either: it costs no more memory than it brings."""
-    enc = encoding.strip().lower()
-    if enc in ("", "identity"):
-        return lambda data: data
-    try:
-        decoder = BoundedDecoder(enc, limit)
-    except ValueError:
-        return None
-
-    def decode(data: bytes) -> bytes:
-        out = decoder.feed(data)
-        if decoder.exceeded:
-            raise _TooLarge
-        return out
-
-    return decode
-
-
-class _TooLarge(Exception):
-    """A streamed body decoded past the inspection limit."""
-
-
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """What a 403 tells the caller about a finding: type and place (never the value)."""
-    return {k: record[k] for k in ("type", "where", "path", "offset", "length", "tag") if k in record}
-
-
-class _MaskStream:
-    """The `flow.response.stream` callable: decode, mask with an overlap window, pass on.
-
-    What went out is kept (masked, up to `keep` bytes) so the session record can hold it. A body
-    that decodes past the inspection limit, or does not decode, is cut: nothing more is decoded or
-    passed on, `failed` holds why and `on_fail` is told once (leak_guard closes the upstream).
-    """
-
-    def __init__(
-        self,
-        masker: StreamMasker,
-        decode: Callable[[bytes], bytes],
-        keep: int,
-        on_fail: Callable[[JitgateError], None] = lambda error: None,
-    ) -> None:
-        self.masker = masker
-        self._decode = decode
-        self._keep = keep
-        self._on_fail = on_fail
-        self.sent = bytearray()
-        self.complete = True
-        self.failed: JitgateError | None = None
-        self._utf8 = jsontext.Utf8Stream()
-
-    def __call__(self, data: bytes) -> list[bytes]:
-        if self.failed is not None:
-            return []  # cut: the rest is dropped undecoded
-        try:
-            decoded = self._decode(data) if data else b""
-        except _TooLarge:
-            return self._fail(UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
-        except ValueError:
-            return self._fail(UpstreamResponseInvalid("the upstream response cannot be decoded for inspection"))
-        try:
-            self._utf8.feed(decoded, final=not data)
-        except ValueError:
-            return self._fail(UpstreamResponseNotUtf8("the upstream response is not UTF-8, so it cannot be masked"))
-        try:
-            out = self.masker.feed(decoded) if data else self.masker.close()
-        except HoldLimitExceeded:
-            return self._fail(UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
-        if self.complete and len(self.sent) + len(out) <= self._keep:
-            self.sent += out
-        else:
-            self.complete = False
-            self.sent.clear()
-        # Never an empty chunk: HTTP/1 chunked framing would read it as the end of the body.
-        return [out] if out else []
-
-    def _fail(self, error: JitgateError) -> list[bytes]:
-        self.failed = error
-        self.complete = False
-        self.sent.clear()
-        self._on_fail(error)
-        return []
-
 
 class LeakGuard:
-    def __init__(self, scanner: Scanner | None = None) -> None:
+    """`review_held`: the chain holds requests for review after this addon (approval_hold, as
+    addon/jitgate_addons.py builds it); otherwise a finding whose action is `review` blocks, as
+    nobody can hold it (fail closed)."""
+
+    def __init__(
+        self, scanner: Scanner | None = None, *, review_held: bool = False, aws: settings.AwsClients | None = None
+    ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._given = scanner
+        self.review_held = review_held
         self.scanner: Scanner | None = scanner
         self.policy: Policy | None = None
         self.max_bytes = settings.DEFAULT_MAX_INSPECT
@@ -211,9 +105,7 @@ class LeakGuard:
         if not secret_id:
             logger.warning("jitgate: no jitgate_mask_key_secret; masking tags correlate only within this process")
             return secrets.token_bytes(32)
-        client = settings.aws_client(
-            "secretsmanager", endpoint=ctx.options.jitgate_aws_endpoint, region_name=ctx.options.jitgate_aws_region
-        )
+        client = self._aws.client("secretsmanager", ctx.options)
         try:
             value = client.get_secret_value(SecretId=secret_id).get("SecretString") or ""
         except Exception as exc:
@@ -223,78 +115,59 @@ class LeakGuard:
             raise settings.options_error("jitgate_mask_key_secret: the key must be at least 16 characters")
         return value.encode()
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- reading the flow, applying the answers -----------------------------------------------
 
     def _profile(self, flow: http.HTTPFlow) -> MaskProfile:
-        policy = self.policy
-        if policy is None:
-            return MaskProfile()
-        claims = meta.claims(flow)
-        if claims is not None:
-            return policy.profile(claims.mask)
-        conn = meta.connection(flow, policy)
-        if conn is None:
-            # No token: only a host served by a single connection names a profile (a shared host
-            # cannot say whose, so the policy's default applies).
-            conn = policy.connection_for_host(flow.request.pretty_host)
-        return policy.profile(conn.mask if conn is not None else "default")
+        state = meta.state_of(flow)
+        return leaks.profile_for(self.policy, state.claims, state.connection_in(self.policy), flow.request.pretty_host)
+
+    def _plan(self, flow: http.HTTPFlow, side: Side) -> actions.Plan:
+        return actions.plan(self._profile(flow), side)
 
     @staticmethod
     def _literals(flow: http.HTTPFlow) -> list[bytes]:
-        value = flow.metadata.get(meta.INJECTED_SECRET)
-        return [value.encode()] if isinstance(value, str) and value else []
+        value = meta.state_of(flow).injected_secret
+        return [value.encode()] if value else []
 
-    @staticmethod
-    def _record(
-        flow: http.HTTPFlow, plan: actions.Plan, where: str, findings: list[Finding], json_body: bytes | None = None
-    ) -> list[dict[str, Any]]:
-        paths = (
-            jsonpath.locate(json_body, [f.start for f in findings], hidden=[(f.start, f.end) for f in findings])
-            if json_body and findings
-            else {}
-        )
-        records = [f.record(where, actions.action_for(plan, f), paths.get(f.start)) for f in findings]
-        if records:
-            flow.metadata.setdefault(meta.FINDINGS, []).extend(records)
-        return records
-
-    def _scan(self, data: bytes, plan: actions.Plan, literals: list[bytes], *, json_text: bool = False) -> ScanResult:
+    def _scan(self, flow: http.HTTPFlow, plan: actions.Plan, where: str, body: bytes, json_text: bool) -> ScanResult:
         assert self.scanner is not None
-        return self.scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+        result = leaks.scan(self.scanner, body, plan, self._literals(flow), json_text=json_text)
+        records = leaks.finding_records(plan, where, result.findings, body if json_text else None)
+        meta.state_of(flow).findings.extend(records)
+        return result
 
-    def _headers(self, flow: http.HTTPFlow, message: http.Message, side: str, plan: actions.Plan) -> list[Finding]:
+    def _target(self, flow: http.HTTPFlow, plan: actions.Plan) -> ScanResult:
+        assert self.scanner is not None
+        result = leaks.scan_target(self.scanner, plan, flow.request.path)
+        meta.state_of(flow).findings.extend(leaks.finding_records(plan, "request.path", result.findings))
+        return result
+
+    def _headers(self, flow: http.HTTPFlow, message: http.Message, side: Side, plan: actions.Plan) -> list[Finding]:
         """Scan and mask header values in place; the findings (recorded)."""
-        found: list[Finding] = []
-        literals = self._literals(flow)
-        fields: list[tuple[str, bytes]] = []
-        for name, value in message.headers.items(multi=True):  # type: ignore[no-untyped-call]
-            low = name.lower()
-            if low in _SKIP_HEADERS or (side == "request" and low in _CREDENTIAL_HEADERS):
-                continue
-            raw = value.encode("utf-8", "surrogateescape")
-            if low in _DATE_HEADERS and _IMF_FIXDATE.fullmatch(raw):
-                continue
-            fields.append((name, raw))
         assert self.scanner is not None
-        # One pass over all names and values first: most messages have nothing in their headers.
-        names = [name.encode("utf-8", "surrogateescape") for name, _ in fields]
-        if not self.scanner.may_find([*names, *(raw for _, raw in fields)], pii=plan.pii_types, literals=literals):
-            return found
-        for (name, raw), encoded in zip(fields, names, strict=True):
-            low = name.lower()
-            in_name = self._scan(encoded, plan, literals)
-            if in_name.findings:
-                # A name is no place for a value: the header goes, and its name is in no record.
-                self._record(flow, plan, f"{side}.header-name", in_name.findings)
-                found += in_name.findings
+        fields = leaks.header_fields(side, message.headers.items(multi=True))  # type: ignore[no-untyped-call]
+        found = leaks.scan_headers(self.scanner, plan, side, fields, self._literals(flow))
+        meta.state_of(flow).findings.extend(found.records)
+        for name, value in found.edits:
+            if value is None:
                 message.headers.pop(name, None)
-                continue
-            result = self._scan(raw, plan, literals)
-            if result.findings:
-                self._record(flow, plan, f"{side}.header:{low}", result.findings)
-                found += result.findings
-                message.headers[name] = result.masked(raw).decode("utf-8", "surrogateescape")
-        return found
+            else:
+                message.headers[name] = value
+        return found.findings
+
+    def _decoded(self, message: http.Message) -> bytes | leaks.Unreadable:
+        """The decoded body, or why it cannot be inspected (the content encoding is dropped then,
+        so nothing after this decodes it: the recorder)."""
+        encoding = message.headers.get("content-encoding", "")
+        why = leaks.body_problem(message.raw_content or b"", encoding, self.max_bytes)
+        if why is not None:
+            message.headers.pop("content-encoding", None)
+            return why
+        try:
+            body = message.get_content(strict=True) or b""
+        except ValueError:
+            return "undecodable"
+        return "too_large" if len(body) > self.max_bytes else body
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -305,98 +178,64 @@ class LeakGuard:
         if length.isdigit() and int(length) > self.max_bytes:
             refuse(flow, PayloadTooLarge(f"the request body exceeds the inspection limit of {self.max_bytes} bytes"))
 
-    def _decoded(self, message: http.Message) -> bytes | str:
-        """The decoded body, or why it cannot be inspected: "undecodable" or "too_large" (the
-        content encoding is dropped then, so nothing after this decodes it: the recorder)."""
-        # Sized before decoding: a bomb costs one piece, not its size.
-        over = bomb_check(message.raw_content or b"", message.headers.get("content-encoding", ""), self.max_bytes)
-        if over is not False:
-            message.headers.pop("content-encoding", None)
-            return "undecodable" if over is None else "too_large"
-        try:
-            body = message.get_content(strict=True) or b""
-        except ValueError:
-            return "undecodable"
-        return "too_large" if len(body) > self.max_bytes else body
-
     def request(self, flow: http.HTTPFlow) -> None:
         if self.scanner is None:
             return
         if meta.refused(flow):
             self._inspect_refused(flow)
             return
-        plan = actions.plan(self._profile(flow), "request")
-        req = flow.request
+        plan, req, state = self._plan(flow, "request"), flow.request, meta.state_of(flow)
         body = self._decoded(req)
         if isinstance(body, str):
-            refuse(flow, _request_unreadable(body, self.max_bytes))
+            refuse(flow, leaks.unreadable_request(body, self.max_bytes))
             return
         text = bodies.text(flow, "request")
         if text.problem is not None:
             refuse(flow, jsontext.refusal(text.problem))
             return
         found = self._headers(flow, req, "request", plan)
-        path_result = self._path(req, plan)
-        self._record(flow, plan, "request.path", path_result.findings)
-        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
-        self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
-        found += path_result.findings + result.findings
-        decision = actions.decide(plan, found)
-        if decision == "review" and ctx.master.addons.get("approvalhold") is None:  # type: ignore[no-untyped-call]
-            decision = "block"  # nobody can hold it for review: fail closed
-        if decision == "block" or (decision != "allow" and path_result.findings and not path_result.edits):
-            _inspected(flow, "request")
-            refuse(
-                flow,
-                LeakBlocked("the request carries secrets or personal data; nothing was forwarded"),
-                extra={"findings": [_public(r) for r in flow.metadata.get(meta.FINDINGS, [])]},
-            )
+        target = self._target(flow, plan)
+        result = self._scan(flow, plan, "request.body", body, text.json_text)
+        found += target.findings + result.findings
+        verdict = leaks.request_verdict(
+            plan, found, target_unmaskable=bool(target.findings and not target.edits), review_held=self.review_held
+        )
+        state.mark_inspected("request")
+        if verdict == "block":
+            message = "the request carries secrets or personal data; nothing was forwarded"
+            refuse(flow, LeakBlocked(message), extra={"findings": [leaks.public(r) for r in state.findings]})
             return
-        if path_result.edits:
-            req.path = _masked_text(path_result, req.path)
+        if target.edits:
+            req.path = leaks.masked_text(target, req.path)
         if result.edits:
             req.content = result.masked(body)
-        if found:
-            flow.metadata[meta.DECISION] = Decision.MASKED
-        _inspected(flow, "request")
-
-    def _path(self, req: http.Request, plan: actions.Plan) -> ScanResult:
-        """Scan the request target; what is found only once percent-decoded has no edit (nothing to
-        mask in place: the flow blocks, or its path is withheld from the record)."""
-        raw_path = req.path.encode("utf-8", "surrogateescape")
-        result = self._scan(raw_path, plan, [])
-        if not result.findings and b"%" in raw_path:
-            result = self._scan(unquote_to_bytes(raw_path), plan, [])
-            result.edits.clear()
-        return result
+        if verdict == "mask":
+            state.decision = Decision.MASKED
 
     def _inspect_refused(self, flow: http.HTTPFlow) -> None:
         """A flow an earlier addon refused goes nowhere, but its record must be masked too: its
         target and body are scanned and masked in place for the recorder. A body that cannot be
         read stays unmarked, so the recorder keeps it out of the record."""
-        if meta.INSPECTED in flow.metadata:
+        if meta.state_of(flow).inspected:
             return
-        plan = actions.plan(self._profile(flow), "request")
-        req = flow.request
-        path_result = self._path(req, plan)
-        self._record(flow, plan, "request.path", path_result.findings)
-        if path_result.edits:
-            req.path = _masked_text(path_result, req.path)
+        plan, req = self._plan(flow, "request"), flow.request
+        target = self._target(flow, plan)
+        if target.edits:
+            req.path = leaks.masked_text(target, req.path)
         body = self._decoded(req) if req.raw_content else b""
         if isinstance(body, str):
             return
         text = bodies.text(flow, "request")
         if text.problem is not None:
             return
-        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
-        self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
+        result = self._scan(flow, plan, "request.body", body, text.json_text)
         if result.edits:
             req.content = result.masked(body)
-        _inspected(flow, "request")
+        meta.state_of(flow).mark_inspected("request")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        resp = flow.response
-        if resp is None or meta.ERROR in flow.metadata or self.scanner is None:
+        resp, state = flow.response, meta.state_of(flow)
+        if resp is None or state.error is not None or self.scanner is None:
             return
         # Event streams and explicitly chunked bodies go out chunk by chunk; the rest is buffered
         # (and masked whole in `response`), so the session record keeps the body.
@@ -404,15 +243,15 @@ class LeakGuard:
         chunked = "chunked" in resp.headers.get("transfer-encoding", "").lower()
         if not (ctype.startswith("text/event-stream") or chunked):
             return
-        decode = _decompressor(resp.headers.get("content-encoding", ""), self.max_bytes)
-        if decode is None:
-            return  # unknown encoding: buffered, and the response hook refuses it
-        if flow.metadata.get(meta.BUFFER_RESPONSE):
-            return  # a later check needs the whole answer (a store's field filter): buffered, bounded
-        plan = actions.plan(self._profile(flow), "response")
+        decode = decompressor(resp.headers.get("content-encoding", ""), self.max_bytes)
+        if decode is None or state.buffer_response:
+            # An unknown encoding (the response hook refuses it) or a later check needs the whole
+            # answer (a store's field filter): buffered, bounded.
+            return
+        plan = self._plan(flow, "response")
         # The headers go out now, before any of the body: they are masked here, not in `response`.
         if self._headers(flow, resp, "response", plan):
-            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
+            state.decide(Decision.MASKED)
         # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
         # parses them: their escapes are decoded, each string whole, held back at most to the limit.
         masker = StreamMasker(
@@ -421,101 +260,80 @@ class LeakGuard:
         )
         resp.headers.pop("content-encoding", None)
         resp.headers.pop("content-length", None)
-        stream = _MaskStream(masker, decode, self.max_bytes, lambda error: self._cut(flow, error))
-        flow.metadata[STREAM] = stream
-        resp.stream = stream
+        state.stream = resp.stream = MaskStream(masker, decode, self.max_bytes, lambda error: self._cut(flow, error))
 
     def response(self, flow: http.HTTPFlow) -> None:
         try:
             self._response(flow)
         finally:
             # The injected credential stays in memory no longer than needed (a 401 retry sets it again).
-            flow.metadata.pop(meta.INJECTED_SECRET, None)
+            meta.state_of(flow).injected_secret = None
 
     def error(self, flow: http.HTTPFlow) -> None:
-        # A stream cut short never reaches `response`: its masker is no plain data (flow files,
-        # addon/meta.py), and the injected credential is held no longer than the flow.
-        stream = flow.metadata.pop(STREAM, None)
-        flow.metadata.pop(meta.INJECTED_SECRET, None)
-        if isinstance(stream, _MaskStream) and stream.failed is not None:
+        # A stream cut short never reaches `response`: its masker and the injected credential are
+        # held no longer than the flow.
+        state = meta.state_of(flow)
+        stream, state.stream, state.injected_secret = state.stream, None, None
+        if isinstance(stream, MaskStream) and stream.failed is not None:
             # Cut here (upstream closed by `_cut`): the flow is recorded as failed with its code,
             # like any flow the upstream left without an answer, not as the upstream's status.
             flow.response = None
 
     def _cut(self, flow: http.HTTPFlow, error: JitgateError) -> None:
         """A streamed response went over the limit or does not decode: stop reading the upstream."""
-        flow.metadata[meta.ERROR] = error.code
-        flow.metadata[meta.DECISION] = Decision.BLOCKED
+        state = meta.state_of(flow)
+        state.error, state.decision = error.code, Decision.BLOCKED
         logger.warning("jitgate: streamed response of flow %s cut (%s)", flow.id, error.code)
         close_upstream(flow)
 
     def _response(self, flow: http.HTTPFlow) -> None:
-        resp = flow.response
+        resp, state = flow.response, meta.state_of(flow)
         if resp is None or self.scanner is None:
             return
-        plan = actions.plan(self._profile(flow), "response")
-        stream = flow.metadata.pop(STREAM, None)
-        if isinstance(stream, _MaskStream):
-            if stream.failed is not None:  # the body ended before the close landed: answer was cut
-                self._replace(flow, stream.failed)
-                if flow.killable:
-                    flow.kill()  # type: ignore[no-untyped-call]  # the client must not take it as complete
-                return
-            if stream.complete:  # already sent; this copy is what the session record sees
-                resp.data.content = bytes(stream.sent)
-            records = self._record(flow, plan, "response.body", stream.masker.findings)
-            if records:
-                flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
-            if stream.complete:
-                _inspected(flow, "response")
+        plan = self._plan(flow, "response")
+        stream, state.stream = state.stream, None
+        if isinstance(stream, MaskStream):
+            self._streamed(flow, resp, stream, plan)
             return
-        if meta.ERROR in flow.metadata:
+        if state.error is not None:
             return  # the gateway's own answer
         body = self._decoded(resp)
         if isinstance(body, str):
-            self._replace(flow, _response_unreadable(body))
+            self._replace(flow, leaks.unreadable_response(body))
             return
         text = bodies.text(flow, "response")
         if text.problem is not None:
             self._replace(flow, UpstreamResponseNotUtf8("the upstream response is not UTF-8, so it cannot be masked"))
             return
         found = self._headers(flow, resp, "response", plan)
-        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
-        self._record(flow, plan, "response.body", result.findings, body if text.json_text else None)
+        result = self._scan(flow, plan, "response.body", body, text.json_text)
         if result.edits:
             resp.content = result.masked(body)
         if found or result.findings:
-            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
-        _inspected(flow, "response")
+            state.decide(Decision.MASKED)
+        state.mark_inspected("response")
+
+    def _streamed(self, flow: http.HTTPFlow, resp: http.Response, stream: MaskStream, plan: actions.Plan) -> None:
+        state = meta.state_of(flow)
+        if stream.failed is not None:  # the body ended before the close landed: answer was cut
+            self._replace(flow, stream.failed)
+            if flow.killable:
+                flow.kill()  # type: ignore[no-untyped-call]  # the client must not take it as complete
+            return
+        if stream.complete:  # already sent; this copy is what the session record sees
+            resp.data.content = bytes(stream.sent)
+        records = leaks.finding_records(plan, "response.body", stream.masker.findings)
+        state.findings.extend(records)
+        if records:
+            state.decide(Decision.MASKED)
+        if stream.complete:
+            state.mark_inspected("response")
 
     @staticmethod
     def _replace(flow: http.HTTPFlow, error: JitgateError) -> None:
         """Answer with an error instead of an upstream response that cannot be inspected."""
         flow.response = None
         refuse(flow, error)
-
-
-def _inspected(flow: http.HTTPFlow, side: str) -> None:
-    """Mark a side whose body is masked as it now stands: the recorder records no other body."""
-    done = flow.metadata.setdefault(meta.INSPECTED, [])
-    if side not in done:
-        done.append(side)
-
-
-def _masked_text(result: ScanResult, text: str) -> str:
-    return result.masked(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
-
-
-def _request_unreadable(why: str, limit: int) -> JitgateError:
-    if why == "too_large":
-        return PayloadTooLarge(f"the request body exceeds the inspection limit of {limit} bytes")
-    return BodyNotDecodable("the request body's content encoding cannot be decoded")
-
-
-def _response_unreadable(why: str) -> JitgateError:
-    if why == "too_large":
-        return UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit")
-    return UpstreamResponseInvalid("the upstream response cannot be decoded for inspection")
 
 
 addons = [LeakGuard()]

@@ -8,7 +8,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from addon import meta
+from addon.meta import state_of
 from jitgate.errors import JitgateError
 from jitgate.records import Decision
 
@@ -31,5 +31,6 @@ def refuse(
         json.dumps(body).encode(),
         {"Content-Type": "application/json", **(headers or {})},
     )
-    flow.metadata[meta.ERROR] = error.code
-    flow.metadata.setdefault(meta.DECISION, decision)
+    state = state_of(flow)
+    state.error = error.code
+    state.decide(decision)

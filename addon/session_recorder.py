@@ -3,7 +3,7 @@
 Last in the chain. Its `request` hook reserves room in the spool for the flow's record before
 anything is forwarded: a spool that cannot take it (quota reached, disk failing) refuses the flow
 with 503 `audit_unavailable` (option `jitgate_audit_required`, on by default). Its `response`
-and `error` hooks build the record from the flow and `flow.metadata` (addon/meta.py) and append
+and `error` hooks build the record from the flow and its state (addon/meta.py) and append
 it: one `write(2)` into the page cache on the event loop, or on a writer thread whenever that
 write could wait (a rotation's fsync, the uploader holding the segment, a failing disk), so the
 event loop never waits on the disk. The answer goes back to the client only once the record's
@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config as BotoConfig
 from mitmproxy import ctx, http
 from mitmproxy import flow as mflow
@@ -34,16 +33,13 @@ from mitmproxy.addonmanager import Loader
 
 from addon import body, meta, settings
 from addon.respond import refuse
-from jitgate import digest
 from jitgate.errors import AuditUnavailable
-from jitgate.records import Decision, Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
+from jitgate.recording import Exchange, record_of
+from jitgate.records import SessionRecord
 from jitgate.spool import Spool, SpoolConfig, Uploader
 
 logger = logging.getLogger(__name__)
 
-RESERVED = "jitgate.recorder.reserved"  # bytes of spool quota held for this flow's record
-_FORWARDED_SAFE = "jitgate.recorder.checked"  # the request hook let this flow through
-_RECORDED = "jitgate.recorder.recorded"  # this flow's record was taken (one per flow)
 _OWN = frozenset(
     {
         "jitgate_bucket",
@@ -61,148 +57,47 @@ _OWN = frozenset(
 )
 
 
-def _part(where: str) -> str:
-    """Which recorded part a leak_guard location (`request.body`, `request.path`, `response.header:x`) is in."""
-    if ".header" in where:
-        return "header"  # headers are never recorded
-    if where.startswith(("request.path", "request.url", "request.query")):
-        return "url"
-    for side in ("request", "response"):
-        if where.startswith(side):
-            return side
-    return "unknown"  # an unfamiliar format counts against every part: withhold more, never less
-
-
-def _withheld(findings: list[dict[str, Any]], part: str) -> bool:
-    """A part with a finding that was not masked in place still holds the matched text."""
-    return any(f.get("action") != "mask" and _part(str(f.get("where", ""))) in (part, "unknown") for f in findings)
-
-
-def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
-    return _withheld(findings, side)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _path_withheld(findings: list[dict[str, Any]]) -> bool:
-    return _withheld(findings, "url")
-
-
-def _bare_path(path: str) -> str:
-    """The path without query or fragment (a client may put anything there, a token too)."""
-    return path.split("?", 1)[0].split("#", 1)[0]
-
-
 def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
-    value = body.json_body(flow, side)
+    value = body.json_body(flow, side)  # parsed once per flow, shared with scope_guard / approval_hold
     return None if value is body.NOT_JSON else value
 
 
-def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
-    """The record of `flow` as it stands after the chain: pure apart from reading the flow."""
-    md = flow.metadata
-    claims = meta.claims(flow)
-    raw_findings: list[dict[str, Any]] = list(md.get(meta.FINDINGS) or [])
-    findings = tuple(
-        Finding(
-            type=str(f.get("type", "")),
-            kind=_opt_str(f.get("kind")),
-            location=str(f.get("where", "")),
-            action=str(f.get("action", "")),
-            tag=_opt_str(f.get("tag")),
-        )
-        for f in raw_findings
-    )
+def exchange(flow: http.HTTPFlow) -> Exchange:
+    """What the record needs from the flow itself (jitgate/recording.py)."""
     request, response = flow.request, flow.response
-    operation: str | None = md.get(meta.OPERATION)
     req_content = request.raw_content and request.get_content(strict=False)
     resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
-    visible = claims.scope.fields if claims is not None else None
-
-    # Parsed once per flow and shared with scope_guard / approval_hold (addon/body.py).
-    req_json = _json(flow, "request") if req_content else None
-    resp_json = _json(flow, "response") if resp_content and response is not None else None
-    summary = digest.RerankSummary()
-    req_view, resp_view = req_json, resp_json
-    if operation == "rerank":
-        ok = response is not None and response.status_code < 400
-        summary = digest.summarize_rerank(req_json, resp_json if ok else None)
-        req_view, resp_view = digest.rerank_request_view(req_json), digest.rerank_response_view(resp_json)
-
-    vectors: list[VectorDigest] = []
-    truncated = False
-    request_body: str | None = None
-    response_body: str | None = None
-    # Only a body leak_guard masked as it now stands is recorded (a flow refused before any body
-    # was read, or one that cannot be read as a parser would, keeps its body out of the record).
-    inspected = md.get(meta.INSPECTED) or ()
-    answer_read = "response" in inspected or meta.ERROR in md  # inspected, or the gateway's own answer
-    if "request" in inspected and not _body_withheld(raw_findings, "request"):
-        d = digest.digest_body(req_content or None, location="request", limit=body_cap, parsed=req_view)
-        request_body, truncated = d.text, d.truncated
-        vectors += d.vectors
-    if response is not None and answer_read and not _body_withheld(raw_findings, "response"):
-        d = digest.digest_body(
-            resp_content or None, location="response", limit=body_cap, visible_fields=visible, parsed=resp_view
-        )
-        response_body, truncated = d.text, truncated or d.truncated
-        vectors += d.vectors
-
-    query = summary.query
-    if query is not None:
-        withheld = "request" not in inspected or _body_withheld(raw_findings, "request")
-        query = None if withheld else digest.cap(query, body_cap)[0]
-
-    error = md.get(meta.ERROR)
-    if flow.error is not None and error is None:  # with a response too: it failed after the headers
-        error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
-    decision = md.get(meta.DECISION) or (Decision.BLOCKED if error else Decision.ALLOWED)
-    started = request.timestamp_start
-    ended = (response.timestamp_end if response is not None else None) or now
     peer = flow.client_conn.peername
-    # Built from values typed here, so not validated again (`model_construct`): validating the
-    # document hashes and ranking entries cost ~20 us a record. Text from the wire is escaped
-    # here as the model's validator would (`escape_text`); tests/addon/test_record_fast_path.py checks
-    # such records equal validated ones.
-    return SessionRecord.model_construct(
-        record_id=record_id(gateway, flow.id),
-        ts=iso_ts(started),
-        gateway=gateway,
+    failure = None
+    if flow.error is not None:
+        failure = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
+    return Exchange(
         flow_id=flow.id,
-        jti=claims.jti if claims else None,
-        sub=escape_text(claims.sub) if claims else None,
-        conn=claims.conn if claims else meta.connection_name(flow),
-        job=escape_text(claims.job) if claims else None,
-        apv=claims.apv if claims else None,
-        token_sha256=_opt_str(md.get(meta.TOKEN_HASH)),
-        client=escape_text(f"{peer[0]}:{peer[1]}") if peer else None,
-        method=escape_text(request.method),
-        host=escape_text(request.pretty_host),
-        path="[withheld]" if _path_withheld(raw_findings) else escape_text(_bare_path(request.path)),
-        operation=escape_text(_opt_str(operation)),
-        collection=escape_text(_opt_str(md.get(meta.COLLECTION))),
-        status=response.status_code if response is not None and flow.error is None else 0,  # 0: no whole answer
+        method=request.method,
+        host=request.pretty_host,
+        path=request.path,
+        client=f"{peer[0]}:{peer[1]}" if peer else None,
+        started=request.timestamp_start,
+        ended=response.timestamp_end if response is not None else None,
         request_bytes=len(request.raw_content or b""),
+        request_content=req_content or None,
+        request_json=_json(flow, "request") if req_content else None,
+        status=response.status_code if response is not None else None,
         response_bytes=len(response.raw_content or b"") if response is not None else 0,
-        latency_ms=round(max(0.0, float(ended - started)) * 1000, 3),
-        decision=str(decision),
-        error=_opt_str(error),
-        findings=findings,
-        rerank_query=escape_text(query),
-        doc_count=summary.doc_count,
-        doc_sha256=summary.doc_sha256,
-        ranking=summary.ranking,
-        embeddings=tuple(vectors[: digest.MAX_VECTOR_DIGESTS]),
-        request_body=escape_text(request_body),
-        response_body=escape_text(response_body),
-        truncated=truncated,
+        response_content=resp_content or None,
+        response_json=_json(flow, "response") if resp_content and response is not None else None,
+        failure=failure,
     )
+
+
+def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
+    """The record of `flow` as it stands after the chain."""
+    return record_of(meta.state_of(flow), exchange(flow), gateway=gateway, body_cap=body_cap, now=now)
 
 
 class SessionRecorder:
-    def __init__(self, *, s3: Any = None, clock: Any = time.time) -> None:
+    def __init__(self, *, s3: Any = None, clock: Any = time.time, aws: settings.AwsClients | None = None) -> None:
+        self._aws = aws or settings.AwsClients()
         self._s3 = s3
         self._clock = clock
         self.spool: Spool | None = None
@@ -286,10 +181,8 @@ class SessionRecorder:
             return None
         # Short timeouts and few SDK retries: the uploader has its own backoff, and a black-holed
         # endpoint must not pin the thread (or the shutdown) for minutes.
-        s3 = self._s3 or boto3.client(
-            "s3",
-            endpoint_url=opts.jitgate_aws_endpoint or None,
-            region_name=settings.region(opts.jitgate_aws_region),
+        s3 = self._s3 or self._aws.client(
+            "s3", opts,
             config=BotoConfig(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}),
         )
 
@@ -321,8 +214,8 @@ class SessionRecorder:
                 refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
                 return
         else:
-            flow.metadata[RESERVED] = self.reserve_bytes
-        flow.metadata[_FORWARDED_SAFE] = True
+            meta.state_of(flow).spool_reserved = self.reserve_bytes
+        meta.state_of(flow).audit_checked = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         await self._record(flow)
@@ -330,7 +223,7 @@ class SessionRecorder:
     async def error(self, flow: http.HTTPFlow) -> None:
         # No response, or an upstream that failed after its headers (truncated, over the body
         # size limit, cut mid-stream): `response` never ran, so the record is taken here.
-        if not flow.metadata.get(_RECORDED):
+        if not meta.state_of(flow).recorded:
             await self._record(flow)
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -342,8 +235,8 @@ class SessionRecorder:
         spool = self.spool
         if spool is None:
             return
-        reserved = int(flow.metadata.pop(RESERVED, 0))
-        flow.metadata[_RECORDED] = True
+        state = meta.state_of(flow)
+        reserved, state.spool_reserved, state.recorded = state.spool_reserved, 0, True
         try:
             line = self._line(flow)
             # One write(2) into the page cache, here; a write that would wait (the segment busy,
@@ -357,7 +250,7 @@ class SessionRecorder:
             logger.error("session record of flow %s not written: %s", flow.id, type(exc).__name__)
             if self.spool is not None and reserved:
                 self.spool.unreserve(reserved)
-            if self.required and flow.metadata.get(_FORWARDED_SAFE) and flow.response is not None:
+            if self.required and state.audit_checked and flow.response is not None:
                 # The upstream answered but the answer cannot be recorded: it goes no further.
                 flow.response = None
                 refuse(flow, AuditUnavailable("the session record cannot be written; the answer is withheld"))

@@ -11,15 +11,18 @@ integer milliseconds where the name ends in `_ms`.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config as BotoConfig
 from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
 
+from jitgate import durations
 from jitgate.errors import PolicyError
 from jitgate.inspect.stream import DEFAULT_WINDOW
 from jitgate.policy import Policy, load_policy
@@ -167,10 +170,37 @@ def policy_from(path: str) -> Policy:
         raise options_error(f"jitgate_policy: {exc.message}") from None
 
 
+def seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
+    """Seconds from the duration option `name` (`120`, `0.5`, `2m`: jitgate.durations); a bad one stops the start."""
+    try:
+        return durations.parse_seconds(value, zero_ok=zero_ok)
+    except ValueError as exc:
+        raise options_error(f"{name}: {exc}") from None
+
+
 def region(value: str) -> str:
     return value or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def aws_client(service: str, *, endpoint: str, region_name: str) -> Any:
-    """A boto3 client for `service`, pointed at `endpoint` when one is set (local moto server)."""
-    return boto3.client(service, endpoint_url=endpoint or None, region_name=region(region_name))  # type: ignore[call-overload]
+class AwsClients:
+    """The one factory of the gateway's AWS clients: one boto3 client per service, endpoint and
+    region, built on first use (at `configure`, so after a test's `mock_aws` started) and shared
+    by every addon handed this object (addon/jitgate_addons.py hands one to the whole chain).
+    An addon built without one gets its own. boto3 clients are thread-safe; building one is not,
+    hence the lock. `config` (timeouts, retries) applies when the client is first built."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str, opts: Any, *, config: BotoConfig | None = None) -> Any:
+        """The client of `service` for the options' `jitgate_aws_endpoint` / `jitgate_aws_region`
+        (pointed at a local moto server when an endpoint is set)."""
+        key = (service, opts.jitgate_aws_endpoint or "", region(opts.jitgate_aws_region))
+        with self._lock:
+            made = self._clients.get(key)
+            if made is None:
+                made = self._clients[key] = boto3.client(  # type: ignore[call-overload]
+                    service, endpoint_url=key[1] or None, region_name=key[2], config=config
+                )
+        return made

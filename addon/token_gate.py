@@ -13,12 +13,9 @@ Revocations come from addon/revocations.py. The token is removed from everything
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -28,26 +25,23 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.respond import refuse
 from addon.revocations import RevocationList
-from jitgate import durations
 from jitgate.errors import (
     InvalidToken,
     JitgateError,
     KeysUnavailable,
     RevocationUnavailable,
-    TokenExpired,
-    TokenNotYetValid,
     TokenRequired,
     TokenRevoked,
     UnknownKeyId,
 )
-from jitgate.policy import Connection, Policy
-from jitgate.token import DEFAULT_LEEWAY, Claims, KeySet, verify_token
+from jitgate.policy import Policy
+from jitgate.token import Claims, KeySet, verify_token
+from jitgate.token_intake import VerifiedTokens, proxy_token, strip_copies, take_token, token_sha256
 
 logger = logging.getLogger(__name__)
 
 JWKS_PATH = "/.well-known/jwks.json"
 PROXY_AUTHENTICATE = 'Basic realm="jitgate"'
-_CACHE_MAX = 10_000
 _OWN = frozenset(
     {
         "jitgate_jwks_url",
@@ -60,89 +54,11 @@ _OWN = frozenset(
 )
 
 
-def looks_like_token(value: str) -> bool:
-    """A compact JWS with a JSON header: the only shape a JIT token has."""
-    return value.startswith("eyJ") and value.count(".") == 2
-
-
-def proxy_token(header: str) -> str | None:
-    """The token in a `Proxy-Authorization` value: `Basic base64(user:token)` or `Bearer token`."""
-    scheme, _, value = header.strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer":
-        return value or None
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    _, sep, password = decoded.partition(":")
-    return password if sep and password else None
-
-
-def key_header_token(value: str, fmt: str) -> str | None:
-    """The token inside a key header written in the connection's `format` (e.g. `Bearer {secret}`)."""
-    prefix, _, suffix = fmt.partition("{secret}")
-    if not value.startswith(prefix) or not value.endswith(suffix) or len(value) < len(prefix) + len(suffix):
-        return None
-    inner = value[len(prefix) : len(value) - len(suffix)].strip()
-    return inner if looks_like_token(inner) else None
-
-
-def take_token(request: http.Request, conns: Sequence[Connection]) -> str | None:
-    """Find the JIT token in `request` and strip every copy of it from the headers.
-
-    `conns` are the connections serving the request's host: the token may sit in the key header
-    of any of them (which one it is for, only the verified token says), so every one is checked
-    and stripped. Precedence: proxy credentials, then `Authorization: Bearer`, then key headers.
-    Other copies: `strip_copies` (headers); in the URL or the body they are leak_guard's (a JWT
-    is a secret, and request secrets are never allowed through).
-    """
-    found: str | None = None
-    if "Proxy-Authorization" in request.headers:
-        found = proxy_token(request.headers["Proxy-Authorization"])
-        del request.headers["Proxy-Authorization"]
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer " and looks_like_token(auth[7:].strip()):
-        found = found or auth[7:].strip()
-        del request.headers["Authorization"]
-    for conn in conns:
-        header = conn.credential.header
-        if header not in request.headers:
-            continue
-        inner = key_header_token(request.headers[header], conn.credential.format)
-        if inner is not None:
-            found = found or inner
-            del request.headers[header]
-    return found
-
-
-def strip_copies(request: http.Request, token: str) -> None:
-    """Remove every header whose value holds `token` (an SDK sending its key twice, a debug
-    header): the token is never forwarded, whatever the masking profile."""
-    copies = [name for name, value in request.headers.items(multi=True) if token in value]  # type: ignore[no-untyped-call]
-    for name in copies:
-        request.headers.pop(name, None)
-
-
 def fetch_jwks(url: str) -> KeySet:
     """The broker's JWKS (blocking; called from a worker thread)."""
     resp = httpx.get(url, timeout=3.0, follow_redirects=False)
     resp.raise_for_status()
     return KeySet.from_jwks(resp.json())
-
-
-def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
-    """Seconds from an option string (`jitgate.durations`); a bad one stops the start."""
-    try:
-        return durations.parse_seconds(value, zero_ok=zero_ok)
-    except ValueError as exc:
-        raise settings.options_error(f"{name}: {exc}") from None
-
-
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class TokenGate:
@@ -153,7 +69,9 @@ class TokenGate:
         monotonic: Callable[[], float] = time.monotonic,
         jwks_fetcher: Callable[[str], KeySet] = fetch_jwks,
         dynamodb: Any = None,
+        aws: settings.AwsClients | None = None,
     ) -> None:
+        self._aws = aws or settings.AwsClients()
         self._clock = clock
         self._monotonic = monotonic
         self._jwks_fetcher = jwks_fetcher
@@ -168,8 +86,7 @@ class TokenGate:
         self.keys = KeySet({})
         self._keys_fetched_at = float("-inf")
         self._keys_ok = False
-        self._verified: dict[str, Claims] = {}
-        self._rejected: dict[str, tuple[type[InvalidToken], str]] = {}
+        self._results = VerifiedTokens()
         self._bound: dict[str, str] = {}
         self._jwks_lock = asyncio.Lock()
 
@@ -207,20 +124,18 @@ class TokenGate:
             raise settings.options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
         if not opts.jitgate_table:
             raise settings.options_error("jitgate_table is required: revocations are read from it")
-        refresh = _seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
-        staleness = _seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
-        refetch = _seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
-        self.jwks_refresh = _seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
+        refresh = settings.seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
+        staleness = settings.seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
+        refetch = settings.seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
+        self.jwks_refresh = settings.seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
         if staleness <= refresh:
             raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
         self.revocations.table = opts.jitgate_table
         self.revocations.interval, self.revocations.staleness = refresh, staleness
         self.refetch_interval = refetch
-        self._verified, self._rejected = {}, {}  # results under other settings do not carry over
+        self._results.clear()  # results under other settings do not carry over
         if not self._given_dynamodb:
-            self.revocations.dynamodb = settings.aws_client(
-                "dynamodb", endpoint=opts.jitgate_aws_endpoint, region_name=opts.jitgate_aws_region
-            )
+            self.revocations.dynamodb = self._aws.client("dynamodb", opts)
 
     def running(self) -> None:
         # One synchronous round at start so the first requests are not refused as stale.
@@ -248,8 +163,7 @@ class TokenGate:
         finally:
             self._keys_fetched_at = self._monotonic()
         if keys.kids() != self.keys.kids():
-            self._verified = {}  # tokens of a withdrawn key must not live on in the cache
-            self._rejected = {}
+            self._results.clear()  # tokens of a withdrawn key must not live on in the cache
         self.keys = keys
         self._keys_ok = True
         return True
@@ -258,15 +172,9 @@ class TokenGate:
 
     async def verify(self, token: str, digest: str) -> Claims:
         now = self._clock()
-        claims = self._verified.get(digest)
+        claims = self._results.lookup(digest, now)
         if claims is not None:
-            if now >= claims.exp + DEFAULT_LEEWAY:
-                self._verified.pop(digest, None)
-                raise TokenExpired("token has expired")
             return claims
-        rejected = self._rejected.get(digest)
-        if rejected is not None:
-            raise rejected[0](rejected[1])
         try:
             try:
                 claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
@@ -274,18 +182,9 @@ class TokenGate:
                 await self._refetch_keys()
                 claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
         except InvalidToken as err:
-            # A bad signature or claim stays bad: remember it so a flood of one bad token costs no crypto.
-            # An unknown kid may be published later, and a not-yet-valid token becomes valid.
-            if not isinstance(err, UnknownKeyId | TokenNotYetValid):
-                if len(self._rejected) >= _CACHE_MAX:
-                    self._rejected.clear()
-                self._rejected[digest] = (type(err), err.message)
+            self._results.rejected(digest, err)
             raise
-        if len(self._verified) >= _CACHE_MAX:
-            self._verified = {d: c for d, c in self._verified.items() if now < c.exp + DEFAULT_LEEWAY}
-            if len(self._verified) >= _CACHE_MAX:
-                self._verified.clear()
-        self._verified[digest] = claims
+        self._results.accepted(digest, claims, now)
         return claims
 
     async def _refetch_keys(self) -> None:
@@ -315,7 +214,7 @@ class TokenGate:
         if meta.refused(flow):
             return
         conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
-        token = take_token(flow.request, conns) or self._bound.get(flow.client_conn.id)
+        token = take_token(flow.request.headers, conns) or self._bound.get(flow.client_conn.id)
         if token is None:
             refuse(
                 flow,
@@ -323,7 +222,7 @@ class TokenGate:
                 headers={"Proxy-Authenticate": PROXY_AUTHENTICATE},
             )
             return
-        strip_copies(flow.request, token)
+        strip_copies(flow.request.headers, token)
         if not self.revocations.fresh():
             refuse(flow, RevocationUnavailable("the revocation list is stale; requests are refused until it refreshes"))
             return
@@ -339,5 +238,5 @@ class TokenGate:
         if claims.jti in self.revocations:
             refuse(flow, TokenRevoked("token has been revoked"))
             return
-        meta.set_claims(flow, claims)
-        flow.metadata[meta.TOKEN_HASH] = digest
+        state = meta.state_of(flow)
+        state.claims, state.token_sha256 = claims, digest

@@ -127,9 +127,10 @@ class UpstreamTimeout:
 
     def expire(self, flow: http.HTTPFlow) -> bool:
         """The timer passed: mark `flow` timed out and close its upstream; False when it no longer waits."""
-        if flow.response is not None or flow.error is not None or not flow.live or meta.ERROR in flow.metadata:
+        state = meta.state_of(flow)
+        if flow.response is not None or flow.error is not None or not flow.live or state.error is not None:
             return False
-        flow.metadata[meta.ERROR] = UpstreamTimeoutError.code
+        state.error = UpstreamTimeoutError.code
         logger.warning(
             "jitgate: no response headers from %s within %.3g s; flow %s answered 504 upstream_timeout",
             flow.request.pretty_host, self.timeout, flow.id,
@@ -145,7 +146,7 @@ class UpstreamTimeout:
 
     @staticmethod
     def _timed_out(flow: http.HTTPFlow) -> bool:
-        return flow.metadata.get(meta.ERROR) == UpstreamTimeoutError.code
+        return meta.state_of(flow).error == UpstreamTimeoutError.code
 
 
 addons = [UpstreamTimeout()]

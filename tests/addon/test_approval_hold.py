@@ -10,11 +10,11 @@ from typing import Any
 import brotli
 import pytest
 import zstandard
-from mitmproxy import exceptions
+from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.approval_hold import HOLD, ApprovalHold, request_facts
+from addon.approval_hold import ApprovalHold, request_facts
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import decide, risk_reasons, state_at
 from jitgate.errors import ApprovalExpired, SelfApproval
@@ -81,11 +81,11 @@ def _flow(conn: str, operation: str, path: str, body: Any, *, findings: list[dic
     f.request.method = "DELETE" if operation == "drop_collection" else "POST"
     f.request.path = path
     f.request.content = json.dumps(body).encode()
-    f.metadata[meta.CLAIMS] = _claims(conn)
-    f.metadata[meta.CONNECTION] = policy.connections[conn]
-    f.metadata[meta.OPERATION] = operation
+    meta.state_of(f).claims = _claims(conn)
+    meta.state_of(f).use_connection(policy.connections[conn])
+    meta.state_of(f).operation = operation
     if findings is not None:
-        f.metadata[meta.FINDINGS] = findings
+        meta.state_of(f).findings = findings
     return f
 
 
@@ -98,6 +98,12 @@ def _hold(aws: dict[str, Any], tctx: taddons.context, policy_file: Path, **over:
     opts = {"jitgate_policy": str(policy_file), "jitgate_table": TABLE, **over}
     tctx.configure(addon, **opts)
     return addon  # type: ignore[no-any-return]
+
+
+def _hold_id(f: http.HTTPFlow) -> str:
+    hold_id = meta.state_of(f).hold_id
+    assert hold_id is not None
+    return hold_id
 
 
 def _item(aws: dict[str, Any], hold_id: str) -> dict[str, Any]:
@@ -125,7 +131,7 @@ async def test_risky_requests_are_held_others_pass(
         f = _flow(*flow_args)
         await addon.request(f)
         assert f.intercepted is held
-        assert (HOLD in f.metadata) is held
+        assert (meta.state_of(f).hold_id is not None) is held
         assert f.response is None
         addon.done()
 
@@ -154,7 +160,7 @@ async def test_max_bytes_is_judged_on_the_decoded_body(
         await addon.request(f)
         assert f.intercepted is held and f.response is None
         if held:
-            summary = json.loads(_item(aws, f.metadata[HOLD])["doc"]["S"])["summary"]
+            summary = json.loads(_item(aws, _hold_id(f))["doc"]["S"])["summary"]
             assert summary["bytes"] == len(plain) and summary["reasons"] == [f"bytes:{len(plain)}>4000"]
         addon.done()
 
@@ -182,7 +188,7 @@ async def test_a_body_that_does_not_decode_is_refused_not_held(
         f.request.headers["content-encoding"] = encoding
         f.request.raw_content = raw
         await addon.request(f)
-        assert not f.intercepted and HOLD not in f.metadata
+        assert not f.intercepted and meta.state_of(f).hold_id is None
         assert f.response.status_code == 400 and f.response.json()["code"] == "body_not_decodable"
         assert "content-encoding" not in f.request.headers
         addon.done()
@@ -206,11 +212,11 @@ async def test_hold_item_has_masked_summary(aws: dict[str, Any], policy_file: Pa
         _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout="30")
         f = _rerank(5)
         await addon.request(f)
-        item = _item(aws, f.metadata[HOLD])
+        item = _item(aws, _hold_id(f))
         addon.done()
     doc = json.loads(item["doc"]["S"])
     summary = doc["summary"]
-    claims = f.metadata[meta.CLAIMS]
+    claims = meta.state_of(f).claims
     assert summary["sub"] == REQUESTER and summary["jti"] == claims.jti
     assert summary["operation"] == "rerank" and summary["documents"] == 5
     assert summary["bytes"] == len(f.request.raw_content) and summary["path"] == "/v2/rerank"
@@ -230,18 +236,18 @@ async def test_approved_hold_resumes_denied_is_403(aws: dict[str, Any], policy_f
         ok, no, waiting = (_flow("store", "delete", "/api/v1/collections/c/delete", {"ids": ["1"]}) for _ in range(3))
         for f in (ok, no, waiting):
             await addon.request(f)
-        assert set(addon.held) == {f.metadata[HOLD] for f in (ok, no, waiting)}
-        store.update(ok.metadata[HOLD], lambda a: decide(a, LEAD, "approve", "planned cleanup", now=a.created_at),
+        assert set(addon.held) == {_hold_id(f) for f in (ok, no, waiting)}
+        store.update(_hold_id(ok), lambda a: decide(a, LEAD, "approve", "planned cleanup", now=a.created_at),
                      now=lambda: 0.0)
-        store.update(no.metadata[HOLD], lambda a: decide(a, LEAD, "deny", "not today", now=a.created_at),
+        store.update(_hold_id(no), lambda a: decide(a, LEAD, "deny", "not today", now=a.created_at),
                      now=lambda: 0.0)
         await addon.poll_once()
-        assert not ok.intercepted and ok.response is None and ok.metadata[meta.DECISION] == "approved"
+        assert not ok.intercepted and ok.response is None and meta.state_of(ok).decision == "approved"
         assert not no.intercepted and no.response.status_code == 403
         assert no.response.json()["code"] == "approval_denied"
-        assert no.metadata[meta.DECISION] == "denied"
+        assert meta.state_of(no).decision == "denied"
         assert waiting.intercepted and waiting.response is None  # still held, nobody decided
-        assert set(addon.held) == {waiting.metadata[HOLD]}
+        assert set(addon.held) == {_hold_id(waiting)}
         addon.done()
 
 
@@ -256,10 +262,10 @@ async def test_requester_cannot_approve_own_hold_and_admins_do_not_decide_store_
         await addon.request(f)
         me = Identity("https://oidc.test", REQUESTER, {"groups": ["search-leads"]})
         with pytest.raises(SelfApproval):
-            store.update(f.metadata[HOLD], lambda a: decide(a, me, "approve", "mine", now=a.created_at),
+            store.update(_hold_id(f), lambda a: decide(a, me, "approve", "mine", now=a.created_at),
                          now=lambda: 0.0)
         with pytest.raises(Exception) as err:
-            store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "admin", now=a.created_at),
+            store.update(_hold_id(f), lambda a: decide(a, ADMIN, "approve", "admin", now=a.created_at),
                          now=lambda: 0.0)
         assert getattr(err.value, "code", None) == "not_an_approver"
         await addon.poll_once()
@@ -283,10 +289,10 @@ async def test_timeout_is_403_and_closes_the_hold(aws: dict[str, Any], policy_fi
         await addon.poll_once()
         assert not f.intercepted
         assert f.response.status_code == 403 and f.response.json()["code"] == "approval_timeout"
-        found = store.get(f.metadata[HOLD], now=clock.t)
+        found = store.get(_hold_id(f), now=clock.t)
         assert found is not None and state_at(found[0], clock.t) == "expired" and found[0].closed == "expired"
         with pytest.raises(ApprovalExpired):  # a late approval cannot land after the timeout
-            store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "late", now=clock.t),
+            store.update(_hold_id(f), lambda a: decide(a, ADMIN, "approve", "late", now=clock.t),
                          now=clock)
         addon.done()
 
@@ -299,11 +305,11 @@ async def test_approval_landing_at_the_deadline_wins_over_the_timeout(aws: dict[
         _hold(aws, tctx, policy_file, addon=addon, jitgate_approval_timeout="10", jitgate_approval_poll="0.5")
         f = _rerank(4)
         await addon.request(f)
-        store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
+        store.update(_hold_id(f), lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
                      now=lambda: 0.0)
         mono.t += 11
         await addon.poll_once()
-        assert not f.intercepted and f.response is None and f.metadata[meta.DECISION] == "approved"
+        assert not f.intercepted and f.response is None and meta.state_of(f).decision == "approved"
         addon.done()
 
 
@@ -323,12 +329,12 @@ async def test_refused_flows_and_flows_without_claims_are_left_alone(aws: dict[s
     with taddons.context(addon) as tctx:
         _hold(aws, tctx, policy_file, addon=addon)
         refused = _rerank(10)
-        refused.metadata[meta.ERROR] = "token_revoked"
+        meta.state_of(refused).error = "token_revoked"
         no_claims = _rerank(10)
-        del no_claims.metadata[meta.CLAIMS]
+        meta.state_of(no_claims).claims = None
         for f in (refused, no_claims):
             await addon.request(f)
-            assert not f.intercepted and HOLD not in f.metadata
+            assert not f.intercepted and meta.state_of(f).hold_id is None
         addon.done()
 
 
@@ -343,11 +349,11 @@ async def test_several_gateways_share_the_table(aws: dict[str, Any], policy_file
         _hold(aws, ctx2, policy_file, addon=two)
         f2 = _rerank(4)
         await two.request(f2)
-    store.update(f2.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at), now=lambda: 0.0)
+    store.update(_hold_id(f2), lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at), now=lambda: 0.0)
     await one.poll_once()
     await two.poll_once()
     assert f1.intercepted and not f2.intercepted  # each gateway resumes only its own, from the shared table
-    store.update(f1.metadata[HOLD], lambda a: decide(a, ADMIN, "deny", "no", now=a.created_at), now=lambda: 0.0)
+    store.update(_hold_id(f1), lambda a: decide(a, ADMIN, "deny", "no", now=a.created_at), now=lambda: 0.0)
     await one.poll_once()
     assert f1.response.json()["code"] == "approval_denied"
     one.done()
@@ -368,10 +374,10 @@ async def test_background_poller_resumes_without_blocking_other_flows(aws: dict[
             assert not f.intercepted
         await asyncio.sleep(0.2)
         assert held.intercepted
-        store.update(held.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
+        store.update(_hold_id(held), lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
                      now=lambda: 0.0)
         await asyncio.wait_for(held.wait_for_resume(), timeout=10)
-        assert held.response is None and held.metadata[meta.DECISION] == "approved"
+        assert held.response is None and meta.state_of(held).decision == "approved"
         addon.done()
 
 
@@ -416,19 +422,19 @@ async def test_approval_does_not_resume_a_token_revoked_or_expired_while_held(
     with taddons.context(addon) as tctx:
         _hold(aws, tctx, policy_file, addon=addon)
         revoked, expiring, fine = _rerank(4), _rerank(4), _rerank(4)
-        expiring.metadata[meta.CLAIMS] = expiring.metadata[meta.CLAIMS].model_copy(update={"exp": int(clock.t) + 5})
+        meta.state_of(expiring).claims = meta.state_of(expiring).claims.model_copy(update={"exp": int(clock.t) + 5})
         for f in (revoked, expiring, fine):
             await addon.request(f)
-            store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
+            store.update(_hold_id(f), lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at),
                          now=lambda: 0.0)
         aws["dynamodb"].put_item(TableName=TABLE, Item={
-            "pk": {"S": REVOCATION_PK}, "sk": {"S": revoked.metadata[meta.CLAIMS].jti},
+            "pk": {"S": REVOCATION_PK}, "sk": {"S": meta.state_of(revoked).claims.jti},
             "expires_at": {"N": str(int(clock.t) + 600)}})
         clock.t += 10
         await addon.poll_once()
         assert revoked.response.status_code == 403 and revoked.response.json()["code"] == "token_revoked"
         assert expiring.response.status_code == 401 and expiring.response.json()["code"] == "token_expired"
-        assert fine.response is None and fine.metadata[meta.DECISION] == "approved"
+        assert fine.response is None and meta.state_of(fine).decision == "approved"
         assert not any(f.intercepted for f in (revoked, expiring, fine))
         addon.done()
 
@@ -440,7 +446,7 @@ async def test_unreadable_revocations_refuse_an_approved_hold(aws: dict[str, Any
         _hold(aws, tctx, policy_file, addon=addon)
         f = _rerank(4)
         await addon.request(f)
-        store.update(f.metadata[HOLD], lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at), now=lambda: 0.0)
+        store.update(_hold_id(f), lambda a: decide(a, ADMIN, "approve", "ok", now=a.created_at), now=lambda: 0.0)
         addon.table = "no-such-table"  # the hold was read; the revocation read now fails
         await addon.poll_once()
         assert f.response.status_code == 503 and f.response.json()["code"] == "revocation_unavailable"
@@ -469,7 +475,7 @@ async def test_new_holds_are_published_without_the_token_or_body(aws: dict[str, 
         addon.done()
     (msg,) = messages
     note = json.loads(json.loads(msg["Body"])["Message"])
-    assert note["id"] == f.metadata[HOLD] and note["kind"] == "hold" and note["summary"]["documents"] == 4
+    assert note["id"] == _hold_id(f) and note["kind"] == "hold" and note["summary"]["documents"] == 4
     assert "eyJfake" not in msg["Body"] and '"d"' not in msg["Body"] and "should-not-leak" not in msg["Body"]
 
 
@@ -500,7 +506,7 @@ async def test_review_findings_from_leak_guard_are_held_or_blocked_without_a_hol
 
     policy = tmp_path / "review.yaml"
     policy.write_text(REVIEW_POLICY)
-    leak = LeakGuard(scanner=Scanner(_secrets.token_bytes(32)))
+    leak = LeakGuard(scanner=Scanner(_secrets.token_bytes(32)), review_held=with_hold)
     hold = ApprovalHold(dynamodb=aws["dynamodb"])
     chain = (leak, hold) if with_hold else (leak,)
     email = "jane.roe" + "@" + "example.org"
@@ -512,16 +518,16 @@ async def test_review_findings_from_leak_guard_are_held_or_blocked_without_a_hol
         f.request.headers["content-type"] = "application/json"
         f.request.content = json.dumps({"query": "q", "documents": [f"write to {email} today"]}).encode()
         claims = _claims("rerank").model_copy(update={"mask": "reviewed"})
-        f.metadata[meta.CLAIMS] = claims
-        f.metadata[meta.OPERATION] = "rerank"
+        meta.state_of(f).claims = claims
+        meta.state_of(f).operation = "rerank"
         leak.request(f)
         if with_hold:
             assert f.response is None
-            assert [x["action"] for x in f.metadata[meta.FINDINGS]] == ["review"]
+            assert [x["action"] for x in meta.state_of(f).findings] == ["review"]
             assert email.encode() not in f.request.content  # masked either way
             await hold.request(f)
             assert f.intercepted
-            doc = json.loads(_item(aws, f.metadata[HOLD])["doc"]["S"])
+            doc = json.loads(_item(aws, _hold_id(f))["doc"]["S"])
             assert doc["summary"]["reasons"] == ["finding:email"] and email not in json.dumps(doc)
             hold.done()
         else:

@@ -14,7 +14,8 @@ from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.credential_inject import CredentialInject, CredentialRetry, secret_value
+from addon.credential_inject import CredentialInject, CredentialRetry
+from jitgate.credentials import secret_value
 from jitgate.devstack.upstream import Upstream
 from jitgate.policy import Connection, parse_policy
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
@@ -59,7 +60,7 @@ def _flow(conn: Connection | None, **headers: str) -> Any:
     for k, v in headers.items():
         f.request.headers[k.replace("_", "-")] = v
     if conn is not None:
-        f.metadata[meta.CONNECTION] = conn
+        meta.state_of(f).use_connection(conn)
     return f
 
 
@@ -78,7 +79,7 @@ async def test_injects_secret_strips_client_credentials_and_targets_upstream(
         tctx.configure(addon, jitgate_policy=str(policy_file))
         f = _flow(conn, Authorization="Bearer client-own", X_Api_Key="client-other")
         await addon.request(f)
-    assert f.response is None and f.metadata[meta.INJECTED] is True
+    assert f.response is None and meta.state_of(f).injected is True
     assert f.request.headers.get_all("Authorization") == [f"Bearer {real}"]
     assert "X-Api-Key" not in f.request.headers
     assert (f.request.scheme, f.request.host, f.request.port) == ("https", "127.0.0.1", 9443)
@@ -98,8 +99,8 @@ async def test_flows_still_in_flight_at_shutdown_lose_the_credential(aws: dict[s
         assert waiting.request.headers["Authorization"] == f"Bearer {real}"  # sent with it
         addon.done()
     for f in (waiting, answered):
-        assert "Authorization" not in f.request.headers and meta.INJECTED_SECRET not in f.metadata
-    assert waiting.metadata[meta.INJECTED] is True  # the record still says it was injected
+        assert "Authorization" not in f.request.headers and meta.state_of(f).injected_secret is None
+    assert meta.state_of(waiting).injected is True  # the record still says it was injected
 
 
 async def test_key_header_format_for_a_store(aws: dict[str, Any], policy_file: Path) -> None:
@@ -132,7 +133,7 @@ async def test_secret_unavailable_fails_closed_but_a_cached_one_is_used(
         cached = _flow(conns["store"])
         await addon.request(cached)
     assert (missing.response.status_code, missing.response.json()["code"]) == (503, "credential_unavailable")
-    assert meta.INJECTED not in missing.metadata
+    assert not meta.state_of(missing).injected
     assert missing.request.host == "api.cohere.com"  # nothing was pointed anywhere
     assert first.response is None and cached.response is None
     assert cached.request.headers["X-Chroma-Token"] == first.request.headers["X-Chroma-Token"]
@@ -144,7 +145,7 @@ async def test_unscoped_request_is_refused(aws: dict[str, Any], policy_file: Pat
         tctx.configure(addon, jitgate_policy=str(policy_file))
         f = _flow(None)
         await addon.request(f)
-    assert f.response.status_code == 500 and meta.INJECTED not in f.metadata
+    assert f.response.status_code == 500 and not meta.state_of(f).injected
 
 
 async def test_refused_flows_are_left_alone(aws: dict[str, Any], policy_file: Path) -> None:
@@ -152,9 +153,9 @@ async def test_refused_flows_are_left_alone(aws: dict[str, Any], policy_file: Pa
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jitgate_policy=str(policy_file))
         f = _flow(parse_policy(POLICY).connections["rerank"])
-        f.metadata[meta.ERROR] = "token_required"
+        meta.state_of(f).error = "token_required"
         await addon.request(f)
-    assert meta.INJECTED not in f.metadata and "Authorization" not in f.request.headers
+    assert not meta.state_of(f).injected and "Authorization" not in f.request.headers
 
 
 async def test_upstream_ca_option_writes_a_combined_bundle(
@@ -221,7 +222,7 @@ async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tm
     assert f.response is second
     # The retry sent the fresh key (above); once answered, the flow keeps no credential (`-w` files).
     assert "Authorization" not in f.request.headers
-    assert meta.INJECTED_SECRET not in f.metadata
+    assert meta.state_of(f).injected_secret is None
 
 
 async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_path: Path) -> None:
@@ -242,7 +243,7 @@ async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_pa
     assert [r["index"] for r in f.response.json()["results"]] == [1, 0]
     assert masker.seen == [200]  # the chain's response checks ran on the retried answer, once
     assert outsider.seen == [200]  # and so did mitmproxy's own addons: nothing ran twice
-    assert meta.INJECTED_SECRET not in f.metadata  # forgotten after the checks
+    assert meta.state_of(f).injected_secret is None  # forgotten after the checks
 
 
 class Watcher:
@@ -271,7 +272,8 @@ async def test_hot_path_reads_memory_and_rereads_after_the_ttl(aws: dict[str, An
             value: str = self.client.get_secret_value(SecretId=secret_id)["SecretString"]
             return value
 
-    addon = CredentialInject(secretsmanager=sm, cache_factory=CountingCache)  # type: ignore[arg-type]
+    now = [1000.0]
+    addon = CredentialInject(secretsmanager=sm, cache_factory=CountingCache, monotonic=lambda: now[0])  # type: ignore[arg-type]
     conn = parse_policy(POLICY).connections["store"]
     with taddons.context(addon) as tctx:
         tctx.configure(addon, jitgate_policy=str(policy_file), jitgate_secret_ttl=60)
@@ -280,8 +282,7 @@ async def test_hot_path_reads_memory_and_rereads_after_the_ttl(aws: dict[str, An
         assert reads == ["jitgate/store"]
         rotated = _fake_key()
         sm.put_secret_value(SecretId="jitgate/store", SecretString=rotated)
-        value, fetched = addon._memo["jitgate/store"]
-        addon._memo["jitgate/store"] = (value, fetched - 61)  # the memo is past its ttl
+        now[0] += 61  # the memo is past its ttl
         f = _flow(conn)
         await addon.request(f)
         with pytest.raises(exceptions.OptionsError, match="jitgate_secret_ttl"):

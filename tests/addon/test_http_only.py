@@ -62,7 +62,7 @@ def test_a_request_to_switch_protocols_is_refused(upgrade: str) -> None:
         addon.request(flow)
     assert flow.response is not None and flow.response.status_code == 403
     assert json.loads(flow.response.content or b"")["code"] == "upgrade_not_allowed"
-    assert flow.metadata[meta.ERROR] == "upgrade_not_allowed"
+    assert meta.state_of(flow).error == "upgrade_not_allowed"
 
 
 def test_an_ordinary_request_and_a_refused_one_are_left_alone() -> None:
@@ -70,12 +70,12 @@ def test_an_ordinary_request_and_a_refused_one_are_left_alone() -> None:
     plain = _request_flow()
     refused = _request_flow()
     refused.request.headers["Upgrade"] = "websocket"
-    refused.metadata[meta.ERROR] = "token_required"
+    meta.state_of(refused).error = "token_required"
     with taddons.context(addon):
         addon.request(plain)
         addon.request(refused)
-    assert plain.response is None and meta.ERROR not in plain.metadata
-    assert refused.response is None and refused.metadata[meta.ERROR] == "token_required"
+    assert plain.response is None and meta.state_of(plain).error is None
+    assert refused.response is None and meta.state_of(refused).error == "token_required"
 
 
 @pytest.mark.parametrize(("status", "killed"), [(101, True), (200, False), (400, False)])
@@ -229,7 +229,7 @@ def test_a_request_asking_for_more_than_the_chain_checks_is_refused(
         addon.request(flow)
     assert flow.response is not None
     assert (flow.response.status_code, json.loads(flow.response.content or b"")["code"]) == (status, code)
-    assert flow.metadata[meta.ERROR] == code
+    assert meta.state_of(flow).error == code
     # Whatever the client named, the record names the target (the tunnel's host).
     assert (req.pretty_host, req.host_header) == ("address", "address:22")
 

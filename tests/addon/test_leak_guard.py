@@ -16,7 +16,7 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
 from addon import leak_guard, meta
-from addon.leak_guard import STREAM, LeakGuard
+from addon.leak_guard import LeakGuard
 from jitgate.inspect import Scanner
 from jitgate.token import Claims, new_jti
 from tests.bombs import bomb, traced_peak
@@ -70,7 +70,7 @@ def _flow(
     for k, v in (headers or {}).items():
         f.request.headers[k] = v
     f.request.content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    f.metadata[meta.CLAIMS] = _claims(mask)
+    meta.state_of(f).claims = _claims(mask)
     return f
 
 
@@ -88,9 +88,9 @@ def test_secret_in_request_blocks_without_echoing_it(guard: LeakGuard) -> None:
     assert [(x["type"], x["where"], x["path"]) for x in answer["findings"]] == [
         ("github_pat", "request.body", "$.documents[1]")
     ]
-    assert tok not in (f.response.text or "") and tok not in json.dumps(f.metadata[meta.FINDINGS])
-    assert f.metadata[meta.ERROR] == "leak_blocked"
-    assert f.metadata[meta.FINDINGS][0]["action"] == "block"
+    assert tok not in (f.response.text or "") and tok not in json.dumps(meta.state_of(f).findings)
+    assert meta.state_of(f).error == "leak_blocked"
+    assert meta.state_of(f).findings[0]["action"] == "block"
 
 
 def test_pii_in_request_is_masked_and_forwarded(guard: LeakGuard) -> None:
@@ -99,8 +99,8 @@ def test_pii_in_request_is_masked_and_forwarded(guard: LeakGuard) -> None:
     assert f.response is None
     sent = json.loads(f.request.content or b"")
     assert sent["documents"][0].startswith("write to [REDACTED:email:") and sent["documents"][1] == "plain"
-    assert f.metadata[meta.DECISION] == "masked"
-    assert f.metadata[meta.FINDINGS][0]["action"] == "mask"
+    assert meta.state_of(f).decision == "masked"
+    assert meta.state_of(f).findings[0]["action"] == "mask"
 
 
 def test_strict_profile_blocks_pii(guard: LeakGuard) -> None:
@@ -124,7 +124,7 @@ def test_undecodable_request_is_refused(guard: LeakGuard) -> None:
     f.request.headers["content-encoding"] = "gzip"
     f.request.raw_content = b"not gzip at all"
     guard.request(f)
-    assert f.response is not None and f.metadata[meta.ERROR] == "body_not_decodable"
+    assert f.response is not None and meta.state_of(f).error == "body_not_decodable"
 
 
 def test_oversize_request_gets_413_before_the_body(guard: LeakGuard) -> None:
@@ -141,21 +141,21 @@ def test_secret_in_header_or_query_blocks_but_credential_headers_are_left_alone(
     tok = _token(1)
     f = _flow(_rerank("a"), headers={"X-Debug": f"token {tok}"})
     guard.request(f)
-    assert f.response is not None and f.metadata[meta.FINDINGS][0]["where"] == "request.header:x-debug"
+    assert f.response is not None and meta.state_of(f).findings[0]["where"] == "request.header:x-debug"
     f = _flow(_rerank("a"))
     f.request.path = f"/v2/rerank?api_key={tok}"
     guard.request(f)
-    assert f.response is not None and f.metadata[meta.FINDINGS][0]["where"] == "request.path"
+    assert f.response is not None and meta.state_of(f).findings[0]["where"] == "request.path"
     jwt = corpus._jwt(random.Random(2))
     f = _flow(_rerank("a"), headers={"Authorization": f"Bearer {jwt}"})
     guard.request(f)
-    assert f.response is None and meta.FINDINGS not in f.metadata
+    assert f.response is None and not meta.state_of(f).findings
 
 
 def test_response_masks_secrets_pii_and_the_injected_credential(guard: LeakGuard) -> None:
     injected = "upstream-" + secrets.token_hex(8)
     f = _flow(_rerank("a"))
-    f.metadata[meta.INJECTED_SECRET] = injected
+    meta.state_of(f).injected_secret = injected
     guard.request(f)
     results = [{"index": 0, "relevance_score": 0.9, "document": {"text": f"key {_token(3)} for {injected}"}},
                {"index": 1, "relevance_score": 0.1, "document": {"text": "call +44 20 7946 0958"}}]
@@ -166,8 +166,8 @@ def test_response_masks_secrets_pii_and_the_injected_credential(guard: LeakGuard
     text0, text1 = out["results"][0]["document"]["text"], out["results"][1]["document"]["text"]
     assert "[REDACTED:github_pat:" in text0 and "[REDACTED:injected_credential:" in text0 and injected not in text0
     assert text1.startswith("call [REDACTED:phone:")
-    assert {x["type"] for x in f.metadata[meta.FINDINGS]} == {"github_pat", "injected_credential", "phone"}
-    assert meta.INJECTED_SECRET not in f.metadata  # dropped once the response is masked
+    assert {x["type"] for x in meta.state_of(f).findings} == {"github_pat", "injected_credential", "phone"}
+    assert meta.state_of(f).injected_secret is None  # dropped once the response is masked
 
 
 @pytest.mark.parametrize("name", ["Date", "Last-Modified", "Expires"])
@@ -189,7 +189,7 @@ def test_an_exact_http_date_is_not_scanned_but_anything_else_in_a_date_header_is
     seen.clear()
     guard.response(f)
     assert seen == [b"Server", b"up/1"] and f.response.headers[name] == date  # names are scanned too
-    assert meta.FINDINGS not in f.metadata
+    assert not meta.state_of(f).findings
 
     # The same header with more than a date is scanned and masked like any other.
     for value in (f"{date} call +44 20 7946 0958", f"call +44 20 7946 0958, {date}", date.replace("GMT", "UTC")):
@@ -201,7 +201,7 @@ def test_an_exact_http_date_is_not_scanned_but_anything_else_in_a_date_header_is
         assert seen == [name.encode(), value.encode()]
         if "+44" in value:
             assert "[REDACTED:phone:" in f.response.headers[name]
-            assert [x["where"] for x in f.metadata[meta.FINDINGS]] == [f"response.header:{name.lower()}"]
+            assert [x["where"] for x in meta.state_of(f).findings] == [f"response.header:{name.lower()}"]
 
 
 def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
@@ -210,25 +210,25 @@ def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
     f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
     del f.response.headers["content-length"]
     guard.responseheaders(f)
-    assert callable(f.response.stream) and STREAM in f.metadata
+    assert callable(f.response.stream) and meta.state_of(f).stream is not None
     data = b"data: " + b"word " * 300 + f"{tok} and ana@example.org\n\n".encode() + b"data: end\n\n"
     cut = data.index(tok.encode()) + 10
     out = b"".join(f.response.stream(data[:cut]) + f.response.stream(data[cut:]) + f.response.stream(b""))
     assert tok.encode() not in out and b"[REDACTED:github_pat:" in out and b"[REDACTED:email:" in out
     guard.response(f)
-    assert [x["type"] for x in f.metadata[meta.FINDINGS]] == ["github_pat", "email"]
+    assert [x["type"] for x in meta.state_of(f).findings] == ["github_pat", "email"]
     assert f.response.content == out  # the record sees what was sent, masked
 
 
 def test_stream_cut_short_leaves_only_plain_metadata(guard: LeakGuard) -> None:
     f = _flow(_rerank("a"))
-    f.metadata[meta.INJECTED_SECRET] = "x" * 24
+    meta.state_of(f).injected_secret = "x" * 24
     f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
     del f.response.headers["content-length"]
     guard.responseheaders(f)
-    assert STREAM in f.metadata
+    assert meta.state_of(f).stream is not None
     guard.error(f)  # the upstream went away mid-stream: no `response` hook follows
-    assert STREAM not in f.metadata and meta.INJECTED_SECRET not in f.metadata
+    assert meta.state_of(f).stream is None and meta.state_of(f).injected_secret is None
 
 
 def test_streamed_gzip_response_is_decoded(guard: LeakGuard) -> None:
@@ -250,7 +250,7 @@ def test_oversize_or_undecodable_response_is_refused(guard: LeakGuard) -> None:
     f = _flow(_rerank("a"))
     f.response = http.Response.make(200, b"x" * 70_000, {"content-type": "text/plain"})
     guard.response(f)
-    assert (f.response.status_code, f.metadata[meta.ERROR]) == (502, "upstream_response_too_large")
+    assert (f.response.status_code, meta.state_of(f).error) == (502, "upstream_response_too_large")
     f = _flow(_rerank("a"))
     f.response = http.Response.make(200, b"", {"content-encoding": "gzip"})
     f.response.raw_content = b"garbage"
@@ -264,20 +264,20 @@ def test_refused_flows_are_masked_for_their_record_only(guard: LeakGuard) -> Non
     token = _token(6)
     f = _flow(_rerank(token))
     f.request.path = "/v2/rerank#q=" + token
-    f.metadata[meta.ERROR] = "invalid_token"
+    meta.state_of(f).error = "invalid_token"
     guard.request(f)
-    assert f.response is None and f.metadata[meta.ERROR] == "invalid_token"
+    assert f.response is None and meta.state_of(f).error == "invalid_token"
     assert token.encode() not in (f.request.content or b"") and token not in f.request.path
-    assert f.metadata[meta.INSPECTED] == ["request"]
-    assert {r["where"] for r in f.metadata[meta.FINDINGS]} == {"request.body", "request.path"}
+    assert meta.state_of(f).inspected == ["request"]
+    assert {r["where"] for r in meta.state_of(f).findings} == {"request.body", "request.path"}
 
 
 def test_refused_flow_with_an_unreadable_body_is_not_marked_inspected(guard: LeakGuard) -> None:
     f = _flow(_rerank(_token(6)))
     f.request.content = json.dumps({"query": "x"}).encode("utf-16")
-    f.metadata[meta.ERROR] = "invalid_token"
+    meta.state_of(f).error = "invalid_token"
     guard.request(f)
-    assert meta.INSPECTED not in f.metadata
+    assert not meta.state_of(f).inspected
 
 
 def test_buffered_response_without_length_is_not_streamed(guard: LeakGuard) -> None:
@@ -285,7 +285,7 @@ def test_buffered_response_without_length_is_not_streamed(guard: LeakGuard) -> N
     f.response = http.Response.make(200, b"", {"content-type": "application/json"})
     del f.response.headers["content-length"]
     guard.responseheaders(f)
-    assert not f.response.stream and STREAM not in f.metadata
+    assert not f.response.stream and meta.state_of(f).stream is None
 
 
 # -- decompression bombs from the upstream ------------------------------------------------------
@@ -297,7 +297,7 @@ def test_buffered_response_bomb_is_sized_not_decoded(guard: LeakGuard) -> None:
     f.response.raw_content = bomb("gzip", 64 * 1024 * 1024)
     _, peak = traced_peak(lambda: guard.response(f))
     assert peak < 8 * 1024 * 1024  # pieces, not the 64 MB it decodes to
-    assert (f.response.status_code, f.metadata[meta.ERROR]) == (502, "upstream_response_too_large")
+    assert (f.response.status_code, meta.state_of(f).error) == (502, "upstream_response_too_large")
     assert json.loads(f.response.content or b"")["code"] == "upstream_response_too_large"
 
 
@@ -308,7 +308,7 @@ def test_buffered_response_just_under_the_limit_is_masked(guard: LeakGuard) -> N
     f.response = http.Response.make(200, b"", {"content-type": "application/json", "content-encoding": "gzip"})
     f.response.raw_content = gzip.compress(body)
     guard.response(f)
-    assert f.response.status_code == 200 and meta.ERROR not in f.metadata
+    assert f.response.status_code == 200 and meta.state_of(f).error is None
     assert tok not in (f.response.text or "")
 
 
@@ -335,12 +335,12 @@ def test_streamed_bomb_is_cut_at_the_limit_and_the_upstream_closed(
     )
     assert sent <= 64 * 1024  # at most the limit went out before the cut
     assert peak < 8 * 1024 * 1024
-    assert closed == [f.id] and f.metadata[meta.ERROR] == "upstream_response_too_large"
+    assert closed == [f.id] and meta.state_of(f).error == "upstream_response_too_large"
     assert stream(b"") == []  # nothing more after the cut, not even the held-back window
     # The upstream close ends the flow with an error: recorded as failed (no upstream status).
     f.error = tflow.terr()
     guard.error(f)
-    assert f.response is None and STREAM not in f.metadata
+    assert f.response is None and meta.state_of(f).stream is None
 
 
 def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
@@ -353,7 +353,7 @@ def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
     stream(brotli.compress(b"\0" * (200 * 1024)))
     stream(b"")
     guard.response(f)
-    assert (f.response.status_code, f.metadata[meta.ERROR]) == (502, "upstream_response_too_large")
+    assert (f.response.status_code, meta.state_of(f).error) == (502, "upstream_response_too_large")
     assert f.error is not None and f.error.msg == f.error.KILLED_MESSAGE  # the client never sees it complete
 
 
@@ -364,7 +364,7 @@ def test_streamed_garbage_is_cut_as_undecodable(guard: LeakGuard, monkeypatch: p
     stream = f.response.stream
     assert callable(stream)
     assert stream(b"this is not gzip") == []
-    assert closed == [f.id] and f.metadata[meta.ERROR] == "upstream_response_invalid"
+    assert closed == [f.id] and meta.state_of(f).error == "upstream_response_invalid"
 
 
 def test_streamed_identity_is_not_bounded(guard: LeakGuard) -> None:
@@ -372,7 +372,7 @@ def test_streamed_identity_is_not_bounded(guard: LeakGuard) -> None:
     stream = f.response.stream
     assert callable(stream)
     out = b"".join(c for _ in range(3) for c in stream(b"y" * 64 * 1024)) + b"".join(stream(b""))
-    assert len(out) == 3 * 64 * 1024 and meta.ERROR not in f.metadata
+    assert len(out) == 3 * 64 * 1024 and meta.state_of(f).error is None
 
 
 @pytest.mark.parametrize("side", ["request", "response"])
@@ -391,8 +391,8 @@ def test_a_header_whose_name_holds_a_secret_is_removed_and_is_a_finding(guard: L
         assert name not in f.response.headers and f.response.headers["Server"] == "up"
     message = f.request if side == "request" else f.response
     assert name not in message.headers
-    where = [x["where"] for x in f.metadata[meta.FINDINGS]]
-    assert where == [f"{side}.header-name"] and name not in repr(f.metadata[meta.FINDINGS])
+    where = [x["where"] for x in meta.state_of(f).findings]
+    assert where == [f"{side}.header-name"] and name not in repr(meta.state_of(f).findings)
 
 
 def test_phone_regions_option_chooses_where_numbers_without_plus_are_read(tmp_path: Path) -> None:

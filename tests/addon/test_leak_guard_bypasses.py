@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mitmproxy import http
 
 from addon import meta
-from addon.leak_guard import STREAM, LeakGuard
+from addon.leak_guard import LeakGuard
 from tests.addon.test_leak_guard import _flow, _rerank, guard
 
 __all__ = ["guard"]
@@ -57,8 +57,8 @@ def test_request_not_utf8_is_refused(guard: LeakGuard, case: str) -> None:
     if not ctype:
         del f.request.headers["content-type"]
     guard.request(f)
-    assert f.response is not None and (f.response.status_code, f.metadata[meta.ERROR]) == (400, "body_not_utf8")
-    assert meta.INSPECTED not in f.metadata  # so the recorder keeps the body out of the record
+    assert f.response is not None and (f.response.status_code, meta.state_of(f).error) == (400, "body_not_utf8")
+    assert not meta.state_of(f).inspected  # so the recorder keeps the body out of the record
 
 
 @pytest.mark.parametrize("lead", [b" " * 80, b"\n\t " * 40, b"\r\n" * 100])
@@ -71,13 +71,13 @@ def test_escape_behind_long_whitespace_is_found(guard: LeakGuard, lead: bytes, c
     else:
         del f.request.headers["content-type"]
     guard.request(f)
-    assert f.response is not None and f.metadata[meta.ERROR] == "leak_blocked"
+    assert f.response is not None and meta.state_of(f).error == "leak_blocked"
 
 
 def test_top_level_json_string_is_read_as_json(guard: LeakGuard) -> None:
     f = _flow(('"' + _escaped(_aws_key(3)) + '"').encode(), headers={"content-type": "text/plain"})
     guard.request(f)
-    assert f.response is not None and f.metadata[meta.ERROR] == "leak_blocked"
+    assert f.response is not None and meta.state_of(f).error == "leak_blocked"
 
 
 @pytest.mark.parametrize(
@@ -98,14 +98,14 @@ def test_top_level_json_string_is_read_as_json(guard: LeakGuard) -> None:
 def test_request_that_is_no_strict_json_is_refused(guard: LeakGuard, body: bytes) -> None:
     f = _flow(body)
     guard.request(f)
-    assert f.response is not None and (f.response.status_code, f.metadata[meta.ERROR]) == (400, "body_invalid_json")
+    assert f.response is not None and (f.response.status_code, meta.state_of(f).error) == (400, "body_invalid_json")
 
 
 @pytest.mark.parametrize("body", [b"plain words, not json", b"a=1&b=2", b"12 monkeys", "caf\u00e9 ok".encode()])
 def test_text_bodies_still_pass(guard: LeakGuard, body: bytes) -> None:
     f = _flow(body, headers={"content-type": "text/plain"})
     guard.request(f)
-    assert f.response is None and f.metadata.get(meta.INSPECTED) == ["request"]
+    assert f.response is None and meta.state_of(f).inspected == ["request"]
 
 
 def test_strict_json_with_big_but_finite_numbers_passes(guard: LeakGuard) -> None:
@@ -132,7 +132,7 @@ def test_answer_not_utf8_is_replaced(guard: LeakGuard, encoding: str) -> None:
     guard.responseheaders(f)
     guard.response(f)
     assert f.response is not None and f.response.status_code == 502
-    assert f.metadata[meta.ERROR] == "upstream_response_not_utf8"
+    assert meta.state_of(f).error == "upstream_response_not_utf8"
     assert _aws_key(4).encode() not in (f.response.content or b"")
 
 
@@ -161,20 +161,20 @@ def test_streamed_answer_headers_are_masked(guard: LeakGuard, ctype: str, chunke
     key, injected = _aws_key(6), "sk-" + "q" * 30
     f = _flow(_rerank("a"))
     guard.request(f)
-    f.metadata[meta.INJECTED_SECRET] = injected
+    meta.state_of(f).injected_secret = injected
     _answer(f, b"", ctype, chunked=True)
     if not chunked:
         del f.response.headers["transfer-encoding"]
     f.response.headers["X-Echo"] = "Bearer " + injected
     f.response.headers["X-Leak"] = f"{key} x@example.org"
     guard.responseheaders(f)
-    assert STREAM in f.metadata
+    assert meta.state_of(f).stream is not None
     headers = "\n".join(f"{k}: {v}" for k, v in f.response.headers.items())
     assert injected not in headers and key not in headers and "x@example.org" not in headers
     out = _streamed(f, b"data: fine\n\n")
     guard.response(f)
-    assert out == b"data: fine\n\n" and f.metadata[meta.DECISION] == "masked"
-    assert {x["where"] for x in f.metadata[meta.FINDINGS]} == {"response.header:x-echo", "response.header:x-leak"}
+    assert out == b"data: fine\n\n" and meta.state_of(f).decision == "masked"
+    assert {x["where"] for x in meta.state_of(f).findings} == {"response.header:x-echo", "response.header:x-leak"}
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])
@@ -184,7 +184,7 @@ def test_streamed_answer_not_utf8_is_cut(guard: LeakGuard, encoding: str) -> Non
     _answer(f, b"", "text/event-stream", chunked=True)
     guard.responseheaders(f)
     out = _streamed(f, ("data: " + _aws_key(7) + "\n\n").encode(encoding))
-    assert out == b"" and f.metadata[meta.ERROR] == "upstream_response_not_utf8"
+    assert out == b"" and meta.state_of(f).error == "upstream_response_not_utf8"
 
 
 def test_streamed_answer_invalid_utf8_later_is_cut(guard: LeakGuard) -> None:
@@ -195,7 +195,7 @@ def test_streamed_answer_invalid_utf8_later_is_cut(guard: LeakGuard) -> None:
     assert callable(f.response.stream)
     first = f.response.stream(b"data: ok " + b"x" * 2000 + b"\n\n")
     f.response.stream(b"data: \xff\xfe\n\n")
-    assert f.metadata[meta.ERROR] == "upstream_response_not_utf8"
+    assert meta.state_of(f).error == "upstream_response_not_utf8"
     assert b"\xff" not in b"".join(first)
 
 
@@ -204,12 +204,12 @@ def test_buffer_flag_keeps_a_chunked_answer_whole(guard: LeakGuard) -> None:
     f = _flow(_rerank("a"))
     guard.request(f)
     _answer(f, b"", "application/json", chunked=True)
-    f.metadata[meta.BUFFER_RESPONSE] = True
+    meta.state_of(f).buffer_response = True
     guard.responseheaders(f)
-    assert not f.response.stream and STREAM not in f.metadata
+    assert not f.response.stream and meta.state_of(f).stream is None
     f.response.content = gzip.decompress(gzip.compress(b'{"ids": ["a"]}'))
     guard.response(f)
-    assert f.metadata[meta.INSPECTED] == ["request", "response"]
+    assert meta.state_of(f).inspected == ["request", "response"]
 
 
 # -- property: nothing forwarded parses to something the gateway did not inspect ----------------

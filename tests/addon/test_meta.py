@@ -1,4 +1,5 @@
-"""Flow metadata holds plain data only; the accessors hand back parsed objects, parsed once."""
+"""A flow's state is one typed object beside the flow; its plain form in `flow.metadata` is plain
+data only, written once, and a flow read back from a file (or copied) gets its state from it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from mitmproxy.io import FlowReader, FlowWriter
 from mitmproxy.test import tflow
 
 from addon import meta
+from addon.flow_metadata import FlowMetadata
+from jitgate import flow_state
 from jitgate.devstack.policy import policy_dict
 from jitgate.policy import Connection, Policy
 from jitgate.token import Claims, Limits, Scope
@@ -27,54 +30,81 @@ def _claims(**kw: Any) -> Claims:
     return Claims(**base)
 
 
-def test_claims_are_stored_plain_and_read_back_without_reparsing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_is_one_object_per_flow_and_stays_out_of_the_metadata() -> None:
     f = tflow.tflow()
-    claims = _claims()
-    meta.set_claims(f, claims)
-    assert isinstance(f.metadata[meta.CLAIMS], dict)
-    calls = []
-    real = Claims.model_validate
-    monkeypatch.setattr(Claims, "model_validate", lambda v: calls.append(v) or real(v))
-    assert meta.claims(f) is claims and meta.claims(f) is claims
-    assert calls == []
+    state = meta.state_of(f)
+    state.claims = _claims()
+    state.injected_secret = "s" * 24
+    assert meta.state_of(f) is state and meta.state_of(tflow.tflow()) is not state
+    assert f.metadata == {}  # nothing is written before the flow ends
+    assert "s" * 24 not in repr(state)
 
 
-def test_a_copied_or_saved_flow_parses_its_plain_claims_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_published_state_is_plain_and_reads_back_from_a_flow_file(monkeypatch: pytest.MonkeyPatch) -> None:
     f = tflow.tflow(resp=True)
     claims = _claims(job="nightly")
-    meta.set_claims(f, claims)
-    meta.set_connection(f, POLICY.connections["cohere-test"])
+    state = meta.state_of(f)
+    state.claims = claims
+    state.use_connection(POLICY.connections["cohere-test"])
+    state.operation, state.error, state.injected = "rerank", "leak_blocked", True
+    state.injected_secret = "the-upstream-credential"
+    state.findings.append({"type": "email", "where": "request.body", "action": "block"})
+    state.mark_inspected("request")
+    FlowMetadata().response(f)
+    assert isinstance(f.metadata[flow_state.CLAIMS], dict)
+    assert "the-upstream-credential" not in repr(f.metadata)
     buf = io.BytesIO()
     FlowWriter(buf).add(f)  # deep-copies and tnetstring-dumps the metadata: fails on objects
     buf.seek(0)
     (back,) = list(FlowReader(buf).stream())
-    first = meta.claims(back)  # type: ignore[arg-type]
-    assert first == claims and first is not claims
-    assert meta.claims(back) is first  # type: ignore[arg-type]
-    conn = meta.connection(back, POLICY)  # type: ignore[arg-type]
+    calls = []
+    real = Claims.model_validate
+    monkeypatch.setattr(Claims, "model_validate", lambda v: calls.append(v) or real(v))
+    read = meta.state_of(back)  # type: ignore[arg-type]
+    assert meta.state_of(back) is read and len(calls) == 1  # type: ignore[arg-type]  # parsed once
+    assert read.claims == claims and read.claims is not claims
+    assert (read.operation, read.error, read.injected, read.inspected) == ("rerank", "leak_blocked", True, ["request"])
+    assert read.findings == state.findings and read.injected_secret is None
+    assert read.connection is None and read.connection_name == "cohere-test"
+    conn = read.connection_in(POLICY)
     assert isinstance(conn, Connection) and conn.name == "cohere-test"
-    assert meta.connection(back, None) is conn  # type: ignore[arg-type]
-    assert meta.connection_name(back) == "cohere-test"  # type: ignore[arg-type]
+    assert read.connection_in(None) is conn
+
+
+def test_in_flight_flows_are_published_at_done() -> None:
+    f = tflow.tflow()
+    meta.state_of(f).operation = "rerank"
+    FlowMetadata().done()
+    assert f.metadata[flow_state.OPERATION] == "rerank"
 
 
 @pytest.mark.parametrize("value", [None, "not claims", {"sub": "x"}, 42])
 def test_missing_or_malformed_claims_are_none(value: Any) -> None:
     f = tflow.tflow()
     if value is not None:
-        f.metadata[meta.CLAIMS] = value
-    assert meta.claims(f) is None
+        f.metadata[flow_state.CLAIMS] = value
+    assert meta.state_of(f).claims is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        (flow_state.DECISION, "no-such-decision", "decision"),
+        (flow_state.ERROR, 42, "error"),
+        (flow_state.INJECTED, "yes", "injected"),
+        (flow_state.INSPECTED, "request", "inspected"),
+        (flow_state.FINDINGS, ["not a record"], "findings"),
+    ],
+)
+def test_malformed_plain_values_read_as_unset(key: str, value: Any, field: str) -> None:
+    f = tflow.tflow()
+    f.metadata[key] = value
+    assert getattr(meta.state_of(f), field) in (None, False, [])
 
 
 def test_unknown_connection_is_none() -> None:
     f = tflow.tflow()
-    assert meta.connection(f, POLICY) is None and meta.connection_name(f) is None
-    f.metadata[meta.CONNECTION] = "no-such-connection"
-    assert meta.connection(f, POLICY) is None
-
-
-def test_a_replaced_value_is_parsed_again() -> None:
-    f = tflow.tflow()
-    meta.set_claims(f, _claims())
-    f.metadata[meta.CLAIMS] = _claims(sub="repo:acme/other").model_dump(mode="json")
-    parsed = meta.claims(f)
-    assert parsed is not None and parsed.sub == "repo:acme/other"
+    assert meta.state_of(f).connection_in(POLICY) is None and meta.state_of(f).connection_name is None
+    g = tflow.tflow()
+    g.metadata[flow_state.CONNECTION] = "no-such-connection"
+    assert meta.state_of(g).connection_in(POLICY) is None

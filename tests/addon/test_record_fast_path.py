@@ -69,14 +69,14 @@ def test_rerank_records_equal_their_validated_form(
     flow.request.path = "/v2/rerank/" + path_bytes.decode("utf-8", "surrogateescape")
     # The request as sent, lone surrogates as JSON escapes (what json.dumps writes by default).
     flow.request.content = json.dumps({"query": query, "documents": docs}).encode()
-    flow.metadata[meta.CLAIMS] = _claims(sub, job)
-    flow.metadata[meta.OPERATION] = "rerank"
+    meta.state_of(flow).claims = _claims(sub, job)
+    meta.state_of(flow).operation = "rerank"
     if collection is not None:
-        flow.metadata[meta.COLLECTION] = collection
+        meta.state_of(flow).collection = collection
     if error is not None:
-        flow.metadata[meta.ERROR] = error
-    flow.metadata[meta.FINDINGS] = [{"type": "email", "kind": "pii", "where": "request.body", "action": "mask"}]
-    flow.metadata[meta.INSPECTED] = ["request", "response"]
+        meta.state_of(flow).error = error
+    meta.state_of(flow).findings = [{"type": "email", "kind": "pii", "where": "request.body", "action": "mask"}]
+    meta.state_of(flow).inspected = ["request", "response"]
     flow.response = http.Response.make(status, json.dumps({"results": results}), {"content-type": "application/json"})
     record = _assert_same_as_validated(flow)
     assert record.doc_count == len(docs)
@@ -89,18 +89,18 @@ def test_rerank_records_equal_their_validated_form(
 def test_flows_without_claims_an_answer_or_json_equal_their_validated_form() -> None:
     refused = tflow.tflow()
     refused.request.path = "/v1/rerank/\udcff"  # the byte 0xff, as mitmproxy decodes it
-    refused.metadata[meta.ERROR] = "token_missing"
+    meta.state_of(refused).error = "token_missing"
     _assert_same_as_validated(refused)
 
     failed = tflow.tflow(err=True)
     failed.request.content = b"\xff\xfe not json"
-    failed.metadata[meta.CLAIMS] = _claims("job", None)
-    failed.metadata[meta.OPERATION] = "rerank"
+    meta.state_of(failed).claims = _claims("job", None)
+    meta.state_of(failed).operation = "rerank"
     record = _assert_same_as_validated(failed)
     # No UTF-8: leak_guard never marks such a body inspected, so it stays out of the record.
     assert record.status == 0 and record.error == "upstream_error" and record.request_body is None
     failed.request.content = b"not json, but text"
-    failed.metadata[meta.INSPECTED] = ["request"]
+    meta.state_of(failed).inspected = ["request"]
     record = _assert_same_as_validated(failed)
     assert record.request_body is not None
 
@@ -108,9 +108,9 @@ def test_flows_without_claims_an_answer_or_json_equal_their_validated_form() -> 
     store.request.path = "/api/v1/collections/c/query"
     store.request.content = json.dumps({"query_embeddings": [[0.5] * 8], "n_results": 1}).encode()
     store.response.content = json.dumps({"ids": [["a"]], "embeddings": [[[0.1] * 200]]}).encode()
-    store.metadata[meta.CLAIMS] = _claims("s", "j")
-    store.metadata[meta.OPERATION] = "query"
-    store.metadata[meta.COLLECTION] = "c"
-    store.metadata[meta.INSPECTED] = ["request", "response"]
+    meta.state_of(store).claims = _claims("s", "j")
+    meta.state_of(store).operation = "query"
+    meta.state_of(store).collection = "c"
+    meta.state_of(store).inspected = ["request", "response"]
     record = _assert_same_as_validated(store)
     assert [v.dim for v in record.embeddings] == [8, 200]

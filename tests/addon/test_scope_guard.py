@@ -107,7 +107,7 @@ def _flow(claims: Claims | None, *, host: str = "api.cohere.com", path: str = "/
     f.request.content = json.dumps(body if body is not None else {"query": "q", "documents": ["a"]}).encode()
     f.server_conn.address = (host, 443)
     if claims is not None:
-        f.metadata[meta.CLAIMS] = claims
+        meta.state_of(f).claims = claims
     return f
 
 
@@ -132,8 +132,8 @@ async def test_allowed_request_sets_metadata(aws: dict[str, Any], policy_file: P
                   path="/api/v1/collections/candidates/query")
         await guard.request(f)
     assert f.response is None
-    assert meta.connection_name(f) == "store"
-    assert (f.metadata[meta.OPERATION], f.metadata[meta.COLLECTION]) == ("query", "candidates")
+    assert meta.state_of(f).connection_name == "store"
+    assert (meta.state_of(f).operation, meta.state_of(f).collection) == ("query", "candidates")
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ async def test_refusals(
         f = _flow(_claims(**claims) if claims is not None else None, **kw)
         await guard.request(f)
     assert (f.response.status_code, f.response.json()["code"]) == (status, code)
-    assert meta.CONNECTION not in f.metadata
+    assert meta.state_of(f).connection is None
 
 
 async def test_host_header_may_not_leave_the_tunnel(aws: dict[str, Any], policy_file: Path) -> None:
@@ -210,7 +210,7 @@ def _store_flow(fields: list[str] | None, body: bytes, status: int = 200) -> Any
     if fields is not None:
         scope["fields"] = fields
     f = _flow(_claims(conn="store", scope=scope), host="store.internal")
-    f.metadata[meta.CONNECTION] = CONNS["store"]
+    meta.state_of(f).use_connection(CONNS["store"])
     f.response = http.Response.make(status, body, {"Content-Type": "application/json"})
     return f
 

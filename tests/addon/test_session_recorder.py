@@ -69,12 +69,12 @@ def _rerank_flow(claims: Claims, credential: str, docs: list[str]) -> Any:
     f.request.path = "/v2/rerank?debug=" + credential
     f.request.headers["Authorization"] = "Bearer " + credential
     f.request.content = json.dumps({"model": "rerank-v3.5", "query": "refund policy", "documents": docs}).encode()
-    f.metadata[meta.CLAIMS] = claims
-    f.metadata[meta.TOKEN_HASH] = sha256_text("the-token")
-    f.metadata[meta.OPERATION] = "rerank"
-    f.metadata[meta.DECISION] = "allowed"
-    f.metadata[meta.INJECTED] = True
-    f.metadata[meta.INSPECTED] = ["request", "response"]  # as leak_guard leaves it
+    meta.state_of(f).claims = claims
+    meta.state_of(f).token_sha256 = sha256_text("the-token")
+    meta.state_of(f).operation = "rerank"
+    meta.state_of(f).decision = "allowed"
+    meta.state_of(f).injected = True
+    meta.state_of(f).inspected = ["request", "response"]  # as leak_guard leaves it
     return f
 
 
@@ -127,7 +127,7 @@ async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) ->
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
         flow = _rerank_flow(_claims(), "x", ["my key is " + secret])
         flow.request.content = json.dumps({"query": "find " + secret, "documents": ["my key is " + secret]}).encode()
-        flow.metadata[meta.FINDINGS] = [
+        meta.state_of(flow).findings = [
             {
                 "type": "aws_access_key",
                 "kind": "secret",
@@ -142,7 +142,7 @@ async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) ->
         ]
         _answer(flow)
         refuse(flow, InvalidToken("placeholder"), extra=None)
-        flow.metadata[meta.DECISION] = "blocked"
+        meta.state_of(flow).decision = "blocked"
         await rec.response(flow)
         rec.done()
     (r,) = _records(tmp_path)
@@ -169,12 +169,12 @@ async def test_store_answer_keeps_only_visible_fields_and_no_vectors(tmp_path: P
         flow.request.method = "POST"
         flow.request.path = "/api/v1/collections/candidates/query"
         flow.request.content = json.dumps({"query_embeddings": [qvec], "n_results": 2}).encode()
-        flow.metadata[meta.CLAIMS] = _claims(fields=("ids", "documents", "distances"))
-        flow.metadata[meta.OPERATION] = "query"
-        flow.metadata[meta.COLLECTION] = "candidates"
-        flow.metadata[meta.INSPECTED] = ["request", "response"]
+        meta.state_of(flow).claims = _claims(fields=("ids", "documents", "distances"))
+        meta.state_of(flow).operation = "query"
+        meta.state_of(flow).collection = "candidates"
+        meta.state_of(flow).inspected = ["request", "response"]
         rec.request(flow)
-        assert rec.spool is not None and flow.metadata["jitgate.recorder.reserved"] > 0
+        assert rec.spool is not None and meta.state_of(flow).spool_reserved > 0
         flow.response = tflow.tresp()
         flow.response.content = json.dumps(
             {
@@ -380,7 +380,7 @@ async def test_bodies_with_unmasked_findings_are_withheld(
     with taddons.context(rec) as tctx:
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
         flow = _rerank_flow(_claims(), "x", ["d"])
-        flow.metadata[meta.FINDINGS] = [{"type": "email", "where": where, "action": action}]
+        meta.state_of(flow).findings = [{"type": "email", "where": where, "action": action}]
         rec.request(flow)
         _answer(flow)
         await rec.response(flow)
@@ -443,7 +443,7 @@ async def test_bodies_leak_guard_did_not_mask_are_not_recorded(tmp_path: Path, i
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
         flow = _rerank_flow(_claims(), "x", [key])
         flow.request.content = json.dumps({"query": key, "documents": [key]}).encode()
-        flow.metadata[meta.INSPECTED] = inspected
+        meta.state_of(flow).inspected = inspected
         rec.request(flow)
         _answer(flow)
         await rec.response(flow)

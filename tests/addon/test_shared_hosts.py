@@ -25,9 +25,10 @@ from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject
 from addon.leak_guard import LeakGuard
 from addon.scope_guard import ScopeGuard
-from addon.token_gate import TokenGate, take_token
+from addon.token_gate import TokenGate
 from jitgate.policy import Policy, parse_policy
 from jitgate.token import Claims, KeySet
+from jitgate.token_intake import take_token
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     JWKS_URL,
     TABLE,
@@ -160,7 +161,7 @@ def _forwarded(f: Any) -> str:
 def test_take_token_checks_every_serving_connection(conn: str, how: str) -> None:
     token = Signer().mint(conn=conn)
     f = _flow("api.cohere.com", headers=_present(how, token))
-    assert take_token(f.request, POLICY.connections_for_host("api.cohere.com")) == token
+    assert take_token(f.request.headers, POLICY.connections_for_host("api.cohere.com")) == token
     assert token not in _forwarded(f)
 
 
@@ -168,11 +169,11 @@ def test_take_token_strips_every_copy_and_takes_the_first_by_precedence() -> Non
     signer = Signer()
     ta, tb = signer.mint(conn="cohere-a"), signer.mint(conn="cohere-b")
     f = _flow("api.cohere.com", headers={"Authorization": f"Bearer {ta}", "X-Api-Key": tb})
-    assert take_token(f.request, POLICY.connections_for_host("api.cohere.com")) == ta
+    assert take_token(f.request.headers, POLICY.connections_for_host("api.cohere.com")) == ta
     assert ta not in _forwarded(f) and tb not in _forwarded(f)
     # A host only A serves: B's key header is no key header there, and is left to credential_inject.
     g = _flow("a-only.test", headers={"X-Api-Key": tb})
-    assert take_token(g.request, ()) is None
+    assert take_token(g.request.headers, ()) is None
 
 
 async def test_token_gate_reads_b_key_header_on_the_shared_host(chain: tuple[_Chain, Signer]) -> None:
@@ -181,7 +182,7 @@ async def test_token_gate_reads_b_key_header_on_the_shared_host(chain: tuple[_Ch
     f = _flow("api.cohere.com", headers={"X-Api-Key": token})
     await c.gate.request(f)
     assert f.response is None
-    claims = meta.claims(f)
+    claims = meta.state_of(f).claims
     assert claims is not None and claims.conn == "cohere-b"
     assert token not in _forwarded(f)
 
@@ -227,16 +228,16 @@ async def test_a_token_never_gets_another_connections_credential(
         f = _flow(host, tunnel=tunnel, headers=headers)
         await c.run(f)
         sent = _forwarded(f)
-        assert real[other] not in sent and real[other] not in json.dumps(f.metadata, default=str), case
+        assert real[other] not in sent and real[other] not in json.dumps(vars(meta.state_of(f)), default=str), case
         code = _expected(conn, how, host, tunnel)
         if code is not None:  # answered by the gateway: nothing is forwarded, headers are never recorded
             assert f.response is not None and f.response.json()["code"] == code, case
-            assert real[conn] not in sent and not f.metadata.get(meta.INJECTED), case
+            assert real[conn] not in sent and not meta.state_of(f).injected, case
             continue
         allowed += 1
         assert f.response is None, case
         assert token not in sent, case
-        assert meta.connection_name(f) == conn, case
+        assert meta.state_of(f).connection_name == conn, case
         assert f.request.headers[mine.credential.header] == mine.credential.format.replace("{secret}", real[conn]), case
         assert (f.request.host, f.request.port) == ("127.0.0.1", PORTS[conn]), case
         assert c.leak._profile(f) == POLICY.profile(MASKS[conn]), case  # the token's mask, never the neighbour's
@@ -254,7 +255,8 @@ async def test_scope_and_limits_are_the_tokens_connection(chain: tuple[_Chain, S
     b = signer.mint(conn="cohere-b", scope={"operations": ["rerank", "embed"]})
     g = _flow("api.cohere.com", path="/v2/embed", headers={"X-Api-Key": b})
     await c.run(g)
-    assert g.response is None and meta.connection_name(g) == "cohere-b" and g.metadata[meta.OPERATION] == "embed"
+    assert g.response is None and meta.state_of(g).connection_name == "cohere-b"
+    assert meta.state_of(g).operation == "embed"
     # Limits travel in the token: A's tight document limit holds on the shared host.
     tight = signer.mint(conn="cohere-a", limits={"max_documents": 1})
     h = _flow("api.cohere.com", headers={"Authorization": f"Bearer {tight}"})
@@ -273,8 +275,8 @@ async def test_approval_hold_falls_back_to_the_tokens_connection(
         tctx.configure(hold, jitgate_policy=str(shared_policy), jitgate_table=TABLE)
         f = _flow("api.cohere.com", path="/v2/embed")
         token = Signer().mint(conn=conn, scope={"operations": ["embed"]} if conn == "cohere-b" else {"operations": []})
-        meta.set_claims(f, Claims.model_validate(jwt.decode(token, options={"verify_signature": False})))
-        f.metadata[meta.OPERATION] = "embed"
+        meta.state_of(f).claims = Claims.model_validate(jwt.decode(token, options={"verify_signature": False}))
+        meta.state_of(f).operation = "embed"
         await hold.request(f)
         assert f.intercepted is held
         hold.done()
@@ -289,7 +291,7 @@ def test_take_token_tries_each_format_of_a_shared_key_header() -> None:
     token = Signer().mint(conn="cohere-b")
     for value in (f"Token {token}", f"Bearer {token}"):
         f = _flow("api.cohere.com", headers={"Authorization": value})
-        assert take_token(f.request, conns) == token
+        assert take_token(f.request.headers, conns) == token
         assert "Authorization" not in f.request.headers
 
 

@@ -10,9 +10,10 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon import meta, token_gate
-from addon.token_gate import TokenGate, key_header_token, proxy_token
+from addon.token_gate import TokenGate
 from jitgate.state import REVOCATION_PK
 from jitgate.token import Claims, KeySet
+from jitgate.token_intake import key_header_token, proxy_token
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     ISSUER,
     JWKS_URL,
@@ -124,7 +125,7 @@ async def test_missing_token_is_407_with_proxy_authenticate(aws: dict[str, Any],
     assert f.response.status_code == 407
     assert f.response.headers["Proxy-Authenticate"].startswith("Basic")
     assert f.response.json()["code"] == "token_required"
-    assert meta.CLAIMS not in f.metadata
+    assert meta.state_of(f).claims is None
 
 
 @pytest.mark.parametrize("how", ["bearer", "proxy-basic", "connect", "key-header"])
@@ -155,9 +156,9 @@ async def test_valid_token_in_each_place_is_accepted_and_stripped(
         await gate.request(f)
         gate.done()
     assert f.response is None
-    claims = meta.claims(f)
+    claims = meta.state_of(f).claims
     assert isinstance(claims, Claims) and claims.conn == conn
-    assert len(f.metadata[meta.TOKEN_HASH]) == 64
+    assert len(meta.state_of(f).token_sha256) == 64
     forwarded = bytes(f.request.headers.fields.__repr__(), "utf-8")
     assert token.encode() not in forwarded
     assert all(token not in v for v in f.request.headers.values())
@@ -188,7 +189,7 @@ async def test_copies_of_the_token_in_other_headers_are_removed(
         f.request.headers["X-Request-Id"] = "r-1"
         await gate.request(f)
         gate.done()
-    assert f.response is None and meta.claims(f) is not None
+    assert f.response is None and meta.state_of(f).claims is not None
     assert all(token not in value for value in f.request.headers.values(multi=True))
     assert "X-Goog-Api-Key" not in f.request.headers
     assert f.request.headers["X-Request-Id"] == "r-1"  # headers without the token stay
@@ -233,7 +234,7 @@ async def test_bad_claims_are_refused(
         await gate.request(f)
         gate.done()
     assert (f.response.status_code, f.response.json()["code"]) == (status, code)
-    assert f.metadata[meta.ERROR] == code
+    assert meta.state_of(f).error == code
 
 
 async def test_forged_signature_is_invalid(aws: dict[str, Any], policy_file: Path) -> None:
@@ -268,7 +269,7 @@ async def test_verification_is_cached_but_revocation_checked_every_time(
         await gate.request(second)
         assert first.response is None and second.response is None
         assert len(calls) == 1
-        _revoke(aws, meta.claims(first).jti, time.time() + 600)
+        _revoke(aws, meta.state_of(first).claims.jti, time.time() + 600)
         assert gate.revocations.refresh()
         third = _flow(headers={"Authorization": f"Bearer {token}"})
         await gate.request(third)

@@ -103,6 +103,6 @@ def test_a_client_name_other_than_the_tunnel_is_refused_421(
 
 def test_a_refused_flow_is_left_alone(addon: UpstreamSni) -> None:
     f = _flow("evil.example", ("api.cohere.test", 443))
-    f.metadata[meta.ERROR] = "token_required"
+    meta.state_of(f).error = "token_required"
     addon.requestheaders(f)
     assert f.response is None

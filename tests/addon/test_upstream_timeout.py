@@ -121,7 +121,7 @@ def test_silent_upstream_is_marked_closed_and_answered_504() -> None:
     assert clock.delays == [addon.timeout] and not closer.closed
     clock.fire()
     assert closer.closed == [flow.id]
-    assert flow.metadata[meta.ERROR] == "upstream_timeout"  # what the session record will say
+    assert meta.state_of(flow).error == "upstream_timeout"  # what the session record will say
     assert addon.timers == {}
 
 
@@ -132,7 +132,7 @@ def test_headers_in_time_cancel_the_timer_and_a_slow_body_is_not_cut() -> None:
     flow.response = tflow.tresp()
     addon.responseheaders(flow)
     clock.fire()  # the body may take longer than the timeout: nothing fires
-    assert closer.closed == [] and meta.ERROR not in flow.metadata and addon.timers == {}
+    assert closer.closed == [] and meta.state_of(flow).error is None and addon.timers == {}
     addon.response(flow)
     assert not flow.error
 
@@ -156,13 +156,13 @@ def test_answer_that_raced_the_timer_is_left_alone() -> None:
     addon.request(flow)
     flow.response = tflow.tresp()  # headers arrived; the hook has not run yet when the timer fires
     clock.fire()
-    assert closer.closed == [] and meta.ERROR not in flow.metadata
+    assert closer.closed == [] and meta.state_of(flow).error is None
 
 
 def test_flow_answered_by_the_gateway_gets_no_timer() -> None:
     addon, clock, _ = _addon()
     flow = tflow.tflow()
-    flow.metadata[meta.ERROR] = "token_required"
+    meta.state_of(flow).error = "token_required"
     addon.request(flow)
     assert addon.timers == {} and clock.delays == []
 
@@ -190,7 +190,7 @@ async def test_denied_hold_is_not_timed_out() -> None:
     flow.intercept()  # type: ignore[no-untyped-call]
     addon.request(flow)
     flow.response = http.Response.make(403, b"{}")
-    flow.metadata[meta.ERROR] = "approval_denied"
+    meta.state_of(flow).error = "approval_denied"
     flow.resume()  # type: ignore[no-untyped-call]
     await _settle()
     clock.fire()
@@ -226,7 +226,7 @@ def test_close_failure_still_marks_the_flow() -> None:
     flow = tflow.tflow()
     addon.request(flow)
     clock.fire()
-    assert closer.closed == [flow.id] and flow.metadata[meta.ERROR] == "upstream_timeout"
+    assert closer.closed == [flow.id] and meta.state_of(flow).error == "upstream_timeout"
 
 
 @pytest.mark.anyio
@@ -258,7 +258,7 @@ async def test_error_hook_labels_only_its_own_task_once() -> None:
     set by the hook reaches that answer, not another connection's, and not a later one."""
     addon, _, _ = _addon()
     timed_out, other = tflow.tflow(), tflow.tflow()
-    timed_out.metadata[meta.ERROR] = "upstream_timeout"
+    meta.state_of(timed_out).error = "upstream_timeout"
     timed_out.error = tflow.terr()
     other.error = tflow.terr()
 

@@ -24,7 +24,7 @@ class FakeGate:
         sub = flow.request.headers.pop("X-Test-Sub", None)
         jti = flow.request.headers.pop("X-Test-Jti", None)
         if sub and jti:
-            flow.metadata[meta.CLAIMS] = Claims(
+            meta.state_of(flow).claims = Claims(
                 iss="https://broker.test",
                 aud="jitgate",
                 sub=sub,
@@ -39,12 +39,12 @@ class FakeGate:
             )
         route = match_route(DEFAULT_ROUTES["cohere"], flow.request.method, flow.request.path)
         if route is not None:
-            flow.metadata[meta.OPERATION] = route.operation
-        flow.metadata[meta.DECISION] = "allowed"
-        flow.metadata[meta.INSPECTED] = ["request"]  # no leak_guard here: these test bodies hold nothing
+            meta.state_of(flow).operation = route.operation
+        meta.state_of(flow).decision = "allowed"
+        meta.state_of(flow).inspected = ["request"]  # no leak_guard here: these test bodies hold nothing
 
     def response(self, flow: http.HTTPFlow) -> None:
-        flow.metadata.setdefault(meta.INSPECTED, []).append("response")
+        meta.state_of(flow).mark_inspected("response")
 
 
 # A disk that fills up: JITGATE_TEST_FSIZE caps every file this process writes (EFBIG beyond).

@@ -21,7 +21,7 @@ import trustme
 from mitmproxy import http
 from mitmproxy.io import FlowReader
 
-from addon import meta
+from jitgate import flow_state
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.gateway import Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
@@ -272,4 +272,5 @@ def test_a_flow_in_flight_at_shutdown_is_saved_without_the_credential(
     assert len(flows) == 1 and flows[0].response is None, log  # saved while still waiting
     assert raw.find(real_key.encode()) == -1, "the upstream key is in the flow file"
     assert raw.find(token.encode()) == -1, "the JIT token is in the flow file"
-    assert meta.INJECTED_SECRET not in flows[0].metadata
+    assert not [k for k in flows[0].metadata if "secret" in k], flows[0].metadata
+    assert flows[0].metadata[flow_state.INJECTED] is True  # its state was written at `done`, without the secret

@@ -1,0 +1,89 @@
+"""The upstream credential of a connection: what a secret holds, where it goes, when it is stale.
+
+`secret_value` reads the credential out of a secret string (optionally one key of a JSON
+secret); `credential_header` says which header carries it and how it is written; `STRIPPED`
+plus the connection's own header are what a client may not send itself; `upstream_target` is
+where the request really goes; `SecretMemo` keeps each secret for `ttl` seconds by the
+clock handed in; `retry_after_401` says whether one more try with a fresh secret makes sense.
+No mitmproxy or boto3 here: the HTTP addon (addon/credential_inject.py) applies the answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
+from jitgate.policy import Connection
+
+# Headers never forwarded upstream as the client sent them (hop-by-hop, RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
+
+
+def secret_value(raw: str | None, json_key: str | None) -> str:
+    """The credential inside a secret string, optionally one key of a JSON secret."""
+    if raw is None:
+        raise ValueError("secret has no string value")
+    if json_key is None:
+        value: object = raw
+    else:
+        doc = json.loads(raw)
+        value = doc.get(json_key) if isinstance(doc, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ValueError("secret has no usable value")
+    return value
+
+
+def stripped_headers(conn: Connection) -> tuple[str, ...]:
+    """The client-supplied credential headers removed before the real one is set."""
+    return (*CLIENT_CREDENTIAL_HEADERS, conn.credential.header)
+
+
+def credential_header(conn: Connection, secret: str) -> tuple[str, str]:
+    """(name, value) of the header that carries `secret` in the connection's format."""
+    return conn.credential.header, conn.credential.format.replace("{secret}", secret)
+
+
+def upstream_target(conn: Connection) -> tuple[str, int, str]:
+    """(scheme, port, host) of the connection's real upstream."""
+    return _target(conn.upstream, conn.upstream_host)
+
+
+@functools.lru_cache(maxsize=256)
+def _target(upstream: str, upstream_host: str) -> tuple[str, int, str]:
+    target = urlsplit(upstream)  # parsed once per URL
+    return target.scheme, target.port or (443 if target.scheme == "https" else 80), target.hostname or upstream_host
+
+
+def retry_after_401(status: int | None, *, injected: bool, retried: bool) -> bool:
+    """One more try with a refreshed secret: only for a 401 to the credential the gateway set, once."""
+    return status == 401 and injected and not retried
+
+
+class SecretMemo:
+    """Secret values by id, each good for `ttl` seconds after it was read (`monotonic` clock)."""
+
+    def __init__(self, ttl: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._monotonic = monotonic
+        self._values: dict[str, tuple[str, float]] = {}
+
+    def fresh(self, secret_id: str) -> str | None:
+        """The value if it was read less than `ttl` seconds ago."""
+        hit = self._values.get(secret_id)
+        if hit is None or self._monotonic() - hit[1] >= self.ttl:
+            return None
+        return hit[0]
+
+    def __contains__(self, secret_id: object) -> bool:
+        """True when a value was read once (fresh or past its TTL)."""
+        return secret_id in self._values
+
+    def put(self, secret_id: str, value: str) -> None:
+        self._values[secret_id] = (value, self._monotonic())
+
+    def clear(self) -> None:
+        self._values.clear()

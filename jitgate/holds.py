@@ -1,0 +1,135 @@
+"""What the gateway holds for a human, and what ends a hold, whatever protocol carried the request.
+
+The approval rules themselves are `jitgate.approvals` (`risk_reasons`, the state machine, shared
+with the broker); this module builds what a gateway decides from: the request's facts
+(`request_facts`), the hold item (`new_hold`), the notice approvers get (`hold_notice`), what a
+poll of the table means for one hold (`outcome`) and whether an approved request may still go
+(`resume_error`). The HTTP addon (addon/approval_hold.py) keeps the flows, the poller and the IO.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from jitgate.approvals import Approval, RequestFacts, State, hold_approvers, hold_summary, new_id
+from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size
+from jitgate.errors import JitgateError, RevocationUnavailable, TokenExpired, TokenRevoked
+from jitgate.policy import Connection, Policy
+from jitgate.scope import document_count
+from jitgate.token import Claims
+
+Outcome = Literal["approved", "denied", "close"]
+
+
+def request_facts(
+    raw: bytes,
+    encoding: str,
+    conn: Connection,
+    operation: str | None,
+    body: Callable[[], Any],
+    findings: Sequence[Mapping[str, Any]],
+) -> RequestFacts:
+    """The facts the approval rules judge; raises ValueError for a body that does not decode.
+
+    `size` is the decoded body (300 kB is no 1 kB request for being sent as gzip), counted without
+    holding it decoded: exact up to `bound` (`max_bytes`, at least the default inspection limit),
+    past it only "more than `bound`", and such a body is not parsed for its documents either (a
+    bomb). `body()` is the parsed JSON body (None when there is none or it is no JSON), asked for
+    only when a rule needs the document count.
+    """
+    bound = max(conn.approval.max_bytes or 0, DEFAULT_DECODED_LIMIT)
+    size = decoded_size(raw, encoding, bound) if raw else 0
+    documents: int | None = None
+    # Count documents only when a rule needs the number: big bodies are not parsed for nothing.
+    if operation is not None and conn.approval.max_documents is not None and size <= bound:
+        documents = document_count(conn.dialect, operation, body())
+    return RequestFacts(
+        operation=operation,
+        documents=documents,
+        size=size,
+        findings=tuple(f for f in findings if isinstance(f, dict)),
+    )
+
+
+def new_hold(
+    policy: Policy,
+    conn: Connection,
+    claims: Claims,
+    facts: RequestFacts,
+    reasons: Sequence[str],
+    *,
+    method: str,
+    host: str,
+    path: str,
+    now: float,
+    timeout: float,
+    gateway: str,
+    flow_id: str,
+) -> Approval:
+    """The hold item of a risky request: a masked summary, the approvers, the deadline."""
+    summary = hold_summary(
+        sub=claims.sub,
+        jti=claims.jti,
+        job=claims.job,
+        connection=conn.name,
+        facts=facts,
+        method=method,
+        host=host,
+        path=path,
+        reasons=reasons,
+    )
+    return Approval(
+        id=new_id("hold"),
+        kind="hold",
+        requester=claims.sub,
+        connection=conn.name,
+        approvers=hold_approvers(policy, conn),
+        created_at=now,
+        expires_at=now + timeout,
+        summary={**summary, "gateway": gateway, "flow": flow_id},
+    )
+
+
+def hold_notice(approval: Approval) -> tuple[str, str]:
+    """(subject, message) of the notice that a request waits: the summary, never a body."""
+    message = {
+        "type": "jitgate.approval_requested",
+        "id": approval.id,
+        "kind": "hold",
+        "requester": approval.requester,
+        "connection": approval.connection,
+        "expires_at": math.ceil(approval.expires_at),
+        "summary": dict(approval.summary),
+    }
+    subject = f"jitgate: request held on {approval.connection}"[:100]
+    return subject, json.dumps(message, separators=(",", ":"))
+
+
+def outcome(state: State | None, *, past_deadline: bool) -> Outcome | None:
+    """What a poll means for one hold: resume it, refuse it, close it undecided, or keep waiting.
+
+    `state` is the hold item's state (None: the item was not read this time)."""
+    if state == "approved":
+        return "approved"
+    if state == "denied":
+        return "denied"
+    if state == "expired" or past_deadline:
+        return "close"
+    return None
+
+
+def resume_error(
+    claims: Claims | None, jti: str, revoked: set[str] | None, *, now: float
+) -> JitgateError | None:
+    """Why an approved request may not go after all: an approval is no pass for a token revoked
+    or expired while its request waited. `revoked` None: the revocations could not be read."""
+    if revoked is None:
+        return RevocationUnavailable("the token's revocation state cannot be checked")
+    if jti in revoked:
+        return TokenRevoked("token has been revoked")
+    if claims is not None and now >= claims.exp:
+        return TokenExpired("token expired while its request waited for approval")
+    return None

@@ -1,0 +1,76 @@
+"""No addon reaches another: none imports another addon's module, looks one up in the running
+chain or keeps flow values outside the one flow state; the entry file composes them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from moto import mock_aws
+
+from addon import jitgate_addons, mitmproxy_compat, settings
+from addon.leak_guard import LeakGuard
+
+# Importing the chain installs mitmproxy_compat's patches: the other tests of this process run on stock mitmproxy.
+mitmproxy_compat.uninstall()
+
+ADDON_DIR = Path(jitgate_addons.__file__).parent
+# The chain's addon modules (each one addon class, or two in credential_inject); the rest of
+# addon/ is glue every addon may use (meta, respond, body, settings, failsafe, compat).
+ADDON_MODULES = sorted(
+    {type(a).__module__.removeprefix("addon.") for a in jitgate_addons.addons} - {"jitgate_addons"}
+)
+
+
+def _imports(module: str) -> set[str]:
+    tree = ast.parse((ADDON_DIR / f"{module}.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            if node.module == "addon":
+                names |= {a.name for a in node.names}
+            elif node.module.startswith("addon."):
+                names.add(node.module.removeprefix("addon."))
+        elif isinstance(node, ast.Import):
+            names |= {a.name.removeprefix("addon.") for a in node.names if a.name.startswith("addon.")}
+    return names
+
+
+@pytest.mark.parametrize("module", ADDON_MODULES)
+def test_no_addon_imports_another(module: str) -> None:
+    assert not (_imports(module) & set(ADDON_MODULES)) - {module}
+
+
+@pytest.mark.parametrize("module", ADDON_MODULES)
+def test_no_addon_looks_up_the_chain_or_the_metadata(module: str) -> None:
+    source = (ADDON_DIR / f"{module}.py").read_text()
+    assert "ctx.master.addons" not in source and "master.addons.get" not in source
+    if module != "flow_metadata":  # the one writer of the plain form
+        assert ".metadata[" not in source and ".metadata.get(" not in source and ".metadata.pop(" not in source
+
+
+def test_the_chain_holds_review_findings_and_a_leak_guard_alone_blocks_them() -> None:
+    assert jitgate_addons.leak_guard.review_held is True
+    assert LeakGuard().review_held is False
+
+
+def test_the_chain_shares_one_aws_client_factory() -> None:
+    chain = (jitgate_addons.token_gate, jitgate_addons.scope_guard, jitgate_addons.leak_guard,
+             jitgate_addons.approval_hold, jitgate_addons.credential_inject, jitgate_addons.session_recorder)
+    assert all(a._aws is jitgate_addons.aws for a in chain)
+
+
+def test_one_client_per_service_endpoint_and_region_built_on_first_use() -> None:
+    class Opts:
+        def __init__(self, endpoint: str, region: str) -> None:
+            self.jitgate_aws_endpoint, self.jitgate_aws_region = endpoint, region
+
+    clients = settings.AwsClients()
+    with mock_aws():
+        first = clients.client("dynamodb", Opts("", "eu-west-1"))
+        assert clients.client("dynamodb", Opts("", "eu-west-1")) is first
+        assert clients.client("dynamodb", Opts("http://127.0.0.1:5", "eu-west-1")) is not first
+        assert clients.client("dynamodb", Opts("", "us-east-1")) is not first
+        assert clients.client("sns", Opts("", "eu-west-1")) is not first
+        first.list_tables()  # built after the mock started: it answers from moto
