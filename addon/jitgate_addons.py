@@ -15,6 +15,7 @@ from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
+from addon.pg_listener import PgListener
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
@@ -45,5 +46,7 @@ addons = [
     http_only, upstream_sni,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
     upstream_timeout,
+    # The Postgres path: a listener of its own on this event loop (no flow hooks; off unless jitgate_pg_listen).
+    PgListener(),
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

@@ -423,6 +423,12 @@ class SettingNotAllowed(SqlRefused):
     code = "setting_not_allowed"
 
 
+class InFailedTransaction(SqlRefused):
+    """A statement after a refusal inside a transaction: as on the server, only ROLLBACK ends it."""
+
+    code = "in_failed_transaction"
+
+
 class TlsRequired(Unauthenticated):
     """A Postgres client started without TLS: the token is a password and never crosses the wire in clear."""
 
