@@ -54,6 +54,8 @@ READABLE_CATALOGS = frozenset(
         "pg_foreign_table", "pg_event_trigger", "pg_ts_config", "pg_ts_dict", "pg_ts_parser", "pg_ts_template",
         "pg_cast", "pg_conversion", "pg_aggregate", "pg_amop", "pg_amproc", "pg_opfamily", "pg_shdescription",
         "pg_seclabel", "pg_init_privs", "pg_transform",
+        "pg_publication_namespace", "pg_auth_members",
+        "pg_roles",  # the view shows rolpassword as ********; psql \\d reads it for row-security policies
     }
 )
 

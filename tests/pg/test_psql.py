@@ -23,3 +23,11 @@ def test_nearest_neighbours(pg_mint: Callable[..., dict[str, Any]], pg_env: Call
     out = _psql(pg_env(token), sql="SELECT id FROM candidates ORDER BY embedding <-> '[0,0,0,0,0,0,0,0]' LIMIT 3")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["16", "5", "7"]
+
+
+def test_describe_commands(pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]]) -> None:
+    env = pg_env(pg_mint(READER)["token"])
+    for meta, shown in ((r"\dt", "candidates"), (r"\d candidates", "embedding|vector(8)")):
+        out = _psql(env, "-c", meta)
+        assert out.returncode == 0, (meta, out.stderr)
+        assert shown in out.stdout

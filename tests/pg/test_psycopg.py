@@ -121,3 +121,9 @@ def test_revoked_token_on_an_open_connection(
     assert err is not None and "jitgate token_revoked" in str(err)
     assert err.sqlstate == "28000"
     assert conn.closed or conn.broken or conn.info.status == psycopg.pq.ConnStatus.BAD
+
+
+def test_driver_type_introspection(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    info = psycopg.types.TypeInfo.fetch(conn, "vector")
+    assert info is not None and info.name == "vector"
