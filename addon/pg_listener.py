@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -96,7 +97,7 @@ _STARTUP_TIMEOUT = 10.0
 _UPSTREAM_TIMEOUT = 10.0
 _OWN = frozenset({"jitgate_pg_listen"})
 _READS = (
-    "jitgate_pg_listen", "jitgate_jwks_url", "jitgate_issuer", "jitgate_revocation_refresh",
+    "jitgate_pg_listen", "jitgate_upstream_ca", "jitgate_jwks_url", "jitgate_issuer", "jitgate_revocation_refresh",
     "jitgate_revocation_staleness", "jitgate_jwks_refetch_interval", "jitgate_usage_lease", "jitgate_secret_ttl",
     "jitgate_bucket", "jitgate_spool_dir", "jitgate_gateway_id", "jitgate_sessions_prefix", "jitgate_audit_required",
     "jitgate_segment_bytes", "jitgate_segment_ms", "jitgate_fsync_ms", "jitgate_spool_max_bytes",
@@ -189,6 +190,7 @@ class PgListener:
         self._leases: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
+        self._upstream_tls: ssl.SSLContext | None = None
         self.spool: Spool | None = None
         self.uploader: Uploader | None = None
         self._spool_config: SpoolConfig | None = None
@@ -246,6 +248,12 @@ class PgListener:
         )
         self._bucket, self._prefix = opts.jitgate_bucket, opts.jitgate_sessions_prefix
         self._tls = self._tls_context(Path(os.path.expanduser(opts.confdir)))
+        self._upstream_tls = ssl.create_default_context(cafile=certifi.where())
+        if opts.jitgate_upstream_ca:
+            try:
+                self._upstream_tls.load_verify_locations(cafile=opts.jitgate_upstream_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise settings.options_error(f"jitgate_upstream_ca: cannot use it ({type(exc).__name__})") from None
 
     def _tls_context(self, confdir: Path) -> ssl.SSLContext:
         """A server certificate from the gateway CA for the listener's names and the connections' hosts."""
@@ -574,6 +582,13 @@ class _Session:
             self.up_writer.close()
         r, w = await asyncio.open_connection(self.conn.upstream_host, self.conn.upstream_port)
         self.up_reader, self.up_writer = r, w
+        if self.conn.upstream_tls:
+            w.write(struct.pack("!II", 8, pgwire.SSL_REQUEST))
+            await w.drain()
+            if await r.readexactly(1) != b"S":
+                raise pgwire.WireError("the database does not offer TLS")
+            assert self.gw._upstream_tls is not None
+            await w.start_tls(self.gw._upstream_tls, server_hostname=self.conn.upstream_host)
         params = {
             "user": secret.username,
             "database": self.conn.database,

@@ -176,6 +176,9 @@ class Connection(_Model):
     approval: ApprovalRules = ApprovalRules()
     # Postgres: the schema unqualified table names resolve in (the gateway pins the search_path to it).
     sql_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Postgres: TLS to the server (SSLRequest), verified against the public roots plus
+    # `jitgate_upstream_ca` for the upstream's host name; the server's refusal of TLS fails closed.
+    upstream_tls: bool = False
 
     @model_validator(mode="after")
     def _upstream_scheme(self) -> Connection:

@@ -6,6 +6,9 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from jitgate.devstack.postgres import Postgres
 from tests.pg.conftest import READER
 
 PSQL = "psql"
@@ -31,3 +34,18 @@ def test_describe_commands(pg_mint: Callable[..., dict[str, Any]], pg_env: Calla
         out = _psql(env, "-c", meta)
         assert out.returncode == 0, (meta, out.stderr)
         assert shown in out.stdout
+
+
+def test_upstream_tls_verified(
+    pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]], postgres_tls: Postgres | None
+) -> None:
+    if postgres_tls is None:
+        pytest.skip("Debian's postgresql-15 (a server built with TLS) is not installed")
+    # The server takes TLS connections only: an answer means the gateway spoke TLS to it.
+    token = pg_mint(READER, connection="pg-tls")["token"]
+    out = _psql(pg_env(token), sql="SELECT count(*) FROM candidates")
+    assert out.returncode == 0 and out.stdout.strip() == "24", out.stderr
+    # Under a name its certificate does not hold, the gateway refuses to log in at all.
+    token = pg_mint(READER, connection="pg-tls-badname")["token"]
+    out = _psql(pg_env(token), sql="SELECT count(*) FROM candidates")
+    assert out.returncode != 0 and "jitgate upstream_unavailable" in out.stderr, out.stderr
