@@ -778,9 +778,11 @@ class _Session:
     async def simple_query(self, msg: Message) -> None:
         started = time.perf_counter()
         try:
-            sql, _ = pgwire.cstring(msg.body)
+            sql, end = pgwire.cstring(msg.body)
+            if end != len(msg.body):  # bytes after the text: the server reads none of them, nor does the check
+                raise pgwire.WireError("data after the query text")
         except pgwire.WireError:
-            await self.fatal(ProtocolViolation("the query is not UTF-8 text"), pgwire.SQLSTATE_PROTOCOL)
+            await self.fatal(ProtocolViolation("the query is not one UTF-8 text"), pgwire.SQLSTATE_PROTOCOL)
             return
         problem, close = await self.statement_gate()
         if problem is not None:

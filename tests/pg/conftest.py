@@ -33,6 +33,7 @@ from tests.e2e.conftest import REPO, moto_server, oidc_issuer  # noqa: F401  (sh
 
 READER = "system:serviceaccount:ranking:reranker"
 MAINTAINER = "system:serviceaccount:ranking-admin:janitor"
+LIMITED = "system:serviceaccount:ranking:limited"  # a grant of 3 statements
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +81,13 @@ def pg_policy(
             "name": "pg-tls-readers", "match": {"issuer": oidc_issuer.url, "claims": {"sub": [READER]}},
             "connections": ["pg-tls", "pg-tls-badname"], "operations": ["select"], "collections": ["candidates"],
             "fields": ["id", "body", "embedding"],
+        }
+    )
+    doc["grants"].append(
+        {
+            "name": "pg-limited", "match": {"issuer": oidc_issuer.url, "claims": {"sub": [LIMITED]}},
+            "connections": [PG_CONNECTION], "operations": ["select"], "collections": ["candidates"],
+            "limits": {"max_requests": 3},
         }
     )
     text = yaml.safe_dump(doc, sort_keys=False)

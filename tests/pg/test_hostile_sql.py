@@ -7,6 +7,8 @@ Every statement carries a marker of its own; the server logs every statement it 
 from __future__ import annotations
 
 import socket
+import ssl
+import struct
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -110,6 +112,57 @@ def test_password_that_is_no_token(pg_env: Callable[..., dict[str, str]], postgr
 def test_the_real_password_is_no_token(pg_env: Callable[..., dict[str, str]], postgres: Postgres) -> None:
     out = _psql(pg_env(postgres.password, PGUSER="ranker"), "SELECT 1")
     assert out.returncode != 0 and "jitgate invalid_token" in out.stderr, out.stderr
+
+
+def test_token_of_another_connection(
+    pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]]
+) -> None:
+    token = pg_mint("repo:acme/search-ranker:ref:refs/heads/main", connection="cohere-test")["token"]
+    out = _psql(pg_env(token), "SELECT 1")
+    assert out.returncode != 0 and "jitgate wrong_connection" in out.stderr, out.stderr
+
+
+def _raw_session(port: int, bundle: Path, token: str) -> ssl.SSLSocket:
+    """A hand-made client up to ReadyForQuery: TLS, startup, the token as password."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(struct.pack("!II", 8, 80877103))
+    assert sock.recv(1) == b"S"
+    tls = ssl.create_default_context(cafile=str(bundle)).wrap_socket(sock, server_hostname="127.0.0.1")
+    params = b"user\0r\0database\0ranking\0\0"
+    tls.sendall(struct.pack("!II", 8 + len(params), 196608) + params)
+    _read_until(tls, b"R")
+    tls.sendall(b"p" + struct.pack("!I", 4 + len(token) + 1) + token.encode() + b"\0")
+    _read_until(tls, b"Z")
+    return tls
+
+
+def _read_until(sock: ssl.SSLSocket, kind: bytes) -> bytes:
+    while True:
+        head = b""
+        while len(head) < 5:
+            chunk = sock.recv(5 - len(head))
+            assert chunk, "connection closed"
+            head += chunk
+        body = b""
+        (length,) = struct.unpack("!I", head[1:])
+        while len(body) < length - 4:
+            body += sock.recv(length - 4 - len(body))
+        if head[:1] == kind:
+            return body
+
+
+def test_query_with_bytes_after_its_text(
+    pg_gateway: Gateway, pg_mint: Callable[..., dict[str, Any]], pg_bundle: Path, postgres: Postgres
+) -> None:
+    assert pg_gateway.pg_port is not None
+    marker = f"m{uuid.uuid4().hex}"
+    with _raw_session(pg_gateway.pg_port, pg_bundle, pg_mint(READER)["token"]) as tls:
+        # The check reads the text up to its NUL; what follows must not ride along to the server.
+        body = b"SELECT 1\0SELECT note, '" + marker.encode() + b"' FROM audit_notes\0"
+        tls.sendall(b"Q" + struct.pack("!I", 4 + len(body)) + body)
+        error = _read_until(tls, b"E")
+    assert b"pg_protocol_violation" in error
+    assert marker not in postgres.log_text()
 
 
 def test_replication_startup_refused(reader_env: dict[str, str]) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import boto3
 
 from jitgate.devstack.aws import Stack
-from tests.pg.conftest import READER
+from jitgate.devstack.postgres import Postgres
+from tests.pg.conftest import LIMITED, READER
 
 
 def _psql(env: dict[str, str], *sql: str) -> subprocess.CompletedProcess[str]:
@@ -39,7 +40,8 @@ def _records(stack: Stack, jti: str, want: int) -> list[dict[str, Any]]:
 
 
 def test_one_record_per_statement(
-    pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]], pg_stack: Stack
+    pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]], pg_stack: Stack,
+    postgres: Postgres,
 ) -> None:
     minted = pg_mint(READER, job="rerank-nightly")
     secret_literal = f"s{uuid.uuid4().hex}"
@@ -63,6 +65,17 @@ def test_one_record_per_statement(
     text = json.dumps(records)
     assert secret_literal not in text and minted["token"] not in text
     assert "reranking notes" not in text  # no row value
+    assert minted["token"] not in postgres.log_text()  # the token never reaches the server
+
+
+def test_max_requests_counts_statements(
+    pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]]
+) -> None:
+    env = pg_env(pg_mint(LIMITED)["token"])
+    # One Query message of two statements counts two; the third statement is the last one allowed.
+    out = _psql(env, "SELECT 1; SELECT 2", "SELECT 3", "SELECT 4")
+    assert out.stdout.split() == ["1", "2", "3"], out
+    assert "jitgate request_limit_exceeded" in out.stderr
 
 
 def test_rows_past_the_limit_are_an_error(
