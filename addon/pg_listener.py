@@ -698,7 +698,8 @@ class _Session:
         if self.discarding is not None and t != b"Z":
             return
         self.writer.write(msg.raw())
-        if t in (b"Z", b"C") or not self.reader.at_eof():
+        # Wait for a slow client at each completion, or when its buffer grows: memory stays bounded.
+        if t in (b"Z", b"C") or self.writer.transport.get_write_buffer_size() > 256 * 1024:
             await self.writer.drain()
 
     async def _cut(self, err: JitgateError) -> None:
@@ -892,6 +893,9 @@ class _Session:
                 batch.error = err
                 return
             batch.parsed[name] = stmts[0] if stmts else None
+            if self.aborted and stmts and stmts[0].effect == "commit":  # as in a simple Query: a rollback
+                rest = msg.body[msg.body.index(b"\0", len(name.encode()) + 1) + 1 :]
+                batch.raw[-1] = message(b"P", name.encode() + b"\0ROLLBACK\0" + rest)
         elif t == b"B":
             portal, name = pgwire.bind_names(msg.body)
             if not self._known(name, batch):

@@ -127,3 +127,20 @@ def test_driver_type_introspection(connect: Connect, pg_mint: Callable[..., dict
     conn = connect(pg_mint(READER)["token"], autocommit=True)
     info = psycopg.types.TypeInfo.fetch(conn, "vector")
     assert info is not None and info.name == "vector"
+
+
+def test_commit_after_a_refusal_rolls_back(
+    connect: Connect, pg_mint: Callable[..., dict[str, Any]], postgres: Postgres
+) -> None:
+    conn = connect(pg_mint(MAINTAINER)["token"])
+    conn.execute("INSERT INTO candidates (id, body) VALUES (%s, %s)", (2001, "kept only if committed"))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT note FROM audit_notes")
+    for commit in ("COMMIT", "COMMIT -- as a prepared statement"):
+        cur = conn.execute(commit, prepare=commit != "COMMIT")  # extended protocol both ways
+        assert cur.statusmessage == "ROLLBACK"  # what the server answers to COMMIT of a failed transaction
+        conn.execute("INSERT INTO candidates (id, body) VALUES (%s, %s)", (2002, "x"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT note FROM audit_notes")
+    conn.rollback()
+    assert postgres.psql("SELECT count(*) FROM candidates WHERE id IN (2001, 2002)").strip() == "0"
