@@ -152,6 +152,7 @@ class _Batch:
     portals: dict[str, str] = field(default_factory=dict)
     executes: list[Statement | None] = field(default_factory=list)
     error: JitgateError | None = None
+    token_close: bool | None = None  # set when `error` is the token's: whether the connection closes
     flushed: bool = False
 
 
@@ -773,7 +774,7 @@ class _Session:
             if refused is not None:
                 return stmts, refused
         if self.aborted and not all(s.effect in _ABORTED_OK for s in stmts):
-            return stmts, _Aborted()
+            return stmts, _aborted()
         return stmts, None
 
     async def simple_query(self, msg: Message) -> None:
@@ -847,8 +848,8 @@ class _Session:
             return batch
         if batch.error is not None:
             err = batch.error
-            if isinstance(err, _Token):
-                await self._refuse_token(err.problem, err.close)
+            if batch.token_close is not None:
+                await self._refuse_token(err, batch.token_close)
             else:
                 await self.answer(err, _sqlstate(err))
             return _Batch()
@@ -883,7 +884,7 @@ class _Session:
             name, sql = pgwire.parse_message(msg.body)
             problem, close = await self.statement_gate()
             if problem is not None:
-                batch.error = _Token(problem, close)
+                batch.error, batch.token_close = problem, close
                 return
             stmts, err = self.check(sql)
             if err is None and len(stmts) > 1:
@@ -920,11 +921,11 @@ class _Session:
                 return
             problem, close = await self.statement_gate()
             if problem is not None:
-                batch.error = _Token(problem, close)
+                batch.error, batch.token_close = problem, close
                 return
             stmt = self._statement_of(opened, batch)
             if stmt is not None and self.aborted and stmt.effect not in _ABORTED_OK:
-                batch.error = _Aborted()
+                batch.error = _aborted()
                 return
             if stmt is not None:
                 err = await self.gw.take_use(self._claims())
@@ -993,14 +994,5 @@ def _operation(stmt: Statement | None) -> str | None:
     return stmt.kind if stmt.kind != SESSION else (stmt.effect or SESSION).split(":", 1)[0]
 
 
-class _Aborted(InFailedTransaction):
-    def __init__(self) -> None:
-        super().__init__("current transaction is aborted, commands ignored until end of transaction block")
-
-
-class _Token(JitgateError):
-    """A token problem found while checking a batch, answered at its Sync."""
-
-    def __init__(self, problem: JitgateError, close: bool) -> None:
-        super().__init__(problem.message, code=problem.code)
-        self.problem, self.close = problem, close
+def _aborted() -> InFailedTransaction:
+    return InFailedTransaction("current transaction is aborted, commands ignored until end of transaction block")
