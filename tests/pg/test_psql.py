@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import secrets
 import subprocess
 from collections.abc import Callable
 from typing import Any
 
+import boto3
 import pytest
 
+from jitgate.devstack.aws import Stack
 from jitgate.devstack.postgres import Postgres
 from tests.pg.conftest import READER
 
@@ -49,3 +53,21 @@ def test_upstream_tls_verified(
     token = pg_mint(READER, connection="pg-tls-badname")["token"]
     out = _psql(pg_env(token), sql="SELECT count(*) FROM candidates")
     assert out.returncode != 0 and "jitgate upstream_unavailable" in out.stderr, out.stderr
+
+
+def test_rotated_credential_is_read_again(
+    pg_mint: Callable[..., dict[str, Any]], pg_env: Callable[..., dict[str, str]], postgres: Postgres,
+    pg_stack: Stack,
+) -> None:
+    env = pg_env(pg_mint(READER)["token"])
+    assert _psql(env, sql="SELECT 1").returncode == 0  # the gateway now holds the secret in memory
+    rotated = secrets.token_urlsafe(18)
+    # Rotation as an operator does it: the role's password, then the secret (the statement stays out of the log).
+    postgres.psql(f"SET log_statement = 'none'; ALTER ROLE ranker PASSWORD '{rotated}';")
+    sm = boto3.client("secretsmanager", endpoint_url=pg_stack.endpoint_url, region_name=pg_stack.region)
+    secret = json.dumps({"username": "ranker", "password": rotated})
+    sm.put_secret_value(SecretId="jitgate/test/pg-dev", SecretString=secret)
+    postgres.password = rotated
+    out = _psql(env, sql="SELECT count(*) FROM candidates")  # rejected once upstream, read afresh, retried
+    assert out.returncode == 0 and out.stdout.strip() == "24", out.stderr
+    assert rotated not in postgres.log_text()
