@@ -16,6 +16,7 @@ from addon.flow_metadata import FlowMetadata
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
+from addon.pg_listener import PgListener
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.settings import AwsClients
@@ -52,5 +53,7 @@ addons = [
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
     upstream_timeout,
     FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
+    # The Postgres path: a listener of its own on this event loop (no flow hooks; off unless jitgate_pg_listen).
+    PgListener(aws=aws),
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

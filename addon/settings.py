@@ -128,6 +128,11 @@ OPTIONS: dict[str, Option] = {
             "jitgate_audit_required", bool, True,
             "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",
         ),
+        # pg_listener
+        Option(
+            "jitgate_pg_listen", str, "",
+            "HOST:PORT of the Postgres listener (TLS, the JIT token as password); empty: no Postgres path.",
+        ),
         # upstream_timeout
         Option(
             "jitgate_upstream_timeout", str, DEFAULT_UPSTREAM_TIMEOUT,
@@ -176,6 +181,20 @@ def seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
         return durations.parse_seconds(value, zero_ok=zero_ok)
     except ValueError as exc:
         raise options_error(f"{name}: {exc}") from None
+
+
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+def broker_keys(opts: Any) -> tuple[str, str]:
+    """The broker's JWKS URL and the token issuer from the options; a bad pair stops the start."""
+    url = str(opts.jitgate_jwks_url)
+    if not url.startswith(("https://", "http://")):
+        raise options_error("jitgate_jwks_url must be the broker's http(s) JWKS URL")
+    issuer = opts.jitgate_issuer or (url.removesuffix(JWKS_PATH) if url.endswith(JWKS_PATH) else "")
+    if not issuer:
+        raise options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
+    return url, str(issuer)
 
 
 def region(value: str) -> str:

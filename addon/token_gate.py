@@ -40,7 +40,7 @@ from jitgate.token_intake import VerifiedTokens, proxy_token, strip_copies, take
 
 logger = logging.getLogger(__name__)
 
-JWKS_PATH = "/.well-known/jwks.json"
+JWKS_PATH = settings.JWKS_PATH
 PROXY_AUTHENTICATE = 'Basic realm="jitgate"'
 _OWN = frozenset(
     {
@@ -115,13 +115,7 @@ class TokenGate:
             return
         opts = ctx.options
         self.policy = settings.policy_from(opts.jitgate_policy)
-        url = opts.jitgate_jwks_url
-        if not url.startswith(("https://", "http://")):
-            raise settings.options_error("jitgate_jwks_url must be the broker's http(s) JWKS URL")
-        self.jwks_url = url
-        self.issuer = opts.jitgate_issuer or (url.removesuffix(JWKS_PATH) if url.endswith(JWKS_PATH) else "")
-        if not self.issuer:
-            raise settings.options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
+        self.jwks_url, self.issuer = settings.broker_keys(opts)
         if not opts.jitgate_table:
             raise settings.options_error("jitgate_table is required: revocations are read from it")
         refresh = settings.seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")

@@ -89,4 +89,7 @@ class Issuance:
             "operations": list(decision.operations),
             "key_env": conn.key_env,
             "proxy_hint": PROXY_HINT,
+            # A postgres connection: `jitgate run` sets libpq's variables instead of a proxy.
+            "dialect": conn.dialect,
+            "database": conn.database or None,
         }

@@ -92,6 +92,19 @@ WHERE f.action <> 'allow'
 ORDER BY s.ts, s.flow_id, finding""",
         ),
         NamedQuery(
+            "who-read-tables",
+            "Postgres: who read or wrote which table, per day: statements, rows, refusals, reads and writes.",
+            """SELECT s.dt AS day, s.sub, s.conn, t.tbl AS table_name, count(*) AS statements,
+       coalesce(sum(s.rows), 0) AS rows, count_if(s.decision = 'blocked') AS refused,
+       count_if(s.operation = 'select') AS selects, count_if(s.operation IN ('insert', 'update', 'delete')) AS writes,
+       count(DISTINCT s.jti) AS tokens
+FROM sessions_unique AS s
+CROSS JOIN UNNEST(s.tables) AS t(tbl)
+WHERE s.method = 'SQL'
+GROUP BY s.dt, s.sub, s.conn, t.tbl
+ORDER BY day, s.sub, table_name""",
+        ),
+        NamedQuery(
             "held-operations",
             "Risky operations held for a human, and how each was decided (approved, denied, held).",
             """SELECT ts, sub, jti, apv, conn, operation, collection, host, path, decision, status, error, flow_id

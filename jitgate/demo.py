@@ -2,7 +2,8 @@
 
 Shows, in order: a rerank answered; a request carrying an AWS key blocked; an e-mail in a
 returned document masked; the token revoked when the job ended and refused afterwards; an audit
-query naming the user and the documents. Exits non-zero if any step fails.
+query naming the user and the documents; a pgvector nearest-neighbour SELECT through psql on the
+Postgres path, and a column outside the grant refused. Exits non-zero if any step fails.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from jitgate.devstack.policy import READER_SUB
 from jitgate.devstack.stack import DevStack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +63,17 @@ def _run_job(stack: DevStack, token_file: Path) -> tuple[int, dict[str, dict[str
             data = json.loads(line[5:])
             steps[data["step"]] = data
     return proc.returncode, steps, proc.stderr
+
+
+PG_QUERY = "SELECT id, embedding <-> '[0,0,0,0,0,0,0,0]' AS distance FROM candidates ORDER BY distance LIMIT 3"
+
+
+def _run_psql(stack: DevStack, sql: str) -> subprocess.CompletedProcess[str]:
+    """psql, unchanged, under `jitgate run --connection pg-dev` as the reranker service account."""
+    env = {**os.environ, **stack.env, "JITGATE_DEV_SUBJECT": READER_SUB, "PGUSER": "reranker"}
+    jitgate = str(Path(sys.executable).with_name("jitgate"))
+    argv = [jitgate, "run", "--connection", "pg-dev", "--", "psql", "-X", "-At", "-c", sql]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def _revoked_refusal(stack: DevStack, token: str) -> tuple[int, str]:
@@ -143,6 +156,18 @@ def run(state_dir: Path) -> None:
         console.print(table)
         subjects = {row.get("sub") for row in rows}
         _check(stack.env["JITGATE_DEV_SUBJECT"] in subjects, f"the audit names the user {subjects}")
+
+        console.rule("6. pgvector nearest neighbours through psql under `jitgate run --connection pg-dev`")
+        near = _run_psql(stack, PG_QUERY)
+        if near.returncode != 0:
+            console.print(near.stderr[-2000:])
+        ids = [line.split("|", 1)[0] for line in near.stdout.split()]
+        _check(near.returncode == 0 and len(ids) == 3, f"psql answered the 3 nearest candidates: ids {ids}")
+        refused = _run_psql(stack, "SELECT owner_email FROM candidates LIMIT 1")
+        _check(
+            refused.returncode != 0 and "jitgate column_not_allowed" in refused.stderr,
+            "a column outside the grant is refused (42501 column_not_allowed)",
+        )
     console.rule("[bold green]demo passed")
 
 

@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-DIALECTS = ("cohere", "jina", "voyage", "tei", "chroma", "generic")
+DIALECTS = ("cohere", "jina", "voyage", "tei", "chroma", "generic", "postgres")
 RERANK_DIALECTS = frozenset({"cohere", "jina", "voyage", "tei"})
+# A Postgres connection has no routes: its operations are SQL's (jitgate/pgsql.py reads them).
+SQL_OPERATIONS = ("select", "insert", "update", "delete")
 # Headers in which any dialect's client may send its own credential (or the JIT token): the gateway
 # never forwards them (credential_inject), and they are not scanned as data (leak_guard).
 CLIENT_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Chroma-Token")
@@ -68,6 +70,7 @@ DEFAULT_ROUTES: dict[str, tuple[Route, ...]] = {
         + _routes("drop_collection", "DELETE", "/api/v1/collections/{collection}", _CHROMA_V2)
     ),
     "generic": (),
+    "postgres": (),
 }
 
 

@@ -377,6 +377,82 @@ class MisdirectedRequest(JitgateError):
     status = 421
 
 
+
+# -- the Postgres listener (SQLSTATE 42501 for a refusal, 28000 for the token, 08P01 for the protocol) ----
+
+
+class SqlRefused(Forbidden):
+    """A statement the token may not run, or one the gateway cannot read as the server would."""
+
+    code = "sql_refused"
+
+
+class SqlNotParsed(SqlRefused):
+    """PostgreSQL's parser (pglast) rejects the statement, so it cannot be checked."""
+
+    code = "sql_not_parsed"
+
+
+class StatementNotAllowed(SqlRefused):
+    """A kind of statement or clause the gateway never forwards (COPY, DO, PREPARE, CREATE, ...)."""
+
+    code = "statement_not_allowed"
+
+
+class TableNotAllowed(SqlRefused):
+    """A table outside the token's `collections`, or a catalog that is never readable."""
+
+    code = "table_not_allowed"
+
+
+class ColumnNotAllowed(SqlRefused):
+    """A column outside the token's `fields` for its table, or `*` on a table with column limits."""
+
+    code = "column_not_allowed"
+
+
+class FunctionNotAllowed(SqlRefused):
+    """A function or operator outside the gateway's allow-list."""
+
+    code = "function_not_allowed"
+
+
+class SettingNotAllowed(SqlRefused):
+    """A SET / SHOW of a setting outside the harmless list (search_path, role, session_authorization, ...)."""
+
+    code = "setting_not_allowed"
+
+
+class InFailedTransaction(SqlRefused):
+    """A statement after a refusal inside a transaction: as on the server, only ROLLBACK ends it."""
+
+    code = "in_failed_transaction"
+
+
+class TlsRequired(Unauthenticated):
+    """A Postgres client started without TLS: the token is a password and never crosses the wire in clear."""
+
+    code = "tls_required"
+
+
+class ReplicationNotAllowed(Forbidden):
+    """A Postgres replication startup: the gateway relays queries only."""
+
+    code = "replication_not_allowed"
+
+
+class ProtocolViolation(BadRequest):
+    """A Postgres frontend message the gateway cannot accept (unknown type, bad length, out of order)."""
+
+    code = "pg_protocol_violation"
+
+
+class RowLimitExceeded(Forbidden):
+    """A statement's result passed the token's row or byte limit: an error, never a silent cut."""
+
+    code = "row_limit_exceeded"
+
+
 # -- broker configuration and the broker's clients (CLI, local stack) ------------------------------
 
 

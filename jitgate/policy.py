@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from jitgate.dialects import DEFAULT_ROUTES, Route
+from jitgate.dialects import DEFAULT_ROUTES, SQL_OPERATIONS, Route
 from jitgate.durations import parse_duration as parse_duration  # re-exported for callers of the policy
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
 from jitgate.token import Limits
@@ -165,14 +165,41 @@ class Connection(_Model):
     """One upstream (a reranker or a store) reachable through the gateway."""
 
     name: str = Field(pattern=_NAME)
-    dialect: Literal["cohere", "jina", "voyage", "tei", "chroma", "generic"]
-    upstream: str = Field(pattern=r"^https?://[^/\s]+")
+    dialect: Literal["cohere", "jina", "voyage", "tei", "chroma", "generic", "postgres"]
+    # https://host[:port] for HTTP dialects; postgres://host:port/database for `postgres`.
+    upstream: str = Field(pattern=r"^(https?|postgres)://[^/\s]+")
     hosts: tuple[Annotated[str, AfterValidator(_host_name)], ...] = ()
     credential: Credential
     key_env: str | None = None
     mask: str = "default"
     operations: Mapping[str, tuple[RouteSpec, ...]] = Field(default_factory=dict)
     approval: ApprovalRules = ApprovalRules()
+    # Postgres: the schema unqualified table names resolve in (the gateway pins the search_path to it).
+    sql_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Postgres: TLS to the server (SSLRequest), verified against the public roots plus
+    # `jitgate_upstream_ca` for the upstream's host name; the server's refusal of TLS fails closed.
+    upstream_tls: bool = False
+
+    @model_validator(mode="after")
+    def _upstream_scheme(self) -> Connection:
+        is_pg = self.upstream.startswith("postgres://")
+        if is_pg != (self.dialect == "postgres"):
+            raise ValueError("a postgres connection's upstream is postgres://host:port/database, others' http(s)://")
+        if is_pg and not re.fullmatch(r"postgres://[^/\s:]+:\d{1,5}/[A-Za-z0-9_]{1,63}", self.upstream):
+            raise ValueError("a postgres upstream is postgres://host:port/database")
+        if is_pg and self.operations:
+            raise ValueError("a postgres connection's operations are select, insert, update and delete")
+        return self
+
+    @cached_property
+    def database(self) -> str:
+        """The database a postgres connection opens (the upstream URL's path)."""
+        return self.upstream.rsplit("/", 1)[1] if self.dialect == "postgres" else ""
+
+    @cached_property
+    def upstream_port(self) -> int:
+        authority = self.upstream.split("://", 1)[1].split("/", 1)[0]
+        return int(authority.rsplit(":", 1)[1]) if ":" in authority and not authority.endswith("]") else 443
 
     @cached_property
     def routes(self) -> tuple[Route, ...]:
@@ -183,6 +210,8 @@ class Connection(_Model):
 
     @cached_property
     def operation_names(self) -> frozenset[str]:
+        if self.dialect == "postgres":
+            return frozenset(SQL_OPERATIONS)
         return frozenset(r.operation for r in self.routes)
 
     @cached_property

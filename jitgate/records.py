@@ -63,6 +63,15 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_body", "string"),
     ("response_body", "string"),
     ("truncated", "boolean"),
+    # The Postgres path (null / empty on HTTP records): the startup's user name, the tables and
+    # schema.table.column names a statement touched, its text with literals removed, its pglast
+    # fingerprint, and the rows it returned.
+    ("db_user", "string"),
+    ("tables", "array<string>"),
+    ("columns", "array<string>"),
+    ("statement", "string"),
+    ("statement_fingerprint", "string"),
+    ("rows", "bigint"),
 )
 
 PARTITIONS: tuple[tuple[str, str], ...] = (("dt", "string"), ("hour", "string"))
@@ -139,10 +148,16 @@ class SessionRecord(_Frozen):
     request_body: str | None = None
     response_body: str | None = None
     truncated: bool = False
+    db_user: str | None = None
+    tables: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    statement: str | None = None
+    statement_fingerprint: str | None = None
+    rows: int | None = None
 
     @field_validator(
         "sub", "job", "client", "host", "path", "operation", "collection", "rerank_query", "request_body",
-        "response_body",
+        "response_body", "db_user", "statement",
     )
     @classmethod
     def _no_lone_surrogates(cls, value: str | None) -> str | None:

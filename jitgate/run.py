@@ -56,6 +56,35 @@ def job_environment(base: Mapping[str, str], minted: Minted, job: JobEnv) -> dic
     return env
 
 
+# libpq variables a job's environment may carry that would send it elsewhere or change its session.
+_PG_DROPPED = ("PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGSSLCERT", "PGSSLKEY", "PGPASSFILE",
+               "PGSSLCRL", "PGSSLCRLDIR", "PGREQUIRESSL", "PGGSSENCMODE", "PGTARGETSESSIONATTRS")
+
+
+def pg_environment(
+    base: Mapping[str, str], minted: Minted, *, gateway: str, ca_bundle: Path, user: str
+) -> dict[str, str]:
+    """What psql / psycopg / any libpq client needs to reach a postgres connection through the gateway:
+    the listener, the connection's database, the token as the password, TLS verified against the bundle."""
+    host, _, port = gateway.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("the gateway's Postgres listener must be HOST:PORT")
+    env = {k: v for k, v in base.items() if k not in _PG_DROPPED}
+    env.update(
+        {
+            "PGHOST": host.strip("[]"),
+            "PGPORT": port,
+            "PGDATABASE": minted.database or "",
+            "PGUSER": user,
+            "PGPASSWORD": minted.token,
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(ca_bundle),
+            "JITGATE_JTI": minted.jti,
+        }
+    )
+    return env
+
+
 def run_job(cmd: Sequence[str], env: Mapping[str, str]) -> int:
     """Run `cmd` and return its exit status; Ctrl-C and SIGTERM go to the job, not to us.
 

@@ -47,6 +47,7 @@ def dev(
             if not name.startswith("AWS_SECRET"):
                 out.print(f"  {name}={value}")
         out.print("\nthen:  jitgate run -- python examples/rerank_job.py      (Ctrl-C here stops everything)")
+        out.print('or:    jitgate run --connection pg-dev -- psql -c "SELECT id FROM candidates LIMIT 3"')
         while not stopped.wait(0.5):
             pass
     finally:
@@ -67,6 +68,9 @@ def gateway(
     aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
     capture: Annotated[str | None, typer.Option(help="Transparently capture this process (eBPF).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
+    pg_listen: Annotated[
+        str, typer.Option(envvar="JITGATE_PG_LISTEN", help="HOST:PORT of the Postgres listener (empty: none).")
+    ] = "",
 ) -> None:
     """Run the gateway in the foreground: mitmdump with the jitgate addon chain and its options."""
     argv = [str(MITMDUMP), "--listen-host", listen_host, "--listen-port", str(listen_port)]
@@ -86,6 +90,7 @@ def gateway(
         "jitgate_spool_dir": spool_dir,
         "jitgate_upstream_ca": upstream_ca,
         "jitgate_aws_endpoint": aws_endpoint,
+        "jitgate_pg_listen": pg_listen,
     }
     for name, value in options.items():
         if value:

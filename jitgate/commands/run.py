@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from jitgate.durations import parse_duration
 from jitgate.errors import ApprovalDenied, ApprovalExpired, ApprovalPending, JitgateError
 from jitgate.oidc_source import find_oidc_token
 from jitgate.policy import load_policy
-from jitgate.run import JobEnv, job_environment, run_job, write_ca_bundle
+from jitgate.run import JobEnv, job_environment, pg_environment, run_job, write_ca_bundle
 
 err = Console(stderr=True)
 
@@ -87,8 +88,14 @@ def run(
     oidc_token: OidcOpt = None,
     capture: Annotated[bool, typer.Option(help="Use transparent local capture instead of HTTPS_PROXY.")] = False,
     wait_approval: Annotated[int, typer.Option(help="Seconds to wait when issuance needs approval.")] = 0,
+    pg_gateway: Annotated[
+        str | None, typer.Option(envvar="JITGATE_PG_GATEWAY", help="The gateway's Postgres listener host:port.")
+    ] = None,
 ) -> None:
-    """Run CMD with a JIT token that is revoked when CMD ends; exit with CMD's status."""
+    """Run CMD with a JIT token that is revoked when CMD ends; exit with CMD's status.
+
+    For a postgres connection the job gets libpq's variables (PGHOST, PGPORT, PGDATABASE, PGUSER,
+    PGPASSWORD = the token, PGSSLMODE=verify-full, PGSSLROOTCERT) instead of a proxy."""
     if capture:
         reason = capture_unavailable_reason()
         if reason:
@@ -105,7 +112,14 @@ def run(
         bundle = write_ca_bundle(gateway_ca, Path(state_dir) if state_dir else None)
         rc = 1
         try:
-            env = job_environment(os.environ, minted, JobEnv(gateway, bundle, _key_env(minted, key_env)))
+            if minted.dialect == "postgres":
+                if not pg_gateway:
+                    err.print("[red]jitgate: a postgres connection needs --pg-gateway (JITGATE_PG_GATEWAY)[/red]")
+                    raise typer.Exit(2)
+                user = os.environ.get("PGUSER") or getpass.getuser()
+                env = pg_environment(os.environ, minted, gateway=pg_gateway, ca_bundle=bundle, user=user)
+            else:
+                env = job_environment(os.environ, minted, JobEnv(gateway, bundle, _key_env(minted, key_env)))
             err.print(f"jitgate: token {minted.jti} for {minted.connection}, expires at {minted.expires_at}")
             rc = run_job(cmd, env)
         except FileNotFoundError as exc:

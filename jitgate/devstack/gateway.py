@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENTRY = REPO / "addon" / "jitgate_addons.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 _LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
+_PG_LISTENING = re.compile(r"postgres listening at .*?:(\d+)")
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY")
 
 
@@ -42,6 +43,7 @@ class Gateway:
     port: int
     confdir: Path
     log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=400))
+    pg_port: int | None = None  # the Postgres listener's port, when `jitgate_pg_listen` is set
 
     @property
     def url(self) -> str:
@@ -153,12 +155,22 @@ def start_gateway(
     while True:
         if proc.poll() is not None:
             raise RuntimeError("mitmdump exited during start:\n" + "\n".join(log))
-        if _probe(port) == want:
+        if _probe(port) == want and (not options.get("jitgate_pg_listen") or _pg_port(gateway)):
             return gateway
         if time.monotonic() > deadline:
             gateway.stop()
             raise RuntimeError("mitmdump never became ready:\n" + "\n".join(log))
         time.sleep(0.1)
+
+
+def _pg_port(gateway: Gateway) -> bool:
+    """Whether the Postgres listener said where it listens (its line is in the log); sets `pg_port`."""
+    for line in list(gateway.log):
+        m = _PG_LISTENING.search(line)
+        if m:
+            gateway.pg_port = int(m.group(1))
+            return True
+    return False
 
 
 def _probe(port: int) -> str | None:

@@ -15,11 +15,13 @@ from jitgate.policy import Policy, parse_policy
 
 RERANK_CONNECTIONS = {"cohere-test": "cohere", "jina-test": "jina", "voyage-test": "voyage"}
 STORE_CONNECTION = "store-test"
+PG_CONNECTION = "pg-dev"
 DEFAULT_UPSTREAMS = {
     "cohere-test": "https://cohere.upstream.test",
     "jina-test": "https://jina.upstream.test",
     "voyage-test": "https://voyage.upstream.test",
     STORE_CONNECTION: "https://store.upstream.test",
+    PG_CONNECTION: "postgres://127.0.0.1:5432/ranking",
 }
 ADMIN_GROUP = "platform-security"
 APPROVER_GROUP = "search-leads"
@@ -56,6 +58,13 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         "mask": "strict",
         "credential": {"secret_id": secret_id(STORE_CONNECTION), "header": "X-Chroma-Token", "format": "{secret}"},
         "approval": {"operations": ["delete", "drop_collection"]},
+    }
+    # Postgres with pgvector; the secret is JSON {"username": ..., "password": ...}.
+    connections[PG_CONNECTION] = {
+        "dialect": "postgres",
+        "upstream": ups[PG_CONNECTION],
+        "hosts": ["localhost"],
+        "credential": {"secret_id": secret_id(PG_CONNECTION)},
     }
     return {
         "version": 1,
@@ -94,6 +103,24 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
                 "collections": ["candidates"],
                 "max_ttl": "1h",
                 "approval": {"required": True, "approvers": approvers(issuer, APPROVER_GROUP), "timeout": "1h"},
+            },
+            {
+                "name": "pg-readers",
+                "match": {"issuer": issuer, "claims": {"sub": [READER_SUB]}},
+                "connections": [PG_CONNECTION],
+                "operations": ["select"],
+                "collections": ["candidates"],
+                "fields": ["id", "body", "embedding"],
+                "max_ttl": "15m",
+                "limits": {"max_requests": 10000, "max_documents": 1000},
+            },
+            {
+                "name": "pg-maintenance",
+                "match": {"issuer": issuer, "claims": {"sub": ["system:serviceaccount:ranking-admin:*"]}},
+                "connections": [PG_CONNECTION],
+                "operations": ["select", "insert", "update", "delete"],
+                "collections": ["candidates"],
+                "max_ttl": "1h",
             },
         ],
     }

@@ -22,7 +22,15 @@ import yaml
 from jitgate.devstack.aws import Stack, broker_env, local_broker, moto_server, seed
 from jitgate.devstack.gateway import Gateway, jitgate_options, start_gateway, write_bundle
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import CI_CLAIMS, RERANK_CONNECTIONS, STORE_CONNECTION, policy_dict, secret_id
+from jitgate.devstack.policy import (
+    CI_CLAIMS,
+    PG_CONNECTION,
+    RERANK_CONNECTIONS,
+    STORE_CONNECTION,
+    policy_dict,
+    secret_id,
+)
+from jitgate.devstack.postgres import Postgres, start_postgres
 from jitgate.devstack.upstream import Upstream
 from jitgate.policy import parse_policy
 
@@ -45,6 +53,7 @@ class DevStack:
     stack: Stack | None = None
     gateway: Gateway | None = None
     upstream: Upstream | None = None
+    postgres: Postgres | None = None
     _exit: ExitStack = field(default_factory=ExitStack)
 
     def start(self, progress: Callable[[str], None] = lambda _step: None) -> DevStack:
@@ -69,10 +78,18 @@ class DevStack:
         self.upstream = upstream
         upstream_ca = state / "upstream-ca.pem"
         upstream_ca.write_bytes(upstream.ca_pem())
+        progress("Postgres 18 with pgvector (database ranking)")
+        postgres = self._exit.enter_context(start_postgres())
+        self.postgres = postgres
+        keys[secret_id(PG_CONNECTION)] = json.dumps(postgres.secret())
         # The store answers on `localhost`, a leftover from when connections could not share an
         # upstream host (they may now: the token picks the connection); the other rerank
         # connections keep their (unreachable) defaults.
-        upstreams = {"cohere-test": upstream.url, STORE_CONNECTION: f"https://localhost:{upstream.port}"}
+        upstreams = {
+            "cohere-test": upstream.url,
+            STORE_CONNECTION: f"https://localhost:{upstream.port}",
+            PG_CONNECTION: postgres.upstream,
+        }
         doc: dict[str, Any] = policy_dict(issuer.url, upstreams=upstreams)
         for name, hosts in PUBLIC_HOSTS.items():
             doc["connections"][name]["hosts"] = hosts
@@ -101,6 +118,7 @@ class DevStack:
                 "jitgate_spool_dir": str(state / "spool"),
                 "jitgate_gateway_id": "dev",
                 "jitgate_segment_ms": str(self.segment_ms),
+                "jitgate_pg_listen": "127.0.0.1:0",
             }
         )
         gw_env = {**broker_env(stack, policy_path), "PATH": os.environ.get("PATH", "")}
@@ -112,6 +130,7 @@ class DevStack:
             "JITGATE_STATE_DIR": str(state),
             "JITGATE_BROKER_URL": broker.url,
             "JITGATE_GATEWAY": f"127.0.0.1:{gateway.port}",
+            "JITGATE_PG_GATEWAY": f"127.0.0.1:{gateway.pg_port}",
             "JITGATE_GATEWAY_CA": str(gateway.confdir / "mitmproxy-ca-cert.pem"),
             "JITGATE_CA_BUNDLE": str(bundle),
             "JITGATE_CONNECTION": "cohere-test",

@@ -67,3 +67,18 @@ def test_capture_reason_names_the_cause(tmp_path: Path) -> None:
     assert no_v2 is not None and "cgroup v2" in no_v2
     (tmp_path / "cgroup.controllers").write_text("cpu io memory\n")
     assert capture_unavailable_reason(release="6.12.0", cgroup_root=tmp_path) is None
+
+
+def test_pg_environment_sets_libpq_variables_and_drops_redirects(tmp_path: Path) -> None:
+    from jitgate.run import pg_environment
+
+    minted = Minted(
+        token="h.p.s", jti="j" * 32, expires_at=1, connection="pg-dev", proxy_hint=None, key_env=None,
+        dialect="postgres", database="ranking",
+    )
+    base = {"PGHOSTADDR": "10.0.0.9", "PGSERVICE": "prod", "PGOPTIONS": "-c role=x", "HOME": "/root"}
+    env = pg_environment(base, minted, gateway="127.0.0.1:6432", ca_bundle=tmp_path / "b.pem", user="me")
+    assert env["PGHOST"] == "127.0.0.1" and env["PGPORT"] == "6432" and env["PGDATABASE"] == "ranking"
+    assert env["PGUSER"] == "me" and env["PGPASSWORD"] == "h.p.s" and env["PGSSLMODE"] == "verify-full"
+    assert env["PGSSLROOTCERT"] == str(tmp_path / "b.pem") and env["HOME"] == "/root"
+    assert not {"PGHOSTADDR", "PGSERVICE", "PGOPTIONS"} & set(env)

@@ -18,6 +18,10 @@ def test_make_demo_passes(tmp_path: Path) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    for shown in ("rerank answered", "leak_blocked", "[REDACTED:email:", "token_revoked", "demo passed"):
+    shown_steps = (
+        "rerank answered", "leak_blocked", "[REDACTED:email:", "token_revoked", "psql answered the 3 nearest",
+        "column_not_allowed", "demo passed",
+    )
+    for shown in shown_steps:
         assert shown in out, shown
     assert "@example.com" not in out.split("3. an e-mail", 1)[1]

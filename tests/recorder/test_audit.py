@@ -87,6 +87,17 @@ def cache(tmp_path: Path) -> Path:
     # the same record shipped twice (a re-shipped segment under another key): counted once
     _write_segment(tmp_path, "sessions/dt=2027-01-15/hour=08/gw1-b.jsonl.gz", [alice, leak])
     _write_segment(tmp_path, "sessions/dt=2027-01-16/hour=09/gw1-c.jsonl.gz", [held])
+    sql = dict(
+        conn="pg-dev", method="SQL", host="127.0.0.1", path="/ranking", operation="select",
+        ts="2027-01-16T10:00:00.000Z",
+    )
+    reads = [
+        _rec("p1", "erin", "jti-erin-1", **sql, tables=("public.candidates",), rows=5,
+             statement="SELECT id FROM candidates LIMIT ?"),
+        _rec("p2", "erin", "jti-erin-1", **sql, tables=("public.candidates", "public.audit_notes"), rows=0,
+             decision="blocked", status=403, error="table_not_allowed"),
+    ]
+    _write_segment(tmp_path, "sessions/dt=2027-01-16/hour=10/gw1-pg-d.jsonl.gz", reads)
     events = tmp_path / "token-events" / "dt=2027-01-15"
     events.mkdir(parents=True)
     lines = [
@@ -121,6 +132,15 @@ def test_who_reranked_names_user_token_and_position(cache: Path) -> None:
     assert _run(cache, "who-reranked", sha256=sha256_text("never sent")) == []
 
 
+def test_who_read_tables_per_day(cache: Path) -> None:
+    rows = _run(cache, "who-read-tables")
+    got = {(r["day"], r["sub"], r["table_name"]): (r["statements"], r["rows"], r["refused"]) for r in rows}
+    assert got == {
+        ("2027-01-16", "erin", "public.audit_notes"): (1, 0, 1),
+        ("2027-01-16", "erin", "public.candidates"): (2, 5, 1),
+    }
+
+
 def test_fingerprint_arg_accepts_text_or_hex() -> None:
     h = sha256_text(DOCS[1])
     assert audit.fingerprint_arg(DOCS[1]) == h == audit.fingerprint_arg(h.upper())
@@ -128,7 +148,10 @@ def test_fingerprint_arg_accepts_text_or_hex() -> None:
 
 def test_user_activity_per_day_drops_duplicates(cache: Path) -> None:
     rows = {(r["day"], r["sub"]): r for r in _run(cache, "user-activity")}
-    assert set(rows) == {("2027-01-15", "alice"), ("2027-01-15", "bob"), ("2027-01-16", "carol")}
+    assert set(rows) == {
+        ("2027-01-15", "alice"), ("2027-01-15", "bob"), ("2027-01-16", "carol"), ("2027-01-16", "erin"),
+    }
+    assert (rows[("2027-01-16", "erin")]["requests"], rows[("2027-01-16", "erin")]["blocked"]) == (2, 1)
     assert rows[("2027-01-15", "alice")]["requests"] == 1
     assert (rows[("2027-01-15", "bob")]["requests"], rows[("2027-01-15", "bob")]["blocked"]) == (2, 1)
     assert rows[("2027-01-16", "carol")]["held"] == 1

@@ -1,0 +1,137 @@
+"""jitgate.pgsql: statements read with PostgreSQL's parser and checked against a token's scope."""
+
+from __future__ import annotations
+
+import pytest
+
+from jitgate import errors
+from jitgate.pgsql import analyze, normalize, statement_error
+from jitgate.token import Scope
+
+READER = Scope(operations=("select",), collections=("candidates",), fields=("id", "body", "embedding"))
+MAINTAINER = Scope(operations=("select", "insert", "update", "delete"), collections=("candidates",))
+
+
+def _decide(sql: str, scope: Scope = READER) -> errors.JitgateError | None:
+    try:
+        stmts = analyze(sql)
+    except errors.JitgateError as err:
+        return err
+    return next((e for e in (statement_error(s, scope) for s in stmts) if e is not None), None)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select id, body from candidates where id = 3",
+        "select id, embedding <-> '[1,2,3,4,5,6,7,8]' as d from candidates order by d limit 5",
+        "select id from candidates order by embedding <=> $1 limit 5",
+        "select id from public.candidates",
+        "select count(*) from candidates",
+        "select typname from pg_catalog.pg_type where oid = 25",
+        "select * from (select id from candidates) s",
+        "select id from U&\"candid\\0061tes\"",
+        "select /* a /* nested */ comment */ id from candidates",
+        "select id from candidates where body = $x$ it's $x$",
+        "begin", "commit", "rollback", "savepoint a", "release a", "rollback to a",
+        "show server_version", "set statement_timeout = 5000", "set hnsw.ef_search = 100", "reset all",
+        "discard all", "deallocate all", "select 1",
+    ],
+)
+def test_reader_may(sql: str) -> None:
+    assert _decide(sql) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("select * from candidates", "column_not_allowed"),
+        ("select owner_email from candidates", "column_not_allowed"),
+        ("select id from candidates where owner_email like '%a%'", "column_not_allowed"),
+        ("select id from candidates order by owner_email", "column_not_allowed"),
+        ("select (select owner_email from candidates limit 1)", "column_not_allowed"),
+        ("select candidates from candidates", "column_not_allowed"),  # the whole row
+        ("select c.id from candidates c where c.id in (select id from audit_notes)", "table_not_allowed"),
+        ("with candidates as (select * from audit_notes) select id from candidates", "table_not_allowed"),
+        ("select id from candidates union select id from audit_notes", "table_not_allowed"),
+        ("select id from other.candidates", "table_not_allowed"),
+        ("select id from \"Candidates\"", "table_not_allowed"),
+        ("select * from pg_authid", "table_not_allowed"),
+        ("select usename from pg_catalog.pg_shadow", "table_not_allowed"),
+        ("select * from pg_user_mapping", "table_not_allowed"),
+        ("select pg_read_file('/etc/passwd')", "function_not_allowed"),
+        ("select pg_catalog.pg_sleep(1)", "function_not_allowed"),
+        ("select lo_import('/etc/passwd')", "function_not_allowed"),
+        ("select dblink('x', 'y')", "function_not_allowed"),
+        ("select set_config('search_path', 'x', false)", "function_not_allowed"),
+        ("select row_to_json(c) from candidates c", "function_not_allowed"),
+        ("select id from candidates order by id using ~<~", "function_not_allowed"),
+        ("set search_path = evil", "setting_not_allowed"),
+        ("set role postgres", "setting_not_allowed"),
+        ("set session authorization postgres", "setting_not_allowed"),
+        ("set client_encoding = 'SJIS'", "setting_not_allowed"),
+        ("set standard_conforming_strings = off", "setting_not_allowed"),
+        ("show all", "setting_not_allowed"),
+        ("copy candidates to program 'id'", "statement_not_allowed"),
+        ("copy candidates to '/tmp/x'", "statement_not_allowed"),
+        ("do $$ begin perform 1; end $$", "statement_not_allowed"),
+        ("prepare p as select 1", "statement_not_allowed"),
+        ("execute p", "statement_not_allowed"),
+        ("create function f() returns int as 'select 1' language sql", "statement_not_allowed"),
+        ("alter system set log_statement = 'none'", "statement_not_allowed"),
+        ("select id into t2 from candidates", "statement_not_allowed"),
+        ("select id from candidates c(a, b)", "statement_not_allowed"),
+        ("update candidates set body = 'x' where id = 1", "operation_not_allowed"),
+        ("select id from candidates for update", "operation_not_allowed"),
+        ("with d as (delete from candidates returning id) select id from d", "operation_not_allowed"),
+        ("selec id from candidates", "sql_not_parsed"),
+        ("prepare transaction 'x'", "statement_not_allowed"),
+    ],
+)
+def test_reader_may_not(sql: str, code: str) -> None:
+    err = _decide(sql)
+    assert err is not None and err.code == code, (sql, err)
+
+
+def test_star_refusal_names_the_allowed_columns() -> None:
+    err = _decide("select * from candidates")
+    assert err is not None and "body, embedding, id" in err.message
+
+
+def test_several_statements_each_checked() -> None:
+    stmts = analyze("select id from candidates; select owner_email from candidates")
+    assert [s.kind for s in stmts] == ["select", "select"]
+    assert statement_error(stmts[0], READER) is None
+    assert statement_error(stmts[1], READER) is not None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from candidates",
+        "insert into candidates (id, body, owner_email) values (99, 'b', 'x@example.com') returning id",
+        "update candidates set body = 'x' where id = 1 returning old.body",
+        "delete from candidates where id = 99",
+    ],
+)
+def test_maintainer_may(sql: str) -> None:
+    assert _decide(sql, MAINTAINER) is None
+
+
+def test_maintainer_still_refused_outside_its_tables() -> None:
+    err = _decide("delete from audit_notes", MAINTAINER)
+    assert err is not None and err.code == "table_not_allowed"
+
+
+def test_normalized_text_has_no_literal() -> None:
+    (stmt,) = analyze("select id from candidates where body = 'alice@example.com' and id > 41 -- note")
+    assert "alice" not in stmt.normalized and "41" not in stmt.normalized and "note" not in stmt.normalized
+    assert stmt.normalized == "select id from candidates where body = ? and id > ?"
+    assert stmt.fingerprint and stmt.tables == ("public.candidates",)
+    assert stmt.columns == ("public.candidates.body", "public.candidates.id")
+    assert normalize("select $q$x$q$") == "select ?"
+
+
+def test_oversized_statement_refused() -> None:
+    with pytest.raises(errors.StatementNotAllowed):
+        analyze("select 1 " + " " * (1024 * 1024))

@@ -1,0 +1,146 @@
+"""psycopg 3, unchanged, through the real gateway: simple and extended protocol, binary results,
+server-side binding, prepared statements, pgvector, transactions with a refused statement inside,
+and a token revoked while its connection is open."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from jitgate.devstack.postgres import Postgres
+from tests.pg.conftest import MAINTAINER, READER
+
+Connect = Callable[..., psycopg.Connection[Any]]
+
+
+@pytest.fixture
+def connect(pg_env: Callable[..., dict[str, str]]) -> Iterator[Connect]:
+    opened: list[psycopg.Connection[Any]] = []
+
+    def _connect(token: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        env = pg_env(token)
+        conn = psycopg.connect(
+            host=env["PGHOST"], port=env["PGPORT"], dbname="ranking", user="reranker", password=token,
+            sslmode="verify-full", sslrootcert=env["PGSSLROOTCERT"], connect_timeout=10, **kwargs,
+        )
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        conn.close()
+
+
+def test_simple_and_extended(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    # No parameters: psycopg sends a simple Query; with parameters, Parse/Bind/Execute (server-side binding).
+    assert conn.execute("SELECT count(*) FROM candidates").fetchone() == (24,)
+    assert conn.execute("SELECT id, body FROM candidates WHERE id = %s", (3,)).fetchone() == (
+        3, "candidate 3: reranking notes, contact alice.martin@example.com",
+    )
+    rows = conn.execute("SELECT id FROM candidates WHERE id = ANY(%s) ORDER BY id", ([1, 2, 5],)).fetchall()
+    assert rows == [(1,), (2,), (5,)]
+
+
+def test_binary_results_and_prepared(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    with conn.cursor(binary=True) as cur:
+        cur.execute("SELECT id, body FROM candidates WHERE id = %s", (7,))
+        assert cur.fetchone() == (7, "candidate 7: reranking notes, contact bob@example.org")
+    for i in (1, 2, 3, 4):  # prepare=True: a named statement, Parse once, Bind/Execute each time
+        assert conn.execute("SELECT id FROM candidates WHERE id = %s", (i,), prepare=True).fetchone() == (i,)
+
+
+def test_pgvector_nearest_neighbours(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    rows = conn.execute(
+        "SELECT id, embedding <=> %s::vector AS d FROM candidates ORDER BY d LIMIT 5", ("[1,1,1,1,1,1,1,1]",)
+    ).fetchall()
+    assert len(rows) == 5 and all(isinstance(d, float) for _, d in rows)
+    assert [d for _, d in rows] == sorted(d for _, d in rows)
+
+
+def test_refused_statement_inside_a_transaction(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"])  # psycopg opens a transaction itself
+    assert conn.execute("SELECT id FROM candidates WHERE id = %s", (1,)).fetchone() == (1,)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+        conn.execute("SELECT owner_email FROM candidates WHERE id = %s", (1,))
+    assert "jitgate column_not_allowed" in str(refused.value)
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+        conn.execute("SELECT id FROM candidates WHERE id = 2")
+    conn.rollback()
+    assert conn.execute("SELECT id FROM candidates WHERE id = %s", (2,)).fetchone() == (2,)
+    conn.commit()
+
+
+def test_refusal_keeps_the_connection(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    for sql in ("SELECT * FROM candidates", "SELECT note FROM audit_notes", "SELECT pg_sleep(0)"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql + " WHERE %s", (True,))
+    assert conn.execute("SELECT count(*) FROM candidates").fetchone() == (24,)
+
+
+def test_maintainer_writes(connect: Connect, pg_mint: Callable[..., dict[str, Any]], postgres: Postgres) -> None:
+    conn = connect(pg_mint(MAINTAINER)["token"], autocommit=True)
+    got = conn.execute(
+        "INSERT INTO candidates (id, body, owner_email, embedding) VALUES (%s, %s, %s, %s) RETURNING id",
+        (1001, "new candidate", "new@example.com", "[0,0,0,0,0,0,0,1]"),
+    ).fetchone()
+    assert got == (1001,)
+    assert conn.execute("UPDATE candidates SET body = %s WHERE id = %s", ("edited", 1001)).rowcount == 1
+    assert conn.execute("SELECT owner_email FROM candidates WHERE id = 1001").fetchone() == ("new@example.com",)
+    assert conn.execute("DELETE FROM candidates WHERE id = %s", (1001,)).rowcount == 1
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("DELETE FROM audit_notes")
+    assert postgres.psql("SELECT count(*) FROM audit_notes").strip() == "2"
+
+
+def test_revoked_token_on_an_open_connection(
+    connect: Connect, pg_mint: Callable[..., dict[str, Any]], pg_revoke: Callable[[dict[str, Any]], None]
+) -> None:
+    minted = pg_mint(READER)
+    conn = connect(minted["token"], autocommit=True)
+    assert conn.execute("SELECT count(*) FROM candidates").fetchone() == (24,)
+    pg_revoke(minted)
+    err: psycopg.Error | None = None
+    for _ in range(200):  # until this gateway's revocation list has the jti (refresh every 0.5 s)
+        try:
+            conn.execute("SELECT count(*) FROM candidates")
+        except psycopg.Error as exc:
+            err = exc
+            break
+        time.sleep(0.1)
+    assert err is not None and "jitgate token_revoked" in str(err)
+    assert err.sqlstate == "28000"
+    assert conn.closed or conn.broken or conn.info.status == psycopg.pq.ConnStatus.BAD
+
+
+def test_driver_type_introspection(connect: Connect, pg_mint: Callable[..., dict[str, Any]]) -> None:
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    info = psycopg.types.TypeInfo.fetch(conn, "vector")
+    assert info is not None and info.name == "vector"
+
+
+def test_commit_after_a_refusal_rolls_back(
+    connect: Connect, pg_mint: Callable[..., dict[str, Any]], postgres: Postgres
+) -> None:
+    conn = connect(pg_mint(MAINTAINER)["token"])
+    conn.execute("INSERT INTO candidates (id, body) VALUES (%s, %s)", (2001, "kept only if committed"))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT note FROM audit_notes")
+    for commit in ("COMMIT", "COMMIT -- as a prepared statement"):
+        cur = conn.execute(commit, prepare=commit != "COMMIT")  # extended protocol both ways
+        assert cur.statusmessage == "ROLLBACK"  # what the server answers to COMMIT of a failed transaction
+        conn.execute("INSERT INTO candidates (id, body) VALUES (%s, %s)", (2002, "x"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT note FROM audit_notes")
+    conn.rollback()
+    assert postgres.psql("SELECT count(*) FROM candidates WHERE id IN (2001, 2002)").strip() == "0"
