@@ -576,7 +576,7 @@ class _Walker:
         parts = [_name(n) for n in names]
         if len(parts) == 2 and parts[0] == CATALOG_SCHEMA:
             parts = parts[1:]
-        if len(parts) != 1 or parts[0].lower() not in FUNCTIONS:
+        if len(parts) != 1 or parts[0] not in FUNCTIONS:  # the parser folded unquoted names already
             raise FunctionNotAllowed(f"function {'.'.join(parts)} is not allowed through the gateway")
 
     def operator(self, names: Sequence[Any]) -> None:

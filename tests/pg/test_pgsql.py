@@ -65,6 +65,9 @@ def test_reader_may(sql: str) -> None:
         ("select dblink('x', 'y')", "function_not_allowed"),
         ("select set_config('search_path', 'x', false)", "function_not_allowed"),
         ("select row_to_json(c) from candidates c", "function_not_allowed"),
+        # A quoted name is that exact name (a function "LOWER" is none of the built-in lower's).
+        ('select "LOWER"(body) from candidates', "function_not_allowed"),
+        ('select "Count"(*) from candidates', "function_not_allowed"),
         ("select id from candidates order by id using ~<~", "function_not_allowed"),
         ("set search_path = evil", "setting_not_allowed"),
         ("set role postgres", "setting_not_allowed"),
