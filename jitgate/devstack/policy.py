@@ -15,11 +15,14 @@ from jitgate.policy import Policy, parse_policy
 
 RERANK_CONNECTIONS = {"cohere-test": "cohere", "jina-test": "jina", "voyage-test": "voyage"}
 STORE_CONNECTION = "store-test"
+# The real Chroma server (jitgate.devstack.chroma); plain HTTP on loopback, the gateway its only path.
+CHROMA_CONNECTION = "chroma-dev"
 DEFAULT_UPSTREAMS = {
     "cohere-test": "https://cohere.upstream.test",
     "jina-test": "https://jina.upstream.test",
     "voyage-test": "https://voyage.upstream.test",
     STORE_CONNECTION: "https://store.upstream.test",
+    CHROMA_CONNECTION: "http://chroma.upstream.test:8000",
 }
 ADMIN_GROUP = "platform-security"
 APPROVER_GROUP = "search-leads"
@@ -55,6 +58,13 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         "key_env": "CHROMA_API_KEY",
         "mask": "strict",
         "credential": {"secret_id": secret_id(STORE_CONNECTION), "header": "X-Chroma-Token", "format": "{secret}"},
+        "approval": {"operations": ["delete", "drop_collection"]},
+    }
+    connections[CHROMA_CONNECTION] = {
+        "dialect": "chroma",
+        "upstream": ups[CHROMA_CONNECTION],
+        "key_env": "CHROMA_API_KEY",
+        "credential": {"secret_id": secret_id(CHROMA_CONNECTION), "header": "X-Chroma-Token", "format": "{secret}"},
         "approval": {"operations": ["delete", "drop_collection"]},
     }
     return {
@@ -94,6 +104,24 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
                 "collections": ["candidates"],
                 "max_ttl": "1h",
                 "approval": {"required": True, "approvers": approvers(issuer, APPROVER_GROUP), "timeout": "1h"},
+            },
+            {
+                "name": "chroma-readers",
+                "match": {"issuer": issuer, "claims": {"sub": [READER_SUB]}},
+                "connections": [CHROMA_CONNECTION],
+                "operations": ["query", "get"],
+                "collections": ["candidates"],
+                "fields": ["ids", "documents", "distances"],
+                "max_ttl": "15m",
+                "limits": {"max_requests": 10000},
+            },
+            {
+                "name": "chroma-maintainers",
+                "match": {"issuer": issuer, "claims": {"sub": [MAINTAINER_SUB]}},
+                "connections": [CHROMA_CONNECTION],
+                "operations": ["query", "get", "add", "upsert", "delete"],
+                "collections": ["candidates"],
+                "max_ttl": "1h",
             },
         ],
     }
