@@ -31,10 +31,11 @@ http_only = fail_closed(HttpOnly())
 # The upstream TLS name comes from the policy; a client naming another host than its tunnel is refused.
 upstream_sni = fail_closed(UpstreamSni())
 token_gate = fail_closed(TokenGate())
-scope_guard = fail_closed(ScopeGuard())
+credential_inject = fail_closed(CredentialInject())
+# A Chroma collection id it has not seen in an answer is looked up at the store with the credential.
+scope_guard = fail_closed(ScopeGuard(lookup=credential_inject.store_lookup))
 leak_guard = fail_closed(LeakGuard())
 approval_hold = fail_closed(ApprovalHold())
-credential_inject = fail_closed(CredentialInject())
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
 session_recorder = fail_closed(SessionRecorder())

@@ -7,15 +7,22 @@ already (before any token is known), so the gateway is no open proxy. Method + p
 to the connection's named operations; operations and collections outside the token's scope
 are refused, as are bodies over `max_bytes` and rerank calls over `max_documents`.
 `max_requests` is a conditional DynamoDB counter, so it holds across gateway instances; each
-gateway reserves uses in small blocks (`jitgate_usage_lease`) so most requests make no AWS call. For a
-store, JSON responses keep only the fields ("columns") the token was granted.
+gateway reserves uses in small blocks (`jitgate_usage_lease`) so most requests make no AWS call.
+
+For a Chroma store (the decisions are jitgate/chroma.py's): a record call's collection id is
+resolved to its name from the store's earlier answers, else by `lookup` (the store asked with the
+injected credential, handed in by the entry file), and refused when it cannot be; record answers
+(get, query) keep only the granted fields, whatever their status; list answers only the granted
+collections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -25,7 +32,7 @@ from addon import meta, settings
 from addon.body import NOT_JSON, json_body
 from addon.body import text as body_text
 from addon.respond import refuse
-from jitgate import jsontext
+from jitgate import chroma, jsontext
 from jitgate.decoding import DEFAULT_DECODED_LIMIT, bomb_check
 from jitgate.errors import (
     BadRequest,
@@ -41,11 +48,13 @@ from jitgate.errors import (
     WrongConnection,
 )
 from jitgate.policy import Connection, Policy
-from jitgate.scope import STORE_DIALECTS, document_count, filter_fields, lease_size, scope_error
+from jitgate.scope import STORE_DIALECTS, document_count, lease_size, scope_error
 from jitgate.state import reserve_requests
 from jitgate.token import Claims
 
 _USAGE_PRUNE_AT = 10_000
+# (connection, path) -> (status, body) of a GET at the store with the injected credential.
+StoreLookup = Callable[[Connection, str], Awaitable[tuple[int, bytes]]]
 
 
 class _Usage:
@@ -73,8 +82,12 @@ class _Usage:
 
 
 class ScopeGuard:
-    def __init__(self, *, dynamodb: Any = None) -> None:
+    def __init__(self, *, dynamodb: Any = None, lookup: StoreLookup | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._dynamodb = dynamodb
+        self._lookup = lookup
+        self._clock = clock
+        self.names = chroma.CollectionNames()
         self._given_dynamodb = dynamodb is not None
         self._usage = _Usage()
         self.lease = settings.DEFAULT_LEASE
@@ -139,7 +152,11 @@ class ScopeGuard:
             refuse(flow, conn)
             return
         err, operation, collection = scope_error(claims, conn, flow.request.method, flow.request.path)
+        if err is None and conn.dialect in STORE_DIALECTS:
+            err, collection = await self._store_scope(claims, conn, flow, collection)
         if err is not None:
+            flow.metadata[meta.OPERATION] = operation or None  # the record says what was refused
+            flow.metadata[meta.COLLECTION] = collection
             refuse(flow, err)
             return
         limit_err = self._limits_error(claims, conn, operation, flow)
@@ -160,6 +177,46 @@ class ScopeGuard:
         meta.set_connection(flow, conn)
         flow.metadata[meta.OPERATION] = operation
         flow.metadata[meta.COLLECTION] = collection
+
+    # -- Chroma: collection ids to names ----------------------------------------------------
+
+    async def _store_scope(
+        self, claims: Claims, conn: Connection, flow: http.HTTPFlow, collection: str | None
+    ) -> tuple[JitgateError | None, str | None]:
+        """The Chroma scope check with the collection's name resolved: (error or None, name)."""
+        req = chroma.parse_request(conn.routes, flow.request.method, flow.request.path)
+        if req is None:
+            return None, collection  # a route of the connection's own: scope_error checked it
+        if req.operation in chroma.BODY_NAMED:
+            text = body_text(flow)
+            if text.problem is not None:
+                return jsontext.refusal(text.problem), req.collection
+            named = chroma.with_body(req, None if text.value is NOT_JSON else text.value)
+            if isinstance(named, JitgateError):
+                return named, req.collection
+            req = named
+        err = chroma.database_error(claims.scope, req)  # before asking the store anything
+        if err is None and req.collection_id is not None and req.collection is None:
+            req = dataclasses.replace(req, collection=await self._name_of(conn, req))
+        if err is None:
+            err = chroma.scope_error(claims.scope, req)
+        flow.metadata[meta.STORE_DATABASE] = [req.tenant, req.database]
+        return err, req.collection
+
+    async def _name_of(self, conn: Connection, req: chroma.ChromaRequest) -> str | None:
+        cid, tenant, database = req.collection_id, req.tenant, req.database
+        if cid is None or tenant is None or database is None or not chroma.valid_id(cid):
+            return None
+        name = self.names.name_of(conn.name, tenant, database, cid, now=self._clock())
+        if name is not None or self._lookup is None:
+            return name
+        try:
+            status, content = await self._lookup(conn, chroma.lookup_path(tenant, database, cid))
+        except Exception:
+            return None  # unresolved: refused, never passed
+        answer = jsontext.read(content, "application/json", strict=False).value if status == 200 else None
+        self.names.learn(conn.name, answer, now=self._clock(), tenant=tenant, database=database)
+        return self.names.name_of(conn.name, tenant, database, cid, now=self._clock())
 
     async def _count(self, claims: Claims) -> bool:
         """One use of the token's `max_requests`, from this gateway's reservation or a new one."""
@@ -214,40 +271,52 @@ class ScopeGuard:
             return PayloadTooLarge(f"{count} documents are over this token's {limits.max_documents}")
         return None
 
-    def _fields(self, flow: http.HTTPFlow) -> tuple[str, ...] | None:
-        """The fields a store answer is limited to, or None (no limit, or no store)."""
+    def _store(self, flow: http.HTTPFlow) -> tuple[Claims, Connection] | None:
         claims = meta.claims(flow)
         conn = meta.connection(flow, self.policy)
         if claims is None or conn is None or conn.dialect not in STORE_DIALECTS:
             return None
-        return claims.scope.fields
+        return claims, conn
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # A limited answer is filtered whole, whatever its framing (chunked, an event stream): it
-        # is buffered (bounded by the inspection limit), never streamed past the filter.
-        if meta.ERROR not in flow.metadata and flow.response is not None and self._fields(flow) is not None:
+        # A store answer is read whole, whatever its framing (chunked, an event stream): it is
+        # buffered (bounded by the inspection limit), never streamed past the filter.
+        if meta.ERROR not in flow.metadata and flow.response is not None and self._store(flow) is not None:
             flow.metadata[meta.BUFFER_RESPONSE] = True
 
     def response(self, flow: http.HTTPFlow) -> None:
         if meta.ERROR in flow.metadata or flow.response is None:
             return
-        fields = self._fields(flow)
-        if fields is None or not 200 <= flow.response.status_code < 300:
+        store = self._store(flow)
+        if store is None:
+            return
+        claims, conn = store
+        operation = flow.metadata.get(meta.OPERATION) or ""
+        ok = 200 <= flow.response.status_code < 300
+        cut = chroma.answer_needs_cut(operation, claims.scope)
+        learn = ok and operation in chroma.COLLECTION_ANSWERS
+        if not (cut or learn or (ok and operation in chroma.FORGETTING)):
             return
         if self._response_too_large(flow.response):
             flow.response = None
             refuse(flow, UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
             return
         content = flow.response.get_content(strict=False) or b""
-        if not content.strip():
-            return
-        body = json_body(flow, "response")
-        if body is NOT_JSON:
+        body = json_body(flow, "response") if content.strip() else None
+        if body is NOT_JSON and cut:
             flow.response = None
-            msg = "the store's answer is not JSON, so it cannot be limited to your fields"
+            msg = "the store's answer is not JSON, so it cannot be limited to your scope"
             refuse(flow, UpstreamResponseInvalid(msg))
             return
-        flow.response.set_content(json.dumps(filter_fields(body, fields)).encode())
+        tenant, database = flow.metadata.get(meta.STORE_DATABASE) or chroma.scope_tenant(claims.scope)
+        now = self._clock()
+        if learn:
+            self.names.learn(conn.name, body, now=now, tenant=tenant, database=database)
+        elif ok:  # dropped, or renamed: its id no longer means the old name
+            name = flow.metadata.get(meta.COLLECTION)
+            self.names.forget(conn.name, tenant, database, name=name if isinstance(name, str) else None)
+        if cut and body is not None:
+            flow.response.set_content(json.dumps(chroma.cut_answer(operation, body, claims.scope)).encode())
 
     @staticmethod
     def _response_too_large(resp: http.Response) -> bool:

@@ -64,7 +64,10 @@ class Issuance:
             exp=now + decision.ttl,
             jti=jti or new_jti(),
             conn=decision.connection,
-            scope=Scope(operations=decision.operations, collections=decision.collections, fields=decision.fields),
+            scope=Scope(
+                operations=decision.operations, collections=decision.collections, fields=decision.fields,
+                tenant=decision.tenant, database=decision.database,
+            ),
             limits=decision.limits,
             mask=decision.mask,
             job=request.job,

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jitgate import jsontext
+from jitgate.chroma import filter_fields
 from jitgate.records import RankEntry, VectorDigest, escape_surrogates
 
 # Keys whose numeric lists are embedding vectors; any other all-number list this long is one too.
 _VECTOR_KEYS = frozenset({"embedding", "embeddings", "query_embeddings", "vector", "vectors", "values"})
 _LONG_NUMBER_LIST = 128
-# Named result fields of a store answer (Chroma get/query); a token's scope.fields picks among them.
-STORE_FIELDS = frozenset({"ids", "embeddings", "documents", "uris", "data", "metadatas", "distances"})
 MAX_VECTOR_DIGESTS = 1024
 MAX_DOC_HASHES = 10_000
 
@@ -146,14 +145,6 @@ def redact_vectors(value: Any, location: str) -> tuple[Any, tuple[VectorDigest, 
     return out, tuple(redactor.digests)
 
 
-def drop_unseen_fields(response: Any, visible: Collection[str] | None) -> Any:
-    """A store answer without the named fields the token's scope could not see (None: all visible)."""
-    if visible is None or not isinstance(response, dict):
-        return response
-    allowed = set(visible)
-    return {k: v for k, v in response.items() if k not in STORE_FIELDS or k in allowed}
-
-
 def parse_json(content: bytes | None) -> Any:
     """The JSON value of a body, or None when it is empty or not JSON: the gateway's one reading of
     JSON (`jitgate.jsontext`), lenient as for answers (a record describes what went through)."""
@@ -224,7 +215,7 @@ def digest_body(
     value = parse_json(content) if parsed is _UNPARSED else parsed
     vectors: tuple[VectorDigest, ...] = ()
     if value is not None:
-        value, vectors = redact_vectors(drop_unseen_fields(value, visible_fields), location)
+        value, vectors = redact_vectors(filter_fields(value, visible_fields), location)
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     else:
         text = content.decode(errors="replace")

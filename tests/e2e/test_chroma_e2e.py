@@ -67,7 +67,7 @@ def chroma_client(
     return _client
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: GET /api/v2/auth/identity is no operation of the chroma dialect")
+
 def test_the_real_client_queries_through_the_gateway_as_reader(chroma_client: Callable[[str], Any]) -> None:
     client = chroma_client(READER_SUB)
     col = client.get_collection("candidates")
@@ -75,7 +75,7 @@ def test_the_real_client_queries_through_the_gateway_as_reader(chroma_client: Ca
     assert len(got["ids"][0]) == 3 and len(got["documents"][0]) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: GET /api/v2/auth/identity is no operation of the chroma dialect")
+
 def test_the_real_client_adds_through_the_gateway_as_maintainer(chroma_client: Callable[[str], Any]) -> None:
     client = chroma_client(MAINTAINER_SUB)
     col = client.get_collection("candidates")

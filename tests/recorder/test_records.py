@@ -114,13 +114,6 @@ def test_long_number_list_anywhere_is_a_vector() -> None:
     assert out == {"x": {"y": {"$vector": {"dim": 300, "sha256": digests[0].sha256}}}}
 
 
-def test_store_answer_drops_fields_the_token_could_not_see() -> None:
-    answer = {"ids": [["1"]], "documents": [["d"]], "metadatas": [[{"k": "v"}]], "included": ["documents"]}
-    out = digest.drop_unseen_fields(answer, ("ids", "documents"))
-    assert out == {"ids": [["1"]], "documents": [["d"]], "included": ["documents"]}
-    assert digest.drop_unseen_fields(answer, None) == answer
-
-
 @pytest.mark.parametrize("limit", [1, 2, 3, 5, 100])
 def test_cap_cuts_on_character_boundary(limit: int) -> None:
     text, cut = digest.cap("héllo wörld", limit)
