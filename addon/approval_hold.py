@@ -227,6 +227,7 @@ class ApprovalHold:
             host=flow.request.pretty_host,
             path=flow.request.path,
             reasons=reasons,
+            collection=flow.metadata.get(meta.COLLECTION),
         )
         approval = Approval(
             id=new_id("hold"),

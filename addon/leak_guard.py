@@ -32,6 +32,7 @@ from addon.respond import refuse
 from jitgate import jsontext
 from jitgate.decoding import BoundedDecoder, bomb_check
 from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
+from jitgate.digest import blank_vectors
 from jitgate.errors import (
     BodyNotDecodable,
     JitgateError,
@@ -338,7 +339,9 @@ class LeakGuard:
         found = self._headers(flow, req, "request", plan)
         path_result = self._path(req, plan)
         self._record(flow, plan, "request.path", path_result.findings)
-        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
+        # Embedding vectors are no text: scanned blanked (digest.blank_vectors), offsets kept.
+        scanned = blank_vectors(body) if text.json_text else body
+        result = self._scan(scanned, plan, self._literals(flow), json_text=text.json_text)
         self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
         found += path_result.findings + result.findings
         decision = actions.decide(plan, found)
@@ -388,7 +391,9 @@ class LeakGuard:
         text = bodies.text(flow, "request")
         if text.problem is not None:
             return
-        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
+        # Embedding vectors are no text: scanned blanked (digest.blank_vectors), offsets kept.
+        scanned = blank_vectors(body) if text.json_text else body
+        result = self._scan(scanned, plan, self._literals(flow), json_text=text.json_text)
         self._record(flow, plan, "request.body", result.findings, body if text.json_text else None)
         if result.edits:
             req.content = result.masked(body)
@@ -480,7 +485,8 @@ class LeakGuard:
             self._replace(flow, UpstreamResponseNotUtf8("the upstream response is not UTF-8, so it cannot be masked"))
             return
         found = self._headers(flow, resp, "response", plan)
-        result = self._scan(body, plan, self._literals(flow), json_text=text.json_text)
+        scanned = blank_vectors(body) if text.json_text else body
+        result = self._scan(scanned, plan, self._literals(flow), json_text=text.json_text)
         self._record(flow, plan, "response.body", result.findings, body if text.json_text else None)
         if result.edits:
             resp.content = result.masked(body)
