@@ -74,6 +74,9 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         "profiles": {
             "default": {"request_secrets": "block", "request_pii": "mask"},
             "strict": {"request_secrets": "block", "request_pii": "block"},
+            # Loading candidates means writing their e-mails and phones: they pass to the store, and
+            # the records still never hold them (a body with unmasked PII is recorded as null).
+            "loading": {"request_secrets": "block", "request_pii": "allow"},
         },
         "connections": connections,
         "grants": [
@@ -122,6 +125,7 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
                 "operations": ["query", "get", "count", "add", "upsert", "update", "delete", "list_collections",
                                "create_collection"],
                 "collections": ["candidates"],
+                "mask": "loading",
                 "max_ttl": "1h",
             },
         ],

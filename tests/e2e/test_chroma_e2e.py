@@ -35,7 +35,7 @@ if not any(g.name == "approvals" for g in app.registered_groups):
 runner = CliRunner()
 SPOOL: dict[str, Path] = {}
 # Text of the seed that must never reach a record raw: e-mail addresses and the phone number.
-PII = ("jane.doe@example.com", "ana@example.com", "bob@example.org", "415 555 0132")
+PII = ("jane.doe@example.com", "ana@example.com", "bob@example.org", "415 555 0132", "loader.42@example.com")
 
 
 def _direct(url: str) -> httpx.Client:
@@ -165,7 +165,9 @@ def test_an_ungranted_collection_by_uuid_and_an_unknown_uuid_are_refused(
         assert by_name.json()["code"] == "collection_unresolved"
 
 
-def test_maintainer_every_call_of_the_real_client(chroma_client: Callable[..., Any]) -> None:
+def test_maintainer_every_call_of_the_real_client(
+    chroma_client: Callable[..., Any], chroma_server: ChromaServer
+) -> None:
     client = chroma_client(MAINTAINER_SUB)
     assert [c.name for c in client.list_collections()] == ["candidates"]  # `secrets` exists, cut from the list
     with pytest.raises(Exception) as exc:
@@ -176,8 +178,13 @@ def test_maintainer_every_call_of_the_real_client(chroma_client: Callable[..., A
     col.add(ids=["m1", "m2"], documents=["added by the maintainer", "second"],
             embeddings=[[0.25] * 8, [0.75] * 8], metadatas=[{"source": "ops"}, {"source": "ops"}])
     col.upsert(ids=["m2"], documents=["second, upserted"], embeddings=[[0.7] * 8])
-    col.update(ids=["m1"], metadatas=[{"source": "ops", "owner_email": "ops@example.com"}])
+    # the maintainer's profile lets PII pass to the store (request_pii: allow); the record never holds it
+    col.update(ids=["m1"], metadatas=[{"source": "ops", "owner_email": "loader.42@example.com"}])
     got = col.get(ids=["m1", "m2"], include=["documents", "metadatas"])
+    assert got["metadatas"][got["ids"].index("m1")]["owner_email"] != "loader.42@example.com"  # answers: masked
+    with _direct(chroma_server.url) as direct:
+        stored = direct.post(f"{collection_path()}/{col.id}/get", json={"ids": ["m1"], "include": ["metadatas"]})
+    assert stored.json()["metadatas"][0]["owner_email"] == "loader.42@example.com"  # as the profile allows
     assert dict(zip(got["ids"], got["documents"], strict=True)) == {"m1": "added by the maintainer",
                                                                     "m2": "second, upserted"}
     near = col.query(query_embeddings=[[0.7] * 8], n_results=1)  # float lists on query
@@ -268,6 +275,9 @@ def test_records_hold_no_raw_pii_nor_vectors_and_refusals_name_what_was_refused(
     for r in records:
         for body in (r["request_body"], r["response_body"]):
             assert body is None or "0.875,0.875" not in body
+    update = [r for r in records if r["operation"] == "update"]
+    assert update and all(r["request_body"] is None for r in update)  # allowed PII: the body is withheld
+    assert any(f["action"] == "allow" and f["type"] == "email" for r in update for f in r["findings"])
     adds = [r for r in records if r["operation"] == "add" and r["request_body"]]
     assert adds and all('"$vector"' in r["request_body"] for r in adds)
     refused = [r for r in records if r["error"] == "collection_not_allowed"]
