@@ -261,7 +261,12 @@ class LeakGuard:
 
     def _scan(self, data: bytes, plan: actions.Plan, literals: list[bytes], *, json_text: bool = False) -> ScanResult:
         assert self.scanner is not None
-        return self.scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+        result = self.scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+        if plan.pii == "allow" and any(f.kind != "secret" for f in result.findings):
+            # Allowed PII is found (for the record) but left as it is: the edits mask secrets only.
+            secrets_only = self.scanner.scan(data, literals=literals, json_strings=json_text)
+            return ScanResult(result.findings, secrets_only.edits)
+        return result
 
     def _headers(self, flow: http.HTTPFlow, message: http.Message, side: str, plan: actions.Plan) -> list[Finding]:
         """Scan and mask header values in place; the findings (recorded)."""
@@ -420,8 +425,9 @@ class LeakGuard:
             flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
         # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
         # parses them: their escapes are decoded, each string whole, held back at most to the limit.
-        masker = StreamMasker(
-            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window,
+        masker = StreamMasker(  # allowed PII is not looked for in a stream: it could only be masked there
+            self.scanner, pii=plan.pii_types if plan.pii != "allow" else (), literals=self._literals(flow),
+            window=self.window,
             json_strings=True, max_hold=self.max_bytes,
         )
         resp.headers.pop("content-encoding", None)
