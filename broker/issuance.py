@@ -92,4 +92,6 @@ class Issuance:
             "operations": list(decision.operations),
             "key_env": conn.key_env,
             "proxy_hint": PROXY_HINT,
+            # Where a store client points (through the gateway): `jitgate run` exports CHROMA_HOST & co.
+            **({"dialect": conn.dialect, "upstream": conn.upstream} if conn.dialect == "chroma" else {}),
         }

@@ -20,6 +20,8 @@ class Minted:
     connection: str
     proxy_hint: str | None
     key_env: str | None
+    dialect: str | None = None
+    upstream: str | None = None  # a store connection's URL, for its client's host/port variables
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Minted:
@@ -31,6 +33,8 @@ class Minted:
                 connection=str(data["connection"]),
                 proxy_hint=data.get("proxy_hint"),
                 key_env=data.get("key_env"),
+                dialect=data.get("dialect"),
+                upstream=data.get("upstream"),
             )
         except (KeyError, TypeError, ValueError):
             raise BadRequest("the broker's answer is missing fields") from None
