@@ -195,6 +195,13 @@ class ScopeGuard:
             if isinstance(named, JitgateError):
                 return named, req.collection
             req = named
+        if req.operation in chroma.RECORD_ANSWERS and claims.scope.fields is not None:
+            text = body_text(flow)
+            if text.problem is not None:
+                return jsontext.refusal(text.problem), req.collection
+            hidden = chroma.filter_error(claims.scope, req.operation, text.value)
+            if hidden is not None:
+                return hidden, req.collection
         err = chroma.database_error(claims.scope, req)  # before asking the store anything
         if err is None and req.collection_id is not None and req.collection is None:
             req = dataclasses.replace(req, collection=await self._name_of(conn, req))

@@ -30,6 +30,7 @@ from jitgate.errors import (
     CollectionNotAllowed,
     CollectionUnresolved,
     DatabaseNotAllowed,
+    FieldNotAllowed,
     JitgateError,
     OperationNotAllowed,
 )
@@ -226,6 +227,34 @@ class CollectionNames:
 COLLECTION_ANSWERS = frozenset({"create_collection", "get_collection", "list_collections"})
 FORGETTING = frozenset({"drop_collection", "modify_collection"})
 BODY_NAMED = frozenset({"create_collection", "modify_collection"})  # their bodies name collections
+
+
+def _where_keys(where: Any) -> set[str]:
+    """Metadata keys a `where` filter reads (operators `$and`, `$or`, … are walked, not keys)."""
+    keys: set[str] = set()
+    if isinstance(where, Mapping):
+        for k, v in where.items():
+            if isinstance(k, str) and k.startswith("$"):
+                for part in v if isinstance(v, list) else [v]:
+                    keys |= _where_keys(part)
+            else:
+                keys.add(str(k))
+    return keys
+
+
+def filter_error(scope: Scope, operation: str, body: Any) -> JitgateError | None:
+    """A get/query whose filters read what the token's fields hide: refused, or it is an oracle
+    (`where: {owner_email: …}` answers whether a hidden value is what the caller guessed)."""
+    if scope.fields is None or operation not in RECORD_ANSWERS or not isinstance(body, Mapping):
+        return None
+    keys = _metadata_keys(scope.fields)
+    if keys is not None:  # metadata not granted whole
+        hidden = sorted(k for k in _where_keys(body.get("where")) if k not in keys)
+        if hidden:
+            return FieldNotAllowed(f"the filter reads metadata keys this token may not see: {hidden}")
+    if body.get("where_document") and "documents" not in scope.fields:
+        return FieldNotAllowed("where_document reads documents, which this token may not see")
+    return None
 
 
 def answer_needs_cut(operation: str, scope: Scope) -> bool:

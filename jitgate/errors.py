@@ -168,6 +168,12 @@ class DatabaseNotAllowed(Forbidden):
     code = "database_not_allowed"
 
 
+class FieldNotAllowed(Forbidden):
+    """A store query filters on a record field or metadata key the token may not see."""
+
+    code = "field_not_allowed"
+
+
 class CollectionUnresolved(Forbidden):
     """A store collection id the gateway cannot resolve to a name: refused, never passed on."""
 

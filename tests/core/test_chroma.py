@@ -176,3 +176,25 @@ def test_the_record_uses_the_same_filter() -> None:
         recorded = digest.digest_body(b"{}", location="response", limit=10_000, visible_fields=fields,
                                       parsed=answer)
         assert recorded.text == digest.json.dumps(chroma.filter_fields(answer, fields), separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "body", "code"),
+    [
+        (("ids", "documents"), {"where": {"owner_email": "a@example.com"}}, "field_not_allowed"),
+        (("ids", "documents"), {"where": {"$and": [{"source": "wiki"}, {"owner_email": {"$eq": "x"}}]}},
+         "field_not_allowed"),
+        (("ids", "metadatas.source"), {"where": {"source": "wiki"}}, None),
+        (("ids", "metadatas.source"), {"where": {"$or": [{"source": "a"}, {"owner_email": "b"}]}},
+         "field_not_allowed"),
+        (("ids", "metadatas"), {"where": {"owner_email": "a@example.com"}}, None),
+        (("ids", "distances"), {"where_document": {"$contains": "secret"}}, "field_not_allowed"),
+        (("ids", "documents"), {"where_document": {"$contains": "capital"}}, None),
+        (None, {"where": {"owner_email": "a@example.com"}}, None),
+        (("ids",), {"where": None, "where_document": None}, None),
+    ],
+)
+def test_filters_on_hidden_fields_are_refused(fields: tuple[str, ...] | None, body: Any, code: str | None) -> None:
+    scope = Scope(operations=("query",), collections=("candidates",), fields=fields)
+    err = chroma.filter_error(scope, "query", body)
+    assert (err.code if err else None) == code

@@ -136,6 +136,9 @@ def test_reader_outside_its_scope_is_refused(chroma_client: Callable[..., Any], 
     with pytest.raises(Exception) as exc:
         client.get_collection("secrets")
     _refused(exc, "collection_not_allowed")
+    with pytest.raises(Exception) as exc:  # an oracle on a hidden metadata key
+        col.get(where={"owner_email": "ana@example.com"})
+    _refused(exc, "field_not_allowed")
     with pytest.raises(Exception) as exc:
         client.list_collections()
     _refused(exc, "operation_not_allowed")
