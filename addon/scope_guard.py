@@ -152,8 +152,11 @@ class ScopeGuard:
             refuse(flow, conn)
             return
         err, operation, collection = scope_error(claims, conn, flow.request.method, flow.request.path)
-        if err is None and conn.dialect in STORE_DIALECTS:
-            err, collection = await self._store_scope(claims, conn, flow, collection)
+        if conn.dialect in STORE_DIALECTS:
+            if err is None:
+                err, collection = await self._store_scope(claims, conn, flow, collection)
+            else:  # refused already: the record still names tenant, database and a known collection
+                collection = self._known_target(conn, flow, collection)
         if err is not None:
             flow.metadata[meta.OPERATION] = operation or None  # the record says what was refused
             flow.metadata[meta.COLLECTION] = collection
@@ -187,6 +190,7 @@ class ScopeGuard:
         req = chroma.parse_request(conn.routes, flow.request.method, flow.request.path)
         if req is None:
             return None, collection  # a route of the connection's own: scope_error checked it
+        flow.metadata[meta.STORE_DATABASE] = [req.tenant, req.database]
         if req.operation in chroma.BODY_NAMED:
             text = body_text(flow)
             if text.problem is not None:
@@ -207,8 +211,17 @@ class ScopeGuard:
             req = dataclasses.replace(req, collection=await self._name_of(conn, req))
         if err is None:
             err = chroma.scope_error(claims.scope, req)
-        flow.metadata[meta.STORE_DATABASE] = [req.tenant, req.database]
         return err, req.collection
+
+    def _known_target(self, conn: Connection, flow: http.HTTPFlow, collection: str | None) -> str | None:
+        """Tenant and database of a refused Chroma call, and its collection's name if known (no lookup)."""
+        req = chroma.parse_request(conn.routes, flow.request.method, flow.request.path)
+        if req is None:
+            return collection
+        flow.metadata[meta.STORE_DATABASE] = [req.tenant, req.database]
+        if req.collection is not None or req.collection_id is None or req.tenant is None or req.database is None:
+            return req.collection or collection
+        return self.names.name_of(conn.name, req.tenant, req.database, req.collection_id, now=self._clock())
 
     async def _name_of(self, conn: Connection, req: chroma.ChromaRequest) -> str | None:
         cid, tenant, database = req.collection_id, req.tenant, req.database

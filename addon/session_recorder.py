@@ -155,6 +155,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         withheld = "request" not in inspected or _body_withheld(raw_findings, "request")
         query = None if withheld else digest.cap(query, body_cap)[0]
 
+    store_db = md.get(meta.STORE_DATABASE) or (None, None)
     error = md.get(meta.ERROR)
     if flow.error is not None and error is None:  # with a response too: it failed after the headers
         error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
@@ -183,6 +184,8 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
         path="[withheld]" if _path_withheld(raw_findings) else escape_text(_bare_path(request.path)),
         operation=escape_text(_opt_str(operation)),
         collection=escape_text(_opt_str(md.get(meta.COLLECTION))),
+        tenant=escape_text(_opt_str(store_db[0])),
+        database=escape_text(_opt_str(store_db[1])),
         status=response.status_code if response is not None and flow.error is None else 0,  # 0: no whole answer
         request_bytes=len(request.raw_content or b""),
         response_bytes=len(response.raw_content or b"") if response is not None else 0,

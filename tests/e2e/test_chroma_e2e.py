@@ -287,6 +287,11 @@ def test_records_hold_no_raw_pii_nor_vectors_and_refusals_name_what_was_refused(
     assert {(r["operation"], r["collection"]) for r in refused} >= {("get_collection", "secrets"),
                                                                     ("get", "secrets"),
                                                                     ("create_collection", "other")}
+    add = [r for r in records if r["error"] == "operation_not_allowed" and r["operation"] == "add"]
+    assert add and all((r["collection"], r["tenant"], r["database"]) == ("candidates", "default_tenant",
+                                                                         "default_database") for r in add)
+    other = [r for r in records if r["error"] == "database_not_allowed"]
+    assert other and {(r["tenant"], r["database"]) for r in other} >= {("other_tenant", "other_db")}
     uuids = [r["collection"] for r in records if r["collection"]]
     assert all(not _is_uuid(c) for c in uuids)  # a record names the collection, never its id
 
