@@ -26,9 +26,17 @@ from jitgate.cli import _register, app
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.chroma import SEED, ChromaServer, base64_embedding, collection_path, embedding
 from jitgate.devstack.oidc_issuer import OidcIssuer
-from jitgate.devstack.policy import ADMIN_GROUP, CHROMA_CONNECTION, MAINTAINER_SUB, READER_SUB, policy_dict
+from jitgate.devstack.policy import (
+    ADMIN_GROUP,
+    CHROMA_CONNECTION,
+    MAINTAINER_SUB,
+    READER_SUB,
+    policy_dict,
+    secret_id,
+)
 from tests.e2e.background import Background
 from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
+from tests.relay import Relay, relay_to
 
 if not any(g.name == "approvals" for g in app.registered_groups):
     _register()
@@ -43,9 +51,16 @@ def _direct(url: str) -> httpx.Client:
 
 
 @pytest.fixture(scope="module")
+def front(chroma_server: ChromaServer) -> Iterator[Relay]:
+    """A TCP relay in front of Chroma that keeps what it received: the connection's upstream."""
+    with relay_to(chroma_server.url, record=True) as relay:
+        yield relay
+
+
+@pytest.fixture(scope="module")
 def chroma_gateway(
     tmp_path_factory: pytest.TempPathFactory,
-    chroma_server: ChromaServer,
+    front: Relay,
     oidc_issuer: OidcIssuer,
     broker: str,
     aws_stack: Stack,
@@ -53,7 +68,7 @@ def chroma_gateway(
 ) -> Iterator[Gateway]:
     work = tmp_path_factory.mktemp("chroma-gateway")
     policy = work / "policy.yaml"
-    doc = policy_dict(oidc_issuer.url, upstreams={CHROMA_CONNECTION: chroma_server.url})
+    doc = policy_dict(oidc_issuer.url, upstreams={CHROMA_CONNECTION: front.url})
     policy.write_text(yaml.safe_dump(doc, sort_keys=False))
     options = jitgate_options(
         policy=policy, jwks_url=f"{broker}/.well-known/jwks.json", table=aws_stack.table,
@@ -70,7 +85,7 @@ def chroma_gateway(
 
 @pytest.fixture
 def chroma_client(
-    chroma_gateway: Gateway, chroma_server: ChromaServer, mint: Callable[..., dict[str, Any]],
+    chroma_gateway: Gateway, front: Relay, mint: Callable[..., dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> Callable[[str], Any]:
     """chroma_client(sub) -> a chromadb.HttpClient through the gateway with a fresh token for `sub`."""
@@ -82,7 +97,7 @@ def chroma_client(
         token = mint(CHROMA_CONNECTION, sub=sub)["token"]
         monkeypatch.setenv("HTTP_PROXY", chroma_gateway.url)
         return chromadb.HttpClient(
-            host="127.0.0.1", port=chroma_server.port, ssl=False, headers={"x-chroma-token": token},
+            host="127.0.0.1", port=front.port, ssl=False, headers={"x-chroma-token": token},
             settings=Settings(anonymized_telemetry=False), **kw,
         )
 
@@ -91,13 +106,13 @@ def chroma_client(
 
 @pytest.fixture
 def raw(
-    chroma_gateway: Gateway, chroma_server: ChromaServer, mint: Callable[..., dict[str, Any]]
+    chroma_gateway: Gateway, front: Relay, mint: Callable[..., dict[str, Any]]
 ) -> Callable[[str], httpx.Client]:
     """raw(sub) -> an httpx client through the gateway with a fresh token for `sub` as its key header."""
 
     def _raw(sub: str) -> httpx.Client:
         token = mint(CHROMA_CONNECTION, sub=sub)["token"]
-        return httpx.Client(base_url=chroma_server.url, proxy=chroma_gateway.url, timeout=60, trust_env=False,
+        return httpx.Client(base_url=front.url, proxy=chroma_gateway.url, timeout=60, trust_env=False,
                             headers={"x-chroma-token": token})
 
     return _raw
@@ -225,8 +240,8 @@ def _hold_of(broker: str, approver: str, jti: str) -> dict[str, Any]:
 
 
 def test_delete_is_held_approved_with_the_cli_then_executed(
-    chroma_gateway: Gateway, chroma_server: ChromaServer, mint: Callable[..., dict[str, Any]], broker: str,
-    oidc_issuer: OidcIssuer, monkeypatch: pytest.MonkeyPatch,
+    chroma_gateway: Gateway, chroma_server: ChromaServer, front: Relay, mint: Callable[..., dict[str, Any]],
+    broker: str, oidc_issuer: OidcIssuer, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with _direct(chroma_server.url) as direct:
         cid = direct.get(f"{collection_path()}/candidates").json()["id"]
@@ -235,7 +250,7 @@ def test_delete_is_held_approved_with_the_cli_then_executed(
     minted = mint(CHROMA_CONNECTION, sub=MAINTAINER_SUB)
     monkeypatch.setenv("HTTP_PROXY", chroma_gateway.url)
     monkeypatch.setenv("NO_PROXY", "")
-    client = chromadb.HttpClient(host="127.0.0.1", port=chroma_server.port, headers={"x-chroma-token": minted["token"]},
+    client = chromadb.HttpClient(host="127.0.0.1", port=front.port, headers={"x-chroma-token": minted["token"]},
                                  settings=Settings(anonymized_telemetry=False))
     col = client.get_collection("candidates")
     monkeypatch.delenv("HTTP_PROXY")  # the client took its proxy when it was made; the CLI reaches the broker
@@ -302,3 +317,16 @@ def _is_uuid(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_the_store_got_the_real_credential_and_never_a_jit_token(
+    chroma_client: Callable[..., Any], front: Relay, aws_stack: Stack
+) -> None:
+    mark = len(front.sent)
+    client = chroma_client(READER_SUB)
+    client.get_collection("candidates").count()
+    sent = bytes(front.sent[mark:])
+    real = aws_stack.secrets[secret_id(CHROMA_CONNECTION)]
+    requests = sent.count(b"HTTP/1.1\r\n")
+    assert requests >= 3 and sent.lower().count(b"x-chroma-token: " + real.encode().lower()) == requests
+    assert b"eyJ" not in sent and b"proxy-authorization" not in sent.lower()  # no JWT, no proxy credentials
