@@ -185,6 +185,7 @@ class ApprovalHold:
         approval = holds.new_hold(
             self.policy, conn, claims, facts, reasons, method=flow.request.method, host=flow.request.pretty_host,
             path=flow.request.path, now=now, timeout=self.timeout, gateway=self.gateway, flow_id=flow.id,
+            collection=state.collection,
         )
         try:
             await asyncio.to_thread(self.store.create, approval, now=now)

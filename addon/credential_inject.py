@@ -238,6 +238,21 @@ class CredentialInject:
         except httpx.HTTPError as exc:
             logger.warning("jitgate: retry after 401 on %s failed (%s)", conn.name, type(exc).__name__)
 
+    async def store_lookup(self, conn: Connection, path: str) -> tuple[int, bytes]:
+        """GET `path` at the connection's upstream with its credential: (status, body).
+
+        scope_guard asks the store this way what a collection id names (handed in by the entry
+        file); the answer goes to scope_guard only, never to a client.
+        """
+        secret = self.cached_secret(conn)
+        if secret is None:
+            secret = await asyncio.to_thread(self.secret, conn)
+        if self._http is None:
+            self._http = httpx.AsyncClient(verify=self._verify(), timeout=30.0, follow_redirects=False)
+        header = {conn.credential.header: conn.credential.format.replace("{secret}", secret)}
+        resp = await self._http.get(conn.upstream.rstrip("/") + path, headers=header)
+        return resp.status_code, resp.content
+
     async def _resend(self, request: http.Request) -> http.Response:
         if self._http is None:
             self._http = httpx.AsyncClient(verify=self._verify(), timeout=30.0, follow_redirects=False)

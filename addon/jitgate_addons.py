@@ -37,11 +37,12 @@ upstream_sni = fail_closed(UpstreamSni())
 # counters and holds), built when the options are first configured.
 aws = AwsClients()
 token_gate = fail_closed(TokenGate(aws=aws))
-scope_guard = fail_closed(ScopeGuard(aws=aws))
+credential_inject = fail_closed(CredentialInject(aws=aws))
+# A Chroma collection id it has not seen in an answer is looked up at the store with the credential.
+scope_guard = fail_closed(ScopeGuard(aws=aws, lookup=credential_inject.store_lookup))
 # approval_hold follows: findings whose action is `review` are held, not blocked.
 leak_guard = fail_closed(LeakGuard(review_held=True, aws=aws))
 approval_hold = fail_closed(ApprovalHold(aws=aws))
-credential_inject = fail_closed(CredentialInject(aws=aws))
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
 session_recorder = fail_closed(SessionRecorder(aws=aws))

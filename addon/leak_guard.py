@@ -26,6 +26,7 @@ from addon import meta, settings
 from addon.mitmproxy_compat import close_upstream
 from addon.respond import refuse
 from jitgate import jsontext, leaks
+from jitgate.digest import blank_vectors
 from jitgate.errors import JitgateError, LeakBlocked, PayloadTooLarge, UpstreamResponseNotUtf8
 from jitgate.flow_state import Side
 from jitgate.inspect import Scanner, StreamMasker, actions
@@ -131,7 +132,9 @@ class LeakGuard:
 
     def _scan(self, flow: http.HTTPFlow, plan: actions.Plan, where: str, body: bytes, json_text: bool) -> ScanResult:
         assert self.scanner is not None
-        result = leaks.scan(self.scanner, body, plan, self._literals(flow), json_text=json_text)
+        # Embedding vectors are no text: a JSON body is scanned with them blanked (offsets kept).
+        scanned = blank_vectors(body) if json_text else body
+        result = leaks.scan(self.scanner, scanned, plan, self._literals(flow), json_text=json_text)
         records = leaks.finding_records(plan, where, result.findings, body if json_text else None)
         meta.state_of(flow).findings.extend(records)
         return result
@@ -254,8 +257,9 @@ class LeakGuard:
             state.decide(Decision.MASKED)
         # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
         # parses them: their escapes are decoded, each string whole, held back at most to the limit.
-        masker = StreamMasker(
-            self.scanner, pii=plan.pii_types, literals=self._literals(flow), window=self.window,
+        masker = StreamMasker(  # allowed PII is not looked for in a stream: it could only be masked there
+            self.scanner, pii=plan.pii_types if plan.pii != "allow" else (), literals=self._literals(flow),
+            window=self.window,
             json_strings=True, max_hold=self.max_bytes,
         )
         resp.headers.pop("content-encoding", None)

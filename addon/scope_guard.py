@@ -7,15 +7,22 @@ already (before any token is known), so the gateway is no open proxy. Method + p
 to the connection's named operations; operations and collections outside the token's scope
 are refused, as are bodies over `max_bytes` and rerank calls over `max_documents`.
 `max_requests` is a conditional DynamoDB counter, so it holds across gateway instances; each
-gateway reserves uses in small blocks (`jitgate_usage_lease`) so most requests make no AWS call. For a
-store, JSON responses keep only the fields ("columns") the token was granted.
+gateway reserves uses in small blocks (`jitgate_usage_lease`) so most requests make no AWS call.
+
+For a Chroma store (the decisions are jitgate/chroma.py's): a record call's collection id is
+resolved to its name from the store's earlier answers, else by `lookup` (the store asked with the
+injected credential, handed in by the entry file), and refused when it cannot be; record answers
+(get, query) keep only the granted fields, whatever their status; list answers only the granted
+collections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -25,7 +32,7 @@ from addon import meta, settings
 from addon.body import NOT_JSON, json_body
 from addon.body import text as body_text
 from addon.respond import refuse
-from jitgate import scope_check
+from jitgate import chroma, jsontext, scope_check
 from jitgate.decoding import bomb_check
 from jitgate.errors import (
     BodyNotDecodable,
@@ -39,16 +46,29 @@ from jitgate.errors import (
     UsageUnavailable,
 )
 from jitgate.policy import Connection, Policy
-from jitgate.scope import STORE_DIALECTS, filter_fields, lease_size, scope_error
+from jitgate.scope import STORE_DIALECTS, lease_size, scope_error
 from jitgate.scope_check import UsageLeases
 from jitgate.state import reserve_requests
 from jitgate.token import Claims
 
+# (connection, path) -> (status, body) of a GET at the store with the injected credential.
+StoreLookup = Callable[[Connection, str], Awaitable[tuple[int, bytes]]]
+
 
 class ScopeGuard:
-    def __init__(self, *, dynamodb: Any = None, aws: settings.AwsClients | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dynamodb: Any = None,
+        aws: settings.AwsClients | None = None,
+        lookup: StoreLookup | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._aws = aws or settings.AwsClients()
         self._dynamodb = dynamodb
+        self._lookup = lookup
+        self._clock = clock
+        self.names = chroma.CollectionNames()
         self._given_dynamodb = dynamodb is not None
         self._usage = UsageLeases()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -97,7 +117,14 @@ class ScopeGuard:
             refuse(flow, conn)
             return
         err, operation, collection = scope_error(claims, conn, flow.request.method, flow.request.path)
+        if conn.dialect in STORE_DIALECTS:
+            if err is None:
+                err, collection = await self._store_scope(claims, conn, flow, collection)
+            else:  # refused already: the record still names tenant, database and a known collection
+                collection = self._known_target(conn, flow, collection)
         if err is not None:
+            state = meta.state_of(flow)  # the record says what was refused
+            state.operation, state.collection = operation or None, collection
             refuse(flow, err)
             return
         req = flow.request
@@ -123,6 +150,65 @@ class ScopeGuard:
         state.use_connection(conn)
         state.operation, state.collection = operation, collection
 
+    # -- Chroma: collection ids to names ----------------------------------------------------
+
+    async def _store_scope(
+        self, claims: Claims, conn: Connection, flow: http.HTTPFlow, collection: str | None
+    ) -> tuple[JitgateError | None, str | None]:
+        """The Chroma scope check with the collection's name resolved: (error or None, name)."""
+        req = chroma.parse_request(conn.routes, flow.request.method, flow.request.path)
+        if req is None:
+            return None, collection  # a route of the connection's own: scope_error checked it
+        state = meta.state_of(flow)
+        state.tenant, state.database = req.tenant, req.database
+        if req.operation in chroma.BODY_NAMED:
+            text = body_text(flow)
+            if text.problem is not None:
+                return jsontext.refusal(text.problem), req.collection
+            named = chroma.with_body(req, None if text.value is NOT_JSON else text.value)
+            if isinstance(named, JitgateError):
+                return named, req.collection
+            req = named
+        if req.operation in chroma.RECORD_ANSWERS and claims.scope.fields is not None:
+            text = body_text(flow)
+            if text.problem is not None:
+                return jsontext.refusal(text.problem), req.collection
+            hidden = chroma.filter_error(claims.scope, req.operation, text.value)
+            if hidden is not None:
+                return hidden, req.collection
+        err = chroma.database_error(claims.scope, req)  # before asking the store anything
+        if err is None and req.collection_id is not None and req.collection is None:
+            req = dataclasses.replace(req, collection=await self._name_of(conn, req))
+        if err is None:
+            err = chroma.scope_error(claims.scope, req)
+        return err, req.collection
+
+    def _known_target(self, conn: Connection, flow: http.HTTPFlow, collection: str | None) -> str | None:
+        """Tenant and database of a refused Chroma call, and its collection's name if known (no lookup)."""
+        req = chroma.parse_request(conn.routes, flow.request.method, flow.request.path)
+        if req is None:
+            return collection
+        state = meta.state_of(flow)
+        state.tenant, state.database = req.tenant, req.database
+        if req.collection is not None or req.collection_id is None or req.tenant is None or req.database is None:
+            return req.collection or collection
+        return self.names.name_of(conn.name, req.tenant, req.database, req.collection_id, now=self._clock())
+
+    async def _name_of(self, conn: Connection, req: chroma.ChromaRequest) -> str | None:
+        cid, tenant, database = req.collection_id, req.tenant, req.database
+        if cid is None or tenant is None or database is None or not chroma.valid_id(cid):
+            return None
+        name = self.names.name_of(conn.name, tenant, database, cid, now=self._clock())
+        if name is not None or self._lookup is None:
+            return name
+        try:
+            status, content = await self._lookup(conn, chroma.lookup_path(tenant, database, cid))
+        except Exception:
+            return None  # unresolved: refused, never passed
+        answer = jsontext.read(content, "application/json", strict=False).value if status == 200 else None
+        self.names.learn(conn.name, answer, now=self._clock(), tenant=tenant, database=database)
+        return self.names.name_of(conn.name, tenant, database, cid, now=self._clock())
+
     async def _count(self, claims: Claims) -> bool:
         """One use of the token's `max_requests`, from this gateway's reservation or a new one."""
         if self._usage.take(claims.jti):
@@ -143,41 +229,55 @@ class ScopeGuard:
                     self._locks.pop(jti, None)
             return self._usage.granted(claims.jti, claims.exp, granted)
 
-    def _fields(self, flow: http.HTTPFlow) -> tuple[str, ...] | None:
-        """The fields a store answer is limited to, or None (no limit, or no store)."""
+    def _store(self, flow: http.HTTPFlow) -> tuple[Claims, Connection] | None:
+        """The claims and connection of a store call, or None (no store, or no verified token)."""
         state = meta.state_of(flow)
         claims, conn = state.claims, state.connection_in(self.policy)
         if claims is None or conn is None or conn.dialect not in STORE_DIALECTS:
             return None
-        return claims.scope.fields
+        return claims, conn
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # A limited answer is filtered whole, whatever its framing (chunked, an event stream): it
-        # is buffered (bounded by the inspection limit), never streamed past the filter.
+        # A store answer is read whole, whatever its framing (chunked, an event stream): it is
+        # buffered (bounded by the inspection limit), never streamed past the filter.
         state = meta.state_of(flow)
-        if state.error is None and flow.response is not None and self._fields(flow) is not None:
+        if state.error is None and flow.response is not None and self._store(flow) is not None:
             state.buffer_response = True
 
     def response(self, flow: http.HTTPFlow) -> None:
         if meta.state_of(flow).error is not None or flow.response is None:
             return
-        fields = self._fields(flow)
-        if fields is None or not 200 <= flow.response.status_code < 300:
+        store = self._store(flow)
+        if store is None:
+            return
+        claims, conn = store
+        state = meta.state_of(flow)
+        operation = state.operation or ""
+        ok = 200 <= flow.response.status_code < 300
+        cut = chroma.answer_needs_cut(operation, claims.scope)
+        learn = ok and operation in chroma.COLLECTION_ANSWERS
+        if not (cut or learn or (ok and operation in chroma.FORGETTING)):
             return
         if self._response_too_large(flow.response):
             flow.response = None
             refuse(flow, UpstreamResponseTooLarge("the upstream response exceeds the gateway's inspection limit"))
             return
         content = flow.response.get_content(strict=False) or b""
-        if not content.strip():
-            return
-        body = json_body(flow, "response")
-        if body is NOT_JSON:
+        body = json_body(flow, "response") if content.strip() else None
+        if body is NOT_JSON and cut:
             flow.response = None
-            msg = "the store's answer is not JSON, so it cannot be limited to your fields"
+            msg = "the store's answer is not JSON, so it cannot be limited to your scope"
             refuse(flow, UpstreamResponseInvalid(msg))
             return
-        flow.response.set_content(json.dumps(filter_fields(body, fields)).encode())
+        default_tenant, default_database = chroma.scope_tenant(claims.scope)
+        tenant, database = state.tenant or default_tenant, state.database or default_database
+        now = self._clock()
+        if learn:
+            self.names.learn(conn.name, body, now=now, tenant=tenant, database=database)
+        elif ok:  # dropped, or renamed: its id no longer means the old name
+            self.names.forget(conn.name, tenant, database, name=state.collection)
+        if cut and body is not None:
+            flow.response.set_content(json.dumps(chroma.cut_answer(operation, body, claims.scope)).encode())
 
     @staticmethod
     def _response_too_large(resp: http.Response) -> bool:

@@ -64,7 +64,10 @@ class Issuance:
             exp=now + decision.ttl,
             jti=jti or new_jti(),
             conn=decision.connection,
-            scope=Scope(operations=decision.operations, collections=decision.collections, fields=decision.fields),
+            scope=Scope(
+                operations=decision.operations, collections=decision.collections, fields=decision.fields,
+                tenant=decision.tenant, database=decision.database,
+            ),
             limits=decision.limits,
             mask=decision.mask,
             job=request.job,
@@ -89,7 +92,9 @@ class Issuance:
             "operations": list(decision.operations),
             "key_env": conn.key_env,
             "proxy_hint": PROXY_HINT,
-            # A postgres connection: `jitgate run` sets libpq's variables instead of a proxy.
+            # A postgres connection: `jitgate run` sets libpq's variables instead of a proxy; a Chroma
+            # one: where its client points (through the gateway), for CHROMA_HOST & co.
             "dialect": conn.dialect,
             "database": conn.database or None,
+            **({"upstream": conn.upstream} if conn.dialect == "chroma" else {}),
         }

@@ -284,8 +284,11 @@ def hold_summary(
     host: str,
     path: str,
     reasons: Sequence[str],
+    collection: str | None = None,
 ) -> dict[str, Any]:
     """The masked summary an approver sees: who, which token (by jti), what, where, how big, why.
+
+    A store call names its collection (the name, where the path holds only its id).
 
     The query string is dropped (it can carry keys), findings keep only type, place and action,
     and no body text is included.
@@ -296,6 +299,7 @@ def hold_summary(
         "job": job,
         "connection": connection,
         "operation": facts.operation,
+        "collection": collection,
         "method": method,
         "host": host,
         "path": path.split("?", 1)[0],

@@ -22,6 +22,7 @@ class Minted:
     key_env: str | None
     dialect: str | None = None
     database: str | None = None
+    upstream: str | None = None  # a store connection's URL, for its client's host/port variables
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Minted:
@@ -35,6 +36,7 @@ class Minted:
                 key_env=data.get("key_env"),
                 dialect=data.get("dialect"),
                 database=data.get("database"),
+                upstream=data.get("upstream"),
             )
         except (KeyError, TypeError, ValueError):
             raise BadRequest("the broker's answer is missing fields") from None

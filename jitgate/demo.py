@@ -3,7 +3,9 @@
 Shows, in order: a rerank answered; a request carrying an AWS key blocked; an e-mail in a
 returned document masked; the token revoked when the job ended and refused afterwards; an audit
 query naming the user and the documents; a pgvector nearest-neighbour SELECT through psql on the
-Postgres path, and a column outside the grant refused. Exits non-zero if any step fails.
+Postgres path, and a column outside the grant refused; a real Chroma server read by the real chromadb
+client under `jitgate run` (fields cut, PII masked, another collection refused). Exits non-zero if
+any step fails.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from jitgate.devstack.stack import DevStack
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "examples" / "rerank_job.py"
+STORE_JOB = REPO / "examples" / "chroma_job.py"
 # `:email:` inside a mask tag is not an emoji; logs and CI get a table wide enough to read.
 console = Console(emoji=False, width=None if sys.stdout.isatty() else 150)
 
@@ -52,10 +55,13 @@ def _wait_for(probe: Callable[[], Any], *, timeout: float, every: float = 0.5) -
         time.sleep(every)
 
 
-def _run_job(stack: DevStack, token_file: Path) -> tuple[int, dict[str, dict[str, Any]], str]:
-    env = {**os.environ, **stack.env, "DEMO_TOKEN_FILE": str(token_file)}
+def _run_job(
+    stack: DevStack, token_file: Path, *, connection: str = "cohere-test", job: Path = JOB,
+    **env_over: str,
+) -> tuple[int, dict[str, dict[str, Any]], str]:
+    env = {**os.environ, **stack.env, "DEMO_TOKEN_FILE": str(token_file), **env_over}
     jitgate = str(Path(sys.executable).with_name("jitgate"))
-    argv = [jitgate, "run", "--connection", "cohere-test", "--ttl", "10m", "--", sys.executable, str(JOB)]
+    argv = [jitgate, "run", "--connection", connection, "--ttl", "10m", "--", sys.executable, str(job)]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     steps = {}
     for line in proc.stdout.splitlines():
@@ -104,7 +110,7 @@ def _audit(stack: DevStack, document: str) -> list[dict[str, Any]]:
 
 def run(state_dir: Path) -> None:
     console.rule("[bold]jitgate demo")
-    console.print("starting the local stack (moto, OIDC issuer, broker, upstream, gateway)")
+    console.print("starting the local stack (moto, OIDC issuer, broker, upstream, Chroma, gateway)")
     with DevStack(state_dir, segment_ms=500) as stack:
         console.print(f"  [green]✓[/green] stack ready in {state_dir}")
         token_file = state_dir / "demo-token"
@@ -168,6 +174,17 @@ def run(state_dir: Path) -> None:
             refused.returncode != 0 and "jitgate column_not_allowed" in refused.stderr,
             "a column outside the grant is refused (42501 column_not_allowed)",
         )
+        console.rule("7. the real Chroma server and client under `jitgate run --connection chroma-dev`")
+        rc, steps, stderr = _run_job(stack, token_file, connection="chroma-dev", job=STORE_JOB,
+                                     JITGATE_DEV_SUBJECT=READER_SUB)
+        if rc != 0:
+            console.print(stderr[-2000:])
+        _check(rc == 0, f"the store job exited 0 (got {rc})")
+        answer = steps.get("store_answered", {})
+        docs = answer.get("documents") or []
+        _check(bool(docs) and "[REDACTED:email:" in docs[0], f"a document answered, its e-mail masked: {docs[:1]!r}")
+        _check(answer.get("metadatas") is None, "metadata withheld: the reader's fields are ids, documents, distances")
+        _check(steps.get("other_collection", {}).get("refused") is True, "another collection: collection_not_allowed")
     console.rule("[bold green]demo passed")
 
 

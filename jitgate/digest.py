@@ -3,24 +3,29 @@
 Rerank calls keep the query, the SHA-256 of every document as the upstream saw it and the
 returned ranking. Bodies keep their shape but lose every embedding vector (replaced by its
 dimension and a hash) and, for store answers, every named field the token could not see.
+A vector is a list of numbers, or, under a vector key, a string: chromadb 1.x sends embeddings as
+base64 of little-endian float32, and such a string is digested over the floats it holds.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import re
+import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from jitgate import jsontext
+from jitgate.chroma import filter_fields
 from jitgate.records import RankEntry, VectorDigest, escape_surrogates
 
 # Keys whose numeric lists are embedding vectors; any other all-number list this long is one too.
 _VECTOR_KEYS = frozenset({"embedding", "embeddings", "query_embeddings", "vector", "vectors", "values"})
 _LONG_NUMBER_LIST = 128
-# Named result fields of a store answer (Chroma get/query); a token's scope.fields picks among them.
-STORE_FIELDS = frozenset({"ids", "embeddings", "documents", "uris", "data", "metadatas", "distances"})
 MAX_VECTOR_DIGESTS = 1024
 MAX_DOC_HASHES = 10_000
 
@@ -122,16 +127,80 @@ def _is_number_list(value: Any) -> bool:
     )
 
 
+# A vector key and the array after it, in JSON text: only brackets, commas, blanks, numbers, null
+# and base64 strings; any key, object or other string ends it. Each match is parsed and checked
+# before it is blanked, so the pattern only has to find candidates.
+_VECTOR_TEXT = re.compile(
+    rb'"(?:embeddings|query_embeddings|embedding)"\s*:\s*(\[[\[\]\s,0-9eE+\-.nul"A-Za-z/=]*\])'
+)
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _vector_leaves(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_vector_leaves(v) for v in value)
+    if isinstance(value, str):
+        return _BASE64.fullmatch(value) is not None
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def blank_vectors(raw: bytes) -> bytes:
+    """`raw` (JSON text) with every embedding array's bytes replaced by blanks, offsets unchanged.
+
+    What leak_guard scans: the digits of a float list look like phone numbers and a base64 vector
+    like a key, but a vector is no text. Masking edits found in the blanked copy apply to `raw`
+    as they stand (nothing is found in blanks).
+    """
+    if b"embedding" not in raw:
+        return raw
+    out: bytearray | None = None
+    for m in _VECTOR_TEXT.finditer(raw):
+        start, end = m.span(1)
+        # the class admits a few letters for `null`, so a candidate may end on a later array
+        while end > start:
+            try:
+                value = json.loads(raw[start:end])
+            except ValueError:
+                value = None
+                end = raw.rfind(b"]", start, end - 1) + 1
+                continue
+            break
+        if end <= start or not _vector_leaves(value):
+            continue
+        if out is None:
+            out = bytearray(raw)
+        out[start + 1 : end - 1] = b" " * (end - start - 2)  # `[   ]`: still JSON
+    return bytes(out) if out is not None else raw
+
+
+def base64_vector(text: str) -> list[float] | None:
+    """The float32 values of a base64-encoded vector (chromadb 1.x), or None when it is not one."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw or len(raw) % 4:
+        return None
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
 @dataclass
 class _Redactor:
     digests: list[VectorDigest] = field(default_factory=list)
 
+    def _digest(self, vector: list[Any], location: str) -> dict[str, Any]:
+        digest = vector_digest(vector, location)
+        if len(self.digests) < MAX_VECTOR_DIGESTS:
+            self.digests.append(digest)
+        return {"$vector": {"dim": digest.dim, "sha256": digest.sha256}}
+
     def walk(self, value: Any, location: str, in_vector_key: bool) -> Any:
         if _is_number_list(value) and (in_vector_key or len(value) >= _LONG_NUMBER_LIST):
-            digest = vector_digest(value, location)
-            if len(self.digests) < MAX_VECTOR_DIGESTS:
-                self.digests.append(digest)
-            return {"$vector": {"dim": digest.dim, "sha256": digest.sha256}}
+            return self._digest(value, location)
+        if in_vector_key and isinstance(value, str):
+            floats = base64_vector(value)
+            # Not a vector after all: still never recorded as it came (it sat where vectors go).
+            return self._digest(floats, location) if floats else {"$vector": {"dim": None, "sha256": None}}
         if isinstance(value, dict):
             return {k: self.walk(v, f"{location}.{k}", in_vector_key or k in _VECTOR_KEYS) for k, v in value.items()}
         if isinstance(value, list):
@@ -144,14 +213,6 @@ def redact_vectors(value: Any, location: str) -> tuple[Any, tuple[VectorDigest, 
     redactor = _Redactor()
     out = redactor.walk(value, location, False)
     return out, tuple(redactor.digests)
-
-
-def drop_unseen_fields(response: Any, visible: Collection[str] | None) -> Any:
-    """A store answer without the named fields the token's scope could not see (None: all visible)."""
-    if visible is None or not isinstance(response, dict):
-        return response
-    allowed = set(visible)
-    return {k: v for k, v in response.items() if k not in STORE_FIELDS or k in allowed}
 
 
 def parse_json(content: bytes | None) -> Any:
@@ -224,7 +285,7 @@ def digest_body(
     value = parse_json(content) if parsed is _UNPARSED else parsed
     vectors: tuple[VectorDigest, ...] = ()
     if value is not None:
-        value, vectors = redact_vectors(drop_unseen_fields(value, visible_fields), location)
+        value, vectors = redact_vectors(filter_fields(value, visible_fields), location)
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     else:
         text = content.decode(errors="replace")

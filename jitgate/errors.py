@@ -162,6 +162,24 @@ class CollectionNotAllowed(Forbidden):
     code = "collection_not_allowed"
 
 
+class DatabaseNotAllowed(Forbidden):
+    """The request names a store tenant or database other than the token's."""
+
+    code = "database_not_allowed"
+
+
+class FieldNotAllowed(Forbidden):
+    """A store query filters on a record field or metadata key the token may not see."""
+
+    code = "field_not_allowed"
+
+
+class CollectionUnresolved(Forbidden):
+    """A store collection id the gateway cannot resolve to a name: refused, never passed on."""
+
+    code = "collection_unresolved"
+
+
 class UpgradeNotAllowed(Forbidden):
     """The request asks to switch protocols (WebSocket, raw TCP), which the gateway cannot inspect."""
 

@@ -27,7 +27,8 @@ CLAIMS = "jitgate.claims"  # dict: JSON form of the verified Claims
 TOKEN_HASH = "jitgate.token_sha256"  # hex SHA-256 of the token (never the token itself)
 CONNECTION = "jitgate.connection"  # str: the connection's name
 OPERATION = "jitgate.operation"  # str: the named operation scope_guard matched
-COLLECTION = "jitgate.collection"  # str: the store collection
+COLLECTION = "jitgate.collection"  # str: the store collection (its name, never an id)
+STORE_DATABASE = "jitgate.store_database"  # [tenant, database] of a Chroma call (str | None each)
 FINDINGS = "jitgate.findings"  # list[dict]: {type, where, action, tag, ...} from the inspection
 DECISION = "jitgate.decision"  # str: a records.Decision
 ERROR = "jitgate.error"  # str: the stable error code when the gateway answered the flow itself
@@ -46,6 +47,8 @@ class FlowState:
     connection_name: str | None = None  # the connection's name (alone in a state read back from plain)
     operation: str | None = None  # scope_guard
     collection: str | None = None  # scope_guard
+    tenant: str | None = None  # scope_guard: a Chroma call's tenant
+    database: str | None = None  # scope_guard: a Chroma call's database
     findings: list[dict[str, Any]] = field(default_factory=list)  # leak_guard: one record per finding
     decision: Decision | None = None  # the last check that decided (blocked, masked, held, ...)
     error: str | None = None  # the stable code of the gateway's own answer (respond.refuse)
@@ -88,6 +91,7 @@ class FlowState:
             CONNECTION: self.connection_name,
             OPERATION: self.operation,
             COLLECTION: self.collection,
+            STORE_DATABASE: [self.tenant, self.database] if self.tenant or self.database else None,
             FINDINGS: [dict(f) for f in self.findings] or None,
             DECISION: str(self.decision) if self.decision is not None else None,
             ERROR: self.error,
@@ -113,6 +117,9 @@ class FlowState:
         state.connection_name = _str(data.get(CONNECTION))
         state.operation = _str(data.get(OPERATION))
         state.collection = _str(data.get(COLLECTION))
+        store_db = data.get(STORE_DATABASE)
+        if isinstance(store_db, list) and len(store_db) == 2:
+            state.tenant, state.database = _str(store_db[0]), _str(store_db[1])
         findings = data.get(FINDINGS)
         if isinstance(findings, list):
             state.findings = [dict(f) for f in findings if isinstance(f, dict)]

@@ -68,6 +68,7 @@ def new_hold(
     timeout: float,
     gateway: str,
     flow_id: str,
+    collection: str | None = None,
 ) -> Approval:
     """The hold item of a risky request: a masked summary, the approvers, the deadline."""
     summary = hold_summary(
@@ -80,6 +81,7 @@ def new_hold(
         host=host,
         path=path,
         reasons=reasons,
+        collection=collection,
     )
     return Approval(
         id=new_id("hold"),

@@ -83,7 +83,13 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 def scan(
     scanner: Scanner, data: bytes, plan: actions.Plan, literals: Sequence[bytes], *, json_text: bool = False
 ) -> ScanResult:
-    return scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+    """The findings of `data` under `plan`. PII the profile allows is found (the record keeps the
+    body out when it holds some) but left as it is: the edits then mask secrets only."""
+    result = scanner.scan(data, pii=plan.pii_types, literals=literals, json_strings=json_text)
+    if plan.pii == "allow" and any(f.kind != "secret" for f in result.findings):
+        secrets_only = scanner.scan(data, literals=literals, json_strings=json_text)
+        return ScanResult(result.findings, secrets_only.edits)
+    return result
 
 
 def header_fields(side: str, headers: Iterable[tuple[str, str]]) -> list[tuple[str, bytes]]:

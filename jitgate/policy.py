@@ -28,9 +28,10 @@ from pydantic import (
     model_validator,
 )
 
-from jitgate.dialects import DEFAULT_ROUTES, SQL_OPERATIONS, Route
+from jitgate.dialects import DEFAULT_ROUTES, SQL_OPERATIONS
 from jitgate.durations import parse_duration as parse_duration  # re-exported for callers of the policy
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
+from jitgate.routes import Route
 from jitgate.token import Limits
 
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -271,6 +272,9 @@ class Grant(_Model):
     operations: tuple[str, ...] = ("*",)
     collections: tuple[str, ...] = ()
     fields: tuple[str, ...] | None = None
+    # The store tenant and database its tokens may use (Chroma's defaults unless named).
+    tenant: str | None = None
+    database: str | None = None
     max_ttl: int = DEFAULT_TTL
     default_ttl: int | None = None
     limits: Limits = Limits()
@@ -517,6 +521,8 @@ class Decision:
     limits: Limits
     mask: str
     approval: GrantApproval
+    tenant: str | None = None
+    database: str | None = None
 
 
 def _matches(grant: Grant, identity: Identity) -> bool:
@@ -574,6 +580,8 @@ def evaluate_grants(
             limits=grant.limits,
             mask=grant.mask or conn.mask,
             approval=grant.approval,
+            tenant=grant.tenant,
+            database=grant.database,
         )
     raise NotGranted(f"no grant allows this identity {conn.name!r} with the requested operations")
 

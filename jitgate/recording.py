@@ -149,6 +149,8 @@ def record_of(state: FlowState, ex: Exchange, *, gateway: str, body_cap: int, no
         path="[withheld]" if _path_withheld(raw_findings) else escape_text(_bare_path(ex.path)),
         operation=escape_text(operation),
         collection=escape_text(state.collection),
+        tenant=escape_text(state.tenant),
+        database=escape_text(state.database),
         status=ex.status if ex.status is not None and ex.failure is None else 0,  # 0: no whole answer
         request_bytes=ex.request_bytes,
         response_bytes=ex.response_bytes if answered else 0,

@@ -48,6 +48,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("path", "string"),
     ("operation", "string"),
     ("collection", "string"),
+    ("tenant", "string"),
+    ("database", "string"),
     ("status", "int"),
     ("request_bytes", "bigint"),
     ("response_bytes", "bigint"),
@@ -133,6 +135,8 @@ class SessionRecord(_Frozen):
     path: str
     operation: str | None = None
     collection: str | None = None
+    tenant: str | None = None  # a store call's tenant and database (Chroma), as its path named them
+    database: str | None = None
     status: int = 0
     request_bytes: int = 0
     response_bytes: int = 0

@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 import certifi
 
@@ -49,6 +50,7 @@ def job_environment(base: Mapping[str, str], minted: Minted, job: JobEnv) -> dic
         env[name] = str(job.ca_bundle)
     if job.key_env:
         env[job.key_env] = minted.token
+    env.update(store_variables(minted))
     env["JITGATE_JTI"] = minted.jti
     # A job must not bypass the gateway for its upstream through an inherited NO_PROXY.
     env.pop("NO_PROXY", None)
@@ -83,6 +85,23 @@ def pg_environment(
         }
     )
     return env
+def store_variables(minted: Minted) -> dict[str, str]:
+    """CHROMA_HOST/PORT/SSL and the token as CHROMA_API_KEY for a Chroma connection, so that
+
+    `chromadb.HttpClient(host=os.environ["CHROMA_HOST"], port=int(os.environ["CHROMA_PORT"]),
+    ssl=os.environ["CHROMA_SSL"] == "true", headers={"x-chroma-token": os.environ["CHROMA_API_KEY"]})`
+    reaches the store through the gateway unchanged (the proxy variables carry it there).
+    """
+    if minted.dialect != "chroma" or not minted.upstream:
+        return {}
+    url = urlsplit(minted.upstream)
+    ssl = url.scheme == "https"
+    return {
+        "CHROMA_HOST": url.hostname or "",
+        "CHROMA_PORT": str(url.port or (443 if ssl else 80)),
+        "CHROMA_SSL": "true" if ssl else "false",
+        "CHROMA_API_KEY": minted.token,
+    }
 
 
 def run_job(cmd: Sequence[str], env: Mapping[str, str]) -> int:

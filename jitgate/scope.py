@@ -4,8 +4,8 @@ Protocol-neutral and pure: the HTTP chain (addon/scope_guard.py, addon/approval_
 these with values read from its flow; a listener for another protocol calls them the same way.
 A token's `conn` claim picks the connection; method and path map to one of its named operations;
 operations, methods, paths and collections outside the token's scope are refused; `max_documents`
-counts rerank documents (TEI `texts`) and store add/upsert `ids`; a store answer keeps only the
-granted fields.
+counts rerank documents (TEI `texts`) and store add/upsert/update `ids`. A Chroma call is checked
+further, its collection id resolved to a name, by `jitgate.chroma.scope_error`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
+from jitgate.chroma import IMPLIED_OPERATIONS
 from jitgate.dialects import RERANK_DIALECTS, match_route
 from jitgate.errors import CollectionNotAllowed, JitgateError, OperationNotAllowed, WrongConnection
 from jitgate.policy import Connection
 from jitgate.token import Claims
 
 STORE_DIALECTS = frozenset({"chroma"})
-_BATCH_OPERATIONS = frozenset({"add", "upsert"})
+_BATCH_OPERATIONS = frozenset({"add", "upsert", "update"})
 
 
 def scope_error(
@@ -32,7 +33,8 @@ def scope_error(
     if route is None:
         return OperationNotAllowed(f"{method} {path.split('?', 1)[0]} is no operation of {conn.name!r}"), "", None
     scope = claims.scope
-    if route.operation not in scope.operations:
+    implied = conn.dialect in STORE_DIALECTS and route.operation in IMPLIED_OPERATIONS
+    if not implied and route.operation not in scope.operations:
         return OperationNotAllowed(f"operation {route.operation!r} is not in this token's scope"), route.operation, None
     if scope.methods and method not in scope.methods:
         return OperationNotAllowed(f"method {method} is not in this token's scope"), route.operation, None
@@ -46,7 +48,7 @@ def scope_error(
 
 
 def document_count(dialect: str, operation: str, body: Any) -> int | None:
-    """How many documents a call carries: rerank `documents` (TEI `texts`), store add/upsert `ids`."""
+    """How many documents a call carries: rerank `documents` (TEI `texts`), store add/upsert/update `ids`."""
     if not isinstance(body, dict):
         return None
     if dialect in RERANK_DIALECTS and operation == "rerank":
@@ -56,16 +58,6 @@ def document_count(dialect: str, operation: str, body: Any) -> int | None:
     else:
         return 0
     return len(docs) if isinstance(docs, list) else None
-
-
-def filter_fields(body: Any, fields: tuple[str, ...]) -> Any:
-    """Keep only granted top-level fields of a store answer (plus `included`, trimmed to them)."""
-    if not isinstance(body, dict):
-        return body
-    kept = {k: v for k, v in body.items() if k in fields}
-    if isinstance(body.get("included"), list):
-        kept["included"] = [f for f in body["included"] if f in fields]
-    return kept
 
 
 def lease_size(max_requests: int, lease: int) -> int:

@@ -43,6 +43,9 @@ class Scope(BaseModel):
     fields: tuple[str, ...] | None = None
     methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
+    # A store token's tenant and database (Chroma); None: the store's defaults.
+    tenant: str | None = None
+    database: str | None = None
 
 
 class Limits(BaseModel):

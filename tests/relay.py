@@ -21,8 +21,9 @@ _RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a
 class Relay:
     """Forward a loopback port to `target`; `up = False` resets every open connection and refuses new ones."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], *, record: bool = False) -> None:
         self.target = target
+        self.record = record
         self._up = True
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -32,6 +33,7 @@ class Relay:
         self._sock.listen(128)
         self.port = int(self._sock.getsockname()[1])
         self._closed = False
+        self.sent = bytearray()  # with `record`: every byte clients sent through it (what the upstream got)
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -75,12 +77,15 @@ class Relay:
                 continue
             with self._lock:
                 self._open.update((conn, upstream))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, record in ((conn, upstream, self.record), (upstream, conn, False)):
+                threading.Thread(target=self._pump, args=(a, b, record), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bool = False) -> None:
         try:
             while data := src.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += data
                 dst.sendall(data)
         except OSError:
             pass
@@ -99,10 +104,10 @@ class Relay:
 
 
 @contextmanager
-def relay_to(url: str) -> Iterator[Relay]:
+def relay_to(url: str, *, record: bool = False) -> Iterator[Relay]:
     """A Relay in front of `url`'s host and port, closed on exit; `.up = False` cuts it off."""
     target = urlparse(url)
-    relay = Relay((target.hostname or "127.0.0.1", target.port or 80))
+    relay = Relay((target.hostname or "127.0.0.1", target.port or 80), record=record)
     try:
         yield relay
     finally:

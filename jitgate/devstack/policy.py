@@ -16,12 +16,15 @@ from jitgate.policy import Policy, parse_policy
 RERANK_CONNECTIONS = {"cohere-test": "cohere", "jina-test": "jina", "voyage-test": "voyage"}
 STORE_CONNECTION = "store-test"
 PG_CONNECTION = "pg-dev"
+# The real Chroma server (jitgate.devstack.chroma); plain HTTP on loopback, the gateway its only path.
+CHROMA_CONNECTION = "chroma-dev"
 DEFAULT_UPSTREAMS = {
     "cohere-test": "https://cohere.upstream.test",
     "jina-test": "https://jina.upstream.test",
     "voyage-test": "https://voyage.upstream.test",
     STORE_CONNECTION: "https://store.upstream.test",
     PG_CONNECTION: "postgres://127.0.0.1:5432/ranking",
+    CHROMA_CONNECTION: "http://chroma.upstream.test:8000",
 }
 ADMIN_GROUP = "platform-security"
 APPROVER_GROUP = "search-leads"
@@ -66,6 +69,13 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         "hosts": ["localhost"],
         "credential": {"secret_id": secret_id(PG_CONNECTION)},
     }
+    connections[CHROMA_CONNECTION] = {
+        "dialect": "chroma",
+        "upstream": ups[CHROMA_CONNECTION],
+        "key_env": "CHROMA_API_KEY",
+        "credential": {"secret_id": secret_id(CHROMA_CONNECTION), "header": "X-Chroma-Token", "format": "{secret}"},
+        "approval": {"operations": ["delete", "drop_collection"]},
+    }
     return {
         "version": 1,
         "issuers": [{"issuer": issuer, "audience": "jitgate"}],
@@ -73,6 +83,9 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         "profiles": {
             "default": {"request_secrets": "block", "request_pii": "mask"},
             "strict": {"request_secrets": "block", "request_pii": "block"},
+            # Loading candidates means writing their e-mails and phones: they pass to the store, and
+            # the records still never hold them (a body with unmasked PII is recorded as null).
+            "loading": {"request_secrets": "block", "request_pii": "allow"},
         },
         "connections": connections,
         "grants": [
@@ -120,6 +133,26 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
                 "connections": [PG_CONNECTION],
                 "operations": ["select", "insert", "update", "delete"],
                 "collections": ["candidates"],
+                "max_ttl": "1h",
+            },
+            {
+                "name": "chroma-readers",
+                "match": {"issuer": issuer, "claims": {"sub": [READER_SUB]}},
+                "connections": [CHROMA_CONNECTION],
+                "operations": ["query", "get", "count"],
+                "collections": ["candidates"],
+                "fields": ["ids", "documents", "distances"],
+                "max_ttl": "15m",
+                "limits": {"max_requests": 10000},
+            },
+            {
+                "name": "chroma-maintainers",
+                "match": {"issuer": issuer, "claims": {"sub": [MAINTAINER_SUB]}},
+                "connections": [CHROMA_CONNECTION],
+                "operations": ["query", "get", "count", "add", "upsert", "update", "delete", "list_collections",
+                               "create_collection"],
+                "collections": ["candidates"],
+                "mask": "loading",
                 "max_ttl": "1h",
             },
         ],

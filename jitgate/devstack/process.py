@@ -11,6 +11,17 @@ from pathlib import Path
 _MAX_PREAMBLE_LINES = 200
 
 
+def terminate(proc: subprocess.Popen[str]) -> None:
+    """End a child politely, then firmly after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ChildServer:
     """Start `argv`, read the URL it prints, then drain its output so the pipe never blocks it.
 
@@ -50,13 +61,8 @@ class ChildServer:
             self.log.append(line.rstrip())
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            terminate(self._proc)
 
     def __enter__(self) -> ChildServer:
         return self.start()

@@ -1,8 +1,9 @@
 """The whole local stack on loopback, in one state folder: what `jitgate dev` and `make demo` run.
 
 A moto server seeded like the SAM stack, a dev OIDC issuer, the broker behind its local adapter,
-a sample HTTPS rerank upstream (BM25) and the gateway (mitmdump + the addon chain). Fake upstream
-keys are generated at start and live only in the moto server's Secrets Manager and the upstream.
+a sample HTTPS rerank upstream (BM25), a real Chroma server (`chroma run`, with `candidates`
+seeded) and the gateway (mitmdump + the addon chain). Fake upstream keys are generated at start and
+live only in the moto server's Secrets Manager and the upstream.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Any
 import yaml
 
 from jitgate.devstack.aws import Stack, broker_env, local_broker, moto_server, seed
+from jitgate.devstack.chroma import ChromaServer, seed_candidates
 from jitgate.devstack.gateway import Gateway, jitgate_options, start_gateway, write_bundle
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import (
+    CHROMA_CONNECTION,
     CI_CLAIMS,
     PG_CONNECTION,
     RERANK_CONNECTIONS,
@@ -54,6 +57,7 @@ class DevStack:
     gateway: Gateway | None = None
     upstream: Upstream | None = None
     postgres: Postgres | None = None
+    chroma: ChromaServer | None = None
     _exit: ExitStack = field(default_factory=ExitStack)
 
     def start(self, progress: Callable[[str], None] = lambda _step: None) -> DevStack:
@@ -72,7 +76,7 @@ class DevStack:
         progress("dev OIDC issuer")
         issuer = self._exit.enter_context(OidcIssuer())
         progress("sample rerank upstream (HTTPS, BM25)")
-        connections = [*RERANK_CONNECTIONS, STORE_CONNECTION]
+        connections = [*RERANK_CONNECTIONS, STORE_CONNECTION, CHROMA_CONNECTION]
         keys = {secret_id(c): "dev-" + secrets.token_urlsafe(24) for c in connections}
         upstream = self._exit.enter_context(Upstream(api_keys=keys.values()))
         self.upstream = upstream
@@ -85,10 +89,15 @@ class DevStack:
         # The store answers on `localhost`, a leftover from when connections could not share an
         # upstream host (they may now: the token picks the connection); the other rerank
         # connections keep their (unreachable) defaults.
+        progress("Chroma server (chroma run, candidates seeded)")
+        chroma = self._exit.enter_context(ChromaServer(state / "chroma"))
+        self.chroma = chroma
+        seed_candidates(chroma.url)
         upstreams = {
             "cohere-test": upstream.url,
             STORE_CONNECTION: f"https://localhost:{upstream.port}",
             PG_CONNECTION: postgres.upstream,
+            CHROMA_CONNECTION: chroma.url,
         }
         doc: dict[str, Any] = policy_dict(issuer.url, upstreams=upstreams)
         for name, hosts in PUBLIC_HOSTS.items():
@@ -138,6 +147,7 @@ class DevStack:
             "JITGATE_DEV_ISSUER": issuer.url,
             "JITGATE_DEV_SUBJECT": DEV_SUBJECT,
             "JITGATE_DEV_CLAIMS": json.dumps(CI_CLAIMS),
+            "JITGATE_CHROMA_URL": chroma.url,
             "JITGATE_BUCKET": stack.bucket,
             "JITGATE_TABLE": stack.table,
             "AWS_ENDPOINT_URL": moto.url,

@@ -38,8 +38,9 @@ def plan(profile: MaskProfile, direction: Direction) -> Plan:
     else:
         secrets = "mask" if profile.response_secrets == "mask" else "allow"
         pii = "mask" if profile.response_pii == "mask" else "allow"
-    types = frozenset(profile.pii_types) if pii != "allow" else frozenset()
-    return Plan(types, secrets, pii)
+    # PII a profile lets pass is still looked for: its findings (action `allow`) keep the body it
+    # sits in out of the session record (docs/audit.md), whatever the profile lets through.
+    return Plan(frozenset(profile.pii_types), secrets, pii)
 
 
 def action_for(p: Plan, finding: Finding) -> Action:

@@ -13,7 +13,7 @@ from mitmproxy.test import taddons, tflow
 from addon import meta
 from addon.scope_guard import ScopeGuard
 from jitgate.policy import parse_policy
-from jitgate.scope import document_count, filter_fields, lease_size, scope_error
+from jitgate.scope import document_count, lease_size, scope_error
 from jitgate.state import USAGE_SK, usage_pk
 from jitgate.token import Claims, new_jti
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
@@ -87,13 +87,6 @@ def test_scope_error(
 )
 def test_document_count(dialect: str, operation: str, body: Any, count: int | None) -> None:
     assert document_count(dialect, operation, body) == count
-
-
-def test_filter_fields_keeps_only_granted_columns() -> None:
-    body = {"ids": [["1"]], "documents": [["d"]], "embeddings": [[[0.1]]], "included": ["documents", "embeddings"]}
-    kept = filter_fields(body, ("ids", "documents"))
-    assert kept == {"ids": [["1"]], "documents": [["d"]], "included": ["documents"]}
-    assert filter_fields([1, 2], ("ids",)) == [1, 2]
 
 
 def _guard(aws: dict[str, Any]) -> ScopeGuard:
@@ -205,14 +198,42 @@ async def test_counter_unavailable_fails_closed(aws: dict[str, Any], policy_file
     assert (f.response.status_code, f.response.json()["code"]) == (503, "usage_unavailable")
 
 
-def _store_flow(fields: list[str] | None, body: bytes, status: int = 200) -> Any:
+def _store_flow(fields: list[str] | None, body: bytes, status: int = 200, operation: str = "query") -> Any:
     scope: dict[str, Any] = {"operations": ["query"], "collections": ["candidates"]}
     if fields is not None:
         scope["fields"] = fields
     f = _flow(_claims(conn="store", scope=scope), host="store.internal")
     meta.state_of(f).use_connection(CONNS["store"])
+    meta.state_of(f).operation = operation
     f.response = http.Response.make(status, body, {"Content-Type": "application/json"})
     return f
+
+
+@pytest.mark.parametrize("status", [200, 206, 404, 500])
+async def test_a_record_answer_is_cut_to_the_granted_fields_whatever_its_status(
+    aws: dict[str, Any], policy_file: Path, status: int
+) -> None:
+    """Before issue 19 only 2xx answers were cut: a 404 or 500 carrying records went out whole."""
+    answer = {"error": "NotFound", "documents": [["doc"]], "metadatas": [[{"owner_email": "a@example.com"}]]}
+    guard = _guard(aws)
+    with taddons.context(guard) as tctx:
+        tctx.configure(guard, jitgate_policy=str(policy_file), jitgate_table=TABLE)
+        f = _store_flow(["ids"], json.dumps(answer).encode(), status=status)
+        guard.response(f)
+        html = _store_flow(["ids"], b"<html>documents: a@example.com</html>", status=status)
+        guard.response(html)
+    assert f.response.json() == {"error": "NotFound"}
+    assert (html.response.status_code, html.response.json()["code"]) == (502, "upstream_response_invalid")
+
+
+async def test_fields_leave_answers_other_than_records_alone(aws: dict[str, Any], policy_file: Path) -> None:
+    identity = {"user_id": "", "tenant": "default_tenant", "databases": ["default_database"]}
+    guard = _guard(aws)
+    with taddons.context(guard) as tctx:
+        tctx.configure(guard, jitgate_policy=str(policy_file), jitgate_table=TABLE)
+        f = _store_flow(["ids"], json.dumps(identity).encode(), operation="identity")
+        guard.response(f)
+    assert f.response.json() == identity
 
 
 async def test_store_answers_keep_only_granted_fields(aws: dict[str, Any], policy_file: Path) -> None:

@@ -44,8 +44,11 @@ def _sa(namespace: str, name: str = "worker", **claims: Any) -> Identity:
 
 
 def test_example_policy_loads(policy: Policy) -> None:
-    assert set(policy.connections) == {"cohere-prod", "candidates-store"}
-    assert [g.name for g in policy.grants] == ["rerank-ci", "store-readers", "store-maintenance"]
+    assert set(policy.connections) == {"cohere-prod", "candidates-store", "chroma-cloud"}
+    assert [g.name for g in policy.grants] == ["rerank-ci", "store-readers", "cloud-readers", "store-maintenance"]
+    cloud = policy.grants[2]
+    assert (cloud.tenant, cloud.database) == ("acme-search", "production")
+    assert policy.connections["chroma-cloud"].credential.header == "X-Chroma-Token"
     assert policy.grants[0].max_ttl == 1800 and policy.grants[0].default_ttl == 600
     assert policy.connection_for_host("API.cohere.com.") is policy.connections["cohere-prod"]
     assert policy.connection_for_host("evil.example") is None

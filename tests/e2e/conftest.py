@@ -10,6 +10,7 @@
   now, in `aws_stack.secrets`).
 - `broker`: base URL of `python -m broker.local` running against all of the above.
 - `mint`: mint a JIT token through the broker for a dev identity; returns the JSON answer.
+- `chroma_server`: a real Chroma server (`chroma run`) with `candidates` seeded.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, Stack, local_broker, seed
 from jitgate.devstack.aws import moto_server as moto_server_process
+from jitgate.devstack.chroma import ChromaServer, seed_candidates
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import CI_CLAIMS, dev_policy, policy_yaml
 from jitgate.devstack.process import ChildServer
@@ -111,3 +113,11 @@ def mint(broker: str, oidc_issuer: OidcIssuer) -> Callable[..., dict[str, Any]]:
         return answer
 
     return _mint
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real `chroma run` on loopback with the collection `candidates` seeded (dimension 8)."""
+    with ChromaServer(tmp_path_factory.mktemp("chroma")) as server:
+        seed_candidates(server.url)
+        yield server

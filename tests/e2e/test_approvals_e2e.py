@@ -11,9 +11,8 @@ import json
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from jitgate.devstack.policy import (
     secret_id,
 )
 from jitgate.devstack.upstream import Upstream, bm25
+from tests.e2e.background import Background
 from tests.e2e.gateway import Gateway, policy_gateway
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,32 +182,6 @@ def _wait_for_hold(broker: str, approver: str, jti: str) -> dict[str, Any]:
                 return dict(item)
         time.sleep(0.2)
     raise AssertionError("the hold never showed up")
-
-
-class Background:
-    """Run a blocking client call in a thread; `result()` waits for it."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.value = fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def result(self, timeout: float = 60) -> Any:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the client call never returned"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 def _rerank(gateway: Gateway, bundle: Path, upstream: Upstream, token: str, docs: list[str]) -> httpx.Response:

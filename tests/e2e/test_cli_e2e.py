@@ -13,6 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from jitgate.devstack.policy import READER_SUB
 from jitgate.devstack.stack import DevStack
 from jitgate.state import REVOCATION_PK
 
@@ -71,6 +72,25 @@ def test_job_environment_reaches_the_upstream_through_the_gateway(stack: DevStac
     proc = subprocess.run(_job(code), env=_env(stack), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "STATUS 200 0" in proc.stdout
+
+
+def test_run_exports_the_chroma_variables_and_the_real_client_works_unchanged(stack: DevStack) -> None:
+    """The issue's own snippet, as a reader of chroma-dev under `jitgate run` (the real Chroma server)."""
+    code = (
+        "import os, chromadb\n"
+        "from chromadb.config import Settings\n"
+        "client = chromadb.HttpClient(host=os.environ['CHROMA_HOST'], port=int(os.environ['CHROMA_PORT']),"
+        " ssl=os.environ['CHROMA_SSL'] == 'true', headers={'x-chroma-token': os.environ['CHROMA_API_KEY']},"
+        " settings=Settings(anonymized_telemetry=False))\n"
+        "col = client.get_collection('candidates')\n"
+        "got = col.query(query_embeddings=[[0.5] * 8], n_results=2, include=['documents', 'distances'])\n"
+        "print('COUNT', col.count(), 'HITS', len(got['ids'][0]))\n"
+    )
+    env = {**_env(stack), "JITGATE_DEV_SUBJECT": READER_SUB}
+    argv = [JITGATE, "run", "--connection", "chroma-dev", "--", sys.executable, "-c", code]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HITS 2" in proc.stdout and "COUNT 8" in proc.stdout
 
 
 def test_run_revokes_after_sigint(stack: DevStack) -> None:

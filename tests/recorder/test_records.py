@@ -114,13 +114,6 @@ def test_long_number_list_anywhere_is_a_vector() -> None:
     assert out == {"x": {"y": {"$vector": {"dim": 300, "sha256": digests[0].sha256}}}}
 
 
-def test_store_answer_drops_fields_the_token_could_not_see() -> None:
-    answer = {"ids": [["1"]], "documents": [["d"]], "metadatas": [[{"k": "v"}]], "included": ["documents"]}
-    out = digest.drop_unseen_fields(answer, ("ids", "documents"))
-    assert out == {"ids": [["1"]], "documents": [["d"]], "included": ["documents"]}
-    assert digest.drop_unseen_fields(answer, None) == answer
-
-
 @pytest.mark.parametrize("limit", [1, 2, 3, 5, 100])
 def test_cap_cuts_on_character_boundary(limit: int) -> None:
     text, cut = digest.cap("héllo wörld", limit)
@@ -150,3 +143,40 @@ def test_rerank_views_keep_parameters_not_documents_or_results() -> None:
     assert digest.rerank_response_view([{"index": 0, "score": 1.0, "text": "a"}]) == {"$results": 1}
     assert digest.rerank_response_view({"data": [], "model": "v"}) == {"data": {"$results": 0}, "model": "v"}
     assert digest.rerank_response_view("x") == "x"
+
+
+def test_base64_vectors_are_digested_like_float_lists() -> None:
+    """chromadb 1.x sends embeddings as base64 of float32: never recorded as they came."""
+    import base64
+    import struct
+
+    vec = [0.125, 0.5, 0.25, 1.0]
+    b64 = base64.b64encode(struct.pack("<4f", *vec)).decode()
+    out, digests = digest.redact_vectors({"embeddings": [b64], "documents": ["d"]}, "request")
+    floats, float_digests = digest.redact_vectors({"embeddings": [vec]}, "request")
+    assert out["embeddings"] == floats["embeddings"]  # the same vector, the same digest
+    assert digests[0].dim == 4 and digests[0].sha256 == float_digests[0].sha256
+    junk, _ = digest.redact_vectors({"embeddings": ["not a vector!"]}, "request")
+    assert "not a vector" not in json.dumps(junk)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query_embeddings": [[0.5859375, 0.41015625, 4155550132]], "n_results": 3}',
+        b'{"ids": ["a"], "embeddings": ["AAAAPgAAAD4=", null], "documents": ["x]"]}',
+        b'[{"embedding": [1, 2e-3]}, {"embedding": [3]}]',
+    ],
+)
+def test_blank_vectors_keeps_offsets_and_json_and_blanks_only_vectors(body: bytes) -> None:
+    blank = digest.blank_vectors(body)
+    assert len(blank) == len(body)
+    value = json.loads(blank)
+    assert b"4155550132" not in blank and b"AAAAPg" not in blank and b"2e-3" not in blank
+    assert json.dumps(value).count("[]") >= 1
+
+
+def test_blank_vectors_leaves_text_alone() -> None:
+    body = b'{"embeddings": ["call 4155550132 now"], "documents": ["4155550132"]}'
+    assert digest.blank_vectors(body) == body
+    assert digest.blank_vectors(b'{"documents": ["embedding 4155550132"]}').count(b"4155550132") == 1
