@@ -15,12 +15,15 @@ from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
+from addon.log_json import FlowLog, LogJson
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
 from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
 
+# Before anything logs: JSON log lines with nothing of the traffic, mitmdump's flow output kept off.
+log_json = LogJson()
 error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
 hook_dispatch.install()  # mitmproxy's event dispatch, same calls for less CPU (falls back if mitmproxy changed)
 
@@ -38,7 +41,8 @@ session_recorder = fail_closed(SessionRecorder())
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
-    http_only, upstream_sni,
+    log_json, http_only, upstream_sni,
     token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
+    FlowLog(),  # one JSON line per refused or failed flow (after every other hook decided)
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

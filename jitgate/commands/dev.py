@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from jitgate.capture import capture_unavailable_reason
-from jitgate.devstack.gateway import ENTRY, MITMDUMP
+from jitgate.devstack.gateway import mitmdump_argv
 
 out = Console(stderr=True)
 
@@ -55,13 +55,14 @@ def dev(
 
 
 def gateway(
-    policy: Annotated[Path, typer.Option(envvar="JITGATE_POLICY", help="Policy YAML.")],
+    policy: Annotated[str, typer.Option(envvar="JITGATE_POLICY", help="Policy YAML: a file, or s3://bucket/key.")],
     jwks_url: Annotated[str, typer.Option(envvar="JITGATE_JWKS_URL", help="Broker JWKS URL.")],
     table: Annotated[str, typer.Option(envvar="JITGATE_TABLE", help="DynamoDB table.")],
     bucket: Annotated[str, typer.Option(envvar="JITGATE_BUCKET", help="Audit bucket.")] = "",
     issuer: Annotated[str, typer.Option(envvar="JITGATE_ISSUER", help="Token `iss` (broker URL).")] = "",
     listen_host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     listen_port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    confdir: Annotated[str, typer.Option(envvar="JITGATE_CONFDIR", help="mitmproxy confdir (the gateway CA).")] = "",
     spool_dir: Annotated[str, typer.Option(envvar="JITGATE_SPOOL_DIR")] = "",
     upstream_ca: Annotated[str, typer.Option(envvar="JITGATE_UPSTREAM_CA")] = "",
     aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
@@ -69,16 +70,16 @@ def gateway(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
 ) -> None:
     """Run the gateway in the foreground: mitmdump with the jitgate addon chain and its options."""
-    argv = [str(MITMDUMP), "--listen-host", listen_host, "--listen-port", str(listen_port)]
+    extra: list[str] = []
     if capture:
         reason = capture_unavailable_reason()
         if reason:
             out.print(f"[red]jitgate: {reason}[/red]")
             raise typer.Exit(2)
-        argv += ["--mode", f"local:{capture}"]
+        extra += ["--mode", f"local:{capture}"]
     options = {
-        "connection_strategy": "lazy",
-        "jitgate_policy": str(policy),
+        "confdir": confdir,
+        "jitgate_policy": policy,
         "jitgate_jwks_url": jwks_url,
         "jitgate_table": table,
         "jitgate_bucket": bucket,
@@ -87,11 +88,13 @@ def gateway(
         "jitgate_upstream_ca": upstream_ca,
         "jitgate_aws_endpoint": aws_endpoint,
     }
-    for name, value in options.items():
-        if value:
-            argv += ["--set", f"{name}={value}"]
-    for extra in set_ or []:
-        argv += ["--set", extra]
-    argv += ["-s", str(ENTRY)]
+    chosen = {name: value for name, value in options.items() if value}
+    for item in set_ or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            out.print(f"[red]jitgate: --set takes name=value, not {name!r}[/red]")
+            raise typer.Exit(2)
+        chosen[name] = value  # mitmdump takes one value per option: a later --set wins
+    argv = mitmdump_argv(listen_host=listen_host, listen_port=listen_port, options=chosen, extra_args=extra)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)

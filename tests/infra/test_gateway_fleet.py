@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +57,23 @@ def test_fleet_scales_on_cpu_behind_nlb(template: dict[str, Any]) -> None:
     assert any(m["ContainerPath"].endswith("/spool") for m in container["MountPoints"])
 
 
-def test_container_runs_the_addon_chain() -> None:
+def test_image_and_unit_run_jitgate_gateway() -> None:
+    """Both start `jitgate gateway`, which becomes mitmdump with GATEWAY_OPTIONS (flow output off)."""
     text = (ROOT / "infra" / "gateway" / "Dockerfile").read_text()
-    assert "addon/jitgate_addons.py" in text
-    assert "connection_strategy=lazy" in text
+    entry = json.loads(text.split("ENTRYPOINT", 1)[1].replace("\\\n", ""))
+    assert entry[:2] == ["jitgate", "gateway"]
     assert "USER jitgate" in text
+    unit = (ROOT / "infra" / "gateway" / "jitgate-gateway.service").read_text().replace("\\\n", "")
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0].endswith("/jitgate") and argv[1] == "gateway", argv
+    for cmd in (entry, argv):
+        assert "flow_detail" not in " ".join(cmd) and "mitmdump" not in " ".join(cmd)
+
+
+def test_every_gateway_argv_turns_flow_output_off() -> None:
+    from jitgate.devstack.gateway import mitmdump_argv
+
+    argv = mitmdump_argv(listen_host="0.0.0.0", listen_port=8080, options={"jitgate_policy": "p.yaml"})
+    pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert "flow_detail=0" in pairs and "connection_strategy=lazy" in pairs
