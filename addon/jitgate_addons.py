@@ -16,6 +16,7 @@ from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.log_json import FlowLog, LogJson
+from addon.policy_refresh import PolicyRefresh
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
@@ -41,7 +42,7 @@ session_recorder = fail_closed(SessionRecorder())
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
-    log_json, http_only, upstream_sni,
+    log_json, PolicyRefresh(), http_only, upstream_sni,
     token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
     FlowLog(),  # one JSON line per refused or failed flow (after every other hook decided)
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans

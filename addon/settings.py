@@ -7,8 +7,6 @@ option registered twice with the same signature, so any subset of the chain runs
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,7 +14,8 @@ from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
 
 from jitgate.errors import PolicyError
-from jitgate.policy import Policy, load_policy
+from jitgate.policy import Policy
+from jitgate.policy_source import S3_SCHEME, PolicySource
 
 SHARED = frozenset({"jitgate_policy", "jitgate_table", "jitgate_aws_endpoint", "jitgate_aws_region"})
 
@@ -35,21 +34,34 @@ def options_error(message: str) -> exceptions.OptionsError:
     return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int) -> Policy:
-    return load_policy(path)
+def _s3_for_policy() -> Any:
+    from mitmproxy import ctx
+
+    opts = ctx.options
+    return aws_client(
+        "s3",
+        endpoint=getattr(opts, "jitgate_aws_endpoint", "") or "",
+        region_name=getattr(opts, "jitgate_aws_region", "") or "",
+    )
 
 
-def policy_from(path: str) -> Policy:
-    """The validated policy at `path`; a missing or bad file is an OptionsError that stops the start."""
-    if not path:
-        raise options_error("jitgate_policy is required: the path of the policy YAML")
+# One per process: every addon runs on the same policy, and addon/policy_refresh.py replaces it.
+POLICIES = PolicySource(_s3_for_policy)
+
+
+def policy_from(location: str) -> Policy:
+    """The policy in use at `location` (a file or s3://bucket/key); a file that changed is read again.
+
+    Missing, unreadable or invalid: an OptionsError, which stops the start (or refuses the option
+    change). Changes while running are picked up by addon/policy_refresh.py, which keeps the last
+    good policy when a new version is bad.
+    """
+    if not location:
+        raise options_error("jitgate_policy is required: the policy YAML, a file or s3://bucket/key")
     try:
-        mtime = Path(path).stat().st_mtime_ns
-    except OSError as exc:
-        raise options_error(f"jitgate_policy: cannot read {path}: {exc.strerror}") from None
-    try:
-        return _load(path, mtime)
+        if not location.startswith(S3_SCHEME):
+            POLICIES.refresh(location)  # a stat: an edited file is read at the next configure
+        return POLICIES.current(location).policy
     except PolicyError as exc:
         raise options_error(f"jitgate_policy: {exc.message}") from None
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 FIELDS = ("event", "flow", "client", "conn", "decision", "code", "status", "exc", "error", "trace")
 
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"""b'(?:[^'\\]|\\.)*'?|b"(?:[^"\\]|\\.)*"?"""), "<bytes>"),
+    (re.compile(r"""(?<!\w)(?:b'(?:[^'\\]|\\.)*'?|b"(?:[^"\\]|\\.)*"?)"""), "<bytes>"),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@"), r"\1<userinfo>@"),
     (re.compile(r"[?#][^\s'\"<>]+"), "?<query>"),
     (

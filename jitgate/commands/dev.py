@@ -66,6 +66,13 @@ def gateway(
     spool_dir: Annotated[str, typer.Option(envvar="JITGATE_SPOOL_DIR")] = "",
     upstream_ca: Annotated[str, typer.Option(envvar="JITGATE_UPSTREAM_CA")] = "",
     aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
+    policy_refresh: Annotated[
+        str, typer.Option(envvar="JITGATE_POLICY_REFRESH", help="Seconds between policy version checks (0: off).")
+    ] = "",
+    mask_key_secret: Annotated[
+        str, typer.Option(envvar="JITGATE_MASK_KEY_SECRET", help="Secret holding the mask key (tags match fleet-wide).")
+    ] = "",
+    gateway_id: Annotated[str, typer.Option(envvar="JITGATE_GATEWAY_ID", help="Name in records (default: host).")] = "",
     capture: Annotated[str | None, typer.Option(help="Transparently capture this process (eBPF).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
 ) -> None:
@@ -87,6 +94,9 @@ def gateway(
         "jitgate_spool_dir": spool_dir,
         "jitgate_upstream_ca": upstream_ca,
         "jitgate_aws_endpoint": aws_endpoint,
+        "jitgate_policy_refresh": policy_refresh,
+        "jitgate_mask_key_secret": mask_key_secret,
+        "jitgate_gateway_id": gateway_id,
     }
     chosen = {name: value for name, value in options.items() if value}
     for item in set_ or []:

@@ -42,6 +42,10 @@ def test_tokens_and_aws_key_ids_are_scrubbed_anywhere() -> None:
     assert out == "saw <aws-key> and <jwt> in passing"
 
 
+def test_a_b_inside_a_word_starts_no_bytes_literal() -> None:
+    assert scrub('version "61f9ab" of policy') == 'version "61f9ab" of policy'
+
+
 def test_render_writes_known_fields_only_and_scrubs_them() -> None:
     planted = secrets.token_hex(16)
     line = json.loads(
