@@ -61,6 +61,7 @@ def container_launch(params: Mapping[str, str], root: Path) -> tuple[list[str], 
     argv[argv.index("--listen-host") + 1] = "127.0.0.1"
     argv[argv.index("--listen-port") + 1] = "0"
     argv = [a.replace("/var/lib/jitgate", str(root)) for a in argv]
+    env = {k: v.replace("/var/lib/jitgate", str(root)) for k, v in env.items()}
     return argv, env
 
 
