@@ -107,6 +107,19 @@ class PolicyError(JitgateError):
     status = 500
 
 
+class CaInvalid(JitgateError):
+    """The gateway CA given (a secret's value, a file) is not one CA certificate with its key."""
+
+    code = "ca_invalid"
+    status = 500
+
+
+class CaUnavailable(Unavailable):
+    """The gateway CA could not be read from or stored in Secrets Manager."""
+
+    code = "ca_unavailable"
+
+
 class AuditUnavailable(Unavailable):
     """The session recorder cannot write the flow's record; the flow is refused, not forwarded."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -73,6 +74,9 @@ def gateway(
         str, typer.Option(envvar="JITGATE_MASK_KEY_SECRET", help="Secret holding the mask key (tags match fleet-wide).")
     ] = "",
     gateway_id: Annotated[str, typer.Option(envvar="JITGATE_GATEWAY_ID", help="Name in records (default: host).")] = "",
+    ca_secret: Annotated[
+        str, typer.Option(envvar="JITGATE_CA_SECRET", help="Secret holding the fleet's CA (`jitgate ca init`).")
+    ] = "",
     capture: Annotated[str | None, typer.Option(help="Transparently capture this process (eBPF).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
 ) -> None:
@@ -84,6 +88,8 @@ def gateway(
             out.print(f"[red]jitgate: {reason}[/red]")
             raise typer.Exit(2)
         extra += ["--mode", f"local:{capture}"]
+    if ca_secret:
+        confdir = _install_fleet_ca(ca_secret, confdir or "~/.mitmproxy", aws_endpoint)
     options = {
         "confdir": confdir,
         "jitgate_policy": policy,
@@ -108,3 +114,19 @@ def gateway(
     argv = mitmdump_argv(listen_host=listen_host, listen_port=listen_port, options=chosen, extra_args=extra)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
+
+
+def _install_fleet_ca(secret: str, confdir: str, aws_endpoint: str) -> str:
+    """Write the fleet's CA from `secret` into `confdir` before mitmdump reads it; stop if it cannot be."""
+    from jitgate.commands.ca import secrets_client
+    from jitgate.errors import JitgateError
+    from jitgate.gateway_ca import install, load_secret
+
+    path = Path(confdir).expanduser()
+    try:
+        digest = install(path, load_secret(secrets_client(aws_endpoint, ""), secret))
+    except JitgateError as exc:  # never a new CA of our own: clients would not trust it
+        out.print(f"[red]jitgate gateway: {exc.code}: {exc.message}[/red]")
+        raise typer.Exit(1) from None
+    print(json.dumps({"level": "info", "logger": "jitgate.gateway", "event": "ca", "msg": f"fleet CA {digest}"}))
+    return str(path)

@@ -11,8 +11,10 @@ upstream's private CA (a real upstream has a public certificate).
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,10 +26,11 @@ import yaml
 from cfnlint.decode import decode
 
 from jitgate.devstack.aws import DEFAULT_REGION, FAKE_CREDENTIALS, Stack
-from jitgate.devstack.gateway import Gateway, launch
+from jitgate.devstack.gateway import Gateway, launch, write_bundle
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import policy_dict, secret_id
 from jitgate.devstack.upstream import Upstream
+from jitgate.gateway_ca import fingerprint
 from tests.reliability.harness import client, rerank, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,10 +90,26 @@ def upstream(aws_stack: Stack) -> Iterator[Upstream]:
         yield up
 
 
+@pytest.fixture
+def fleet_ca(tmp_path: Path, moto_server: str) -> tuple[str, Path]:
+    """`jitgate ca init` against moto: the secret's name and the certificate it wrote for clients."""
+    name = "jitgate/gateway-ca-" + secrets.token_hex(4)
+    cert = tmp_path / "fleet-ca.pem"
+    proc = subprocess.run(
+        [str(JITGATE_BIN), "ca", "init", "--secret", name, "--cert-out", str(cert)],
+        capture_output=True, text=True, check=False, env={**os.environ, "AWS_ENDPOINT_URL": moto_server},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "PRIVATE KEY" not in proc.stdout + proc.stderr
+    return name, cert
+
+
 def _start(
-    tmp_path: Path, *, bucket: str, upstream: Upstream, broker: str, stack: Stack, moto: str, mask_secret: str
+    tmp_path: Path, *, bucket: str, upstream: Upstream, broker: str, stack: Stack, moto: str, mask_secret: str,
+    ca_secret: str,
 ) -> Gateway:
     params = {
+        "GatewayCaSecretArn": ca_secret,
         "PolicyS3Uri": f"s3://{bucket}/gateway/policy.yaml",
         "PolicyRefreshSeconds": "1",
         "MaskKeySecretArn": mask_secret,
@@ -99,7 +118,7 @@ def _start(
         "TableName": stack.table,
         "AuditBucketName": stack.bucket,
     }
-    root = tmp_path / "var-lib-jitgate"
+    root = tmp_path / ("var-lib-jitgate-" + secrets.token_hex(3))
     argv, env = container_launch(params, root)
     ca = tmp_path / "upstream-ca.pem"
     ca.write_bytes(upstream.ca_pem())
@@ -130,11 +149,11 @@ def _json(line: str) -> dict[str, Any]:
 
 def test_the_task_definition_starts_and_follows_the_policy_in_s3(
     tmp_path: Path, policy_bucket: str, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
-    oidc_issuer: OidcIssuer, mint: Callable[..., dict[str, Any]], mask_secret: str,
+    oidc_issuer: OidcIssuer, mint: Callable[..., dict[str, Any]], mask_secret: str, fleet_ca: tuple[str, Path],
 ) -> None:
     _put(moto_server, policy_bucket, _policy(oidc_issuer.url, upstream.url))
     gw = _start(tmp_path, bucket=policy_bucket, upstream=upstream, broker=broker, stack=aws_stack, moto=moto_server,
-                mask_secret=mask_secret)
+                mask_secret=mask_secret, ca_secret=fleet_ca[0])
     with gw:
         bundle = gw.client_bundle(tmp_path / "bundle.pem")
         token = mint("cohere-test")["token"]
@@ -163,10 +182,42 @@ def test_the_task_definition_starts_and_follows_the_policy_in_s3(
 
 def test_a_bad_policy_at_start_stops_the_start(
     tmp_path: Path, policy_bucket: str, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
-    mask_secret: str,
+    mask_secret: str, fleet_ca: tuple[str, Path],
 ) -> None:
     _put(moto_server, policy_bucket, "version: 1\nconnections: [not, a, mapping\n")
     with pytest.raises(RuntimeError) as info:
         _start(tmp_path, bucket=policy_bucket, upstream=upstream, broker=broker, stack=aws_stack, moto=moto_server,
-               mask_secret=mask_secret).stop()
+               mask_secret=mask_secret, ca_secret=fleet_ca[0]).stop()
     assert "jitgate_policy" in str(info.value) and "mitmdump exited" in str(info.value)
+
+
+def test_every_task_signs_with_the_fleet_ca(
+    tmp_path: Path, policy_bucket: str, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
+    oidc_issuer: OidcIssuer, mint: Callable[..., dict[str, Any]], mask_secret: str, fleet_ca: tuple[str, Path],
+) -> None:
+    """Two starts (two tasks, each with its own empty confdir), one CA: the one `jitgate ca init`
+    stored; a client that trusts only its certificate (and the public roots) talks to both."""
+    _put(moto_server, policy_bucket, _policy(oidc_issuer.url, upstream.url))
+    bundle = write_bundle(tmp_path / "clients.pem", fleet_ca[1].read_bytes())
+    seen = set()
+    token = mint("cohere-test")["token"]
+    for _task in range(2):
+        gw = _start(tmp_path, bucket=policy_bucket, upstream=upstream, broker=broker, stack=aws_stack,
+                    moto=moto_server, mask_secret=mask_secret, ca_secret=fleet_ca[0])
+        with gw:
+            seen.add(fingerprint(gw.ca_pem))
+            with client(gw, bundle, token) as c:
+                assert rerank(c, upstream).status_code == 200, "\n".join(gw.log)
+            assert not any("PRIVATE KEY" in line for line in gw.log)
+    assert seen == {fingerprint(fleet_ca[1].read_bytes())}
+
+
+def test_a_ca_secret_that_cannot_be_read_stops_the_start(
+    tmp_path: Path, policy_bucket: str, upstream: Upstream, broker: str, aws_stack: Stack, moto_server: str,
+    oidc_issuer: OidcIssuer, mask_secret: str,
+) -> None:
+    _put(moto_server, policy_bucket, _policy(oidc_issuer.url, upstream.url))
+    with pytest.raises(RuntimeError) as info:
+        _start(tmp_path, bucket=policy_bucket, upstream=upstream, broker=broker, stack=aws_stack, moto=moto_server,
+               mask_secret=mask_secret, ca_secret="jitgate/no-such-ca").stop()
+    assert "ca_unavailable" in str(info.value)

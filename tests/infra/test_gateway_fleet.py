@@ -46,7 +46,7 @@ def test_task_role_is_least_privilege(template: dict[str, Any]) -> None:
     dynamodb = [s for s in statements if "dynamodb" in str(s["Action"])]
     assert dynamodb and all(s["Resource"] == {"Ref": "TableArn"} and "dynamodb:LeadingKeys" in str(s["Condition"])
                             for s in dynamodb)  # which keys: tests/e2e/test_gateway_aws_calls.py
-    assert by_sid["ReadMaskKey"]["Resource"] == {"Ref": "MaskKeySecretArn"}
+    assert by_sid["ReadMaskKeyAndFleetCa"]["Resource"] == [{"Ref": "MaskKeySecretArn"}, {"Ref": "GatewayCaSecretArn"}]
     s3 = by_sid["ShipSessionsOnly"]
     assert s3["Action"] == "s3:PutObject"
     assert str(s3["Resource"]["Fn::Sub"]).endswith("/sessions/*")
