@@ -116,7 +116,7 @@ def _start(
         "BrokerIssuer": broker,
         "JwksUrl": f"{broker}/.well-known/jwks.json",
         "TableName": stack.table,
-        "AuditBucketName": stack.bucket,
+        "AuditBucketName": bucket,  # not the session's audit bucket: other tests query its records
     }
     root = tmp_path / ("var-lib-jitgate-" + secrets.token_hex(3))
     argv, env = container_launch(params, root)

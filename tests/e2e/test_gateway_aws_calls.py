@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from cfnlint.decode import decode
@@ -72,6 +73,8 @@ def calls(
 ) -> Iterator[list[dict[str, Any]]]:
     work = tmp_path_factory.mktemp("aws-calls")
     record = work / "calls.jsonl"
+    bucket = "jitgate-calls-" + secrets.token_hex(4)  # the session's audit bucket is other tests' to query
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
     with Upstream(api_keys=[aws_stack.secrets[secret_id("cohere-test")]]) as up:
         doc: Any = policy_dict(oidc_issuer.url, upstreams={"cohere-test": up.url, "store-test": up.url})
         doc["connections"]["cohere-test"]["approval"] = {"max_documents": len(DOCS) - 1}  # a full rerank is held
@@ -81,7 +84,7 @@ def calls(
             work, policy=policy, upstream=up, broker=broker, stack=aws_stack, moto=moto_server,
             gateway_id="calls-" + secrets.token_hex(3),
             aws_env={"AWS_ENDPOINT_URL": moto_server, "PYTHONPATH": str(RECORDER), "JITGATE_AWS_CALLS": str(record)},
-            jitgate_approval_timeout="8", jitgate_approval_poll="0.3",
+            jitgate_approval_timeout="8", jitgate_approval_poll="0.3", jitgate_bucket=bucket,
         )
         with gw:
             bundle = gw.client_bundle(work / "bundle.pem")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 
@@ -83,9 +84,12 @@ def start_cli_gateway(
     ca = work / "upstream-ca.pem"
     ca.write_bytes(upstream.ca_pem())
     confdir = work / "confdir"
+    # Its own audit bucket: the session's belongs to the record queries of other tests.
+    bucket = "jitgate-logs-" + secrets.token_hex(4)
+    boto3.client("s3", endpoint_url=moto).create_bucket(Bucket=bucket)
     argv = [
         str(JITGATE), "gateway", "--policy", str(policy), "--jwks-url", f"{broker}/.well-known/jwks.json",
-        "--table", stack.table, "--bucket", stack.bucket, "--issuer", broker, "--listen-port", "0",
+        "--table", stack.table, "--bucket", bucket, "--issuer", broker, "--listen-port", "0",
         "--confdir", str(confdir), "--spool-dir", str(work / "spool"), "--upstream-ca", str(ca),
         "--aws-endpoint", moto, "--set", "jitgate_gateway_id=logs-" + secrets.token_hex(3), *extra,
     ]
