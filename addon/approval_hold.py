@@ -30,7 +30,7 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
-from addon.scope_guard import document_count
+from jitgate import durations
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import (
     Approval,
@@ -55,8 +55,10 @@ from jitgate.errors import (
     TokenExpired,
     TokenRevoked,
 )
-from jitgate.policy import Connection, Policy, parse_duration
-from jitgate.state import REVOCATION_PK, revocation_item_live
+from jitgate.policy import Connection, Policy
+from jitgate.records import Decision
+from jitgate.scope import document_count
+from jitgate.state import revoked_among
 
 logger = logging.getLogger(__name__)
 
@@ -99,33 +101,12 @@ def request_facts(flow: http.HTTPFlow, conn: Connection, operation: str | None) 
     )
 
 
-def revoked_among(dynamodb: Any, table: str, jtis: set[str], *, now: float) -> set[str]:
-    """Which of `jtis` are revoked right now (one consistent batch read of pk="revocation")."""
-    revoked: set[str] = set()
-    ids = sorted(jtis)
-    for i in range(0, len(ids), 100):
-        keys = [{"pk": {"S": REVOCATION_PK}, "sk": {"S": j}} for j in ids[i : i + 100]]
-        resp = dynamodb.batch_get_item(RequestItems={table: {"Keys": keys, "ConsistentRead": True}})
-        if resp.get("UnprocessedKeys"):
-            raise RuntimeError("revocation read incomplete")
-        for item in resp.get("Responses", {}).get(table, []):
-            if revocation_item_live(item, now=now):
-                revoked.add(item["sk"]["S"])
-    return revoked
-
-
 def seconds(value: str, name: str) -> float:
-    """Positive, finite seconds from an option string: `120`, `0.5` or `2m`."""
+    """Positive, finite seconds from an option string: `120`, `0.5` or `2m` (`jitgate.durations`)."""
     try:
-        result = float(value)
-    except ValueError:
-        try:
-            result = float(parse_duration(value))
-        except ValueError:
-            raise settings.options_error(f"{name} must be a number of seconds, not {value!r}") from None
-    if not 0 < result < float("inf"):
-        raise settings.options_error(f"{name} must be positive and finite")
-    return result
+        return durations.parse_seconds(value)
+    except ValueError as exc:
+        raise settings.options_error(f"{name}: {exc}") from None
 
 
 class ApprovalHold:
@@ -158,22 +139,14 @@ class ApprovalHold:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        # Durations are strings: mitmproxy's `--set` cannot parse floats.
-        loader.add_option(
+        settings.add_options(
+            loader,
+            *settings.SHARED,
             "jitgate_approval_timeout",
-            str,
-            "120",
-            "Seconds (or '2m') a risky request waits for an approver before it is answered 403 approval_timeout.",
-        )
-        loader.add_option(
-            "jitgate_approval_poll", str, "1", "Seconds between reads of the shared table for this gateway's holds."
-        )
-        loader.add_option(
-            "jitgate_approval_topic", str, "", "SNS topic ARN told about new holds; empty: approvers list them."
-        )
-        loader.add_option(
-            "jitgate_approval_max_held", int, 200, "Most requests this gateway holds at once; more are refused (503)."
+            "jitgate_approval_poll",
+            "jitgate_approval_topic",
+            "jitgate_approval_max_held",
+            "jitgate_gateway_id",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -238,7 +211,10 @@ class ApprovalHold:
         if not reasons:
             return
         if len(self.held) >= self.max_held:
-            refuse(flow, ApprovalUnavailable("too many requests are waiting for approval; try again later"))
+            refuse(
+                flow, ApprovalUnavailable("too many requests are waiting for approval; try again later"),
+                decision=Decision.DENIED,
+            )
             return
         now = self._clock()
         summary = hold_summary(
@@ -265,11 +241,14 @@ class ApprovalHold:
         try:
             await asyncio.to_thread(self.store.create, approval, now=now)
         except Exception:
-            refuse(flow, ApprovalUnavailable("this request needs an approval, and the hold cannot be recorded"))
+            refuse(
+                flow, ApprovalUnavailable("this request needs an approval, and the hold cannot be recorded"),
+                decision=Decision.DENIED,
+            )
             return
         flow.intercept()  # type: ignore[no-untyped-call]
         flow.metadata[HOLD] = approval.id
-        flow.metadata[meta.DECISION] = "held"
+        flow.metadata[meta.DECISION] = Decision.HELD
         self.held[approval.id] = _Held(flow, approval, self._monotonic() + self.timeout)
         logger.info("jitgate: held %s %s (%s) as %s", conn.name, operation, ",".join(reasons), approval.id)
         if self.topic:
@@ -351,7 +330,7 @@ class ApprovalHold:
                 error = TokenExpired("token expired while its request waited for approval")
             if error is not None:
                 self.held.pop(hold_id, None)
-                held.flow.metadata[meta.DECISION] = "denied"
+                held.flow.metadata[meta.DECISION] = Decision.DENIED
                 refuse(held.flow, error, extra={"approval_id": hold_id})
                 held.flow.resume()  # type: ignore[no-untyped-call]
                 continue
@@ -383,12 +362,12 @@ class ApprovalHold:
             return
         flow = held.flow
         if state == "approved":
-            flow.metadata[meta.DECISION] = "approved"
+            flow.metadata[meta.DECISION] = Decision.APPROVED
         elif state == "denied":
-            flow.metadata[meta.DECISION] = "denied"
+            flow.metadata[meta.DECISION] = Decision.DENIED
             refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
         else:
-            flow.metadata[meta.DECISION] = "denied"
+            flow.metadata[meta.DECISION] = Decision.DENIED
             refuse(
                 flow,
                 ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),

@@ -4,7 +4,9 @@ The connection's secret comes from Secrets Manager through `aws-secretsmanager-c
 held in memory only. Any client-supplied credential is stripped, the secret is set in the
 connection's header format, and the request is pointed at the connection's real upstream (so a
 client using its vendor's default URL works unchanged). If the upstream answers 401, the secret
-is fetched afresh (rotation) and the request is sent once more with it.
+is fetched afresh (rotation) and the request is sent once more with it: `CredentialRetry`, an addon
+of its own placed before the response checks (scope_guard, leak_guard) in the chain, so they run
+on the answer the client gets, once, without this module walking the chain.
 
 Upstream TLS trusts the public roots plus an optional private CA (`jitgate_upstream_ca`):
 mitmproxy's `ssl_verify_upstream_trusted_ca` replaces the roots, so a combined bundle is written.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import json
 import logging
 import os
@@ -32,21 +33,18 @@ import certifi
 import httpx
 from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
 from mitmproxy import ctx, http
-from mitmproxy.addonmanager import Loader, traverse
+from mitmproxy.addonmanager import Loader
 
 from addon import meta, settings
 from addon.respond import refuse
+from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
 from jitgate.errors import CredentialUnavailable, JitgateError
 from jitgate.policy import Connection, Policy
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SECRET_TTL = 300
-_CHAIN_PACKAGE = "addon."
 RETRIED = "jitgate.credential_retried"  # True once a 401 was retried with a refreshed secret
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
-# Client headers that may carry someone's own credential; never forwarded.
-_CLIENT_CREDENTIALS = ("Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Chroma-Token")
 
 
 def secret_value(raw: str | None, json_key: str | None) -> str:
@@ -73,7 +71,7 @@ def _target(upstream: str, upstream_host: str) -> tuple[str, int, str]:
 def apply_credential(request: http.Request, conn: Connection, secret: str) -> None:
     """Strip client credentials, set the connection's header and point at the real upstream."""
     present = {name.lower() for name in request.headers}
-    for name in (*_CLIENT_CREDENTIALS, conn.credential.header):
+    for name in (*CLIENT_CREDENTIAL_HEADERS, conn.credential.header):
         if name.lower() in present:  # one pass over the headers instead of one per name
             request.headers.pop(name, None)
     request.headers[conn.credential.header] = conn.credential.format.replace("{secret}", secret)
@@ -110,19 +108,13 @@ class CredentialInject:
         self._fetch_lock = threading.Lock()
         # Flows that carry the injected credential until their `response` or `error` (see `done`).
         self._carrying: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
-        self.ttl = DEFAULT_SECRET_TTL
+        self.ttl = settings.DEFAULT_SECRET_TTL
         self.policy: Policy | None = None
         self._bundle: str | None = None
         self._http: httpx.AsyncClient | None = None
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_secret_ttl", int, DEFAULT_SECRET_TTL, "Seconds an upstream secret is used before it is re-read."
-        )
-        loader.add_option(
-            "jitgate_upstream_ca", str, "", "PEM file of a private CA trusted upstream, besides the public roots."
-        )
+        settings.add_options(loader, *settings.SHARED, "jitgate_secret_ttl", "jitgate_upstream_ca")
 
     def configure(self, updated: set[str]) -> None:
         # Eager CONNECTs turn refusals into 502s from unreachable hosts; jitgate answers itself.
@@ -226,11 +218,8 @@ class CredentialInject:
         flow.metadata[meta.INJECTED_SECRET] = secret  # in memory only: leak_guard masks it in the response
         self._carrying.add(flow)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        try:
-            await self._retry_on_401(flow)
-        finally:
-            self.forget(flow)
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.forget(flow)  # after leak_guard masked the answer with the secret in hand
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.forget(flow)
@@ -249,7 +238,8 @@ class CredentialInject:
         if conn is not None:
             flow.request.headers.pop(conn.credential.header, None)
 
-    async def _retry_on_401(self, flow: http.HTTPFlow) -> None:
+    async def retry_on_401(self, flow: http.HTTPFlow) -> None:
+        """Send the request once more with a fresh secret when the upstream answered 401 to the injected one."""
         if flow.response is None or flow.response.status_code != 401 or not flow.metadata.get(meta.INJECTED):
             return
         if flow.metadata.get(RETRIED):
@@ -270,8 +260,6 @@ class CredentialInject:
             flow.response = await self._resend(flow.request)
         except httpx.HTTPError as exc:
             logger.warning("jitgate: retry after 401 on %s failed (%s)", conn.name, type(exc).__name__)
-            return
-        await self._rerun_earlier_response_hooks(flow)
 
     async def _resend(self, request: http.Request) -> http.Response:
         if self._http is None:
@@ -296,20 +284,13 @@ class CredentialInject:
             return False
         return ssl.create_default_context(cafile=ctx.options.ssl_verify_upstream_trusted_ca or certifi.where())
 
-    async def _rerun_earlier_response_hooks(self, flow: http.HTTPFlow) -> None:
-        """The retried answer is a new response: the jitgate response checks that ran on the 401 run on it too.
 
-        Only addons of the jitgate chain (package `addon`) before this one; mitmproxy's own addons
-        (dumper, save, ...) see the flow once, after the chain.
-        """
-        for addon in traverse(ctx.master.addons.chain):  # type: ignore[no-untyped-call]
-            if addon is self:
-                return
-            if not type(addon).__module__.startswith(_CHAIN_PACKAGE):
-                continue
-            hook = getattr(addon, "response", None)
-            if hook is None or not callable(hook):
-                continue
-            result = hook(flow)
-            if inspect.isawaitable(result):
-                await result
+class CredentialRetry:
+    """credential_inject's retry after a 401, as an addon of its own: it comes before scope_guard and
+    leak_guard in the chain, so their response hooks see only the answer the client gets."""
+
+    def __init__(self, inject: CredentialInject) -> None:
+        self.inject = inject
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self.inject.retry_on_401(flow)

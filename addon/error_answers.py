@@ -2,7 +2,8 @@
 unparseable request) as jitgate's JSON `{code, message}` instead of an HTML page.
 
 mitmproxy writes those answers in its HTTP/1 server layer, after the `error` hook, with no hook to
-change them; the only seam is the module function that builds them, which `install()` replaces.
+change them; the only seam is the module function that builds them, which addon/mitmproxy_compat.py
+replaces with `json_error_response` (and refuses to start where mitmproxy's differs).
 The message is a fixed sentence per status: mitmproxy's own text can name internal hosts.
 tests/reliability/test_upstream.py fails if a mitmproxy upgrade moves the seam.
 
@@ -19,15 +20,26 @@ import json
 
 from mitmproxy import http, version
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1
 
-ANSWERS = {
-    400: ("bad_request", "the request is not valid HTTP"),
-    413: ("payload_too_large", "the request body is over the gateway's size limit"),
-    502: ("upstream_unavailable", "the upstream could not be reached or closed the connection; nothing was answered"),
-    504: ("upstream_timeout", "the upstream did not answer in time"),
+from jitgate.errors import (
+    BadRequest,
+    GatewayError,
+    JitgateError,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+# mitmproxy's status -> the error it goes out as, with a fixed message (mitmproxy's own text can
+# name internal hosts). Codes and classes are jitgate/errors.py's.
+_ERRORS: dict[int, JitgateError] = {
+    400: BadRequest("the request is not valid HTTP"),
+    413: PayloadTooLarge("the request body is over the gateway's size limit"),
+    502: UpstreamUnavailable("the upstream could not be reached or closed the connection; nothing was answered"),
+    504: UpstreamTimeout("the upstream did not answer in time"),
 }
-_FALLBACK = ("gateway_error", "the gateway could not complete the request")
+ANSWERS = {status: (error.code, error.message) for status, error in _ERRORS.items()}
+_FALLBACK = (GatewayError.code, "the gateway could not complete the request")
 # Only a 502 (upstream closed or unreachable) may be re-labelled: the gateway closed it itself.
 _RELABEL_FROM = 502
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar("jitgate_error_answer", default=None)
@@ -55,7 +67,3 @@ def json_error_response(status_code: int, message: str = "") -> bytes:
     )
     raw: bytes = http1.assemble_response(resp)  # type: ignore[no-untyped-call]
     return raw
-
-
-def install() -> None:
-    _http1.make_error_response = json_error_response

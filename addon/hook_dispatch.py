@@ -42,20 +42,20 @@ STOCK_SOURCES = {
     "traverse": "bad3d9f88bdf9269a3a1380948222f64da429fcfa2801a38bbed467289d7bd60",
     "safecall": "f2052c18340e99b029865b6c9aae1ae3d5e61e203bbb702e11deb059da7660f1",
 }
-_STOCK: dict[str, Callable[..., Any]] = {
+STOCK: dict[str, Callable[..., Any]] = {
     "AddonManager.trigger_event": addonmanager.AddonManager.trigger_event,
     "AddonManager.invoke_addon": addonmanager.AddonManager.invoke_addon,
     "AddonManager._iter_hooks": addonmanager.AddonManager._iter_hooks,
     "traverse": addonmanager.traverse,
     "safecall": addonmanager.safecall,
 }
-stock_trigger_event = _STOCK["AddonManager.trigger_event"]
+stock_trigger_event = STOCK["AddonManager.trigger_event"]
 
 
 def source_digests() -> dict[str, str]:
     """SHA-256 of each stock function's source as installed ("" when it cannot be read)."""
     out = {}
-    for name, func in _STOCK.items():
+    for name, func in STOCK.items():
         try:
             out[name] = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
         except (OSError, TypeError):

@@ -38,13 +38,12 @@ So, in the gateway:
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from mitmproxy import ctx, http
-from mitmproxy.proxy import layer, layers, mode_specs
-from mitmproxy.proxy.layers.http import HTTPMode
+from mitmproxy.proxy import layer
 
 from addon import meta, settings
+from addon.mitmproxy_compat import http_instead_of_raw, http_layer
 from addon.respond import refuse
 from jitgate.errors import TrailersNotAllowed, UpgradeNotAllowed
 from jitgate.request_target import authority, header_error, method_error, target_error
@@ -54,36 +53,6 @@ logger = logging.getLogger(__name__)
 # mitmproxy options that would let traffic past the chain uninspected.
 SWITCHED_OFF = ("rawtcp", "websocket")
 EXEMPTING = ("ignore_hosts", "allow_hosts", "tcp_hosts", "udp_hosts", "stream_large_bodies")
-_RAW = (layers.TCPLayer, layers.UDPLayer, layers.RawQuicLayer, layers.DNSLayer)
-
-
-def _allowed_raw(candidate: layer.Layer) -> bool:
-    """DNS in local capture mode: the captured job resolves the names it then connects to."""
-    return isinstance(candidate, layers.DNSLayer) and isinstance(
-        candidate.context.client.proxy_mode, mode_specs.LocalMode
-    )
-
-
-def http_instead_of_raw(top: layer.Layer | None) -> layer.Layer | None:
-    """`top` (a layer and the child layers already stacked under it) with its first raw relay
-    replaced by the HTTP layer; None when it holds none."""
-    parent: Any = None
-    current: Any = top
-    while isinstance(current, layer.Layer):
-        if isinstance(current, _RAW) and not _allowed_raw(current):
-            # A layer adds itself to its context's stack when made: take the raw one out first, so
-            # the stack the layers below look at stays what it is.
-            if current in current.context.layers:
-                current.context.layers.remove(current)
-            replacement = layers.HttpLayer(current.context, HTTPMode.transparent)
-            if parent is None:
-                return replacement
-            parent.child_layer = replacement
-            return top
-        parent, current = current, getattr(current, "child_layer", None)
-    return None
-
-
 class HttpOnly:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -104,7 +73,7 @@ class HttpOnly:
             replaced = http_instead_of_raw(nextlayer.layer)
         except Exception as exc:
             logger.error("jitgate: next layer not checked (%s); parsing it as HTTP", type(exc).__name__)
-            replaced = layers.HttpLayer(nextlayer.context, HTTPMode.transparent)
+            replaced = http_layer(nextlayer)
         if replaced is not None:
             logger.info("jitgate: a raw relay was asked for (%s); parsing it as HTTP instead", type(nextlayer.layer))
             nextlayer.layer = replaced

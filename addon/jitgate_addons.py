@@ -8,9 +8,9 @@ mitmproxy skip the rest of the chain and forward it.
 
 from __future__ import annotations
 
-from addon import error_answers, hook_dispatch
+from addon import mitmproxy_compat
 from addon.approval_hold import ApprovalHold
-from addon.credential_inject import CredentialInject
+from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
@@ -25,8 +25,10 @@ from addon.upstream_timeout import UpstreamTimeout
 
 # Before anything logs: JSON log lines with nothing of the traffic, mitmdump's flow output kept off.
 log_json = LogJson()
-error_answers.install()  # mitmproxy's own 502/413/400 answers as JSON {code, message}
-hook_dispatch.install()  # mitmproxy's event dispatch, same calls for less CPU (falls back if mitmproxy changed)
+# mitmproxy's own 502/413/400 answers as JSON, raw relays parsed as HTTP, upstreams closable, and a
+# cheaper event dispatch: each checked against the mitmproxy it was written for. Where a needed one
+# differs this raises, and mitmdump exits at start ("error logged during startup").
+mitmproxy_compat.install()
 
 # First: the gateway forwards inspected HTTP only (no raw relays, no protocol upgrades).
 http_only = fail_closed(HttpOnly())
@@ -37,13 +39,16 @@ scope_guard = fail_closed(ScopeGuard())
 leak_guard = fail_closed(LeakGuard())
 approval_hold = fail_closed(ApprovalHold())
 credential_inject = fail_closed(CredentialInject())
+# Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
+credential_retry = fail_closed(CredentialRetry(credential_inject))
 session_recorder = fail_closed(SessionRecorder())
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
     log_json, PolicyRefresh(), http_only, upstream_sni,
-    token_gate, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder, upstream_timeout,
+    token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
+    upstream_timeout,
     FlowLog(),  # one JSON line per refused or failed flow (after every other hook decided)
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

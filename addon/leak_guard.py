@@ -27,10 +27,11 @@ from mitmproxy.utils import human
 
 from addon import body as bodies
 from addon import meta, settings
+from addon.mitmproxy_compat import close_upstream
 from addon.respond import refuse
-from addon.upstream_conn import close_upstream
 from jitgate import jsontext
-from jitgate.decoding import BoundedDecoder, decoded_size_exceeds
+from jitgate.decoding import BoundedDecoder, bomb_check
+from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
 from jitgate.errors import (
     BodyNotDecodable,
     JitgateError,
@@ -45,13 +46,13 @@ from jitgate.inspect.masking import Finding
 from jitgate.inspect.scanner import ScanResult
 from jitgate.inspect.stream import DEFAULT_WINDOW, HoldLimitExceeded
 from jitgate.policy import MaskProfile, Policy
+from jitgate.records import Decision
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_INSPECT = 16 * 1024 * 1024
 STREAM = "jitgate.leak_stream"  # the StreamMasker of a streamed response
 # Headers that carry the caller's own credential or the JIT token: credential_inject strips them.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-chroma-token"})
+_CREDENTIAL_HEADERS = frozenset(name.lower() for name in CLIENT_CREDENTIAL_HEADERS)
 _SKIP_HEADERS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "host"})
 # HTTP-date headers (RFC 9110 5.6.7). A value that is exactly an IMF-fixdate holds a date and
 # nothing else, but its digits are a phone candidate: scanning it cost every response a second
@@ -157,23 +158,18 @@ class LeakGuard:
         self._given = scanner
         self.scanner: Scanner | None = scanner
         self.policy: Policy | None = None
-        self.max_bytes = DEFAULT_MAX_INSPECT
+        self.max_bytes = settings.DEFAULT_MAX_INSPECT
         self.window = DEFAULT_WINDOW
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_max_inspect_bytes", int, DEFAULT_MAX_INSPECT,
-            "Largest decoded body leak_guard inspects; larger bodies are refused with 413.",
-        )
-        loader.add_option(
-            "jitgate_mask_key_secret", str, "",
-            "Secrets Manager id of the HMAC key for masking tags; empty means a random key per process.",
-        )
-        loader.add_option("jitgate_inspect_engine", str, "auto", "Detection engine: auto, hyperscan or re.")
-        loader.add_option(
-            "jitgate_stream_window", int, DEFAULT_WINDOW,
-            "Bytes held back when masking a streamed response (overlap window); the default exceeds the longest match.",
+        settings.add_options(
+            loader,
+            *settings.SHARED,
+            "jitgate_max_inspect_bytes",
+            "jitgate_mask_key_secret",
+            "jitgate_inspect_engine",
+            "jitgate_pii_phone_regions",
+            "jitgate_stream_window",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -197,11 +193,18 @@ class LeakGuard:
             raise settings.options_error("jitgate_inspect_engine must be auto, hyperscan or re")
         if updated & settings.SHARED:
             self.policy = settings.policy_from(opts.jitgate_policy)
-        if self._given is None and updated & {"jitgate_mask_key_secret", "jitgate_inspect_engine"}:
+        if self._given is None and updated & {
+            "jitgate_mask_key_secret", "jitgate_inspect_engine", "jitgate_pii_phone_regions"
+        }:
+            regions = [r.strip().upper() for r in opts.jitgate_pii_phone_regions.split(",") if r.strip()]
             try:
-                self.scanner = Scanner(self._mask_key(), engine=opts.jitgate_inspect_engine)
+                self.scanner = Scanner(
+                    self._mask_key(), engine=opts.jitgate_inspect_engine, phone_regions=regions or None
+                )
             except RuntimeError as exc:  # hyperscan asked for but missing
                 raise settings.options_error(f"jitgate_inspect_engine: {exc}") from None
+            except ValueError as exc:  # a region phonenumbers does not know
+                raise settings.options_error(f"jitgate_pii_phone_regions: {exc}") from None
 
     def _mask_key(self) -> bytes:
         secret_id = ctx.options.jitgate_mask_key_secret
@@ -245,7 +248,11 @@ class LeakGuard:
     def _record(
         flow: http.HTTPFlow, plan: actions.Plan, where: str, findings: list[Finding], json_body: bytes | None = None
     ) -> list[dict[str, Any]]:
-        paths = jsonpath.locate(json_body, [f.start for f in findings]) if json_body and findings else {}
+        paths = (
+            jsonpath.locate(json_body, [f.start for f in findings], hidden=[(f.start, f.end) for f in findings])
+            if json_body and findings
+            else {}
+        )
         records = [f.record(where, actions.action_for(plan, f), paths.get(f.start)) for f in findings]
         if records:
             flow.metadata.setdefault(meta.FINDINGS, []).extend(records)
@@ -269,11 +276,19 @@ class LeakGuard:
                 continue
             fields.append((name, raw))
         assert self.scanner is not None
-        # One pass over all values first: most messages have nothing in their headers.
-        if not self.scanner.may_find([raw for _, raw in fields], pii=plan.pii_types, literals=literals):
+        # One pass over all names and values first: most messages have nothing in their headers.
+        names = [name.encode("utf-8", "surrogateescape") for name, _ in fields]
+        if not self.scanner.may_find([*names, *(raw for _, raw in fields)], pii=plan.pii_types, literals=literals):
             return found
-        for name, raw in fields:
+        for (name, raw), encoded in zip(fields, names, strict=True):
             low = name.lower()
+            in_name = self._scan(encoded, plan, literals)
+            if in_name.findings:
+                # A name is no place for a value: the header goes, and its name is in no record.
+                self._record(flow, plan, f"{side}.header-name", in_name.findings)
+                found += in_name.findings
+                message.headers.pop(name, None)
+                continue
             result = self._scan(raw, plan, literals)
             if result.findings:
                 self._record(flow, plan, f"{side}.header:{low}", result.findings)
@@ -293,15 +308,11 @@ class LeakGuard:
     def _decoded(self, message: http.Message) -> bytes | str:
         """The decoded body, or why it cannot be inspected: "undecodable" or "too_large" (the
         content encoding is dropped then, so nothing after this decodes it: the recorder)."""
-        encoding = message.headers.get("content-encoding", "")
-        if message.raw_content and encoding:  # sized before decoding: a bomb costs one piece, not its size
-            try:
-                over = decoded_size_exceeds(message.raw_content, encoding, self.max_bytes)
-            except ValueError:
-                over = None
-            if over is not False:
-                message.headers.pop("content-encoding", None)
-                return "undecodable" if over is None else "too_large"
+        # Sized before decoding: a bomb costs one piece, not its size.
+        over = bomb_check(message.raw_content or b"", message.headers.get("content-encoding", ""), self.max_bytes)
+        if over is not False:
+            message.headers.pop("content-encoding", None)
+            return "undecodable" if over is None else "too_large"
         try:
             body = message.get_content(strict=True) or b""
         except ValueError:
@@ -346,7 +357,7 @@ class LeakGuard:
         if result.edits:
             req.content = result.masked(body)
         if found:
-            flow.metadata[meta.DECISION] = "masked"
+            flow.metadata[meta.DECISION] = Decision.MASKED
         _inspected(flow, "request")
 
     def _path(self, req: http.Request, plan: actions.Plan) -> ScanResult:
@@ -401,7 +412,7 @@ class LeakGuard:
         plan = actions.plan(self._profile(flow), "response")
         # The headers go out now, before any of the body: they are masked here, not in `response`.
         if self._headers(flow, resp, "response", plan):
-            flow.metadata.setdefault(meta.DECISION, "masked")
+            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
         # JSON strings in the stream (an event's data, a chunked JSON answer) are read as a client
         # parses them: their escapes are decoded, each string whole, held back at most to the limit.
         masker = StreamMasker(
@@ -434,7 +445,7 @@ class LeakGuard:
     def _cut(self, flow: http.HTTPFlow, error: JitgateError) -> None:
         """A streamed response went over the limit or does not decode: stop reading the upstream."""
         flow.metadata[meta.ERROR] = error.code
-        flow.metadata[meta.DECISION] = "blocked"
+        flow.metadata[meta.DECISION] = Decision.BLOCKED
         logger.warning("jitgate: streamed response of flow %s cut (%s)", flow.id, error.code)
         close_upstream(flow)
 
@@ -454,7 +465,7 @@ class LeakGuard:
                 resp.data.content = bytes(stream.sent)
             records = self._record(flow, plan, "response.body", stream.masker.findings)
             if records:
-                flow.metadata.setdefault(meta.DECISION, "masked")
+                flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
             if stream.complete:
                 _inspected(flow, "response")
             return
@@ -474,7 +485,7 @@ class LeakGuard:
         if result.edits:
             resp.content = result.masked(body)
         if found or result.findings:
-            flow.metadata.setdefault(meta.DECISION, "masked")
+            flow.metadata.setdefault(meta.DECISION, Decision.MASKED)
         _inspected(flow, "response")
 
     @staticmethod

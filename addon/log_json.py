@@ -21,9 +21,12 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from addon import meta
+from addon.mitmproxy_compat import IncompatibleMitmproxy
 from jitgate.logline import render
 
 logger = logging.getLogger(__name__)
+
+_CONFIGURATION_ERRORS = (exceptions.OptionsError, IncompatibleMitmproxy)
 
 
 def _address(value: Any) -> Any:
@@ -39,10 +42,11 @@ class JsonFormatter(logging.Formatter):
         fields = dict(record.__dict__)
         fields["client"] = _address(fields.get("client"))
         if record.exc_info and record.exc_info[0] is not None:
-            # The type and where it was raised; the text only of an option error (ours, about the
-            # gateway's configuration: what an operator must read), never of others (traffic).
+            # The type and where it was raised; the text only of an option error or a mitmproxy
+            # that does not fit (ours, about the gateway's configuration: what an operator must
+            # read), never of others (traffic).
             fields["exc"] = record.exc_info[0].__name__
-            if isinstance(record.exc_info[1], exceptions.OptionsError):
+            if isinstance(record.exc_info[1], _CONFIGURATION_ERRORS):
                 fields["error"] = str(record.exc_info[1])
             frames = traceback.extract_tb(record.exc_info[2])
             fields["trace"] = " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(frames))

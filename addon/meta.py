@@ -36,7 +36,6 @@ ERROR = "jitgate.error"  # stable error code when the gateway answered the flow 
 INJECTED = "jitgate.injected"  # True once credential_inject set the upstream credential
 INSPECTED = "jitgate.inspected"  # list[str]: sides ("request", "response") whose body leak_guard masked as it stands
 BUFFER_RESPONSE = "jitgate.buffer_response"  # True: the answer is checked whole (store field filter), never streamed
-STARTED = "jitgate.started"  # monotonic time the request entered the chain
 # str: the upstream credential credential_inject set, in memory only (never recorded or logged);
 # leak_guard always detects it in responses, whatever its format.
 INJECTED_SECRET = "jitgate.injected_secret"

@@ -19,6 +19,7 @@ from mitmproxy import ctx, hooks
 from mitmproxy.addonmanager import Loader
 
 from addon import settings
+from jitgate import durations
 from jitgate.errors import PolicyError
 
 logger = logging.getLogger(__name__)
@@ -30,17 +31,14 @@ class PolicyRefresh:
         self._task: asyncio.Task[None] | None = None
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_policy_refresh", int, 30,
-            "Seconds between checks of the policy's version (file mtime, S3 ETag); 0: never re-read.",
-        )
+        settings.add_options(loader, *settings.SHARED, "jitgate_policy_refresh")
 
     def configure(self, updated: set[str]) -> None:
         if "jitgate_policy_refresh" in updated:
-            if ctx.options.jitgate_policy_refresh < 0:
-                raise settings.options_error("jitgate_policy_refresh must be 0 (off) or a number of seconds")
-            self.interval = float(ctx.options.jitgate_policy_refresh)
+            try:
+                self.interval = durations.parse_seconds(ctx.options.jitgate_policy_refresh, zero_ok=True)
+            except ValueError as exc:
+                raise settings.options_error(f"jitgate_policy_refresh: {exc} (0: never re-read)") from None
 
     def running(self) -> None:
         if self.interval > 0 and self._task is None:
@@ -78,7 +76,7 @@ class PolicyRefresh:
         except Exception as exc:  # an addon refused it (an OptionsError names the option)
             logger.error(
                 "jitgate: policy version %s of %s not taken by every addon (%s)", new.version, location,
-                type(exc).__name__, extra={"event": "policy", "code": "policy_invalid"},
+                type(exc).__name__, extra={"event": "policy", "code": PolicyError.code},
             )
             return False
         logger.info("jitgate: policy version %s of %s in use", new.version, location, extra={"event": "policy"})

@@ -10,6 +10,7 @@ from mitmproxy import http
 
 from addon import meta
 from jitgate.errors import JitgateError
+from jitgate.records import Decision
 
 
 def refuse(
@@ -18,8 +19,10 @@ def refuse(
     *,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    decision: Decision = Decision.BLOCKED,
 ) -> None:
-    """Answer `flow` with `error`; nothing is forwarded upstream."""
+    """Answer `flow` with `error`; nothing is forwarded upstream. The record's decision is
+    `decision` unless an earlier hook set one (approval_hold: `denied` for a held flow)."""
     body: dict[str, Any] = error.to_dict()
     if extra:
         body.update(extra)
@@ -29,4 +32,4 @@ def refuse(
         {"Content-Type": "application/json", **(headers or {})},
     )
     flow.metadata[meta.ERROR] = error.code
-    flow.metadata.setdefault(meta.DECISION, "denied" if error.code.startswith("approval_") else "blocked")
+    flow.metadata.setdefault(meta.DECISION, decision)

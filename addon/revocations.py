@@ -14,31 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jitgate.state import REVOCATION_PK, revocation_item_live
+from jitgate.state import fetch_revocations
 
 logger = logging.getLogger(__name__)
-
-
-def fetch_revocations(dynamodb: Any, table: str, *, now: float) -> frozenset[str]:
-    """Revoked `jti`s still in force at `now` (DynamoDB TTL deletes late, so filter).
-
-    The filter is `jitgate.state.revocation_item_live`, the rule the broker's revoke also uses, applied
-    here rather than restated as a DynamoDB filter expression.
-    """
-    revoked: set[str] = set()
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": "pk = :pk",
-        "ProjectionExpression": "sk, expires_at",
-        "ExpressionAttributeValues": {":pk": {"S": REVOCATION_PK}},
-        "ConsistentRead": True,
-    }
-    while True:
-        page = dynamodb.query(**kwargs)
-        revoked.update(item["sk"]["S"] for item in page.get("Items", []) if revocation_item_live(item, now=now))
-        if "LastEvaluatedKey" not in page:
-            return frozenset(revoked)
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class RevocationList:

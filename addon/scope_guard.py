@@ -14,7 +14,6 @@ store, JSON responses keep only the fields ("columns") the token was granted.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import time
 from typing import Any
@@ -27,16 +26,13 @@ from addon.body import NOT_JSON, json_body
 from addon.body import text as body_text
 from addon.respond import refuse
 from jitgate import jsontext
-from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size_exceeds
-from jitgate.dialects import RERANK_DIALECTS, match_route
+from jitgate.decoding import DEFAULT_DECODED_LIMIT, bomb_check
 from jitgate.errors import (
     BadRequest,
     BodyNotDecodable,
-    CollectionNotAllowed,
     HostNotAllowed,
     InvalidToken,
     JitgateError,
-    OperationNotAllowed,
     PayloadTooLarge,
     RequestLimitExceeded,
     UpstreamResponseInvalid,
@@ -45,91 +41,11 @@ from jitgate.errors import (
     WrongConnection,
 )
 from jitgate.policy import Connection, Policy
-from jitgate.state import USAGE_SK, usage_pk
+from jitgate.scope import STORE_DIALECTS, document_count, filter_fields, lease_size, scope_error
+from jitgate.state import reserve_requests
 from jitgate.token import Claims
 
-_STORE_DIALECTS = frozenset({"chroma"})
-_BATCH_OPERATIONS = frozenset({"add", "upsert"})
-DEFAULT_LEASE = 16
 _USAGE_PRUNE_AT = 10_000
-
-
-def scope_error(
-    claims: Claims, conn: Connection, method: str, path: str
-) -> tuple[JitgateError | None, str, str | None]:
-    """Check one request against the token's scope: (error or None, operation, collection)."""
-    if claims.conn != conn.name:
-        return WrongConnection(f"this token is for connection {claims.conn!r}, not {conn.name!r}"), "", None
-    route = match_route(conn.routes, method, path)
-    if route is None:
-        return OperationNotAllowed(f"{method} {path.split('?', 1)[0]} is no operation of {conn.name!r}"), "", None
-    scope = claims.scope
-    if route.operation not in scope.operations:
-        return OperationNotAllowed(f"operation {route.operation!r} is not in this token's scope"), route.operation, None
-    if scope.methods and method not in scope.methods:
-        return OperationNotAllowed(f"method {method} is not in this token's scope"), route.operation, None
-    bare = path.split("?", 1)[0]
-    if scope.paths and not any(fnmatch.fnmatchcase(bare, p) for p in scope.paths):
-        return OperationNotAllowed("this path is not in this token's scope"), route.operation, None
-    if route.collection is not None and "*" not in scope.collections and route.collection not in scope.collections:
-        msg = f"collection {route.collection!r} is not in this token's scope"
-        return CollectionNotAllowed(msg), route.operation, route.collection
-    return None, route.operation, route.collection
-
-
-def document_count(dialect: str, operation: str, body: Any) -> int | None:
-    """How many documents a call carries: rerank `documents` (TEI `texts`), store add/upsert `ids`."""
-    if not isinstance(body, dict):
-        return None
-    if dialect in RERANK_DIALECTS and operation == "rerank":
-        docs = body.get("texts" if dialect == "tei" else "documents")
-    elif dialect in _STORE_DIALECTS and operation in _BATCH_OPERATIONS:
-        docs = body.get("ids")
-    else:
-        return 0
-    return len(docs) if isinstance(docs, list) else None
-
-
-def filter_fields(body: Any, fields: tuple[str, ...]) -> Any:
-    """Keep only granted top-level fields of a store answer (plus `included`, trimmed to them)."""
-    if not isinstance(body, dict):
-        return body
-    kept = {k: v for k, v in body.items() if k in fields}
-    if isinstance(body.get("included"), list):
-        kept["included"] = [f for f in body["included"] if f in fields]
-    return kept
-
-
-def reserve_requests(dynamodb: Any, table: str, claims: Claims, block: int) -> int:
-    """Reserve up to `block` uses on the token's shared counter; how many were granted (0: used up).
-
-    One conditional update reserves the whole block while the budget has room for it; near the end
-    of the budget it falls back to single uses, so the limit is never exceeded across gateways.
-    """
-    limit = claims.limits.max_requests
-    assert limit is not None
-    for size in (block, 1) if block > 1 else (1,):
-        try:
-            dynamodb.update_item(
-                TableName=table,
-                Key={"pk": {"S": usage_pk(claims.jti)}, "sk": {"S": USAGE_SK}},
-                UpdateExpression="ADD n :k SET expires_at = if_not_exists(expires_at, :exp)",
-                ConditionExpression="attribute_not_exists(n) OR n <= :room",
-                ExpressionAttributeValues={
-                    ":k": {"N": str(size)},
-                    ":room": {"N": str(limit - size)},
-                    ":exp": {"N": str(claims.exp)},
-                },
-            )
-        except dynamodb.exceptions.ConditionalCheckFailedException:
-            continue
-        return size
-    return 0
-
-
-def lease_size(max_requests: int, lease: int) -> int:
-    """Uses one gateway reserves at a time: at most `lease` and 2 % of the budget, at least 1."""
-    return max(1, min(lease, max_requests // 50))
 
 
 class _Usage:
@@ -161,18 +77,12 @@ class ScopeGuard:
         self._dynamodb = dynamodb
         self._given_dynamodb = dynamodb is not None
         self._usage = _Usage()
-        self.lease = DEFAULT_LEASE
+        self.lease = settings.DEFAULT_LEASE
         self.policy: Policy | None = None
         self.table = ""
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option(
-            "jitgate_usage_lease",
-            int,
-            DEFAULT_LEASE,
-            "Uses of a token's max_requests a gateway reserves per DynamoDB update (1: one update per request).",
-        )
+        settings.add_options(loader, *settings.SHARED, "jitgate_usage_lease", "jitgate_max_inspect_bytes")
 
     def configure(self, updated: set[str]) -> None:
         if "jitgate_usage_lease" in updated:
@@ -282,14 +192,13 @@ class ScopeGuard:
         raw = req.raw_content or b""
         if limits.max_bytes is not None and len(raw) > limits.max_bytes:
             return PayloadTooLarge(f"the request body is over this token's {limits.max_bytes} bytes")
-        encoding = req.headers.get("content-encoding", "")
-        if raw and encoding:  # sized without decoding it whole: a gzip bomb must not cost its decoded size
-            bound = limits.max_bytes if limits.max_bytes is not None else DEFAULT_DECODED_LIMIT
-            try:
-                if decoded_size_exceeds(raw, encoding, bound):
-                    return PayloadTooLarge(f"the request body is over {bound} bytes once decoded")
-            except ValueError:
-                return BodyNotDecodable("the request body's content encoding cannot be decoded")
+        # Sized without decoding it whole: a gzip bomb must not cost its decoded size.
+        bound = limits.max_bytes if limits.max_bytes is not None else DEFAULT_DECODED_LIMIT
+        over = bomb_check(raw, req.headers.get("content-encoding", ""), bound)
+        if over is None:
+            return BodyNotDecodable("the request body's content encoding cannot be decoded")
+        if over:
+            return PayloadTooLarge(f"the request body is over {bound} bytes once decoded")
         if limits.max_documents is None:
             return None
         text = body_text(flow)  # read once per flow, shared with leak_guard, approval_hold and the recorder
@@ -309,7 +218,7 @@ class ScopeGuard:
         """The fields a store answer is limited to, or None (no limit, or no store)."""
         claims = meta.claims(flow)
         conn = meta.connection(flow, self.policy)
-        if claims is None or conn is None or conn.dialect not in _STORE_DIALECTS:
+        if claims is None or conn is None or conn.dialect not in STORE_DIALECTS:
             return None
         return claims.scope.fields
 
@@ -344,11 +253,6 @@ class ScopeGuard:
     def _response_too_large(resp: http.Response) -> bool:
         """An encoded store answer that decodes past leak_guard's limit (sized, never decoded whole here:
         this hook runs before leak_guard's, which refuses it the same way)."""
-        encoding = resp.headers.get("content-encoding", "")
-        if not (resp.raw_content and encoding):
-            return False
-        limit = getattr(ctx.options, "jitgate_max_inspect_bytes", DEFAULT_DECODED_LIMIT)
-        try:
-            return decoded_size_exceeds(resp.raw_content, encoding, int(limit))
-        except ValueError:
-            return False  # not decodable: get_content hands back the raw bytes, which are no JSON
+        over = bomb_check(resp.raw_content or b"", resp.headers.get("content-encoding", ""),
+                          int(ctx.options.jitgate_max_inspect_bytes))
+        return over is True  # not decodable: get_content hands back the raw bytes, which are no JSON

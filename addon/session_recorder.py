@@ -36,7 +36,7 @@ from addon import body, meta, settings
 from addon.respond import refuse
 from jitgate import digest
 from jitgate.errors import AuditUnavailable
-from jitgate.records import Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
+from jitgate.records import Decision, Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
 from jitgate.spool import Spool, SpoolConfig, Uploader
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     error = md.get(meta.ERROR)
     if flow.error is not None and error is None:  # with a response too: it failed after the headers
         error = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
-    decision = md.get(meta.DECISION) or ("blocked" if error else "allowed")
+    decision = md.get(meta.DECISION) or (Decision.BLOCKED if error else Decision.ALLOWED)
     started = request.timestamp_start
     ended = (response.timestamp_end if response is not None else None) or now
     peer = flow.client_conn.peername
@@ -218,28 +218,7 @@ class SessionRecorder:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option("jitgate_bucket", str, "", "Audit bucket for session records; empty keeps them in the spool.")
-        loader.add_option("jitgate_spool_dir", str, "", "Durable spool directory; empty means <confdir>/jitgate-spool.")
-        loader.add_option(
-            "jitgate_gateway_id", str, "", "This gateway's id in records and object keys; empty: hostname."
-        )
-        loader.add_option("jitgate_sessions_prefix", str, "sessions/", "Key prefix of session objects in the bucket.")
-        loader.add_option("jitgate_segment_bytes", int, 8 * 1024 * 1024, "Rotate a spool segment at this size.")
-        # Durations are integer milliseconds: mitmproxy's `--set` cannot parse float options.
-        loader.add_option("jitgate_segment_ms", int, 60_000, "Rotate a spool segment at this age (ms).")
-        loader.add_option("jitgate_fsync_ms", int, 1000, "Milliseconds between fsyncs of the open segment.")
-        loader.add_option(
-            "jitgate_spool_max_bytes", int, 1024 * 1024 * 1024, "Spool quota; when reached, flows are refused (503)."
-        )
-        loader.add_option("jitgate_record_body_cap", int, 8192, "Bytes of each masked body kept in a record.")
-        loader.add_option("jitgate_upload_backoff_max_ms", int, 30_000, "Longest wait (ms) between upload retries.")
-        loader.add_option(
-            "jitgate_audit_required",
-            bool,
-            True,
-            "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",
-        )
+        settings.add_options(loader, *settings.SHARED, *sorted(_OWN))
 
     def configure(self, updated: set[str]) -> None:
         if not (updated & (_OWN | settings.SHARED | {"confdir"})):

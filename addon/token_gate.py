@@ -28,6 +28,7 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.respond import refuse
 from addon.revocations import RevocationList
+from jitgate import durations
 from jitgate.errors import (
     InvalidToken,
     JitgateError,
@@ -133,14 +134,11 @@ def fetch_jwks(url: str) -> KeySet:
 
 
 def _seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
-    """A number of seconds from an option string (mitmproxy `--set` cannot parse floats)."""
+    """Seconds from an option string (`jitgate.durations`); a bad one stops the start."""
     try:
-        seconds = float(value)
-    except ValueError:
-        raise settings.options_error(f"{name} must be a number of seconds, not {value!r}") from None
-    if not (seconds >= 0 if zero_ok else seconds > 0) or seconds != seconds or seconds == float("inf"):
-        raise settings.options_error(f"{name} must be {'non-negative' if zero_ok else 'positive'} and finite")
-    return seconds
+        return durations.parse_seconds(value, zero_ok=zero_ok)
+    except ValueError as exc:
+        raise settings.options_error(f"{name}: {exc}") from None
 
 
 def token_sha256(token: str) -> str:
@@ -178,26 +176,15 @@ class TokenGate:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
-        loader.add_option("jitgate_jwks_url", str, "", "The broker's JWKS URL (https://<broker>/.well-known/jwks.json).")
-        loader.add_option(
-            "jitgate_issuer", str, "", "Expected token `iss` (the broker URL); empty: the JWKS URL without its path."
-        )
-        loader.add_option("jitgate_revocation_refresh", str, "2", "Seconds between revocation list refreshes.")
-        loader.add_option(
+        settings.add_options(
+            loader,
+            *settings.SHARED,
+            "jitgate_jwks_url",
+            "jitgate_issuer",
+            "jitgate_revocation_refresh",
             "jitgate_revocation_staleness",
-            str,
-            "5",
-            "Refuse every request (503) when the last good revocation refresh is older than this many seconds.",
-        )
-        loader.add_option(
-            "jitgate_jwks_refetch_interval", str, "10", "Least seconds between JWKS refetches for an unknown kid."
-        )
-        loader.add_option(
+            "jitgate_jwks_refetch_interval",
             "jitgate_jwks_refresh",
-            str,
-            "300",
-            "Seconds between routine JWKS refreshes; a key the broker dropped stops verifying cached tokens.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -327,7 +314,6 @@ class TokenGate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow):
             return
-        flow.metadata.setdefault(meta.STARTED, time.monotonic())
         conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
         token = take_token(flow.request, conns) or self._bound.get(flow.client_conn.id)
         if token is None:

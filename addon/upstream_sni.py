@@ -43,7 +43,7 @@ class UpstreamSni:
         self.policy: Policy | None = None
 
     def load(self, loader: Loader) -> None:
-        settings.add_shared_options(loader)
+        settings.add_options(loader, *settings.SHARED)
 
     def configure(self, updated: set[str]) -> None:
         if updated & settings.SHARED:

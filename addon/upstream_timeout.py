@@ -7,7 +7,7 @@ starts its timer only when it is resumed, so a hold is never timed out here. Res
 an answer from the gateway itself or an error cancel the timer; a slow or streamed body after the
 headers is not cut. When `jitgate_upstream_timeout` passes first, the flow is marked
 `upstream_timeout` (so its session record says so), its upstream connection is closed
-(addon/upstream_conn.py), and the 502 mitmproxy then writes goes out as 504 JSON
+(addon/mitmproxy_compat.py), and the 502 mitmproxy then writes goes out as 504 JSON
 `{code: upstream_timeout, message}` (addon/error_answers.py).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,7 +22,8 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import error_answers, meta, settings
-from addon.upstream_conn import close_upstream
+from addon.mitmproxy_compat import close_upstream
+from jitgate import durations
 from jitgate.errors import UpstreamTimeout as UpstreamTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class _Timer(Protocol):
 CallLater = Callable[..., _Timer]
 
 OPTION = "jitgate_upstream_timeout"
-DEFAULT = "60s"
+DEFAULT = settings.DEFAULT_UPSTREAM_TIMEOUT
 MAX_SECONDS = 3600.0
 
 
@@ -46,19 +46,10 @@ def parse_timeout(text: str) -> float:
 
     A string because mitmproxy's `--set` cannot parse a float option.
     """
-    value = text.strip().lower()
-    scale = 1.0
-    if value.endswith("ms"):
-        value, scale = value[:-2], 0.001
-    elif value.endswith("s"):
-        value = value[:-1]
     try:
-        seconds = float(value.strip()) * scale
-    except ValueError:
-        raise ValueError(f"{OPTION} must look like 60s, 1500ms or 2.5, not {text!r}") from None
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
-        raise ValueError(f"{OPTION} must be more than 0 and at most {MAX_SECONDS:.0f} s")
-    return seconds
+        return durations.parse_seconds(text, units=("ms", "s"), at_most=MAX_SECONDS)
+    except ValueError as exc:
+        raise ValueError(f"{OPTION}: {exc}") from None
 
 
 class UpstreamTimeout:
@@ -71,11 +62,7 @@ class UpstreamTimeout:
         self.timers: dict[str, _Timer] = {}  # flow id -> its running timer (or the task awaiting a hold)
 
     def load(self, loader: Loader) -> None:
-        loader.add_option(
-            OPTION, str, DEFAULT,
-            "How long the gateway waits for the upstream's response headers after sending a request "
-            "(60s, 1500ms, 2.5); then the client gets 504 upstream_timeout and the upstream connection is closed.",
-        )
+        settings.add_options(loader, "jitgate_upstream_timeout")
 
     def configure(self, updated: set[str]) -> None:
         if OPTION in updated:

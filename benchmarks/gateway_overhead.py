@@ -14,6 +14,9 @@ benchmark did before 2026-11-23 night.
 The jitgate gateway runs mitmproxy's event dispatch through addon/hook_dispatch.py, which a bare
 mitmdump does not; `--dispatch` adds a bare mitmdump with only that (`bare_dispatch_*`), so the
 chain's own cost can be read like for like (`ratio_vs_bare_dispatch`).
+`--baseline-tree DIR` adds the full jitgate chain of another checkout (e.g. main before a
+refactor), run by the same mitmdump with that tree first on PYTHONPATH, in the same rounds:
+`baseline_*` and `cpu_ratio_vs_baseline` (this tree's gateway CPU per request / the other's).
 
 Run: .venv/bin/python benchmarks/gateway_overhead.py --json
 """
@@ -112,6 +115,10 @@ def main() -> None:
     parser.add_argument(
         "--dispatch", action="store_true", help="add a bare mitmdump with only jitgate's hook dispatch (like for like)"
     )
+    parser.add_argument(
+        "--baseline-tree", type=Path, default=None,
+        help="another checkout whose full chain runs beside this one's (before/after in one run)",
+    )
     args = parser.parse_args()
 
     rng = random.Random(7)
@@ -138,6 +145,16 @@ def main() -> None:
             noop_script = work / "noop_chain.py"
             noop_script.write_text(NOOP_CHAIN)
             noop = stack.enter_context(start_gateway(work / "noop", options=env.bare_options, script=noop_script))
+
+        baseline = None
+        if args.baseline_tree is not None:
+            tree = args.baseline_tree.resolve()
+            baseline = stack.enter_context(
+                start_gateway(
+                    work / "baseline", options=full_opts, script=tree / "addon" / "jitgate_addons.py",
+                    env={**os.environ, "PYTHONPATH": str(tree)},
+                )
+            )
 
         dispatch = None
         if args.dispatch:  # a `-s` script that refuses nothing: readiness is probed as for bare
@@ -175,6 +192,13 @@ def main() -> None:
         if noop is not None:
             paths["noop"] = {"headers": real_auth, "proxy": noop.url, "verify": noop.client_bundle(work / "noop.pem")}
             pids["noop"] = noop.proc.pid
+        if baseline is not None:
+            paths["baseline"] = {
+                "headers": {**ct, "Authorization": "Bearer placeholder"},
+                "proxy": baseline.proxy_url(token),
+                "verify": baseline.client_bundle(work / "baseline.pem"),
+            }
+            pids["baseline"] = baseline.proc.pid
         if dispatch is not None:
             paths["bare_dispatch"] = {
                 "headers": real_auth, "proxy": dispatch.url, "verify": dispatch.client_bundle(work / "dispatch.pem"),
@@ -191,7 +215,9 @@ def main() -> None:
                     if name in pids:
                         cpu[name] += _cpu_seconds(pids[name]) - before
                 except RuntimeError:
-                    gw = {"bare": bare, "jitgate": jit, "core": core, "noop": noop, "bare_dispatch": dispatch}.get(name)
+                    gws = {"bare": bare, "jitgate": jit, "core": core, "noop": noop, "bare_dispatch": dispatch,
+                           "baseline": baseline}
+                    gw = gws.get(name)
                     if gw is not None:
                         print("\n".join(list(gw.log)[-30:]), file=sys.stderr)
                     raise
@@ -246,6 +272,17 @@ def main() -> None:
     if args.noop:
         noop_r = _summary(runs["noop"])
         result.update(noop_rps=noop_r["rps"], noop_cpu_ms_per_req=round(cpu["noop"] * 1000 / per_req, 3))
+    if baseline is not None:
+        base_r = _summary(runs["baseline"])
+        base_cpu = cpu["baseline"] * 1000 / per_req
+        result.update(
+            baseline_tree=str(args.baseline_tree),
+            baseline_rps=base_r["rps"],
+            baseline_p50_ms=base_r["p50_ms"],
+            baseline_cpu_ms_per_req=round(base_cpu, 3),
+            ratio_vs_baseline=round(jit_r["rps"] / base_r["rps"], 3),
+            cpu_ratio_vs_baseline=round(cpu["jitgate"] * 1000 / per_req / base_cpu, 3),
+        )
     if args.dispatch:
         disp_r = _summary(runs["bare_dispatch"])
         result.update(

@@ -19,6 +19,9 @@ figures are printed alongside in `wall_mb_s`):
 - recall_full_span: planted values (secrets and PII) covered over their full span by a finding;
   false_positives: findings that overlap no planted value (the negatives must give none)
 - the same recall for detect-secrets on its sample, and the pure-`re` engine's speed.
+- recall_pii (per PII type over every generated format: phones of eight regions in three forms,
+  IBANs of twenty countries, cards of every major network and grouping, SSN in three forms, IPv4
+  and IPv6 forms), recall_pii_min, and dense_secrets_pii_mask_mb_s on a findings-dense body.
 
 Run: .venv/bin/python benchmarks/scan.py --json
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import sys
 import time
@@ -38,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jitgate.inspect import Scanner, ScanResult  # noqa: E402
+from jitgate.inspect import PII_TYPES, Scanner, ScanResult  # noqa: E402
 from jitgate.policy import MaskProfile  # noqa: E402
 from tests.inspect import corpus  # noqa: E402
 
@@ -100,6 +104,44 @@ def detect_secrets_run(text: str, planted: list[corpus.Planted]) -> tuple[float,
     # Full span: some reported value contains the whole planted value (a PEM block spans lines).
     hit = sum(1 for p in secrets_in_text if any(p.value in v for v in values))
     return len(text.encode()) / elapsed / 1e6, (hit / len(secrets_in_text) if secrets_in_text else 1.0)
+
+
+def pii_figures(scanner: Scanner, pii: frozenset[str], seed: int, mb: float, repeat: int) -> dict[str, Any]:
+    """Issue 23's PII figures: recall per PII type over every generated format (corpus.pii_cases, in
+    prose, JSON and log lines; full span, right type), the lowest as `recall_pii_min`, and secrets +
+    PII + mask throughput on a findings-dense body (a planted value every ~1 kB, every type)."""
+    found: dict[str, int] = {}
+    total: dict[str, int] = {}
+    missed: dict[str, int] = {}
+    contexts = ("Record: {}, noted.", '{{"note": "{}"}}', "2026-01-02T03:04:05Z INFO user={} ok")
+    for i in range(20):
+        for typ, form, value in corpus.pii_cases(random.Random(seed + i)):
+            for context in contexts:
+                raw = context.format(value).encode()
+                planted = value.removeprefix("SSN: ").encode()
+                a = raw.index(planted)
+                hit = any(f.type == typ and f.start <= a and a + len(planted) <= f.end
+                          for f in scanner.scan(raw, pii=PII_TYPES, json_strings=True).findings)
+                total[typ] = total.get(typ, 0) + 1
+                found[typ] = found.get(typ, 0) + hit
+                if not hit:
+                    missed[form] = missed.get(form, 0) + 1
+    recall = {t: round(found[t] / total[t], 4) for t in sorted(total)}
+    dense = corpus.rerank_body(
+        seed + 4, target_bytes=int(mb * 1e6), secret_rate=0.5, pii_rate=1.0, negative_rate=0.3, doc_words=150
+    )
+    raw = dense.encode()
+    t_dense = best(lambda: scanner.scan(raw, pii=pii, json_strings=True).masked(raw), repeat, "dense_secrets_pii_mask")
+    return {
+        "recall_pii": recall,
+        "recall_pii_min": min(recall.values()),
+        "recall_pii_cases": sum(total.values()),
+        "recall_pii_missed_formats": missed,
+        "dense_body_bytes": len(raw),
+        "dense_planted": len(dense.planted),
+        "dense_planted_types": len({p.type for p in dense.planted}),
+        "dense_secrets_pii_mask_mb_s": round(len(raw) / 1e6 / t_dense, 1),
+    }
 
 
 def main() -> None:
@@ -193,6 +235,7 @@ def main() -> None:
         "misses": {**misses, **{f"secret:{k}": v for k, v in miss_s.items()}},
         "targets": TARGETS,
     }
+    out.update(pii_figures(scanner, pii, args.seed, args.mb, args.repeat))
     out["meets_targets"] = all(out[k] >= v for k, v in TARGETS.items()) and out["false_positives"] == 0
     if args.json:
         print(json.dumps(out))

@@ -8,11 +8,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from broker import approvals
 from broker.observability import logger, metrics
-from broker.routes import jwks, tokens
+from broker.routes import approvals, jwks, tokens
 from broker.routes.common import json_response
-from jitgate.errors import JitgateError
+from jitgate.errors import JitgateError, NotFound
 
 app = APIGatewayHttpResolver()
 app.include_router(tokens.router)
@@ -30,12 +29,12 @@ def _jitgate_error(exc: JitgateError) -> Response[str]:
 def _unexpected(exc: Exception) -> Response[str]:
     # The type only: an exception's text may quote input, and input may hold a token.
     logger.error("unexpected error", extra={"error_type": type(exc).__name__})
-    return json_response(500, {"code": "internal_error", "message": "the broker failed; nothing was issued"})
+    return json_response(500, JitgateError("the broker failed; nothing was issued").to_dict())
 
 
 @app.not_found
 def _not_found(_exc: Exception) -> Response[str]:
-    return json_response(404, {"code": "not_found", "message": "no such route"})
+    return json_response(404, NotFound("no such route").to_dict())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from jitgate.errors import Unavailable
+from jitgate.errors import AuditUnavailable
 from jitgate.events import TokenEvent, object_key
 
 
@@ -16,7 +16,7 @@ class EventSink:
         self._bucket = bucket
 
     def write(self, event: TokenEvent) -> str:
-        """Store `event`; raise Unavailable if it cannot be, so issuance fails closed."""
+        """Store `event`; raise AuditUnavailable if it cannot be, so issuance fails closed."""
         key = object_key(event)
         try:
             self._s3.put_object(
@@ -26,5 +26,5 @@ class EventSink:
                 ContentType="application/x-ndjson",
             )
         except (ClientError, BotoCoreError):
-            raise Unavailable("the audit log cannot be written right now", code="audit_unavailable") from None
+            raise AuditUnavailable("the audit log cannot be written right now") from None
         return key

@@ -21,22 +21,19 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from broker.approvals import Approvals
 from broker.audit import EventSink
+from broker.issuance import Issuance
 from broker.oidc import OidcVerifier
 from broker.revocation import TokenStore
 from broker.signer import KmsJwks, KmsSigner
-from jitgate.errors import JitgateError
-from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_duration, parse_policy
+from jitgate.approval_store import ApprovalStore
+from jitgate.durations import parse_duration
+from jitgate.errors import BrokerMisconfigured
+from jitgate.policy import DEFAULT_TTL, Policy, load_policy, parse_policy
 
 BUNDLED_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 _CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
-
-
-class Misconfigured(JitgateError):
-    """A required setting is missing or invalid; the broker refuses every request."""
-
-    code = "broker_misconfigured"
-    status = 500
 
 
 @dataclass(frozen=True)
@@ -54,14 +51,14 @@ class Settings:
         def need(name: str) -> str:
             value = env.get(name, "").strip()
             if not value:
-                raise Misconfigured(f"the broker is misconfigured: {name} is not set")
+                raise BrokerMisconfigured(f"the broker is misconfigured: {name} is not set")
             return value
 
         key_ids = tuple(k.strip() for k in need("JITGATE_KMS_KEY_IDS").split(",") if k.strip())
         try:
             default_ttl = parse_duration(env.get("JITGATE_DEFAULT_TTL") or DEFAULT_TTL)
         except ValueError:
-            raise Misconfigured("the broker is misconfigured: JITGATE_DEFAULT_TTL is not a duration") from None
+            raise BrokerMisconfigured("the broker is misconfigured: JITGATE_DEFAULT_TTL is not a duration") from None
         return cls(
             policy_path=env.get("JITGATE_POLICY") or str(BUNDLED_POLICY),
             issuer=env.get("JITGATE_ISSUER", "").strip().rstrip("/"),
@@ -75,6 +72,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Services:
+    """Everything a route uses, built once per container; each AWS client is made once and shared."""
+
     settings: Settings
     policy: Policy
     verifier: OidcVerifier
@@ -82,6 +81,8 @@ class Services:
     jwks: KmsJwks
     tokens: TokenStore
     events: EventSink
+    issuance: Issuance
+    approvals: Approvals
     clock: Callable[[], float] = time.time
 
     @classmethod
@@ -93,16 +94,28 @@ class Services:
         client: Callable[[str], Any] | None = None,
     ) -> Services:
         make = client or (lambda name: boto3.client(name, config=_CLIENT_CONFIG))  # type: ignore[call-overload]
-        kms = make("kms")
-        policy = read_policy(settings.policy_path, s3=make("s3"))
+        kms, s3, dynamodb = make("kms"), make("s3"), make("dynamodb")
+        policy = read_policy(settings.policy_path, s3=s3)
+        signer = KmsSigner(kms, settings.kms_key_ids[0])
+        tokens = TokenStore(dynamodb, settings.table)
+        events = EventSink(s3, settings.bucket)
+        issuance = Issuance(policy, settings.default_ttl, signer=signer, tokens=tokens, events=events)
         return cls(
             settings=settings,
             policy=policy,
             verifier=OidcVerifier(policy.issuers),
-            signer=KmsSigner(kms, settings.kms_key_ids[0]),
+            signer=signer,
             jwks=KmsJwks(kms, settings.kms_key_ids),
-            tokens=TokenStore(make("dynamodb"), settings.table),
-            events=EventSink(make("s3"), settings.bucket),
+            tokens=tokens,
+            events=events,
+            issuance=issuance,
+            approvals=Approvals(
+                store=ApprovalStore(dynamodb, settings.table),
+                sns=make("sns"),
+                topic_arn=settings.topic_arn,
+                events=events,
+                issuance=issuance,
+            ),
             clock=clock,
         )
 
@@ -113,11 +126,11 @@ def read_policy(location: str, *, s3: Any) -> Policy:
         return load_policy(location)
     bucket, _, key = location.removeprefix("s3://").partition("/")
     if not bucket or not key:
-        raise Misconfigured("the broker is misconfigured: JITGATE_POLICY is not s3://bucket/key")
+        raise BrokerMisconfigured("the broker is misconfigured: JITGATE_POLICY is not s3://bucket/key")
     try:
         text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     except (ClientError, BotoCoreError, UnicodeDecodeError):
-        raise Misconfigured(f"the broker cannot read its policy at {location}") from None
+        raise BrokerMisconfigured(f"the broker cannot read its policy at {location}") from None
     return parse_policy(text, source=location)
 
 
@@ -132,7 +145,7 @@ def issuer_url(settings: Settings, event: APIGatewayProxyEventV2) -> str:
         return settings.issuer
     domain = event.request_context.domain_name
     if not domain:
-        raise Misconfigured("the broker is misconfigured: JITGATE_ISSUER is not set")
+        raise BrokerMisconfigured("the broker is misconfigured: JITGATE_ISSUER is not set")
     return f"https://{domain}"
 
 

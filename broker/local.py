@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from jitgate.errors import BadRequest, JitgateError, PayloadTooLarge
+
 MAX_BODY = 1024 * 1024
 _LOCK = threading.Lock()
 
@@ -122,19 +124,19 @@ def _handler_class() -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def _error(self, status: int, code: str, message: str) -> None:
+        def _error(self, error: JitgateError) -> None:
             self.close_connection = True  # the request body may be unread
-            body = json.dumps({"code": code, "message": message}).encode()
-            self._reply(status, {"Content-Type": "application/json"}, body)
+            body = json.dumps(error.to_dict()).encode()
+            self._reply(error.status, {"Content-Type": "application/json"}, body)
 
         def _serve(self) -> None:
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
-                self._error(400, "bad_request", "invalid Content-Length")
+                self._error(BadRequest("invalid Content-Length"))
                 return
             if length < 0 or length > MAX_BODY:
-                self._error(413, "bad_request", "request body is too large")
+                self._error(PayloadTooLarge("request body is too large"))
                 return
             body = self.rfile.read(length) if length else b""
             host = self.headers.get("Host", "127.0.0.1")
@@ -145,7 +147,7 @@ def _handler_class() -> type[BaseHTTPRequestHandler]:
                 with _LOCK:
                     result = handler(event, LocalContext(aws_request_id=event["requestContext"]["requestId"]))
             except Exception:  # what Lambda would turn into a 502; keep the server up
-                self._error(502, "internal_error", "the broker handler failed")
+                self._error(JitgateError("the broker handler failed", status=502))  # as Lambda's 502
                 return
             raw = result.get("body") or ""
             data = base64.b64decode(raw) if result.get("isBase64Encoded") else raw.encode()

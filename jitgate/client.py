@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from jitgate.errors import BadRequest, JitgateError, Unavailable
+from jitgate.errors import BadRequest, BrokerError, BrokerUnreachable, JitgateError, error_for
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,13 @@ class Pending:
 
 
 def _error(resp: httpx.Response) -> JitgateError:
+    """The broker's error answer as the jitgate error it names (jitgate.errors.CODES)."""
     try:
         body = resp.json()
         code, message = str(body["code"]), str(body["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = "broker_error", f"the broker answered HTTP {resp.status_code}"
-    return JitgateError(message, code=code, status=resp.status_code)
+        return BrokerError(f"the broker answered HTTP {resp.status_code}", status=resp.status_code)
+    return error_for(code, message, status=resp.status_code)
 
 
 class BrokerClient:
@@ -63,7 +64,7 @@ class BrokerClient:
         try:
             resp = self._http.request(method, self.base_url + path, headers=headers, **kw)
         except httpx.HTTPError:
-            raise Unavailable(f"the broker at {self.base_url} is unreachable", code="broker_unreachable") from None
+            raise BrokerUnreachable(f"the broker at {self.base_url} is unreachable") from None
         if resp.status_code >= 400:
             raise _error(resp)
         return resp

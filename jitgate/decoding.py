@@ -24,6 +24,17 @@ def decoded_size_exceeds(raw: bytes, encoding: str, limit: int) -> bool:
     return decoded_size(raw, encoding, limit) > limit
 
 
+def bomb_check(raw: bytes, encoding: str, limit: int) -> bool | None:
+    """The one decompression-bomb check of a body before anything decodes it: True when `raw` decodes
+    past `limit`, False when it does not (or has no body or no encoding), None when it does not decode."""
+    if not raw or not encoding:
+        return False
+    try:
+        return decoded_size_exceeds(raw, encoding, limit)
+    except ValueError:
+        return None
+
+
 def decoded_size(raw: bytes, encoding: str, limit: int) -> int:
     """How long `raw` is once decoded per the Content-Encoding `encoding`, counted a piece at a time.
 

@@ -13,6 +13,9 @@ from functools import cached_property
 
 DIALECTS = ("cohere", "jina", "voyage", "tei", "chroma", "generic")
 RERANK_DIALECTS = frozenset({"cohere", "jina", "voyage", "tei"})
+# Headers in which any dialect's client may send its own credential (or the JIT token): the gateway
+# never forwards them (credential_inject), and they are not scanned as data (leak_guard).
+CLIENT_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Chroma-Token")
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 

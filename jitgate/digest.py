@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from jitgate import jsontext
 from jitgate.records import RankEntry, VectorDigest, escape_surrogates
 
 # Keys whose numeric lists are embedding vectors; any other all-number list this long is one too.
@@ -154,13 +155,12 @@ def drop_unseen_fields(response: Any, visible: Collection[str] | None) -> Any:
 
 
 def parse_json(content: bytes | None) -> Any:
-    """The JSON value of a body, or None when it is empty or not JSON."""
+    """The JSON value of a body, or None when it is empty or not JSON: the gateway's one reading of
+    JSON (`jitgate.jsontext`), lenient as for answers (a record describes what went through)."""
     if not content:
         return None
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # deeply nested JSON: RecursionError
-        return None
+    value = jsontext.read(content, "application/json", strict=False).value
+    return None if value is jsontext.NOT_JSON else value
 
 
 def cap(text: str, limit: int) -> tuple[str, bool]:

@@ -1,7 +1,10 @@
 """One root error with narrow children, each carrying a stable `code` and HTTP status.
 
-The codes are a public contract: clients, tests and dashboards match on them. Messages are
-for humans and never contain a token, a secret or an exception's text from below.
+The codes are a public contract: clients, tests and dashboards match on them. Every code any
+part of jitgate answers or reports is defined here and nowhere else (`CODES` maps each to its
+class). The tree follows the HTTP status: a child answers its parent's status, and a class with
+a status of its own hangs from the root. Messages are for humans and never contain a token, a
+secret or an exception's text from below.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class CaUnavailable(Unavailable):
 
 
 class AuditUnavailable(Unavailable):
-    """The session recorder cannot write the flow's record; the flow is refused, not forwarded."""
+    """The record cannot be written (a gateway's flow record, the broker's token event); nothing goes on unrecorded."""
 
     code = "audit_unavailable"
 
@@ -129,8 +132,8 @@ class AuditUnavailable(Unavailable):
 # -- gateway data path (token_gate, scope_guard, credential_inject) -------------------------------
 
 
-class TokenRequired(Unauthenticated):
-    """No JIT token came with the request: neither as proxy credentials nor as the API key."""
+class TokenRequired(JitgateError):
+    """No JIT token came with the request: neither as proxy credentials nor as the API key (407, as proxyauth)."""
 
     code = "token_required"
     status = 407
@@ -202,14 +205,14 @@ class HostInvalid(BadRequest):
     code = "host_invalid"
 
 
-class RequestLimitExceeded(Forbidden):
+class RequestLimitExceeded(JitgateError):
     """The token has used up its `max_requests`."""
 
     code = "request_limit_exceeded"
     status = 429
 
 
-class PayloadTooLarge(Forbidden):
+class PayloadTooLarge(JitgateError):
     """The request is over the token's `max_bytes` or `max_documents`."""
 
     code = "payload_too_large"
@@ -247,6 +250,20 @@ class UpstreamTimeout(JitgateError):
 
     code = "upstream_timeout"
     status = 504
+
+
+class UpstreamUnavailable(JitgateError):
+    """The upstream could not be reached, or closed the connection before it answered."""
+
+    code = "upstream_unavailable"
+    status = 502
+
+
+class GatewayError(JitgateError):
+    """The gateway could not complete the request for a reason no narrower code names."""
+
+    code = "gateway_error"
+    status = 500
 
 
 # -- broker (issuance, revocation) -----------------------------------------------------------------
@@ -297,7 +314,7 @@ class ApprovalTimeout(Forbidden):
     code = "approval_timeout"
 
 
-class ApprovalExpired(Forbidden):
+class ApprovalExpired(JitgateError):
     """The approval request expired before enough approvers agreed."""
 
     code = "approval_expired"
@@ -371,3 +388,61 @@ class MisdirectedRequest(JitgateError):
 
     code = "misdirected_request"
     status = 421
+
+
+# -- broker configuration and the broker's clients (CLI, local stack) ------------------------------
+
+
+class BrokerMisconfigured(JitgateError):
+    """A required broker setting is missing or invalid; the broker refuses every request."""
+
+    code = "broker_misconfigured"
+    status = 500
+
+
+class NoOidcToken(Unauthenticated):
+    """No OIDC token source is configured, or the configured one gave nothing."""
+
+    code = "oidc_token_missing"
+
+
+class BrokerUnreachable(Unavailable):
+    """The broker could not be reached at all (connection refused, timeout, TLS failure)."""
+
+    code = "broker_unreachable"
+
+
+class BrokerError(JitgateError):
+    """The broker answered an error the client cannot read as a jitgate error (no JSON, an unknown code)."""
+
+    code = "broker_error"
+    status = 502
+
+
+class ApprovalPending(JitgateError):
+    """Issuance still waits for approvers after the client's wait; the approval stays open (202, no token)."""
+
+    code = "approval_pending"
+    status = 202
+
+
+def _defined(root: type[JitgateError]) -> dict[str, type[JitgateError]]:
+    found = {root.code: root} if "code" in vars(root) else {}
+    for child in root.__subclasses__():
+        for code, cls in _defined(child).items():
+            if code in found:
+                raise RuntimeError(f"error code {code!r} is defined twice")  # an import-time bug
+            found[code] = cls
+    return found
+
+
+CODES: dict[str, type[JitgateError]] = _defined(JitgateError)
+"""Every stable code, mapped to the class that defines it."""
+
+
+def error_for(code: str, message: str, *, status: int) -> JitgateError:
+    """The error a jitgate service answered (`code`, `message`, `status`) as its class; BrokerError when unknown."""
+    cls = CODES.get(code)
+    if cls is None:
+        return BrokerError(f"the broker answered HTTP {status} with an unknown code: {message}", status=status)
+    return cls(message, status=status)

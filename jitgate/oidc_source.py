@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from jitgate.errors import Unauthenticated
+from jitgate.errors import NoOidcToken
 
 SOURCES = (
     "--oidc-token",
@@ -25,12 +25,6 @@ SOURCES = (
     "GitHub Actions (ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN)",
     "the dev issuer of `jitgate dev` (JITGATE_DEV_ISSUER)",
 )
-
-
-class NoOidcToken(Unauthenticated):
-    """No OIDC token source is configured, or the configured one gave nothing."""
-
-    code = "oidc_token_missing"
 
 
 @dataclass(frozen=True)

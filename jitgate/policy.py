@@ -29,11 +29,10 @@ from pydantic import (
 )
 
 from jitgate.dialects import DEFAULT_ROUTES, Route
+from jitgate.durations import parse_duration as parse_duration  # re-exported for callers of the policy
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
 from jitgate.token import Limits
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 DEFAULT_TTL = 15 * 60
 # A DNS name (labels of letters, digits, hyphens; underscores for internal service names), with an
@@ -54,22 +53,6 @@ def _host_name(value: str) -> str:
         if not _HOSTNAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a host name (no scheme, port, path or wildcard)") from None
     return value
-
-
-def parse_duration(value: int | str) -> int:
-    """Seconds from `900`, `"900"`, `"30s"`, `"15m"`, `"1h"` or `"1d"`."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '15m'")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"invalid duration {value!r}: use seconds or a string like '15m'")
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
-    return seconds
 
 
 class _Model(BaseModel):
@@ -517,8 +500,15 @@ def _matches(grant: Grant, identity: Identity) -> bool:
     return True
 
 
-def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -> Decision:
-    """The first grant that gives `identity` the requested connection and operations."""
+def evaluate_grants(
+    policy: Policy, identity: Identity, request: TokenRequest, *, default_ttl: int = DEFAULT_TTL
+) -> Decision:
+    """The first grant that gives `identity` the requested connection and operations.
+
+    The token's lifetime is decided here and nowhere else: the requested TTL, else the grant's
+    `default_ttl`, else `default_ttl` (the broker's JITGATE_DEFAULT_TTL), never above `max_ttl`.
+    What approvers are shown and what the token's `exp` says are both `Decision.ttl`.
+    """
     conn = policy.connections.get(request.connection)
     if conn is None:
         raise UnknownConnection(f"no connection named {request.connection!r}")
@@ -537,7 +527,12 @@ def evaluate_grants(policy: Policy, identity: Identity, request: TokenRequest) -
         wanted = frozenset(request.operations) if request.operations is not None else allowed
         if not wanted or not wanted <= allowed:
             continue
-        wanted_ttl = request.ttl if request.ttl is not None else (grant.default_ttl or grant.max_ttl)
+        if request.ttl is not None:
+            wanted_ttl = request.ttl
+        elif grant.default_ttl is not None:
+            wanted_ttl = grant.default_ttl
+        else:  # nothing asked, nothing set: the broker's default is no request, so never "clamped"
+            wanted_ttl = min(default_ttl, grant.max_ttl)
         ttl = min(wanted_ttl, grant.max_ttl)
         return Decision(
             grant=grant.name,

@@ -11,11 +11,24 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TypedDict, overload
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-DECISIONS = ("allowed", "blocked", "masked", "held", "approved", "denied")
+
+class Decision(StrEnum):
+    """What the gateway did with a flow, as its record says (`decision`)."""
+
+    ALLOWED = "allowed"  # forwarded as asked
+    BLOCKED = "blocked"  # refused by a check, or cut
+    MASKED = "masked"  # forwarded or answered with findings masked
+    HELD = "held"  # waiting for an approver (a record of a flow that ended while held)
+    APPROVED = "approved"  # held, approved, forwarded
+    DENIED = "denied"  # held (or to be held) and not forwarded: denied, timed out, or no hold possible
+
+
+DECISIONS = tuple(d.value for d in Decision)
 
 # (name, Glue/Hive type), in record order. Nested struct field names avoid SQL keywords.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -115,7 +128,7 @@ class SessionRecord(_Frozen):
     request_bytes: int = 0
     response_bytes: int = 0
     latency_ms: float | None = None
-    decision: str = "allowed"
+    decision: str = Decision.ALLOWED
     error: str | None = None
     findings: tuple[Finding, ...] = ()
     rerank_query: str | None = None

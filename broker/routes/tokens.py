@@ -1,13 +1,14 @@
 """POST /v1/tokens (mint) and DELETE /v1/tokens/{jti} (revoke).
 
-Mint: verify the caller's OIDC token, evaluate the grants (pure, jitgate.policy), record who
-owns the token, sign with KMS, write the issuance event, answer. A longer TTL than the grant
-allows is clamped, and the answer says the real expiry. Any failure after the identity check
+Mint: verify the caller's OIDC token, let the issuance service (broker/issuance.py) decide the
+grant and mint, or open an issuance approval (broker/approvals.py) when the grant needs one. A
+longer TTL than the grant allows is clamped, and the answer says the real expiry. Any failure after the identity check
 is written as a denial event; an issuance whose event cannot be written is refused.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -16,19 +17,17 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from broker import approvals
-from broker.deps import Services, issuer_url, services
+from broker.deps import issuer_url, services
 from broker.observability import logger, metrics
 from broker.routes.common import base_event, bearer, json_body, json_response, record_denial
+from jitgate.durations import parse_duration
 from jitgate.errors import BadRequest, JitgateError
 from jitgate.events import TokenEvent
-from jitgate.policy import Decision, Identity, TokenRequest, evaluate_grants, is_admin, parse_duration
-from jitgate.token import AUDIENCE, Claims, Scope, new_jti
+from jitgate.policy import TokenRequest, is_admin
 
 router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]
 
 _JTI = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
-PROXY_HINT = "HTTPS_PROXY=http://jit:<token>@<gateway>:8080"
 
 
 class MintRequest(BaseModel):
@@ -58,16 +57,6 @@ def _parse(body: dict[str, Any]) -> TokenRequest:
     return TokenRequest(req.connection, req.operations, ttl, req.job, req.purpose)
 
 
-def _ttl(svc: Services, decision: Decision, request: TokenRequest) -> int:
-    """The grant's default, else the broker's JITGATE_DEFAULT_TTL, never above the grant's max."""
-    if request.ttl is not None:
-        return decision.ttl
-    grant = next(g for g in svc.policy.grants if g.name == decision.grant)
-    if grant.default_ttl is not None:
-        return decision.ttl
-    return min(svc.settings.default_ttl, grant.max_ttl)
-
-
 @router.post("/v1/tokens")
 def mint() -> Response[str]:
     svc = services()
@@ -78,66 +67,29 @@ def mint() -> Response[str]:
         fields.update(oidc_issuer=identity.issuer, sub=identity.subject)
         request = _parse(json_body(router.current_event))
         fields.update(conn=request.connection, job=request.job, purpose=request.purpose, requested_ttl=request.ttl)
-        decision = evaluate_grants(svc.policy, identity, request)
+        decision = svc.issuance.decide(identity, request)
         fields.update(grant_name=decision.grant, operations=list(decision.operations))
+        broker_url = issuer_url(svc.settings, router.current_event)
         if decision.approval.required:
-            return approvals.open_issuance(svc, identity, request, decision, fields, now)
-        return json_response(201, issue(svc, identity, request, decision, fields, int(now)))
+            approval = svc.approvals.open_issuance(identity, request, decision, fields, now, broker_url=broker_url)
+            return json_response(
+                202,
+                {
+                    "approval_id": approval.id,
+                    "state": "pending",
+                    "expires_at": math.ceil(approval.expires_at),
+                    "required": approval.approvers.count,
+                },
+            )
+        issued = svc.issuance.issue(
+            broker_url=broker_url, identity=identity, request=request, decision=decision, fields=fields, now=int(now)
+        )
+        return json_response(201, issued)
     except JitgateError as exc:
         record_denial(svc, fields, exc)
         metrics.add_metric(name="TokensDenied", unit=MetricUnit.Count, value=1)
         logger.info("token denied", extra={"code": exc.code, "sub": fields.get("sub"), "conn": fields.get("conn")})
         raise
-
-
-def issue(
-    svc: Services,
-    identity: Identity,
-    request: TokenRequest,
-    decision: Decision,
-    fields: dict[str, Any],
-    now: int,
-    *,
-    jti: str | None = None,
-    apv: str | None = None,
-) -> dict[str, Any]:
-    """Mint, record and audit one token; the answer body. `apv` names the approval it was collected from."""
-    ttl = _ttl(svc, decision, request)
-    conn = svc.policy.connections[decision.connection]
-    claims = Claims(
-        iss=issuer_url(svc.settings, router.current_event),
-        aud=AUDIENCE,
-        sub=identity.subject,
-        iat=now,
-        nbf=now,
-        exp=now + ttl,
-        jti=jti or new_jti(),
-        conn=decision.connection,
-        scope=Scope(operations=decision.operations, collections=decision.collections, fields=decision.fields),
-        limits=decision.limits,
-        mask=decision.mask,
-        job=request.job,
-        apv=apv,
-    )
-    fields.update(apv=apv)
-    fields.update(jti=claims.jti, ttl=ttl, clamped=decision.clamped, expires_at=claims.exp, mask=claims.mask)
-    fields.update(kid=svc.signer.key_id)
-    svc.tokens.record_issued(claims, oidc_issuer=identity.issuer)
-    token = svc.signer.sign(claims)
-    svc.events.write(TokenEvent(**fields, status=201))
-    metrics.add_metric(name="TokensIssued", unit=MetricUnit.Count, value=1)
-    logger.info("token issued", extra={"jti": claims.jti, "sub": claims.sub, "conn": claims.conn, "ttl": ttl})
-    return {
-        "token": token,
-        "jti": claims.jti,
-        "expires_at": claims.exp,
-        "ttl": ttl,
-        "clamped": decision.clamped,
-        "connection": claims.conn,
-        "operations": list(decision.operations),
-        "key_env": conn.key_env,
-        "proxy_hint": PROXY_HINT,
-    }
 
 
 @router.delete("/v1/tokens/<jti>")

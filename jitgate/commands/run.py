@@ -14,9 +14,10 @@ from rich.console import Console
 
 from jitgate.capture import capture_unavailable_reason
 from jitgate.client import BrokerClient, Minted, Pending
-from jitgate.errors import JitgateError
+from jitgate.durations import parse_duration
+from jitgate.errors import ApprovalDenied, ApprovalExpired, ApprovalPending, JitgateError
 from jitgate.oidc_source import find_oidc_token
-from jitgate.policy import load_policy, parse_duration
+from jitgate.policy import load_policy
 from jitgate.run import JobEnv, job_environment, run_job, write_ca_bundle
 
 err = Console(stderr=True)
@@ -49,13 +50,15 @@ def _mint(
     while isinstance(answer, Pending):
         err.print(f"issuance needs approval: approval id [bold]{answer.approval_id}[/bold]; waiting up to {wait}s")
         if time.monotonic() > deadline:
-            raise JitgateError("approval did not arrive in time", code="approval_pending", status=202)
+            raise ApprovalPending("approval did not arrive in time")
         time.sleep(2)
         state = client.approval(oidc, answer.approval_id)
         if state.get("token"):
             answer = Minted.from_json(state)
-        elif state.get("state") in {"denied", "expired"}:
-            raise JitgateError(f"approval {state.get('state')}", code=f"approval_{state.get('state')}", status=403)
+        elif state.get("state") == "denied":
+            raise ApprovalDenied("approval denied")
+        elif state.get("state") == "expired":
+            raise ApprovalExpired("approval expired")
     return answer
 
 

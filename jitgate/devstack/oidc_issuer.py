@@ -19,6 +19,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from jitgate.errors import BadRequest, NotFound
+
 DEFAULT_AUDIENCE = "jitgate"
 _MAX_BODY = 64 * 1024
 
@@ -159,11 +161,11 @@ def _handler_for(issuer: OidcIssuer) -> type[BaseHTTPRequestHandler]:
                 issuer.jwks_requests += 1
                 self._send(200, issuer.jwks())
             else:
-                self._send(404, {"code": "not_found", "message": "no such path"})
+                self._send(404, NotFound("no such path").to_dict())
 
         def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != "/dev/token":
-                self._send(404, {"code": "not_found", "message": "no such path"})
+                self._send(404, NotFound("no such path").to_dict())
                 return
             length = int(self.headers.get("Content-Length") or 0)
             try:
@@ -177,7 +179,7 @@ def _handler_for(issuer: OidcIssuer) -> type[BaseHTTPRequestHandler]:
                 aud = req.get("aud") or DEFAULT_AUDIENCE
                 ttl = int(req.get("ttl") or 300)
             except (ValueError, KeyError, TypeError):
-                self._send(400, {"code": "bad_request", "message": "expected JSON {sub, aud?, ttl?, claims?}"})
+                self._send(400, BadRequest("expected JSON {sub, aud?, ttl?, claims?}").to_dict())
                 return
             self._send(200, {"token": issuer.mint(sub, extra, ttl=ttl, aud=aud)})
 

@@ -36,6 +36,23 @@ _KEYWORDS = (
     r"(?i:password|passwd|pwd|secret|client_secret|secret_key|api_key|apikey|api-key|"
     r"access_key|private_key|auth_token|access_token|refresh_token|token|credentials?)"
 )
+# Keys that end in "token" but hold no credential: pagination cursors, continuation and
+# idempotency tokens (`next_page_token`, `nextPageToken`, `idempotency_token`, ...). A request that
+# carries one is ordinary; with the default profile (request secrets blocked) a finding there
+# refused it (issue 23). Fixed-width lookbehinds before the bare keyword `token`, one per prefix and
+# separator, in the Python pattern only (Hyperscan's prefilter stays the wider one; Python confirms).
+_BENIGN_TOKEN_PREFIXES = ("page", "next", "continuation", "idempotency", "cursor", "pagination", "resume", "sync")
+
+
+def _not_after(words: tuple[str, ...]) -> str:
+    def caseless(text: str) -> str:
+        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+    return "".join(f"(?<!{caseless(w)}{sep})" for w in words for sep in ("", "_", "-", "."))
+
+
+_BENIGN_LB = _not_after(_BENIGN_TOKEN_PREFIXES)
+_CREDENTIAL_KEYWORDS = _KEYWORDS.replace("|token|", "|" + _BENIGN_LB + "token|")
 _LOOKAROUND = re.compile(r"\(\?<?[!=](?:\[(?:\\.|[^\]\\])*\]|\\.|[^()\[\\])*\)")
 
 
@@ -314,14 +331,40 @@ SECRET_RULES: tuple[Rule, ...] = (
     Rule(
         "generic_secret",
         "secret",
-        _KEYWORDS + _ASSIGN + _VALUE,
+        _CREDENTIAL_KEYWORDS + _ASSIGN + _VALUE,
         v.generic_secret,
         priority=9,
-        trigger=_KEYWORDS + _ASSIGN_OP,
+        trigger=_CREDENTIAL_KEYWORDS + _ASSIGN_OP,
         # Keywords are common words: Hyperscan also looks for the shortest value after them.
         hs=_KEYWORDS + _ASSIGN + _VALUE_CHARS + "{8}",
     ),
 )
+
+# Card numbers: 4-4-4-(1..7) or 4-4-4-4-(1..3) (Visa, Mastercard, Discover, JCB, UnionPay, 13 to 19 digits in fours)
+# or 4-6-(4..5) (American Express 4-6-5, Diners Club 4-6-4); the validator checks Luhn and issuer.
+_CARD = r"[0-9]{4}(?:(?:[ -]?[0-9]{4}){2}[ -]?(?:[0-9]{4}[ -]?[0-9]{1,3}|[0-9]{1,7})|[ -]?[0-9]{6}[ -]?[0-9]{4,5})"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_H = r"[0-9a-fA-F]{1,4}"
+# Every textual IPv6 form: an IPv4 tail (`::ffff:192.0.2.1`), full, compressed (`fd35::21cc`).
+_IPV6 = (
+    rf"(?:(?:{_H}:){{6}}|(?:{_H}(?::{_H}){{0,4}})?::(?:{_H}:){{0,4}}){_IPV4}"
+    rf"|(?:{_H}:){{7}}{_H}|(?:{_H}(?::{_H}){{0,6}})?::(?:{_H}(?::{_H}){{0,6}})?"
+)
+# Versions, not addresses: `agent to 1.2.3.4`, `version 1.2.3.4`, `v1.2.3.4` (fixed-width lookbehinds,
+# in Python's pattern only: Hyperscan's prefilter is wider, Python confirms).
+_VERSION_WORDS = ("version ", "version: ", "version=", "ver ", "release ", "build ", "firmware ", "agent to ",
+                  "upgraded to ", "updated to ", "update to ", "upgrade to ", "v", "release-", "version-")
+
+
+def _not_after_text(words: tuple[str, ...]) -> str:
+    def caseless(text: str) -> str:
+        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+    return "".join(f"(?<!{caseless(w)})" for w in words)
+
+
+_NOT_VERSION = _not_after_text(_VERSION_WORDS)
 
 PII_RULES: tuple[Rule, ...] = (
     Rule(
@@ -353,31 +396,59 @@ PII_RULES: tuple[Rule, ...] = (
         hs=r"[0-9][^0-9A-Za-z]{1,2}[0-9]{2,4}[ .-]?[0-9]{3,4}(?:[^0-9A-Za-z]|$)",
         hs_ends=True,
     ),
+    # Other groupings (FR 2-2-2-2-2, ES 3-2-2-2, IN 5-5, JP 2-4-4, NL 1-8, `+33 6 12 34 56 78`):
+    # digit groups of up to 8 joined by one separator each; the validator counts 8-15 digits and
+    # asks phonenumbers.
+    Rule(
+        "phone",
+        "pii",
+        _lb("\\w+.-") + r"(?:\+[1-9][0-9]{0,2}[ .-]?)?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,6}(?:[ .-][0-9]{2,8}){1,5}"
+        r"(?![\w.-]?[0-9A-Za-z])",
+        v.phone,
+        hs=r"[0-9][ .-][0-9]{2,8}(?:[^0-9A-Za-z]|$)",
+        hs_ends=True,
+    ),
+    # E.164 written without separators: `+14155550132`.
+    Rule("phone", "pii", _lb("\\w+.-") + r"\+[1-9][0-9]{6,14}(?![0-9A-Za-z]|[.-][0-9])", v.phone),
     Rule(
         "card",
         "pii",
-        _lb("0-9A-Za-z_.-") + r"[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9A-Za-z_-])",
+        _lb("0-9A-Za-z_.-") + _CARD + r"(?![0-9A-Za-z_-])",
         v.luhn,
+        priority=0,  # a Luhn- and issuer-checked number is no phone number (same span: card wins)
         # The left boundary as a character Hyperscan consumes: no candidate inside a longer number
         # or a decimal fraction (a rerank answer's relevance scores).
-        hs=r"(?:^|[^0-9A-Za-z_.-]|\\[nrt])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}",
+        hs=r"(?:^|[^0-9A-Za-z_.-]|\\[nrt])" + _CARD,
     ),
     Rule(
         "iban",
         "pii",
         _lb("A-Za-z0-9") + r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])",
         v.iban,
+        priority=0,
     ),
-    Rule("ssn", "pii", _lb("0-9A-Za-z-") + r"[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9A-Za-z-])", v.ssn),
+    Rule(
+        "ssn",
+        "pii",
+        _lb("0-9A-Za-z-") + r"(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4})(?![0-9A-Za-z-])",
+        v.ssn,
+        priority=0,  # `123 45 6789` is also a valid number in some numbering plan: SSN wins
+    ),
+    # Nine digits alone are an SSN only where the text says so (`SSN: 123456789`).
+    Rule(
+        "ssn",
+        "pii",
+        _lb("A-Za-z")
+        + r"(?i:ssn|ss#|social security(?: number| no\.?)?)[ \t:#=\"']{0,4}(?P<s>[0-9]{9})(?![0-9A-Za-z])",
+        v.ssn,
+    ),
     Rule(
         "ip",
         "pii",
-        _lb("0-9A-Za-z.") + r"(?<!version )(?<!Version )(?<!version: )(?<!release )(?<!build )(?<!v )"
-        r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-        r"(?![0-9A-Za-z]|\.[0-9])",
+        _lb("0-9A-Za-z.:-") + _NOT_VERSION + _IPV4 + r"(?![0-9A-Za-z:]|\.[0-9A-Za-z-]|-[0-9])",
         v.ipv4,
     ),
-    Rule("ip", "pii", _lb("0-9A-Za-z:") + r"(?:[0-9a-fA-F]{1,4}::?){2,7}[0-9a-fA-F]{1,4}(?![0-9A-Za-z:])", v.ipv6),
+    Rule("ip", "pii", _lb("0-9A-Za-z:.") + _NOT_VERSION + _IPV6 + r"(?![0-9A-Za-z:]|\.[0-9])", v.ipv6),
 )
 
 RULES: tuple[Rule, ...] = SECRET_RULES + PII_RULES

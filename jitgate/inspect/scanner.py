@@ -16,13 +16,13 @@ import bisect
 import json
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import attrgetter
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from jitgate.inspect import masking
+from jitgate.inspect import masking, validators
 from jitgate.inspect.engine import Engine, RunProbe, make_engine
 from jitgate.inspect.masking import Finding
 from jitgate.inspect.rules import DECODER_RULES, PII_RULES, SECRET_RULES, Rule
@@ -121,12 +121,12 @@ class _Intervals:
 class Scanner:
     """Detects secrets (always) and the PII types asked for, in one pass of one engine."""
 
-    def __init__(self, key: bytes, *, engine: str = "auto") -> None:
+    def __init__(self, key: bytes, *, engine: str = "auto", phone_regions: Sequence[str] | None = None) -> None:
         if len(key) < 16:
             raise ValueError("the masking key must be at least 16 bytes")
         self._tag = masking.Tagger(key)
         self.secret_rules: tuple[Rule, ...] = SECRET_RULES
-        self.all_rules: tuple[Rule, ...] = SECRET_RULES + PII_RULES
+        self.all_rules: tuple[Rule, ...] = SECRET_RULES + _with_phone_regions(PII_RULES, phone_regions)
         # Each engine also looks for the markers of an earlier masking (its last rule), so no
         # second pass over the text is needed to find them.
         self._secret_engine: Engine = make_engine((*self.secret_rules, MARKER_RULE), engine)
@@ -355,6 +355,16 @@ class Scanner:
         first = min(inner.findings, key=lambda f: (f.kind != "secret", f.start))
         found = [Finding(f.type, f.kind, start, end, f.tag, encoding) for f in inner.findings]
         return [(start, end, found, masking.marker(first))]
+
+
+def _with_phone_regions(rules: tuple[Rule, ...], regions: Sequence[str] | None) -> tuple[Rule, ...]:
+    """`rules` with the phone rules reading numbers without `+` in `regions` (None: the defaults).
+
+    Raises ValueError for a region `phonenumbers` does not know."""
+    if regions is None:
+        return rules
+    check = validators.phone_in(tuple(regions))
+    return tuple(replace(r, validator=check) if r.name == "phone" else r for r in rules)
 
 
 def _valid(buf: bytes, c: _Candidate) -> bool:

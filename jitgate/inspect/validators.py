@@ -31,13 +31,17 @@ _PLACEHOLDERS = (
 _DOTTED_IDENT = re.compile(rb"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?")
 _UPPER_IDENT = re.compile(rb"[A-Z][A-Z0-9_]*")
 _CLASSES = (re.compile(rb"[a-z]"), re.compile(rb"[A-Z]"), re.compile(rb"[0-9]"), re.compile(rb"[^A-Za-z0-9]"))
-_IBAN_LENGTHS = {
-    b"AD": 24, b"AT": 20, b"BE": 16, b"BG": 22, b"CH": 21, b"CY": 28, b"CZ": 24, b"DE": 22, b"DK": 18,
-    b"EE": 20, b"ES": 24, b"FI": 18, b"FR": 27, b"GB": 22, b"GR": 27, b"HR": 21, b"HU": 28, b"IE": 22,
-    b"IS": 26, b"IT": 27, b"LI": 21, b"LT": 20, b"LU": 20, b"LV": 21, b"MC": 27, b"MT": 31, b"NL": 18,
-    b"NO": 15, b"PL": 28, b"PT": 25, b"RO": 24, b"SE": 24, b"SI": 19, b"SK": 24, b"SM": 27, b"TR": 26,
-    b"AE": 23, b"SA": 24, b"IL": 23, b"BR": 29, b"QA": 29, b"KW": 30,
-}
+# The IBAN registry's length for every country (French overseas departments and territories use
+# France's format): a country missing here left its IBANs visible or half-masked as phone or card.
+_IBAN_REGISTRY = (
+    "AD24 AE23 AL28 AT20 AZ28 BA20 BE16 BG22 BH22 BI27 BL27 BR29 BY28 CH21 CR22 CY28 CZ24 DE22 DJ27 DK18 "
+    "DO28 EE20 EG29 ES24 FI18 FK18 FO18 FR27 GB22 GE22 GF27 GI23 GL18 GP27 GR27 GT28 HN28 HR21 HU28 IE22 "
+    "IL23 IQ23 IS26 IT27 JO30 KW30 KZ20 LB28 LC32 LI21 LT20 LU20 LV21 LY25 MC27 MD24 ME22 MF27 MK19 MN20 "
+    "MQ27 MR27 MT31 MU30 NC27 NI28 NL18 NO15 OM23 PF27 PK24 PL28 PM27 PS29 PT25 QA29 RE27 RO24 RS22 RU33 "
+    "SA24 SC31 SD18 SE24 SI19 SK24 SM27 SO23 ST25 SV28 TF27 TL23 TN24 TR26 UA29 VA22 VG24 WF27 XK20 YE30 "
+    "YT27"
+)
+_IBAN_LENGTHS = {item[:2].encode(): int(item[2:]) for item in _IBAN_REGISTRY.split()}
 
 
 _CLOG = [0.0] + [c * math.log2(c) for c in range(1, 4097)]
@@ -173,13 +177,27 @@ def luhn(value: bytes) -> bool:
     if total % 10:
         return False
     s = "".join(map(str, digits))
-    return (
-        s[0] == "4"
-        or 51 <= int(s[:2]) <= 55
-        or 2221 <= int(s[:4]) <= 2720
-        or s[:2] in ("34", "37")
-        or s.startswith(("6011", "65", "35"))
+    return any(low <= int(s[: len(str(low))]) <= high and len(s) in lengths for low, high, lengths in _ISSUERS)
+
+
+# Issuer ranges (IIN prefixes, inclusive) and card lengths of the major networks.
+_ISSUERS: tuple[tuple[int, int, frozenset[int]], ...] = tuple(
+    (low, high, frozenset(lengths))
+    for low, high, lengths in (
+        (4, 4, (13, 16, 19)),  # Visa
+        (51, 55, (16,)), (2221, 2720, (16,)),  # Mastercard
+        (34, 34, (15,)), (37, 37, (15,)),  # American Express
+        (300, 305, (14, 15, 16, 17, 18, 19)), (3095, 3095, (14, 15, 16, 17, 18, 19)),  # Diners Club
+        (36, 36, (14, 15, 16, 17, 18, 19)), (38, 39, (14, 15, 16, 17, 18, 19)),
+        (6011, 6011, (16, 17, 18, 19)), (644, 649, (16, 17, 18, 19)), (65, 65, (16, 17, 18, 19)),  # Discover
+        (3528, 3589, (16, 17, 18, 19)),  # JCB
+        (62, 62, (16, 17, 18, 19)), (81, 81, (16, 17, 18, 19)),  # UnionPay
+        (2200, 2204, (16, 17, 18, 19)),  # Mir
+        (50, 50, (12, 13, 14, 15, 16, 17, 18, 19)), (56, 69, (12, 13, 14, 15, 16, 17, 18, 19)),  # Maestro
+        (60, 60, (16,)), (82, 82, (16,)), (508, 508, (16,)), (353, 353, (16,)), (356, 356, (16,)),  # RuPay
+        (506, 506, (16, 18, 19)), (9792, 9792, (16,)),  # Verve, Troy
     )
+)
 
 
 def iban(value: bytes) -> bool:
@@ -192,23 +210,30 @@ def iban(value: bytes) -> bool:
 
 
 def ssn(value: bytes) -> bool:
-    area, group, serial = value[:3], value[4:6], value[7:]
+    """A US SSN, dashed, spaced or undashed: not an area, group or serial the SSA never issues."""
+    digits = value.replace(b"-", b"").replace(b" ", b"")
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area in (b"000", b"666") or area[:1] == b"9":
         return False
     return group != b"00" and serial != b"0000"
 
 
 def ipv4(value: bytes) -> bool:
+    """A host address: not unspecified, loopback, `0.x.x.x`, or a netmask (`255.255.255.0`)."""
     try:
         addr = ipaddress.IPv4Address(value.decode("ascii"))
     except ValueError:
         return False
-    return not (addr.is_unspecified or addr.is_loopback)
+    if addr.is_unspecified or addr.is_loopback or value.startswith(b"0."):
+        return False
+    inverted = ~int(addr) & 0xFFFFFFFF
+    return not (value.startswith(b"255.") and inverted & (inverted + 1) == 0)
 
 
 def ipv6(value: bytes) -> bool:
+    """Any textual IPv6 form `ipaddress` reads (full, compressed `fd35::21cc`, `::ffff:a.b.c.d`)."""
     text = value.decode("ascii")
-    if text.count(":") < 3:
+    if "::" not in text and text.count(":") < 6:
         return False
     try:
         addr = ipaddress.IPv6Address(text)
@@ -217,16 +242,44 @@ def ipv6(value: bytes) -> bool:
     return not (addr.is_unspecified or addr.is_loopback)
 
 
-def phone(value: bytes) -> bool:
-    text = value.decode("ascii")
-    digits = sum(ch.isdigit() for ch in text)
-    if not 8 <= digits <= 15:
+# Where a number written without `+` is read (the major numbering plans, not only the US); the
+# gateway option `jitgate_pii_phone_regions` replaces the list.
+# Dates, the SSN shape and dotted quads are no phone numbers (`2024-06-12`, `12.06.2024`,
+# `000-12-3456`, `115.133.188.220`), whatever a numbering plan allows: a date is no PII, the others
+# are the SSN and IP rules' to judge.
+_NOT_PHONE = re.compile(
+    rb"(?:19|20)[0-9]{2}([-./ ])[0-9]{1,2}\1[0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\2(?:19|20)[0-9]{2}"
+    rb"|[0-9]{3}([- ])[0-9]{2}\3[0-9]{4}|[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+)
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "JP", "IN", "ES", "NL", "IT", "BR", "AU", "MX", "CN")
+
+
+def phone_in(regions: tuple[str, ...]) -> Validator:
+    """A valid number by `phonenumbers`: E.164 (`+` and country code) as written, else in one of `regions`.
+
+    An order number shaped like a phone number is no finding unless one of those plans says it is
+    a valid number.
+    """
+    unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+    if unknown or not regions:
+        raise ValueError(f"unknown phone regions: {', '.join(unknown) or '(none given)'}")
+
+    def _phone(value: bytes) -> bool:
+        text = value.decode("ascii")
+        if not 8 <= sum(ch.isdigit() for ch in text) <= 15 or _NOT_PHONE.fullmatch(value):
+            return False
+        for region in (None,) if text.startswith("+") else regions:
+            try:
+                if phonenumbers.is_valid_number(phonenumbers.parse(text, region)):
+                    return True
+            except phonenumbers.NumberParseException:
+                continue
         return False
-    try:
-        number = phonenumbers.parse(text, None if text.startswith("+") else "US")
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(number)
+
+    return _phone
+
+
+phone = phone_in(DEFAULT_PHONE_REGIONS)
 
 
 def email(value: bytes) -> bool:

@@ -10,10 +10,11 @@ from typing import Any
 import certifi
 import pytest
 from mitmproxy import exceptions, http
+from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.credential_inject import CredentialInject, secret_value
+from addon.credential_inject import CredentialInject, CredentialRetry, secret_value
 from jitgate.devstack.upstream import Upstream
 from jitgate.policy import Connection, parse_policy
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
@@ -93,7 +94,7 @@ async def test_flows_still_in_flight_at_shutdown_lose_the_credential(aws: dict[s
         await addon.request(waiting)
         await addon.request(answered)
         answered.response = tflow.tresp()
-        await addon.response(answered)
+        addon.response(answered)
         assert waiting.request.headers["Authorization"] == f"Bearer {real}"  # sent with it
         addon.done()
     for f in (waiting, answered):
@@ -200,6 +201,7 @@ async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tm
     old, new = _fake_key(), _fake_key()
     with _rotation(aws, tmp_path, [old], old) as (up, policy, conn):
         addon = CredentialInject(secretsmanager=aws["secretsmanager"])
+        retry = CredentialRetry(addon)
         with taddons.context(addon) as tctx:
             tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(tmp_path / "ca.pem"))
             f = _rerank_flow(conn)
@@ -207,10 +209,12 @@ async def test_401_refreshes_the_secret_and_retries_once(aws: dict[str, Any], tm
             up.set_api_keys([new])
             _rotate(aws, new)
             f.response = http.Response.make(401, b'{"message": "invalid api token"}')
-            await addon.response(f)
+            await retry.response(f)
+            addon.response(f)
             second = http.Response.make(401, b"{}")
             f.response = second
-            await addon.response(f)  # once only
+            await retry.response(f)  # once only
+            addon.response(f)
             addon.done()
         seen = [r.headers.get("authorization") for r in up.received]
     assert seen == [f"Bearer {new}"]
@@ -225,18 +229,20 @@ async def test_retried_answer_is_the_upstream_answer(aws: dict[str, Any], tmp_pa
     with _rotation(aws, tmp_path, [new], old) as (_, policy, conn):
         addon = CredentialInject(secretsmanager=aws["secretsmanager"])
         masker, outsider = Watcher("addon.leak_guard"), Watcher("mitmproxy.addons.dumper")
-        with taddons.context(masker, outsider, addon) as tctx:
+        # The chain's order: the retry before the response checks, the injector (forget) after them.
+        with taddons.context(CredentialRetry(addon), masker, outsider, addon) as tctx:
             tctx.configure(addon, jitgate_policy=str(policy), jitgate_upstream_ca=str(tmp_path / "ca.pem"))
             f = _rerank_flow(conn)
             await addon.request(f)
             _rotate(aws, new)
             f.response = http.Response.make(401, b"{}")
-            await addon.response(f)
+            await tctx.master.addons.handle_lifecycle(HttpResponseHook(f))
             addon.done()
     assert f.response.status_code == 200
     assert [r["index"] for r in f.response.json()["results"]] == [1, 0]
-    assert masker.seen == [200]  # the chain's response checks ran on the retried answer
-    assert outsider.seen == []  # mitmproxy's own addons are not run twice
+    assert masker.seen == [200]  # the chain's response checks ran on the retried answer, once
+    assert outsider.seen == [200]  # and so did mitmproxy's own addons: nothing ran twice
+    assert meta.INJECTED_SECRET not in f.metadata  # forgotten after the checks
 
 
 class Watcher:

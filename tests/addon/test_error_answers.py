@@ -8,7 +8,7 @@ import pytest
 from mitmproxy.net.http.http1 import read_response_head
 from mitmproxy.proxy.layers.http import _http1
 
-from addon import error_answers
+from addon import error_answers, mitmproxy_compat
 
 
 @pytest.mark.parametrize(("status", "code"), [(502, "upstream_unavailable"), (413, "payload_too_large"),
@@ -26,7 +26,7 @@ def test_answer_is_json_with_a_stable_code(status: int, code: str) -> None:
 def test_install_replaces_mitmproxys_builder() -> None:
     original = _http1.make_error_response
     try:
-        error_answers.install()
+        mitmproxy_compat.install()
         assert _http1.make_error_response is error_answers.json_error_response
     finally:
         _http1.make_error_response = original

@@ -14,7 +14,8 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.http_only import EXEMPTING, HttpOnly, http_instead_of_raw
+from addon.http_only import EXEMPTING, HttpOnly
+from addon.mitmproxy_compat import http_instead_of_raw
 
 
 def _context(mode: str = "regular", transport: str = "tcp") -> context.Context:

@@ -188,7 +188,7 @@ def test_an_exact_http_date_is_not_scanned_but_anything_else_in_a_date_header_is
     f.response = http.Response.make(200, b"{}", {"content-type": "application/json", name: date, "Server": "up/1"})
     seen.clear()
     guard.response(f)
-    assert seen == [b"up/1"] and f.response.headers[name] == date
+    assert seen == [b"Server", b"up/1"] and f.response.headers[name] == date  # names are scanned too
     assert meta.FINDINGS not in f.metadata
 
     # The same header with more than a date is scanned and masked like any other.
@@ -198,7 +198,7 @@ def test_an_exact_http_date_is_not_scanned_but_anything_else_in_a_date_header_is
         f.response = http.Response.make(200, b"{}", {"content-type": "application/json", name: value})
         seen.clear()
         guard.response(f)
-        assert seen == [value.encode()]
+        assert seen == [name.encode(), value.encode()]
         if "+44" in value:
             assert "[REDACTED:phone:" in f.response.headers[name]
             assert [x["where"] for x in f.metadata[meta.FINDINGS]] == [f"response.header:{name.lower()}"]
@@ -373,3 +373,47 @@ def test_streamed_identity_is_not_bounded(guard: LeakGuard) -> None:
     assert callable(stream)
     out = b"".join(c for _ in range(3) for c in stream(b"y" * 64 * 1024)) + b"".join(stream(b""))
     assert len(out) == 3 * 64 * 1024 and meta.ERROR not in f.metadata
+
+
+@pytest.mark.parametrize("side", ["request", "response"])
+def test_a_header_whose_name_holds_a_secret_is_removed_and_is_a_finding(guard: LeakGuard, side: str) -> None:
+    """A name cannot be masked: the header goes, the finding is recorded without the name (issue 16)."""
+    name = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+    f = _flow(_rerank("a"))
+    if side == "request":
+        f.request.headers[name] = "1"
+        guard.request(f)
+        assert f.response is not None and f.response.status_code == 403  # request secrets are blocked
+    else:
+        guard.request(f)
+        f.response = http.Response.make(200, b"{}", {"content-type": "application/json", name: "1", "Server": "up"})
+        guard.response(f)
+        assert name not in f.response.headers and f.response.headers["Server"] == "up"
+    message = f.request if side == "request" else f.response
+    assert name not in message.headers
+    where = [x["where"] for x in f.metadata[meta.FINDINGS]]
+    assert where == [f"{side}.header-name"] and name not in repr(f.metadata[meta.FINDINGS])
+
+
+def test_phone_regions_option_chooses_where_numbers_without_plus_are_read(tmp_path: Path) -> None:
+    """`jitgate_pii_phone_regions` (issue 23): a Japanese number is PII by default, not with US only."""
+    import phonenumbers
+    from mitmproxy import exceptions
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    example = phonenumbers.example_number_for_type("JP", phonenumbers.PhoneNumberType.MOBILE)
+    assert example is not None
+    national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+    g = LeakGuard()
+    with taddons.context(g) as tctx:
+        tctx.configure(g, jitgate_policy=str(policy), jitgate_inspect_engine="re")
+        f = _flow(_rerank(f"call {national} today"))
+        g.request(f)
+        assert national not in json.loads(f.request.content or b"")["documents"][0]
+        tctx.configure(g, jitgate_pii_phone_regions="us, ca")
+        f = _flow(_rerank(f"call {national} today"))
+        g.request(f)
+        assert json.loads(f.request.content or b"")["documents"][0] == f"call {national} today"
+        with pytest.raises(exceptions.OptionsError, match="jitgate_pii_phone_regions: unknown phone regions: XX"):
+            tctx.configure(g, jitgate_pii_phone_regions="US,XX")

@@ -3,7 +3,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from addon.revocations import RevocationList, fetch_revocations
+from addon.revocations import RevocationList
+from jitgate.state import fetch_revocations
 
 
 class PagedTable:

@@ -11,8 +11,9 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.scope_guard import ScopeGuard, document_count, filter_fields, lease_size, scope_error
+from addon.scope_guard import ScopeGuard
 from jitgate.policy import parse_policy
+from jitgate.scope import document_count, filter_fields, lease_size, scope_error
 from jitgate.state import USAGE_SK, usage_pk
 from jitgate.token import Claims, new_jti
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)

@@ -20,6 +20,7 @@ from broker.deps import Services, Settings
 from jitgate.devstack.aws import Stack, seed
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import policy_yaml
+from jitgate.errors import CODES
 from jitgate.policy import Policy, load_policy
 
 EVENTS = Path(__file__).parent / "events"
@@ -174,6 +175,9 @@ Invoke = Callable[[dict[str, Any]], tuple[int, dict[str, Any], dict[str, str]]]
 def invoke(svc: Services, lambda_context: FakeLambdaContext) -> Invoke:
     def _invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         result = handler(event, lambda_context)
-        return result["statusCode"], json.loads(result["body"]), {k.lower(): v for k, v in result["headers"].items()}
+        status, body = result["statusCode"], json.loads(result["body"])
+        if status >= 400:  # every refusal the broker answers is a class of jitgate/errors.py, with its status
+            assert CODES[body["code"]].status == status, body
+        return status, body, {k.lower(): v for k, v in result["headers"].items()}
 
     return _invoke

@@ -9,14 +9,13 @@ from typing import Any
 import boto3
 import pytest
 
-from addon.approval_hold import revoked_among
 from broker import deps
 from broker.app import handler
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import ADMIN_GROUP, CI_CLAIMS, MAINTAINER_SUB, READER_SUB
 from jitgate.events import TokenEvent
-from jitgate.state import REVOCATION_PK, TOKEN_PK
+from jitgate.state import REVOCATION_PK, TOKEN_PK, fetch_revocations, revoked_among
 from jitgate.token import MAX_LEEWAY, KeySet, verify_token
 from tests.broker.conftest import BROKER_URL, Clock, FakeLambdaContext, Invoke, b64_body, load_event
 
@@ -272,8 +271,6 @@ def test_a_token_past_exp_but_inside_the_leeway_can_be_revoked_and_stays_revoked
     invoke: Invoke, issuer: OidcIssuer, stack: Stack, clock: Clock, past_exp: int
 ) -> None:
     """A gateway still accepts the token until exp + leeway, so a revoke then must count (issue 17)."""
-    from addon.revocations import fetch_revocations  # the gateway's reader of the same items
-
     ddb = boto3.client("dynamodb", region_name=stack.region)
     minted = _mint(invoke, _ci(issuer, clock))
     clock.now = minted["expires_at"] + past_exp

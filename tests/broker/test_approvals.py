@@ -146,6 +146,22 @@ def test_two_of_m_then_the_requester_collects_once_and_the_ttl_starts_then(
     assert _events(stack)[-1].jti == claims.jti
 
 
+def test_approvers_are_shown_the_ttl_the_collected_token_gets_when_the_grant_has_no_default(
+    invoke: Invoke, issuer: OidcIssuer, clock: Clock
+) -> None:
+    # store-maintenance has max_ttl 1h and no default_ttl: the broker's JITGATE_DEFAULT_TTL (15m) applies.
+    approval_id = _request(invoke, issuer, clock)
+    for lead in (LEAD_A, LEAD_B):
+        clock.now += 1
+        status, view = _vote(invoke, _lead(issuer, clock, lead), approval_id, "approve", "ok")
+        assert status == 200
+    shown = view["summary"]["ttl"]
+    status, view = _get(invoke, _requester(issuer, clock), approval_id)
+    assert status == 200 and view["collected"] is True and view["summary"]["ttl"] == shown
+    claims = verify_token(view["token"], _keyset(invoke), now=clock.now, issuer=BROKER_URL)
+    assert (shown, view["ttl"], claims.exp - claims.iat) == (900, 900, 900)
+
+
 def test_one_denial_denies(invoke: Invoke, issuer: OidcIssuer, clock: Clock, stack: Stack) -> None:
     approval_id = _request(invoke, issuer, clock)
     _vote(invoke, _lead(issuer, clock, LEAD_A), approval_id, "approve")

@@ -13,7 +13,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jitgate.decoding import BoundedDecoder, decoded_size, decoded_size_exceeds
+from jitgate.decoding import BoundedDecoder, bomb_check, decoded_size, decoded_size_exceeds
 from tests.bombs import bomb, traced_peak
 
 ENCODERS = {
@@ -136,3 +136,11 @@ def test_bounded_decoder_corrupt_raises_value_error(enc: str, data: bytes) -> No
 def test_bounded_decoder_only_for_real_encodings(enc: str) -> None:
     with pytest.raises(ValueError):
         BoundedDecoder(enc, 1000)
+
+
+def test_bomb_check_says_over_under_or_undecodable() -> None:
+    body = gzip.compress(b"x" * 10_000)
+    assert bomb_check(body, "gzip", 9_999) is True
+    assert bomb_check(body, "gzip", 10_000) is False
+    assert bomb_check(b"not gzip", "gzip", 10) is None
+    assert bomb_check(b"", "gzip", 10) is False and bomb_check(b"x" * 99, "", 10) is False

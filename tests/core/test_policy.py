@@ -18,7 +18,6 @@ from jitgate.policy import (
     evaluate_grants,
     is_admin,
     load_policy,
-    parse_duration,
     parse_policy,
 )
 
@@ -50,20 +49,6 @@ def test_example_policy_loads(policy: Policy) -> None:
     assert policy.grants[0].max_ttl == 1800 and policy.grants[0].default_ttl == 600
     assert policy.connection_for_host("API.cohere.com.") is policy.connections["cohere-prod"]
     assert policy.connection_for_host("evil.example") is None
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [(900, 900), ("900", 900), ("30s", 30), ("15m", 900), ("1h", 3600), ("2d", 172800), (" 5 m ", 300)],
-)
-def test_durations(value: int | str, seconds: int) -> None:
-    assert parse_duration(value) == seconds
-
-
-@pytest.mark.parametrize("value", [0, -1, "0m", "15 minutes", "1w", "m", "", "1.5h", True])
-def test_bad_durations(value: Any) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(value)
 
 
 def _line_of(text: str, needle: str) -> int:
@@ -209,7 +194,7 @@ GRANT_CASES: list[tuple[str, Identity, TokenRequest, dict[str, Any]]] = [
     ("reader subset", _sa("ranking"), TokenRequest("candidates-store", operations=("query",)),
      {"operations": ("query",)}),
     ("maintainer delete needs approval", _sa("ranking-admin"), TokenRequest("candidates-store", operations=("delete",)),
-     {"grant": "store-maintenance", "approval.required": True, "ttl": 3600}),
+     {"grant": "store-maintenance", "approval.required": True, "ttl": 900, "clamped": False}),
 ]
 
 
@@ -222,6 +207,25 @@ def test_grants_allow(policy: Policy, identity: Identity, request_: TokenRequest
         for part in path.split("."):
             got = getattr(got, part)
         assert got == value, path
+
+
+@pytest.mark.parametrize(
+    ("identity", "request_", "default_ttl", "ttl", "clamped"),
+    [
+        # store-maintenance: max_ttl 1h, no default_ttl, so the broker's default applies, capped at the max.
+        (_sa("ranking-admin"), TokenRequest("candidates-store"), 300, 300, False),
+        (_sa("ranking-admin"), TokenRequest("candidates-store"), 7200, 3600, False),
+        (_sa("ranking-admin"), TokenRequest("candidates-store", ttl=120), 300, 120, False),
+        # rerank-ci has default_ttl 10m: the broker's default does not apply.
+        (_ci(), TokenRequest("cohere-prod"), 60, 600, False),
+    ],
+    ids=["broker default", "broker default over max", "requested wins", "grant default wins"],
+)
+def test_the_ttl_is_decided_once_with_the_brokers_default(
+    policy: Policy, identity: Identity, request_: TokenRequest, default_ttl: int, ttl: int, clamped: bool
+) -> None:
+    decision = evaluate_grants(policy, identity, request_, default_ttl=default_ttl)
+    assert (decision.ttl, decision.clamped) == (ttl, clamped)
 
 
 DENY_CASES: list[tuple[str, Identity, TokenRequest, type[Exception]]] = [

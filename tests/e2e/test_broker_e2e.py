@@ -114,7 +114,7 @@ def test_mint_verify_revoke(
 def test_admin_may_revoke_and_a_revoked_token_fails_the_gateway_check(
     broker: str, oidc_issuer: OidcIssuer, aws_stack: Stack, mint: Callable[..., dict[str, Any]]
 ) -> None:
-    from addon.revocations import fetch_revocations  # the gateway's reader of the same items
+    from jitgate.state import fetch_revocations  # the gateway's reader of the same items
 
     ddb = boto3.client("dynamodb", endpoint_url=aws_stack.endpoint_url, region_name=aws_stack.region)
     answer, other = mint("jina-test"), mint("jina-test")

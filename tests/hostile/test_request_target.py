@@ -25,12 +25,6 @@ from tests.reliability.harness import client, raw_record_bytes, records, wait_fo
 _BODY = json.dumps({"model": "rerank-v3.5", "query": "q", "documents": ["a", "b"]})
 
 
-@pytest.fixture(scope="module")
-def token(mint: Callable[..., dict[str, Any]]) -> str:
-    value: str = mint("cohere-test")["token"]
-    return value
-
-
 def _head(line: str, hosts: list[str], headers: dict[str, str] | None = None, body: str = _BODY) -> bytes:
     """One HTTP/1.1 request as written: `line` is its request line, `hosts` its Host headers."""
     fields = [f"Host: {h}" for h in hosts] + [f"{k}: {v}" for k, v in (headers or {}).items()]

@@ -412,3 +412,80 @@ def occurrences(raw: bytes, value: str) -> list[tuple[int, int]]:
             spans.append((pos, pos + len(form)))
             pos = raw.find(form, pos + 1)
     return spans
+
+
+# -- PII in every format the engine knows (issue 23): the benchmark's per-type recall and the tests --
+
+
+def iban_of(country: str, length: int, rng: random.Random) -> str:
+    bban = "".join(rng.choices(string.digits, k=length - 4))
+    numeric = "".join(str(int(ch, 36)) for ch in bban + country + "00")
+    return f"{country}{98 - int(numeric) % 97:02d}{bban}"
+
+
+def grouped(value: str, sizes: tuple[int, ...], sep: str) -> str:
+    parts, i = [], 0
+    for n in sizes:
+        parts.append(value[i : i + n])
+        i += n
+    return sep.join(p for p in parts if p)
+
+
+def card_number(prefix: str, length: int, rng: random.Random) -> str:
+    body = prefix + "".join(rng.choices(string.digits, k=length - len(prefix) - 1))
+    return body + _luhn_digit(body)
+
+
+def phone_of(region: str, rng: random.Random) -> phonenumbers.PhoneNumber:
+    """A valid number of `region`: its example number with random last digits."""
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    assert example is not None
+    while True:
+        national = str(example.national_number)
+        candidate = phonenumbers.parse(f"+{example.country_code}{national[:-4]}{rng.randint(0, 9999):04d}")
+        if phonenumbers.is_valid_number(candidate):
+            return candidate
+
+
+PHONE_FORMATS = {
+    "e164": phonenumbers.PhoneNumberFormat.E164,
+    "international": phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+    "national": phonenumbers.PhoneNumberFormat.NATIONAL,
+}
+
+
+IBAN_LENGTHS = {"UA": 29, "PK": 24, "GE": 22, "RS": 22, "EG": 29, "AZ": 28, "LC": 32, "RU": 33, "NO": 15, "MT": 31,
+                "JO": 30, "KZ": 20, "XK": 20, "BY": 28, "SC": 31, "DE": 22, "GB": 22, "FR": 27, "BR": 29, "SA": 24}
+CARD_KINDS = [  # network, prefix, length, grouping
+    ("amex", "37", 15, (4, 6, 5)), ("amex", "34", 15, (4, 4, 4, 3)), ("diners", "36", 14, (4, 6, 4)),
+    ("diners", "300", 14, (4, 6, 4)), ("unionpay", "62", 16, (4, 4, 4, 4)), ("unionpay", "62", 19, (4, 4, 4, 4, 3)),
+    ("discover", "6011", 16, (4, 4, 4, 4)), ("jcb", "3530", 16, (4, 4, 4, 4)), ("mastercard", "2221", 16, (4, 4, 4, 4)),
+    ("maestro", "6759", 19, (4, 4, 4, 4, 3)), ("mir", "2200", 16, (4, 4, 4, 4)), ("visa", "4", 16, (4, 4, 4, 4)),
+]
+PHONE_REGIONS = ["US", "GB", "DE", "JP", "FR", "IN", "ES", "NL"]
+
+
+def pii_cases(rng: random.Random) -> list[tuple[str, str, str]]:
+    """(type, format, value): one generated value of every PII format, each in a sentence of its own."""
+    cases: list[tuple[str, str, str]] = [("email", "email", _email(rng))]
+    for region in PHONE_REGIONS:
+        for form, fmt in PHONE_FORMATS.items():
+            text = phonenumbers.format_number(phone_of(region, rng), fmt).replace("(", "").replace(")", "")
+            cases.append(("phone", f"{region}-{form}", text))
+    for country, length in IBAN_LENGTHS.items():
+        value = iban_of(country, length, rng)
+        cases.append(("iban", country, value))
+        cases.append(("iban", f"{country}-spaced", " ".join(value[i : i + 4] for i in range(0, len(value), 4))))
+    for network, prefix, length, groups in CARD_KINDS:
+        for sep in ("", " ", "-"):
+            value = grouped(card_number(prefix, length, rng), groups, sep)
+            cases.append(("card", f"{network}-{length}-{sep or 'none'}", value))
+    area, group, serial = f"{rng.randint(1, 665):03d}", f"{rng.randint(1, 99):02d}", f"{rng.randint(1, 9999):04d}"
+    cases += [("ssn", "dashed", f"{area}-{group}-{serial}"), ("ssn", "spaced", f"{area} {group} {serial}"),
+              ("ssn", "undashed", f"SSN: {area}{group}{serial}")]
+    h = [f"{rng.randint(1, 0xFFFF):x}" for _ in range(8)]
+    cases += [("ip", "v4", f"{rng.randint(11, 126)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"),
+              ("ip", "v6-full", ":".join(h)), ("ip", "v6-compressed", f"fd{h[0][:2]:0>2}::{h[1]}"),
+              ("ip", "v6-mapped", f"::ffff:198.51.{rng.randint(0, 255)}.{rng.randint(1, 254)}"),
+              ("ip", "v6-middle", f"2001:db8::{h[2]}:{h[3]}")]
+    return cases

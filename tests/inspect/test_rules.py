@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
+import uuid
 
 import pytest
 
@@ -172,3 +174,46 @@ def test_every_trigger_is_a_prefix_of_its_pattern() -> None:
     for rule in RULES + DECODER_RULES:
         if rule.trigger:
             assert rule.pattern.startswith(rule.trigger) or rule.name == "json_escape", rule.name
+
+
+_BENIGN_TOKEN_KEYS = (
+    "next_page_token", "nextPageToken", "page_token", "pageToken", "next-token", "NextToken",
+    "continuation_token", "continuationToken", "idempotency_token", "IdempotencyToken", "cursor_token",
+    "pagination_token", "resume_token", "sync_token",
+)
+_CREDENTIAL_TOKEN_KEYS = (
+    "token", "api_token", "session_token", "github_token", "auth_token", "access_token", "x-token",
+)
+
+
+def _token_value(rng: random.Random, kind: int) -> str:
+    raw = bytes(rng.randrange(256) for _ in range(24))
+    return [base64.urlsafe_b64encode(raw).decode().rstrip("="), str(uuid.UUID(bytes=raw[:16])), raw.hex()][kind % 3]
+
+
+def _contexts(key: str, value: str) -> list[bytes]:
+    return [
+        json.dumps({key: value, "documents": ["a"]}).encode(),
+        f"{key}={value}\n".encode(),
+        f"{key}: {value}\n".encode(),
+        f"GET /v1/items?{key}={value}".encode(),
+    ]
+
+
+@pytest.mark.parametrize("key", _BENIGN_TOKEN_KEYS)
+def test_pagination_and_idempotency_tokens_are_no_secret(scanner: Scanner, key: str) -> None:
+    """Issue 23: `"next_page_token": "<base64url>"` was a generic_secret every time, so the default
+    profile (request secrets blocked) refused an ordinary paginated request."""
+    rng = random.Random(key)
+    for kind in range(6):
+        for body in _contexts(key, _token_value(rng, kind)):
+            assert scanner.scan(body, json_strings=True).findings == [], body
+
+
+@pytest.mark.parametrize("key", _CREDENTIAL_TOKEN_KEYS)
+def test_credential_tokens_are_still_found(scanner: Scanner, key: str) -> None:
+    rng = random.Random(key)
+    for kind in (0, 2):
+        for body in _contexts(key, _token_value(rng, kind)):
+            types = [f.type for f in scanner.scan(body, json_strings=True).findings]
+            assert "generic_secret" in types, body
