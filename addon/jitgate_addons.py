@@ -13,6 +13,7 @@ from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
+from addon.graceful_stop import GracefulStop
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.log_json import FlowLog, LogJson
@@ -41,13 +42,16 @@ approval_hold = fail_closed(ApprovalHold())
 credential_inject = fail_closed(CredentialInject())
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
+# At SIGTERM: stop accepting, let flows in flight finish (their records written), then the recorder ships.
+graceful_stop = fail_closed(GracefulStop())
 session_recorder = fail_closed(SessionRecorder())
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
     log_json, PolicyRefresh(), http_only, upstream_sni,
-    token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
+    token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, graceful_stop,
+    session_recorder,
     upstream_timeout,
     FlowLog(),  # one JSON line per refused or failed flow (after every other hook decided)
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans

@@ -115,6 +115,11 @@ OPTIONS: dict[str, Option] = {
             "Seconds an upstream secret is used before it is re-read.",
         ),
         Option("jitgate_upstream_ca", str, "", "PEM file of a private CA trusted upstream, besides the public roots."),
+        # graceful_stop
+        Option(
+            "jitgate_drain_timeout", str, "30s",
+            "At SIGTERM, how long flows in flight may take to finish before the spool ships and the gateway exits.",
+        ),
         # session_recorder
         Option("jitgate_bucket", str, "", "Audit bucket for session records; empty keeps them in the spool."),
         Option("jitgate_spool_dir", str, "", "Durable spool directory; empty means <confdir>/jitgate-spool."),
@@ -128,6 +133,10 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("jitgate_record_body_cap", int, 8192, "Bytes of each masked body kept in a record."),
         Option("jitgate_upload_backoff_max_ms", int, 30_000, "Longest wait (ms) between upload retries."),
+        Option(
+            "jitgate_ship_timeout", str, "60s",
+            "At exit, how long the recorder goes on shipping the spool (segments left are shipped at the next start).",
+        ),
         Option(
             "jitgate_audit_required", bool, True,
             "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",

@@ -123,6 +123,12 @@ class CaUnavailable(Unavailable):
     code = "ca_unavailable"
 
 
+class GatewayStopping(Unavailable):
+    """The gateway is stopping (SIGTERM): a new request on an open connection is refused, to retry elsewhere."""
+
+    code = "gateway_stopping"
+
+
 class AuditUnavailable(Unavailable):
     """The record cannot be written (a gateway's flow record, the broker's token event); nothing goes on unrecorded."""
 
