@@ -14,9 +14,12 @@ from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
 from addon.flow_metadata import FlowMetadata
 from addon.gc_freeze import GcFreeze
+from addon.graceful_stop import GracefulStop
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
+from addon.log_json import FlowLog, LogJson
 from addon.pg_listener import PgListener
+from addon.policy_refresh import PolicyRefresh
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.settings import AwsClients
@@ -24,6 +27,8 @@ from addon.token_gate import TokenGate
 from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
 
+# Before anything logs: JSON log lines with nothing of the traffic, mitmdump's flow output kept off.
+log_json = LogJson()
 # mitmproxy's own 502/413/400 answers as JSON, raw relays parsed as HTTP, upstreams closable, and a
 # cheaper event dispatch: each checked against the mitmproxy it was written for. Where a needed one
 # differs this raises, and mitmdump exits at start ("error logged during startup").
@@ -45,14 +50,18 @@ leak_guard = fail_closed(LeakGuard(review_held=True, aws=aws))
 approval_hold = fail_closed(ApprovalHold(aws=aws))
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
+# At SIGTERM: stop accepting, let flows in flight finish (their records written), then the recorder ships.
+graceful_stop = fail_closed(GracefulStop())
 session_recorder = fail_closed(SessionRecorder(aws=aws))
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 addons = [
-    http_only, upstream_sni,
-    token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
+    log_json, PolicyRefresh(), http_only, upstream_sni,
+    token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, graceful_stop,
+    session_recorder,
     upstream_timeout,
+    FlowLog(),  # one JSON line per refused or failed flow (after every other hook decided)
     FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
     # The Postgres path: a listener of its own on this event loop (no flow hooks; off unless jitgate_pg_listen).
     PgListener(aws=aws),

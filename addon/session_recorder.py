@@ -33,6 +33,7 @@ from mitmproxy.addonmanager import Loader
 
 from addon import body, meta, settings
 from addon.respond import refuse
+from jitgate import durations
 from jitgate.errors import AuditUnavailable
 from jitgate.recording import Exchange, record_of
 from jitgate.records import SessionRecord
@@ -53,6 +54,7 @@ _OWN = frozenset(
         "jitgate_record_body_cap",
         "jitgate_audit_required",
         "jitgate_upload_backoff_max_ms",
+        "jitgate_ship_timeout",
     }
 )
 
@@ -106,6 +108,7 @@ class SessionRecorder:
         self.body_cap = 8192
         self.required = True
         self.reserve_bytes = 0
+        self.ship_timeout = 60.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitgate-recorder")
         self.write_failures = 0
         self._wiring: tuple[Any, ...] = ()
@@ -129,6 +132,10 @@ class SessionRecorder:
         ):
             if getattr(opts, name) <= 0:
                 raise settings.options_error(f"{name} must be positive")
+        try:
+            self.ship_timeout = durations.parse_seconds(opts.jitgate_ship_timeout)
+        except ValueError as exc:
+            raise settings.options_error(f"jitgate_ship_timeout: {exc}") from None
         gateway = opts.jitgate_gateway_id or socket.gethostname()
         if not gateway.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise settings.options_error("jitgate_gateway_id may hold letters, digits, '-', '_' and '.' only")
@@ -191,13 +198,15 @@ class SessionRecorder:
 
         return put
 
-    def _stop(self) -> None:
+    def _stop(self, **budget: float) -> None:
         if self.uploader is not None:
-            self.uploader.stop()
+            self.uploader.stop(**budget)
             self.uploader = None
 
     def done(self) -> None:
-        self._stop()
+        # At exit (SIGTERM: after addon/graceful_stop.py let the flows in flight finish): the open
+        # segment closes and every segment ships, within jitgate_ship_timeout all told.
+        self._stop(flush_timeout=self.ship_timeout, join_timeout=self.ship_timeout)
         self._executor.shutdown(wait=True)
 
     # -- hooks --------------------------------------------------------------------------------

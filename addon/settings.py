@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -25,7 +23,8 @@ from mitmproxy.addonmanager import Loader
 from jitgate import durations
 from jitgate.errors import PolicyError
 from jitgate.inspect.stream import DEFAULT_WINDOW
-from jitgate.policy import Policy, load_policy
+from jitgate.policy import Policy
+from jitgate.policy_source import S3_SCHEME, PolicySource
 
 DEFAULT_MAX_INSPECT = 16 * 1024 * 1024
 DEFAULT_SECRET_TTL = 300
@@ -45,7 +44,15 @@ OPTIONS: dict[str, Option] = {
     o.name: o
     for o in (
         # shared
-        Option("jitgate_policy", str, "", "Path of the jitgate policy YAML (the same file the broker reads)."),
+        Option(
+            "jitgate_policy", str, "",
+            "The jitgate policy YAML (the same file the broker reads): a path or s3://bucket/key.",
+        ),
+        # policy_refresh
+        Option(
+            "jitgate_policy_refresh", str, "30",
+            "Seconds (or '1m') between checks of the policy's version (file mtime, S3 ETag); 0: never re-read.",
+        ),
         Option("jitgate_table", str, "", "DynamoDB table shared with the broker (revocations, usage counters)."),
         Option(
             "jitgate_aws_endpoint", str, "", "AWS endpoint URL for local use (a moto server); empty means AWS itself."
@@ -111,6 +118,11 @@ OPTIONS: dict[str, Option] = {
             "Seconds an upstream secret is used before it is re-read.",
         ),
         Option("jitgate_upstream_ca", str, "", "PEM file of a private CA trusted upstream, besides the public roots."),
+        # graceful_stop
+        Option(
+            "jitgate_drain_timeout", str, "30s",
+            "At SIGTERM, how long flows in flight may take to finish before the spool ships and the gateway exits.",
+        ),
         # session_recorder
         Option("jitgate_bucket", str, "", "Audit bucket for session records; empty keeps them in the spool."),
         Option("jitgate_spool_dir", str, "", "Durable spool directory; empty means <confdir>/jitgate-spool."),
@@ -124,6 +136,10 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("jitgate_record_body_cap", int, 8192, "Bytes of each masked body kept in a record."),
         Option("jitgate_upload_backoff_max_ms", int, 30_000, "Longest wait (ms) between upload retries."),
+        Option(
+            "jitgate_ship_timeout", str, "60s",
+            "At exit, how long the recorder goes on shipping the spool (segments left are shipped at the next start).",
+        ),
         Option(
             "jitgate_audit_required", bool, True,
             "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",
@@ -156,21 +172,34 @@ def options_error(message: str) -> exceptions.OptionsError:
     return exceptions.OptionsError(message)  # type: ignore[no-untyped-call]
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, mtime_ns: int) -> Policy:
-    return load_policy(path)
+_POLICY_AWS: list[AwsClients] = []  # one factory for the policy's S3 reads, made on first use
 
 
-def policy_from(path: str) -> Policy:
-    """The validated policy at `path`; a missing or bad file is an OptionsError that stops the start."""
-    if not path:
-        raise options_error("jitgate_policy is required: the path of the policy YAML")
+def _s3_for_policy() -> Any:
+    from mitmproxy import ctx
+
+    if not _POLICY_AWS:
+        _POLICY_AWS.append(AwsClients())
+    return _POLICY_AWS[0].client("s3", ctx.options)
+
+
+# One per process: every addon runs on the same policy, and addon/policy_refresh.py replaces it.
+POLICIES = PolicySource(_s3_for_policy)
+
+
+def policy_from(location: str) -> Policy:
+    """The policy in use at `location` (a file or s3://bucket/key); a file that changed is read again.
+
+    Missing, unreadable or invalid: an OptionsError, which stops the start (or refuses the option
+    change). Changes while running are picked up by addon/policy_refresh.py, which keeps the last
+    good policy when a new version is bad.
+    """
+    if not location:
+        raise options_error("jitgate_policy is required: the policy YAML, a file or s3://bucket/key")
     try:
-        mtime = Path(path).stat().st_mtime_ns
-    except OSError as exc:
-        raise options_error(f"jitgate_policy: cannot read {path}: {exc.strerror}") from None
-    try:
-        return _load(path, mtime)
+        if not location.startswith(S3_SCHEME):
+            POLICIES.refresh(location)  # a stat: an edited file is read at the next configure
+        return POLICIES.current(location).policy
     except PolicyError as exc:
         raise options_error(f"jitgate_policy: {exc.message}") from None
 

@@ -34,24 +34,35 @@ _DEDUP = (
 )
 
 
+SINCE = "{since}"  # in a query's text: the first day partition of its window
+
+
+def _since(days: int) -> str:
+    """The first `dt` of the last `days` days, as SQL both Athena (Trino) and DuckDB evaluate."""
+    # `days` goes through int(): nothing from outside reaches the SQL text.
+    return f"CAST(CAST(current_date - INTERVAL '{int(days)}' DAY AS DATE) AS VARCHAR)"
+
+
 @dataclass(frozen=True)
 class NamedQuery:
     name: str
     description: str
-    sql: str  # reads `sessions_unique` and `token_events`; `?` for each parameter
+    sql: str  # reads `sessions_unique` and `token_events`; `?` for each parameter; SINCE for the window
     params: tuple[str, ...] = ()
+    days: int = ATHENA_DAYS  # the window: day partitions read
 
-    def athena_sql(self, days: int = ATHENA_DAYS) -> str:
-        """The same query for Athena: `sessions_unique` becomes a CTE over the Glue table.
+    def athena_sql(self, days: int | None = None) -> str:
+        """The query's one text, run by Athena (the template's named query) and by `jitgate audit`
+        on DuckDB alike: `sessions_unique` becomes a CTE over the `sessions` table.
 
-        The CTE keeps the last `days` days of partitions, so partition projection prunes the
-        scan (Athena bills by bytes read); the text stays valid DuckDB as well.
+        The CTE keeps the last `days` days of partitions (the query's own window by default), so
+        partition projection prunes the scan (Athena bills by bytes read); SINCE in the text
+        (a `token_events` filter) stands for the same first day.
         """
-        window = f"WHERE dt >= CAST(CAST(current_date - INTERVAL '{int(days)}' DAY AS DATE) AS VARCHAR)"
-        # `days` went through int(): nothing from outside reaches the SQL text.
+        since = _since(self.days if days is None else days)
         ranked = "SELECT *, row_number() OVER (PARTITION BY record_id ORDER BY ts) AS dup_rank FROM sessions "
-        dedup = f"SELECT * FROM ({ranked}{window}) WHERE dup_rank = 1"  # noqa: S608
-        body = self.sql.strip()
+        dedup = f"SELECT * FROM ({ranked}WHERE dt >= {since}) WHERE dup_rank = 1"  # noqa: S608
+        body = self.sql.strip().replace(SINCE, since)
         if body[:5].upper() == "WITH ":
             return f"WITH sessions_unique AS ({dedup}),\n{body[5:]}"
         return f"WITH sessions_unique AS ({dedup})\n{body}"
@@ -127,6 +138,16 @@ SELECT i.jti, i.sub, i.conn, i.grant_name, i.issued_at, i.expires_at, coalesce(u
        coalesce(u.blocked, 0) AS blocked, u.first_use, u.last_use
 FROM issued AS i LEFT JOIN used AS u ON i.jti = u.jti
 ORDER BY i.issued_at, i.jti""",
+        ),
+        NamedQuery(
+            "tokens-by-subject",
+            "Tokens issued, denied and revoked per subject and connection, last 7 days.",
+            """SELECT sub, conn, event_type, code, count(*) AS n
+FROM token_events
+WHERE dt >= {since}
+GROUP BY sub, conn, event_type, code
+ORDER BY n DESC, sub, conn, event_type, code""",
+            days=7,
         ),
     )
 }

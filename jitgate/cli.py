@@ -6,7 +6,11 @@ import importlib
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Just-in-time access for rerank pipelines.")
+# No local variables in tracebacks: they can hold a token, a secret's value or a CA key.
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+    help="Just-in-time access for rerank pipelines.",
+)
 
 # (module under jitgate.commands, command group name); each module exposes `app: typer.Typer`.
 _GROUPS: list[tuple[str, str]] = [
@@ -14,6 +18,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("audit", "audit"),
     ("sessions", "sessions"),
     ("approvals", "approvals"),
+    ("ca", "ca"),
 ]
 
 

@@ -110,6 +110,25 @@ class PolicyError(JitgateError):
     status = 500
 
 
+class CaInvalid(JitgateError):
+    """The gateway CA given (a secret's value, a file) is not one CA certificate with its key."""
+
+    code = "ca_invalid"
+    status = 500
+
+
+class CaUnavailable(Unavailable):
+    """The gateway CA could not be read from or stored in Secrets Manager."""
+
+    code = "ca_unavailable"
+
+
+class GatewayStopping(Unavailable):
+    """The gateway is stopping (SIGTERM): a new request on an open connection is refused, to retry elsewhere."""
+
+    code = "gateway_stopping"
+
+
 class AuditUnavailable(Unavailable):
     """The record cannot be written (a gateway's flow record, the broker's token event); nothing goes on unrecorded."""
 

@@ -433,19 +433,31 @@ class Uploader:
         self._thread = threading.Thread(target=self._run, name="jitgate-spool-uploader", daemon=True)
         self._thread.start()
 
-    def stop(self, *, flush_timeout: float = 5.0) -> None:
-        """Close the open segment and try to ship what is left for up to `flush_timeout` seconds."""
+    def stop(self, *, flush_timeout: float = 5.0, join_timeout: float = 60.0) -> None:
+        """Close the open segment and try to ship what is left; wait at most `join_timeout` for an
+        upload in flight, and ship until `flush_timeout` after this call at the latest.
+
+        An upload that outlasts `join_timeout` is left running (a daemon thread: the process exits
+        under it) and nothing more is shipped from here: what it and the rest were shipping stays
+        in the spool, closed, and the next start ships it.
+        """
+        deadline = time.monotonic() + flush_timeout
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=60)  # an upload in flight ends within the client's timeouts
+            self._thread.join(timeout=join_timeout)  # an upload in flight ends within the client's timeouts
+            if self._thread.is_alive():
+                log.warning("an upload outlasted %.0fs; unshipped segments stay in the spool", join_timeout)
+                self.spool.close()
+                return
         self.spool.close()
         if self._put is None:
             self.spool.release()
             return
-        deadline = time.monotonic() + flush_timeout
         while self.spool.closed_segments() and time.monotonic() < deadline:
             try:
                 self.ship_pending()
             except Exception:  # left on disk; shipped at the next start
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        if left := len(self.spool.closed_segments()):
+            log.warning("%d segments not shipped in %.0fs; unshipped segments stay in the spool", left, flush_timeout)
         self.spool.release()

@@ -33,7 +33,11 @@ RegionOpt = Annotated[str, typer.Option("--region", envvar="AWS_REGION", help="A
 CacheOpt = Annotated[Path, typer.Option("--cache", help="Local copy of the bucket's audit objects.")]
 NoSyncOpt = Annotated[bool, typer.Option("--no-sync", help="Query the cache as it is, without pulling new objects.")]
 DaysOpt = Annotated[
-    int, typer.Option("--days", envvar="JITGATE_AUDIT_DAYS", help="Pull only the last N day partitions (0: all).")
+    int,
+    typer.Option(
+        "--days", envvar="JITGATE_AUDIT_DAYS",
+        help="Pull and query the last N day partitions (0: pull all; a named query reads its window, as on Athena).",
+    ),
 ]
 AthenaOpt = Annotated[bool, typer.Option("--athena", help="Run on Athena over the Glue tables instead of DuckDB.")]
 WorkgroupOpt = Annotated[
@@ -88,7 +92,6 @@ def _print(result: audit.Result, fmt: str) -> None:
 
 def _run(
     sql: str,
-    athena_sql: str,
     params: list[str],
     *,
     source: Source,
@@ -99,9 +102,7 @@ def _run(
 ) -> None:
     try:
         if athena:
-            result = audit.run_athena(
-                source.client("athena"), athena_sql, params, workgroup=workgroup, database=database
-            )
+            result = audit.run_athena(source.client("athena"), sql, params, workgroup=workgroup, database=database)
         else:
             result = audit.run_duckdb(source.connect(), sql, params)
     except typer.BadParameter:
@@ -131,9 +132,9 @@ def sql_command(
     Relations: sessions, sessions_unique (duplicates dropped by record_id) and token_events.
     """
     # On Athena too, `sessions_unique` means the deduplicated sessions (a CTE in front of the SQL).
+    # Ad-hoc SQL reads every partition pulled; on Athena, `sessions_unique` is the dedup CTE in front.
     _run(
-        sql,
-        audit.NamedQuery("sql", "ad-hoc", sql).athena_sql(),
+        audit.NamedQuery("sql", "ad-hoc", sql).athena_sql() if athena else sql,
         [],
         source=Source(bucket, endpoint_url, region, cache, no_sync, days),
         athena=athena,
@@ -161,8 +162,7 @@ def who_reranked(
     q = audit.NAMED_QUERIES["who-reranked"]
     params = audit.bind(q, {"sha256": audit.fingerprint_arg(document)})
     _run(
-        q.sql,
-        q.athena_sql(),
+        q.athena_sql(days or None),
         params,
         source=Source(bucket, endpoint_url, region, cache, no_sync, days),
         athena=athena,
@@ -188,8 +188,7 @@ def _register_named(name: str) -> None:
         fmt: FormatOpt = "table",
     ) -> None:
         _run(
-            q.sql,
-            q.athena_sql(),
+            q.athena_sql(days or None),
             [],
             source=Source(bucket, endpoint_url, region, cache, no_sync, days),
             athena=athena,
@@ -208,6 +207,7 @@ for _name, _query in audit.NAMED_QUERIES.items():
 
 @app.command("queries")
 def queries(athena: AthenaOpt = False) -> None:
-    """Print the named queries (the DuckDB text, or the Athena text with --athena)."""
+    """Print the named queries: the one text Athena runs and `jitgate audit <name>` runs on DuckDB
+    (--athena is accepted and changes nothing)."""
     for q in audit.NAMED_QUERIES.values():
-        typer.echo(f"-- {q.name}: {q.description}\n{q.athena_sql() if athena else q.sql};\n")
+        typer.echo(f"-- {q.name}: {q.description} (last {q.days} days)\n{q.athena_sql()};\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 
 from jitgate.capture import capture_unavailable_reason
-from jitgate.devstack.gateway import ENTRY, MITMDUMP
+from jitgate.devstack.gateway import mitmdump_argv
 
 out = Console(stderr=True)
 
@@ -56,16 +57,27 @@ def dev(
 
 
 def gateway(
-    policy: Annotated[Path, typer.Option(envvar="JITGATE_POLICY", help="Policy YAML.")],
+    policy: Annotated[str, typer.Option(envvar="JITGATE_POLICY", help="Policy YAML: a file, or s3://bucket/key.")],
     jwks_url: Annotated[str, typer.Option(envvar="JITGATE_JWKS_URL", help="Broker JWKS URL.")],
     table: Annotated[str, typer.Option(envvar="JITGATE_TABLE", help="DynamoDB table.")],
     bucket: Annotated[str, typer.Option(envvar="JITGATE_BUCKET", help="Audit bucket.")] = "",
     issuer: Annotated[str, typer.Option(envvar="JITGATE_ISSUER", help="Token `iss` (broker URL).")] = "",
     listen_host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     listen_port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    confdir: Annotated[str, typer.Option(envvar="JITGATE_CONFDIR", help="mitmproxy confdir (the gateway CA).")] = "",
     spool_dir: Annotated[str, typer.Option(envvar="JITGATE_SPOOL_DIR")] = "",
     upstream_ca: Annotated[str, typer.Option(envvar="JITGATE_UPSTREAM_CA")] = "",
     aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
+    policy_refresh: Annotated[
+        str, typer.Option(envvar="JITGATE_POLICY_REFRESH", help="Seconds between policy version checks (0: off).")
+    ] = "",
+    mask_key_secret: Annotated[
+        str, typer.Option(envvar="JITGATE_MASK_KEY_SECRET", help="Secret holding the mask key (tags match fleet-wide).")
+    ] = "",
+    gateway_id: Annotated[str, typer.Option(envvar="JITGATE_GATEWAY_ID", help="Name in records (default: host).")] = "",
+    ca_secret: Annotated[
+        str, typer.Option(envvar="JITGATE_CA_SECRET", help="Secret holding the fleet's CA (`jitgate ca init`).")
+    ] = "",
     capture: Annotated[str | None, typer.Option(help="Transparently capture this process (eBPF).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
     pg_listen: Annotated[
@@ -73,16 +85,18 @@ def gateway(
     ] = "",
 ) -> None:
     """Run the gateway in the foreground: mitmdump with the jitgate addon chain and its options."""
-    argv = [str(MITMDUMP), "--listen-host", listen_host, "--listen-port", str(listen_port)]
+    extra: list[str] = []
     if capture:
         reason = capture_unavailable_reason()
         if reason:
             out.print(f"[red]jitgate: {reason}[/red]")
             raise typer.Exit(2)
-        argv += ["--mode", f"local:{capture}"]
+        extra += ["--mode", f"local:{capture}"]
+    if ca_secret:
+        confdir = _install_fleet_ca(ca_secret, confdir or "~/.mitmproxy", aws_endpoint)
     options = {
-        "connection_strategy": "lazy",
-        "jitgate_policy": str(policy),
+        "confdir": confdir,
+        "jitgate_policy": policy,
         "jitgate_jwks_url": jwks_url,
         "jitgate_table": table,
         "jitgate_bucket": bucket,
@@ -91,12 +105,33 @@ def gateway(
         "jitgate_upstream_ca": upstream_ca,
         "jitgate_aws_endpoint": aws_endpoint,
         "jitgate_pg_listen": pg_listen,
+        "jitgate_policy_refresh": policy_refresh,
+        "jitgate_mask_key_secret": mask_key_secret,
+        "jitgate_gateway_id": gateway_id,
     }
-    for name, value in options.items():
-        if value:
-            argv += ["--set", f"{name}={value}"]
-    for extra in set_ or []:
-        argv += ["--set", extra]
-    argv += ["-s", str(ENTRY)]
+    chosen = {name: value for name, value in options.items() if value}
+    for item in set_ or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            out.print(f"[red]jitgate: --set takes name=value, not {name!r}[/red]")
+            raise typer.Exit(2)
+        chosen[name] = value  # mitmdump takes one value per option: a later --set wins
+    argv = mitmdump_argv(listen_host=listen_host, listen_port=listen_port, options=chosen, extra_args=extra)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
+
+
+def _install_fleet_ca(secret: str, confdir: str, aws_endpoint: str) -> str:
+    """Write the fleet's CA from `secret` into `confdir` before mitmdump reads it; stop if it cannot be."""
+    from jitgate.commands.ca import secrets_client
+    from jitgate.errors import JitgateError
+    from jitgate.gateway_ca import install, load_secret
+
+    path = Path(confdir).expanduser()
+    try:
+        digest = install(path, load_secret(secrets_client(aws_endpoint, ""), secret))
+    except JitgateError as exc:  # never a new CA of our own: clients would not trust it
+        out.print(f"[red]jitgate gateway: {exc.code}: {exc.message}[/red]")
+        raise typer.Exit(1) from None
+    print(json.dumps({"level": "info", "logger": "jitgate.gateway", "event": "ca", "msg": f"fleet CA {digest}"}))
+    return str(path)

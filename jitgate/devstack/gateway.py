@@ -28,6 +28,10 @@ ENTRY = REPO / "addon" / "jitgate_addons.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 _LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
 _PG_LISTENING = re.compile(r"postgres listening at .*?:(\d+)")
+# mitmproxy options every gateway runs with, however it is started. mitmdump's flow output
+# (`flow_detail` above 0) prints each request's URL, query string and headers to stdout, and so
+# tokens and secrets to the logs: off. addon/log_json.py keeps it off if a later `--set` turns it on.
+GATEWAY_OPTIONS: dict[str, str] = {"flow_detail": "0", "connection_strategy": "lazy"}
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY")
 
 
@@ -44,6 +48,7 @@ class Gateway:
     confdir: Path
     log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=400))
     pg_port: int | None = None  # the Postgres listener's port, when `jitgate_pg_listen` is set
+    reader: threading.Thread | None = None  # fills `log`; done once the process closed its output
 
     @property
     def url(self) -> str:
@@ -67,6 +72,8 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self.reader is not None:
+            self.reader.join(timeout=10)  # every last line in `log`
 
     def __enter__(self) -> Gateway:
         return self
@@ -100,6 +107,28 @@ def jitgate_options(
     return opts
 
 
+def mitmdump_argv(
+    *,
+    listen_host: str,
+    listen_port: int,
+    options: Mapping[str, str],
+    script: Path | None = ENTRY,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The one argv every gateway runs: `jitgate gateway`, the dev stack, the image and the unit.
+
+    GATEWAY_OPTIONS come first and `options` after, so a caller may change connection_strategy;
+    flow_detail stays 0 whatever it says (addon/log_json.py).
+    """
+    argv = [str(MITMDUMP), "--listen-host", listen_host, "--listen-port", str(listen_port)]
+    for name, value in {**GATEWAY_OPTIONS, **options}.items():
+        argv += ["--set", f"{name}={value}"]
+    argv += list(extra_args)
+    if script is not None:
+        argv += ["-s", str(script)]
+    return argv
+
+
 def start_gateway(
     workdir: Path,
     *,
@@ -112,21 +141,37 @@ def start_gateway(
     """Start mitmdump with `script` (None: bare) and `--set` options; wait until it listens."""
     confdir = workdir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
-    argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0"]
-    argv += ["--set", f"confdir={confdir}", "--set", "connection_strategy=lazy", "--set", "flow_detail=0"]
-    if script is not None:
-        argv += ["-s", str(script)]
-    for name, value in options.items():
-        argv += ["--set", f"{name}={value}"]
-    argv += list(extra_args)
+    argv = mitmdump_argv(
+        listen_host="127.0.0.1",
+        listen_port=0,
+        options={"confdir": str(confdir), **options},
+        script=script,
+        extra_args=extra_args,
+    )
+    return launch(argv, confdir=confdir, env=env, bare=script is None, timeout=timeout)
+
+
+def launch(
+    argv: Sequence[str],
+    *,
+    confdir: Path,
+    env: Mapping[str, str] | None = None,
+    bare: bool = False,
+    timeout: float = 30.0,
+    log_lines: int = 400,
+) -> Gateway:
+    """Run `argv` (mitmdump, or `jitgate gateway` that becomes it) listening on port 0; wait until ready.
+
+    Every line it writes, stdout and stderr, is kept in `Gateway.log` (the last `log_lines`).
+    """
     child_env = {k: v for k, v in (os.environ if env is None else env).items() if k not in _PROXY_ENV}
     # Its output is a pipe: unbuffered, or the "listening" line may never reach us.
     child_env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
-        argv, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        list(argv), cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    log: collections.deque[str] = collections.deque(maxlen=400)
+    log: collections.deque[str] = collections.deque(maxlen=log_lines)
     port: int | None = None
     deadline = time.monotonic() + timeout
     while port is None:
@@ -148,14 +193,17 @@ def start_gateway(
         for rest in proc.stdout:
             log.append(rest.rstrip())
 
-    threading.Thread(target=_drain, daemon=True).start()
+    gateway.reader = threading.Thread(target=_drain, daemon=True)
+    gateway.reader.start()
     # mitmdump listens before a failing script makes it exit: probe until the chain answers.
     # A CONNECT to a host of no connection is refused (403) by jitgate and tunnelled (200) bare.
-    want = "200" if script is None else "403"
+    want = "200" if bare else "403"
+    # With a Postgres listener asked for, ready once it said where it listens too.
+    pg = "--pg-listen" in argv or any(a.startswith("jitgate_pg_listen=") and a != "jitgate_pg_listen=" for a in argv)
     while True:
         if proc.poll() is not None:
             raise RuntimeError("mitmdump exited during start:\n" + "\n".join(log))
-        if _probe(port) == want and (not options.get("jitgate_pg_listen") or _pg_port(gateway)):
+        if _probe(port) == want and (not pg or _pg_port(gateway)):
             return gateway
         if time.monotonic() > deadline:
             gateway.stop()

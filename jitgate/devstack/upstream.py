@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class Upstream:
         self.v1_shape = v1_shape
         self.record = record
         self.received: collections.deque[Received] = collections.deque(maxlen=max_records)
+        self.delay = 0.0  # seconds each answer waits (a slow upstream: flows stay in flight)
         self.connections = 0  # TCP connections accepted: a test can tell that nothing was relayed at all
         # The TLS server name (SNI) of each handshake, None when the client sent none: a test can
         # tell which name a front routing by SNI would have picked the backend by.
@@ -306,6 +308,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
+        if self.owner.delay:
+            time.sleep(self.owner.delay)
         status, payload = self.owner.handle(self.command, self.path, headers, body)
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -324,7 +328,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Serve until killed; print the base URL first. Keys come from JITGATE_UPSTREAM_KEYS (comma-separated)."""
     import argparse
     import os
-    import time
 
     parser = argparse.ArgumentParser(description="HTTPS rerank upstream with a private CA, on loopback.")
     parser.add_argument("--ca-out", required=True, help="where to write the private CA certificate (PEM)")

@@ -87,12 +87,11 @@ def test_iam_is_least_privilege(template: dict[str, Any]) -> None:
     raw = template["Resources"]["BrokerFunction"]["Properties"]["Policies"][0]["Statement"]
     statements = [s["If"][1] if "If" in s else s for s in raw]  # conditional ones, as when enabled
     actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert "kms:Sign" in actions and not any(a.endswith("*") for a in actions)
+    assert not any(a.endswith("*") for a in actions)
     (policy_read,) = [s for s in statements if s["Action"] == "s3:GetObject"]
     assert policy_read["Resource"]["Sub"][1]["Object"]["Select"][1]["Split"][1] == {"Ref": "PolicyS3Uri"}
     assert not any(a.startswith("secretsmanager:") for a in actions)  # the broker never reads credentials
-    (sign,) = [s for s in statements if s["Action"] == "kms:Sign"]
-    assert sign["Resource"] == {"GetAtt": "SigningKey.Arn"}
+    assert "kms:Sign" not in actions  # granted by the key's own policy, to this role only
     gateway = template["Resources"]["GatewayAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     (secrets,) = [s["If"][1] for s in gateway if "If" in s]
     # aws-secretsmanager-caching calls DescribeSecret before GetSecretValue; nothing else, no wildcard.
@@ -211,11 +210,35 @@ def test_broker_role_allows_every_aws_call_the_broker_makes(template: dict[str, 
     code = [*sorted((REPO / "broker").rglob("*.py")), REPO / "jitgate" / "approval_store.py"]
     code = [p for p in code if p.name != "local.py"]
     granted = _granted(template["Resources"]["BrokerFunction"]["Properties"]["Policies"][0]["Statement"])
-    assert _called_actions(code) <= granted
+    assert _called_actions(code) <= granted | {"kms:Sign", "kms:GetPublicKey"}  # (the key policy's)
 
 
 def test_gateway_policy_allows_every_aws_call_the_addons_make(template: dict[str, Any]) -> None:
     code = [*sorted((REPO / "addon").rglob("*.py")), REPO / "jitgate" / "approval_store.py"]
     granted = _granted(template["Resources"]["GatewayAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"])
-    missing = _called_actions(code) - granted - {"s3:GetObject", "kms:Sign"}
+    missing = _called_actions(code) - granted - {"s3:GetObject", "kms:Sign", "kms:GetPublicKey"}
     assert not missing, missing
+
+
+def test_only_the_broker_role_may_sign_with_the_token_key(template: dict[str, Any]) -> None:
+    """A key policy granting the account `kms:*` lets any principal with an account-wide kms:Sign
+    mint tokens the gateways accept; the account administers the key but does not use it."""
+    statements = template["Resources"]["SigningKey"]["Properties"]["KeyPolicy"]["Statement"]
+    signers = []
+    for st in statements:
+        actions = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+        assert "kms:*" not in actions and not any(a in ("kms:Sign*", "kms:S*") for a in actions), st
+        if any(a == "kms:Sign" for a in actions):
+            signers.append(st["Principal"])
+    assert signers == [{"AWS": {"GetAtt": "BrokerFunctionRole.Arn"}}]
+
+
+def test_audit_bucket_has_access_logging_and_an_object_lock_option(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    bucket = res["AuditBucket"]["Properties"]
+    assert bucket["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AuditAccessLogBucket"}
+    assert res["AuditAccessLogBucket"]["Type"] == "AWS::S3::Bucket"
+    assert template["Conditions"]["HasObjectLock"] == {"Not": [{"Equals": [{"Ref": "AuditObjectLockDays"}, 0]}]}
+    lock = bucket["ObjectLockConfiguration"]["If"]
+    assert lock[0] == "HasObjectLock"
+    assert lock[1]["Rule"]["DefaultRetention"] == {"Mode": "COMPLIANCE", "Days": {"Ref": "AuditObjectLockDays"}}

@@ -191,6 +191,15 @@ def test_rerank_calls_are_answerable_from_the_bucket(
 
     used = {r["jti"]: r["requests"] for r in _audit_json("tokens-issued-vs-used", **audit)}
     assert used.get(ranker["jti"]) == 1 and used.get(indexer["jti"]) == 3
+    # The other named queries, each the text Athena runs (its 30- or 7-day window), on these records.
+    activity = {r["sub"]: r for r in _audit_json("user-activity", **audit)}
+    assert activity[RANKER]["reranks"] >= 1 and activity[RANKER]["documents"] >= 2
+    assert activity[INDEXER]["blocked"] >= 1 and activity[INDEXER]["tokens"] >= 1
+    by_subject = _audit_json("tokens-by-subject", **audit)
+    issued = {(r["sub"], r["conn"]): r["n"] for r in by_subject if r["event_type"] == "issued"}
+    assert issued[(RANKER, "cohere-test")] >= 1 and issued[(INDEXER, "cohere-test")] >= 1
+    held = _audit_json("held-operations", **audit)  # none here; other tests' holds may share the bucket
+    assert all(r["decision"] in ("held", "approved", "denied") or r["apv"] for r in held)
 
     out = tmp_path / "flows.mitm"
     res = runner.invoke(

@@ -246,6 +246,9 @@ def test_a_flow_in_flight_at_shutdown_is_saved_without_the_credential(
             tmp_path, policy=write_policy(tmp_path, oidc_issuer.url, up), upstream=up,  # type: ignore[arg-type]
             broker=broker, stack=aws_stack, moto=moto_server, gateway_id="rel-inflight-" + secrets.token_hex(3),
             extra_args=["-w", str(flows_file)], tcp_timeout="30", jitgate_upstream_timeout="60s",
+            # The stop waits this long for the flow to finish (addon/graceful_stop.py), then the
+            # flow is still in flight when mitmproxy's save addon writes the file.
+            jitgate_drain_timeout="1s",
         )
         with gw:
             bundle = gw.client_bundle(tmp_path / "bundle.pem")
