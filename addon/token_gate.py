@@ -42,16 +42,6 @@ logger = logging.getLogger(__name__)
 
 JWKS_PATH = "/.well-known/jwks.json"
 PROXY_AUTHENTICATE = 'Basic realm="jitgate"'
-_OWN = frozenset(
-    {
-        "jitgate_jwks_url",
-        "jitgate_issuer",
-        "jitgate_revocation_refresh",
-        "jitgate_revocation_staleness",
-        "jitgate_jwks_refetch_interval",
-        "jitgate_jwks_refresh",
-    }
-)
 
 
 def fetch_jwks(url: str) -> KeySet:
@@ -93,16 +83,7 @@ class TokenGate:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(
-            loader,
-            *settings.SHARED,
-            "jitgate_jwks_url",
-            "jitgate_issuer",
-            "jitgate_revocation_refresh",
-            "jitgate_revocation_staleness",
-            "jitgate_jwks_refetch_interval",
-            "jitgate_jwks_refresh",
-        )
+        settings.add_options(loader, *settings.TokenGateSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
         if "onboarding" in updated and "onboarding" in ctx.options and ctx.options.onboarding:
@@ -111,31 +92,16 @@ class TokenGate:
             # without a token here, so it is switched off, whatever the command line said.
             ctx.options.update(onboarding=False)  # type: ignore[no-untyped-call]
             logger.info("jitgate: mitmproxy's onboarding app is off (it answers without a token)")
-        if not (updated & (_OWN | settings.SHARED)):
+        if not updated & set(settings.TokenGateSettings.NAMES):
             return
-        opts = ctx.options
-        self.policy = settings.policy_from(opts.jitgate_policy)
-        url = opts.jitgate_jwks_url
-        if not url.startswith(("https://", "http://")):
-            raise settings.options_error("jitgate_jwks_url must be the broker's http(s) JWKS URL")
-        self.jwks_url = url
-        self.issuer = opts.jitgate_issuer or (url.removesuffix(JWKS_PATH) if url.endswith(JWKS_PATH) else "")
-        if not self.issuer:
-            raise settings.options_error("jitgate_issuer is required when the JWKS URL does not end in " + JWKS_PATH)
-        if not opts.jitgate_table:
-            raise settings.options_error("jitgate_table is required: revocations are read from it")
-        refresh = settings.seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
-        staleness = settings.seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
-        refetch = settings.seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
-        self.jwks_refresh = settings.seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
-        if staleness <= refresh:
-            raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
-        self.revocations.table = opts.jitgate_table
-        self.revocations.interval, self.revocations.staleness = refresh, staleness
-        self.refetch_interval = refetch
+        s = settings.token_gate(ctx.options, JWKS_PATH)
+        self.policy, self.jwks_url, self.issuer = s.policy, s.jwks_url, s.issuer
+        self.jwks_refresh, self.refetch_interval = s.jwks_refresh, s.jwks_refetch_interval
+        self.revocations.table = s.table
+        self.revocations.interval, self.revocations.staleness = s.revocation_refresh, s.revocation_staleness
         self._results.clear()  # results under other settings do not carry over
         if not self._given_dynamodb:
-            self.revocations.dynamodb = self._aws.client("dynamodb", opts)
+            self.revocations.dynamodb = self._aws.client("dynamodb", ctx.options)
 
     def running(self) -> None:
         # One synchronous round at start so the first requests are not refused as stale.
