@@ -51,9 +51,6 @@ from jitgate.state import revoked_among
 
 logger = logging.getLogger(__name__)
 
-_OWN = frozenset(
-    {"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held"}
-)
 
 
 @dataclass
@@ -107,42 +104,19 @@ class ApprovalHold:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(
-            loader,
-            *settings.SHARED,
-            "jitgate_approval_timeout",
-            "jitgate_approval_poll",
-            "jitgate_approval_topic",
-            "jitgate_approval_max_held",
-            "jitgate_gateway_id",
-        )
+        settings.add_options(loader, *settings.ApprovalHoldSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
-        if not (updated & (_OWN | settings.SHARED)):
+        if not updated & set(settings.ApprovalHoldSettings.NAMES):
             return
         opts = ctx.options
-        self.policy = settings.policy_from(opts.jitgate_policy)
-        if not opts.jitgate_table:
-            raise settings.options_error("jitgate_table is required: holds are written to it")
-        timeout = settings.seconds(opts.jitgate_approval_timeout, "jitgate_approval_timeout")
-        poll = settings.seconds(opts.jitgate_approval_poll, "jitgate_approval_poll")
-        if poll >= timeout:
-            raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
-        if opts.jitgate_approval_topic and not opts.jitgate_approval_topic.startswith("arn:"):
-            raise settings.options_error("jitgate_approval_topic must be an SNS topic ARN")
-        if opts.jitgate_approval_max_held < 1:
-            raise settings.options_error("jitgate_approval_max_held must be at least 1")
-        self.timeout = timeout
-        self.poll = poll
-        self.max_held = opts.jitgate_approval_max_held
-        self.topic = opts.jitgate_approval_topic
-        if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
-            self.gateway = opts.jitgate_gateway_id
+        s = settings.approval_hold(opts)
+        self.policy, self.table, self.timeout, self.poll = s.policy, s.table, s.timeout, s.poll
+        self.max_held, self.topic, self.gateway = s.max_held, s.topic, s.gateway or self.gateway
         if not self._given_dynamodb:
             self._dynamodb = self._aws.client("dynamodb", opts)
         if self.topic and not self._given_sns:
             self._sns = self._aws.client("sns", opts)
-        self.table = opts.jitgate_table
         self.store = ApprovalStore(self._dynamodb, self.table)
 
     def done(self) -> None:

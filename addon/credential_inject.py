@@ -108,9 +108,7 @@ class CredentialInject:
         if updated & (settings.SHARED | {"jitgate_upstream_ca", "ssl_verify_upstream_trusted_ca", "ssl_insecure"}):
             self._http = None  # rebuilt with the current trust settings on first use
         if "jitgate_secret_ttl" in updated:
-            if ctx.options.jitgate_secret_ttl < 1:
-                raise settings.options_error("jitgate_secret_ttl must be at least 1 second")
-            self.ttl = self._memo.ttl = ctx.options.jitgate_secret_ttl
+            self.ttl = self._memo.ttl = settings.value(ctx.options, "jitgate_secret_ttl")
             self._memo.clear()
         if not (updated & settings.SHARED):
             return

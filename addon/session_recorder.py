@@ -19,11 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from botocore.config import Config as BotoConfig
@@ -40,21 +37,6 @@ from jitgate.spool import Spool, SpoolConfig, Uploader
 
 logger = logging.getLogger(__name__)
 
-_OWN = frozenset(
-    {
-        "jitgate_bucket",
-        "jitgate_spool_dir",
-        "jitgate_gateway_id",
-        "jitgate_sessions_prefix",
-        "jitgate_segment_bytes",
-        "jitgate_segment_ms",
-        "jitgate_fsync_ms",
-        "jitgate_spool_max_bytes",
-        "jitgate_record_body_cap",
-        "jitgate_audit_required",
-        "jitgate_upload_backoff_max_ms",
-    }
-)
 
 
 def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
@@ -113,48 +95,26 @@ class SessionRecorder:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(loader, *settings.SHARED, *sorted(_OWN))
+        settings.add_options(loader, *settings.SessionRecorderSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
-        if not (updated & (_OWN | settings.SHARED | {"confdir"})):
+        if not updated & {*settings.SessionRecorderSettings.NAMES, "confdir"}:
             return
         opts = ctx.options
-        for name in (
-            "jitgate_segment_bytes",
-            "jitgate_spool_max_bytes",
-            "jitgate_record_body_cap",
-            "jitgate_segment_ms",
-            "jitgate_fsync_ms",
-            "jitgate_upload_backoff_max_ms",
-        ):
-            if getattr(opts, name) <= 0:
-                raise settings.options_error(f"{name} must be positive")
-        gateway = opts.jitgate_gateway_id or socket.gethostname()
-        if not gateway.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise settings.options_error("jitgate_gateway_id may hold letters, digits, '-', '_' and '.' only")
-        directory = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
+        s = settings.session_recorder(opts)
         config = SpoolConfig(
-            directory=directory,
-            gateway=gateway,
-            max_segment_bytes=opts.jitgate_segment_bytes,
-            max_segment_age=opts.jitgate_segment_ms / 1000,
-            fsync_interval=opts.jitgate_fsync_ms / 1000,
-            max_bytes=opts.jitgate_spool_max_bytes,
-            probe_bytes=4 * opts.jitgate_record_body_cap + 64 * 1024,
+            directory=s.directory,
+            gateway=s.gateway,
+            max_segment_bytes=s.segment_bytes,
+            max_segment_age=s.segment_seconds,
+            fsync_interval=s.fsync_seconds,
+            max_bytes=s.spool_max_bytes,
+            # A record holds two capped bodies, the query and its lists: hold room for the worst case.
+            probe_bytes=4 * s.body_cap + 64 * 1024,
         )
-        self.gateway = gateway
-        self.body_cap = opts.jitgate_record_body_cap
-        self.required = opts.jitgate_audit_required
-        # A record holds two capped bodies, the query and its lists: hold room for the worst case.
+        self.gateway, self.body_cap, self.required = s.gateway, s.body_cap, s.audit_required
         self.reserve_bytes = config.probe_bytes
-        wiring = (
-            config,
-            opts.jitgate_bucket,
-            opts.jitgate_aws_endpoint,
-            opts.jitgate_aws_region,
-            opts.jitgate_sessions_prefix,
-            opts.jitgate_upload_backoff_max_ms,
-        )
+        wiring = (config, s.bucket, opts.jitgate_aws_endpoint, opts.jitgate_aws_region, s.prefix, s.backoff_max_seconds)
         if self.uploader is not None and wiring == self._wiring:
             return  # only the body cap / audit switch changed: keep the running spool
         self._wiring = wiring
@@ -163,19 +123,18 @@ class SessionRecorder:
         try:
             spool.start()
         except OSError as exc:
-            raise settings.options_error(f"jitgate_spool_dir: cannot use {directory}: {exc.strerror}") from None
+            raise settings.options_error(f"jitgate_spool_dir: cannot use {s.directory}: {exc.strerror}") from None
         self.spool = spool
         self.uploader = Uploader(
             spool,
-            self._put_fn(opts),
-            prefix=opts.jitgate_sessions_prefix,
-            backoff_base=min(0.5, opts.jitgate_upload_backoff_max_ms / 1000),
-            backoff_max=opts.jitgate_upload_backoff_max_ms / 1000,
+            self._put_fn(opts, s.bucket),
+            prefix=s.prefix,
+            backoff_base=min(0.5, s.backoff_max_seconds),
+            backoff_max=s.backoff_max_seconds,
         )
         self.uploader.start()  # ships leftovers of a previous run first
 
-    def _put_fn(self, opts: Any) -> Any:
-        bucket = opts.jitgate_bucket
+    def _put_fn(self, opts: Any, bucket: str) -> Any:
         if not bucket:
             logger.warning("jitgate_bucket is empty: session records stay in the spool")
             return None
