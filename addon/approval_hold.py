@@ -30,21 +30,8 @@ from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
 from jitgate import holds
 from jitgate.approval_store import ApprovalStore
-from jitgate.approvals import (
-    Approval,
-    RequestFacts,
-    State,
-    close,
-    risk_reasons,
-    state_at,
-)
-from jitgate.errors import (
-    ApprovalClosed,
-    ApprovalDenied,
-    ApprovalTimeout,
-    ApprovalUnavailable,
-    BodyNotDecodable,
-)
+from jitgate.approvals import Approval, RequestFacts, State, risk_reasons, state_at
+from jitgate.errors import ApprovalUnavailable, BodyNotDecodable
 from jitgate.policy import Connection, Policy
 from jitgate.records import Decision
 from jitgate.state import revoked_among
@@ -251,38 +238,15 @@ class ApprovalHold:
         """End an undecided hold in the table; a decision that landed first wins."""
         store = self.store
         assert store is not None
-        try:
-            _, after = await asyncio.to_thread(
-                store.update, hold_id, lambda a: close(a, "expired", now=self._clock()), now=self._clock
-            )
-            return state_at(after, self._clock())
-        except ApprovalClosed:
-            try:
-                found = await asyncio.to_thread(store.get, hold_id, now=self._clock())
-            except Exception:
-                found = None
-            if found is not None:
-                return state_at(found[0], self._clock())
-        except Exception as exc:  # unreadable table: the hold still ends, refused (fail closed)
-            logger.warning("jitgate: hold %s not closed in the table (%s)", hold_id, type(exc).__name__)
-        return "expired"
+        return await asyncio.to_thread(holds.close_undecided, store, hold_id, self._clock)
 
     def _finish(self, hold_id: str, state: State) -> None:
         held = self.held.pop(hold_id, None)
         if held is None:
             return
         flow = held.flow
-        if state == "approved":
-            meta.state_of(flow).decision = Decision.APPROVED
-        elif state == "denied":
-            meta.state_of(flow).decision = Decision.DENIED
-            refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
-        else:
-            meta.state_of(flow).decision = Decision.DENIED
-            refuse(
-                flow,
-                ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),
-                extra={"approval_id": hold_id},
-            )
+        meta.state_of(flow).decision, error = holds.ending(state, timeout=self.timeout)
+        if error is not None:
+            refuse(flow, error, extra={"approval_id": hold_id})
         logger.info("jitgate: hold %s ended: %s", hold_id, state)
         flow.resume()  # type: ignore[no-untyped-call]
