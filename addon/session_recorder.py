@@ -16,8 +16,6 @@ body holding a finding that was not masked in place (blocked, held for review or
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +31,7 @@ from addon.respond import refuse
 from jitgate.errors import AuditUnavailable
 from jitgate.recording import Exchange, record_of
 from jitgate.records import SessionRecord
-from jitgate.spool import Spool, SpoolConfig, Uploader
+from jitgate.spool import Spool, SpoolConfig, Uploader, append_record
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +162,11 @@ class SessionRecorder:
     def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow) or self.spool is None:
             return
-        try:
-            if self.spool.failing:  # the last write failed: do not forward what may not be recorded
-                raise OSError("spool is failing")
-            self.spool.reserve(self.reserve_bytes)
-        except OSError:
-            if self.required:
-                refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
-                return
-        else:
+        if self.spool.admit(self.reserve_bytes):
             meta.state_of(flow).spool_reserved = self.reserve_bytes
+        elif self.required:
+            refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
+            return
         meta.state_of(flow).audit_checked = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -196,19 +189,11 @@ class SessionRecorder:
             return
         state = meta.state_of(flow)
         reserved, state.spool_reserved, state.recorded = state.spool_reserved, 0, True
-        try:
-            line = self._line(flow)
-            # One write(2) into the page cache, here; a write that would wait (the segment busy,
-            # a rotation's fsync due, a failing disk) goes to the writer thread instead.
-            if not spool.try_append(line, reserved=reserved):
-                await asyncio.get_running_loop().run_in_executor(
-                    self._executor, functools.partial(spool.append, line, reserved=reserved)
-                )
+        try:  # the line is built on the event loop; the write goes to the writer thread if it would wait
+            await append_record(spool, lambda: self._line(flow), reserved=reserved, executor=self._executor)
         except Exception as exc:
             self.write_failures += 1
             logger.error("session record of flow %s not written: %s", flow.id, type(exc).__name__)
-            if self.spool is not None and reserved:
-                self.spool.unreserve(reserved)
             if self.required and state.audit_checked and flow.response is not None:
                 # The upstream answered but the answer cannot be recorded: it goes no further.
                 flow.response = None
