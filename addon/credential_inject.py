@@ -107,7 +107,7 @@ class CredentialInject:
             self._http = None  # rebuilt with the current trust settings on first use
         if "jitgate_secret_ttl" in updated:
             self.ttl = settings.value(ctx.options, "jitgate_secret_ttl")
-            self.secrets.reset(self.ttl)
+            self.secrets.set_ttl(self.ttl)
         if not (updated & settings.SHARED):
             return
         self.policy = settings.policy_from(ctx.options.jitgate_policy)

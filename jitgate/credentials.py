@@ -149,10 +149,14 @@ class SecretSource:
             self.memo.put(cred.secret_id, value)
         return value
 
-    def reset(self, ttl: float | None = None) -> None:
-        """Forget every value and cache (new settings); `ttl` replaces the TTL when given."""
+    def set_ttl(self, ttl: float) -> None:
+        """A new TTL: the values read so far are read again (through the caches they came from)."""
         with self._lock:
-            if ttl is not None:
-                self.memo.ttl = ttl
+            self.memo.ttl = ttl
+            self.memo.clear()
+
+    def reset(self) -> None:
+        """Forget every value and cache (a new policy or Secrets Manager client)."""
+        with self._lock:
             self._readers.clear()
             self.memo.clear()

@@ -106,12 +106,18 @@ def test_rotate_reads_afresh_and_keeps_the_old_value_when_that_fails(sm: Any) ->
     assert source.rotate(CONN) is None and source.get(CONN) == rotated != first
 
 
-def test_reset_forgets_values_and_sets_the_ttl(sm: Any) -> None:
+def test_a_new_ttl_rereads_through_the_same_cache_and_reset_drops_the_caches(sm: Any) -> None:
     now, made = [0.0], []
     source = _source(sm, now, made)
     source.get(CONN)
-    source.reset(5)
+    source.set_ttl(5)
     assert source.fresh(CONN) is None and source.memo.ttl == 5
     source.get(CONN)
+    assert len(made) == 1  # the cache it came from was kept
     now[0] = 5.0
-    assert source.fresh(CONN) is None and len(made) == 2
+    source.get(CONN)
+    assert len(made) == 2  # past the TTL: read through a new cache
+    source.reset()
+    assert source.fresh(CONN) is None
+    source.get(CONN)
+    assert len(made) == 3  # after the reset: another
