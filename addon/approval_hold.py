@@ -30,30 +30,14 @@ from addon.body import NOT_JSON, json_body
 from addon.respond import refuse
 from jitgate import holds
 from jitgate.approval_store import ApprovalStore
-from jitgate.approvals import (
-    Approval,
-    RequestFacts,
-    State,
-    close,
-    risk_reasons,
-    state_at,
-)
-from jitgate.errors import (
-    ApprovalClosed,
-    ApprovalDenied,
-    ApprovalTimeout,
-    ApprovalUnavailable,
-    BodyNotDecodable,
-)
+from jitgate.approvals import Approval, RequestFacts, State, risk_reasons, state_at
+from jitgate.errors import ApprovalUnavailable, BodyNotDecodable
 from jitgate.policy import Connection, Policy
 from jitgate.records import Decision
 from jitgate.state import revoked_among
 
 logger = logging.getLogger(__name__)
 
-_OWN = frozenset(
-    {"jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held"}
-)
 
 
 @dataclass
@@ -107,42 +91,19 @@ class ApprovalHold:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(
-            loader,
-            *settings.SHARED,
-            "jitgate_approval_timeout",
-            "jitgate_approval_poll",
-            "jitgate_approval_topic",
-            "jitgate_approval_max_held",
-            "jitgate_gateway_id",
-        )
+        settings.add_options(loader, *settings.ApprovalHoldSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
-        if not (updated & (_OWN | settings.SHARED)):
+        if not updated & set(settings.ApprovalHoldSettings.NAMES):
             return
         opts = ctx.options
-        self.policy = settings.policy_from(opts.jitgate_policy)
-        if not opts.jitgate_table:
-            raise settings.options_error("jitgate_table is required: holds are written to it")
-        timeout = settings.seconds(opts.jitgate_approval_timeout, "jitgate_approval_timeout")
-        poll = settings.seconds(opts.jitgate_approval_poll, "jitgate_approval_poll")
-        if poll >= timeout:
-            raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
-        if opts.jitgate_approval_topic and not opts.jitgate_approval_topic.startswith("arn:"):
-            raise settings.options_error("jitgate_approval_topic must be an SNS topic ARN")
-        if opts.jitgate_approval_max_held < 1:
-            raise settings.options_error("jitgate_approval_max_held must be at least 1")
-        self.timeout = timeout
-        self.poll = poll
-        self.max_held = opts.jitgate_approval_max_held
-        self.topic = opts.jitgate_approval_topic
-        if "jitgate_gateway_id" in opts and opts.jitgate_gateway_id:
-            self.gateway = opts.jitgate_gateway_id
+        s = settings.approval_hold(opts)
+        self.policy, self.table, self.timeout, self.poll = s.policy, s.table, s.timeout, s.poll
+        self.max_held, self.topic, self.gateway = s.max_held, s.topic, s.gateway or self.gateway
         if not self._given_dynamodb:
             self._dynamodb = self._aws.client("dynamodb", opts)
         if self.topic and not self._given_sns:
             self._sns = self._aws.client("sns", opts)
-        self.table = opts.jitgate_table
         self.store = ApprovalStore(self._dynamodb, self.table)
 
     def done(self) -> None:
@@ -278,38 +239,15 @@ class ApprovalHold:
         """End an undecided hold in the table; a decision that landed first wins."""
         store = self.store
         assert store is not None
-        try:
-            _, after = await asyncio.to_thread(
-                store.update, hold_id, lambda a: close(a, "expired", now=self._clock()), now=self._clock
-            )
-            return state_at(after, self._clock())
-        except ApprovalClosed:
-            try:
-                found = await asyncio.to_thread(store.get, hold_id, now=self._clock())
-            except Exception:
-                found = None
-            if found is not None:
-                return state_at(found[0], self._clock())
-        except Exception as exc:  # unreadable table: the hold still ends, refused (fail closed)
-            logger.warning("jitgate: hold %s not closed in the table (%s)", hold_id, type(exc).__name__)
-        return "expired"
+        return await asyncio.to_thread(holds.close_undecided, store, hold_id, self._clock)
 
     def _finish(self, hold_id: str, state: State) -> None:
         held = self.held.pop(hold_id, None)
         if held is None:
             return
         flow = held.flow
-        if state == "approved":
-            meta.state_of(flow).decision = Decision.APPROVED
-        elif state == "denied":
-            meta.state_of(flow).decision = Decision.DENIED
-            refuse(flow, ApprovalDenied("an approver denied this request"), extra={"approval_id": hold_id})
-        else:
-            meta.state_of(flow).decision = Decision.DENIED
-            refuse(
-                flow,
-                ApprovalTimeout(f"no approver decided within {self.timeout:g} s; the request was not forwarded"),
-                extra={"approval_id": hold_id},
-            )
+        meta.state_of(flow).decision, error = holds.ending(state, timeout=self.timeout)
+        if error is not None:
+            refuse(flow, error, extra={"approval_id": hold_id})
         logger.info("jitgate: hold %s ended: %s", hold_id, state)
         flow.resume()  # type: ignore[no-untyped-call]

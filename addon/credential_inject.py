@@ -19,7 +19,6 @@ import logging
 import os
 import ssl
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from mitmproxy.addonmanager import Loader
 from addon import meta, settings
 from addon.respond import refuse
 from jitgate import credentials
-from jitgate.credentials import secret_value
 from jitgate.errors import CredentialUnavailable, JitgateError
 from jitgate.policy import Connection, Policy
 
@@ -82,10 +80,10 @@ class CredentialInject:
         self._cache_factory = cache_factory or (
             lambda client: SecretCache(SecretCacheConfig(secret_refresh_interval=self.ttl), client)
         )
-        self._caches: dict[str, SecretCache] = {}
-        # The hot path reads this without a thread hop.
-        self._memo = credentials.SecretMemo(settings.DEFAULT_SECRET_TTL, monotonic=monotonic)
-        self._fetch_lock = threading.Lock()
+        # The hot path reads its memo without a thread hop.
+        self.secrets = credentials.SecretSource(
+            settings.DEFAULT_SECRET_TTL, lambda: self._cache_factory(self._sm), monotonic=monotonic
+        )
         # Flows that carry the injected credential until their `response` or `error` (see `done`).
         self._carrying: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.ttl = settings.DEFAULT_SECRET_TTL
@@ -108,17 +106,14 @@ class CredentialInject:
         if updated & (settings.SHARED | {"jitgate_upstream_ca", "ssl_verify_upstream_trusted_ca", "ssl_insecure"}):
             self._http = None  # rebuilt with the current trust settings on first use
         if "jitgate_secret_ttl" in updated:
-            if ctx.options.jitgate_secret_ttl < 1:
-                raise settings.options_error("jitgate_secret_ttl must be at least 1 second")
-            self.ttl = self._memo.ttl = ctx.options.jitgate_secret_ttl
-            self._memo.clear()
+            self.ttl = settings.value(ctx.options, "jitgate_secret_ttl")
+            self.secrets.set_ttl(self.ttl)
         if not (updated & settings.SHARED):
             return
         self.policy = settings.policy_from(ctx.options.jitgate_policy)
         if not self._given_sm:
             self._sm = self._aws.client("secretsmanager", ctx.options)
-        self._caches.clear()
-        self._memo.clear()
+        self.secrets.reset()
 
     def done(self) -> None:
         # mitmproxy saves the flows still in flight when it stops (`-w`); its Save addon's `done`
@@ -130,46 +125,13 @@ class CredentialInject:
 
     # -- secrets ----------------------------------------------------------------------------
 
-    def _cache(self, secret_id: str) -> SecretCache:
-        cache = self._caches.get(secret_id)
-        if cache is None:
-            cache = self._caches[secret_id] = self._cache_factory(self._sm)
-        return cache
-
     def cached_secret(self, conn: Connection) -> str | None:
         """The connection's credential if it was read less than `ttl` seconds ago (no IO)."""
-        return self._memo.fresh(conn.credential.secret_id)
+        return self.secrets.fresh(conn)
 
     def secret(self, conn: Connection) -> str:
-        """The connection's credential (blocking on a cache miss; run in a thread).
-
-        One fetch at a time, so a burst of first requests makes one Secrets Manager call.
-        """
-        cred = conn.credential
-        with self._fetch_lock:
-            value = self.cached_secret(conn)
-            if value is None:
-                if cred.secret_id in self._memo:
-                    # Past its TTL: a SecretCache whose refresh fails hands back its old value, so
-                    # read afresh through a new one; Secrets Manager unreachable then means 503.
-                    self._caches.pop(cred.secret_id, None)
-                value = secret_value(self._cache(cred.secret_id).get_secret_string(cred.secret_id), cred.json_key)
-                self._memo.put(cred.secret_id, value)
-        return value
-
-    def rotate(self, conn: Connection) -> str | None:
-        """Fetch the secret afresh into a new cache; the old one stays if the fetch fails."""
-        cred = conn.credential
-        fresh = self._cache_factory(self._sm)
-        try:
-            value = secret_value(fresh.get_secret_string(cred.secret_id), cred.json_key)
-        except Exception as exc:
-            logger.warning("jitgate: secret refresh for %s failed (%s)", conn.name, type(exc).__name__)
-            return None
-        with self._fetch_lock:
-            self._caches[cred.secret_id] = fresh
-            self._memo.put(cred.secret_id, value)
-        return value
+        """The connection's credential (blocking on a cache miss; run in a thread): jitgate.credentials."""
+        return self.secrets.get(conn)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -226,7 +188,7 @@ class CredentialInject:
         if conn is None:
             return
         old = flow.request.headers.get(conn.credential.header)
-        fresh = await asyncio.to_thread(self.rotate, conn)
+        fresh = await asyncio.to_thread(self.secrets.rotate, conn)
         if fresh is None:
             return
         apply_credential(flow.request, conn, fresh)

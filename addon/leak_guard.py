@@ -57,22 +57,15 @@ class LeakGuard:
         self.window = DEFAULT_WINDOW
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(
-            loader,
-            *settings.SHARED,
-            "jitgate_max_inspect_bytes",
-            "jitgate_mask_key_secret",
-            "jitgate_inspect_engine",
-            "jitgate_pii_phone_regions",
-            "jitgate_stream_window",
-        )
+        settings.add_options(loader, *settings.LeakGuardSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
+        if not updated & set(settings.LeakGuardSettings.NAMES):
+            return
         opts = ctx.options
+        s = settings.leak_guard(opts)
+        self.max_bytes, self.window, self.policy = s.max_bytes, s.window, s.policy
         if "jitgate_max_inspect_bytes" in updated:
-            if opts.jitgate_max_inspect_bytes < 1024:
-                raise settings.options_error("jitgate_max_inspect_bytes must be at least 1024")
-            self.max_bytes = opts.jitgate_max_inspect_bytes
             # A body refused in `requestheaders` is still read into memory whole by mitmproxy; past
             # twice the limit mitmproxy itself refuses it (413) before reading it, so memory stays bounded.
             bound = 2 * self.max_bytes
@@ -80,29 +73,19 @@ class LeakGuard:
             current = human.parse_size(opts.body_size_limit) if has_limit and opts.body_size_limit else None
             if has_limit and (current is None or current > bound):
                 ctx.options.update(body_size_limit=str(bound))  # type: ignore[no-untyped-call]
-        if "jitgate_stream_window" in updated:
-            if not 256 <= opts.jitgate_stream_window <= 1 << 20:
-                raise settings.options_error("jitgate_stream_window must be between 256 and 1048576")
-            self.window = opts.jitgate_stream_window
-        if "jitgate_inspect_engine" in updated and opts.jitgate_inspect_engine not in ("auto", "hyperscan", "re"):
-            raise settings.options_error("jitgate_inspect_engine must be auto, hyperscan or re")
-        if updated & settings.SHARED:
-            self.policy = settings.policy_from(opts.jitgate_policy)
         if self._given is None and updated & {
             "jitgate_mask_key_secret", "jitgate_inspect_engine", "jitgate_pii_phone_regions"
         }:
-            regions = [r.strip().upper() for r in opts.jitgate_pii_phone_regions.split(",") if r.strip()]
             try:
                 self.scanner = Scanner(
-                    self._mask_key(), engine=opts.jitgate_inspect_engine, phone_regions=regions or None
+                    self._mask_key(s.mask_key_secret), engine=s.engine, phone_regions=list(s.phone_regions) or None
                 )
             except RuntimeError as exc:  # hyperscan asked for but missing
                 raise settings.options_error(f"jitgate_inspect_engine: {exc}") from None
             except ValueError as exc:  # a region phonenumbers does not know
                 raise settings.options_error(f"jitgate_pii_phone_regions: {exc}") from None
 
-    def _mask_key(self) -> bytes:
-        secret_id = ctx.options.jitgate_mask_key_secret
+    def _mask_key(self, secret_id: str) -> bytes:
         if not secret_id:
             logger.warning("jitgate: no jitgate_mask_key_secret; masking tags correlate only within this process")
             return secrets.token_bytes(32)

@@ -77,19 +77,13 @@ class ScopeGuard:
         self.table = ""
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(loader, *settings.SHARED, "jitgate_usage_lease", "jitgate_max_inspect_bytes")
+        settings.add_options(loader, *settings.ScopeGuardSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
-        if "jitgate_usage_lease" in updated:
-            if not 1 <= ctx.options.jitgate_usage_lease <= 1000:
-                raise settings.options_error("jitgate_usage_lease must be between 1 and 1000")
-            self.lease = ctx.options.jitgate_usage_lease
-        if not (updated & settings.SHARED):
+        if not updated & set(settings.ScopeGuardSettings.NAMES):
             return
-        self.policy = settings.policy_from(ctx.options.jitgate_policy)
-        self.table = ctx.options.jitgate_table
-        if not self.table:
-            raise settings.options_error("jitgate_table is required: per-token request counters live in it")
+        s = settings.scope_guard(ctx.options)
+        self.lease, self.policy, self.table = s.lease, s.policy, s.table
         if not self._given_dynamodb:
             self._dynamodb = self._aws.client("dynamodb", ctx.options)
 

@@ -16,14 +16,9 @@ body holding a finding that was not masked in place (blocked, held for review or
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from botocore.config import Config as BotoConfig
@@ -33,30 +28,13 @@ from mitmproxy.addonmanager import Loader
 
 from addon import body, meta, settings
 from addon.respond import refuse
-from jitgate import durations
 from jitgate.errors import AuditUnavailable
 from jitgate.recording import Exchange, record_of
 from jitgate.records import SessionRecord
-from jitgate.spool import Spool, SpoolConfig, Uploader
+from jitgate.spool import Spool, SpoolConfig, Uploader, append_record
 
 logger = logging.getLogger(__name__)
 
-_OWN = frozenset(
-    {
-        "jitgate_bucket",
-        "jitgate_spool_dir",
-        "jitgate_gateway_id",
-        "jitgate_sessions_prefix",
-        "jitgate_segment_bytes",
-        "jitgate_segment_ms",
-        "jitgate_fsync_ms",
-        "jitgate_spool_max_bytes",
-        "jitgate_record_body_cap",
-        "jitgate_audit_required",
-        "jitgate_upload_backoff_max_ms",
-        "jitgate_ship_timeout",
-    }
-)
 
 
 def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
@@ -116,52 +94,27 @@ class SessionRecorder:
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(loader, *settings.SHARED, *sorted(_OWN))
+        settings.add_options(loader, *settings.SessionRecorderSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
-        if not (updated & (_OWN | settings.SHARED | {"confdir"})):
+        if not updated & {*settings.SessionRecorderSettings.NAMES, "confdir"}:
             return
         opts = ctx.options
-        for name in (
-            "jitgate_segment_bytes",
-            "jitgate_spool_max_bytes",
-            "jitgate_record_body_cap",
-            "jitgate_segment_ms",
-            "jitgate_fsync_ms",
-            "jitgate_upload_backoff_max_ms",
-        ):
-            if getattr(opts, name) <= 0:
-                raise settings.options_error(f"{name} must be positive")
-        try:
-            self.ship_timeout = durations.parse_seconds(opts.jitgate_ship_timeout)
-        except ValueError as exc:
-            raise settings.options_error(f"jitgate_ship_timeout: {exc}") from None
-        gateway = opts.jitgate_gateway_id or socket.gethostname()
-        if not gateway.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise settings.options_error("jitgate_gateway_id may hold letters, digits, '-', '_' and '.' only")
-        directory = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
+        s = settings.session_recorder(opts)
         config = SpoolConfig(
-            directory=directory,
-            gateway=gateway,
-            max_segment_bytes=opts.jitgate_segment_bytes,
-            max_segment_age=opts.jitgate_segment_ms / 1000,
-            fsync_interval=opts.jitgate_fsync_ms / 1000,
-            max_bytes=opts.jitgate_spool_max_bytes,
-            probe_bytes=4 * opts.jitgate_record_body_cap + 64 * 1024,
+            directory=s.directory,
+            gateway=s.gateway,
+            max_segment_bytes=s.segment_bytes,
+            max_segment_age=s.segment_seconds,
+            fsync_interval=s.fsync_seconds,
+            max_bytes=s.spool_max_bytes,
+            # A record holds two capped bodies, the query and its lists: hold room for the worst case.
+            probe_bytes=4 * s.body_cap + 64 * 1024,
         )
-        self.gateway = gateway
-        self.body_cap = opts.jitgate_record_body_cap
-        self.required = opts.jitgate_audit_required
-        # A record holds two capped bodies, the query and its lists: hold room for the worst case.
+        self.gateway, self.body_cap, self.required = s.gateway, s.body_cap, s.audit_required
+        self.ship_timeout = s.ship_timeout
         self.reserve_bytes = config.probe_bytes
-        wiring = (
-            config,
-            opts.jitgate_bucket,
-            opts.jitgate_aws_endpoint,
-            opts.jitgate_aws_region,
-            opts.jitgate_sessions_prefix,
-            opts.jitgate_upload_backoff_max_ms,
-        )
+        wiring = (config, s.bucket, opts.jitgate_aws_endpoint, opts.jitgate_aws_region, s.prefix, s.backoff_max_seconds)
         if self.uploader is not None and wiring == self._wiring:
             return  # only the body cap / audit switch changed: keep the running spool
         self._wiring = wiring
@@ -170,19 +123,18 @@ class SessionRecorder:
         try:
             spool.start()
         except OSError as exc:
-            raise settings.options_error(f"jitgate_spool_dir: cannot use {directory}: {exc.strerror}") from None
+            raise settings.options_error(f"jitgate_spool_dir: cannot use {s.directory}: {exc.strerror}") from None
         self.spool = spool
         self.uploader = Uploader(
             spool,
-            self._put_fn(opts),
-            prefix=opts.jitgate_sessions_prefix,
-            backoff_base=min(0.5, opts.jitgate_upload_backoff_max_ms / 1000),
-            backoff_max=opts.jitgate_upload_backoff_max_ms / 1000,
+            self._put_fn(opts, s.bucket),
+            prefix=s.prefix,
+            backoff_base=min(0.5, s.backoff_max_seconds),
+            backoff_max=s.backoff_max_seconds,
         )
         self.uploader.start()  # ships leftovers of a previous run first
 
-    def _put_fn(self, opts: Any) -> Any:
-        bucket = opts.jitgate_bucket
+    def _put_fn(self, opts: Any, bucket: str) -> Any:
         if not bucket:
             logger.warning("jitgate_bucket is empty: session records stay in the spool")
             return None
@@ -214,16 +166,11 @@ class SessionRecorder:
     def request(self, flow: http.HTTPFlow) -> None:
         if meta.refused(flow) or self.spool is None:
             return
-        try:
-            if self.spool.failing:  # the last write failed: do not forward what may not be recorded
-                raise OSError("spool is failing")
-            self.spool.reserve(self.reserve_bytes)
-        except OSError:
-            if self.required:
-                refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
-                return
-        else:
+        if self.spool.admit(self.reserve_bytes):
             meta.state_of(flow).spool_reserved = self.reserve_bytes
+        elif self.required:
+            refuse(flow, AuditUnavailable("the session record cannot be written; the request is refused"))
+            return
         meta.state_of(flow).audit_checked = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -246,19 +193,11 @@ class SessionRecorder:
             return
         state = meta.state_of(flow)
         reserved, state.spool_reserved, state.recorded = state.spool_reserved, 0, True
-        try:
-            line = self._line(flow)
-            # One write(2) into the page cache, here; a write that would wait (the segment busy,
-            # a rotation's fsync due, a failing disk) goes to the writer thread instead.
-            if not spool.try_append(line, reserved=reserved):
-                await asyncio.get_running_loop().run_in_executor(
-                    self._executor, functools.partial(spool.append, line, reserved=reserved)
-                )
+        try:  # the line is built on the event loop; the write goes to the writer thread if it would wait
+            await append_record(spool, lambda: self._line(flow), reserved=reserved, executor=self._executor)
         except Exception as exc:
             self.write_failures += 1
             logger.error("session record of flow %s not written: %s", flow.id, type(exc).__name__)
-            if self.spool is not None and reserved:
-                self.spool.unreserve(reserved)
             if self.required and state.audit_checked and flow.response is not None:
                 # The upstream answered but the answer cannot be recorded: it goes no further.
                 flow.response = None

@@ -12,7 +12,6 @@ Revocations come from addon/revocations.py. The token is removed from everything
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -28,30 +27,18 @@ from addon.revocations import RevocationList
 from jitgate.errors import (
     InvalidToken,
     JitgateError,
-    KeysUnavailable,
     RevocationUnavailable,
     TokenRequired,
     TokenRevoked,
-    UnknownKeyId,
 )
 from jitgate.policy import Policy
-from jitgate.token import Claims, KeySet, verify_token
-from jitgate.token_intake import VerifiedTokens, proxy_token, strip_copies, take_token, token_sha256
+from jitgate.token import KeySet
+from jitgate.token_intake import TokenVerifier, proxy_token, strip_copies, take_token, token_sha256
 
 logger = logging.getLogger(__name__)
 
 JWKS_PATH = settings.JWKS_PATH
 PROXY_AUTHENTICATE = 'Basic realm="jitgate"'
-_OWN = frozenset(
-    {
-        "jitgate_jwks_url",
-        "jitgate_issuer",
-        "jitgate_revocation_refresh",
-        "jitgate_revocation_staleness",
-        "jitgate_jwks_refetch_interval",
-        "jitgate_jwks_refresh",
-    }
-)
 
 
 def fetch_jwks(url: str) -> KeySet:
@@ -72,37 +59,17 @@ class TokenGate:
         aws: settings.AwsClients | None = None,
     ) -> None:
         self._aws = aws or settings.AwsClients()
-        self._clock = clock
-        self._monotonic = monotonic
-        self._jwks_fetcher = jwks_fetcher
         self._given_dynamodb = dynamodb is not None
         self.revocations = RevocationList(clock=clock, monotonic=monotonic)
         self.revocations.dynamodb = dynamodb
         self.policy: Policy | None = None
-        self.jwks_url = ""
-        self.issuer = ""
-        self.refetch_interval = 10.0
-        self.jwks_refresh = 300.0
-        self.keys = KeySet({})
-        self._keys_fetched_at = float("-inf")
-        self._keys_ok = False
-        self._results = VerifiedTokens()
+        self.verifier = TokenVerifier(jwks_fetcher, clock=clock, monotonic=monotonic)
         self._bound: dict[str, str] = {}
-        self._jwks_lock = asyncio.Lock()
 
     # -- configuration ----------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
-        settings.add_options(
-            loader,
-            *settings.SHARED,
-            "jitgate_jwks_url",
-            "jitgate_issuer",
-            "jitgate_revocation_refresh",
-            "jitgate_revocation_staleness",
-            "jitgate_jwks_refetch_interval",
-            "jitgate_jwks_refresh",
-        )
+        settings.add_options(loader, *settings.TokenGateSettings.NAMES)
 
     def configure(self, updated: set[str]) -> None:
         if "onboarding" in updated and "onboarding" in ctx.options and ctx.options.onboarding:
@@ -111,84 +78,30 @@ class TokenGate:
             # without a token here, so it is switched off, whatever the command line said.
             ctx.options.update(onboarding=False)  # type: ignore[no-untyped-call]
             logger.info("jitgate: mitmproxy's onboarding app is off (it answers without a token)")
-        if not (updated & (_OWN | settings.SHARED)):
+        if not updated & set(settings.TokenGateSettings.NAMES):
             return
-        opts = ctx.options
-        self.policy = settings.policy_from(opts.jitgate_policy)
-        self.jwks_url, self.issuer = settings.broker_keys(opts)
-        if not opts.jitgate_table:
-            raise settings.options_error("jitgate_table is required: revocations are read from it")
-        refresh = settings.seconds(opts.jitgate_revocation_refresh, "jitgate_revocation_refresh")
-        staleness = settings.seconds(opts.jitgate_revocation_staleness, "jitgate_revocation_staleness")
-        refetch = settings.seconds(opts.jitgate_jwks_refetch_interval, "jitgate_jwks_refetch_interval", zero_ok=True)
-        self.jwks_refresh = settings.seconds(opts.jitgate_jwks_refresh, "jitgate_jwks_refresh")
-        if staleness <= refresh:
-            raise settings.options_error("jitgate_revocation_staleness must be longer than jitgate_revocation_refresh")
-        self.revocations.table = opts.jitgate_table
-        self.revocations.interval, self.revocations.staleness = refresh, staleness
-        self.refetch_interval = refetch
-        self._results.clear()  # results under other settings do not carry over
+        s = settings.token_gate(ctx.options, JWKS_PATH)
+        self.policy = s.policy
+        self.verifier.configure(
+            s.jwks_url, s.issuer, refetch_interval=s.jwks_refetch_interval, refresh_interval=s.jwks_refresh
+        )
+        self.revocations.table = s.table
+        self.revocations.interval, self.revocations.staleness = s.revocation_refresh, s.revocation_staleness
         if not self._given_dynamodb:
-            self.revocations.dynamodb = self._aws.client("dynamodb", opts)
+            self.revocations.dynamodb = self._aws.client("dynamodb", ctx.options)
 
     def running(self) -> None:
         # One synchronous round at start so the first requests are not refused as stale.
         self.refresh_keys()
         self.revocations.refresh()
-        self.revocations.start(tick=self._routine_keys)
+        self.revocations.start(tick=self.verifier.routine)
 
     def done(self) -> None:
         self.revocations.stop()
 
-    # -- signing keys -----------------------------------------------------------------------
-
-    def _routine_keys(self) -> None:
-        if self._monotonic() - self._keys_fetched_at >= self.jwks_refresh:
-            self.refresh_keys()
-
     def refresh_keys(self) -> bool:
-        """Fetch the JWKS; when the broker's key set changed, cached verifications are dropped."""
-        try:
-            keys = self._jwks_fetcher(self.jwks_url)
-        except Exception as exc:
-            logger.warning("jitgate: JWKS fetch failed (%s)", type(exc).__name__)
-            self._keys_ok = False
-            return False
-        finally:
-            self._keys_fetched_at = self._monotonic()
-        if keys.kids() != self.keys.kids():
-            self._results.clear()  # tokens of a withdrawn key must not live on in the cache
-        self.keys = keys
-        self._keys_ok = True
-        return True
-
-    # -- verification -----------------------------------------------------------------------
-
-    async def verify(self, token: str, digest: str) -> Claims:
-        now = self._clock()
-        claims = self._results.lookup(digest, now)
-        if claims is not None:
-            return claims
-        try:
-            try:
-                claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
-            except UnknownKeyId:
-                await self._refetch_keys()
-                claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
-        except InvalidToken as err:
-            self._results.rejected(digest, err)
-            raise
-        self._results.accepted(digest, claims, now)
-        return claims
-
-    async def _refetch_keys(self) -> None:
-        async with self._jwks_lock:
-            if self._monotonic() - self._keys_fetched_at < self.refetch_interval:
-                if not self._keys_ok:
-                    raise KeysUnavailable("the broker's signing keys cannot be fetched")
-                return  # rate-limited: the kid stays unknown (InvalidToken)
-            if not await asyncio.to_thread(self.refresh_keys):
-                raise KeysUnavailable("the broker's signing keys cannot be fetched")
+        """Fetch the broker's JWKS now (blocking): jitgate.token_intake.TokenVerifier."""
+        return self.verifier.refresh()
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -222,7 +135,7 @@ class TokenGate:
             return
         digest = token_sha256(token)
         try:
-            claims = await self.verify(token, digest)
+            claims = await self.verifier.verify(token, digest)
         except JitgateError as err:
             refuse(flow, err)
             return

@@ -23,7 +23,6 @@ from mitmproxy.addonmanager import Loader
 
 from addon import error_answers, meta, settings
 from addon.mitmproxy_compat import close_upstream
-from jitgate import durations
 from jitgate.errors import UpstreamTimeout as UpstreamTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ CallLater = Callable[..., _Timer]
 
 OPTION = "jitgate_upstream_timeout"
 DEFAULT = settings.DEFAULT_UPSTREAM_TIMEOUT
-MAX_SECONDS = 3600.0
 
 
 def parse_timeout(text: str) -> float:
@@ -46,10 +44,7 @@ def parse_timeout(text: str) -> float:
 
     A string because mitmproxy's `--set` cannot parse a float option.
     """
-    try:
-        return durations.parse_seconds(text, units=("ms", "s"), at_most=MAX_SECONDS)
-    except ValueError as exc:
-        raise ValueError(f"{OPTION}: {exc}") from None
+    return settings.OPTIONS[OPTION].check(text, OPTION)  # type: ignore[no-any-return]
 
 
 class UpstreamTimeout:
@@ -66,10 +61,7 @@ class UpstreamTimeout:
 
     def configure(self, updated: set[str]) -> None:
         if OPTION in updated:
-            try:
-                self.timeout = parse_timeout(ctx.options.jitgate_upstream_timeout)
-            except ValueError as exc:
-                raise settings.options_error(str(exc)) from None
+            self.timeout = settings.value(ctx.options, OPTION)
         idle = getattr(ctx.options, "tcp_timeout", None)  # mitmproxy's idle cut of the client connection
         if updated & {OPTION, "tcp_timeout"} and isinstance(idle, int) and idle <= self.timeout:
             logger.warning(

@@ -4,7 +4,8 @@
 secret); `credential_header` says which header carries it and how it is written; `STRIPPED`
 plus the connection's own header are what a client may not send itself; `upstream_target` is
 where the request really goes; `SecretMemo` keeps each secret for `ttl` seconds by the
-clock handed in; `retry_after_401` says whether one more try with a fresh secret makes sense.
+clock handed in and `SecretSource` reads them through it (one read at a time, a new cache past
+the TTL, rotation after a 401); `retry_after_401` says whether one more try with a fresh secret makes sense.
 No mitmproxy or boto3 here: the HTTP addon (addon/credential_inject.py) applies the answers.
 """
 
@@ -12,12 +13,17 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from jitgate.dialects import CLIENT_CREDENTIAL_HEADERS
 from jitgate.policy import Connection
+
+logger = logging.getLogger(__name__)
 
 # Headers never forwarded upstream as the client sent them (hop-by-hop, RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"})
@@ -87,3 +93,70 @@ class SecretMemo:
 
     def clear(self) -> None:
         self._values.clear()
+
+
+class SecretReader(Protocol):
+    """What reads a secret's string (aws_secretsmanager_caching's SecretCache, in the gateway)."""
+
+    def get_secret_string(self, secret_id: str) -> str | None: ...
+
+
+class SecretSource:
+    """The connections' upstream secrets: read through one cache per secret id, held `ttl` seconds
+    in memory so the hot path makes no call (`fresh`). `new_reader` makes a cache (it may read the
+    client it wraps anew each time). One read at a time, so a burst of first requests makes one
+    call; a value past its TTL is read through a new cache, since a cache whose refresh fails
+    hands back its old value (the store unreachable must then mean unavailable, not stale)."""
+
+    def __init__(
+        self, ttl: float, new_reader: Callable[[], SecretReader], *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.memo = SecretMemo(ttl, monotonic=monotonic)
+        self._new_reader = new_reader
+        self._readers: dict[str, SecretReader] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, conn: Connection) -> str | None:
+        """The connection's secret if it was read less than `ttl` seconds ago (no IO)."""
+        return self.memo.fresh(conn.credential.secret_id)
+
+    def get(self, conn: Connection) -> str:
+        """The connection's secret (blocking on a miss: run it in a thread); errors pass through."""
+        cred = conn.credential
+        with self._lock:
+            value = self.fresh(conn)
+            if value is None:
+                if cred.secret_id in self.memo:
+                    self._readers.pop(cred.secret_id, None)
+                reader = self._readers.get(cred.secret_id)
+                if reader is None:
+                    reader = self._readers[cred.secret_id] = self._new_reader()
+                value = secret_value(reader.get_secret_string(cred.secret_id), cred.json_key)
+                self.memo.put(cred.secret_id, value)
+        return value
+
+    def rotate(self, conn: Connection) -> str | None:
+        """Read the secret afresh through a new cache; None (the old one kept) when that fails."""
+        cred = conn.credential
+        fresh = self._new_reader()
+        try:
+            value = secret_value(fresh.get_secret_string(cred.secret_id), cred.json_key)
+        except Exception as exc:
+            logger.warning("jitgate: secret refresh for %s failed (%s)", conn.name, type(exc).__name__)
+            return None
+        with self._lock:
+            self._readers[cred.secret_id] = fresh
+            self.memo.put(cred.secret_id, value)
+        return value
+
+    def set_ttl(self, ttl: float) -> None:
+        """A new TTL: the values read so far are read again (through the caches they came from)."""
+        with self._lock:
+            self.memo.ttl = ttl
+            self.memo.clear()
+
+    def reset(self) -> None:
+        """Forget every value and cache (a new policy or Secrets Manager client)."""
+        with self._lock:
+            self._readers.clear()
+            self.memo.clear()

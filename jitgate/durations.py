@@ -16,6 +16,7 @@ import re
 from collections.abc import Collection
 
 _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+UNITS = tuple(_SCALE)
 _EXAMPLE = {"ms": "1500ms", "s": "60s", "m": "2m", "h": "1h", "d": "1d"}
 _WHOLE = re.compile(r"\s*(\d+)\s*([smhd]?)\s*")
 _UNIT = re.compile(r"(ms|[smhd])\s*$")
@@ -38,7 +39,7 @@ def parse_duration(value: int | str) -> int:
 
 
 def parse_seconds(
-    value: str, *, zero_ok: bool = False, at_most: float | None = None, units: Collection[str] = tuple(_SCALE)
+    value: str, *, zero_ok: bool = False, at_most: float | None = None, units: Collection[str] = UNITS
 ) -> float:
     """Finite seconds from `"2.5"`, `"1500ms"`, `"60s"`, `"2m"`, `"1h"` or `"1d"` (any case).
 

@@ -4,22 +4,37 @@ The approval rules themselves are `jitgate.approvals` (`risk_reasons`, the state
 with the broker); this module builds what a gateway decides from: the request's facts
 (`request_facts`), the hold item (`new_hold`), the notice approvers get (`hold_notice`), what a
 poll of the table means for one hold (`outcome`) and whether an approved request may still go
-(`resume_error`). The HTTP addon (addon/approval_hold.py) keeps the flows, the poller and the IO.
+(`resume_error`), how an undecided hold is closed in the table (`close_undecided`) and what the
+held request is answered when its hold ends (`ending`). The HTTP addon (addon/approval_hold.py)
+keeps the flows, the poller and the IO.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from jitgate.approvals import Approval, RequestFacts, State, hold_approvers, hold_summary, new_id
+from jitgate.approval_store import ApprovalStore
+from jitgate.approvals import Approval, RequestFacts, State, close, hold_approvers, hold_summary, new_id, state_at
 from jitgate.decoding import DEFAULT_DECODED_LIMIT, decoded_size
-from jitgate.errors import JitgateError, RevocationUnavailable, TokenExpired, TokenRevoked
+from jitgate.errors import (
+    ApprovalClosed,
+    ApprovalDenied,
+    ApprovalTimeout,
+    JitgateError,
+    RevocationUnavailable,
+    TokenExpired,
+    TokenRevoked,
+)
 from jitgate.policy import Connection, Policy
+from jitgate.records import Decision
 from jitgate.scope import document_count
 from jitgate.token import Claims
+
+logger = logging.getLogger(__name__)
 
 Outcome = Literal["approved", "denied", "close"]
 
@@ -135,3 +150,32 @@ def resume_error(
     if claims is not None and now >= claims.exp:
         return TokenExpired("token expired while its request waited for approval")
     return None
+
+
+def close_undecided(store: ApprovalStore, hold_id: str, clock: Callable[[], float]) -> State:
+    """Close a hold nobody decided in time as expired; its state after. Blocking (table IO).
+
+    A decision that landed first wins (the hold is already closed: its state is read back); a
+    table that cannot be read or written still ends the hold, as expired (fail closed)."""
+    try:
+        _, after = store.update(hold_id, lambda a: close(a, "expired", now=clock()), now=clock)
+        return state_at(after, clock())
+    except ApprovalClosed:
+        try:
+            found = store.get(hold_id, now=clock())
+        except Exception:
+            found = None
+        if found is not None:
+            return state_at(found[0], clock())
+    except Exception as exc:
+        logger.warning("jitgate: hold %s not closed in the table (%s)", hold_id, type(exc).__name__)
+    return "expired"
+
+
+def ending(state: State, *, timeout: float) -> tuple[Decision, JitgateError | None]:
+    """The decision recorded when a hold ends in `state`, and the refusal the request gets (None: it goes)."""
+    if state == "approved":
+        return Decision.APPROVED, None
+    if state == "denied":
+        return Decision.DENIED, ApprovalDenied("an approver denied this request")
+    return Decision.DENIED, ApprovalTimeout(f"no approver decided within {timeout:g} s; the request was not forwarded")

@@ -10,15 +10,20 @@ crypto. No mitmproxy here: headers are any mapping of names to values.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterable, MutableMapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Protocol
 
-from jitgate.errors import InvalidToken, TokenExpired, TokenNotYetValid, UnknownKeyId
+from jitgate.errors import InvalidToken, KeysUnavailable, TokenExpired, TokenNotYetValid, UnknownKeyId
 from jitgate.policy import Connection
-from jitgate.token import DEFAULT_LEEWAY, Claims
+from jitgate.token import DEFAULT_LEEWAY, Claims, KeySet, verify_token
+
+logger = logging.getLogger(__name__)
 
 _CACHE_MAX = 10_000
 
@@ -145,3 +150,84 @@ class VerifiedTokens:
     def clear(self) -> None:
         """Drop every result (other settings, or the broker's key set changed)."""
         self._verified, self._rejected = {}, {}
+
+
+class TokenVerifier:
+    """Verifies JIT tokens against the broker's signing keys, fetched from its JWKS URL by `fetch`.
+
+    Verified and rejected tokens are cached by digest (`VerifiedTokens`); the key set is fetched
+    again every `refresh_interval` seconds (`routine`, from the revocation thread) and for an
+    unknown kid at most every `refetch_interval` seconds; when the key set changes, cached
+    verifications are dropped (a withdrawn key verifies nothing more). No fetch yet, or the last
+    one failed: a token with an unknown kid is KeysUnavailable (503), never let through.
+    """
+
+    def __init__(
+        self, fetch: Callable[[str], KeySet], *, clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._monotonic = monotonic
+        self.url = ""
+        self.issuer = ""
+        self.refetch_interval = 10.0
+        self.refresh_interval = 300.0
+        self.keys = KeySet({})
+        self._fetched_at = float("-inf")
+        self._ok = False
+        self.results = VerifiedTokens()
+        self._lock = asyncio.Lock()
+
+    def configure(self, url: str, issuer: str, *, refetch_interval: float, refresh_interval: float) -> None:
+        self.url, self.issuer = url, issuer
+        self.refetch_interval, self.refresh_interval = refetch_interval, refresh_interval
+        self.results.clear()  # results under other settings do not carry over
+
+    def routine(self) -> None:
+        """Fetch the keys when the routine refresh is due (blocking)."""
+        if self._monotonic() - self._fetched_at >= self.refresh_interval:
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Fetch the JWKS (blocking); when the key set changed, cached verifications are dropped."""
+        try:
+            keys = self._fetch(self.url)
+        except Exception as exc:
+            logger.warning("jitgate: JWKS fetch failed (%s)", type(exc).__name__)
+            self._ok = False
+            return False
+        finally:
+            self._fetched_at = self._monotonic()
+        if keys.kids() != self.keys.kids():
+            self.results.clear()  # tokens of a withdrawn key must not live on in the cache
+        self.keys = keys
+        self._ok = True
+        return True
+
+    async def verify(self, token: str, digest: str) -> Claims:
+        """The token's claims (`digest`: its token_sha256); InvalidToken or KeysUnavailable otherwise."""
+        now = self._clock()
+        claims = self.results.lookup(digest, now)
+        if claims is not None:
+            return claims
+        try:
+            try:
+                claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+            except UnknownKeyId:
+                await self._refetch()
+                claims = verify_token(token, self.keys, now=now, issuer=self.issuer)
+        except InvalidToken as err:
+            self.results.rejected(digest, err)
+            raise
+        self.results.accepted(digest, claims, now)
+        return claims
+
+    async def _refetch(self) -> None:
+        async with self._lock:
+            if self._monotonic() - self._fetched_at < self.refetch_interval:
+                if not self._ok:
+                    raise KeysUnavailable("the broker's signing keys cannot be fetched")
+                return  # rate-limited: the kid stays unknown (InvalidToken)
+            if not await asyncio.to_thread(self.refresh):
+                raise KeysUnavailable("the broker's signing keys cannot be fetched")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from addon import jitgate_addons, mitmproxy_compat, settings
+from tests.addon.jit_fixtures import POLICY as _POLICY
 
 # Importing the chain installs mitmproxy_compat's patches: the other tests of this process run on stock mitmproxy.
 mitmproxy_compat.uninstall()
@@ -61,3 +62,43 @@ def test_every_option_is_declared_by_an_addon_of_the_chain() -> None:
             addon.load(loader)
         declared |= set(loader.names)
     assert declared == set(settings.OPTIONS)
+
+
+class _Reads:
+    """Options whose values are the defaults, that keep the names read."""
+
+    def __init__(self, policy: str) -> None:
+        self.read: set[str] = set()
+        self._values = {name: o.default for name, o in settings.OPTIONS.items()}
+        self._values |= {
+            "jitgate_policy": policy, "jitgate_table": "t", "jitgate_jwks_url": "https://b/.well-known/jwks.json",
+            "confdir": "~/.mitmproxy",
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "read":
+            raise AttributeError(name)
+        self.read.add(name)
+        return self._values[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+
+@pytest.mark.parametrize(
+    ("build", "kind"),
+    [
+        (lambda o: settings.token_gate(o, "/.well-known/jwks.json"), settings.TokenGateSettings),
+        (settings.scope_guard, settings.ScopeGuardSettings),
+        (settings.leak_guard, settings.LeakGuardSettings),
+        (settings.approval_hold, settings.ApprovalHoldSettings),
+        (settings.session_recorder, settings.SessionRecorderSettings),
+    ],
+)
+def test_a_settings_object_reads_only_the_options_its_addon_declares(build: Any, kind: Any, tmp_path: Any) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_POLICY)
+    opts = _Reads(str(policy))
+    assert isinstance(build(opts), kind)
+    assert {n for n in opts.read if n.startswith("jitgate_")} <= set(kind.NAMES)
+    assert set(kind.NAMES) <= set(settings.OPTIONS)

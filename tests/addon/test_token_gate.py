@@ -9,8 +9,9 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from addon import meta, token_gate
+from addon import meta
 from addon.token_gate import TokenGate
+from jitgate import token_intake
 from jitgate.state import REVOCATION_PK
 from jitgate.token import Claims, KeySet
 from jitgate.token_intake import key_header_token, proxy_token
@@ -256,8 +257,8 @@ async def test_verification_is_cached_but_revocation_checked_every_time(
     signer = Signer()
     gate = _gate(aws, Fetcher(signer))
     calls = []
-    real = token_gate.verify_token
-    monkeypatch.setattr(token_gate, "verify_token", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = token_intake.verify_token
+    monkeypatch.setattr(token_intake, "verify_token", lambda *a, **k: calls.append(1) or real(*a, **k))
     token = signer.mint()
     with taddons.context(gate) as tctx:
         _configure(tctx, gate, policy_file)
@@ -418,8 +419,8 @@ async def test_bad_tokens_are_remembered_but_not_yet_valid_ones_are_not(
     trusted, forger = Signer(), Signer()
     gate = _gate(aws, Fetcher(trusted))
     calls: list[int] = []
-    real = token_gate.verify_token
-    monkeypatch.setattr(token_gate, "verify_token", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = token_intake.verify_token
+    monkeypatch.setattr(token_intake, "verify_token", lambda *a, **k: calls.append(1) or real(*a, **k))
     forged = forger.mint()
     early = trusted.mint(nbf=int(time.time()) + 3600, exp=int(time.time()) + 7200)
     codes = []

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from jitgate import holds
-from jitgate.approvals import risk_reasons
-from jitgate.policy import Policy
+from jitgate.approval_store import ApprovalStore
+from jitgate.approvals import Approval, decide, risk_reasons, state_at
+from jitgate.policy import Identity, Policy
+from jitgate.records import Decision
 from jitgate.token import Claims, new_jti
 
 POLICY = Policy.model_validate({
@@ -85,3 +90,59 @@ def test_an_approval_is_no_pass_for_a_revoked_expired_or_uncheckable_token() -> 
     assert holds.resume_error(claims, claims.jti, None, now=999.0).code == "revocation_unavailable"  # type: ignore[union-attr]
     assert holds.resume_error(claims, claims.jti, {claims.jti}, now=999.0).code == "token_revoked"  # type: ignore[union-attr]
     assert holds.resume_error(claims, claims.jti, set(), now=1000.0).code == "token_expired"  # type: ignore[union-attr]
+
+
+def test_a_hold_ends_approved_denied_or_timed_out() -> None:
+    assert holds.ending("approved", timeout=120) == (Decision.APPROVED, None)
+    decision, error = holds.ending("denied", timeout=120)
+    assert decision == Decision.DENIED and error is not None and error.code == "approval_denied"
+    for state in ("expired", "pending"):
+        decision, error = holds.ending(state, timeout=2.5)  # type: ignore[arg-type]
+        assert decision == Decision.DENIED and error is not None and error.code == "approval_timeout"
+        assert "2.5 s" in error.message
+
+
+@pytest.fixture
+def store() -> Iterator[ApprovalStore]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="jitgate-holds",
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        yield ApprovalStore(client, "jitgate-holds")
+
+
+def _held(store: ApprovalStore, now: float) -> Approval:
+    approval = holds.new_hold(
+        POLICY, CONN, _claims(), holds.request_facts(b"{}", "", CONN, "rerank", dict, []), ("documents:4>3",),
+        method="POST", host="api.cohere.test", path="/v2/rerank", now=now, timeout=120, gateway="gw", flow_id="f",
+    )
+    store.create(approval, now=now)
+    return approval
+
+
+def test_an_undecided_hold_is_closed_expired(store: ApprovalStore) -> None:
+    approval = _held(store, 1000.0)
+    assert holds.close_undecided(store, approval.id, lambda: 1001.0) == "expired"
+    found = store.get(approval.id, now=1002.0)
+    assert found is not None and state_at(found[0], 1002.0) == "expired"
+
+
+def test_a_decision_that_landed_first_wins_over_the_close(store: ApprovalStore) -> None:
+    approval = _held(store, 1000.0)
+    who = Identity("https://oidc.test", "alice", {"groups": ["platform-security"]})
+    store.update(approval.id, lambda a: decide(a, who, "approve", "ok", now=1000.5), now=lambda: 1000.5)
+    assert holds.close_undecided(store, approval.id, lambda: 1001.0) == "approved"
+
+
+def test_an_unreachable_table_still_ends_the_hold_expired() -> None:
+    class Broken:
+        def update(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("table down")
+
+    assert holds.close_undecided(Broken(), "hold_x", lambda: 1.0) == "expired"  # type: ignore[arg-type]

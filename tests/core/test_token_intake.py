@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import pytest
 
 from jitgate.devstack.policy import policy_dict
-from jitgate.errors import InvalidToken, TokenExpired, TokenNotYetValid, UnknownKeyId
+from jitgate.errors import InvalidToken, KeysUnavailable, TokenExpired, TokenNotYetValid, UnknownKeyId
 from jitgate.policy import Policy
-from jitgate.token import DEFAULT_LEEWAY, Claims, Limits, Scope
-from jitgate.token_intake import VerifiedTokens, strip_copies, take_token, token_sha256
+from jitgate.token import DEFAULT_LEEWAY, Claims, KeySet, Limits, Scope
+from jitgate.token_intake import TokenVerifier, VerifiedTokens, strip_copies, take_token, token_sha256
+from tests.addon.jit_fixtures import ISSUER, JWKS_URL, Signer, anyio_backend_fixture  # noqa: F401 (fixture)
 
 POLICY = Policy.model_validate(policy_dict("https://issuer.test"))
 TOKEN = "eyJhbGciOiJFUzI1NiJ9.e30.sig"
@@ -84,3 +86,75 @@ def test_the_cache_stays_bounded_and_prunes_expired_entries_first() -> None:
     cache.accepted("new", _claims(exp=10_000), 100.0)  # full: the expired one goes
     assert cache.lookup("live", 100.0) is not None and cache.lookup("new", 100.0) is not None
     assert cache.lookup("old", 0.0) is None
+
+
+class _Keys:
+    """A JWKS endpoint stand-in: hands out the current signer's key set, or fails."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer: Signer | None = signer
+        self.fetched: list[str] = []
+
+    def __call__(self, url: str) -> KeySet:
+        self.fetched.append(url)
+        if self.signer is None:
+            raise ConnectionError("broker down")
+        return self.signer.keyset()
+
+
+def _verifier(keys: _Keys, mono: list[float]) -> TokenVerifier:
+    v = TokenVerifier(keys, monotonic=lambda: mono[0])
+    v.configure(JWKS_URL, ISSUER, refetch_interval=10, refresh_interval=300)
+    return v
+
+
+@pytest.mark.anyio
+async def test_a_verified_token_is_cached_and_a_new_key_set_drops_the_cache() -> None:
+    signer, mono = Signer(), [0.0]
+    keys = _Keys(signer)
+    v = _verifier(keys, mono)
+    assert v.refresh() and keys.fetched == [JWKS_URL]
+    token = signer.mint()
+    digest = token_sha256(token)
+    claims = await v.verify(token, digest)
+    assert v.results.lookup(digest, time.time()) == claims
+    v.routine()  # not due
+    assert len(keys.fetched) == 1
+    keys.signer = Signer(kid="k2")  # the broker withdrew the old key
+    mono[0] = 300.0
+    v.routine()
+    assert len(keys.fetched) == 2 and v.results.lookup(digest, time.time()) is None
+    with pytest.raises(InvalidToken):
+        await v.verify(token, digest)  # its kid is unknown now, and the refetch is rate-limited
+
+
+@pytest.mark.anyio
+async def test_an_unknown_kid_refetches_at_most_once_per_interval() -> None:
+    old, new, mono = Signer(), Signer(kid="k2"), [0.0]
+    keys = _Keys(old)
+    v = _verifier(keys, mono)
+    v.refresh()
+    keys.signer = new
+    mono[0] = 10.0
+    token = new.mint()
+    assert (await v.verify(token, token_sha256(token))).jti and len(keys.fetched) == 2
+    other = Signer(kid="k3").mint()
+    with pytest.raises(UnknownKeyId):
+        await v.verify(other, token_sha256(other))
+    assert len(keys.fetched) == 2  # within the interval: no fetch
+
+
+@pytest.mark.anyio
+async def test_keys_that_cannot_be_fetched_are_unavailable_not_a_pass() -> None:
+    signer, mono = Signer(), [0.0]
+    keys = _Keys(signer)
+    keys.signer = None
+    v = _verifier(keys, mono)
+    assert not v.refresh()
+    token = signer.mint()
+    with pytest.raises(KeysUnavailable):
+        await v.verify(token, token_sha256(token))
+    mono[0] = 10.0
+    with pytest.raises(KeysUnavailable):
+        await v.verify(token, token_sha256(token))  # refetched, failed again
+    assert len(keys.fetched) == 2

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -294,3 +296,30 @@ def test_a_second_gateway_cannot_take_a_live_spool(tmp_path: Path) -> None:
         _spool(tmp_path)
     live.release()
     _spool(tmp_path)  # once the first one is gone, the directory is free
+
+
+def test_admit_reserves_room_or_says_no(tmp_path: Path) -> None:
+    s = _spool(tmp_path, max_bytes=1000)
+    assert s.admit(600)
+    assert not s.admit(600)  # over the quota with the first reservation held
+    s.unreserve(600)
+    s.failing = True
+    assert not s.admit(1)  # the last write failed: nothing more is forwarded
+
+
+def test_append_record_writes_the_line_and_hands_back_the_reservation_on_failure(tmp_path: Path) -> None:
+    s = _spool(tmp_path, max_bytes=10_000)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert s.admit(500)
+        asyncio.run(spool_mod.append_record(s, lambda: _line(1), reserved=500, executor=pool))
+        before = s.used_bytes
+        assert before > 0 and s.admit(10_000 - before)  # the 500 went into the line's bytes
+        s.unreserve(10_000 - before)
+
+        def broken() -> bytes:
+            raise ValueError("cannot build")
+
+        assert s.admit(500)
+        with pytest.raises(ValueError):
+            asyncio.run(spool_mod.append_record(s, broken, reserved=500, executor=pool))
+        assert s.admit(10_000 - before) and s.used_bytes == before  # the 500 came back, nothing written
