@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 import certifi
 
@@ -27,7 +28,12 @@ class JobEnv:
 
     gateway: str  # host:port
     ca_bundle: Path
-    key_env: str | None
+    key_env: str | Sequence[str] | None  # one variable or several (issue 25: CO_API_KEY and COHERE_API_KEY)
+    broker: str | None = None  # the broker's URL: the job reaches it directly (NO_PROXY)
+
+
+# Loopback is never sent through the gateway (a job's own local services); the job's upstreams are.
+LOOPBACK_NO_PROXY = ("localhost", "127.0.0.1", "::1")
 
 
 def write_ca_bundle(gateway_ca: Path, directory: Path | None = None) -> Path:
@@ -47,13 +53,31 @@ def job_environment(base: Mapping[str, str], minted: Minted, job: JobEnv) -> dic
         env[name] = proxy
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env[name] = str(job.ca_bundle)
-    if job.key_env:
-        env[job.key_env] = minted.token
+    for name in (job.key_env,) if isinstance(job.key_env, str) else job.key_env or ():
+        env[name] = minted.token
     env["JITGATE_JTI"] = minted.jti
-    # A job must not bypass the gateway for its upstream through an inherited NO_PROXY.
-    env.pop("NO_PROXY", None)
-    env.pop("no_proxy", None)
+    env.update(ecosystem_environment(job))
     return env
+
+
+def ecosystem_environment(job: JobEnv) -> dict[str, str]:
+    """What clients beyond Python's read (issue 25, item 2; README "Clients under jitgate run").
+
+    Node reads its extra roots from NODE_EXTRA_CA_CERTS (not SSL_CERT_FILE) and, from Node 24 on,
+    the proxy variables only with NODE_USE_ENV_PROXY=1. NO_PROXY replaces an inherited one: a job
+    must not bypass the gateway for its upstream; only loopback and the broker go direct.
+    """
+    no_proxy = list(LOOPBACK_NO_PROXY)
+    broker_host = urlsplit(job.broker).hostname if job.broker else None
+    if broker_host and broker_host not in no_proxy:
+        no_proxy.append(broker_host)
+    joined = ",".join(no_proxy)
+    return {
+        "NODE_EXTRA_CA_CERTS": str(job.ca_bundle),
+        "NODE_USE_ENV_PROXY": "1",
+        "NO_PROXY": joined,
+        "no_proxy": joined,
+    }
 
 
 def run_job(cmd: Sequence[str], env: Mapping[str, str]) -> int:
