@@ -3,7 +3,10 @@ unparseable request) as jitgate's JSON `{code, message}` instead of an HTML page
 
 mitmproxy writes those answers in its HTTP/1 server layer, after the `error` hook, with no hook to
 change them; the only seam is the module function that builds them, which addon/mitmproxy_compat.py
-replaces with `json_error_response` (and refuses to start where mitmproxy's differs).
+replaces with `json_error_response` (and refuses to start where mitmproxy's differs). Over HTTP/2
+(client side) mitmproxy writes the headers (`content-type: text/html`) and the page with the raw
+error text inline in `Http2Server`'s event handler: addon/mitmproxy_compat.py puts a handler in front
+of it that answers such an error with `json_error_body` (the same status, code and message).
 The message is a fixed sentence per status: mitmproxy's own text can name internal hosts.
 tests/reliability/test_upstream.py fails if a mitmproxy upgrade moves the seam.
 
@@ -52,17 +55,24 @@ def answer_as(status_code: int) -> None:
     _override.set(status_code)
 
 
-def json_error_response(status_code: int, message: str = "") -> bytes:
-    """The bytes of an HTTP/1 error answer; `message` (mitmproxy's text) is deliberately not used."""
+def json_error_body(status_code: int) -> tuple[int, bytes]:
+    """The status and JSON body jitgate answers for mitmproxy's error `status_code` (either HTTP
+    version); an `answer_as` from this flow's `error` hook applies, once."""
     override = _override.get()
     if override is not None:
         _override.set(None)  # once: tasks started later from this one must not inherit it
         if status_code == _RELABEL_FROM:
             status_code = override
     code, text = ANSWERS.get(status_code, _FALLBACK)
+    return status_code, json.dumps({"code": code, "message": text}).encode()
+
+
+def json_error_response(status_code: int, message: str = "") -> bytes:
+    """The bytes of an HTTP/1 error answer; `message` (mitmproxy's text) is deliberately not used."""
+    status_code, body = json_error_body(status_code)
     resp = http.Response.make(
         status_code,
-        json.dumps({"code": code, "message": text}).encode(),
+        body,
         http.Headers(Server=version.MITMPROXY, Connection="close", Content_Type="application/json"),
     )
     raw: bytes = http1.assemble_response(resp)  # type: ignore[no-untyped-call]

@@ -5,7 +5,9 @@ The gateway needs four things mitmproxy offers no API for:
 
 - **error answers** (needed): mitmproxy builds its own 400/413/502 answers in its HTTP/1 server
   layer with no hook; `_http1.make_error_response` is replaced so they go out as jitgate's JSON
-  (addon/error_answers.py), never an HTML page naming internal hosts;
+  (addon/error_answers.py), never an HTML page naming internal hosts; over HTTP/2 (client side)
+  `Http2Server._handle_event` writes its own HTML error answer inline, so a handler goes in front
+  of it that answers those errors (and only those) as the same JSON (`h2_server_handle_event`);
 - **raw relay replacement** (needed): at `next_layer` a raw TCP/UDP relay mitmproxy picked is
   replaced in the layer stack by the HTTP layer (`http_instead_of_raw`), so every byte meets the
   chain (addon/http_only.py);
@@ -29,10 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, http, version
 from mitmproxy.addons import proxyserver
 from mitmproxy.proxy import context, layer, layers, mode_specs, server
-from mitmproxy.proxy.layers.http import HTTPMode, _http1
+from mitmproxy.proxy.commands import SendData
+from mitmproxy.proxy.events import Event
+from mitmproxy.proxy.layer import CommandGenerator
+from mitmproxy.proxy.layers.http import HTTPMode, _http1, _http2
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from addon import error_answers, hook_dispatch
 
@@ -40,6 +46,7 @@ WRITTEN_FOR = "12.2.3"
 
 # mitmproxy's own functions, taken before anything here replaces them.
 _STOCK_MAKE_ERROR_RESPONSE: Callable[..., bytes] = _http1.make_error_response
+_STOCK_H2_SERVER_HANDLE_EVENT: Callable[..., CommandGenerator[None]] = _http2.Http2Server._handle_event
 
 
 class IncompatibleMitmproxy(RuntimeError):
@@ -95,6 +102,18 @@ ERROR_ANSWERS = Reach(
     lambda: {"_http1.make_error_response": _STOCK_MAKE_ERROR_RESPONSE},
     {"_http1.make_error_response": "03ce75ab62e8e78ba1bc19e735d55a520bf878929c32866868dd234996b4b281"},
 )
+H2_ERROR_ANSWERS = Reach(
+    "HTTP/2 error answers (Http2Server._handle_event)",
+    True,
+    lambda: {
+        "Http2Server._handle_event": _STOCK_H2_SERVER_HANDLE_EVENT,
+        "Http2Connection._handle_event": _http2.Http2Connection._handle_event,  # writes the HTML page
+    },
+    {
+        "Http2Server._handle_event": "7282fa18e70a3eaac6f66a4b06dccafa34576a5bfe79feae6b2b212b42165b3c",
+        "Http2Connection._handle_event": "a7f4a7a71d31074b8c8d0106114bdf8ba9a5b787b8a28ecb4ea583b6345dcc2b",
+    },
+)
 RAW_RELAY = Reach(
     "raw relay replacement (NextLayer, Context.layers)",
     True,
@@ -122,7 +141,7 @@ HOOK_DISPATCH = Reach(
     lambda: dict(hook_dispatch.STOCK),  # hook_dispatch.install() checks these itself and warns
     hook_dispatch.STOCK_SOURCES,
 )
-REACHES = (ERROR_ANSWERS, RAW_RELAY, UPSTREAM_CLOSE, HOOK_DISPATCH)
+REACHES = (ERROR_ANSWERS, H2_ERROR_ANSWERS, RAW_RELAY, UPSTREAM_CLOSE, HOOK_DISPATCH)
 
 
 def install() -> None:
@@ -137,13 +156,44 @@ def install() -> None:
             f"needs it, so it does not start: {'; '.join(broken)}"
         )
     _http1.make_error_response = error_answers.json_error_response
+    _http2.Http2Server._handle_event = h2_server_handle_event  # type: ignore[method-assign]
     hook_dispatch.install()  # speed only: keeps mitmproxy's own dispatch, with a warning, where it differs
 
 
 def uninstall() -> None:
     """mitmproxy's own code back (tests)."""
     _http1.make_error_response = _STOCK_MAKE_ERROR_RESPONSE
+    _http2.Http2Server._handle_event = _STOCK_H2_SERVER_HANDLE_EVENT  # type: ignore[method-assign]
     hook_dispatch.uninstall()
+
+
+# -- HTTP/2 error answers -----------------------------------------------------------------------
+
+
+def h2_server_handle_event(self: _http2.Http2Server, event: Event) -> CommandGenerator[None]:
+    """`Http2Server._handle_event`, except that an error mitmproxy would answer with its HTML page
+    (the same conditions as its own code: a response error on a stream still open for the client,
+    no headers sent yet, a status for the error) is answered with jitgate's JSON."""
+    if isinstance(event, ResponseProtocolError) and not self.is_closed(event.stream_id):
+        stream = self.h2_conn.streams[event.stream_id]
+        status = event.code.http_status_code()
+        if self.is_open_for_us(event.stream_id) and not stream.state_machine.headers_sent and status is not None:
+            status, body = error_answers.json_error_body(status)
+            self.h2_conn.send_headers(
+                event.stream_id,
+                [
+                    (b":status", b"%d" % status),
+                    (b"server", version.MITMPROXY.encode()),
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)),
+                ],
+            )
+            self.h2_conn.send_data(event.stream_id, body, end_stream=True)
+            data = self.h2_conn.data_to_send()
+            if data:
+                yield SendData(self.conn, data)
+            return
+    yield from _STOCK_H2_SERVER_HANDLE_EVENT(self, event)
 
 
 # -- raw relay replacement ----------------------------------------------------------------------

@@ -90,7 +90,8 @@ class Issuance:
             "clamped": decision.clamped,
             "connection": claims.conn,
             "operations": list(decision.operations),
-            "key_env": conn.key_env,
+            "key_env": conn.key_env[0] if conn.key_env else None,  # older clients read one name
+            "key_envs": list(conn.key_env),
             "proxy_hint": PROXY_HINT,
             # A postgres connection: `jitgate run` sets libpq's variables instead of a proxy; a Chroma
             # one: where its client points (through the gateway), for CHROMA_HOST & co.

@@ -19,7 +19,7 @@ class Minted:
     expires_at: int
     connection: str
     proxy_hint: str | None
-    key_env: str | None
+    key_env: tuple[str, ...]  # the variables that carry the token as the API key (may be none)
     dialect: str | None = None
     database: str | None = None
     upstream: str | None = None  # a store connection's URL, for its client's host/port variables
@@ -33,13 +33,24 @@ class Minted:
                 expires_at=int(data["expires_at"]),
                 connection=str(data["connection"]),
                 proxy_hint=data.get("proxy_hint"),
-                key_env=data.get("key_env"),
+                key_env=_key_envs(data),
                 dialect=data.get("dialect"),
                 database=data.get("database"),
                 upstream=data.get("upstream"),
             )
         except (KeyError, TypeError, ValueError):
             raise BadRequest("the broker's answer is missing fields") from None
+
+
+def _key_envs(data: dict[str, Any]) -> tuple[str, ...]:
+    """`key_envs` (a list), else the single `key_env` an older broker answers."""
+    names = data.get("key_envs")
+    if names is None:
+        one = data.get("key_env")
+        names = [one] if one else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TypeError("key_envs")
+    return tuple(names)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -35,6 +36,14 @@ from jitgate.routes import Route
 from jitgate.token import Limits
 
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+def _names(value: object) -> object:
+    """`key_env`: a single name (older policies) reads as a list of one; None as none."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else value
 DEFAULT_TTL = 15 * 60
 # A DNS name (labels of letters, digits, hyphens; underscores for internal service names), with an
 # optional final dot. No scheme, port, path, wildcard or space: a host entry matches one name exactly.
@@ -171,7 +180,9 @@ class Connection(_Model):
     upstream: str = Field(pattern=r"^(https?|postgres)://[^/\s]+")
     hosts: tuple[Annotated[str, AfterValidator(_host_name)], ...] = ()
     credential: Credential
-    key_env: str | None = None
+    # The job's variables that carry the token as the API key: one name or a list (issue 25: the
+    # cohere SDK reads CO_API_KEY, llama-index COHERE_API_KEY); always a tuple once read.
+    key_env: Annotated[tuple[Annotated[str, Field(pattern=_ENV_NAME)], ...], BeforeValidator(_names)] = ()
     mask: str = "default"
     operations: Mapping[str, tuple[RouteSpec, ...]] = Field(default_factory=dict)
     approval: ApprovalRules = ApprovalRules()

@@ -28,7 +28,12 @@ class JobEnv:
 
     gateway: str  # host:port
     ca_bundle: Path
-    key_env: str | None
+    key_env: str | Sequence[str] | None  # one variable or several (issue 25: CO_API_KEY and COHERE_API_KEY)
+    broker: str | None = None  # the broker's URL: the job reaches it directly (NO_PROXY)
+
+
+# Loopback is never sent through the gateway (a job's own local services); the job's upstreams are.
+LOOPBACK_NO_PROXY = ("localhost", "127.0.0.1", "::1")
 
 
 def write_ca_bundle(gateway_ca: Path, directory: Path | None = None) -> Path:
@@ -48,13 +53,11 @@ def job_environment(base: Mapping[str, str], minted: Minted, job: JobEnv) -> dic
         env[name] = proxy
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env[name] = str(job.ca_bundle)
-    if job.key_env:
-        env[job.key_env] = minted.token
+    for name in (job.key_env,) if isinstance(job.key_env, str) else job.key_env or ():
+        env[name] = minted.token
     env.update(store_variables(minted))
     env["JITGATE_JTI"] = minted.jti
-    # A job must not bypass the gateway for its upstream through an inherited NO_PROXY.
-    env.pop("NO_PROXY", None)
-    env.pop("no_proxy", None)
+    env.update(ecosystem_environment(job, upstream=minted.upstream))
     return env
 
 
@@ -101,6 +104,29 @@ def store_variables(minted: Minted) -> dict[str, str]:
         "CHROMA_PORT": str(url.port or (443 if ssl else 80)),
         "CHROMA_SSL": "true" if ssl else "false",
         "CHROMA_API_KEY": minted.token,
+    }
+
+
+def ecosystem_environment(job: JobEnv, *, upstream: str | None = None) -> dict[str, str]:
+    """What clients beyond Python's read (issue 25, item 2; README "Clients under jitgate run").
+
+    Node reads its extra roots from NODE_EXTRA_CA_CERTS (not SSL_CERT_FILE) and, from Node 24 on,
+    the proxy variables only with NODE_USE_ENV_PROXY=1. NO_PROXY replaces an inherited one: a job
+    must not bypass the gateway for its upstream; only loopback and the broker go direct, and
+    neither when the connection's client is pointed at them (`upstream`: a store on loopback, as in
+    the dev stack, whose CHROMA_HOST would otherwise skip the gateway).
+    """
+    up_host = urlsplit(upstream).hostname if upstream else None
+    no_proxy = [] if up_host in LOOPBACK_NO_PROXY else list(LOOPBACK_NO_PROXY)
+    broker_host = urlsplit(job.broker).hostname if job.broker else None
+    if broker_host and broker_host not in no_proxy and broker_host != up_host:
+        no_proxy.append(broker_host)
+    joined = ",".join(no_proxy)
+    return {
+        "NODE_EXTRA_CA_CERTS": str(job.ca_bundle),
+        "NODE_USE_ENV_PROXY": "1",
+        "NO_PROXY": joined,
+        "no_proxy": joined,
     }
 
 

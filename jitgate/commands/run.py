@@ -63,16 +63,16 @@ def _mint(
     return answer
 
 
-def _key_env(minted: Minted, explicit: str | None) -> str | None:
+def _key_env(minted: Minted, explicit: list[str] | None) -> tuple[str, ...]:
     if explicit:
-        return explicit
+        return tuple(explicit)
     if minted.key_env:
         return minted.key_env
     policy = os.environ.get("JITGATE_POLICY")
     if policy and Path(policy).exists():
         conn = load_policy(policy).connections.get(minted.connection)
-        return conn.key_env if conn else None
-    return None
+        return conn.key_env if conn else ()
+    return ()
 
 
 def run(
@@ -84,7 +84,9 @@ def run(
     ttl: Annotated[str | None, typer.Option(help="Requested lifetime, e.g. 10m (the policy may clamp it).")] = None,
     operation: Annotated[list[str] | None, typer.Option("--operation", help="Limit to these operations.")] = None,
     job: Annotated[str | None, typer.Option(envvar="JITGATE_JOB", help="Job id recorded with every request.")] = None,
-    key_env: Annotated[str | None, typer.Option(help="Variable that carries the API key, e.g. CO_API_KEY.")] = None,
+    key_env: Annotated[
+        list[str] | None, typer.Option(help="Variable that carries the API key, e.g. CO_API_KEY (repeatable).")
+    ] = None,
     oidc_token: OidcOpt = None,
     capture: Annotated[bool, typer.Option(help="Use transparent local capture instead of HTTPS_PROXY.")] = False,
     wait_approval: Annotated[int, typer.Option(help="Seconds to wait when issuance needs approval.")] = 0,
@@ -119,7 +121,7 @@ def run(
                 user = os.environ.get("PGUSER") or getpass.getuser()
                 env = pg_environment(os.environ, minted, gateway=pg_gateway, ca_bundle=bundle, user=user)
             else:
-                env = job_environment(os.environ, minted, JobEnv(gateway, bundle, _key_env(minted, key_env)))
+                env = job_environment(os.environ, minted, JobEnv(gateway, bundle, _key_env(minted, key_env), broker))
             err.print(f"jitgate: token {minted.jti} for {minted.connection}, expires at {minted.expires_at}")
             rc = run_job(cmd, env)
         except FileNotFoundError as exc:

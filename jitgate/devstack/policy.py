@@ -38,6 +38,15 @@ def secret_id(connection: str) -> str:
     return f"jitgate/test/{connection}"
 
 
+# The variables each dialect's SDKs read for the API key (cohere's SDK: CO_API_KEY; llama-index's
+# Cohere rerank: COHERE_API_KEY).
+KEY_ENV: dict[str, list[str]] = {
+    "cohere": ["CO_API_KEY", "COHERE_API_KEY"],
+    "jina": ["JINA_API_KEY"],
+    "voyage": ["VOYAGE_API_KEY"],
+}
+
+
 def approvers(issuer: str, group: str, *, count: int = 1) -> dict[str, object]:
     """An `approvers` block: any `count` members of `issuer`'s `group`."""
     return {"count": count, "members": [{"issuer": issuer, "group": group}]}
@@ -50,7 +59,7 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         connections[name] = {
             "dialect": dialect,
             "upstream": ups[name],
-            "key_env": {"cohere": "CO_API_KEY", "jina": "JINA_API_KEY", "voyage": "VOYAGE_API_KEY"}[dialect],
+            "key_env": KEY_ENV[dialect],
             "credential": {"secret_id": secret_id(name), "json_key": "api_key", "format": "Bearer {secret}"},
             "approval": {"max_documents": 1000},
         }

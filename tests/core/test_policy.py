@@ -72,7 +72,7 @@ LINE_CASES = [
      ["credential.format", "{secret}"]),
     ("upstream without scheme", "upstream: https://api.cohere.com", "upstream: api.cohere.com",
      "upstream: api.cohere.com", ["upstream"]),
-    ("unknown field in a connection", "    key_env: CO_API_KEY", "    key_env: CO_API_KEY\n    colour: red",
+    ("unknown field in a connection", "    key_env: CHROMA_API_KEY", "    key_env: CHROMA_API_KEY\n    colour: red",
      "colour: red", ["colour", "Extra inputs"]),
     ("negative limit", "limits: {max_requests: 10000}", "limits: {max_requests: -1}", "max_requests: -1",
      ["limits.max_requests"]),

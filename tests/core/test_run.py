@@ -13,7 +13,7 @@ from jitgate.capture import capture_unavailable_reason
 from jitgate.client import Minted
 from jitgate.run import JobEnv, job_environment, run_job, write_ca_bundle
 
-MINTED = Minted(token="h.p.s", jti="j" * 32, expires_at=1, connection="cohere-prod", proxy_hint=None, key_env=None)
+MINTED = Minted(token="h.p.s", jti="j" * 32, expires_at=1, connection="cohere-prod", proxy_hint=None, key_env=())
 
 
 def test_job_environment_sets_proxy_bundle_and_key(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_job_environment_sets_proxy_bundle_and_key(tmp_path: Path) -> None:
     assert env["HTTPS_PROXY"] == "http://jit:h.p.s@127.0.0.1:8080"
     assert env["REQUESTS_CA_BUNDLE"] == env["SSL_CERT_FILE"] == str(tmp_path / "ca.pem")
     assert env["CO_API_KEY"] == "h.p.s"
-    assert "NO_PROXY" not in env
+    assert "api.cohere.com" not in env["NO_PROXY"]  # an inherited NO_PROXY does not bypass the gateway
     assert env["PATH"] == "/bin"
 
 
