@@ -15,6 +15,8 @@ from addon.failsafe import fail_closed
 from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
+from addon.metrics import Metrics
+from addon.reuse_port import ReusePort
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
@@ -41,9 +43,17 @@ session_recorder = fail_closed(SessionRecorder())
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
+# Issue 22: counts every flow after the chain is through; serves /metrics, /healthz, /readyz.
+metrics = Metrics(
+    token_gate=token_gate, credential_inject=credential_inject, approval_hold=approval_hold,
+    session_recorder=session_recorder,
+)
+
 addons = [
+    ReusePort(),  # SO_REUSEPORT for `jitgate gateway --workers N`; before the proxy listens
     http_only, upstream_sni,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
     upstream_timeout,
+    metrics,  # last flow hooks: after every request and response hook of the chain
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

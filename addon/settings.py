@@ -125,6 +125,16 @@ OPTIONS: dict[str, Option] = {
             "jitgate_audit_required", bool, True,
             "Refuse a flow (503 audit_unavailable) when its record cannot be written to the spool.",
         ),
+        # reuse_port, metrics (issue 22: workers, metrics and health)
+        Option(
+            "jitgate_reuse_port", bool, False,
+            "Listen with SO_REUSEPORT so several gateway workers share one port (jitgate gateway --workers).",
+        ),
+        Option(
+            "jitgate_metrics_port", int, -1,
+            "Port of /metrics, /healthz and /readyz (shared by the workers); -1: off, 0: any free port.",
+        ),
+        Option("jitgate_metrics_host", str, "127.0.0.1", "Address of the metrics and health endpoint."),
         # upstream_timeout
         Option(
             "jitgate_upstream_timeout", str, DEFAULT_UPSTREAM_TIMEOUT,

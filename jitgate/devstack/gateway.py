@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENTRY = REPO / "addon" / "jitgate_addons.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 _LISTENING = re.compile(r"proxy listening at .*?:(\d+)")
+_METRICS = re.compile(r"jitgate metrics listening at (http://\S+)")
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY")
 
 
@@ -56,6 +57,18 @@ class Gateway:
 
     def client_bundle(self, path: Path) -> Path:
         return write_bundle(path, self.ca_pem)
+
+    def metrics_url(self, timeout: float = 10.0) -> str:
+        """The URL of /metrics, /healthz and /readyz (started with `jitgate_metrics_port`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.log):
+                m = _METRICS.search(line)
+                if m:
+                    return m.group(1)
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the gateway serves no metrics:\n" + "\n".join(self.log))
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
