@@ -114,7 +114,7 @@ class Metrics:
             for path in spool.closed_segments():
                 with contextlib.suppress(OSError):  # shipped meanwhile
                     segments.append(path.stat().st_mtime)
-            used = spool.used_bytes()
+            used = spool.used_bytes
             writable = not spool.failing and os.access(spool.config.directory, os.W_OK)
         return metrics.Snapshot(
             revocation_age=metrics.age(now_mono, refreshed),
