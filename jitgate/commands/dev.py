@@ -67,8 +67,18 @@ def gateway(
     aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
     capture: Annotated[str | None, typer.Option(help="Transparently capture this process (eBPF).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Extra mitmproxy option name=value.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(envvar="JITGATE_WORKERS", help="Gateway processes on the port; default: one per CPU.")
+    ] = None,
+    gateway_id: Annotated[str, typer.Option(envvar="JITGATE_GATEWAY_ID", help="Gateway id; default: hostname.")] = "",
+    metrics_host: Annotated[str, typer.Option(help="Address of /metrics, /healthz, /readyz.")] = "127.0.0.1",
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz; -1: off.")] = 9090,
 ) -> None:
     """Run the gateway in the foreground: mitmdump with the jitgate addon chain and its options."""
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    if count < 1:
+        out.print("[red]jitgate: --workers must be at least 1[/red]")
+        raise typer.Exit(2)
     argv = [str(MITMDUMP), "--listen-host", listen_host, "--listen-port", str(listen_port)]
     if capture:
         reason = capture_unavailable_reason()
@@ -92,6 +102,14 @@ def gateway(
             argv += ["--set", f"{name}={value}"]
     for extra in set_ or []:
         argv += ["--set", extra]
+    argv += ["--set", f"jitgate_metrics_host={metrics_host}", "--set", f"jitgate_metrics_port={metrics_port}"]
     argv += ["-s", str(ENTRY)]
     sys.stdout.flush()
-    os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
+    if count == 1:
+        if gateway_id:
+            argv += ["--set", f"jitgate_gateway_id={gateway_id}"]
+        os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
+    from jitgate.commands.gateway_workers import supervise
+
+    supervise(argv, count, gateway_id=gateway_id, spool_dir=spool_dir, listen=(listen_host, listen_port),
+              metrics=(metrics_host, metrics_port))
