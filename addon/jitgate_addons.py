@@ -16,7 +16,6 @@ from addon.gc_freeze import GcFreeze
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.metrics import Metrics
-from addon.reuse_port import ReusePort
 from addon.scope_guard import ScopeGuard
 from addon.session_recorder import SessionRecorder
 from addon.token_gate import TokenGate
@@ -50,7 +49,6 @@ metrics = Metrics(
 )
 
 addons = [
-    ReusePort(),  # SO_REUSEPORT for `jitgate gateway --workers N`; before the proxy listens
     http_only, upstream_sni,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, session_recorder,
     upstream_timeout,

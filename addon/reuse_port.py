@@ -1,12 +1,14 @@
-"""`jitgate_reuse_port`: the proxy's listening socket with SO_REUSEPORT, so N workers share one port.
+"""The proxy's listening socket with SO_REUSEPORT, so N gateway workers share one port.
 
 mitmproxy 12.2.3 binds its TCP servers with `asyncio.start_server(self.handle_stream, host, port)`
 in `AsyncioServerInstance.listen` (mitmproxy/proxy/mode_servers.py) and offers no option for
 SO_REUSEPORT. asyncio's `start_server` takes `reuse_port=True`; this module hands it that, for
 mitmproxy's servers only: `mode_servers` sees a stand-in for its `asyncio` module whose
-`start_server` adds the flag while the option is on (every other name is asyncio's own). The
-check below makes the gateway refuse to start where mitmproxy binds another way, instead of
-silently listening alone. `jitgate gateway --workers N` (jitgate/workers.py) turns it on.
+`start_server` adds the flag (every other name is asyncio's own). The check below makes the
+worker refuse to start where mitmproxy binds another way, instead of silently listening alone.
+mitmproxy listens before it loads `-s` scripts, so this cannot be an addon: a worker of
+`jitgate gateway --workers N` runs `python -m addon.worker`, which installs it and then runs
+mitmdump.
 """
 
 from __future__ import annotations
@@ -16,11 +18,7 @@ import inspect
 from types import ModuleType
 from typing import Any
 
-from mitmproxy import ctx
-from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_servers
-
-from addon import settings
 
 _CALL = "asyncio.start_server(self.handle_stream, host, port)"
 
@@ -41,23 +39,10 @@ class _Asyncio(ModuleType):
 
 
 def install() -> None:
-    """Put the stand-in in place; raises where mitmproxy does not bind through `asyncio.start_server`."""
+    """Put the stand-in in place, on; raises where mitmproxy does not bind through `asyncio.start_server`."""
+    _Asyncio.enabled = True
     if isinstance(getattr(mode_servers, "asyncio", None), _Asyncio):
         return
     if _CALL not in inspect.getsource(mode_servers.AsyncioServerInstance.listen):
-        raise RuntimeError("jitgate_reuse_port: mitmproxy no longer binds with asyncio.start_server")
+        raise RuntimeError("SO_REUSEPORT: mitmproxy no longer binds with asyncio.start_server")
     setattr(mode_servers, "asyncio", _Asyncio("asyncio"))  # noqa: B010  (not an exported name)
-
-
-class ReusePort:
-    def load(self, loader: Loader) -> None:
-        settings.add_options(loader, "jitgate_reuse_port")
-
-    def configure(self, updated: set[str]) -> None:
-        if "jitgate_reuse_port" in updated:
-            if ctx.options.jitgate_reuse_port:
-                try:
-                    install()
-                except RuntimeError as exc:
-                    raise settings.options_error(str(exc)) from None
-            _Asyncio.enabled = bool(ctx.options.jitgate_reuse_port)

@@ -128,7 +128,7 @@ OPTIONS: dict[str, Option] = {
         # reuse_port, metrics (issue 22: workers, metrics and health)
         Option(
             "jitgate_reuse_port", bool, False,
-            "Listen with SO_REUSEPORT so several gateway workers share one port (jitgate gateway --workers).",
+            "The metrics port with SO_REUSEPORT, shared by the workers of jitgate gateway --workers N.",
         ),
         Option(
             "jitgate_metrics_port", int, -1,

@@ -102,7 +102,10 @@ def gateway(
             argv += ["--set", f"{name}={value}"]
     for extra in set_ or []:
         argv += ["--set", extra]
-    argv += ["--set", f"jitgate_metrics_host={metrics_host}", "--set", f"jitgate_metrics_port={metrics_port}"]
+    named = {extra.split("=", 1)[0] for extra in set_ or []}  # mitmproxy drops options set twice
+    for name, value in (("jitgate_metrics_host", metrics_host), ("jitgate_metrics_port", str(metrics_port))):
+        if name not in named:
+            argv += ["--set", f"{name}={value}"]
     argv += ["-s", str(ENTRY)]
     sys.stdout.flush()
     if count == 1:
