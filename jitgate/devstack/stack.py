@@ -101,6 +101,7 @@ class DevStack:
                 "jitgate_spool_dir": str(state / "spool"),
                 "jitgate_gateway_id": "dev",
                 "jitgate_segment_ms": str(self.segment_ms),
+                "jitgate_metrics_port": "0",
             }
         )
         gw_env = {**broker_env(stack, policy_path), "PATH": os.environ.get("PATH", "")}
@@ -113,6 +114,7 @@ class DevStack:
             "JITGATE_BROKER_URL": broker.url,
             "JITGATE_GATEWAY": f"127.0.0.1:{gateway.port}",
             "JITGATE_GATEWAY_CA": str(gateway.confdir / "mitmproxy-ca-cert.pem"),
+            "JITGATE_METRICS_URL": gateway.metrics_url() + "/metrics",
             "JITGATE_CA_BUNDLE": str(bundle),
             "JITGATE_CONNECTION": "cohere-test",
             "JITGATE_POLICY": str(policy_path),

@@ -60,3 +60,18 @@ def test_container_runs_the_addon_chain() -> None:
     assert "addon/jitgate_addons.py" in text
     assert "connection_strategy=lazy" in text
     assert "USER jitgate" in text
+
+
+def test_load_balancer_checks_readyz_on_the_metrics_port(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    tg = res["TargetGroup"]["Properties"]
+    assert (tg["HealthCheckProtocol"], tg["HealthCheckPort"], tg["HealthCheckPath"]) == ("HTTP", "9090", "/readyz")
+    container = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert {m["ContainerPort"] for m in container["PortMappings"]} == {8080, 9090}
+    command = container["Command"]
+    assert "jitgate_metrics_port=9090" in command and "jitgate_metrics_host=0.0.0.0" in command
+    ingress = res["TaskSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert any(rule["FromPort"] == 9090 for rule in ingress)
+    assert "EXPOSE 9090" in (ROOT / "infra" / "gateway" / "Dockerfile").read_text()
+    unit = (ROOT / "infra" / "gateway" / "jitgate-gateway.service").read_text()
+    assert "jitgate_metrics_port=9090" in unit
