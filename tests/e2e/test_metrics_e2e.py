@@ -39,7 +39,7 @@ def gateway(
     work = tmp_path_factory.mktemp("metrics-gw")
     with full_gateway(
         work, policy=policy, upstream=upstream, broker=broker, stack=aws_stack, moto=moto_server,
-        gateway_id="metrics", jitgate_metrics_port="0",
+        gateway_id="metrics", jitgate_metrics_port="0", jitgate_bucket="",  # the e2e bucket is other tests' audit
     ) as gw:
         yield gw
 
@@ -127,7 +127,7 @@ def test_unreachable_dynamodb_makes_readyz_fail(
     aws_env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ENDPOINT_URL_DYNAMODB": dead}
     with full_gateway(
         tmp_path, policy=policy, upstream=upstream, broker=broker, stack=aws_stack, moto=moto_server,
-        gateway_id="metrics-stale", aws_env=aws_env, jitgate_metrics_port="0",
+        gateway_id="metrics-stale", aws_env=aws_env, jitgate_metrics_port="0", jitgate_bucket="",
     ) as gw:
         url = gw.metrics_url()
         assert httpx.get(url + "/healthz", timeout=10).status_code == 200

@@ -22,7 +22,7 @@ from jitgate.devstack.aws import Stack
 from jitgate.devstack.gateway import REPO, Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.upstream import Upstream
-from tests.reliability.harness import client, kms_token, records, rerank, write_policy
+from tests.reliability.harness import client, kms_token, rerank, write_policy
 
 JITGATE = Path(sys.executable).with_name("jitgate")
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -36,6 +36,7 @@ class Fleet:
     port: int
     metrics_port: int
     confdir: Path
+    spool: Path  # no bucket: records stay here (the e2e bucket holds other tests' audit)
 
     def pids(self) -> dict[int, int]:
         """worker index -> pid of its latest start."""
@@ -84,7 +85,7 @@ def fleet(
     argv = [
         str(JITGATE), "gateway", "--workers", "2", "--listen-port", "0", "--metrics-port", "0",
         "--policy", str(policy), "--jwks-url", f"{broker}/.well-known/jwks.json", "--table", aws_stack.table,
-        "--bucket", aws_stack.bucket, "--issuer", broker, "--aws-endpoint", moto_server,
+        "--issuer", broker, "--aws-endpoint", moto_server,
         "--upstream-ca", str(ca), "--spool-dir", str(work / "spool"), "--gateway-id", "fleet",
         "--set", f"confdir={confdir}", "--set", "jitgate_segment_ms=300", "--set", "jitgate_revocation_refresh=0.5",
         "--set", "jitgate_revocation_staleness=3", "--set", "jitgate_upload_backoff_max_ms=1000",
@@ -100,7 +101,7 @@ def fleet(
             log.append(line.rstrip())
 
     threading.Thread(target=drain, daemon=True).start()
-    fl = Fleet(proc, log, 0, 0, confdir)
+    fl = Fleet(proc, log, 0, 0, confdir, work / "spool")
     try:
         _wait(lambda: any(_PORTS.search(line) for line in list(log)), fl)
         m = next(_PORTS.search(line) for line in list(log) if _PORTS.search(line))
@@ -126,7 +127,7 @@ def test_two_workers_share_the_port_and_each_records_under_its_own_id(
             assert rerank(c, upstream).status_code == 200
 
     def both_recorded() -> bool:
-        return all(records(moto_server, aws_stack.bucket, f"fleet-w{i}") for i in (0, 1))
+        return all(any((fleet.spool / f"fleet-w{i}").rglob("*.jsonl")) for i in (0, 1))
 
     _wait(both_recorded, fleet)
 
