@@ -18,6 +18,7 @@ from addon.graceful_stop import GracefulStop
 from addon.http_only import HttpOnly
 from addon.leak_guard import LeakGuard
 from addon.log_json import FlowLog, LogJson
+from addon.metrics import Metrics
 from addon.pg_listener import PgListener
 from addon.policy_refresh import PolicyRefresh
 from addon.scope_guard import ScopeGuard
@@ -56,12 +57,19 @@ session_recorder = fail_closed(SessionRecorder(aws=aws))
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
+# Issue 22: counts every flow after the chain is through; serves /metrics, /healthz, /readyz.
+metrics = Metrics(
+    token_gate=token_gate, credential_inject=credential_inject, approval_hold=approval_hold,
+    session_recorder=session_recorder,
+)
+
 addons = [
     log_json, PolicyRefresh(), http_only, upstream_sni,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, graceful_stop,
     session_recorder,
     upstream_timeout,
     FlowLog(),  # one JSON line per refused or failed flow (after every other hook decided)
+    metrics,  # last flow hooks: after every request and response hook of the chain
     FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
     # The Postgres path: a listener of its own on this event loop (no flow hooks; off unless jitgate_pg_listen).
     PgListener(aws=aws),

@@ -174,6 +174,16 @@ OPTIONS: dict[str, Option] = {
             "jitgate_pg_listen", str, "",
             "HOST:PORT of the Postgres listener (TLS, the JIT token as password); empty: no Postgres path.",
         ),
+        # reuse_port, metrics (issue 22: workers, metrics and health)
+        Option(
+            "jitgate_reuse_port", bool, False,
+            "The metrics port with SO_REUSEPORT, shared by the workers of jitgate gateway --workers N.",
+        ),
+        Option(
+            "jitgate_metrics_port", int, -1,
+            "Port of /metrics, /healthz and /readyz (shared by the workers); -1: off, 0: any free port.",
+        ),
+        Option("jitgate_metrics_host", str, "127.0.0.1", "Address of the metrics and health endpoint."),
         # upstream_timeout
         Option(
             "jitgate_upstream_timeout", str, DEFAULT_UPSTREAM_TIMEOUT,

@@ -94,6 +94,11 @@ class SecretMemo:
     def clear(self) -> None:
         self._values.clear()
 
+    def oldest_age(self) -> float:
+        """Seconds since the oldest value held was read (0 with none): the secret cache's age."""
+        now = self._monotonic()
+        return max((now - read for _value, read in list(self._values.values())), default=0.0)
+
 
 class SecretReader(Protocol):
     """What reads a secret's string (aws_secretsmanager_caching's SecretCache, in the gateway)."""

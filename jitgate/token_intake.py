@@ -179,6 +179,15 @@ class TokenVerifier:
         self.results = VerifiedTokens()
         self._lock = asyncio.Lock()
 
+    @property
+    def keys_loaded(self) -> bool:
+        """Whether the last fetch of the broker's keys succeeded."""
+        return self._ok
+
+    def keys_age(self) -> float:
+        """Seconds since the keys were last fetched (infinite when never)."""
+        return self._monotonic() - self._fetched_at
+
     def configure(self, url: str, issuer: str, *, refetch_interval: float, refresh_interval: float) -> None:
         self.url, self.issuer = url, issuer
         self.refetch_interval, self.refresh_interval = refetch_interval, refresh_interval

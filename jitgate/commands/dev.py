@@ -83,8 +83,17 @@ def gateway(
     pg_listen: Annotated[
         str, typer.Option(envvar="JITGATE_PG_LISTEN", help="HOST:PORT of the Postgres listener (empty: none).")
     ] = "",
+    workers: Annotated[
+        int | None, typer.Option(envvar="JITGATE_WORKERS", help="Gateway processes on the port; default: one per CPU.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of /metrics, /healthz, /readyz.")] = "127.0.0.1",
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics, /healthz, /readyz; -1: off.")] = 9090,
 ) -> None:
     """Run the gateway in the foreground: mitmdump with the jitgate addon chain and its options."""
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    if count < 1:
+        out.print("[red]jitgate: --workers must be at least 1[/red]")
+        raise typer.Exit(2)
     extra: list[str] = []
     if capture:
         reason = capture_unavailable_reason()
@@ -116,9 +125,17 @@ def gateway(
             out.print(f"[red]jitgate: --set takes name=value, not {name!r}[/red]")
             raise typer.Exit(2)
         chosen[name] = value  # mitmdump takes one value per option: a later --set wins
+    chosen.setdefault("jitgate_metrics_host", metrics_host)
+    chosen.setdefault("jitgate_metrics_port", str(metrics_port))
     argv = mitmdump_argv(listen_host=listen_host, listen_port=listen_port, options=chosen, extra_args=extra)
     sys.stdout.flush()
-    os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
+    if count == 1:
+        os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
+    from jitgate.commands.gateway_workers import supervise
+
+    # Each worker gets its own gateway id and spool (the supervisor replaces those options).
+    supervise(argv, count, gateway_id=gateway_id, spool_dir=spool_dir, listen=(listen_host, listen_port),
+              metrics=(metrics_host, int(chosen["jitgate_metrics_port"])))
 
 
 def _install_fleet_ca(secret: str, confdir: str, aws_endpoint: str) -> str:

@@ -32,6 +32,7 @@ _PG_LISTENING = re.compile(r"postgres listening at .*?:(\d+)")
 # (`flow_detail` above 0) prints each request's URL, query string and headers to stdout, and so
 # tokens and secrets to the logs: off. addon/log_json.py keeps it off if a later `--set` turns it on.
 GATEWAY_OPTIONS: dict[str, str] = {"flow_detail": "0", "connection_strategy": "lazy"}
+_METRICS = re.compile(r"jitgate metrics listening at (http://\S+)")
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY")
 
 
@@ -63,6 +64,18 @@ class Gateway:
 
     def client_bundle(self, path: Path) -> Path:
         return write_bundle(path, self.ca_pem)
+
+    def metrics_url(self, timeout: float = 10.0) -> str:
+        """The URL of /metrics, /healthz and /readyz (started with `jitgate_metrics_port`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.log):
+                m = _METRICS.search(line)
+                if m:
+                    return m.group(1)
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the gateway serves no metrics:\n" + "\n".join(self.log))
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

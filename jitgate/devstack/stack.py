@@ -128,6 +128,7 @@ class DevStack:
                 "jitgate_gateway_id": "dev",
                 "jitgate_segment_ms": str(self.segment_ms),
                 "jitgate_pg_listen": "127.0.0.1:0",
+                "jitgate_metrics_port": "0",
             }
         )
         gw_env = {**broker_env(stack, policy_path), "PATH": os.environ.get("PATH", "")}
@@ -141,6 +142,7 @@ class DevStack:
             "JITGATE_GATEWAY": f"127.0.0.1:{gateway.port}",
             "JITGATE_PG_GATEWAY": f"127.0.0.1:{gateway.pg_port}",
             "JITGATE_GATEWAY_CA": str(gateway.confdir / "mitmproxy-ca-cert.pem"),
+            "JITGATE_METRICS_URL": gateway.metrics_url() + "/metrics",
             "JITGATE_CA_BUNDLE": str(bundle),
             "JITGATE_CONNECTION": "cohere-test",
             "JITGATE_POLICY": str(policy_path),

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 
 from jitgate.devstack.policy import READER_SUB
@@ -245,3 +246,11 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_dev_stack_writes_the_metrics_url_to_env_sh(stack: DevStack) -> None:
+    url = stack.env["JITGATE_METRICS_URL"]
+    assert f"export JITGATE_METRICS_URL={url}\n" in (stack.state_dir / "env.sh").read_text()
+    resp = httpx.get(url, timeout=10)
+    assert resp.status_code == 200 and "jitgate_ready" in resp.text
+    assert httpx.get(url.removesuffix("/metrics") + "/healthz", timeout=10).status_code == 200

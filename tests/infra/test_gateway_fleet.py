@@ -132,3 +132,19 @@ def test_systemd_unit_is_hardened() -> None:
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", proc.stdout)
     assert found, proc.stdout + proc.stderr
     assert float(found.group(1)) <= 3.0 and found.group(2) == "OK", proc.stdout
+
+
+def test_load_balancer_checks_readyz_on_the_metrics_port(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    assert template["Parameters"]["ReadinessPort"]["Default"] == "9090"
+    tg = res["TargetGroup"]["Properties"]
+    assert tg["HealthCheckProtocol"] == {"Fn::If": ["HasReadinessPort", "HTTP", "TCP"]}
+    assert tg["HealthCheckPath"]["Fn::If"][1] == "/readyz"
+    container = res["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert {m["ContainerPort"] for m in container["PortMappings"]} == {8080, 9090}
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["JITGATE_WORKERS"] == "1"  # the task is 1 vCPU
+    docker = (ROOT / "infra" / "gateway" / "Dockerfile").read_text()
+    assert "EXPOSE 9090" in docker and '"--metrics-port", "9090"' in docker and '"--metrics-host", "0.0.0.0"' in docker
+    unit = (ROOT / "infra" / "gateway" / "jitgate-gateway.service").read_text()
+    assert "--metrics-port 9090" in unit
