@@ -72,6 +72,6 @@ addons = [
     metrics,  # last flow hooks: after every request and response hook of the chain
     FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
     # The Postgres path: a listener of its own on this event loop (no flow hooks; off unless jitgate_pg_listen).
-    PgListener(aws=aws),
+    PgListener(aws=aws, scanner=lambda: leak_guard.scanner),  # the HTTP path's scanner: the same tags
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

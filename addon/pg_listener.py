@@ -60,7 +60,7 @@ from scramp import ScramClient
 
 from addon import settings
 from addon.revocations import RevocationList
-from jitgate import durations, pgwire
+from jitgate import durations, leaks, pgmask, pgwire
 from jitgate.errors import (
     AuditUnavailable,
     CredentialUnavailable,
@@ -71,6 +71,7 @@ from jitgate.errors import (
     ProtocolViolation,
     ReplicationNotAllowed,
     RequestLimitExceeded,
+    ResultNotMaskable,
     RevocationUnavailable,
     RowLimitExceeded,
     StatementNotAllowed,
@@ -82,10 +83,12 @@ from jitgate.errors import (
     UsageUnavailable,
     WrongConnection,
 )
+from jitgate.inspect import Scanner, actions
 from jitgate.pgsql import SESSION, Statement, analyze, statement_error
 from jitgate.pgwire import Message, error_response, message, ready_for_query
 from jitgate.policy import Connection, Policy
 from jitgate.records import Decision, SessionRecord, escape_text, iso_ts, record_id
+from jitgate.records import Finding as RecordFinding
 from jitgate.scope import lease_size
 from jitgate.spool import Spool, SpoolConfig, Uploader
 from jitgate.state import reserve_requests
@@ -133,6 +136,7 @@ class _Pending:
     started: float
     rows: int = 0
     bytes: int = 0
+    findings: list[RecordFinding] = field(default_factory=list)
 
 
 @dataclass
@@ -166,8 +170,12 @@ class PgListener:
         secretsmanager: Any = None,
         s3: Any = None,
         aws: settings.AwsClients | None = None,
+        scanner: Callable[[], Scanner | None] | None = None,
     ) -> None:
         self._clients = aws or settings.AwsClients()
+        # The HTTP path's scanner (same mask key, so the same tags); without one, a scanner of its own.
+        self._scanner_of = scanner
+        self._own_scanner: Scanner | None = None
         self._clock = clock
         self._monotonic = monotonic
         self._dynamodb = dynamodb
@@ -411,6 +419,14 @@ class PgListener:
         except Exception as exc:
             logger.error("postgres session record not written: %s", type(exc).__name__)
 
+    def scanner(self) -> Scanner:
+        given = self._scanner_of() if self._scanner_of is not None else None
+        if given is not None:
+            return given
+        if self._own_scanner is None:  # no HTTP path in this process: tags correlate within it only
+            self._own_scanner = Scanner(secrets.token_bytes(32))
+        return self._own_scanner
+
     def audit_error(self) -> JitgateError | None:
         if self.required and self.spool is not None and self.spool.failing:
             return AuditUnavailable("the session record cannot be written; the statement is refused")
@@ -446,6 +462,7 @@ class _Session:
         self.prepared: dict[str, Statement | None] = {}
         self.portals: dict[str, str] = {}
         self.pending: deque[_Pending] = deque()
+        self.columns: tuple[pgmask.Column, ...] | None = None  # the last RowDescription of this cycle
         self.awaiting_rfq = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -665,6 +682,16 @@ class _Session:
     async def on_server(self, msg: Message) -> None:
         t = msg.type
         limits = self.claims.limits if self.claims is not None else None
+        if t == b"T":
+            try:
+                self.columns = pgmask.row_description(msg.body)
+            except pgwire.WireError:
+                self.columns = None
+        if t == b"D" and self.discarding is None:
+            try:
+                msg = self.mask(msg)
+            except (pgwire.WireError, ResultNotMaskable):
+                await self._cut(ResultNotMaskable("result rows the gateway cannot read are not passed on"))
         if t == b"D" and self.pending:
             head = self.pending[0]
             head.rows += 1
@@ -687,6 +714,7 @@ class _Session:
                 if left.stmt is not None:
                     self.write_record(left.stmt, Decision.BLOCKED, "not_run", left)
             self.pending.clear()
+            self.columns = None
             self.tx = msg.body[:1]
             self.awaiting_rfq = max(0, self.awaiting_rfq - 1)
             if self.discarding is not None:
@@ -704,6 +732,20 @@ class _Session:
         # Wait for a slow client at each completion, or when its buffer grows: memory stays bounded.
         if t in (b"Z", b"C") or self.writer.transport.get_write_buffer_size() > 256 * 1024:
             await self.writer.drain()
+
+    def mask(self, msg: Message) -> Message:
+        """A DataRow with its text-like values masked per the connection's profile."""
+        if self.columns is None:
+            raise ResultNotMaskable("rows without a row description")
+        scanner = self.gw.scanner()
+        profile = leaks.profile_for(self.gw.policy, self.claims, self.conn, "")
+        body, found = pgmask.mask_row(scanner, actions.plan(profile, "response"), self.columns, msg.body)
+        if found and self.pending:
+            self.pending[0].findings.extend(
+                RecordFinding(type=f.type, kind=f.kind, location=f"column:{escape_text(c)}", action="mask", tag=f.tag)
+                for c, f in found
+            )
+        return msg if body is msg.body else Message(b"D", body)
 
     async def _cut(self, err: JitgateError) -> None:
         """A result over a limit: the client gets an error, the rest of the answer is dropped."""
@@ -948,6 +990,8 @@ class _Session:
 
     def write_record(self, stmt: Statement | None, decision: Decision, error: str | None, p: _Pending) -> None:
         claims, conn = self.claims, self.conn
+        if decision == Decision.ALLOWED and p.findings:
+            decision = Decision.MASKED
         self.seq += 1
         flow_id = f"pg-{self.id}-{self.seq}"
         now = self.gw._clock()
@@ -982,6 +1026,7 @@ class _Session:
             statement=stmt.normalized if stmt else None,
             statement_fingerprint=stmt.fingerprint or None if stmt else None,
             rows=p.rows,
+            findings=tuple(p.findings),
         )
         self.gw.record(record)
 

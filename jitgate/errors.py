@@ -490,6 +490,13 @@ class RowLimitExceeded(Forbidden):
     code = "row_limit_exceeded"
 
 
+class ResultNotMaskable(Forbidden):
+    """Result rows arrived without a row description the gateway read: they cannot be masked, so
+    they are refused (fail closed)."""
+
+    code = "result_not_maskable"
+
+
 # -- broker configuration and the broker's clients (CLI, local stack) ------------------------------
 
 

@@ -53,7 +53,9 @@ def test_one_record_per_statement(
     assert "jitgate column_not_allowed" in out.stderr
     records = _records(pg_stack, minted["jti"], 2)
     assert len(records) == 2, records
-    ok = next(r for r in records if r["decision"] == "allowed")
+    ok = next(r for r in records if r["decision"] == "masked")  # the bodies hold e-mails: masked
+    assert {f["location"] for f in ok["findings"]} == {"column:body"}
+    assert {f["type"] for f in ok["findings"]} == {"email"} and all(f["action"] == "mask" for f in ok["findings"])
     refused = next(r for r in records if r["decision"] == "blocked")
     assert ok["conn"] == "pg-dev" and ok["sub"] == READER and ok["job"] == "rerank-nightly"
     assert ok["db_user"] == "reranker" and ok["operation"] == "select"
