@@ -78,7 +78,7 @@ class Metrics:
         self._stop.clear()
         threading.Thread(target=self._ticker, name="jitgate-metrics-tick", daemon=True).start()
         # start_gateway and the tests read the port from this line (port 0: any free port).
-        print(f"jitgate metrics listening at http://{host}:{self.server.port}", flush=True)
+        logger.warning("jitgate metrics listening at http://%s:%d", host, self.server.port)
 
     def done(self) -> None:
         self._stop.set()

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,6 +56,18 @@ class _Worker:
     started: float = 0.0
     failures: int = 0
     restart_at: float = 0.0
+
+
+_OUT_LOCK = threading.Lock()
+
+
+def _relay(proc: subprocess.Popen[bytes]) -> None:
+    """Copy a worker's output to ours line by line, each line written whole."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        with _OUT_LOCK:
+            sys.stdout.buffer.write(line if line.endswith(b"\n") else line + b"\n")
+            sys.stdout.flush()
 
 
 @dataclass
@@ -93,8 +106,14 @@ class Supervisor:
         return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.poll() is None]
 
     def _spawn(self, slot: _Worker) -> None:
-        env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir)}
-        slot.proc = subprocess.Popen(list(self.argv_for(slot.index)), env=env)
+        env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir), "PYTHONUNBUFFERED": "1"}
+        # Each worker's output through a pipe of its own, relayed a whole line at a time: written
+        # straight to one shared stdout, two workers' lines interleaved mid-line (two JSON log
+        # objects on one line).
+        slot.proc = subprocess.Popen(
+            list(self.argv_for(slot.index)), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(target=_relay, args=(slot.proc,), name=f"jitgate-worker-{slot.index}-out", daemon=True).start()
         slot.started = time.monotonic()
         self.say(f"jitgate gateway: worker {slot.index} started (pid {slot.proc.pid})")
 

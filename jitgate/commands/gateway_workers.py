@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from pathlib import Path
 
-from jitgate.workers import Supervisor, reserve_port, worker_id
+from jitgate.workers import _OUT_LOCK, Supervisor, reserve_port, worker_id
 
 
 def _worker_argv(base: list[str], *, wid: str, spool: Path, port: int, metrics_port: int) -> list[str]:
@@ -44,6 +45,13 @@ def _make_ca(base: list[str]) -> None:
     CertStore.from_store(path, "mitmproxy", 2048)
 
 
+def _say(message: str) -> None:
+    """The supervisor's lines are JSON like the gateway's own (addon/log_json.py): one object a line."""
+    line = {"level": "info", "logger": "jitgate.gateway", "event": "workers", "msg": message}
+    with _OUT_LOCK:
+        print(json.dumps(line), flush=True)
+
+
 def supervise(
     base: list[str],
     workers: int,
@@ -59,13 +67,13 @@ def supervise(
     spool_root = Path(spool_dir or "~/.mitmproxy/jitgate-spool").expanduser()
     held, port = reserve_port(*listen)
     metrics_held, metrics_port = reserve_port(*metrics) if metrics[1] >= 0 else (None, -1)
-    print(f"jitgate gateway: {workers} workers on {listen[0]}:{port}, metrics on port {metrics_port}", flush=True)
+    _say(f"jitgate gateway: {workers} workers on {listen[0]}:{port}, metrics on port {metrics_port}")
 
     def argv_for(index: int) -> list[str]:
         wid = worker_id(ident, index)
         return _worker_argv(base, wid=wid, spool=spool_root / wid, port=port, metrics_port=metrics_port)
 
-    sup = Supervisor(argv_for, workers, say=lambda line: print(line, flush=True))
+    sup = Supervisor(argv_for, workers, say=_say)
     sup.handle_signals()
     try:
         sup.start().run()

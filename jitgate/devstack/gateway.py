@@ -32,7 +32,7 @@ _PG_LISTENING = re.compile(r"postgres listening at .*?:(\d+)")
 # (`flow_detail` above 0) prints each request's URL, query string and headers to stdout, and so
 # tokens and secrets to the logs: off. addon/log_json.py keeps it off if a later `--set` turns it on.
 GATEWAY_OPTIONS: dict[str, str] = {"flow_detail": "0", "connection_strategy": "lazy"}
-_METRICS = re.compile(r"jitgate metrics listening at (http://\S+)")
+_METRICS = re.compile(r"jitgate metrics listening at (http://[^\s\"',]+)")  # a JSON log line or plain
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY")
 
 
