@@ -200,7 +200,7 @@ def test_gateway_command_runs_the_chain(stack: DevStack, tmp_path: Path) -> None
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         env.pop(name, None)
     argv = [
-        JITGATE, "gateway", "--listen-port", str(port),
+        JITGATE, "gateway", "--listen-port", str(port), "--metrics-port", "0",
         "--jwks-url", stack.env["JITGATE_BROKER_URL"] + "/.well-known/jwks.json",
         "--issuer", stack.env["JITGATE_BROKER_URL"],
         "--upstream-ca", str(Path(stack.env["JITGATE_STATE_DIR"]) / "upstream-ca.pem"),

@@ -63,6 +63,8 @@ def container_launch(params: Mapping[str, str], root: Path) -> tuple[list[str], 
     argv[0] = str(JITGATE_BIN)
     argv[argv.index("--listen-host") + 1] = "127.0.0.1"
     argv[argv.index("--listen-port") + 1] = "0"
+    argv[argv.index("--metrics-host") + 1] = "127.0.0.1"  # the fleet's 0.0.0.0:9090, on loopback, any free port
+    argv[argv.index("--metrics-port") + 1] = "0"
     argv = [a.replace("/var/lib/jitgate", str(root)) for a in argv]
     env = {k: v.replace("/var/lib/jitgate", str(root)) for k, v in env.items()}
     return argv, env

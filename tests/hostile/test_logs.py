@@ -90,7 +90,7 @@ def start_cli_gateway(
     argv = [
         str(JITGATE), "gateway", "--policy", str(policy), "--jwks-url", f"{broker}/.well-known/jwks.json",
         "--table", stack.table, "--bucket", bucket, "--issuer", broker, "--listen-port", "0",
-        "--confdir", str(confdir), "--spool-dir", str(work / "spool"), "--upstream-ca", str(ca),
+        "--metrics-port", "0", "--confdir", str(confdir), "--spool-dir", str(work / "spool"), "--upstream-ca", str(ca),
         "--aws-endpoint", moto, "--set", "jitgate_gateway_id=logs-" + secrets.token_hex(3), *extra,
     ]
     return launch(argv, confdir=confdir, log_lines=100_000)
