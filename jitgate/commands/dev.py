@@ -133,9 +133,16 @@ def gateway(
         os.execv(argv[0], argv)  # noqa: S606  (argv is ours; the gateway replaces this process)
     from jitgate.commands.gateway_workers import supervise
 
-    # Each worker gets its own gateway id and spool (the supervisor replaces those options).
-    supervise(argv, count, gateway_id=gateway_id, spool_dir=spool_dir, listen=(listen_host, listen_port),
-              metrics=(metrics_host, int(chosen["jitgate_metrics_port"])))
+    try:
+        metrics_at = (chosen["jitgate_metrics_host"], int(chosen["jitgate_metrics_port"]))
+    except ValueError:
+        out.print("[red]jitgate: jitgate_metrics_port must be a port number (-1: off)[/red]")
+        raise typer.Exit(2) from None
+    # Each worker gets its own gateway id and spool under these (the supervisor replaces those options).
+    supervise(
+        argv, count, gateway_id=chosen.get("jitgate_gateway_id", ""), spool_dir=chosen.get("jitgate_spool_dir", ""),
+        listen=(listen_host, listen_port), metrics=metrics_at,
+    )
 
 
 def _install_fleet_ca(secret: str, confdir: str, aws_endpoint: str) -> str:
