@@ -25,7 +25,6 @@ from mitmproxy.addonmanager import Loader
 
 from addon import meta, mitmproxy_compat, settings
 from addon.respond import refuse
-from jitgate import durations
 from jitgate.errors import GatewayStopping
 
 logger = logging.getLogger(__name__)
@@ -44,10 +43,7 @@ class GracefulStop:
 
     def configure(self, updated: set[str]) -> None:
         if "jitgate_drain_timeout" in updated:
-            try:
-                self.drain_timeout = durations.parse_seconds(ctx.options.jitgate_drain_timeout, zero_ok=True)
-            except ValueError as exc:
-                raise settings.options_error(f"jitgate_drain_timeout: {exc}") from None
+            self.drain_timeout = settings.value(ctx.options, "jitgate_drain_timeout")
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._flows.add(flow)

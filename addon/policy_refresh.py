@@ -19,7 +19,6 @@ from mitmproxy import ctx, hooks
 from mitmproxy.addonmanager import Loader
 
 from addon import settings
-from jitgate import durations
 from jitgate.errors import PolicyError
 
 logger = logging.getLogger(__name__)
@@ -35,10 +34,7 @@ class PolicyRefresh:
 
     def configure(self, updated: set[str]) -> None:
         if "jitgate_policy_refresh" in updated:
-            try:
-                self.interval = durations.parse_seconds(ctx.options.jitgate_policy_refresh, zero_ok=True)
-            except ValueError as exc:
-                raise settings.options_error(f"jitgate_policy_refresh: {exc} (0: never re-read)") from None
+            self.interval = settings.value(ctx.options, "jitgate_policy_refresh")  # 0: never re-read
 
     def running(self) -> None:
         if self.interval > 0 and self._task is None:

@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from jitgate.devstack.process import terminate
+
 VERSION = "1.81.13"
 WHEEL = f"litellm-{VERSION}-py3-none-any.whl"
 WHEEL_SHA256 = "ae4aea2a55e85993f5f6dd36d036519422d24812a1a3e8540d9e987f2d7a4304"
@@ -150,9 +152,5 @@ def litellm_proxy(work: Path, upstream_url: str, upstream_ca: Path, upstream_key
             time.sleep(0.5)
         yield Peer(url=url, master_key=master, pid=proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
         log.close()

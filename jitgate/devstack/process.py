@@ -7,11 +7,12 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 _MAX_PREAMBLE_LINES = 200
 
 
-def terminate(proc: subprocess.Popen[str]) -> None:
+def terminate(proc: subprocess.Popen[Any]) -> None:
     """End a child politely, then firmly after 10 s."""
     if proc.poll() is None:
         proc.terminate()
