@@ -97,6 +97,19 @@ class Finding(_Frozen):
     tag: str | None = None
 
 
+class ColumnFinding(_Frozen):
+    """The findings of one kind in one result column of a statement (Postgres), counted over all its rows.
+
+    `type` is a detector's, or `column` for a value masked whole by the grant's `mask_columns`.
+    """
+
+    column: str
+    type: str
+    kind: str | None = None
+    action: str
+    count: int
+
+
 class RankEntry(TypedDict):
     """One result of a rerank answer: the index of the document in the request and its score.
 
@@ -158,6 +171,7 @@ class SessionRecord(_Frozen):
     statement: str | None = None
     statement_fingerprint: str | None = None
     rows: int | None = None
+    column_findings: tuple[ColumnFinding, ...] = ()
 
     @field_validator(
         "sub", "job", "client", "host", "path", "operation", "collection", "rerank_query", "request_body",
