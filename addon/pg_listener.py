@@ -154,7 +154,7 @@ class _Pending:
 
     def column_findings(self) -> tuple[ColumnFinding, ...]:
         return tuple(
-            ColumnFinding(column=c, type=t, kind=k, action="mask", count=n)
+            ColumnFinding(column_name=c, type=t, kind=k, action="mask", count=n)
             for (c, t, k), n in sorted(self.by_column.items(), key=lambda item: (item[0][0], item[0][1]))
         )
 

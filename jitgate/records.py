@@ -74,6 +74,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("statement", "string"),
     ("statement_fingerprint", "string"),
     ("rows", "bigint"),
+    # Per result column and finding type, counted over all a statement's rows (`findings` keeps its first 100).
+    ("column_findings", "array<struct<column_name:string,type:string,kind:string,action:string,count:bigint>>"),
 )
 
 PARTITIONS: tuple[tuple[str, str], ...] = (("dt", "string"), ("hour", "string"))
@@ -103,7 +105,7 @@ class ColumnFinding(_Frozen):
     `type` is a detector's, or `column` for a value masked whole by the grant's `mask_columns`.
     """
 
-    column: str
+    column_name: str
     type: str
     kind: str | None = None
     action: str

@@ -66,8 +66,8 @@ def test_masked_columns_through_psql(
     records = _records(pg_stack, minted["jti"], 5)
     ok = next(r for r in records if r["decision"] == "masked")
     assert ok["column_findings"] == [
-        {"column": "embedding", "type": "column", "kind": "pii", "action": "mask", "count": 3},
-        {"column": "owner_email", "type": "column", "kind": "pii", "action": "mask", "count": 3},
+        {"column_name": "embedding", "type": "column", "kind": "pii", "action": "mask", "count": 3},
+        {"column_name": "owner_email", "type": "column", "kind": "pii", "action": "mask", "count": 3},
     ]
     assert "@example" not in str(records)
 
