@@ -12,13 +12,18 @@ Per client connection (`_Session`):
    its `conn` must be a postgres connection whose database the startup names.
 3. upstream: the connection's credential from Secrets Manager (`{"username", "password"}`), SCRAM-SHA-256
    (scramp) or md5; a rejected password is retried once with the secret read afresh (rotation).
-   The search_path is pinned in the upstream startup (`pg_catalog, <sql_schema>`).
+   The search_path is pinned in the upstream startup (`pg_catalog, <sql_schema>`), beside the
+   token's identity for row security (`jitgate.sub`, `.job`, `.connection`, `.groups`:
+   jitgate.pgsession). With `mask_columns` in the token, their table oids and attribute numbers
+   are read from the catalog before the client's first statement. The client gets BackendKeyData
+   of the gateway's own; its CancelRequest is sent to the server with the server's key.
 4. every Query and every Parse is read by `jitgate.pgsql.analyze` and checked by
    `jitgate.pgsql.statement_error`; the token is checked again before every statement (expired or
    revoked: 28000 and the connection closes); `max_requests` counts statements on the token's shared
    DynamoDB counter (leases, as on HTTP); `max_documents` caps the rows of one statement and
    `max_bytes` its text and its result (past either: an error, never a silent cut).
-5. one `SessionRecord` per statement into a spool of its own (`<spool>/postgres`), shipped to the
+5. result rows masked (jitgate.pgmask): per the profile, and `mask_columns` whole.
+6. one `SessionRecord` per statement into a spool of its own (`<spool>/postgres`), shipped to the
    same bucket and prefix as the HTTP records.
 
 A refusal is an ErrorResponse (42501, the jitgate code at the head of the message) followed by
