@@ -80,6 +80,9 @@ def test_the_settings_hold_the_token_and_survive_every_reset(
     ):
         out = _psql(env, sql=attempt)
         assert f"jitgate {code}" in out.stderr, (attempt, out.stderr)
+    # row_security is a setting a client may change, but off makes a filtered query fail, never see more.
+    out = _psql(env, "-c", "SET row_security = off", sql="SELECT id FROM candidates ORDER BY id")
+    assert out.returncode != 0 and "row-level security" in out.stderr, out
     # RESET ALL and DISCARD ALL go back to the session's startup values: the gateway's.
     out = _psql(env, "-c", "RESET ALL", "-c", "DISCARD ALL", "-c", "SHOW jitgate.sub",
                 "-c", "SELECT id FROM candidates ORDER BY id")
