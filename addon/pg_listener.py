@@ -12,13 +12,18 @@ Per client connection (`_Session`):
    its `conn` must be a postgres connection whose database the startup names.
 3. upstream: the connection's credential from Secrets Manager (`{"username", "password"}`), SCRAM-SHA-256
    (scramp) or md5; a rejected password is retried once with the secret read afresh (rotation).
-   The search_path is pinned in the upstream startup (`pg_catalog, <sql_schema>`).
+   The search_path is pinned in the upstream startup (`pg_catalog, <sql_schema>`), beside the
+   token's identity for row security (`jitgate.sub`, `.job`, `.connection`, `.groups`:
+   jitgate.pgsession). With `mask_columns` in the token, their table oids and attribute numbers
+   are read from the catalog before the client's first statement. The client gets BackendKeyData
+   of the gateway's own; its CancelRequest is sent to the server with the server's key.
 4. every Query and every Parse is read by `jitgate.pgsql.analyze` and checked by
    `jitgate.pgsql.statement_error`; the token is checked again before every statement (expired or
    revoked: 28000 and the connection closes); `max_requests` counts statements on the token's shared
    DynamoDB counter (leases, as on HTTP); `max_documents` caps the rows of one statement and
    `max_bytes` its text and its result (past either: an error, never a silent cut).
-5. one `SessionRecord` per statement into a spool of its own (`<spool>/postgres`), shipped to the
+5. result rows masked (jitgate.pgmask): per the profile, and `mask_columns` whole.
+6. one `SessionRecord` per statement into a spool of its own (`<spool>/postgres`), shipped to the
    same bucket and prefix as the HTTP records.
 
 A refusal is an ErrorResponse (42501, the jitgate code at the head of the message) followed by
@@ -60,7 +65,7 @@ from scramp import ScramClient
 
 from addon import settings
 from addon.revocations import RevocationList
-from jitgate import durations, leaks, pgmask, pgwire
+from jitgate import durations, leaks, pgmask, pgsession, pgwire
 from jitgate.errors import (
     AuditUnavailable,
     CredentialUnavailable,
@@ -84,10 +89,11 @@ from jitgate.errors import (
     WrongConnection,
 )
 from jitgate.inspect import Scanner, actions
+from jitgate.inspect.masking import Finding as MaskFinding
 from jitgate.pgsql import SESSION, Statement, analyze, statement_error
 from jitgate.pgwire import Message, error_response, message, ready_for_query
 from jitgate.policy import Connection, Policy
-from jitgate.records import Decision, SessionRecord, escape_text, iso_ts, record_id
+from jitgate.records import ColumnFinding, Decision, SessionRecord, escape_text, iso_ts, record_id
 from jitgate.records import Finding as RecordFinding
 from jitgate.scope import lease_size
 from jitgate.spool import Spool, SpoolConfig, Uploader
@@ -108,6 +114,8 @@ _READS = (
 # Extended-protocol messages held until Sync (or Flush) and checked together.
 _EXTENDED = frozenset(b"PBDECHS")
 _ABORTED_OK = frozenset({"rollback", "rollback_to", "commit"})
+# A record lists a statement's first findings one by one; `column_findings` counts all of them.
+_MAX_FINDINGS = 100
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -137,6 +145,23 @@ class _Pending:
     rows: int = 0
     bytes: int = 0
     findings: list[RecordFinding] = field(default_factory=list)
+    by_column: dict[tuple[str, str, str | None], int] = field(default_factory=dict)  # (column, type, kind): count
+
+    def found(self, column: str, finding: MaskFinding) -> None:
+        key = (column, finding.type, finding.kind)
+        self.by_column[key] = self.by_column.get(key, 0) + 1
+        if len(self.findings) < _MAX_FINDINGS:
+            self.findings.append(
+                RecordFinding(
+                    type=finding.type, kind=finding.kind, location=f"column:{column}", action="mask", tag=finding.tag
+                )
+            )
+
+    def column_findings(self) -> tuple[ColumnFinding, ...]:
+        return tuple(
+            ColumnFinding(column_name=c, type=t, kind=k, action="mask", count=n)
+            for (c, t, k), n in sorted(self.by_column.items(), key=lambda item: (item[0][0], item[0][1]))
+        )
 
 
 @dataclass
@@ -209,6 +234,7 @@ class PgListener:
         self._prefix = "sessions/"
         self._write_lock = threading.Lock()
         self.sessions: set[_Session] = set()
+        self.cancel_keys: pgsession.CancelKeys[_Session] = pgsession.CancelKeys()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -434,6 +460,39 @@ class PgListener:
 
     # -- connections --------------------------------------------------------------------------
 
+    async def cancel(self, key: bytes) -> None:
+        """A client's CancelRequest: the server's own, on a fresh connection, when the key names a session."""
+        session = self.cancel_keys.find(key)
+        if session is None or session.server_key is None or session.conn is None:
+            return
+        try:
+            async with asyncio.timeout(_UPSTREAM_TIMEOUT):
+                r, w = await self.open_upstream(session.conn)
+                try:
+                    w.write(pgsession.cancel_request(session.server_key))
+                    await w.drain()
+                    await r.read(1)  # the server closes the connection once it has read the request
+                finally:
+                    w.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, pgwire.WireError) as exc:
+            logger.warning("jitgate: postgres cancel not delivered (%s)", type(exc).__name__)
+
+    async def open_upstream(self, conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server, inside verified TLS when the connection asks for it."""
+        r, w = await asyncio.open_connection(conn.upstream_host, conn.upstream_port)
+        try:
+            if conn.upstream_tls:
+                w.write(struct.pack("!II", 8, pgwire.SSL_REQUEST))
+                await w.drain()
+                if await r.readexactly(1) != b"S":
+                    raise pgwire.WireError("the database does not offer TLS")
+                assert self._upstream_tls is not None
+                await w.start_tls(self._upstream_tls, server_hostname=conn.upstream_host)
+        except BaseException:
+            w.close()
+            raise
+        return r, w
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(self, reader, writer)
         self.sessions.add(session)
@@ -471,10 +530,17 @@ class _Session:
         self.discarding: JitgateError | None = None
         self.closing = False
         self.pump: asyncio.Task[None] | None = None
+        self.options = ""  # the upstream startup's options: the pinned search_path and the jitgate.* settings
+        self.server_key: bytes | None = None  # the server's BackendKeyData: never sent to the client
+        self.own_key: bytes | None = None  # the one the client got (its CancelRequest names it)
+        self.masked_attrs: frozenset[tuple[int, int]] = frozenset()  # mask_columns as (table oid, attnum)
+        self.forced: frozenset[int] = frozenset()  # result columns of the current RowDescription masked whole
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def close(self) -> None:
+        if self.own_key is not None:
+            self.gw.cancel_keys.forget(self.own_key)
         for w in (self.writer, self.up_writer):
             if w is not None:
                 with contextlib.suppress(Exception):
@@ -522,6 +588,7 @@ class _Session:
                 await self.send(b"N")
                 continue
             if code == pgwire.CANCEL_REQUEST:
+                await self.gw.cancel(rest)
                 return False
             break
         if code >> 16 != 3:
@@ -575,6 +642,14 @@ class _Session:
             await self.fatal(WrongConnection(f"this token is for database {conn.database!r}"), pgwire.SQLSTATE_AUTH)
             return False
         self.claims, self.conn = claims, conn
+        identity = pgsession.identity_settings(sub=claims.sub, job=claims.job, connection=claims.conn,
+                                               groups=claims.groups)
+        try:
+            pinned = {"search_path": f"pg_catalog,{conn.sql_schema}"}
+            self.options = pgsession.startup_options(pinned | identity)
+        except JitgateError as err:
+            await self.fatal(err, pgwire.SQLSTATE_AUTH)
+            return False
         try:
             await self.connect_upstream(params.get("application_name", ""))
         except JitgateError as err:
@@ -600,20 +675,13 @@ class _Session:
         assert self.conn is not None
         if self.up_writer is not None:
             self.up_writer.close()
-        r, w = await asyncio.open_connection(self.conn.upstream_host, self.conn.upstream_port)
+        r, w = await self.gw.open_upstream(self.conn)
         self.up_reader, self.up_writer = r, w
-        if self.conn.upstream_tls:
-            w.write(struct.pack("!II", 8, pgwire.SSL_REQUEST))
-            await w.drain()
-            if await r.readexactly(1) != b"S":
-                raise pgwire.WireError("the database does not offer TLS")
-            assert self.gw._upstream_tls is not None
-            await w.start_tls(self.gw._upstream_tls, server_hostname=self.conn.upstream_host)
         params = {
             "user": secret.username,
             "database": self.conn.database,
             "client_encoding": "UTF8",
-            "options": f"-c search_path=pg_catalog,{self.conn.sql_schema}",
+            "options": self.options,
         }
         if application_name:
             params["application_name"] = application_name[:63]
@@ -651,8 +719,11 @@ class _Session:
         out = bytearray()
         while True:
             msg = await pgwire.read_message(r.readexactly)
-            if msg.type == b"K":  # the client gets a key of the gateway's own (cancel mapping: a later issue)
-                out += message(b"K", struct.pack("!I", os.getpid() & 0x7FFFFFFF) + secrets.token_bytes(4))
+            if msg.type == b"K":  # the client gets a key of the gateway's own; its CancelRequest maps to this one
+                self.server_key = msg.body
+                if self.own_key is None:
+                    self.own_key = self.gw.cancel_keys.issue(self)
+                out += message(b"K", self.own_key)
             elif msg.type == b"E":
                 return pgwire.error_fields(msg.body).get("C", "XX000")
             elif msg.type == b"Z":
@@ -661,8 +732,32 @@ class _Session:
                 break
             else:
                 out += msg.raw()
+        assert self.claims is not None
+        if self.claims.scope.mask_columns:
+            self.masked_attrs = await self._masked_attributes(r, w, self.claims.scope.mask_columns)
         await self.send(bytes(out))
         return "ok"
+
+    async def _masked_attributes(
+        self, r: asyncio.StreamReader, w: asyncio.StreamWriter, mask_columns: tuple[str, ...]
+    ) -> frozenset[tuple[int, int]]:
+        """The grant's `mask_columns` as (table oid, attnum), read before the client's first statement."""
+        assert self.conn is not None
+        w.write(message(b"Q", pgmask.masked_attributes_query(mask_columns).encode() + b"\0"))
+        await w.drain()
+        rows: list[bytes] = []
+        failed = False
+        while True:
+            msg = await pgwire.read_message(r.readexactly)
+            if msg.type == b"D":
+                rows.append(msg.body)
+            elif msg.type == b"E":
+                failed = True
+            elif msg.type == b"Z":
+                break
+        if failed:
+            raise UpstreamUnavailable("the columns to mask cannot be read from the catalog")
+        return pgmask.masked_attributes(rows, mask_columns, self.conn.sql_schema)
 
     # -- server → client -----------------------------------------------------------------------
 
@@ -685,8 +780,9 @@ class _Session:
         if t == b"T":
             try:
                 self.columns = pgmask.row_description(msg.body)
+                self.forced = pgmask.forced_columns(self.columns, self.masked_attrs)
             except pgwire.WireError:
-                self.columns = None
+                self.columns, self.forced = None, frozenset()
         if t == b"D" and self.discarding is None:
             try:
                 msg = self.mask(msg)
@@ -714,7 +810,7 @@ class _Session:
                 if left.stmt is not None:
                     self.write_record(left.stmt, Decision.BLOCKED, "not_run", left)
             self.pending.clear()
-            self.columns = None
+            self.columns, self.forced = None, frozenset()
             self.tx = msg.body[:1]
             self.awaiting_rfq = max(0, self.awaiting_rfq - 1)
             if self.discarding is not None:
@@ -739,12 +835,13 @@ class _Session:
             raise ResultNotMaskable("rows without a row description")
         scanner = self.gw.scanner()
         profile = leaks.profile_for(self.gw.policy, self.claims, self.conn, "")
-        body, found = pgmask.mask_row(scanner, actions.plan(profile, "response"), self.columns, msg.body)
+        body, found = pgmask.mask_row(
+            scanner, actions.plan(profile, "response"), self.columns, msg.body, forced=self.forced, tag=scanner.tag
+        )
         if found and self.pending:
-            self.pending[0].findings.extend(
-                RecordFinding(type=f.type, kind=f.kind, location=f"column:{escape_text(c)}", action="mask", tag=f.tag)
-                for c, f in found
-            )
+            head = self.pending[0]
+            for c, f in found:
+                head.found(escape_text(c), f)
         return msg if body is msg.body else Message(b"D", body)
 
     async def _cut(self, err: JitgateError) -> None:
@@ -1027,6 +1124,7 @@ class _Session:
             statement_fingerprint=stmt.fingerprint or None if stmt else None,
             rows=p.rows,
             findings=tuple(p.findings),
+            column_findings=p.column_findings(),
         )
         self.gw.record(record)
 

@@ -66,12 +66,13 @@ class Issuance:
             conn=decision.connection,
             scope=Scope(
                 operations=decision.operations, collections=decision.collections, fields=decision.fields,
-                tenant=decision.tenant, database=decision.database,
+                tenant=decision.tenant, database=decision.database, mask_columns=decision.mask_columns,
             ),
             limits=decision.limits,
             mask=decision.mask,
             job=request.job,
             apv=apv,
+            groups=tuple(identity.values("groups")) or None,
         )
         fields.update(apv=apv, jti=claims.jti, ttl=decision.ttl, clamped=decision.clamped, expires_at=claims.exp)
         fields.update(mask=claims.mask, kid=self.signer.key_id)

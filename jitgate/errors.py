@@ -448,6 +448,12 @@ class ColumnNotAllowed(SqlRefused):
     code = "column_not_allowed"
 
 
+class ColumnMasked(SqlRefused):
+    """A column the grant's `mask_columns` masks, used other than selected as it is (filtered, computed, ...)."""
+
+    code = "column_masked"
+
+
 class FunctionNotAllowed(SqlRefused):
     """A function or operator outside the gateway's allow-list."""
 
@@ -464,6 +470,12 @@ class InFailedTransaction(SqlRefused):
     """A statement after a refusal inside a transaction: as on the server, only ROLLBACK ends it."""
 
     code = "in_failed_transaction"
+
+
+class SessionSettingsInvalid(Forbidden):
+    """The token's identity cannot be handed to the database as `jitgate.*` settings (too long, a NUL)."""
+
+    code = "session_settings_invalid"
 
 
 class TlsRequired(Unauthenticated):

@@ -5,22 +5,32 @@ scanned by the inspection `Scanner` and masked per the connection's plan, in eit
 format: their binary form is their UTF-8 text (jsonb's has a leading version byte, kept). Other
 types (bytea, vector, numbers, ...) are never scanned as text. A DataRow keeps its number and
 order of values; only the lengths of masked values change.
+
+A grant's `mask_columns` name table columns masked whatever they hold. A RowDescription names the
+table (oid) and attribute number each result column comes from, when it is a plain column (the
+server follows subqueries and views to it); `masked_attributes` turns the names into those pairs
+with one catalog query per session. A masked value becomes `[REDACTED:column:<tag>]` in a text-like
+column (a JSON string of it in json / jsonb) and NULL in any other type, the one value every type
+and format can hold. Where a masked column is used other than selected as it is, the statement is
+refused (jitgate.pgsql), so no computed result column can carry it.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jitgate.inspect import Scanner, actions
 from jitgate.inspect.masking import Finding
+from jitgate.pgsql import allowed_columns
 from jitgate.pgwire import WireError, cstring
 
 TEXT_OIDS = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
 JSON_OID = 114
 JSONB_OID = 3802
 _JSONB_VERSION = b"\x01"
+FORCED = "column"  # the finding type (and marker type) of a value masked by `mask_columns`
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,8 @@ class Column:
     name: str
     type_oid: int
     format: int  # 0 text, 1 binary
+    table_oid: int = 0  # where the value comes from, when a plain table column (else 0)
+    attnum: int = 0
 
     @property
     def scanned(self) -> bool:
@@ -45,9 +57,9 @@ def row_description(body: bytes) -> tuple[Column, ...]:
         name, i = cstring(body, i)
         if i + 18 > len(body):
             raise WireError("row description field too short")
-        _table, _attr, oid, _size, _mod, fmt = struct.unpack_from("!IhIhih", body, i)
+        table, attr, oid, _size, _mod, fmt = struct.unpack_from("!IhIhih", body, i)
         i += 18
-        out.append(Column(name, oid, fmt))
+        out.append(Column(name, oid, fmt, table, attr))
     return tuple(out)
 
 
@@ -81,18 +93,82 @@ def _row(values: Sequence[bytes | None]) -> bytes:
     return b"".join(parts)
 
 
+_ATTRIBUTES = (
+    "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY (ARRAY[{}]::pg_catalog.name[])"
+)
+
+
+def masked_attributes_query(mask_columns: Sequence[str]) -> str:
+    """The catalog query for every table column named like one of `mask_columns` (its last part)."""
+    names = sorted({c.rsplit(".", 1)[-1] for c in mask_columns})
+    return _ATTRIBUTES.format(", ".join("'" + n.replace("'", "''") + "'" for n in names))  # policy-checked names
+
+
+def masked_attributes(rows: Sequence[bytes], mask_columns: Sequence[str], schema: str) -> frozenset[tuple[int, int]]:
+    """(table oid, attnum) of the columns `mask_columns` names, from the DataRow bodies of that query."""
+    out: set[tuple[int, int]] = set()
+    for body in rows:
+        values = _values(body)
+        if len(values) != 5 or any(v is None for v in values):
+            raise WireError("unexpected catalog row")
+        oid, attnum, nsp, rel, att = (v.decode("utf-8") for v in values if v is not None)
+        if att in allowed_columns(f"{nsp}.{rel}", mask_columns, schema):
+            out.add((int(oid), int(attnum)))
+    return frozenset(out)
+
+
+def forced_columns(columns: Sequence[Column], attributes: frozenset[tuple[int, int]]) -> frozenset[int]:
+    """The indexes of the result columns that come from a masked table column."""
+    return frozenset(k for k, c in enumerate(columns) if c.table_oid and (c.table_oid, c.attnum) in attributes)
+
+
+def _forced_value(column: Column, value: bytes, tag: str) -> bytes | None:
+    marker = b"[REDACTED:%s:%s]" % (FORCED.encode(), tag.encode())
+    if column.type_oid in TEXT_OIDS:
+        return marker
+    if column.type_oid == JSON_OID:
+        return b'"' + marker + b'"'
+    if column.type_oid == JSONB_OID:
+        return (_JSONB_VERSION if column.format == 1 else b"") + b'"' + marker + b'"'
+    return None
+
+
 def mask_row(
-    scanner: Scanner, plan: actions.Plan, columns: Sequence[Column], body: bytes
+    scanner: Scanner,
+    plan: actions.Plan,
+    columns: Sequence[Column],
+    body: bytes,
+    *,
+    forced: frozenset[int] = frozenset(),
+    tag: Callable[[bytes], str] | None = None,
 ) -> tuple[bytes, list[tuple[str, Finding]]]:
-    """A DataRow ('D') body with its text-like values masked, and the findings by column name."""
+    """A DataRow ('D') body with its text-like values masked, and the findings by column name.
+
+    The values at `forced` (result column indexes, see `forced_columns`) are masked whatever they
+    hold, tagged by `tag` (a keyed HMAC of the value); their findings have the type `FORCED`.
+    """
     values = _values(body)
     if len(values) != len(columns):
         raise WireError("data row does not match its row description")
     found: list[tuple[str, Finding]] = []
     changed = False
-    scan = [(k, v) for k, (c, v) in enumerate(zip(columns, values, strict=True)) if c.scanned and v]
+    for k in sorted(forced):
+        value = values[k]
+        if value is None:
+            continue
+        if tag is None:
+            raise ValueError("forced columns need a tag function")
+        mark = tag(value)
+        values[k] = _forced_value(columns[k], value, mark)
+        found.append((columns[k].name, Finding(FORCED, "pii", 0, len(value), mark)))
+        changed = True
+    scan = [
+        (k, v) for k, (c, v) in enumerate(zip(columns, values, strict=True)) if c.scanned and v and k not in forced
+    ]
     if not scan or not scanner.may_find([v for _, v in scan if v], pii=plan.pii_types):
-        return body, found
+        return (_row(values) if changed else body), found
     for k, value in scan:
         assert value is not None
         column = columns[k]

@@ -25,6 +25,7 @@ from pglast import ast, enums
 from pglast.parser import ParseError
 
 from jitgate.errors import (
+    ColumnMasked,
     ColumnNotAllowed,
     FunctionNotAllowed,
     JitgateError,
@@ -34,6 +35,7 @@ from jitgate.errors import (
     StatementNotAllowed,
     TableNotAllowed,
 )
+from jitgate.pgsession import is_identity_setting
 from jitgate.token import Scope
 
 DML = ("select", "insert", "update", "delete")
@@ -169,6 +171,10 @@ class Statement:
     effect: str | None = None  # session statements: begin, commit, rollback, deallocate:<name>, ...
     # The column uses to check: (candidate tables, column); "*" means every column of the table.
     uses: tuple[tuple[tuple[str, ...], str], ...] = ()
+    # The uses whose values could be read other than as they are: every use but a plain column of the
+    # outermost select list and a column written by INSERT / UPDATE (a filter, a computation, a
+    # subquery, a join, a whole-row reference, RETURNING). `mask_columns` may appear in none of them.
+    derived: tuple[tuple[tuple[str, ...], str], ...] = ()
 
 
 def qualified(schema: str | None, name: str, default_schema: str) -> str:
@@ -221,6 +227,7 @@ def analyze(sql: str, *, schema: str = "public") -> list[Statement]:
                 fingerprint=fingerprint,
                 effect=effect,
                 uses=tuple(walker.uses),
+                derived=tuple(u for i, u in enumerate(walker.uses) if i not in walker.plain),
             )
         )
     return out
@@ -269,6 +276,10 @@ def statement_error(stmt: Statement, scope: Scope, *, schema: str = "public") ->
     for table in stmt.tables:
         if not _is_catalog(table) and not _granted_table(table, scope.collections, schema):
             return TableNotAllowed(f"table {table!r} is not in this token's scope")
+    if scope.mask_columns:
+        masked = _masked_use(stmt, scope.mask_columns, schema)
+        if masked is not None:
+            return masked
     if scope.fields is None:
         return None
     for tables, column in stmt.uses:
@@ -282,6 +293,22 @@ def statement_error(stmt: Statement, scope: Scope, *, schema: str = "public") ->
                     return ColumnNotAllowed(f"'*' on {table} is refused: name the columns (allowed: {names})")
             elif column not in allowed and "*" not in allowed:
                 return ColumnNotAllowed(f"column {column!r} of {table} is not in this token's scope")
+    return None
+
+
+def _masked_use(stmt: Statement, mask_columns: Sequence[str], schema: str) -> JitgateError | None:
+    """A masked column used where its value could be inferred (compared, computed, in a subquery)."""
+    for tables, column in stmt.derived:
+        for table in tables:
+            if _is_catalog(table):
+                continue
+            masked = allowed_columns(table, mask_columns, schema)
+            if masked and (column == "*" or column in masked or "*" in masked):
+                shown = f"{table}.{column}" if column != "*" else f"a whole row of {table}"
+                return ColumnMasked(
+                    f"{shown} is masked for this token: select the column as it is, without filtering, "
+                    "sorting, joining or computing on it"
+                )
     return None
 
 
@@ -307,7 +334,14 @@ class _Walker:
         self.operations: set[str] = set()
         self.tables: set[str] = set()
         self.uses: list[tuple[tuple[str, ...], str]] = []
+        self.plain: set[int] = set()  # indexes into `uses`: see Statement.derived
+        self._plain = False  # walking a plain column of the outermost select list
         self.stack: list[_Level] = []
+
+    def use(self, tables: tuple[str, ...], column: str, *, plain: bool = False) -> None:
+        if plain:
+            self.plain.add(len(self.uses))
+        self.uses.append((tables, column))
 
     # statements
 
@@ -330,7 +364,7 @@ class _Walker:
             self.setting(node)
             return "set"
         if isinstance(node, ast.VariableShowStmt):
-            if (node.name or "").lower() not in SHOWABLE:
+            if (node.name or "").lower() not in SHOWABLE and not is_identity_setting(node.name or ""):
                 raise SettingNotAllowed(f"SHOW {node.name} is not allowed")
             return "show"
         if isinstance(node, ast.DiscardStmt):
@@ -354,6 +388,8 @@ class _Walker:
             raise SettingNotAllowed(f"SET {node.name} is not allowed")
         if name == "search_path":
             raise SettingNotAllowed("the search_path is pinned by the gateway: use schema-qualified names")
+        if is_identity_setting(name):
+            raise SettingNotAllowed(f"{node.name} is set by the gateway (the token's identity) and cannot be changed")
         if name not in SETTINGS:
             raise SettingNotAllowed(f"setting {node.name!r} may not be changed through the gateway")
         if name in _FIXED and kind == enums.VariableSetKind.VAR_SET_VALUE:
@@ -378,9 +414,9 @@ class _Walker:
                     for col in node.cols:
                         if col.indirection:
                             raise StatementNotAllowed("INSERT into a sub-field or element is not allowed")
-                        self.uses.append(((target,), col.name))
+                        self.use((target,), col.name, plain=True)
                 else:
-                    self.uses.append(((target,), "*"))
+                    self.use((target,), "*", plain=True)
                 if node.selectStmt is not None:
                     self.select(node.selectStmt)
                 if node.onConflictClause is not None:
@@ -403,7 +439,7 @@ class _Walker:
                     for res in node.targetList or ():
                         if res.indirection or isinstance(res.val, ast.MultiAssignRef):
                             raise StatementNotAllowed("UPDATE of sub-fields or column lists is not allowed")
-                        self.uses.append(((target,), res.name))
+                        self.use((target,), res.name, plain=True)
                         self.expr(res.val)
                 if node.whereClause is not None:
                     self.expr(node.whereClause)
@@ -447,6 +483,7 @@ class _Walker:
             level.ctes.add(cte.ctename)
 
     def select(self, node: Any) -> None:
+        outermost = not self.stack and node.op == _SETOP_NONE
         level = _Level()
         self.stack.append(level)
         try:
@@ -464,7 +501,12 @@ class _Walker:
             for res in node.targetList or ():
                 if res.name:
                     level.outputs.add(res.name)
-            self.exprs(node.targetList)
+            for res in node.targetList or ():
+                self._plain = outermost and isinstance(res.val, ast.ColumnRef)
+                try:
+                    self.expr(res)
+                finally:
+                    self._plain = False
             for name in ("whereClause", "havingClause", "limitCount", "limitOffset"):
                 value = getattr(node, name)
                 if value is not None:
@@ -595,7 +637,7 @@ class _Walker:
         if names[-1] is None and len(names) == 1:  # bare *: every relation of the innermost FROM
             for entry in self.stack[-1].entries if self.stack else ():
                 if entry.table is not None:
-                    self.uses.append(((entry.table,), "*"))
+                    self.use((entry.table,), "*", plain=self._plain)
             return
         found: _Entry | None = None
         column: str | None
@@ -612,7 +654,7 @@ class _Walker:
                 raise StatementNotAllowed(f"{head!s} names no relation of this statement")
             column = names[1]
             if found.table is not None:
-                self.uses.append(((found.table,), column if column is not None else "*"))
+                self.use((found.table,), column if column is not None else "*", plain=self._plain)
             return
         column = names[0]
         assert column is not None
@@ -620,9 +662,9 @@ class _Walker:
         # A bare name that is a relation's alias may be the whole row of that relation.
         for e in self._visible():
             if e.alias == column and e.table is not None:
-                self.uses.append(((e.table,), "*"))
+                self.use((e.table,), "*")  # a whole row as one value: never plain
         if bases:
-            self.uses.append((tuple(dict.fromkeys(bases)), column))
+            self.use(tuple(dict.fromkeys(bases)), column, plain=self._plain)
 
 
 def _alias(rv: Any) -> str:

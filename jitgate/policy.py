@@ -37,6 +37,8 @@ from jitgate.token import Limits
 
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# A Postgres name as the parser gives it: unquoted names are folded to lower case.
+_SQL_NAME = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
 
 
 def _names(value: object) -> object:
@@ -283,6 +285,8 @@ class Grant(_Model):
     operations: tuple[str, ...] = ("*",)
     collections: tuple[str, ...] = ()
     fields: tuple[str, ...] | None = None
+    # Postgres columns masked in results whatever they hold: `col`, `table.col` or `schema.table.col`.
+    mask_columns: tuple[str, ...] | None = None
     # The store tenant and database its tokens may use (Chroma's defaults unless named).
     tenant: str | None = None
     database: str | None = None
@@ -296,6 +300,15 @@ class Grant(_Model):
     @classmethod
     def _duration(cls, v: int | str | None) -> int | None:
         return None if v is None else parse_duration(v)
+
+    @field_validator("mask_columns")
+    @classmethod
+    def _column_names(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in v or ():
+            parts = name.split(".")
+            if len(parts) > 3 or not all(_SQL_NAME.fullmatch(p) for p in parts):
+                raise ValueError(f"mask_columns: {name!r} is not `column`, `table.column` or `schema.table.column`")
+        return v
 
 
 class MaskProfile(_Model):
@@ -369,6 +382,8 @@ class Policy(_Model):
             for cname in grant.connections:
                 if cname != "*" and cname not in self.connections:
                     raise ValueError(f"grant {grant.name!r}: unknown connection {cname!r}")
+                if grant.mask_columns and (cname == "*" or self.connections[cname].dialect != "postgres"):
+                    raise ValueError(f"grant {grant.name!r}: mask_columns apply to postgres connections only")
                 conn_ops = (
                     self.connections[cname].operation_names if cname != "*" else None
                 )
@@ -534,6 +549,7 @@ class Decision:
     approval: GrantApproval
     tenant: str | None = None
     database: str | None = None
+    mask_columns: tuple[str, ...] | None = None
 
 
 def _matches(grant: Grant, identity: Identity) -> bool:
@@ -593,6 +609,7 @@ def evaluate_grants(
             approval=grant.approval,
             tenant=grant.tenant,
             database=grant.database,
+            mask_columns=grant.mask_columns,
         )
     raise NotGranted(f"no grant allows this identity {conn.name!r} with the requested operations")
 

@@ -74,6 +74,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("statement", "string"),
     ("statement_fingerprint", "string"),
     ("rows", "bigint"),
+    # Per result column and finding type, counted over all a statement's rows (`findings` keeps its first 100).
+    ("column_findings", "array<struct<column_name:string,type:string,kind:string,action:string,count:bigint>>"),
 )
 
 PARTITIONS: tuple[tuple[str, str], ...] = (("dt", "string"), ("hour", "string"))
@@ -95,6 +97,19 @@ class Finding(_Frozen):
     location: str
     action: str
     tag: str | None = None
+
+
+class ColumnFinding(_Frozen):
+    """The findings of one kind in one result column of a statement (Postgres), counted over all its rows.
+
+    `type` is a detector's, or `column` for a value masked whole by the grant's `mask_columns`.
+    """
+
+    column_name: str
+    type: str
+    kind: str | None = None
+    action: str
+    count: int
 
 
 class RankEntry(TypedDict):
@@ -158,6 +173,7 @@ class SessionRecord(_Frozen):
     statement: str | None = None
     statement_fingerprint: str | None = None
     rows: int | None = None
+    column_findings: tuple[ColumnFinding, ...] = ()
 
     @field_validator(
         "sub", "job", "client", "host", "path", "operation", "collection", "rerank_query", "request_body",

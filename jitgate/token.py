@@ -41,6 +41,8 @@ class Scope(BaseModel):
     collections: tuple[str, ...] = ()
     # Response fields a store token may see; None means every field.
     fields: tuple[str, ...] | None = None
+    # Postgres columns masked whatever they hold (names as in `fields`); None: none.
+    mask_columns: tuple[str, ...] | None = None
     methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     # A store token's tenant and database (Chroma); None: the store's defaults.
@@ -76,6 +78,8 @@ class Claims(BaseModel):
     mask: str = Field(min_length=1)
     job: str | None = None
     apv: str | None = None
+    # The OIDC identity's groups, for Postgres row security (`jitgate.groups`); None when it has none.
+    groups: tuple[str, ...] | None = None
 
 
 def check_claims(

@@ -221,6 +221,10 @@ class Scanner:
             result.edits = _quote_bare_edits(buf, result.edits)
         return result
 
+    def tag(self, value: bytes) -> str:
+        """The keyed tag of a whole value (what a marker of it carries), e.g. a column masked as a whole."""
+        return self._tag(value)
+
     def may_find(self, values: Sequence[bytes], *, pii: Collection[str] = (), literals: Sequence[bytes] = ()) -> bool:
         """False only when `scan` would find nothing in any of `values` (one engine pass for all).
 

@@ -53,3 +53,59 @@ def test_clean_row_unchanged_and_bad_rows_refused() -> None:
         pgmask.mask_row(scanner, plan, cols, _row(b"a", b"b"))  # more values than columns
     with pytest.raises(WireError):
         pgmask.mask_row(scanner, plan, cols, clean + b"x")
+
+
+def _desc_from(*cols: tuple[str, int, int, int, int]) -> bytes:
+    """A RowDescription whose columns name their table (oid) and attribute number."""
+    body = struct.pack("!H", len(cols))
+    for name, table, attnum, oid, fmt in cols:
+        body += name.encode() + b"\0" + struct.pack("!IhIhih", table, attnum, oid, -1, -1, fmt)
+    return body
+
+
+def test_mask_columns_mask_whatever_the_value_holds_in_each_type_and_format() -> None:
+    scanner = Scanner(secrets.token_bytes(32))
+    plan = actions.plan(MaskProfile(), "response")
+    masked = frozenset({(7001, 3), (7001, 4), (7001, 5), (7001, 6), (7001, 7)})
+    cols = pgmask.row_description(
+        _desc_from(
+            ("id", 7001, 1, 20, 1),  # bigint, not masked
+            ("e", 7001, 3, 25, 0),  # text, text format (an alias: the origin decides, not the name)
+            ("e2", 7001, 3, 1043, 1),  # varchar, binary format
+            ("emb", 7001, 4, 16385, 1),  # a vector: NULL, the one value every type holds
+            ("j", 7001, 5, 114, 0),  # json: a JSON string
+            ("jb", 7001, 6, 3802, 1),  # jsonb, binary: version byte, then a JSON string
+            ("n", 7001, 7, 25, 0),  # NULL stays NULL
+            ("expr", 0, 0, 25, 0),  # a computed column: no origin
+        )
+    )
+    forced = pgmask.forced_columns(cols, masked)
+    assert forced == frozenset({1, 2, 3, 4, 5, 6})
+    plain = b"no secret here"
+    vector = b"\x00\x08" + b"\x00" * 34
+    row = _row(struct.pack("!q", 9), plain, plain, vector, b'{"a": 1}', b'\x01{"a": 1}', None, plain)
+    body, found = pgmask.mask_row(scanner, plan, cols, row, forced=forced, tag=scanner.tag)
+    values = pgmask._values(body)
+    marker = b"[REDACTED:column:" + scanner.tag(plain).encode() + b"]"
+    assert len(values) == 8 and values[0] == struct.pack("!q", 9) and values[7] == plain
+    assert values[1] == marker and values[2] == marker  # the same value, the same tag: it correlates
+    assert values[3] is None and values[6] is None
+    assert values[4] == b'"[REDACTED:column:' + scanner.tag(b'{"a": 1}').encode() + b']"'
+    assert values[5] is not None and values[5][:1] == b"\x01" and values[5][1:].startswith(b'"[REDACTED:column:')
+    assert [(c, f.type) for c, f in found] == [(c, "column") for c in ("e", "e2", "emb", "j", "jb")]
+
+
+def test_masked_attributes_from_the_catalog_rows() -> None:
+    rows = [
+        _row(b"7001", b"3", b"public", b"candidates", b"owner_email"),
+        _row(b"7002", b"2", b"public", b"audit_notes", b"owner_email"),
+        _row(b"7003", b"4", b"other", b"candidates", b"embedding"),
+        _row(b"7001", b"4", b"public", b"candidates", b"embedding"),
+    ]
+    names = ["owner_email", "public.candidates.embedding"]
+    assert pgmask.masked_attributes(rows, names, "public") == {(7001, 3), (7002, 2), (7001, 4)}
+    assert pgmask.masked_attributes(rows, ["candidates.owner_email"], "public") == {(7001, 3)}
+    query = pgmask.masked_attributes_query(["x", "it's", "t.x"])
+    assert "ARRAY['it''s', 'x']" in query  # one entry per name, quoted as a literal
+    with pytest.raises(WireError):
+        pgmask.masked_attributes([_row(b"1", None, b"a", b"b", b"c")], names, "public")

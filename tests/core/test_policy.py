@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from jitgate.devstack.policy import PG_CONNECTION, policy_dict
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
 from jitgate.policy import (
     Identity,
@@ -508,3 +509,38 @@ def test_invalid_host_names(host: str) -> None:
     line = _line_of(text, "hosts: [")
     assert f"p.yaml: line {line}: connections.cohere-b.hosts.0: " in err.value.message
     assert "not a host name" in err.value.message
+
+
+# -- mask_columns (Postgres grants) ----------------------------------------------------------------
+
+
+def _pg_policy(**grant: Any) -> str:
+    doc: dict[str, Any] = policy_dict("https://issuer.example")
+    doc["grants"].append(
+        {"name": "pg-masked", "match": {"issuer": "https://issuer.example", "claims": {"sub": ["masked"]}},
+         "connections": [PG_CONNECTION], "operations": ["select"], "collections": ["candidates"], **grant}
+    )
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def test_mask_columns_travel_from_the_grant_to_the_decision() -> None:
+    names = ["owner_email", "candidates.body", "public.candidates.embedding"]
+    policy = parse_policy(_pg_policy(mask_columns=names))
+    decision = evaluate_grants(policy, Identity("https://issuer.example", "masked", {}), TokenRequest("pg-dev"))
+    assert decision.mask_columns == tuple(names)
+
+
+@pytest.mark.parametrize(
+    ("grant", "words"),
+    [
+        ({"mask_columns": ["a.b.c.d"]}, "is not `column`, `table.column` or `schema.table.column`"),
+        ({"mask_columns": ["Owner_Email"]}, "is not `column`"),  # unquoted names are folded: never upper case
+        ({"mask_columns": ["owner email"]}, "is not `column`"),
+        ({"mask_columns": ["x'; drop table t; --"]}, "is not `column`"),
+        ({"mask_columns": ["ok"], "connections": ["chroma-dev"]}, "mask_columns apply to postgres connections only"),
+    ],
+)
+def test_mask_columns_refused(grant: dict[str, Any], words: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(_pg_policy(**grant))
+    assert words in err.value.message

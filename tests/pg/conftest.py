@@ -34,6 +34,7 @@ from tests.e2e.conftest import REPO, moto_server, oidc_issuer  # noqa: F401  (sh
 READER = "system:serviceaccount:ranking:reranker"
 MAINTAINER = "system:serviceaccount:ranking-admin:janitor"
 LIMITED = "system:serviceaccount:ranking:limited"  # a grant of 3 statements
+MASKED = "system:serviceaccount:ranking:masked"  # owner_email and embedding masked whatever they hold
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +89,13 @@ def pg_policy(
             "name": "pg-limited", "match": {"issuer": oidc_issuer.url, "claims": {"sub": [LIMITED]}},
             "connections": [PG_CONNECTION], "operations": ["select"], "collections": ["candidates"],
             "limits": {"max_requests": 3},
+        }
+    )
+    doc["grants"].append(
+        {
+            "name": "pg-masked", "match": {"issuer": oidc_issuer.url, "claims": {"sub": [MASKED]}},
+            "connections": [PG_CONNECTION], "operations": ["select"], "collections": ["candidates"],
+            "mask_columns": ["owner_email", "public.candidates.embedding"],
         }
     )
     text = yaml.safe_dump(doc, sort_keys=False)
@@ -149,8 +157,10 @@ def pg_bundle(pg_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def pg_mint(pg_broker: ChildServer, oidc_issuer: OidcIssuer) -> Callable[..., dict[str, Any]]:  # noqa: F811
-    def _mint(sub: str = READER, *, connection: str = PG_CONNECTION, **body: Any) -> dict[str, Any]:
-        oidc = oidc_issuer.mint(sub, dict(CI_CLAIMS))
+    def _mint(
+        sub: str = READER, *, connection: str = PG_CONNECTION, oidc_claims: dict[str, Any] | None = None, **body: Any
+    ) -> dict[str, Any]:
+        oidc = oidc_issuer.mint(sub, {**CI_CLAIMS, **(oidc_claims or {})})
         resp = httpx.post(
             f"{pg_broker.url}/v1/tokens", json={"connection": connection, **body},
             headers={"Authorization": f"Bearer {oidc}"}, timeout=10,

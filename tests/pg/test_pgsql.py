@@ -138,3 +138,86 @@ def test_normalized_text_has_no_literal() -> None:
 def test_oversized_statement_refused() -> None:
     with pytest.raises(errors.StatementNotAllowed):
         analyze("select 1 " + " " * (1024 * 1024))
+
+
+MASKED = Scope(
+    operations=("select", "insert", "update"), collections=("candidates",),
+    mask_columns=("owner_email", "public.candidates.embedding"),
+)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select id, owner_email from candidates",
+        "select owner_email as e, embedding from candidates where id = 3",
+        "select * from candidates",
+        "select c.owner_email, c.* from candidates c",
+        "select public.candidates.owner_email from public.candidates",
+        "select id from candidates where body like 'x%' order by id",
+        "insert into candidates (id, owner_email) values (99, 'x@example.com')",  # written, never read back
+        "update candidates set owner_email = 'x@example.com' where id = 99",
+    ],
+)
+def test_masked_columns_may_be_selected_as_they_are(sql: str) -> None:
+    assert _decide(sql, MASKED) is None, sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select id from candidates where owner_email like 'a%'",  # an oracle on the value
+        "select id from candidates order by owner_email",
+        "select lower(owner_email) from candidates",
+        "select owner_email || '' from candidates",
+        "select owner_email::varchar from candidates",
+        "select length(owner_email) from candidates",
+        "select count(distinct owner_email) from candidates",
+        "select id from candidates group by owner_email, id",
+        "select x from (select owner_email as x from candidates) s",  # through a derived table
+        "with t as (select owner_email from candidates) select owner_email from t",
+        "select id from candidates where id in (select id from candidates where owner_email = 'x')",
+        "select owner_email from candidates union select body from candidates",
+        "select c from candidates c",  # a whole row as one value
+        "select embedding <-> '[1,2,3,4,5,6,7,8]' from candidates",
+        "select id from candidates order by embedding <=> '[1,2,3,4,5,6,7,8]' limit 3",
+        "select a.id from candidates a join candidates b on a.owner_email = b.owner_email",
+        "update candidates set body = owner_email where id = 1",
+        "update candidates set body = 'x' where id = 1 returning owner_email",
+        "select id from candidates c where c.owner_email is not null",
+    ],
+)
+def test_masked_columns_refused_where_their_value_could_be_read_otherwise(sql: str) -> None:
+    err = _decide(sql, MASKED)
+    assert err is not None and err.code == "column_masked", (sql, err)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "set jitgate.sub = 'someone-else'",
+        "set session jitgate.sub to 'x'",
+        "set local jitgate.groups = 'admins'",
+        'set "JITGATE.SUB" = x',
+        "reset jitgate.sub",
+        "set jitgate.anything = 'x'",
+        "select set_config('jitgate.sub', 'x', false)",
+        "select current_setting('jitgate.sub')",
+        "set session authorization default",
+        "reset session authorization",
+        "reset role",
+        "alter role current_user set jitgate.sub = 'x'",
+        "alter database ranking set jitgate.sub = 'x'",
+    ],
+)
+def test_identity_settings_cannot_be_changed(sql: str) -> None:
+    err = _decide(sql, MAINTAINER)
+    assert err is not None and err.code in ("setting_not_allowed", "function_not_allowed", "statement_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "sql", ["show jitgate.sub", "show jitgate.groups", "reset all", "discard all", "set application_name = 'x'"]
+)
+def test_identity_settings_readable_and_reset_all_allowed(sql: str) -> None:
+    # RESET ALL and DISCARD ALL bring the startup values back (a test on the server shows it).
+    assert _decide(sql, MAINTAINER) is None
