@@ -165,10 +165,13 @@ def _segments_left_in(home: Path) -> list[Path]:
     )
 
 
-def adopt(durable: Path, ship: Callable[[str, Path, str], None]) -> int:
+def adopt(
+    durable: Path, ship: Callable[[str, Path, str], None], *, stopping: Callable[[], bool] = lambda: False
+) -> int:
     """Ship, through `ship(gateway, path, segment_name)`, every segment stopped gateways left in
     `durable`; each gateway's directory under its lock (one busy now is left for later), each
-    segment removed once shipped, the directory removed once empty. The first failure passes."""
+    segment removed once shipped, the directory removed once empty. The first failure passes;
+    once `stopping()` says so, nothing more is started (this gateway's own stop comes first)."""
     count = 0
     try:
         homes = sorted(p for p in durable.iterdir() if p.is_dir() and _GATEWAY.match(p.name))
@@ -179,6 +182,8 @@ def adopt(durable: Path, ship: Callable[[str, Path, str], None]) -> int:
             if not held:
                 continue
             for path in _segments_left_in(home):
+                if stopping():
+                    return count
                 ship(home.name, path, path.name.removesuffix(_PART))
                 path.unlink()
                 count += 1
@@ -573,7 +578,7 @@ class Uploader:
         """Ship what stopped gateways left in the durable spool (none configured: nothing)."""
         if self.durable is None or self._put is None:
             return 0
-        count = adopt(self.durable, self._ship)
+        count = adopt(self.durable, self._ship, stopping=self._stop.is_set)
         if count:
             log.info("shipped %d segments other gateways left in the durable spool", count)
         self.adopted += count

@@ -7,6 +7,7 @@ EFS is another file system than the task's own storage); S3 is the in-memory sin
 from __future__ import annotations
 
 import fcntl
+import gzip
 import os
 import tempfile
 from collections.abc import Iterator
@@ -132,3 +133,18 @@ def test_a_gateway_with_no_durable_spool_keeps_its_segments(tmp_path: Path) -> N
     s.append(_line(1))
     up.stop(flush_timeout=0.1)
     assert len(s.closed_segments()) == 1 and up.deposited == 0
+
+
+def test_adoption_gives_way_to_its_own_gateways_stop(tmp_path: Path) -> None:
+    durable = tmp_path / "durable"
+    _stop_with_s3_down(_spool(tmp_path / "a", "gw-a"), durable, 9)  # three segments
+    sink = Sink()
+    calls: list[str] = []
+
+    def ship(gateway: str, path: Path, segment: str) -> None:
+        calls.append(segment)
+        sink.put(segment_key("sessions/", gateway, segment), gzip.compress(path.read_bytes()))
+
+    assert adopt(durable, ship, stopping=lambda: len(calls) >= 1) == 1  # the stop came after the first
+    assert len(list((durable / "gw-a").glob("*.jsonl"))) == 2  # the rest is there for the next adopter
+    assert adopt(durable, ship) == 2 and sink.records() == list(range(9))
