@@ -53,6 +53,7 @@ class Metrics:
         self._codes = metrics.error_codes()
         self._connections: frozenset[str] = frozenset()
         self._operations: frozenset[str] = frozenset()
+        self._policy = ""  # jitgate_policy, read by the metrics thread
         self._stop = threading.Event()
 
     def load(self, loader: Loader) -> None:
@@ -62,6 +63,7 @@ class Metrics:
 
     def configure(self, updated: set[str]) -> None:
         if "jitgate_policy" in updated and ctx.options.jitgate_policy:
+            self._policy = ctx.options.jitgate_policy
             policy = settings.policy_from(ctx.options.jitgate_policy)
             self._connections = frozenset(policy.connections)
             self._operations = frozenset(op for c in policy.connections.values() for op in c.operation_names)
@@ -131,6 +133,7 @@ class Metrics:
             spool_oldest_age=metrics.oldest_age(now, segments),
             held=len(getattr(self._hold, "held", {}) or {}),
             ship_failures=int(getattr(uploader, "put_failures", 0)),
+            policy_current=settings.POLICIES.trouble(self._policy) is None,
         )
 
     # -- flows ------------------------------------------------------------------------------

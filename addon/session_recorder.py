@@ -17,8 +17,10 @@ body holding a finding that was not masked in place (blocked, held for review or
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from botocore.config import Config as BotoConfig
@@ -75,6 +77,15 @@ def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float
     return record_of(meta.state_of(flow), exchange(flow), gateway=gateway, body_cap=body_cap, now=now)
 
 
+def _check_durable(path: Path) -> None:
+    """The durable spool must take files now: a stop is too late to find out it does not."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".probe-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    probe.unlink()
+
+
 class SessionRecorder:
     def __init__(self, *, s3: Any = None, clock: Any = time.time, aws: settings.AwsClients | None = None) -> None:
         self._aws = aws or settings.AwsClients()
@@ -114,7 +125,10 @@ class SessionRecorder:
         self.gateway, self.body_cap, self.required = s.gateway, s.body_cap, s.audit_required
         self.ship_timeout = s.ship_timeout
         self.reserve_bytes = config.probe_bytes
-        wiring = (config, s.bucket, opts.jitgate_aws_endpoint, opts.jitgate_aws_region, s.prefix, s.backoff_max_seconds)
+        wiring = (
+            config, s.bucket, opts.jitgate_aws_endpoint, opts.jitgate_aws_region, s.prefix, s.backoff_max_seconds,
+            s.durable,
+        )
         if self.uploader is not None and wiring == self._wiring:
             return  # only the body cap / audit switch changed: keep the running spool
         self._wiring = wiring
@@ -124,6 +138,14 @@ class SessionRecorder:
             spool.start()
         except OSError as exc:
             raise settings.options_error(f"jitgate_spool_dir: cannot use {s.directory}: {exc.strerror}") from None
+        if s.durable is not None:
+            try:
+                _check_durable(s.durable)
+            except OSError as exc:
+                spool.release()
+                raise settings.options_error(
+                    f"jitgate_durable_spool: cannot use {s.durable}: {exc.strerror}"
+                ) from None
         self.spool = spool
         self.uploader = Uploader(
             spool,
@@ -131,8 +153,9 @@ class SessionRecorder:
             prefix=s.prefix,
             backoff_base=min(0.5, s.backoff_max_seconds),
             backoff_max=s.backoff_max_seconds,
+            durable=s.durable,
         )
-        self.uploader.start()  # ships leftovers of a previous run first
+        self.uploader.start()  # ships leftovers of a previous run first, then what the durable spool holds
 
     def _put_fn(self, opts: Any, bucket: str) -> Any:
         if not bucket:

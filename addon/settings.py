@@ -146,6 +146,11 @@ OPTIONS: dict[str, Option] = {
         # session_recorder
         Option("jitgate_bucket", str, "", "Audit bucket for session records; empty keeps them in the spool."),
         Option("jitgate_spool_dir", str, "", "Durable spool directory; empty means <confdir>/jitgate-spool."),
+        Option(
+            "jitgate_durable_spool", str, "",
+            "Directory shared by the fleet (EFS) that outlives a task: segments a stop could not ship move "
+            "there, and every gateway ships what others left there; empty: none.",
+        ),
         Option("jitgate_sessions_prefix", str, "sessions/", "Key prefix of session objects in the bucket."),
         Option("jitgate_segment_bytes", int, 8 * 1024 * 1024, "Rotate a spool segment at this size.",
             check=checks.positive),
@@ -412,9 +417,11 @@ class SessionRecorderSettings:
         *sorted(SHARED), "jitgate_audit_required", "jitgate_bucket", "jitgate_fsync_ms", "jitgate_gateway_id",
         "jitgate_record_body_cap", "jitgate_segment_bytes", "jitgate_segment_ms", "jitgate_sessions_prefix",
         "jitgate_spool_dir", "jitgate_spool_max_bytes", "jitgate_upload_backoff_max_ms", "jitgate_ship_timeout",
+        "jitgate_durable_spool",
     )
     gateway: str
     directory: Path
+    durable: Path | None
     bucket: str
     prefix: str
     segment_bytes: int
@@ -442,9 +449,16 @@ def session_recorder(opts: Any) -> SessionRecorderSettings:
     except ValueError as exc:
         raise options_error(str(exc)) from None
     directory = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
+    durable = Path(opts.jitgate_durable_spool).expanduser() if opts.jitgate_durable_spool else None
+    if durable is not None:
+        spool, shared = directory.resolve(), durable.resolve()
+        if spool.is_relative_to(shared) or shared.is_relative_to(spool):
+            # An adopter would take the live spool's directories for stopped gateways' leftovers.
+            raise options_error("jitgate_durable_spool must be outside jitgate_spool_dir (and not hold it)")
     return SessionRecorderSettings(
         gateway=gateway,
         directory=directory,
+        durable=durable,
         bucket=opts.jitgate_bucket,
         prefix=opts.jitgate_sessions_prefix,
         segment_bytes=counts["jitgate_segment_bytes"],

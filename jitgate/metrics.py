@@ -84,6 +84,14 @@ READY = Gauge(
 )
 
 CHECKS = ("revocations_fresh", "spool_writable", "jwks_loaded")
+# Not a check: a bad policy uploaded is seen by every task at once, and a fleet that fails its
+# health checks together is taken out of the NLB and replaced by tasks that cannot start on it.
+# The gateway runs on, fail closed, on the last good policy; /readyz and this gauge say so.
+POLICY_CURRENT = Gauge(
+    "jitgate_policy_current",
+    "1 when the policy in use is the newest at jitgate_policy; 0 while that one is not valid (the last good one runs).",
+    multiprocess_mode="livemin",
+)
 
 
 def error_codes() -> frozenset[str]:
@@ -128,6 +136,7 @@ class Snapshot:
     spool_oldest_age: float
     held: int
     ship_failures: int
+    policy_current: bool = True
 
 
 def readiness(snap: Snapshot) -> dict[str, bool]:
@@ -158,6 +167,7 @@ class Publisher:
             SPOOL_BYTES.set(snap.spool_bytes)
             SPOOL_OLDEST.set(snap.spool_oldest_age)
             HELD.set(snap.held)
+            POLICY_CURRENT.set(1 if snap.policy_current else 0)
             checks = readiness(snap)
             for name, ok in checks.items():
                 READY.labels(check=name).set(1 if ok else 0)
@@ -184,11 +194,21 @@ def fleet_ready(reg: CollectorRegistry) -> dict[str, bool]:
     return found
 
 
-def ready_answer(own: dict[str, bool], fleet: dict[str, bool]) -> tuple[int, bytes]:
-    """`/readyz`: 200 when this worker's checks and every live worker's pass, else 503; JSON either way."""
+def fleet_policy_current(reg: CollectorRegistry) -> bool:
+    """`jitgate_policy_current` as the registry holds it: False when any live worker says 0."""
+    return all(
+        sample.value >= 1 for family in reg.collect() if family.name == "jitgate_policy_current"
+        for sample in family.samples
+    )
+
+
+def ready_answer(own: dict[str, bool], fleet: dict[str, bool], *, policy_current: bool = True) -> tuple[int, bytes]:
+    """`/readyz`: 200 when this worker's checks and every live worker's pass, else 503; JSON either way,
+    with `policy_current` (false: a newer policy is not valid, the last good one runs; see POLICY_CURRENT)."""
     checks = {name: own.get(name, False) and fleet.get(name, True) for name in CHECKS}
     ok = all(checks.values())
-    return (200 if ok else 503), json.dumps({"ready": ok, "checks": checks}, sort_keys=True).encode()
+    body = {"ready": ok, "checks": checks, "policy_current": policy_current}
+    return (200 if ok else 503), json.dumps(body, sort_keys=True).encode()
 
 
 class _Server(ThreadingHTTPServer):
@@ -229,7 +249,8 @@ class HealthServer:
             return 200, "application/json", b'{"alive": true}'
         if path == "/readyz":
             own = self.tick()
-            status, body = ready_answer(own, fleet_ready(registry()))
+            reg = registry()
+            status, body = ready_answer(own, fleet_ready(reg), policy_current=fleet_policy_current(reg))
             return status, "application/json", body
         if path == "/metrics":
             self.tick()

@@ -41,6 +41,7 @@ class PolicySource:
         self._s3_factory = s3
         self._s3: Any = None
         self._loaded: dict[str, Loaded] = {}
+        self._trouble: dict[str, str] = {}  # location -> why its newest version is not in use
         self._lock = threading.Lock()
 
     def _client(self) -> Any:
@@ -92,13 +93,25 @@ class PolicySource:
 
     def refresh(self, location: str) -> Loaded | None:
         """The new policy if `location` changed and is valid; None if unchanged; PolicyError if the
-        change is not a valid policy (the last good one stays current)."""
+        change is not a valid policy (the last good one stays current; `trouble` says why until a
+        refresh finds a good or the same version again)."""
         with self._lock:
             known = self._loaded.get(location)
-        if known is not None and self.version(location) == known.version:
-            return None
-        loaded = self._load(location)
-        return None if known is not None and loaded.policy == known.policy else loaded
+        try:
+            unchanged = known is not None and self.version(location) == known.version
+            loaded = None if unchanged else self._load(location)
+        except PolicyError as exc:
+            with self._lock:
+                self._trouble[location] = exc.message
+            raise
+        with self._lock:
+            self._trouble.pop(location, None)
+        return None if loaded is None or (known is not None and loaded.policy == known.policy) else loaded
+
+    def trouble(self, location: str) -> str | None:
+        """Why the policy at `location` now is not the one in use (the last refresh failed), or None."""
+        with self._lock:
+            return self._trouble.get(location)
 
     def _load(self, location: str) -> Loaded:
         version, text = self._read(location)

@@ -8,6 +8,13 @@ interval and at rotation; it rotates by size, by age and at the hour boundary, t
 segment, so a retry or a re-ship after a crash overwrites the same object — and deletes it
 locally only after S3 said yes. Open segments left by a crash are closed and shipped at start.
 
+A durable spool (`jitgate_durable_spool`: an EFS access point on Fargate, any directory on a VM)
+outlives the task: what cannot be shipped by the end of a stop is moved there, under
+`<durable>/<gateway>/`, and every gateway that shares the directory adopts and ships what others
+left, at start and then periodically (a scale-in starts no new task), one gateway directory at a
+time under that directory's lock. The key of a segment stays its first gateway's, so a segment
+shipped twice (an adopter's put and a stopped gateway's late one) is the same object.
+
 A quota bounds the spool (open + closed bytes): when S3 is down long enough to fill it, appends
 fail with `SpoolFull` and the gateway refuses flows rather than forward them unrecorded.
 Callers may reserve room for a record before forwarding a flow, so its record always fits.
@@ -28,7 +35,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +44,7 @@ from isal import igzip
 
 log = logging.getLogger(__name__)
 
+_GATEWAY = re.compile(r"^[A-Za-z0-9._-]+$")  # a gateway id (option_checks.plain_name)
 _SEGMENT = re.compile(r"^(?P<day>\d{8})T(?P<hour>\d{2})\d{4}\.\d{6}Z-\d{6}-[0-9a-f]{8}\.jsonl$")
 
 
@@ -84,6 +92,108 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_PART = ".part"  # a segment being copied into the durable spool: complete once renamed
+
+
+def _move_durably(src: Path, dst: Path) -> None:
+    """`src` to `dst`, on disk at `dst` before it is gone from `src`: a rename on one file system,
+    else copy to a `.part`, fsync, rename, fsync the directory, and only then unlink `src`."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        part = dst.with_name(dst.name + _PART)
+        with src.open("rb") as fin, part.open("wb") as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(part, dst)
+        _fsync_dir(dst.parent)
+        src.unlink()
+        _fsync_dir(src.parent)
+        return
+    _fsync_dir(dst.parent)
+    _fsync_dir(src.parent)
+
+
+@contextlib.contextmanager
+def _locked_home(home: Path, *, blocking: bool) -> Iterator[bool]:
+    """Hold `home/.lock` (flock: the kernel drops it when its holder dies; on EFS, NFSv4.1 leases
+    it, and it lapses with a dead client). Yields False when another process holds it and
+    `blocking` is off, or `home` is gone. A lock file unlinked by an adopter that emptied `home`
+    while this one waited is no lock: then try again on the new one."""
+    while True:
+        if blocking:
+            home.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            if blocking:
+                continue
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                same = os.stat(home / ".lock").st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield True
+                return
+        finally:
+            os.close(fd)
+        if not blocking:
+            yield False
+            return
+
+
+def _segments_left_in(home: Path) -> list[Path]:
+    """A stopped gateway's segments in the durable spool: whole ones, and `.part` copies a kill
+    cut short (their complete lines are all that is left of those records)."""
+    return sorted(
+        p for p in home.iterdir()
+        if _SEGMENT.match(p.name.removesuffix(_PART)) and p.is_file()
+    )
+
+
+def adopt(
+    durable: Path, ship: Callable[[str, Path, str], None], *, stopping: Callable[[], bool] = lambda: False
+) -> int:
+    """Ship, through `ship(gateway, path, segment_name)`, every segment stopped gateways left in
+    `durable`; each gateway's directory under its lock (one busy now is left for later), each
+    segment removed once shipped, the directory removed once empty. The first failure passes;
+    once `stopping()` says so, nothing more is started (this gateway's own stop comes first)."""
+    count = 0
+    try:
+        homes = sorted(p for p in durable.iterdir() if p.is_dir() and _GATEWAY.match(p.name))
+    except FileNotFoundError:
+        return 0
+    for home in homes:
+        with _locked_home(home, blocking=False) as held:
+            if not held:
+                continue
+            for path in _segments_left_in(home):
+                if stopping():
+                    return count
+                ship(home.name, path, path.name.removesuffix(_PART))
+                path.unlink()
+                count += 1
+            _fsync_dir(home)
+            if not _segments_left_in(home):
+                # Unlinked while held: a depositor waiting on this lock file sees it gone and retries.
+                (home / ".lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # something else arrived in it: kept for later
+                    home.rmdir()
+    return count
 
 
 class Spool:
@@ -352,6 +462,22 @@ class Spool:
         with self._quota:
             self._used = max(0, self._used - size)
 
+    def deposit(self, durable: Path) -> int:
+        """Move every closed segment to `durable/<gateway>/` (the last thing a stop does when S3
+        would not take them), under that directory's lock so no adopter reads a half-moved one.
+        Returns how many moved; a segment that cannot be moved stays here (and the error passes)."""
+        home = durable / self.config.gateway
+        moved = 0
+        with _locked_home(home, blocking=True) as held:
+            assert held
+            for path in self.closed_segments():
+                size = path.stat().st_size
+                _move_durably(path, home / path.name)
+                with self._quota:
+                    self._used = max(0, self._used - size)
+                moved += 1
+        return moved
+
 
 def read_segment(path: Path) -> bytes:
     """A segment's complete lines; a torn last line (power loss mid-write) is dropped."""
@@ -402,10 +528,16 @@ class Uploader:
         tick: float = 0.2,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        durable: Path | None = None,
+        adopt_every: float = 30.0,
     ) -> None:
         self.spool = spool
         self._put = put
         self.prefix = prefix
+        self.durable = durable
+        self._adopt_every = adopt_every
+        self.adopted = 0
+        self.deposited = 0
         self._tick = tick
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -421,19 +553,35 @@ class Uploader:
         if self._put is None:  # no bucket: segments stay in the spool
             return 0
         for path in self.spool.closed_segments():
-            body = read_segment(path)
-            if body:
-                key = segment_key(self.prefix, self.spool.config.gateway, path.name)
-                payload = igzip.compress(body, compresslevel=SEGMENT_GZIP_LEVEL)
-                try:
-                    self._put(key, payload)
-                except Exception:
-                    self.put_failures += 1
-                    raise
-                self.puts += 1
-                self.bytes_shipped += len(payload)
+            self._ship(self.spool.config.gateway, path, path.name)
             self.spool.shipped(path)
             count += 1
+        return count
+
+    def _ship(self, gateway: str, path: Path, segment: str) -> None:
+        """Put one segment's complete lines, gzipped, at its key (nothing for an empty one)."""
+        assert self._put is not None
+        body = read_segment(path)
+        if not body:
+            return
+        key = segment_key(self.prefix, gateway, segment)
+        payload = igzip.compress(body, compresslevel=SEGMENT_GZIP_LEVEL)
+        try:
+            self._put(key, payload)
+        except Exception:
+            self.put_failures += 1
+            raise
+        self.puts += 1
+        self.bytes_shipped += len(payload)
+
+    def adopt_durable(self) -> int:
+        """Ship what stopped gateways left in the durable spool (none configured: nothing)."""
+        if self.durable is None or self._put is None:
+            return 0
+        count = adopt(self.durable, self._ship, stopping=self._stop.is_set)
+        if count:
+            log.info("shipped %d segments other gateways left in the durable spool", count)
+        self.adopted += count
         return count
 
     def _delay(self, failures: int) -> float:
@@ -443,6 +591,7 @@ class Uploader:
     def _run(self) -> None:
         failures = 0
         next_try = 0.0
+        next_adopt = 0.0  # at start, then every `adopt_every` seconds while S3 takes segments
         while not self._stop.is_set():
             try:
                 self.spool.tick()
@@ -451,6 +600,9 @@ class Uploader:
             if time.monotonic() >= next_try:
                 try:
                     self.ship_pending()
+                    if time.monotonic() >= next_adopt:
+                        self.adopt_durable()
+                        next_adopt = time.monotonic() + self._adopt_every
                     failures = 0
                 except Exception as exc:  # any S3/network failure: keep the segment, back off
                     failures += 1
@@ -472,16 +624,18 @@ class Uploader:
         upload in flight, and ship until `flush_timeout` after this call at the latest.
 
         An upload that outlasts `join_timeout` is left running (a daemon thread: the process exits
-        under it) and nothing more is shipped from here: what it and the rest were shipping stays
-        in the spool, closed, and the next start ships it.
+        under it) and nothing more is shipped from here. What is not shipped then goes to the
+        durable spool if there is one (an adopter ships it; the late upload, if it lands, put the
+        same key), else it stays in the spool, closed, and the next start ships it.
         """
         deadline = time.monotonic() + flush_timeout
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=join_timeout)  # an upload in flight ends within the client's timeouts
             if self._thread.is_alive():
-                log.warning("an upload outlasted %.0fs; unshipped segments stay in the spool", join_timeout)
+                log.warning("an upload outlasted %.0fs", join_timeout)
                 self.spool.close()
+                self._leave_unshipped()
                 return
         self.spool.close()
         if self._put is None:
@@ -490,8 +644,24 @@ class Uploader:
         while self.spool.closed_segments() and time.monotonic() < deadline:
             try:
                 self.ship_pending()
-            except Exception:  # left on disk; shipped at the next start
+            except Exception:  # left on disk: the durable spool or the next start ships it
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        if left := len(self.spool.closed_segments()):
-            log.warning("%d segments not shipped in %.0fs; unshipped segments stay in the spool", left, flush_timeout)
+        if self.spool.closed_segments():
+            log.warning("segments not shipped in %.0fs", flush_timeout)
+        self._leave_unshipped()
         self.spool.release()
+
+    def _leave_unshipped(self) -> None:
+        """Move what is left to the durable spool (if any), else say it stays in this spool."""
+        left = len(self.spool.closed_segments())
+        if not left:
+            return
+        if self.durable is not None and self._put is not None:
+            try:
+                self.deposited += self.spool.deposit(self.durable)
+            except OSError as exc:
+                log.error("moving segments to the durable spool failed (%s)", type(exc).__name__)
+            else:
+                log.warning("%d unshipped segments moved to the durable spool for another gateway to ship", left)
+                return
+        log.warning("%d segments stay in the spool", len(self.spool.closed_segments()))

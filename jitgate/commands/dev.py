@@ -66,6 +66,9 @@ def gateway(
     listen_port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     confdir: Annotated[str, typer.Option(envvar="JITGATE_CONFDIR", help="mitmproxy confdir (the gateway CA).")] = "",
     spool_dir: Annotated[str, typer.Option(envvar="JITGATE_SPOOL_DIR")] = "",
+    durable_spool: Annotated[
+        str, typer.Option(envvar="JITGATE_DURABLE_SPOOL", help="Fleet-shared directory (EFS) for unshipped segments.")
+    ] = "",
     upstream_ca: Annotated[str, typer.Option(envvar="JITGATE_UPSTREAM_CA")] = "",
     aws_endpoint: Annotated[str, typer.Option(envvar="AWS_ENDPOINT_URL", help="Local AWS endpoint.")] = "",
     policy_refresh: Annotated[
@@ -111,6 +114,7 @@ def gateway(
         "jitgate_bucket": bucket,
         "jitgate_issuer": issuer,
         "jitgate_spool_dir": spool_dir,
+        "jitgate_durable_spool": durable_spool,
         "jitgate_upstream_ca": upstream_ca,
         "jitgate_aws_endpoint": aws_endpoint,
         "jitgate_pg_listen": pg_listen,

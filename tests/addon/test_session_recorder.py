@@ -345,20 +345,67 @@ async def test_bad_options_stop_the_start(tmp_path: Path, option: str, value: ob
     rec.done()
 
 
+class _S3:
+    """The bucket, as put_object's calls: key -> body."""
+
+    def __init__(self) -> None:
+        self.shipped: dict[str, bytes] = {}
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
+        self.shipped[Key] = Body
+
+
 async def test_leftovers_are_shipped_at_start(tmp_path: Path) -> None:
-    shipped: dict[str, bytes] = {}
-
-    class S3:
-        def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
-            shipped[Key] = Body
-
+    s3 = _S3()
+    shipped = s3.shipped
     (tmp_path / "open").mkdir()
     (tmp_path / "open" / "20270115T080000.000000Z-000001-0a0b0c0d.jsonl").write_bytes(b'{"record_id":"x"}\n')
-    rec = SessionRecorder(s3=S3())
+    rec = SessionRecorder(s3=s3)
     with taddons.context(rec) as tctx:
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path), jitgate_bucket="audit", jitgate_gateway_id="gw1")
         rec.done()
     assert list(shipped) == ["sessions/dt=2027-01-15/hour=08/gw1-20270115T080000.000000Z-000001-0a0b0c0d.jsonl.gz"]
+
+
+@pytest.mark.parametrize("durable", ["{spool}", "{spool}/shared", "{spool}/.."])
+async def test_a_durable_spool_that_overlaps_the_spool_stops_the_start(tmp_path: Path, durable: str) -> None:
+    spool = tmp_path / "spool"
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx, pytest.raises(exceptions.OptionsError, match="jitgate_durable_spool"):
+        tctx.configure(rec, jitgate_spool_dir=str(spool), jitgate_durable_spool=durable.format(spool=spool))
+    rec.done()
+
+
+async def test_a_durable_spool_that_takes_no_files_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "efs").write_text("a file where the mount should be")
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx, pytest.raises(exceptions.OptionsError, match="jitgate_durable_spool: cannot"):
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path / "spool"), jitgate_durable_spool=str(tmp_path / "efs"))
+    rec.done()
+    # The spool it had locked is free again for the start that follows the fix.
+    again = SessionRecorder()
+    with taddons.context(again) as tctx:
+        tctx.configure(again, jitgate_spool_dir=str(tmp_path / "spool"))
+        again.done()
+
+
+async def test_what_a_stopped_gateway_left_in_the_durable_spool_is_shipped_at_start(tmp_path: Path) -> None:
+    s3 = _S3()
+    shipped = s3.shipped
+    name = "20270115T080000.000000Z-000001-0a0b0c0d.jsonl"
+    (tmp_path / "efs" / "gw-gone").mkdir(parents=True)
+    (tmp_path / "efs" / "gw-gone" / name).write_bytes(b'{"record_id":"x"}\n')
+    rec = SessionRecorder(s3=s3)
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path / "spool"), jitgate_bucket="audit",
+                       jitgate_gateway_id="gw1", jitgate_durable_spool=str(tmp_path / "efs"))
+        for _ in range(100):
+            if shipped:
+                break
+            await asyncio.sleep(0.05)
+        rec.done()
+    assert list(shipped) == [f"sessions/dt=2027-01-15/hour=08/gw-gone-{name.removesuffix('.jsonl')}.jsonl.gz"]
+    assert list((tmp_path / "efs").iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,26 @@ def test_a_file_is_read_again_only_when_it_changed_and_a_bad_version_keeps_the_l
     assert new is not None and new.policy != first.policy and source.current(str(path)) is new
 
 
+def test_trouble_says_why_the_newest_version_is_not_in_use_until_a_good_one_is(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    _edit(path, policy_yaml(ISSUER))
+    source = PolicySource(lambda: None)
+    source.current(str(path))
+    assert source.trouble(str(path)) is None
+    _edit(path, BAD)
+    for _ in range(2):  # every check of the bad version: still trouble
+        with pytest.raises(PolicyError):
+            source.refresh(str(path))
+        trouble = source.trouble(str(path))
+        assert trouble is not None and str(path) in trouble
+    path.unlink()
+    with pytest.raises(PolicyError):
+        source.refresh(str(path))
+    assert "cannot read policy" in str(source.trouble(str(path)))
+    _edit(path, policy_yaml(ISSUER))  # the good text again (a new mtime): the same policy, no trouble
+    assert source.refresh(str(path)) is None and source.trouble(str(path)) is None
+
+
 def test_a_missing_file_or_a_bad_location_is_a_policy_error(tmp_path: Path) -> None:
     source = PolicySource(lambda: None)
     with pytest.raises(PolicyError):

@@ -4,8 +4,9 @@ The command is the image's ENTRYPOINT (infra/gateway/Dockerfile) plus the task d
 `Command`, the environment the Dockerfile's ENV plus the container's `Environment`
 (infra/gateway/gateway.yaml, parsed, parameters filled in). What differs, and only that: the
 listen address and port (loopback, a free port), /var/lib/jitgate under a temporary folder, AWS
-reached through a moto server with fake credentials (the task role's stand-in) and the test
-upstream's private CA (a real upstream has a public certificate).
+reached through a moto server with fake credentials (the task role's stand-in), the test
+upstream's private CA (a real upstream has a public certificate), and PYTHONPATH naming this
+checkout (the image has its code installed).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import yaml
 from cfnlint.decode import decode
@@ -125,8 +127,10 @@ def _start(
     ca = tmp_path / "upstream-ca.pem"
     ca.write_bytes(upstream.ca_pem())
     env.update(FAKE_CREDENTIALS)
+    # PYTHONPATH: the code of this checkout (the image installs it; the venv's `jitgate` script would
+    # import the checkout the venv was installed from).
     env.update({"AWS_ENDPOINT_URL": moto, "AWS_REGION": DEFAULT_REGION, "JITGATE_UPSTREAM_CA": str(ca),
-                "PATH": "/usr/bin:/bin"})
+                "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     return launch(argv, confdir=root / "ca", env=env, log_lines=5000)
 
 
@@ -170,12 +174,16 @@ def test_the_task_definition_starts_and_follows_the_policy_in_s3(
         )
         with client(gw, bundle, token) as c:
             assert rerank(c, upstream).status_code == 200
+        # Readiness says so, and stays ready: the whole fleet sees the same bad object (docs/deployment.md).
+        ready = httpx.get(gw.metrics_url() + "/readyz", timeout=10)
+        assert (ready.status_code, ready.json()["policy_current"]) == (200, False), ready.text
 
         # A valid new version is taken without a restart: the connection's upstream moved (nowhere).
         with Upstream(api_keys=["unused"]) as gone:
             moved = gone.url
         _put(moto_server, policy_bucket, _policy(oidc_issuer.url, moved))
         assert wait_for(lambda: any("in use" in e["msg"] for e in _events(gw, "policy")), 30), "\n".join(gw.log)
+        assert httpx.get(gw.metrics_url() + "/readyz", timeout=10).json()["policy_current"] is True
         with client(gw, bundle, token) as c:
             answer = rerank(c, upstream)
         assert (answer.status_code, answer.json()["code"]) == (502, "upstream_unavailable"), answer.text

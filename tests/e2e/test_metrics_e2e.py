@@ -75,6 +75,7 @@ def test_alive_and_ready_with_every_check(gateway: Gateway) -> None:
     assert resp.status_code == 200, resp.text + "\n".join(gateway.log)
     assert resp.json() == {
         "ready": True, "checks": {"jwks_loaded": True, "revocations_fresh": True, "spool_writable": True},
+        "policy_current": True,
     }
     text = _metrics(gateway)
     assert _sample(text, "jitgate_ready", check="revocations_fresh") == 1

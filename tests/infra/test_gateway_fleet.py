@@ -68,9 +68,11 @@ def test_deployment_is_guarded_and_the_task_hardened(template: dict[str, Any]) -
     assert deploy["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
     [container] = res["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert container["ReadonlyRootFilesystem"] is True
-    # The only writable paths: the spool and the confdir, each a volume; the image's TMPDIR is the confdir.
-    assert sorted(m["ContainerPath"] for m in container["MountPoints"]) == ["/var/lib/jitgate/ca",
-                                                                             "/var/lib/jitgate/spool"]
+    # The only writable paths: the spool, the confdir and the durable spool, each a volume; the
+    # image's TMPDIR is the confdir.
+    assert sorted(m["ContainerPath"] for m in container["MountPoints"]) == [
+        "/var/lib/jitgate/ca", "/var/lib/jitgate/durable", "/var/lib/jitgate/spool",
+    ]
     assert "ENV TMPDIR=/var/lib/jitgate/ca" in (ROOT / "infra" / "gateway" / "Dockerfile").read_text()
     assert "CMD" in container["HealthCheck"]["Command"]
     # StopTimeout covers the NLB's deregistration delay's aftermath: a 60 s upload plus the drain.
@@ -148,3 +150,78 @@ def test_load_balancer_checks_readyz_on_the_metrics_port(template: dict[str, Any
     assert "EXPOSE 9090" in docker and '"--metrics-port", "9090"' in docker and '"--metrics-host", "0.0.0.0"' in docker
     unit = (ROOT / "infra" / "gateway" / "jitgate-gateway.service").read_text()
     assert "--metrics-port 9090" in unit
+
+
+def _sets(container: dict[str, Any]) -> dict[str, str]:
+    command = container.get("Command", [])
+    return dict(command[i + 1].split("=", 1) for i, a in enumerate(command) if a == "--set")
+
+
+def test_the_stop_fits_in_the_stop_timeout_with_room_for_the_durable_spool(template: dict[str, Any]) -> None:
+    from jitgate.durations import parse_seconds
+
+    [container] = template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    sets = _sets(container)
+    drain, ship = parse_seconds(sets["jitgate_drain_timeout"]), parse_seconds(sets["jitgate_ship_timeout"])
+    # Drain, ship, then the move of what is left (up to the 1 GiB spool quota) to EFS before SIGKILL.
+    assert drain + ship + 30 <= container["StopTimeout"] <= 120, (drain, ship)
+
+
+def test_unshipped_segments_outlive_the_task_on_an_access_point_of_the_fleet(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    task = res["TaskDefinition"]["Properties"]
+    [container] = task["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    [mount] = [m for m in container["MountPoints"] if m["ContainerPath"] == env["JITGATE_DURABLE_SPOOL"]]
+    [volume] = [v for v in task["Volumes"] if v["Name"] == mount["SourceVolume"]]
+    efs = volume["EFSVolumeConfiguration"]
+    assert efs["FilesystemId"] == {"Ref": "DurableSpoolFileSystem"}
+    assert efs["TransitEncryption"] == "ENABLED"
+    assert efs["AuthorizationConfig"] == {"AccessPointId": {"Ref": "DurableSpoolAccessPoint"}, "IAM": "ENABLED"}
+    fs = res["DurableSpoolFileSystem"]
+    assert fs["Properties"]["Encrypted"] is True and fs["DeletionPolicy"] == "Retain"
+    denies = {st["Sid"]: st["Condition"] for st in fs["Properties"]["FileSystemPolicy"]["Statement"]
+              if st["Effect"] == "Deny"}
+    assert denies == {"TlsOnly": {"Bool": {"aws:SecureTransport": "false"}},
+                      "AccessPointOnly": {"Null": {"elasticfilesystem:AccessPointArn": "true"}}}
+    # The access point writes as the image's user, into a directory only that user may read.
+    uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "infra" / "gateway" / "Dockerfile").read_text())
+    assert uid is not None
+    ap = res["DurableSpoolAccessPoint"]["Properties"]
+    assert ap["PosixUser"] == {"Uid": uid.group(1), "Gid": uid.group(1)}
+    assert ap["RootDirectory"]["CreationInfo"] == {"OwnerUid": uid.group(1), "OwnerGid": uid.group(1),
+                                                   "Permissions": "0700"}
+    # The role mounts and writes through that access point only.
+    [grant] = [s for s in _statements(template) if "elasticfilesystem" in str(s["Action"])]
+    assert sorted(grant["Action"]) == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    assert grant["Resource"] == {"Fn::GetAtt": ["DurableSpoolFileSystem", "Arn"]}
+    assert grant["Condition"] == {
+        "StringEquals": {"elasticfilesystem:AccessPointArn": {"Fn::GetAtt": ["DurableSpoolAccessPoint", "Arn"]}}
+    }
+
+
+def test_nfs_flows_between_the_tasks_and_the_mount_targets_only(template: dict[str, Any]) -> None:
+    res = template["Resources"]
+    [nfs_in] = [r["Properties"] for r in res.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert nfs_in["GroupId"] == {"Ref": "DurableSpoolSecurityGroup"}
+    assert (nfs_in["FromPort"], nfs_in["ToPort"], nfs_in["SourceSecurityGroupId"]) == (
+        2049, 2049, {"Ref": "TaskSecurityGroup"},
+    )
+    assert "SecurityGroupIngress" not in res["DurableSpoolSecurityGroup"]["Properties"]
+    [nfs_out] = [r for r in res["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+                 if isinstance(r, dict) and r.get("FromPort") == 2049]
+    assert nfs_out["DestinationSecurityGroupId"] == {"Ref": "DurableSpoolSecurityGroup"} and "CidrIp" not in nfs_out
+    # One mount target per zone the tasks run in, and the tasks only where one is.
+    targets = [r["Properties"] for r in res.values() if r["Type"] == "AWS::EFS::MountTarget"]
+    subnets = [t["SubnetId"] for t in targets]
+    assert all(t["SecurityGroups"] == [{"Ref": "DurableSpoolSecurityGroup"}] for t in targets)
+    service = res["Service"]
+    assert service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]["Subnets"] == subnets
+    assert res["LoadBalancer"]["Properties"]["Subnets"] == subnets
+    assert {"DurableSpoolMountTargetA", "DurableSpoolMountTargetB"} <= set(service["DependsOn"])
+
+
+def test_the_image_has_the_durable_spool_for_its_user() -> None:
+    text = (ROOT / "infra" / "gateway" / "Dockerfile").read_text()
+    [install] = [line for line in text.splitlines() if "install -d -o jitgate -g jitgate" in line]
+    assert "/var/lib/jitgate/durable" in install.split()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,22 @@ def _write_segment(cache: Path, key: str, records: list[SessionRecord]) -> None:
     path.write_bytes(gzip.compress(b"".join(r.to_json_line() for r in records)))
 
 
+FIXTURE_DAY = date(2027, 1, 15)
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Path:
+    return write_cache(tmp_path, FIXTURE_DAY)
+
+
+def write_cache(tmp_path: Path, day0: date) -> Path:
+    """The audit cache of the tests: sessions on `day0` and the day after, token events on `day0`."""
+    d0, d1 = day0.isoformat(), (day0 + timedelta(days=1)).isoformat()
     alice = _rec(
         "f1",
         "alice",
         "jti-alice-1",
+        ts=f"{d0}T08:00:00.000Z",
         rerank_query="refund",
         doc_count=2,
         doc_sha256=(sha256_text(DOCS[0]), sha256_text(DOCS[1])),
@@ -57,6 +68,7 @@ def cache(tmp_path: Path) -> Path:
         "f2",
         "bob",
         "jti-bob-1",
+        ts=f"{d0}T08:00:00.000Z",
         rerank_query="warranty",
         doc_count=2,
         doc_sha256=(sha256_text(DOCS[2]), sha256_text(DOCS[0])),
@@ -65,6 +77,7 @@ def cache(tmp_path: Path) -> Path:
         "f3",
         "bob",
         "jti-bob-1",
+        ts=f"{d0}T08:00:00.000Z",
         status=403,
         decision="blocked",
         error="leak_blocked",
@@ -76,20 +89,20 @@ def cache(tmp_path: Path) -> Path:
         "f4",
         "carol",
         "jti-carol-1",
-        ts="2027-01-16T09:00:00.000Z",
+        ts=f"{d1}T09:00:00.000Z",
         operation="delete",
         collection="candidates",
         decision="approved",
         apv="apv-1",
         path="/api/v1/collections/candidates/delete",
     )
-    _write_segment(tmp_path, "sessions/dt=2027-01-15/hour=08/gw1-a.jsonl.gz", [alice, bob])
+    _write_segment(tmp_path, f"sessions/dt={d0}/hour=08/gw1-a.jsonl.gz", [alice, bob])
     # the same record shipped twice (a re-shipped segment under another key): counted once
-    _write_segment(tmp_path, "sessions/dt=2027-01-15/hour=08/gw1-b.jsonl.gz", [alice, leak])
-    _write_segment(tmp_path, "sessions/dt=2027-01-16/hour=09/gw1-c.jsonl.gz", [held])
+    _write_segment(tmp_path, f"sessions/dt={d0}/hour=08/gw1-b.jsonl.gz", [alice, leak])
+    _write_segment(tmp_path, f"sessions/dt={d1}/hour=09/gw1-c.jsonl.gz", [held])
     sql = dict(
         conn="pg-dev", method="SQL", host="127.0.0.1", path="/ranking", operation="select",
-        ts="2027-01-16T10:00:00.000Z",
+        ts=f"{d1}T10:00:00.000Z",
     )
     reads = [
         _rec("p1", "erin", "jti-erin-1", **sql, tables=("public.candidates",), rows=5,
@@ -97,12 +110,12 @@ def cache(tmp_path: Path) -> Path:
         _rec("p2", "erin", "jti-erin-1", **sql, tables=("public.candidates", "public.audit_notes"), rows=0,
              decision="blocked", status=403, error="table_not_allowed"),
     ]
-    _write_segment(tmp_path, "sessions/dt=2027-01-16/hour=10/gw1-pg-d.jsonl.gz", reads)
-    events = tmp_path / "token-events" / "dt=2027-01-15"
+    _write_segment(tmp_path, f"sessions/dt={d1}/hour=10/gw1-pg-d.jsonl.gz", reads)
+    events = tmp_path / "token-events" / f"dt={d0}"
     events.mkdir(parents=True)
     lines = [
         TokenEvent(
-            event_time="2027-01-15T07:59:00.000Z",
+            event_time=f"{d0}T07:59:00.000Z",
             event_type="issued",
             broker="b",
             status=200,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -14,17 +15,24 @@ from jitgate.cli import _register, app
 from jitgate.commands import audit as audit_cmd
 from jitgate.commands.sessions import export_flows
 from jitgate.digest import sha256_text
-from tests.recorder.test_audit import DOCS, _FakeAthena, cache  # noqa: F401 — `cache` is the fixture
+from tests.recorder.test_audit import DOCS, _FakeAthena, write_cache
 
 _register()
 runner = CliRunner()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    """test_audit's records dated yesterday and today (UTC): the CLI runs each named query with its
+    own window back from today (30 days, 7 for token events), so fixed dates would fall out of it."""
+    return write_cache(tmp_path, datetime.now(UTC).date() - timedelta(days=1))
 
 
 def _json_rows(output: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
-def test_who_reranked_by_text_and_by_hash(cache: Path) -> None:  # noqa: F811
+def test_who_reranked_by_text_and_by_hash(cache: Path) -> None:
     args = ["audit", "who-reranked", "--no-sync", "--cache", str(cache), "--format", "json"]
     by_text = runner.invoke(app, [*args[:2], DOCS[0], *args[2:]])
     by_hash = runner.invoke(app, [*args[:2], sha256_text(DOCS[0]), *args[2:]])
@@ -33,7 +41,7 @@ def test_who_reranked_by_text_and_by_hash(cache: Path) -> None:  # noqa: F811
     assert sorted(r["sub"] for r in _json_rows(by_text.output)) == ["alice", "bob"]
 
 
-def test_sql_prints_a_table(cache: Path) -> None:  # noqa: F811
+def test_sql_prints_a_table(cache: Path) -> None:
     res = runner.invoke(
         app,
         [
@@ -49,12 +57,12 @@ def test_sql_prints_a_table(cache: Path) -> None:  # noqa: F811
     assert "alice" in res.output and "carol" in res.output and "┃" in res.output
 
 
-def test_bad_sql_is_one_line_and_exit_1(cache: Path) -> None:  # noqa: F811
+def test_bad_sql_is_one_line_and_exit_1(cache: Path) -> None:
     res = runner.invoke(app, ["audit", "sql", "SELEC nonsense", "--no-sync", "--cache", str(cache)])
     assert res.exit_code == 1 and "query failed" in res.output
 
 
-def test_named_queries_from_the_bucket(tmp_path: Path, cache: Path) -> None:  # noqa: F811
+def test_named_queries_from_the_bucket(tmp_path: Path, cache: Path) -> None:
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="audit")
@@ -73,7 +81,7 @@ def test_named_queries_from_the_bucket(tmp_path: Path, cache: Path) -> None:  # 
     }
 
 
-def test_export_by_jti_writes_a_flow_file_mitmproxy_reads(tmp_path: Path, cache: Path) -> None:  # noqa: F811
+def test_export_by_jti_writes_a_flow_file_mitmproxy_reads(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "flows.mitm"
     res = runner.invoke(
         app, ["sessions", "export", "--jti", "jti-bob-1", "-o", str(out), "--no-sync", "--cache", str(cache)]
@@ -96,7 +104,7 @@ def test_export_by_jti_writes_a_flow_file_mitmproxy_reads(tmp_path: Path, cache:
     assert shown.returncode == 0 and "/v2/rerank" in shown.stdout
 
 
-def test_export_needs_exactly_one_selector(cache: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_export_needs_exactly_one_selector(cache: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["sessions", "export", "-o", str(tmp_path / "x"), "--no-sync", "--cache", str(cache)])
     assert res.exit_code != 0
     res = runner.invoke(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from jitgate.devstack.aws import Stack
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import secret_id
 from jitgate.devstack.upstream import Upstream
+from tests.relay import relay_to
 from tests.reliability.harness import (
     Load,
     client,
@@ -70,3 +72,65 @@ def test_sigterm_under_load_finishes_the_flows_in_flight_and_ships_every_record(
         outcome_counts(answered), have,
     )
     assert "jitgate: stopping" in log
+
+
+def _marker(record: dict[str, Any]) -> str:
+    return str(record.get("rerank_query", "")).split(" ")[0]
+
+
+def test_what_a_stop_cannot_ship_goes_to_the_durable_spool_and_another_gateway_ships_it(
+    tmp_path: Path, aws_stack: Stack, moto_server: str, broker: str, oidc_issuer: OidcIssuer,
+    mint: Callable[..., dict[str, Any]],
+) -> None:
+    """Scale-in while S3 cannot be reached: the stopping task's spool is about to be deleted with
+    it, so what it could not ship moves to the durable spool (EFS in the fleet; a directory here)
+    and a gateway sharing that directory ships it: every record in the bucket, none twice."""
+    durable = tmp_path / "durable"
+    for task in ("task-1", "task-2"):
+        (tmp_path / task).mkdir()
+    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
+    stopped_id, adopter_id = "rel-durable-" + secrets.token_hex(3), "rel-adopter-" + secrets.token_hex(3)
+    with Upstream(api_keys=keys) as up, relay_to(moto_server) as s3_path:
+        up.delay = 0.2
+        policy = write_policy(tmp_path, oidc_issuer.url, up)
+        gw = full_gateway(
+            tmp_path / "task-1", policy=policy, upstream=up, broker=broker, stack=aws_stack, moto=moto_server,
+            gateway_id=stopped_id, aws_env={"AWS_ENDPOINT_URL": moto_server, "AWS_ENDPOINT_URL_S3": s3_path.url},
+            jitgate_durable_spool=str(durable), jitgate_ship_timeout="3s",
+        )
+        bundle = gw.client_bundle(tmp_path / "bundle.pem")
+        token = mint("cohere-test")["token"]
+        with gw, Load(lambda: client(gw, bundle, token), up.url, threads=6, pause=0.05) as load:
+            # Segments rotate every 300 ms and ship while S3 is there ...
+            assert wait_for(lambda: len(records(moto_server, aws_stack.bucket, stopped_id)) >= 6, 60), "\n".join(gw.log)
+            s3_path.up = False  # ... then the way to S3 is cut, and records pile up in the spool
+            cut_at = load.count()
+            assert wait_for(lambda: load.count() >= cut_at + 18, 60)
+            gw.proc.send_signal(signal.SIGTERM)
+            exit_code = gw.proc.wait(timeout=120)
+            load.stop()
+        log = "\n".join(gw.log)
+    assert exit_code == 0, log
+    assert "moved to the durable spool" in log, log
+    left = list((durable / stopped_id).glob("*.jsonl"))
+    assert left, log
+    assert list((tmp_path / "task-1" / "spool" / "closed").glob("*.jsonl")) == []  # nothing left to die with the task
+    before = records(moto_server, aws_stack.bucket, stopped_id)
+    answered = [entry for entry in load.log if entry[2] != 0]
+    assert {e[4] for e in answered if e[2] == 200} - {_marker(r) for r in before}, "S3 was cut too late to test"
+
+    # Another task (started by the scale-out that follows, or one already running) shares the directory.
+    with Upstream(api_keys=keys) as up2:
+        adopter = full_gateway(
+            tmp_path / "task-2", policy=write_policy(tmp_path, oidc_issuer.url, up2), upstream=up2, broker=broker,
+            stack=aws_stack, moto=moto_server, gateway_id=adopter_id, jitgate_durable_spool=str(durable),
+        )
+        with adopter:
+            assert wait_for(lambda: not (durable / stopped_id).exists(), 60), "\n".join(adopter.log)
+    shipped = records(moto_server, aws_stack.bucket, stopped_id)  # the bucket only, under the stopped task's id
+    seen = Counter(_marker(r) for r in shipped if r.get("rerank_query"))
+    missing = [e[4] for e in answered if e[2] == 200 and e[4] not in seen]
+    assert missing == [], (len(missing), outcome_counts(load.log), log)
+    assert [m for m, n in seen.items() if n > 1] == []  # none twice
+    have = record_counts(shipped)
+    assert all(have.get(key, 0) >= n for key, n in outcome_counts(answered).items()), (outcome_counts(answered), have)
