@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from scramp import ScramClient
 
 from addon import settings
 from addon.revocations import RevocationList
-from jitgate import durations, leaks, pgmask, pgwire
+from jitgate import durations, leaks, pghold, pgmask, pgwire
 from jitgate.errors import (
     AuditUnavailable,
     CredentialUnavailable,
@@ -84,7 +84,8 @@ from jitgate.errors import (
     WrongConnection,
 )
 from jitgate.inspect import Scanner, actions
-from jitgate.pgsql import SESSION, Statement, analyze, statement_error
+from jitgate.pgcache import DecisionCache
+from jitgate.pgsql import SESSION, Statement
 from jitgate.pgwire import Message, error_response, message, ready_for_query
 from jitgate.policy import Connection, Policy
 from jitgate.records import Decision, SessionRecord, escape_text, iso_ts, record_id
@@ -104,6 +105,7 @@ _READS = (
     "jitgate_revocation_staleness", "jitgate_jwks_refetch_interval", "jitgate_usage_lease", "jitgate_secret_ttl",
     "jitgate_bucket", "jitgate_spool_dir", "jitgate_gateway_id", "jitgate_sessions_prefix", "jitgate_audit_required",
     "jitgate_segment_bytes", "jitgate_segment_ms", "jitgate_fsync_ms", "jitgate_spool_max_bytes",
+    "jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held",
 )
 # Extended-protocol messages held until Sync (or Flush) and checked together.
 _EXTENDED = frozenset(b"PBDECHS")
@@ -137,6 +139,7 @@ class _Pending:
     rows: int = 0
     bytes: int = 0
     findings: list[RecordFinding] = field(default_factory=list)
+    approval_id: str | None = None  # the hold it went through (approved), or ended in (denied)
 
 
 @dataclass
@@ -154,7 +157,7 @@ class _Batch:
     parsed: dict[str, Statement | None] = field(default_factory=dict)
     closed: list[tuple[str, str]] = field(default_factory=list)
     portals: dict[str, str] = field(default_factory=dict)
-    executes: list[Statement | None] = field(default_factory=list)
+    executes: list[tuple[Statement | None, str | None]] = field(default_factory=list)  # (statement, hold id)
     error: JitgateError | None = None
     token_close: bool | None = None  # set when `error` is the token's: whether the connection closes
     flushed: bool = False
@@ -209,6 +212,8 @@ class PgListener:
         self._prefix = "sessions/"
         self._write_lock = threading.Lock()
         self.sessions: set[_Session] = set()
+        self.decisions = DecisionCache()  # per (statement text, schema, scope): parse and scope decisions
+        self.holds: pghold.StatementHolds | None = None
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class PgListener:
             self._s3 = self._clients.client("s3", opts)
         self.revocations.dynamodb = self._dynamodb
         self.gateway = opts.jitgate_gateway_id or socket.gethostname()
+        self.holds = self._holds(opts)
         base = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
         self._spool_config = SpoolConfig(
             directory=base / "postgres",
@@ -265,6 +271,18 @@ class PgListener:
                 self._upstream_tls.load_verify_locations(cafile=opts.jitgate_upstream_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise settings.options_error(f"jitgate_upstream_ca: cannot use it ({type(exc).__name__})") from None
+
+    def _holds(self, opts: Any) -> pghold.StatementHolds:
+        timeout = settings.value(opts, "jitgate_approval_timeout")
+        poll = settings.value(opts, "jitgate_approval_poll")
+        if poll >= timeout:
+            raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
+        topic = settings.value(opts, "jitgate_approval_topic")
+        return pghold.StatementHolds(
+            dynamodb=self._dynamodb, table=self.table, timeout=timeout, poll=poll,
+            max_held=settings.value(opts, "jitgate_approval_max_held"), gateway=self.gateway, clock=self._clock,
+            monotonic=self._monotonic, sns=self._clients.client("sns", opts) if topic else None, topic=topic,
+        )
 
     def _tls_context(self, confdir: Path) -> ssl.SSLContext:
         """A server certificate from the gateway CA for the listener's names and the connections' hosts."""
@@ -804,19 +822,14 @@ class _Session:
             return problem, not isinstance(problem, RevocationUnavailable)
         return self.gw.audit_error(), False
 
-    def check(self, sql: str) -> tuple[list[Statement], JitgateError | None]:
+    def check(self, sql: str) -> tuple[Sequence[Statement], JitgateError | None]:
         assert self.claims is not None and self.conn is not None
         limit = self.claims.limits.max_bytes
         if limit is not None and len(sql.encode("utf-8", "replace")) > limit:
             return [], StatementNotAllowed(f"statements longer than this token's {limit} bytes are refused")
-        try:
-            stmts = analyze(sql, schema=self.conn.sql_schema)
-        except JitgateError as unread:
-            return [], unread
-        for stmt in stmts:
-            refused = statement_error(stmt, self.claims.scope, schema=self.conn.sql_schema)
-            if refused is not None:
-                return stmts, refused
+        stmts, refused = self.gw.decisions.decide(sql, self.claims.scope, self.conn.sql_schema)
+        if refused is not None:
+            return stmts, refused
         if self.aborted and not all(s.effect in _ABORTED_OK for s in stmts):
             return stmts, _aborted()
         return stmts, None
@@ -844,14 +857,46 @@ class _Session:
             self._record_refusal(stmts, err, started)
             await self.answer(err, _sqlstate(err))
             return
+        hold = await self.held(stmts)
+        if hold is not None and hold.error is not None:
+            await self._refuse_held(stmts, hold, started)
+            return
+        approval_id = hold.approval_id if hold is not None else None
         raw = msg.raw()
         if self.aborted and len(stmts) == 1 and stmts[0].effect == "commit":
             raw = message(b"Q", b"ROLLBACK\0")  # COMMIT of a failed transaction is a rollback
         if self.aborted:
             self.aborted = False
         self._apply_effects(stmts)
-        self.pending.extend(_Pending(s, started) for s in stmts)
+        self.pending.extend(_Pending(s, started, approval_id=approval_id) for s in stmts)
         await self.forward(raw, syncs=1)
+
+    async def held(self, stmts: Sequence[Statement]) -> pghold.HoldEnd | None:
+        """Statements the approval rules name wait here for a human (jitgate.pghold); None: no hold."""
+        assert self.claims is not None and self.conn is not None
+        holds, policy = self.gw.holds, self.gw.policy
+        reasons = pghold.hold_reasons(self.conn.approval, stmts)
+        if not reasons or holds is None or policy is None:
+            return None
+        approval = pghold.statement_hold(
+            policy, self.conn, self.claims, stmts, reasons, user=escape_text(self.user), now=self.gw._clock(),
+            timeout=holds.timeout, gateway=self.gw.gateway, flow_id=f"pg-{self.id}-{self.seq + 1}",
+        )
+        end = await holds.hold(approval, gate=self.statement_gate, gone=lambda: self.closing or self.reader.at_eof())
+        if end.error is None:  # approved: the token as before any statement
+            problem, close = await self.statement_gate()
+            if problem is not None:
+                return pghold.HoldEnd(end.approval_id, Decision.DENIED, problem, close)
+        return end
+
+    async def _refuse_held(self, stmts: Sequence[Statement], end: pghold.HoldEnd, started: float) -> None:
+        assert end.error is not None
+        for s in stmts:
+            self.write_record(s, end.decision, end.error.code, _Pending(s, started, approval_id=end.approval_id))
+        if end.close:
+            await self._refuse_token(end.error, True)
+        else:
+            await self.answer(end.error, _sqlstate(end.error))
 
     async def _refuse_token(self, problem: JitgateError, close: bool) -> None:
         if close:
@@ -864,7 +909,7 @@ class _Session:
         assert self.claims is not None
         return self.claims
 
-    def _apply_effects(self, stmts: list[Statement]) -> None:
+    def _apply_effects(self, stmts: Sequence[Statement]) -> None:
         for s in stmts:
             if s.effect in ("deallocate_all", "discard"):
                 self.prepared.clear()
@@ -906,11 +951,11 @@ class _Session:
         for kind, name in batch.closed:
             (self.prepared if kind == "S" else self.portals).pop(name, None)
         started = time.perf_counter()
-        for stmt in batch.executes:
+        for stmt, approval_id in batch.executes:
             if stmt is not None:
                 self._apply_effects([stmt])
-            self.pending.append(_Pending(stmt, started))
-        if self.aborted and any(s is not None and s.effect in _ABORTED_OK for s in batch.executes):
+            self.pending.append(_Pending(stmt, started, approval_id=approval_id))
+        if self.aborted and any(s is not None and s.effect in _ABORTED_OK for s, _ in batch.executes):
             self.aborted = False
         batch.parsed, batch.portals, batch.closed, batch.executes = {}, {}, [], []
         await self.forward(b"".join(batch.raw), syncs=syncs)
@@ -971,17 +1016,25 @@ class _Session:
             if stmt is not None and self.aborted and stmt.effect not in _ABORTED_OK:
                 batch.error = _aborted()
                 return
+            end = None
             if stmt is not None:
                 err = await self.gw.take_use(self._claims())
                 if err is not None:
                     self._record_refusal([stmt], err, time.perf_counter())
                     batch.error = err
                     return
-            batch.executes.append(stmt)
+                end = await self.held([stmt])
+                if end is not None and end.error is not None:
+                    p = _Pending(stmt, time.perf_counter(), approval_id=end.approval_id)
+                    self.write_record(stmt, end.decision, end.error.code, p)
+                    batch.error = end.error
+                    batch.token_close = True if end.close else None
+                    return
+            batch.executes.append((stmt, end.approval_id if end is not None else None))
 
     # -- records ------------------------------------------------------------------------------
 
-    def _record_refusal(self, stmts: list[Statement], err: JitgateError, started: float) -> None:
+    def _record_refusal(self, stmts: Sequence[Statement], err: JitgateError, started: float) -> None:
         if not stmts:
             self.write_record(None, Decision.BLOCKED, err.code, _Pending(None, started))
             return
@@ -990,7 +1043,9 @@ class _Session:
 
     def write_record(self, stmt: Statement | None, decision: Decision, error: str | None, p: _Pending) -> None:
         claims, conn = self.claims, self.conn
-        if decision == Decision.ALLOWED and p.findings:
+        if decision == Decision.ALLOWED and p.approval_id is not None:
+            decision = Decision.APPROVED  # held, approved, run (its findings, if any, are listed too)
+        elif decision == Decision.ALLOWED and p.findings:
             decision = Decision.MASKED
         self.seq += 1
         flow_id = f"pg-{self.id}-{self.seq}"
@@ -1027,6 +1082,7 @@ class _Session:
             statement_fingerprint=stmt.fingerprint or None if stmt else None,
             rows=p.rows,
             findings=tuple(p.findings),
+            approval_id=p.approval_id,
         )
         self.gw.record(record)
 

@@ -169,6 +169,8 @@ class Statement:
     effect: str | None = None  # session statements: begin, commit, rollback, deallocate:<name>, ...
     # The column uses to check: (candidate tables, column); "*" means every column of the table.
     uses: tuple[tuple[tuple[str, ...], str], ...] = ()
+    # UPDATE / DELETE without a WHERE clause anywhere in it (a data-modifying CTE too): every row.
+    unfiltered: tuple[str, ...] = ()
 
 
 def qualified(schema: str | None, name: str, default_schema: str) -> str:
@@ -221,6 +223,7 @@ def analyze(sql: str, *, schema: str = "public") -> list[Statement]:
                 fingerprint=fingerprint,
                 effect=effect,
                 uses=tuple(walker.uses),
+                unfiltered=tuple(sorted(walker.unfiltered)),
             )
         )
     return out
@@ -305,6 +308,7 @@ class _Walker:
     def __init__(self, schema: str) -> None:
         self.schema = schema
         self.operations: set[str] = set()
+        self.unfiltered: set[str] = set()  # update / delete without WHERE (data-modifying CTEs too)
         self.tables: set[str] = set()
         self.uses: list[tuple[tuple[str, ...], str]] = []
         self.stack: list[_Level] = []
@@ -407,8 +411,8 @@ class _Walker:
                         self.expr(res.val)
                 if node.whereClause is not None:
                     self.expr(node.whereClause)
-                elif op in ("update", "delete"):
-                    pass  # held for approval in a later issue; the scope decides here
+                else:
+                    self.unfiltered.add(op)  # every row: held for a human (jitgate.pghold)
             returning = node.returningClause
             if returning is not None:
                 if returning.options:

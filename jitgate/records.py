@@ -74,6 +74,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("statement", "string"),
     ("statement_fingerprint", "string"),
     ("rows", "bigint"),
+    # A held request or statement (both paths): the hold's approval id; `decision` says how it ended
+    # (approved, denied; a timeout is denied with error approval_timeout).
+    ("approval_id", "string"),
 )
 
 PARTITIONS: tuple[tuple[str, str], ...] = (("dt", "string"), ("hour", "string"))
@@ -158,6 +161,7 @@ class SessionRecord(_Frozen):
     statement: str | None = None
     statement_fingerprint: str | None = None
     rows: int | None = None
+    approval_id: str | None = None
 
     @field_validator(
         "sub", "job", "client", "host", "path", "operation", "collection", "rerank_query", "request_body",
