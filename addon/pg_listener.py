@@ -110,6 +110,8 @@ _READS = (
 # Extended-protocol messages held until Sync (or Flush) and checked together.
 _EXTENDED = frozenset(b"PBDECHS")
 _ABORTED_OK = frozenset({"rollback", "rollback_to", "commit"})
+# DataRows the server sent in one burst are written to the client together, up to this many bytes.
+_ROWS_BATCH = 64 * 1024
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -487,6 +489,8 @@ class _Session:
         self.tx = b"I"
         self.aborted = False
         self.discarding: JitgateError | None = None
+        self.rows_out = bytearray()  # DataRows relayed but not yet written (on_server)
+        self.plan: tuple[Policy | None, actions.Plan] | None = None  # the token's masking plan, per policy (mask)
         self.closing = False
         self.pump: asyncio.Task[None] | None = None
 
@@ -746,7 +750,13 @@ class _Session:
                 self.idle.set()
         if self.discarding is not None and t != b"Z":
             return
-        self.writer.write(msg.raw())
+        if t == b"D":  # rows go out together: one TLS record and send(2) a burst, not one a row
+            self.rows_out += msg.raw()
+            if len(self.rows_out) < _ROWS_BATCH and getattr(self.up_reader, "_buffer", None):
+                return  # more of the answer is already read: keep collecting
+            self.writer.write(self._take_rows())
+        else:
+            self.writer.write(self._take_rows() + msg.raw())
         # Wait for a slow client at each completion, or when its buffer grows: memory stays bounded.
         if t in (b"Z", b"C") or self.writer.transport.get_write_buffer_size() > 256 * 1024:
             await self.writer.drain()
@@ -756,8 +766,10 @@ class _Session:
         if self.columns is None:
             raise ResultNotMaskable("rows without a row description")
         scanner = self.gw.scanner()
-        profile = leaks.profile_for(self.gw.policy, self.claims, self.conn, "")
-        body, found = pgmask.mask_row(scanner, actions.plan(profile, "response"), self.columns, msg.body)
+        policy = self.gw.policy
+        if self.plan is None or self.plan[0] is not policy:  # one plan per policy a session, not one a row
+            self.plan = (policy, actions.plan(leaks.profile_for(policy, self.claims, self.conn, ""), "response"))
+        body, found = pgmask.mask_row(scanner, self.plan[1], self.columns, msg.body)
         if found and self.pending:
             self.pending[0].findings.extend(
                 RecordFinding(type=f.type, kind=f.kind, location=f"column:{escape_text(c)}", action="mask", tag=f.tag)
@@ -765,10 +777,15 @@ class _Session:
             )
         return msg if body is msg.body else Message(b"D", body)
 
+    def _take_rows(self) -> bytes:
+        out = bytes(self.rows_out)
+        self.rows_out.clear()
+        return out
+
     async def _cut(self, err: JitgateError) -> None:
         """A result over a limit: the client gets an error, the rest of the answer is dropped."""
         self.discarding = err
-        self.writer.write(error_response(pgwire.SQLSTATE_LIMIT, err.message, code=err.code))
+        self.writer.write(self._take_rows() + error_response(pgwire.SQLSTATE_LIMIT, err.message, code=err.code))
 
     # -- client → server -----------------------------------------------------------------------
 
