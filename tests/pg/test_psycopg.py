@@ -166,3 +166,17 @@ def test_commit_after_a_refusal_rolls_back(
             conn.execute("SELECT note FROM audit_notes")
     conn.rollback()
     assert postgres.psql("SELECT count(*) FROM candidates WHERE id IN (2001, 2002)").strip() == "0"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_long_result_keeps_every_row_in_order(
+    connect: Connect, pg_mint: Callable[..., dict[str, Any]], binary: bool
+) -> None:
+    """Rows are written to the client in bursts (up to 64 KiB at once): none lost, none reordered."""
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    sql = ("SELECT g, 'row ' || g || ' ' || repeat('x', 150) || ' mail' || g || '@example.com'"
+           " FROM generate_series(1, 1000) g")
+    rows = conn.cursor(binary=binary).execute(sql).fetchall()  # the reader's max_documents: 1000 rows
+    assert [r[0] for r in rows] == list(range(1, 1001))
+    assert all(r[1].startswith(f"row {r[0]} {'x' * 150} [REDACTED:email:") for r in rows)
+    assert sum(len(r[1]) for r in rows) > 2 * 64 * 1024  # several bursts
