@@ -62,6 +62,7 @@ from addon import settings
 from addon.revocations import RevocationList
 from jitgate import durations, leaks, pghold, pgmask, pgwire
 from jitgate.errors import (
+    ApprovalUnavailable,
     AuditUnavailable,
     CredentialUnavailable,
     InFailedTransaction,
@@ -893,8 +894,10 @@ class _Session:
         assert self.claims is not None and self.conn is not None
         holds, policy = self.gw.holds, self.gw.policy
         reasons = pghold.hold_reasons(self.conn.approval, stmts)
-        if not reasons or holds is None or policy is None:
+        if not reasons:
             return None
+        if holds is None or policy is None:  # never forwarded without its hold (fail closed)
+            return pghold.HoldEnd(None, Decision.DENIED, ApprovalUnavailable("statement holds are not configured"))
         approval = pghold.statement_hold(
             policy, self.conn, self.claims, stmts, reasons, user=escape_text(self.user), now=self.gw._clock(),
             timeout=holds.timeout, gateway=self.gw.gateway, flow_id=f"pg-{self.id}-{self.seq + 1}",
