@@ -171,11 +171,7 @@ class ApprovalHold:
     # -- background ---------------------------------------------------------------------------
 
     async def _notify(self, approval: Approval) -> None:
-        subject, message = holds.hold_notice(approval)
-        try:
-            await asyncio.to_thread(self._sns.publish, TopicArn=self.topic, Subject=subject, Message=message)
-        except Exception as exc:
-            logger.warning("jitgate: hold notification not published (%s)", type(exc).__name__)
+        await asyncio.to_thread(holds.publish_notice, self._sns, self.topic, approval)
 
     async def _poll_loop(self) -> None:
         while self.held:

@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,9 @@ from scramp import ScramClient
 
 from addon import settings
 from addon.revocations import RevocationList
-from jitgate import durations, leaks, pgmask, pgsession, pgwire
+from jitgate import durations, leaks, pghold, pgmask, pgsession, pgwire
 from jitgate.errors import (
+    ApprovalUnavailable,
     AuditUnavailable,
     CredentialUnavailable,
     InFailedTransaction,
@@ -90,7 +91,8 @@ from jitgate.errors import (
 )
 from jitgate.inspect import Scanner, actions
 from jitgate.inspect.masking import Finding as MaskFinding
-from jitgate.pgsql import SESSION, Statement, analyze, statement_error
+from jitgate.pgcache import DecisionCache
+from jitgate.pgsql import SESSION, Statement
 from jitgate.pgwire import Message, error_response, message, ready_for_query
 from jitgate.policy import Connection, Policy
 from jitgate.records import ColumnFinding, Decision, SessionRecord, escape_text, iso_ts, record_id
@@ -110,12 +112,15 @@ _READS = (
     "jitgate_revocation_staleness", "jitgate_jwks_refetch_interval", "jitgate_usage_lease", "jitgate_secret_ttl",
     "jitgate_bucket", "jitgate_spool_dir", "jitgate_gateway_id", "jitgate_sessions_prefix", "jitgate_audit_required",
     "jitgate_segment_bytes", "jitgate_segment_ms", "jitgate_fsync_ms", "jitgate_spool_max_bytes",
+    "jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held",
 )
 # Extended-protocol messages held until Sync (or Flush) and checked together.
 _EXTENDED = frozenset(b"PBDECHS")
 _ABORTED_OK = frozenset({"rollback", "rollback_to", "commit"})
 # A record lists a statement's first findings one by one; `column_findings` counts all of them.
 _MAX_FINDINGS = 100
+# DataRows the server sent in one burst are written to the client together, up to this many bytes.
+_ROWS_BATCH = 64 * 1024
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -162,6 +167,7 @@ class _Pending:
             ColumnFinding(column_name=c, type=t, kind=k, action="mask", count=n)
             for (c, t, k), n in sorted(self.by_column.items(), key=lambda item: (item[0][0], item[0][1]))
         )
+    approval_id: str | None = None  # the hold it went through (approved), or ended in (denied)
 
 
 @dataclass
@@ -179,7 +185,7 @@ class _Batch:
     parsed: dict[str, Statement | None] = field(default_factory=dict)
     closed: list[tuple[str, str]] = field(default_factory=list)
     portals: dict[str, str] = field(default_factory=dict)
-    executes: list[Statement | None] = field(default_factory=list)
+    executes: list[tuple[Statement | None, str | None]] = field(default_factory=list)  # (statement, hold id)
     error: JitgateError | None = None
     token_close: bool | None = None  # set when `error` is the token's: whether the connection closes
     flushed: bool = False
@@ -235,6 +241,8 @@ class PgListener:
         self._write_lock = threading.Lock()
         self.sessions: set[_Session] = set()
         self.cancel_keys: pgsession.CancelKeys[_Session] = pgsession.CancelKeys()
+        self.decisions = DecisionCache()  # per (statement text, schema, scope): parse and scope decisions
+        self.holds: pghold.StatementHolds | None = None
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -274,6 +282,7 @@ class PgListener:
             self._s3 = self._clients.client("s3", opts)
         self.revocations.dynamodb = self._dynamodb
         self.gateway = opts.jitgate_gateway_id or socket.gethostname()
+        self.holds = self._holds(opts)
         base = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
         self._spool_config = SpoolConfig(
             directory=base / "postgres",
@@ -291,6 +300,18 @@ class PgListener:
                 self._upstream_tls.load_verify_locations(cafile=opts.jitgate_upstream_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise settings.options_error(f"jitgate_upstream_ca: cannot use it ({type(exc).__name__})") from None
+
+    def _holds(self, opts: Any) -> pghold.StatementHolds:
+        timeout = settings.value(opts, "jitgate_approval_timeout")
+        poll = settings.value(opts, "jitgate_approval_poll")
+        if poll >= timeout:
+            raise settings.options_error("jitgate_approval_poll must be shorter than jitgate_approval_timeout")
+        topic = settings.value(opts, "jitgate_approval_topic")
+        return pghold.StatementHolds(
+            dynamodb=self._dynamodb, table=self.table, timeout=timeout, poll=poll,
+            max_held=settings.value(opts, "jitgate_approval_max_held"), gateway=self.gateway, clock=self._clock,
+            monotonic=self._monotonic, sns=self._clients.client("sns", opts) if topic else None, topic=topic,
+        )
 
     def _tls_context(self, confdir: Path) -> ssl.SSLContext:
         """A server certificate from the gateway CA for the listener's names and the connections' hosts."""
@@ -528,6 +549,8 @@ class _Session:
         self.tx = b"I"
         self.aborted = False
         self.discarding: JitgateError | None = None
+        self.rows_out = bytearray()  # DataRows relayed but not yet written (on_server)
+        self.plan: tuple[Policy | None, actions.Plan] | None = None  # the token's masking plan, per policy (mask)
         self.closing = False
         self.pump: asyncio.Task[None] | None = None
         self.options = ""  # the upstream startup's options: the pinned search_path and the jitgate.* settings
@@ -824,7 +847,13 @@ class _Session:
                 self.idle.set()
         if self.discarding is not None and t != b"Z":
             return
-        self.writer.write(msg.raw())
+        if t == b"D":  # rows go out together: one TLS record and send(2) a burst, not one a row
+            self.rows_out += msg.raw()
+            if len(self.rows_out) < _ROWS_BATCH and getattr(self.up_reader, "_buffer", None):
+                return  # more of the answer is already read: keep collecting
+            self.writer.write(self._take_rows())
+        else:
+            self.writer.write(self._take_rows() + msg.raw())
         # Wait for a slow client at each completion, or when its buffer grows: memory stays bounded.
         if t in (b"Z", b"C") or self.writer.transport.get_write_buffer_size() > 256 * 1024:
             await self.writer.drain()
@@ -834,9 +863,11 @@ class _Session:
         if self.columns is None:
             raise ResultNotMaskable("rows without a row description")
         scanner = self.gw.scanner()
-        profile = leaks.profile_for(self.gw.policy, self.claims, self.conn, "")
+        policy = self.gw.policy
+        if self.plan is None or self.plan[0] is not policy:  # one plan per policy a session, not one a row
+            self.plan = (policy, actions.plan(leaks.profile_for(policy, self.claims, self.conn, ""), "response"))
         body, found = pgmask.mask_row(
-            scanner, actions.plan(profile, "response"), self.columns, msg.body, forced=self.forced, tag=scanner.tag
+            scanner, self.plan[1], self.columns, msg.body, forced=self.forced, tag=scanner.tag
         )
         if found and self.pending:
             head = self.pending[0]
@@ -844,10 +875,15 @@ class _Session:
                 head.found(escape_text(c), f)
         return msg if body is msg.body else Message(b"D", body)
 
+    def _take_rows(self) -> bytes:
+        out = bytes(self.rows_out)
+        self.rows_out.clear()
+        return out
+
     async def _cut(self, err: JitgateError) -> None:
         """A result over a limit: the client gets an error, the rest of the answer is dropped."""
         self.discarding = err
-        self.writer.write(error_response(pgwire.SQLSTATE_LIMIT, err.message, code=err.code))
+        self.writer.write(self._take_rows() + error_response(pgwire.SQLSTATE_LIMIT, err.message, code=err.code))
 
     # -- client → server -----------------------------------------------------------------------
 
@@ -901,19 +937,14 @@ class _Session:
             return problem, not isinstance(problem, RevocationUnavailable)
         return self.gw.audit_error(), False
 
-    def check(self, sql: str) -> tuple[list[Statement], JitgateError | None]:
+    def check(self, sql: str) -> tuple[Sequence[Statement], JitgateError | None]:
         assert self.claims is not None and self.conn is not None
         limit = self.claims.limits.max_bytes
         if limit is not None and len(sql.encode("utf-8", "replace")) > limit:
             return [], StatementNotAllowed(f"statements longer than this token's {limit} bytes are refused")
-        try:
-            stmts = analyze(sql, schema=self.conn.sql_schema)
-        except JitgateError as unread:
-            return [], unread
-        for stmt in stmts:
-            refused = statement_error(stmt, self.claims.scope, schema=self.conn.sql_schema)
-            if refused is not None:
-                return stmts, refused
+        stmts, refused = self.gw.decisions.decide(sql, self.claims.scope, self.conn.sql_schema)
+        if refused is not None:
+            return stmts, refused
         if self.aborted and not all(s.effect in _ABORTED_OK for s in stmts):
             return stmts, _aborted()
         return stmts, None
@@ -941,14 +972,48 @@ class _Session:
             self._record_refusal(stmts, err, started)
             await self.answer(err, _sqlstate(err))
             return
+        hold = await self.held(stmts)
+        if hold is not None and hold.error is not None:
+            await self._refuse_held(stmts, hold, started)
+            return
+        approval_id = hold.approval_id if hold is not None else None
         raw = msg.raw()
         if self.aborted and len(stmts) == 1 and stmts[0].effect == "commit":
             raw = message(b"Q", b"ROLLBACK\0")  # COMMIT of a failed transaction is a rollback
         if self.aborted:
             self.aborted = False
         self._apply_effects(stmts)
-        self.pending.extend(_Pending(s, started) for s in stmts)
+        self.pending.extend(_Pending(s, started, approval_id=approval_id) for s in stmts)
         await self.forward(raw, syncs=1)
+
+    async def held(self, stmts: Sequence[Statement]) -> pghold.HoldEnd | None:
+        """Statements the approval rules name wait here for a human (jitgate.pghold); None: no hold."""
+        assert self.claims is not None and self.conn is not None
+        holds, policy = self.gw.holds, self.gw.policy
+        reasons = pghold.hold_reasons(self.conn.approval, stmts)
+        if not reasons:
+            return None
+        if holds is None or policy is None:  # never forwarded without its hold (fail closed)
+            return pghold.HoldEnd(None, Decision.DENIED, ApprovalUnavailable("statement holds are not configured"))
+        approval = pghold.statement_hold(
+            policy, self.conn, self.claims, stmts, reasons, user=escape_text(self.user), now=self.gw._clock(),
+            timeout=holds.timeout, gateway=self.gw.gateway, flow_id=f"pg-{self.id}-{self.seq + 1}",
+        )
+        end = await holds.hold(approval, gate=self.statement_gate, gone=lambda: self.closing or self.reader.at_eof())
+        if end.error is None:  # approved: the token as before any statement
+            problem, close = await self.statement_gate()
+            if problem is not None:
+                return pghold.HoldEnd(end.approval_id, Decision.DENIED, problem, close)
+        return end
+
+    async def _refuse_held(self, stmts: Sequence[Statement], end: pghold.HoldEnd, started: float) -> None:
+        assert end.error is not None
+        for s in stmts:
+            self.write_record(s, end.decision, end.error.code, _Pending(s, started, approval_id=end.approval_id))
+        if end.close:
+            await self._refuse_token(end.error, True)
+        else:
+            await self.answer(end.error, _sqlstate(end.error))
 
     async def _refuse_token(self, problem: JitgateError, close: bool) -> None:
         if close:
@@ -961,7 +1026,7 @@ class _Session:
         assert self.claims is not None
         return self.claims
 
-    def _apply_effects(self, stmts: list[Statement]) -> None:
+    def _apply_effects(self, stmts: Sequence[Statement]) -> None:
         for s in stmts:
             if s.effect in ("deallocate_all", "discard"):
                 self.prepared.clear()
@@ -1003,11 +1068,11 @@ class _Session:
         for kind, name in batch.closed:
             (self.prepared if kind == "S" else self.portals).pop(name, None)
         started = time.perf_counter()
-        for stmt in batch.executes:
+        for stmt, approval_id in batch.executes:
             if stmt is not None:
                 self._apply_effects([stmt])
-            self.pending.append(_Pending(stmt, started))
-        if self.aborted and any(s is not None and s.effect in _ABORTED_OK for s in batch.executes):
+            self.pending.append(_Pending(stmt, started, approval_id=approval_id))
+        if self.aborted and any(s is not None and s.effect in _ABORTED_OK for s, _ in batch.executes):
             self.aborted = False
         batch.parsed, batch.portals, batch.closed, batch.executes = {}, {}, [], []
         await self.forward(b"".join(batch.raw), syncs=syncs)
@@ -1068,17 +1133,25 @@ class _Session:
             if stmt is not None and self.aborted and stmt.effect not in _ABORTED_OK:
                 batch.error = _aborted()
                 return
+            end = None
             if stmt is not None:
                 err = await self.gw.take_use(self._claims())
                 if err is not None:
                     self._record_refusal([stmt], err, time.perf_counter())
                     batch.error = err
                     return
-            batch.executes.append(stmt)
+                end = await self.held([stmt])
+                if end is not None and end.error is not None:
+                    p = _Pending(stmt, time.perf_counter(), approval_id=end.approval_id)
+                    self.write_record(stmt, end.decision, end.error.code, p)
+                    batch.error = end.error
+                    batch.token_close = True if end.close else None
+                    return
+            batch.executes.append((stmt, end.approval_id if end is not None else None))
 
     # -- records ------------------------------------------------------------------------------
 
-    def _record_refusal(self, stmts: list[Statement], err: JitgateError, started: float) -> None:
+    def _record_refusal(self, stmts: Sequence[Statement], err: JitgateError, started: float) -> None:
         if not stmts:
             self.write_record(None, Decision.BLOCKED, err.code, _Pending(None, started))
             return
@@ -1087,7 +1160,9 @@ class _Session:
 
     def write_record(self, stmt: Statement | None, decision: Decision, error: str | None, p: _Pending) -> None:
         claims, conn = self.claims, self.conn
-        if decision == Decision.ALLOWED and p.findings:
+        if decision == Decision.ALLOWED and p.approval_id is not None:
+            decision = Decision.APPROVED  # held, approved, run (its findings, if any, are listed too)
+        elif decision == Decision.ALLOWED and p.findings:
             decision = Decision.MASKED
         self.seq += 1
         flow_id = f"pg-{self.id}-{self.seq}"
@@ -1125,6 +1200,7 @@ class _Session:
             rows=p.rows,
             findings=tuple(p.findings),
             column_findings=p.column_findings(),
+            approval_id=p.approval_id,
         )
         self.gw.record(record)
 

@@ -3,7 +3,8 @@
 Shows, in order: a rerank answered; a request carrying an AWS key blocked; an e-mail in a
 returned document masked; the token revoked when the job ended and refused afterwards; an audit
 query naming the user and the documents; a pgvector nearest-neighbour SELECT through psql on the
-Postgres path, and a column outside the grant refused; a real Chroma server read by the real chromadb
+Postgres path, a column outside the grant refused, an e-mail in a result masked, and a maintainer's
+`DELETE FROM candidates` held, listed to a search lead and denied; a real Chroma server read by the real chromadb
 client under `jitgate run` (fields cut, PII masked, another collection refused). Exits non-zero if
 any step fails.
 """
@@ -26,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from jitgate.devstack.policy import READER_SUB
+from jitgate.devstack.policy import APPROVER_GROUP, CI_CLAIMS, MAINTAINER_SUB, READER_SUB
 from jitgate.devstack.stack import DevStack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +75,61 @@ def _run_job(
 PG_QUERY = "SELECT id, embedding <-> '[0,0,0,0,0,0,0,0]' AS distance FROM candidates ORDER BY distance LIMIT 3"
 
 
+def _psql_argv(sql: str) -> list[str]:
+    jitgate = str(Path(sys.executable).with_name("jitgate"))
+    return [jitgate, "run", "--connection", "pg-dev", "--", "psql", "-X", "-At", "-c", sql]
+
+
 def _run_psql(stack: DevStack, sql: str) -> subprocess.CompletedProcess[str]:
     """psql, unchanged, under `jitgate run --connection pg-dev` as the reranker service account."""
     env = {**os.environ, **stack.env, "JITGATE_DEV_SUBJECT": READER_SUB, "PGUSER": "reranker"}
+    return subprocess.run(_psql_argv(sql), env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _approvals(stack: DevStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`jitgate approvals ...` as a search lead (the dev issuer's token with the approvers' group)."""
+    claims = json.dumps({**CI_CLAIMS, "groups": [APPROVER_GROUP]})
+    env = {**os.environ, **stack.env, "JITGATE_DEV_SUBJECT": "lead-demo", "JITGATE_DEV_CLAIMS": claims}
     jitgate = str(Path(sys.executable).with_name("jitgate"))
-    argv = [jitgate, "run", "--connection", "pg-dev", "--", "psql", "-X", "-At", "-c", sql]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run([jitgate, "approvals", *args], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def _held_delete(stack: DevStack) -> None:
+    """A maintainer's DELETE FROM candidates waits; a search lead lists it and denies it."""
+    env = {**os.environ, **stack.env, "JITGATE_DEV_SUBJECT": MAINTAINER_SUB, "PGUSER": "janitor"}
+    job = subprocess.Popen(_psql_argv("DELETE FROM candidates"), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        def pending() -> list[dict[str, Any]]:
+            listed = _approvals(stack, "list", "--json")
+            items = json.loads(listed.stdout) if listed.returncode == 0 and listed.stdout.strip() else []
+            return [a for a in items if a.get("kind") == "hold" and a.get("requester") == MAINTAINER_SUB]
+
+        holds = _wait_for(lambda: pending() or job.poll() is not None, timeout=60)
+        if not isinstance(holds, list) or job.poll() is not None:
+            job.kill()
+            out, err = job.communicate()
+            console.print(escape((out + err)[-2000:]))
+            holds = []
+        _check(bool(holds) and job.poll() is None, "the DELETE waits: held for a search lead, nothing ran")
+        hold = holds[0]
+        listed = _approvals(stack, "list")
+        line = next((x for x in listed.stdout.splitlines() if x.startswith(hold["id"])), "")
+        console.print(f"  [dim]{escape(line)}[/dim]")
+        _check("statement: DELETE FROM candidates" in line and "why: no_where:delete" in line,
+               "`jitgate approvals list` shows the statement, its table, the requester and why")
+        denied = _approvals(stack, "deny", hold["id"], "--reason", "demo: every row, no ticket")
+        _check(denied.returncode == 0, f"a search lead denied it: {denied.stdout.strip()}")
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    _check(job.returncode != 0 and "jitgate approval_denied" in stderr,
+           "psql got an ErrorResponse (42501 approval_denied)")
+    count = _run_psql(stack, "SELECT count(*) FROM candidates")
+    _check(count.stdout.strip() == "24", f"every candidate is still there ({count.stdout.strip()} rows)")
 
 
 def _revoked_refusal(stack: DevStack, token: str) -> tuple[int, str]:
@@ -174,6 +224,11 @@ def run(state_dir: Path) -> None:
             refused.returncode != 0 and "jitgate column_not_allowed" in refused.stderr,
             "a column outside the grant is refused (42501 column_not_allowed)",
         )
+        contact = _run_psql(stack, "SELECT body FROM candidates WHERE id = 3")
+        console.print(f"  [dim]{escape(contact.stdout.strip())}[/dim]")
+        _check("[REDACTED:email:" in contact.stdout and "@example" not in contact.stdout,
+               "an e-mail in a psql result is masked")
+        _held_delete(stack)
         console.rule("7. the real Chroma server and client under `jitgate run --connection chroma-dev`")
         rc, steps, stderr = _run_job(stack, token_file, connection="chroma-dev", job=STORE_JOB,
                                      JITGATE_DEV_SUBJECT=READER_SUB)

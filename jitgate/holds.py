@@ -125,6 +125,15 @@ def hold_notice(approval: Approval) -> tuple[str, str]:
     return subject, json.dumps(message, separators=(",", ":"))
 
 
+def publish_notice(sns: Any, topic: str, approval: Approval) -> None:
+    """Tell the approvers' topic that a request waits (blocking; a failure is logged, never raised)."""
+    subject, message = hold_notice(approval)
+    try:
+        sns.publish(TopicArn=topic, Subject=subject, Message=message)
+    except Exception as exc:
+        logger.warning("jitgate: hold notification not published (%s)", type(exc).__name__)
+
+
 def outcome(state: State | None, *, past_deadline: bool) -> Outcome | None:
     """What a poll means for one hold: resume it, refuse it, close it undecided, or keep waiting.
 

@@ -175,6 +175,8 @@ class Statement:
     # outermost select list and a column written by INSERT / UPDATE (a filter, a computation, a
     # subquery, a join, a whole-row reference, RETURNING). `mask_columns` may appear in none of them.
     derived: tuple[tuple[tuple[str, ...], str], ...] = ()
+    # UPDATE / DELETE without a WHERE clause anywhere in it (a data-modifying CTE too): every row.
+    unfiltered: tuple[str, ...] = ()
 
 
 def qualified(schema: str | None, name: str, default_schema: str) -> str:
@@ -228,6 +230,7 @@ def analyze(sql: str, *, schema: str = "public") -> list[Statement]:
                 effect=effect,
                 uses=tuple(walker.uses),
                 derived=tuple(u for i, u in enumerate(walker.uses) if i not in walker.plain),
+                unfiltered=tuple(sorted(walker.unfiltered)),
             )
         )
     return out
@@ -332,6 +335,7 @@ class _Walker:
     def __init__(self, schema: str) -> None:
         self.schema = schema
         self.operations: set[str] = set()
+        self.unfiltered: set[str] = set()  # update / delete without WHERE (data-modifying CTEs too)
         self.tables: set[str] = set()
         self.uses: list[tuple[tuple[str, ...], str]] = []
         self.plain: set[int] = set()  # indexes into `uses`: see Statement.derived
@@ -443,8 +447,8 @@ class _Walker:
                         self.expr(res.val)
                 if node.whereClause is not None:
                     self.expr(node.whereClause)
-                elif op in ("update", "delete"):
-                    pass  # held for approval in a later issue; the scope decides here
+                else:
+                    self.unfiltered.add(op)  # every row: held for a human (jitgate.pghold)
             returning = node.returningClause
             if returning is not None:
                 if returning.options:

@@ -166,4 +166,5 @@ def record_of(state: FlowState, ex: Exchange, *, gateway: str, body_cap: int, no
         request_body=escape_text(request_body),
         response_body=escape_text(response_body),
         truncated=truncated,
+        approval_id=state.hold_id,
     )

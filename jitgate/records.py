@@ -76,6 +76,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("rows", "bigint"),
     # Per result column and finding type, counted over all a statement's rows (`findings` keeps its first 100).
     ("column_findings", "array<struct<column_name:string,type:string,kind:string,action:string,count:bigint>>"),
+    # A held request or statement (both paths): the hold's approval id; `decision` says how it ended
+    # (approved, denied; a timeout is denied with error approval_timeout).
+    ("approval_id", "string"),
 )
 
 PARTITIONS: tuple[tuple[str, str], ...] = (("dt", "string"), ("hour", "string"))
@@ -174,6 +177,7 @@ class SessionRecord(_Frozen):
     statement_fingerprint: str | None = None
     rows: int | None = None
     column_findings: tuple[ColumnFinding, ...] = ()
+    approval_id: str | None = None
 
     @field_validator(
         "sub", "job", "client", "host", "path", "operation", "collection", "rerank_query", "request_body",

@@ -43,6 +43,10 @@ def _what(summary: dict[str, Any]) -> str:
         parts.append(f"{summary['documents']} docs")
     if summary.get("bytes") is not None:
         parts.append(f"{summary['bytes']} B")
+    if summary.get("statement"):  # a held SQL statement, its literals removed
+        parts.append(f"statement: {summary['statement']}")
+    if summary.get("tables"):
+        parts.append("tables " + ",".join(summary["tables"]))
     if summary.get("reasons"):
         parts.append("why: " + ",".join(summary["reasons"]))
     if summary.get("job"):

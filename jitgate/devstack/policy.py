@@ -77,6 +77,9 @@ def policy_dict(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> d
         "upstream": ups[PG_CONNECTION],
         "hosts": ["localhost"],
         "credential": {"secret_id": secret_id(PG_CONNECTION)},
+        # The maintainer grant's deletes wait for a search lead (an UPDATE or DELETE without WHERE
+        # is held whatever the rules say).
+        "approval": {"operations": ["delete"], "approvers": approvers(issuer, APPROVER_GROUP)},
     }
     connections[CHROMA_CONNECTION] = {
         "dialect": "chroma",

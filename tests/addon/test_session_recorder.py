@@ -106,6 +106,21 @@ async def test_rerank_flow_is_recorded_without_credential(tmp_path: Path) -> Non
     assert r["request_bytes"] == len(flow.request.raw_content)
 
 
+async def test_a_held_flow_is_recorded_with_its_approval(tmp_path: Path) -> None:
+    rec = SessionRecorder()
+    with taddons.context(rec) as tctx:
+        tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
+        flow = _rerank_flow(_claims(), "co-" + secrets.token_urlsafe(24), ["a", "b"])
+        meta.state_of(flow).hold_id = "hold-" + "a" * 32  # as approval_hold leaves an approved flow
+        meta.state_of(flow).decision = "approved"
+        rec.request(flow)
+        _answer(flow)
+        await rec.response(flow)
+        rec.done()
+    (r,) = _records(tmp_path)
+    assert (r["decision"], r["approval_id"]) == ("approved", "hold-" + "a" * 32)
+
+
 async def test_refused_flow_is_recorded(tmp_path: Path) -> None:
     rec = SessionRecorder()
     with taddons.context(rec) as tctx:

@@ -20,7 +20,8 @@ def test_make_demo_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, out[-4000:]
     shown_steps = (
         "rerank answered", "leak_blocked", "[REDACTED:email:", "token_revoked", "psql answered the 3 nearest",
-        "column_not_allowed", "demo passed",
+        "column_not_allowed", "an e-mail in a psql result is masked", "held for a search lead",
+        "statement: DELETE FROM candidates", "approval_denied", "every candidate is still there", "demo passed",
     )
     for shown in shown_steps:
         assert shown in out, shown

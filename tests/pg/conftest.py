@@ -30,11 +30,13 @@ from jitgate.devstack.postgres import DEBIAN_BIN, Postgres, start_postgres
 from jitgate.devstack.process import ChildServer
 from jitgate.policy import Policy, parse_policy
 from tests.e2e.conftest import REPO, moto_server, oidc_issuer  # noqa: F401  (shared session fixtures)
+from tests.e2e.test_approvals_e2e import _cli, _wait_for_hold
 
 READER = "system:serviceaccount:ranking:reranker"
 MAINTAINER = "system:serviceaccount:ranking-admin:janitor"
 LIMITED = "system:serviceaccount:ranking:limited"  # a grant of 3 statements
 MASKED = "system:serviceaccount:ranking:masked"  # owner_email and embedding masked whatever they hold
+HOLD_TIMEOUT = 10.0  # seconds a held statement waits for a decision
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +145,10 @@ def pg_gateway(
             "jitgate_gateway_id": "pgtest",
             "jitgate_segment_ms": "300",
             "jitgate_upstream_ca": str(private_ca),
+            # Held statements (tests/pg/test_holds.py): long enough for a loaded machine to list and
+            # decide; the timeout case waits it out.
+            "jitgate_approval_timeout": str(HOLD_TIMEOUT),
+            "jitgate_approval_poll": "0.2",
         }
     )
     with start_gateway(work, options=options) as gw:
@@ -200,3 +206,14 @@ def pg_env(pg_gateway: Gateway, pg_bundle: Path) -> Callable[..., dict[str, str]
         return env
 
     return _env
+
+
+@pytest.fixture(scope="session")
+def pg_hold(pg_broker: ChildServer) -> Callable[..., dict[str, Any]]:
+    """The pending hold of the token `jti` as `jitgate approvals list --json` shows it to `approver` (OIDC)."""
+    return lambda approver, jti: _wait_for_hold(pg_broker.url, approver, jti)
+
+
+def approvals_cli(broker: str, oidc: str, *args: str) -> Any:
+    """`jitgate approvals ARGS --broker URL --oidc-token OIDC`, in process."""
+    return _cli(broker, oidc, "approvals", *args)

@@ -12,8 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from jitgate.devstack.oidc_issuer import OidcIssuer
+from jitgate.devstack.policy import APPROVER_GROUP
 from jitgate.devstack.postgres import Postgres
-from tests.pg.conftest import MAINTAINER, READER
+from jitgate.devstack.process import ChildServer
+from tests.e2e.background import Background
+from tests.pg.conftest import MAINTAINER, READER, approvals_cli
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
@@ -96,8 +100,12 @@ def test_refusal_keeps_the_connection(connect: Connect, pg_mint: Callable[..., d
     assert conn.execute("SELECT count(*) FROM candidates").fetchone() == (24,)
 
 
-def test_maintainer_writes(connect: Connect, pg_mint: Callable[..., dict[str, Any]], postgres: Postgres) -> None:
-    conn = connect(pg_mint(MAINTAINER)["token"], autocommit=True)
+def test_maintainer_writes(
+    connect: Connect, pg_mint: Callable[..., dict[str, Any]], postgres: Postgres,
+    pg_hold: Callable[[str, str], dict[str, Any]], pg_broker: ChildServer, oidc_issuer: OidcIssuer,
+) -> None:
+    minted = pg_mint(MAINTAINER)
+    conn = connect(minted["token"], autocommit=True)
     got = conn.execute(
         "INSERT INTO candidates (id, body, owner_email, embedding) VALUES (%s, %s, %s, %s) RETURNING id",
         (1001, "new candidate", "new@example.com", "[0,0,0,0,0,0,0,1]"),
@@ -106,7 +114,12 @@ def test_maintainer_writes(connect: Connect, pg_mint: Callable[..., dict[str, An
     assert conn.execute("UPDATE candidates SET body = %s WHERE id = %s", ("edited", 1001)).rowcount == 1
     (email,) = conn.execute("SELECT owner_email FROM candidates WHERE id = 1001").fetchone() or ("",)
     assert re.fullmatch(r"\[REDACTED:email:[0-9a-f]+\]", email), email  # varchar: masked like text
-    assert conn.execute("DELETE FROM candidates WHERE id = %s", (1001,)).rowcount == 1
+    # pg-dev's deletes wait for a search lead (tests/pg/test_holds.py): approved, it runs.
+    delete = Background(lambda: conn.execute("DELETE FROM candidates WHERE id = %s", (1001,)))
+    lead = oidc_issuer.mint("lead-a", {"groups": [APPROVER_GROUP]})
+    hold = pg_hold(lead, minted["jti"])
+    assert approvals_cli(pg_broker.url, lead, "approve", hold["id"], "--reason", "test row").exit_code == 0
+    assert delete.result().rowcount == 1
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("DELETE FROM audit_notes")
     assert postgres.psql("SELECT count(*) FROM audit_notes").strip() == "2"
@@ -153,3 +166,17 @@ def test_commit_after_a_refusal_rolls_back(
             conn.execute("SELECT note FROM audit_notes")
     conn.rollback()
     assert postgres.psql("SELECT count(*) FROM candidates WHERE id IN (2001, 2002)").strip() == "0"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_long_result_keeps_every_row_in_order(
+    connect: Connect, pg_mint: Callable[..., dict[str, Any]], binary: bool
+) -> None:
+    """Rows are written to the client in bursts (up to 64 KiB at once): none lost, none reordered."""
+    conn = connect(pg_mint(READER)["token"], autocommit=True)
+    sql = ("SELECT g, 'row ' || g || ' ' || repeat('x', 150) || ' mail' || g || '@example.com'"
+           " FROM generate_series(1, 1000) g")
+    rows = conn.cursor(binary=binary).execute(sql).fetchall()  # the reader's max_documents: 1000 rows
+    assert [r[0] for r in rows] == list(range(1, 1001))
+    assert all(r[1].startswith(f"row {r[0]} {'x' * 150} [REDACTED:email:") for r in rows)
+    assert sum(len(r[1]) for r in rows) > 2 * 64 * 1024  # several bursts
