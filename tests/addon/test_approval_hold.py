@@ -14,7 +14,8 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.approval_hold import ApprovalHold, request_facts
+from addon.approval_hold import ApprovalHold
+from addon.hold_flows import request_facts
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import decide, risk_reasons, state_at
 from jitgate.errors import ApprovalExpired, SelfApproval

@@ -15,7 +15,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from addon import leak_guard, meta
+from addon import meta, response_masking
 from addon.leak_guard import LeakGuard
 from jitgate.inspect import Scanner
 from jitgate.token import Claims, new_jti
@@ -325,7 +325,7 @@ def test_streamed_bomb_is_cut_at_the_limit_and_the_upstream_closed(
     guard: LeakGuard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed: list[str] = []
-    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: closed.append(flow.id) or True)
+    monkeypatch.setattr(response_masking, "close_upstream", lambda flow: closed.append(flow.id) or True)
     f = _streamed(guard, "gzip")
     packed = bomb("gzip", 64 * 1024 * 1024)
     stream = f.response.stream
@@ -346,7 +346,7 @@ def test_streamed_bomb_is_cut_at_the_limit_and_the_upstream_closed(
 def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
     guard: LeakGuard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: True)
+    monkeypatch.setattr(response_masking, "close_upstream", lambda flow: True)
     f = _streamed(guard, "br")
     stream = f.response.stream
     assert callable(stream)
@@ -359,7 +359,7 @@ def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
 
 def test_streamed_garbage_is_cut_as_undecodable(guard: LeakGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     closed: list[str] = []
-    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: closed.append(flow.id) or True)
+    monkeypatch.setattr(response_masking, "close_upstream", lambda flow: closed.append(flow.id) or True)
     f = _streamed(guard, "gzip")
     stream = f.response.stream
     assert callable(stream)

@@ -18,7 +18,7 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from addon import meta
-from addon.session_recorder import build_record
+from addon.flow_record import build_record
 from jitgate.records import SessionRecord
 from jitgate.token import Claims, Limits, Scope
 
