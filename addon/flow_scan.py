@@ -14,7 +14,7 @@ from jitgate import leaks
 from jitgate.digest import blank_vectors
 from jitgate.flow_state import Side
 from jitgate.inspect import Scanner, actions
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.inspect.scanner import ScanResult
 
 
@@ -43,7 +43,7 @@ def scan_target(scanner: Scanner, flow: http.HTTPFlow, plan: actions.Plan) -> Sc
 
 def scan_headers(
     scanner: Scanner, flow: http.HTTPFlow, message: http.Message, side: Side, plan: actions.Plan
-) -> list[Finding]:
+) -> list[Hit]:
     """Scan and mask header values in place; the findings (recorded)."""
     fields = leaks.header_fields(side, message.headers.items(multi=True))  # type: ignore[no-untyped-call]
     found = leaks.scan_headers(scanner, plan, side, fields, literals(flow))

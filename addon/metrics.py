@@ -25,7 +25,7 @@ from jitgate.records import DECISIONS, Decision
 
 logger = logging.getLogger(__name__)
 
-_WAITED = frozenset({Decision.HELD.value, Decision.APPROVED.value, Decision.DENIED.value})
+_WAITED = frozenset({Decision.HELD, Decision.APPROVED, Decision.DENIED})
 TICK_SECONDS = 1.0
 
 
@@ -123,21 +123,20 @@ class Metrics:
 
     def _observe(self, flow: http.HTTPFlow) -> None:
         state = meta.state_of(flow)
-        decision = str(state.decision) if state.decision is not None else None
+        decision = state.decision
         answered = state.error is not None or (flow.response is not None and flow.server_conn.timestamp_start is None)
         metrics.REQUESTS.labels(
             connection=metrics.bounded(state.connection_name, self._connections),
             operation=metrics.bounded(state.operation, self._operations),
-            decision=metrics.bounded(decision or Decision.ALLOWED.value, DECISIONS),
+            decision=metrics.bounded((decision or Decision.ALLOWED).value, DECISIONS),
             code=metrics.bounded(state.error, self._codes),
             status=metrics.status_class(flow.response.status_code if flow.response is not None else None),
         ).inc()
         for finding in state.findings:
-            if isinstance(finding, dict):
-                metrics.FINDINGS.labels(type=metrics.finding_type(finding.get("type"))).inc()
+            metrics.FINDINGS.labels(type=metrics.finding_type(finding.type)).inc()
         self._observe_added(flow, decision, answered)
 
-    def _observe_added(self, flow: http.HTTPFlow, decision: object, answered: bool) -> None:
+    def _observe_added(self, flow: http.HTTPFlow, decision: Decision | None, answered: bool) -> None:
         now = time.time()
         req = flow.request
         done = self._request_done.get(flow)
