@@ -17,6 +17,7 @@ import secrets
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ import httpx
 import pytest
 import requests
 
+from jitgate.client import Minted
 from jitgate.devstack.aws import Stack
 from jitgate.devstack.gateway import Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import secret_id
 from jitgate.devstack.upstream import Upstream
+from jitgate.run import JobEnv, job_environment, write_ca_bundle
 from tests.relay import Relay
 from tests.reliability.harness import DOCS, QUERY, full_gateway, write_policy
 
@@ -123,3 +126,42 @@ def test_the_proxy_certificate_names_the_gateway_as_the_client_calls_it(served: 
             context.wrap_socket(raw, server_hostname=NAME) as tls:  # verified: name and CA
         tls.sendall(b"CONNECT jitgate-probe.invalid:443 HTTP/1.1\r\nHost: jitgate-probe.invalid:443\r\n\r\n")
         assert tls.recv(64).startswith(b"HTTP/1.1 4")  # the chain answers inside the TLS
+
+
+_JOB = """
+import json, sys
+import httpx, requests
+url, body = sys.argv[1], json.loads(sys.argv[2])
+headers = {"Authorization": "Bearer placeholder"}
+print(httpx.post(url, json=body, headers=headers, timeout=30).status_code)
+print(requests.post(url, json=body, headers=headers, timeout=30).status_code)
+"""
+
+
+def test_a_job_under_jitgate_run_reaches_the_gateway_over_tls_with_no_code_change(
+    served: tuple[Gateway, Upstream, Path], mint: Callable[..., dict[str, Any]], tmp_path: Path,
+) -> None:
+    """`jitgate run --gateway https://host:port`: the job's own environment (HTTPS_PROXY=https://...,
+    the CA bundle variables) is all that httpx and requests need, and curl with `--proxy-cacert`."""
+    gw, up, _ = served
+    wire = Relay(("127.0.0.1", gw.port), record=True)
+    minted = Minted.from_json(mint("cohere-test"))
+    bundle = write_ca_bundle(gw.confdir / "mitmproxy-ca-cert.pem", tmp_path)
+    base = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env = job_environment(base, minted, JobEnv(f"https://{NAME}:{wire.port}", bundle, None))
+    assert env["HTTPS_PROXY"].startswith("https://jit:")
+    # The test's upstream listens on loopback, which `jitgate run` keeps off the gateway (NO_PROXY).
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    url, body = f"{up.url}/v2/rerank", json.dumps(_rerank_body("job"))
+    job = subprocess.run([sys.executable, "-c", _JOB, url, body], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert job.stdout.split() == ["200", "200"], (job.stdout, job.stderr, "\n".join(gw.log))
+    # curl takes the proxy's CA from --proxy-cacert only (CURL_CA_BUNDLE is for the server): one flag (or .curlrc).
+    curl = subprocess.run(["curl", "-sS", "--fail-with-body", "--max-time", "30", "-H", "Authorization: Bearer x",
+                           "--proxy-cacert", env["CURL_CA_BUNDLE"],
+                           "-H", "Content-Type: application/json", "--data", body, url],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert curl.returncode == 0, (curl.stderr, "\n".join(gw.log))
+    sent = bytes(wire.sent)
+    wire.close()
+    assert sent.startswith(b"\x16\x03") and minted.token.encode() not in sent and b"CONNECT" not in sent
