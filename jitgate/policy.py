@@ -212,8 +212,11 @@ class Connection(_Model):
 
     @cached_property
     def upstream_port(self) -> int:
-        authority = self.upstream.split("://", 1)[1].split("/", 1)[0]
-        return int(authority.rsplit(":", 1)[1]) if ":" in authority and not authority.endswith("]") else 443
+        scheme, rest = self.upstream.split("://", 1)
+        authority = rest.split("/", 1)[0]
+        if ":" in authority and not authority.endswith("]"):
+            return int(authority.rsplit(":", 1)[1])
+        return 80 if scheme == "http" else 443
 
     @cached_property
     def routes(self) -> tuple[Route, ...]:
@@ -407,6 +410,11 @@ class Policy(_Model):
 
     def profile(self, name: str) -> MaskProfile:
         return self.profiles.get(name) or MaskProfile()
+
+    @cached_property
+    def upstream_ports(self) -> tuple[int, ...]:
+        """The TCP ports the gateway connects to upstreams on: what its egress must allow (gateway.yaml)."""
+        return tuple(sorted({conn.upstream_port for conn in self.connections.values()}))
 
     @cached_property
     def _by_host(self) -> Mapping[str, tuple[Connection, ...]]:
