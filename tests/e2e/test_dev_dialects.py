@@ -268,3 +268,19 @@ def test_a_bad_own_policy_stops_the_start_naming_why(tmp_path: Path, text: str, 
     )
     assert proc.returncode == 1
     assert said in proc.stderr and str(policy) in proc.stderr, proc.stderr
+
+
+def test_a_pinned_port_that_is_taken_stops_the_start(tmp_path: Path) -> None:
+    policy = tmp_path / "mine.yaml"
+    policy.write_text(USER_POLICY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [JITGATE, "dev", "--state-dir", str(tmp_path / "state"), "--policy", str(policy), "--gateway-port",
+             str(port)],
+            capture_output=True, text=True, timeout=300, cwd=REPO, check=False, env={**os.environ, "COLUMNS": "1000"},
+        )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "the stack did not start" in proc.stderr and "stopping the dev stack" in proc.stderr
