@@ -98,7 +98,7 @@ from jitgate.policy import Connection, Policy
 from jitgate.records import ColumnFinding, Decision, SessionRecord, escape_text, iso_ts, record_id
 from jitgate.records import Finding as RecordFinding
 from jitgate.scope import lease_size
-from jitgate.spool import Spool, SpoolConfig, Uploader
+from jitgate.spool import Spool, SpoolConfig, Uploader, check_durable
 from jitgate.state import reserve_requests
 from jitgate.token import DEFAULT_LEEWAY, Claims, KeySet, verify_token
 
@@ -112,6 +112,7 @@ _READS = (
     "jitgate_revocation_staleness", "jitgate_jwks_refetch_interval", "jitgate_usage_lease", "jitgate_secret_ttl",
     "jitgate_bucket", "jitgate_spool_dir", "jitgate_gateway_id", "jitgate_sessions_prefix", "jitgate_audit_required",
     "jitgate_segment_bytes", "jitgate_segment_ms", "jitgate_fsync_ms", "jitgate_spool_max_bytes",
+    "jitgate_durable_spool", "jitgate_ship_timeout",
     "jitgate_approval_timeout", "jitgate_approval_poll", "jitgate_approval_topic", "jitgate_approval_max_held",
 )
 # Extended-protocol messages held until Sync (or Flush) and checked together.
@@ -236,6 +237,8 @@ class PgListener:
         self.spool: Spool | None = None
         self.uploader: Uploader | None = None
         self._spool_config: SpoolConfig | None = None
+        self._durable: Path | None = None
+        self._ship_timeout = 60.0
         self._bucket = ""
         self._prefix = "sessions/"
         self._write_lock = threading.Lock()
@@ -293,6 +296,7 @@ class PgListener:
             max_bytes=opts.jitgate_spool_max_bytes,
         )
         self._bucket, self._prefix = opts.jitgate_bucket, opts.jitgate_sessions_prefix
+        self._durable_spool(opts, base)
         self._tls = self._tls_context(Path(os.path.expanduser(opts.confdir)))
         self._upstream_tls = ssl.create_default_context(cafile=certifi.where())
         if opts.jitgate_upstream_ca:
@@ -300,6 +304,18 @@ class PgListener:
                 self._upstream_tls.load_verify_locations(cafile=opts.jitgate_upstream_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise settings.options_error(f"jitgate_upstream_ca: cannot use it ({type(exc).__name__})") from None
+
+    def _durable_spool(self, opts: Any, spool: Path) -> None:
+        """The HTTP recorder's durable spool and ship budget (docs/deployment.md): what a stop cannot
+        ship moves to `<durable>/<gateway>-pg/`, and this uploader adopts what other gateways left."""
+        self._ship_timeout = settings.value(opts, "jitgate_ship_timeout")
+        durable = self._durable = settings.durable_spool(opts, spool)
+        if durable is None:
+            return
+        try:
+            check_durable(durable)
+        except OSError as exc:
+            raise settings.options_error(f"jitgate_durable_spool: cannot use {durable}: {exc.strerror}") from None
 
     def _holds(self, opts: Any) -> pghold.StatementHolds:
         timeout = settings.value(opts, "jitgate_approval_timeout")
@@ -349,7 +365,7 @@ class PgListener:
         assert self._spool_config is not None
         self.spool = Spool(self._spool_config, clock=self._clock)
         self.spool.start()
-        self.uploader = Uploader(self.spool, self._put_fn(), prefix=self._prefix)
+        self.uploader = Uploader(self.spool, self._put_fn(), prefix=self._prefix, durable=self._durable)
         self.uploader.start()
         host, port = self.listen
         self._server = await asyncio.start_server(self._accept, host, port, limit=pgwire.MAX_MESSAGE)
@@ -373,8 +389,8 @@ class PgListener:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self.uploader is not None:
-            self.uploader.stop()
+        if self.uploader is not None:  # ships what it can, moves the rest to the durable spool (if any)
+            self.uploader.stop(flush_timeout=self._ship_timeout, join_timeout=self._ship_timeout)
             self.uploader = None
 
     # -- tokens -----------------------------------------------------------------------------

@@ -434,6 +434,17 @@ class SessionRecorderSettings:
     ship_timeout: float
 
 
+def durable_spool(opts: Any, spool: Path) -> Path | None:
+    """`jitgate_durable_spool` (None: none), which must neither hold nor lie in `spool`."""
+    durable = Path(opts.jitgate_durable_spool).expanduser() if opts.jitgate_durable_spool else None
+    if durable is not None:
+        live, shared = spool.resolve(), durable.resolve()
+        if live.is_relative_to(shared) or shared.is_relative_to(live):
+            # An adopter would take the live spool's directories for stopped gateways' leftovers.
+            raise options_error("jitgate_durable_spool must be outside jitgate_spool_dir (and not hold it)")
+    return durable
+
+
 def session_recorder(opts: Any) -> SessionRecorderSettings:
     """session_recorder's options; the spool defaults to <confdir>/jitgate-spool, the gateway id to the host name."""
     counts = {
@@ -449,12 +460,7 @@ def session_recorder(opts: Any) -> SessionRecorderSettings:
     except ValueError as exc:
         raise options_error(str(exc)) from None
     directory = Path(opts.jitgate_spool_dir or os.path.join(os.path.expanduser(opts.confdir), "jitgate-spool"))
-    durable = Path(opts.jitgate_durable_spool).expanduser() if opts.jitgate_durable_spool else None
-    if durable is not None:
-        spool, shared = directory.resolve(), durable.resolve()
-        if spool.is_relative_to(shared) or shared.is_relative_to(spool):
-            # An adopter would take the live spool's directories for stopped gateways' leftovers.
-            raise options_error("jitgate_durable_spool must be outside jitgate_spool_dir (and not hold it)")
+    durable = durable_spool(opts, directory)
     return SessionRecorderSettings(
         gateway=gateway,
         directory=directory,

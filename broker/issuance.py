@@ -22,6 +22,8 @@ from jitgate.policy import Decision, Identity, Policy, TokenRequest, evaluate_gr
 from jitgate.token import AUDIENCE, Claims, Scope, new_jti
 
 PROXY_HINT = "HTTPS_PROXY=http://jit:<token>@<gateway>:8080"
+# Dialects whose clients are pointed at the upstream by URL (no public vendor name): the answer says where.
+SELF_HOSTED = frozenset({"chroma", "tei"})
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,10 @@ class Issuance:
             "key_env": conn.key_env[0] if conn.key_env else None,  # older clients read one name
             "key_envs": list(conn.key_env),
             "proxy_hint": PROXY_HINT,
-            # A postgres connection: `jitgate run` sets libpq's variables instead of a proxy; a Chroma
-            # one: where its client points (through the gateway), for CHROMA_HOST & co.
+            # A postgres connection: `jitgate run` sets libpq's variables instead of a proxy; a
+            # self-hosted one (Chroma, TEI): where its client points (through the gateway), for
+            # CHROMA_HOST & co. and so that NO_PROXY does not send a loopback upstream around it.
             "dialect": conn.dialect,
             "database": conn.database or None,
-            **({"upstream": conn.upstream} if conn.dialect == "chroma" else {}),
+            **({"upstream": conn.upstream} if conn.dialect in SELF_HOSTED else {}),
         }

@@ -77,6 +77,8 @@ RECORD_ANSWERS = frozenset({"get", "query"})  # the answers `fields` applies to
 # Named result fields of a record answer; a token's scope.fields picks among them, and
 # `metadatas.KEY` grants one metadata key (the "columns" of a Chroma record).
 STORE_FIELDS = frozenset({"ids", "embeddings", "documents", "uris", "data", "metadatas", "distances"})
+# Where an answer lists the fields it holds: Chroma 1.x says `include`, older servers `included`.
+_INCLUDE_KEYS = ("include", "included")
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 NAMES_TTL = 300.0  # seconds an id -> name mapping is trusted (another gateway may rename it)
@@ -300,7 +302,7 @@ def filter_fields(body: Any, fields: Collection[str] | None) -> Any:
 
     One meaning everywhere (the client's answer, the session record): named record fields
     (`STORE_FIELDS`) not granted are dropped, `metadatas` keeps only granted keys when the grant
-    names keys (`metadatas.source`), `included` is trimmed to what is left; any other key (an
+    names keys (`metadatas.source`), `include` is trimmed to what is left; any other key (an
     error's `error` and `message`) stays, so the filter is safe on every answer, 2xx or not.
     """
     if fields is None or not isinstance(body, dict):
@@ -313,6 +315,7 @@ def filter_fields(body: Any, fields: Collection[str] | None) -> Any:
                 kept[k] = _cut_metadata(v, keys)
         elif k not in STORE_FIELDS or k in fields:
             kept[k] = v
-    if isinstance(kept.get("included"), list):
-        kept["included"] = [f for f in kept["included"] if f in kept]
+    for listed in _INCLUDE_KEYS:
+        if isinstance(kept.get(listed), list):
+            kept[listed] = [f for f in kept[listed] if f in kept]
     return kept

@@ -31,7 +31,8 @@ DEFAULT_ROUTES: dict[str, tuple[Route, ...]] = {
     "jina": tuple(_routes("rerank", "POST", "/v1/rerank")),
     "voyage": tuple(_routes("rerank", "POST", "/v1/rerank")),
     "tei": tuple(_routes("rerank", "POST", "/rerank")),
-    # Chroma 1.x's v2 API (jitgate/chroma.py); the v1 name-in-path routes only serve the sample store.
+    # Chroma 1.x's v2 API (jitgate/chroma.py). The v1 name-in-path routes match no Chroma release
+    # (1.x answers v1 with 410); only the addon and hostile tests' refusal and framing paths use them.
     "chroma": CHROMA_ROUTES
     + tuple(
         _routes("query", "POST", f"{_CHROMA_V1}/query")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
@@ -212,8 +212,11 @@ class Connection(_Model):
 
     @cached_property
     def upstream_port(self) -> int:
-        authority = self.upstream.split("://", 1)[1].split("/", 1)[0]
-        return int(authority.rsplit(":", 1)[1]) if ":" in authority and not authority.endswith("]") else 443
+        scheme, rest = self.upstream.split("://", 1)
+        authority = rest.split("/", 1)[0]
+        if ":" in authority and not authority.endswith("]"):
+            return int(authority.rsplit(":", 1)[1])
+        return 80 if scheme == "http" else 443
 
     @cached_property
     def routes(self) -> tuple[Route, ...]:
@@ -409,6 +412,11 @@ class Policy(_Model):
         return self.profiles.get(name) or MaskProfile()
 
     @cached_property
+    def upstream_ports(self) -> tuple[int, ...]:
+        """The TCP ports the gateway connects to upstreams on: what its egress must allow (gateway.yaml)."""
+        return tuple(sorted({conn.upstream_port for conn in self.connections.values()}))
+
+    @cached_property
     def _by_host(self) -> Mapping[str, tuple[Connection, ...]]:
         index: dict[str, list[Connection]] = {}
         for conn in self.connections.values():
@@ -471,8 +479,14 @@ def _describe(errors: list[Any], root: yaml.Node | None, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
-    """Parse and validate policy YAML; raise PolicyError naming the field and the line."""
+def parse_policy(
+    text: str, *, source: str = "<policy>", bind: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> Policy:
+    """Parse and validate policy YAML; raise PolicyError naming the field and the line.
+
+    `bind` may change scalar values of the parsed document before validation (`jitgate dev
+    --policy` fills in its own issuer and upstreams): errors still name the line of `text`.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -483,6 +497,8 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: {where}: {problem}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: line 1: the policy must be a mapping")
+    if bind is not None:
+        data = bind(data)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ from jitgate.client import Minted
 class JobEnv:
     """What the job's environment gains: proxy, CA bundle and the token as the API key."""
 
-    gateway: str  # host:port
+    gateway: str  # host:port, or https://host:port for TLS to the gateway (the token never in clear)
     ca_bundle: Path
     key_env: str | Sequence[str] | None  # one variable or several (issue 25: CO_API_KEY and COHERE_API_KEY)
     broker: str | None = None  # the broker's URL: the job reaches it directly (NO_PROXY)
@@ -48,7 +48,10 @@ def write_ca_bundle(gateway_ca: Path, directory: Path | None = None) -> Path:
 
 def job_environment(base: Mapping[str, str], minted: Minted, job: JobEnv) -> dict[str, str]:
     env = dict(base)
-    proxy = f"http://jit:{minted.token}@{job.gateway}"
+    scheme, sep, address = job.gateway.rpartition("://")
+    if sep and scheme not in ("http", "https"):
+        raise ValueError("the gateway is host:port or https://host:port")
+    proxy = f"{scheme or 'http'}://jit:{minted.token}@{address}"
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         env[name] = proxy
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):

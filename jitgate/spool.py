@@ -196,6 +196,14 @@ def adopt(
     return count
 
 
+def check_durable(path: Path) -> None:
+    """Raise OSError unless the durable spool takes a file now: a stop is too late to find out."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    probe.unlink()
+
+
 class Spool:
     """The writer half: append, fsync, rotate, quota. Thread-safe; the clock is passed in."""
 

@@ -19,13 +19,25 @@ from jitgate.devstack.gateway import mitmdump_argv
 out = Console(stderr=True)
 
 
+_PORT = typer.Option(min=0, max=65535, help="Loopback port (0: a free one).")
+
+
 def dev(
     state_dir: Annotated[Path, typer.Option(help="Folder that keeps the stack's state.")] = Path(".jitgate/dev"),
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Your own policy over the stack (`issuer: dev`, `upstream: dev:NAME`; docs/gateway.md)."),
+    ] = None,
+    gateway_port: Annotated[int, _PORT] = 0,
+    pg_port: Annotated[int, _PORT] = 0,
+    broker_port: Annotated[int, _PORT] = 0,
+    metrics_port: Annotated[int, _PORT] = 0,
 ) -> None:
-    """Start moto, a dev OIDC issuer, the broker, a sample upstream and the gateway; stop on Ctrl-C."""
-    from jitgate.devstack.stack import DevStack
+    """Start moto, a dev OIDC issuer, the broker, sample upstreams, Chroma, Postgres and the gateway; stop on Ctrl-C."""
+    from jitgate.devstack.stack import DevPorts, DevStack
 
-    stack = DevStack(state_dir)
+    ports = DevPorts(gateway=gateway_port, pg=pg_port, broker=broker_port, metrics=metrics_port)
+    stack = DevStack(state_dir, policy_file=policy, ports=ports)
     stopped = threading.Event()
     # Set both handlers before anything starts (a shell that starts us in the background leaves
     # SIGINT ignored), and stop the stack on every way out, Ctrl-C during start included.
@@ -47,8 +59,12 @@ def dev(
         for name, value in stack.env.items():
             if not name.startswith("AWS_SECRET"):
                 out.print(f"  {name}={value}")
-        out.print("\nthen:  jitgate run -- python examples/rerank_job.py      (Ctrl-C here stops everything)")
-        out.print('or:    jitgate run --connection pg-dev -- psql -c "SELECT id FROM candidates LIMIT 3"')
+        if policy is None:
+            out.print("\nthen:  jitgate run -- python examples/rerank_job.py      (Ctrl-C here stops everything)")
+            out.print('or:    jitgate run --connection pg-dev -- psql -c "SELECT id FROM candidates LIMIT 3"')
+        else:
+            out.print(f"\nthen:  jitgate run --connection {stack.env['JITGATE_CONNECTION']} -- YOUR JOB"
+                      "      (Ctrl-C here stops everything)")
         while not stopped.wait(0.5):
             pass
     finally:

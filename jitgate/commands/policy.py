@@ -1,4 +1,5 @@
-"""`jitgate policy check FILE`: validate a policy the way broker and gateway will at start."""
+"""`jitgate policy check FILE`: validate a policy the way broker and gateway will at start.
+`jitgate policy ports FILE`: the upstream ports its connections use, for the fleet's egress."""
 
 from __future__ import annotations
 
@@ -25,3 +26,14 @@ def check(path: Path) -> None:
     console.print(
         f"[green]ok[/green]: {len(policy.connections)} connections, {len(policy.grants)} grants"
     )
+
+
+@app.command("ports")
+def ports(path: Path) -> None:
+    """Print the upstream ports of the policy's connections, comma-separated: gateway.yaml's UpstreamPorts."""
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        Console(stderr=True).print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+    typer.echo(",".join(str(port) for port in policy.upstream_ports))

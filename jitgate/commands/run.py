@@ -79,7 +79,10 @@ def run(
     cmd: Annotated[list[str], typer.Argument(help="The job to run, after `--`.")],
     broker: BrokerOpt,
     connection: Annotated[str, typer.Option(envvar="JITGATE_CONNECTION", help="Connection name.")],
-    gateway: Annotated[str, typer.Option(envvar="JITGATE_GATEWAY", help="Gateway host:port.")],
+    gateway: Annotated[str, typer.Option(
+        envvar="JITGATE_GATEWAY",
+        help="Gateway host:port; https://host:port: TLS to the gateway, so the token never crosses in clear.",
+    )],
     gateway_ca: Annotated[Path, typer.Option(envvar="JITGATE_GATEWAY_CA", help="Gateway CA certificate (PEM).")],
     ttl: Annotated[str | None, typer.Option(help="Requested lifetime, e.g. 10m (the policy may clamp it).")] = None,
     operation: Annotated[list[str] | None, typer.Option("--operation", help="Limit to these operations.")] = None,
@@ -98,6 +101,9 @@ def run(
 
     For a postgres connection the job gets libpq's variables (PGHOST, PGPORT, PGDATABASE, PGUSER,
     PGPASSWORD = the token, PGSSLMODE=verify-full, PGSSLROOTCERT) instead of a proxy."""
+    if gateway.rpartition("://")[0] not in ("", "http", "https"):  # before a token is minted for nothing
+        err.print("[red]jitgate: --gateway is host:port or https://host:port[/red]")
+        raise typer.Exit(2)
     if capture:
         reason = capture_unavailable_reason()
         if reason:

@@ -157,9 +157,10 @@ def broker_env(stack: Stack, policy_path: str | Path, base: Mapping[str, str] | 
     return env
 
 
-def local_broker(stack: Stack, policy_path: str | Path, *, cwd: Path | None = None) -> ChildServer:
-    """The broker's local adapter in a child process; its issuer URL is its own base URL."""
-    argv = [sys.executable, "-m", "broker.local", "--port", "0"]
+def local_broker(stack: Stack, policy_path: str | Path, *, cwd: Path | None = None, port: int = 0) -> ChildServer:
+    """The broker's local adapter in a child process on `port` (0: a free one); its issuer URL is
+    its own base URL."""
+    argv = [sys.executable, "-m", "broker.local", "--port", str(port)]
     return ChildServer(argv, env=broker_env(stack, policy_path), cwd=cwd)
 
 

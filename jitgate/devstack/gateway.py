@@ -150,13 +150,15 @@ def start_gateway(
     env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
+    listen_port: int = 0,
 ) -> Gateway:
-    """Start mitmdump with `script` (None: bare) and `--set` options; wait until it listens."""
+    """Start mitmdump with `script` (None: bare) and `--set` options on `listen_port` (0: a free
+    one); wait until it listens."""
     confdir = workdir / "mitmproxy"
     confdir.mkdir(parents=True, exist_ok=True)
     argv = mitmdump_argv(
         listen_host="127.0.0.1",
-        listen_port=0,
+        listen_port=listen_port,
         options={"confdir": str(confdir), **options},
         script=script,
         extra_args=extra_args,

@@ -2,7 +2,10 @@
 
 Broker and gateway must share connection names and grants; only the gateway cares where an
 upstream really lives, so `upstreams` lets the gateway side point the same connections at its
-local HTTPS upstream while the broker can use the defaults.
+local parts (a sample rerank upstream per dialect, the real Chroma server, Postgres) while the
+broker can use the defaults. Both Chroma connections name the same kind of server: `chroma-dev`
+is the one a reader or maintainer uses at once, `store-test` the one whose maintenance tokens
+need an issuance approval first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import yaml
 
 from jitgate.policy import Policy, parse_policy
 
-RERANK_CONNECTIONS = {"cohere-test": "cohere", "jina-test": "jina", "voyage-test": "voyage"}
+RERANK_CONNECTIONS = {"cohere-test": "cohere", "jina-test": "jina", "voyage-test": "voyage", "tei-test": "tei"}
 STORE_CONNECTION = "store-test"
 PG_CONNECTION = "pg-dev"
 # The real Chroma server (jitgate.devstack.chroma); plain HTTP on loopback, the gateway its only path.
@@ -22,6 +25,7 @@ DEFAULT_UPSTREAMS = {
     "cohere-test": "https://cohere.upstream.test",
     "jina-test": "https://jina.upstream.test",
     "voyage-test": "https://voyage.upstream.test",
+    "tei-test": "https://tei.upstream.test",
     STORE_CONNECTION: "https://store.upstream.test",
     PG_CONNECTION: "postgres://127.0.0.1:5432/ranking",
     CHROMA_CONNECTION: "http://chroma.upstream.test:8000",
@@ -44,6 +48,7 @@ KEY_ENV: dict[str, list[str]] = {
     "cohere": ["CO_API_KEY", "COHERE_API_KEY"],
     "jina": ["JINA_API_KEY"],
     "voyage": ["VOYAGE_API_KEY"],
+    "tei": [],  # TEI's clients send `Authorization: Bearer`; no variable of their own
 }
 
 
@@ -179,3 +184,58 @@ def policy_yaml(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> s
 
 def dev_policy(issuer: str, *, upstreams: Mapping[str, str] | None = None) -> Policy:
     return parse_policy(policy_yaml(issuer, upstreams=upstreams), source="<dev policy>")
+
+
+# -- a user's own policy over the dev stack (`jitgate dev --policy FILE`) -----------------------
+
+DEV_ISSUER = "dev"  # `issuer: dev` anywhere: the dev stack's OIDC issuer
+DEV_UPSTREAM = "dev:"  # `upstream: dev:NAME`: one of the dev stack's parts
+# The parts `dev:NAME` may name: a sample rerank upstream per dialect, the real Chroma, Postgres.
+DEV_PARTS = ("cohere", "jina", "voyage", "tei", "chroma", "postgres")
+# The dev policy itself, in the same form a user's file takes.
+DEV_UPSTREAMS = {
+    **{name: DEV_UPSTREAM + dialect for name, dialect in RERANK_CONNECTIONS.items()},
+    STORE_CONNECTION: DEV_UPSTREAM + "chroma",
+    CHROMA_CONNECTION: DEV_UPSTREAM + "chroma",
+    PG_CONNECTION: DEV_UPSTREAM + "postgres",
+}
+
+
+def dev_part(connection: Mapping[str, object]) -> str | None:
+    """The dev part a connection's `upstream: dev:NAME` names, or None for any other upstream."""
+    upstream = connection.get("upstream")
+    if isinstance(upstream, str) and upstream.startswith(DEV_UPSTREAM):
+        return upstream.removeprefix(DEV_UPSTREAM)
+    return None
+
+
+def bind_dev(
+    doc: dict[str, object], *, issuer: str, parts: Mapping[str, str], source: str = "<policy>"
+) -> dict[str, object]:
+    """`doc` with `issuer: dev` replaced by `issuer` and each `upstream: dev:NAME` by the URL of part
+    NAME in `parts`; an unknown part is a PolicyError. Only scalar values change, so a validation
+    error still names the user's line."""
+    from jitgate.errors import PolicyError
+
+    def walk(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: issuer if k == "issuer" and v == DEV_ISSUER else walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    bound = walk(doc)
+    assert isinstance(bound, dict)
+    connections = bound.get("connections")
+    for name, conn in connections.items() if isinstance(connections, dict) else ():
+        part = dev_part(conn) if isinstance(conn, dict) else None
+        if part is None:
+            continue
+        if part not in parts:
+            known = ", ".join(DEV_UPSTREAM + p for p in DEV_PARTS)
+            raise PolicyError(
+                f"{source}: connection {name!r}: upstream {DEV_UPSTREAM + part!r} is no part of the dev stack "
+                f"(one of {known})"
+            )
+        conn["upstream"] = parts[part]
+    return bound

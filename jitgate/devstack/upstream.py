@@ -1,10 +1,11 @@
-"""An HTTPS rerank upstream and a small Chroma-style store on loopback, for tests and benchmarks.
+"""An HTTPS rerank upstream on loopback, one per rerank dialect, for tests, `jitgate dev` and benchmarks.
 
-It answers the shapes real clients expect (Cohere v1 and v2, Jina, Voyage, TEI, Chroma v1/v2
-collections) with real lexical BM25 scores, checks an API key, and records what it received (and
-each TLS handshake's server name) so tests can assert that the real key arrived and the JIT token
-did not. TLS comes from a private CA (trustme); TCP_NODELAY is set so small responses are not
-delayed by Nagle.
+Each instance speaks one dialect's routes and answer shapes, the ones its vendor's own client
+expects (Cohere v1 and v2, Jina, Voyage, TEI), with real lexical BM25 scores; it checks an API key
+and records what it received (and each TLS handshake's server name) so tests can assert that the
+real key arrived and the JIT token did not. TLS comes from a private CA (trustme), which instances
+may share; TCP_NODELAY is set so small responses are not delayed by Nagle. Vector stores are not
+played here: tests, `jitgate dev` and the demo run the real Chroma server (jitgate.devstack.chroma).
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 import trustme
 
 _WORD = re.compile(r"\w+")
-_CHROMA = re.compile(
-    r"^/api/v(?:1|2/tenants/[^/]+/databases/[^/]+)/collections/(?P<name>[^/]+)(?:/(?P<op>add|upsert|get|query|delete))?/?$"
-)
-V1Shape = Literal["cohere", "jina", "voyage"]
+RerankDialect = Literal["cohere", "jina", "voyage", "tei"]
+DIALECTS: tuple[RerankDialect, ...] = ("cohere", "jina", "voyage", "tei")
+# The routes each vendor serves its rerank on (Cohere: v1 and v2; TEI: /rerank with `texts`).
+ROUTES: dict[RerankDialect, frozenset[str]] = {
+    "cohere": frozenset({"/v1/rerank", "/v2/rerank"}),
+    "jina": frozenset({"/v1/rerank"}),
+    "voyage": frozenset({"/v1/rerank"}),
+    "tei": frozenset({"/rerank"}),
+}
 
 
 @dataclass(frozen=True)
@@ -79,14 +85,6 @@ def _doc_text(doc: Any) -> str:
     return ""
 
 
-@dataclass
-class _Collection:
-    ids: list[str] = field(default_factory=list)
-    documents: list[str] = field(default_factory=list)
-    metadatas: list[Any] = field(default_factory=list)
-    embeddings: list[Any] = field(default_factory=list)
-
-
 class Upstream:
     """The server. `start()` binds 127.0.0.1 on a free port; `url` is its base URL."""
 
@@ -95,13 +93,13 @@ class Upstream:
         *,
         api_keys: Iterable[str],
         ca: trustme.CA | None = None,
-        v1_shape: V1Shape = "cohere",
+        dialect: RerankDialect = "cohere",
         record: bool = True,
         max_records: int = 10_000,
     ) -> None:
         self.ca = ca or trustme.CA()
         self._keys = [k.encode() for k in api_keys]
-        self.v1_shape = v1_shape
+        self.dialect = dialect
         self.record = record
         self.received: collections.deque[Received] = collections.deque(maxlen=max_records)
         self.delay = 0.0  # seconds each answer waits (a slow upstream: flows stay in flight)
@@ -109,7 +107,6 @@ class Upstream:
         # The TLS server name (SNI) of each handshake, None when the client sent none: a test can
         # tell which name a front routing by SNI would have picked the backend by.
         self.server_names: collections.deque[str | None] = collections.deque(maxlen=max_records)
-        self.collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -174,9 +171,8 @@ class Upstream:
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             presented.append(auth[7:].strip())
-        for name in ("x-chroma-token", "x-api-key"):
-            if name in headers:
-                presented.append(headers[name].strip())
+        if "x-api-key" in headers:
+            presented.append(headers["x-api-key"].strip())
         with self._lock:
             keys = list(self._keys)
         ok = False
@@ -198,11 +194,8 @@ class Upstream:
         if not isinstance(payload, dict):
             return 400, {"message": "body must be a JSON object"}
         route = path.split("?", 1)[0]
-        if method == "POST" and route in ("/v1/rerank", "/v2/rerank", "/rerank"):
+        if method == "POST" and route in ROUTES[self.dialect]:
             return self._rerank(route, payload)
-        m = _CHROMA.match(route)
-        if m:
-            return self._store(method, m.group("name"), m.group("op"), payload)
         return 404, {"message": f"no route {method} {route}"}
 
     def _rerank(self, route: str, payload: dict[str, Any]) -> tuple[int, Any]:
@@ -223,10 +216,10 @@ class Upstream:
         if route == "/v2/rerank":
             results = [{"index": i, "relevance_score": scores[i]} for i in order]
             return 200, {"id": rid, "results": results, "meta": {"api_version": {"version": "2"}}}
-        if self.v1_shape == "voyage":
+        if self.dialect == "voyage":
             data = [{"index": i, "relevance_score": scores[i]} for i in order]
             return 200, {"object": "list", "data": data, "model": payload.get("model"), "usage": {"total_tokens": 0}}
-        if self.v1_shape == "jina":
+        if self.dialect == "jina":
             results = [{"index": i, "relevance_score": scores[i], "document": {"text": docs[i]}} for i in order]
             return 200, {"model": payload.get("model"), "results": results, "usage": {"total_tokens": 0}}
         results = [{"index": i, "relevance_score": scores[i]} for i in order]
@@ -234,62 +227,6 @@ class Upstream:
             for result in results:
                 result["document"] = {"text": docs[result["index"]]}
         return 200, {"id": rid, "results": results, "meta": {"api_version": {"version": "1"}}}
-
-    def _store(self, method: str, name: str, op: str | None, payload: dict[str, Any]) -> tuple[int, Any]:
-        with self._lock:
-            if op is None:
-                if method == "DELETE":
-                    self.collections.pop(name, None)
-                    return 200, {}
-                return 200, {"name": name, "count": len(self.collections.get(name, _Collection()).ids)}
-            col = self.collections.setdefault(name, _Collection())
-            if op in ("add", "upsert"):
-                ids = [str(i) for i in payload.get("ids") or []]
-                docs = payload.get("documents") or [""] * len(ids)
-                metas = payload.get("metadatas") or [None] * len(ids)
-                embs = payload.get("embeddings") or [None] * len(ids)
-                for i, doc, meta, emb in zip(ids, docs, metas, embs, strict=False):
-                    if i in col.ids:
-                        k = col.ids.index(i)
-                        col.documents[k], col.metadatas[k], col.embeddings[k] = doc, meta, emb
-                    else:
-                        col.ids.append(i)
-                        col.documents.append(doc)
-                        col.metadatas.append(meta)
-                        col.embeddings.append(emb)
-                return 201, True
-            if op == "delete":
-                gone = set(payload.get("ids") or [])
-                keep = [k for k, i in enumerate(col.ids) if i not in gone]
-                col.ids = [col.ids[k] for k in keep]
-                col.documents = [col.documents[k] for k in keep]
-                col.metadatas = [col.metadatas[k] for k in keep]
-                col.embeddings = [col.embeddings[k] for k in keep]
-                return 200, [i for i in gone]
-            if op == "get":
-                wanted = payload.get("ids")
-                idx = [k for k, i in enumerate(col.ids) if wanted is None or i in wanted]
-                return 200, {
-                    "ids": [col.ids[k] for k in idx],
-                    "documents": [col.documents[k] for k in idx],
-                    "metadatas": [col.metadatas[k] for k in idx],
-                    "embeddings": [col.embeddings[k] for k in idx],
-                    "included": ["documents", "metadatas", "embeddings"],
-                }
-            # query
-            texts = payload.get("query_texts") or [""]
-            n = int(payload.get("n_results") or 10)
-            out: dict[str, list[Any]] = {"ids": [], "documents": [], "metadatas": [], "distances": [], "embeddings": []}
-            for text in texts:
-                scores = bm25(str(text), col.documents)
-                order = sorted(range(len(col.ids)), key=lambda k: (-scores[k], k))[:n]
-                out["ids"].append([col.ids[k] for k in order])
-                out["documents"].append([col.documents[k] for k in order])
-                out["metadatas"].append([col.metadatas[k] for k in order])
-                out["distances"].append([1.0 / (1.0 + scores[k]) for k in order])
-                out["embeddings"].append([col.embeddings[k] for k in order])
-            return 200, {**out, "included": ["documents", "metadatas", "distances", "embeddings"]}
-
 
 class _RequestHandler(BaseHTTPRequestHandler):
     owner: Upstream
@@ -331,13 +268,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="HTTPS rerank upstream with a private CA, on loopback.")
     parser.add_argument("--ca-out", required=True, help="where to write the private CA certificate (PEM)")
-    parser.add_argument("--v1-shape", choices=["cohere", "jina", "voyage"], default="cohere")
+    parser.add_argument("--dialect", choices=DIALECTS, default="cohere", help="the rerank dialect it speaks")
     parser.add_argument("--no-record", action="store_true", help="do not keep received requests (load tests)")
     args = parser.parse_args(argv)
     keys = [k for k in os.environ.get("JITGATE_UPSTREAM_KEYS", "").split(",") if k]
     if not keys:
         parser.error("set JITGATE_UPSTREAM_KEYS")
-    up = Upstream(api_keys=keys, v1_shape=args.v1_shape, record=not args.no_record).start()
+    up = Upstream(api_keys=keys, dialect=args.dialect, record=not args.no_record).start()
     with open(args.ca_out, "wb") as out:
         out.write(up.ca_pem())
     print(up.url, flush=True)

@@ -70,6 +70,19 @@ def test_mint_signs_with_the_first_key_and_verifies(
     assert body["token"] not in event.line()
 
 
+@pytest.mark.parametrize(("connection", "names_upstream"), [("tei-test", True), ("cohere-test", False)])
+def test_a_self_hosted_connections_answer_names_its_upstream(
+    invoke: Invoke, issuer: OidcIssuer, clock: Clock, connection: str, names_upstream: bool
+) -> None:
+    """TEI (like Chroma) has no public vendor name: the job's client is pointed at the upstream, and
+    `jitgate run` must know it so NO_PROXY never sends a loopback upstream around the gateway."""
+    status, body, _ = invoke(load_event("mint", token=_ci(issuer, clock), body={"connection": connection}))
+    assert status == 201, body
+    assert ("upstream" in body) is names_upstream and body["dialect"] == connection.split("-")[0]
+    if names_upstream:
+        assert body["upstream"].startswith("https://") and body["key_envs"] == []
+
+
 @pytest.mark.parametrize(
     ("ttl", "expected", "clamped"),
     [("10m", 600, False), (60, 60, False), ("30m", 1800, False), ("2h", 1800, True), ("1d", 1800, True)],

@@ -146,10 +146,11 @@ def test_fields_apply_to_record_answers_only() -> None:
     assert chroma.answer_needs_cut("query", READER) and chroma.answer_needs_cut("get", READER)
 
 
-def test_filter_fields_keeps_only_granted_columns() -> None:
-    body = {"ids": [["1"]], "documents": [["d"]], "embeddings": [[[0.1]]], "included": ["documents", "embeddings"]}
+@pytest.mark.parametrize("listed", ["include", "included"])  # Chroma 1.x's name, and older servers'
+def test_filter_fields_keeps_only_granted_columns(listed: str) -> None:
+    body = {"ids": [["1"]], "documents": [["d"]], "embeddings": [[[0.1]]], listed: ["documents", "embeddings"]}
     assert chroma.filter_fields(body, ("ids", "documents")) == {"ids": [["1"]], "documents": [["d"]],
-                                                                 "included": ["documents"]}
+                                                                 listed: ["documents"]}
     assert chroma.filter_fields([1, 2], ("ids",)) == [1, 2]
     assert chroma.filter_fields(body, None) == body
 

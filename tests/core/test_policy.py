@@ -13,6 +13,7 @@ import yaml
 from jitgate.devstack.policy import PG_CONNECTION, policy_dict
 from jitgate.errors import BadRequest, NotGranted, PolicyError, UnknownConnection
 from jitgate.policy import (
+    Connection,
     Identity,
     Policy,
     TokenRequest,
@@ -45,7 +46,7 @@ def _sa(namespace: str, name: str = "worker", **claims: Any) -> Identity:
 
 
 def test_example_policy_loads(policy: Policy) -> None:
-    assert set(policy.connections) == {"cohere-prod", "candidates-store", "chroma-cloud"}
+    assert set(policy.connections) == {"cohere-prod", "candidates-store", "chroma-cloud", "candidates-db"}
     assert [g.name for g in policy.grants] == ["rerank-ci", "store-readers", "cloud-readers", "store-maintenance"]
     cloud = policy.grants[2]
     assert (cloud.tenant, cloud.database) == ("acme-search", "production")
@@ -544,3 +545,24 @@ def test_mask_columns_refused(grant: dict[str, Any], words: str) -> None:
     with pytest.raises(PolicyError) as err:
         parse_policy(_pg_policy(**grant))
     assert words in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("upstream", "port"),
+    [
+        ("https://api.cohere.com", 443),
+        ("http://tei.internal", 80),
+        ("http://tei.internal:8080", 8080),
+        ("https://chroma.internal:8000", 8000),
+        ("https://[fd00::1]", 443),
+        ("https://[fd00::1]:9443", 9443),
+    ],
+)
+def test_upstream_port(upstream: str, port: int) -> None:
+    conn = Connection.model_validate({"name": "c", "dialect": "generic", "upstream": upstream,
+                                      "credential": {"secret_id": "s"}})
+    assert conn.upstream_port == port
+
+
+def test_upstream_ports_are_what_the_egress_must_allow(policy: Policy) -> None:
+    assert policy.upstream_ports == (443, 5432, 8000)

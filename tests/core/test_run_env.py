@@ -94,3 +94,21 @@ def test_dev_and_example_policies_name_both_cohere_variables(tmp_path: Path) -> 
     path.write_text(yaml.safe_dump(policy_dict("https://issuer.example.test")))
     dev = load_policy(path).connections
     assert {c.key_env for c in dev.values() if c.dialect == "cohere"} == {("CO_API_KEY", "COHERE_API_KEY")}
+
+
+@pytest.mark.parametrize(
+    ("gateway", "proxy"),
+    [
+        ("gw.internal:8080", "http://jit:h.p.s@gw.internal:8080"),
+        ("http://gw.internal:8080", "http://jit:h.p.s@gw.internal:8080"),
+        ("https://gw.internal:8080", "https://jit:h.p.s@gw.internal:8080"),  # TLS to the gateway
+    ],
+)
+def test_the_gateway_scheme_picks_the_proxy_scheme(tmp_path: Path, gateway: str, proxy: str) -> None:
+    env = job_environment({}, _minted(), JobEnv(gateway, tmp_path / "ca.pem", None))
+    assert {env[n] for n in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")} == {proxy}
+
+
+def test_a_gateway_of_another_scheme_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="https://host:port"):
+        job_environment({}, _minted(), JobEnv("socks5://gw.internal:1080", tmp_path / "ca.pem", None))

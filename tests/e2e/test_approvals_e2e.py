@@ -1,6 +1,7 @@
 """Approvals and revocation end to end: a moto server, the broker behind its local adapter, an
-HTTPS upstream with a private CA, `mitmdump -s addon/jitgate_addons.py`, real clients, and the
-`jitgate approvals` / `jitgate revoke` commands deciding through the broker's HTTP API."""
+HTTPS upstream with a private CA, the real Chroma server (store-test, `chroma run`),
+`mitmdump -s addon/jitgate_addons.py`, real clients, and the `jitgate approvals` / `jitgate revoke`
+commands deciding through the broker's HTTP API."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typer.testing import CliRunner
 
 from jitgate.cli import _register, app
 from jitgate.devstack.aws import Stack, local_broker
+from jitgate.devstack.chroma import ChromaServer, collection_path, embedding
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import (
     ADMIN_GROUP,
@@ -66,22 +69,24 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def upstream(aws_stack: Stack) -> Iterator[Upstream]:
-    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "jina-test", "store-test")]
+    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "jina-test")]
     with Upstream(api_keys=keys) as up:
         yield up
 
 
 @pytest.fixture(scope="module")
-def policy_file(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, upstream: Upstream) -> Path:
+def policy_file(
+    tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, upstream: Upstream, chroma_server: ChromaServer
+) -> Path:
     """One file for this module's broker and gateway: the dev policy, pointed at the local
-    upstream, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5 documents or of more
-    than HOLD_BYTES (decoded) held."""
+    upstream and the real Chroma, with a 2-of-M issuance grant, a 2-second one, and reranks of > 5
+    documents or of more than HOLD_BYTES (decoded) held."""
     doc: Any = policy_dict(
         oidc_issuer.url,
         upstreams={
             "cohere-test": upstream.url,
             "jina-test": "https://jina.upstream.test",
-            "store-test": f"https://localhost:{upstream.port}",
+            "store-test": chroma_server.url,
         },
     )
     # approvers: the policy's admins
@@ -184,6 +189,22 @@ def _wait_for_hold(broker: str, approver: str, jti: str) -> dict[str, Any]:
     raise AssertionError("the hold never showed up")
 
 
+def _candidates(chroma: ChromaServer) -> str:
+    """The path of `candidates` on the real Chroma (v2 API: the collection's id in the path)."""
+    with httpx.Client(base_url=chroma.url, timeout=30, trust_env=False) as direct:
+        return f"{collection_path()}/{direct.get(f'{collection_path()}/candidates').json()['id']}"
+
+
+def _store_client(gateway: Gateway, chroma: ChromaServer, token: str) -> httpx.Client:
+    """Plain HTTP to Chroma through the gateway (HTTP_PROXY), the token as the proxy credentials."""
+    return httpx.Client(base_url=chroma.url, proxy=gateway.proxy_url(token), timeout=60, trust_env=False)
+
+
+def _direct_delete(chroma: ChromaServer, record: str) -> None:
+    with httpx.Client(base_url=chroma.url, timeout=30, trust_env=False) as direct:
+        direct.post(f"{_candidates(chroma)}/delete", json={"ids": [record]}).raise_for_status()
+
+
 def _rerank(gateway: Gateway, bundle: Path, upstream: Upstream, token: str, docs: list[str]) -> httpx.Response:
     with httpx.Client(proxy=gateway.proxy_url(token), verify=str(bundle), timeout=60) as client:
         return client.post(f"{upstream.url}/v2/rerank", json={"model": "rerank-v3.5", "query": QUERY,
@@ -194,7 +215,7 @@ def _rerank(gateway: Gateway, bundle: Path, upstream: Upstream, token: str, docs
 
 
 def test_issuance_two_of_m_via_cli_then_collected_token_works_through_the_gateway(
-    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, chroma_server: ChromaServer
 ) -> None:
     requester = _oidc(oidc_issuer, MAINTAINER_SUB)
     resp = _request_token(broker, requester, "store-test", job="reindex-7")
@@ -216,12 +237,18 @@ def test_issuance_two_of_m_via_cli_then_collected_token_works_through_the_gatewa
     assert collected["expires_at"] - collected["ttl"] >= approved_at  # the TTL started at collection
     assert "token" not in _approval(broker, _oidc(oidc_issuer, MAINTAINER_SUB), approval_id)  # handed out once
 
-    store = f"https://localhost:{upstream.port}/api/v1/collections/candidates"
-    with httpx.Client(proxy=gateway.proxy_url(collected["token"]), verify=str(bundle), timeout=30) as client:
-        added = client.post(f"{store}/add", json={"ids": ["d1"], "documents": [DOCS[1]]})
-        found = client.post(f"{store}/query", json={"query_texts": [QUERY], "n_results": 1})
-    assert added.status_code == 201, added.text
-    assert found.status_code == 200 and found.json()["ids"] == [["d1"]]
+    store, record = _candidates(chroma_server), "d-" + uuid.uuid4().hex[:8]
+    text = f"{DOCS[1]} (reindexed as {record})"
+    try:
+        with _store_client(gateway, chroma_server, collected["token"]) as client:
+            added = client.post(f"{store}/add", json={"ids": [record], "documents": [text],
+                                                      "embeddings": [embedding(text)]})
+            found = client.post(f"{store}/query", json={"query_embeddings": [embedding(text)], "n_results": 1,
+                                                         "include": ["documents", "distances"]})
+    finally:
+        _direct_delete(chroma_server, record)
+    assert added.status_code in (200, 201), added.text
+    assert found.status_code == 200 and found.json()["ids"] == [[record]], found.text
 
 
 def test_jitgate_token_waits_for_the_approval_and_prints_the_collected_token(
@@ -412,7 +439,7 @@ def test_holds_on_two_gateways_sharing_the_table(
 
 
 def test_store_delete_is_held_for_the_connections_approvers(
-    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, bundle: Path, upstream: Upstream
+    broker: str, oidc_issuer: OidcIssuer, gateway: Gateway, chroma_server: ChromaServer
 ) -> None:
     """A named operation (delete) on the store: held, and only the connection's approvers decide."""
     requester = _oidc(oidc_issuer, MAINTAINER_SUB)
@@ -420,24 +447,29 @@ def test_store_delete_is_held_for_the_connections_approvers(
     for lead in ("lead-a", "lead-b"):
         _cli(broker, _oidc(oidc_issuer, lead, APPROVER_GROUP), "approvals", "approve", approval_id, "--reason", "ok")
     minted = _approval(broker, _oidc(oidc_issuer, MAINTAINER_SUB), approval_id)
-    store = f"https://localhost:{upstream.port}/api/v1/collections/candidates"
+    store, gone = _candidates(chroma_server), "gone-" + uuid.uuid4().hex[:8]
 
     def delete() -> httpx.Response:
-        with httpx.Client(proxy=gateway.proxy_url(minted["token"]), verify=str(bundle), timeout=60) as client:
-            client.post(f"{store}/add", json={"ids": ["gone"], "documents": ["obsolete"]}).raise_for_status()
-            return client.post(f"{store}/delete", json={"ids": ["gone"]})
+        with _store_client(gateway, chroma_server, minted["token"]) as client:
+            client.post(f"{store}/add", json={"ids": [gone], "documents": ["obsolete"],
+                                              "embeddings": [embedding("obsolete")]}).raise_for_status()
+            return client.post(f"{store}/delete", json={"ids": [gone]})
 
-    call = Background(delete)
-    lead = _oidc(oidc_issuer, "lead-c", APPROVER_GROUP)
-    hold = _wait_for_hold(broker, lead, minted["jti"])
-    assert hold["summary"]["reasons"] == ["operation:delete"]
-    admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
-    refused = _cli(broker, admin, "approvals", "approve", hold["id"], "--reason", "admin")
-    assert refused.exit_code == 2 and "not_an_approver" in refused.output
-    assert _cli(broker, lead, "approvals", "approve", hold["id"], "--reason", "cleanup ticket 12").exit_code == 0
-    resp = call.result()
-    assert resp.status_code == 200 and resp.json() == ["gone"]
-    assert "gone" not in upstream.collections["candidates"].ids
+    try:
+        call = Background(delete)
+        lead = _oidc(oidc_issuer, "lead-c", APPROVER_GROUP)
+        hold = _wait_for_hold(broker, lead, minted["jti"])
+        assert hold["summary"]["reasons"] == ["operation:delete"]
+        admin = _oidc(oidc_issuer, "sec-oncall", ADMIN_GROUP)
+        refused = _cli(broker, admin, "approvals", "approve", hold["id"], "--reason", "admin")
+        assert refused.exit_code == 2 and "not_an_approver" in refused.output
+        assert _cli(broker, lead, "approvals", "approve", hold["id"], "--reason", "cleanup ticket 12").exit_code == 0
+        resp = call.result()
+        assert resp.status_code == 200, resp.text
+        with httpx.Client(base_url=chroma_server.url, timeout=30, trust_env=False) as direct:
+            assert direct.post(f"{store}/get", json={"ids": [gone]}).json()["ids"] == []  # Chroma deleted it
+    finally:
+        _direct_delete(chroma_server, gone)
 
 
 # -- revocation ---------------------------------------------------------------------------------

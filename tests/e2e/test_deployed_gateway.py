@@ -84,7 +84,7 @@ def _put(moto: str, bucket: str, text: str) -> None:
 
 
 def _policy(issuer: str, upstream: str) -> str:
-    doc = policy_dict(issuer, upstreams={"cohere-test": upstream, "store-test": upstream})
+    doc = policy_dict(issuer, upstreams={"cohere-test": upstream})
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -1,8 +1,11 @@
-"""The local stand-ins others build on: child servers, the moto seed, the dev OIDC issuer."""
+"""The local stand-ins others build on: child servers, the moto seed, the dev OIDC issuer, the
+sample rerank upstreams."""
 
 from __future__ import annotations
 
 import json
+import secrets
+import ssl
 import sys
 
 import boto3
@@ -14,6 +17,7 @@ from jitgate.devstack.aws import Stack, seed
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import secret_id
 from jitgate.devstack.process import ChildServer
+from jitgate.devstack.upstream import DIALECTS, ROUTES, RerankDialect, Upstream
 from jitgate.policy import Policy
 
 
@@ -55,3 +59,29 @@ def test_dev_issuer_mints_over_http_for_the_cli(oidc_issuer: OidcIssuer) -> None
     assert (claims["sub"], claims["groups"]) == ("dev-user", ["g"])
     bad = httpx.post(f"{oidc_issuer.url}/dev/token", json={"claims": {}}, timeout=5)
     assert (bad.status_code, bad.json()["code"]) == (400, "bad_request")
+
+
+_BODIES = {"/rerank": {"query": "whale", "texts": ["a cat", "a blue whale"]}}
+_DOCS_BODY = {"model": "m", "query": "whale", "documents": ["a cat", "a blue whale"]}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_each_sample_upstream_speaks_its_own_dialect_only(dialect: RerankDialect) -> None:
+    key = "k-" + secrets.token_urlsafe(12)
+    with Upstream(api_keys=[key], dialect=dialect) as up:
+        ctx = ssl.create_default_context(cadata=up.ca_pem().decode())
+        with httpx.Client(base_url=up.url, verify=ctx, trust_env=False, timeout=10,
+                          headers={"Authorization": f"Bearer {key}"}) as c:
+            for route in ("/v1/rerank", "/v2/rerank", "/rerank", "/api/v2/tenants/t/databases/d/collections/c/get"):
+                resp = c.post(route, json=_BODIES.get(route, _DOCS_BODY))
+                assert resp.status_code == (200 if route in ROUTES[dialect] else 404), (route, resp.text)
+            answer = c.post(sorted(ROUTES[dialect])[0], json=_BODIES.get(sorted(ROUTES[dialect])[0], _DOCS_BODY))
+            assert c.post("/rerank", json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    shape = answer.json()
+    ranked = {
+        "cohere": lambda: shape["results"], "jina": lambda: shape["results"], "voyage": lambda: shape["data"],
+        "tei": lambda: shape,
+    }[dialect]()
+    assert ranked[0]["index"] == 1  # "a blue whale"
+    if dialect == "jina":
+        assert ranked[0]["document"] == {"text": "a blue whale"}  # Jina echoes the documents

@@ -76,7 +76,7 @@ def calls(
     bucket = "jitgate-calls-" + secrets.token_hex(4)  # the session's audit bucket is other tests' to query
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
     with Upstream(api_keys=[aws_stack.secrets[secret_id("cohere-test")]]) as up:
-        doc: Any = policy_dict(oidc_issuer.url, upstreams={"cohere-test": up.url, "store-test": up.url})
+        doc: Any = policy_dict(oidc_issuer.url, upstreams={"cohere-test": up.url})
         doc["connections"]["cohere-test"]["approval"] = {"max_documents": len(DOCS) - 1}  # a full rerank is held
         policy = work / "policy.yaml"
         policy.write_text(yaml.safe_dump(doc, sort_keys=False))

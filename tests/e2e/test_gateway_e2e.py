@@ -1,6 +1,6 @@
 """The gateway end to end: moto server, the broker behind its local adapter, an HTTPS upstream
-with a private CA, `mitmdump -s addon/jitgate_addons.py`, and unmodified clients (cohere SDK,
-httpx, requests) pointed at it with HTTPS_PROXY."""
+with a private CA, the real Chroma server (store-test), `mitmdump -s addon/jitgate_addons.py`, and
+unmodified clients (cohere SDK, httpx, requests) pointed at it with HTTPS_PROXY."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ import requests
 import yaml
 
 from jitgate.devstack.aws import Stack
+from jitgate.devstack.chroma import SEED, ChromaServer, collection_path, embedding
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import CI_CLAIMS, READER_SUB, policy_dict, secret_id
 from jitgate.devstack.upstream import Upstream
 from jitgate.token import AUDIENCE, Claims, Limits, Scope, encode_token, new_jti
 from tests.e2e.gateway import Gateway, jitgate_options, start_gateway
+from tests.relay import Relay, relay_to
 
 CI_SUB = "repo:acme/search-ranker:ref:refs/heads/main"
 DOCS = [
@@ -48,9 +50,17 @@ def upstream(real_keys: dict[str, str]) -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
+def store_front(chroma_server: ChromaServer) -> Iterator[Relay]:
+    """store-test's upstream: a relay in front of the real Chroma that keeps what it was sent."""
+    with relay_to(chroma_server.url, record=True) as relay:
+        yield relay
+
+
+@pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory,
     upstream: Upstream,
+    store_front: Relay,
     oidc_issuer: OidcIssuer,
     broker: str,
     aws_stack: Stack,
@@ -59,7 +69,7 @@ def gateway(
     work = tmp_path_factory.mktemp("gateway")
     doc = policy_dict(
         oidc_issuer.url,
-        upstreams={"cohere-test": upstream.url, "store-test": f"https://localhost:{upstream.port}"},
+        upstreams={"cohere-test": upstream.url, "store-test": store_front.url},
     )
     doc["connections"]["cohere-test"]["hosts"] = ["api.cohere.com"]  # type: ignore[index]
     policy = work / "policy.yaml"
@@ -311,38 +321,35 @@ def test_documents_over_the_token_limit_are_refused(
 
 
 def test_store_token_as_key_header_sees_only_its_fields_and_collection(
-    mint: Callable[..., dict[str, Any]], client_env: Callable[[str | None], None], upstream: Upstream,
+    mint: Callable[..., dict[str, Any]], gateway: Gateway, store_front: Relay, chroma_server: ChromaServer,
     real_keys: dict[str, str],
 ) -> None:
-    store = f"https://localhost:{upstream.port}/api/v1/collections"
-    seed = {
-        "ids": ["c1", "c2"],
-        "documents": ["the capital of the United States", "islands in the Pacific"],
-        "metadatas": [{"src": "a"}, {"src": "b"}],
-        "embeddings": [[0.1, 0.2], [0.3, 0.4]],
-    }
-    added = upstream.handle("POST", "/api/v1/collections/candidates/add",
-                            {"x-chroma-token": real_keys["store-test"]}, json.dumps(seed).encode())
-    assert added[0] == 201
+    with httpx.Client(base_url=chroma_server.url, timeout=30, trust_env=False) as direct:
+        direct.post(collection_path(), json={"name": "secrets", "get_or_create": True}).raise_for_status()
+        candidates = direct.get(f"{collection_path()}/candidates").json()["id"]
     token: str = mint("store-test", sub=READER_SUB)["token"]
-    client_env(None)  # the token travels as the store's own key header, as CHROMA_API_KEY would
-    head = {"X-Chroma-Token": token}
-    query = {"query_texts": ["capital"], "n_results": 1, "include": ["documents", "embeddings", "distances"]}
-    mark = len(upstream.received)
-    got = httpx.post(f"{store}/candidates/query", json=query, headers=head)
-    assert got.status_code == 200, got.text
-    assert got.json()["ids"] == [["c1"]] and "embeddings" not in got.json()
-    assert "embeddings" not in got.json()["included"]
-    seen = _seen_since(upstream, mark)
-    assert [r.headers.get("x-chroma-token") for r in seen] == [real_keys["store-test"]]
-    assert token not in json.dumps(seen[0].headers)
-    add = httpx.post(f"{store}/candidates/add", json={"ids": ["x"], "documents": ["x"]}, headers=head)
-    assert (add.status_code, add.json()["code"]) == (403, "operation_not_allowed")
-    other = httpx.post(f"{store}/secrets/query", json=query, headers=head)
-    assert (other.status_code, other.json()["code"]) == (403, "collection_not_allowed")
-    assert len(_seen_since(upstream, mark)) == 1
-
-
+    # The token travels as the store's own key header, as CHROMA_API_KEY would; plain HTTP to the
+    # store through the gateway (HTTP_PROXY), as chromadb's client goes.
+    with httpx.Client(base_url=store_front.url, proxy=gateway.url, timeout=30, trust_env=False,
+                      headers={"X-Chroma-Token": token}) as c:
+        query = {"query_embeddings": [embedding(SEED[0][1])], "n_results": 1,
+                 "include": ["documents", "embeddings", "distances"]}
+        mark = len(store_front.sent)
+        got = c.post(f"{collection_path()}/{candidates}/query", json=query)
+        assert got.status_code == 200, got.text
+        assert got.json()["ids"] == [["c1"]] and got.json()["documents"] == [[SEED[0][1]]]
+        assert got.json().get("embeddings") is None  # not in the grant's fields
+        assert "embeddings" not in (got.json().get("include") or [])
+        sent = bytes(store_front.sent[mark:])
+        assert real_keys["store-test"].encode() in sent  # the real key reached the store
+        assert token.encode() not in sent and token.rsplit(".", 1)[1].encode() not in sent
+        mark = len(store_front.sent)
+        add = c.post(f"{collection_path()}/{candidates}/add",
+                     json={"ids": ["x"], "documents": ["x"], "embeddings": [[0.5] * 8]})
+        assert (add.status_code, add.json()["code"]) == (403, "operation_not_allowed")
+        other = c.get(f"{collection_path()}/secrets")
+        assert (other.status_code, other.json()["code"]) == (403, "collection_not_allowed")
+    assert bytes(store_front.sent[mark:]) == b""  # neither refusal reached the store
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

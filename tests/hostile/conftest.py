@@ -19,6 +19,7 @@ import pytest
 import trustme
 
 from jitgate.devstack.aws import Stack
+from jitgate.devstack.chroma import ChromaServer
 from jitgate.devstack.gateway import Gateway
 from jitgate.devstack.oidc_issuer import OidcIssuer
 from jitgate.devstack.policy import secret_id
@@ -28,6 +29,7 @@ from tests.e2e.conftest import (
     aws_stack,
     broker,
     broker_process,
+    chroma_server,
     mint,
     moto_server,
     oidc_issuer,
@@ -45,7 +47,8 @@ from tests.reliability.harness import (
 )
 
 __all__ = [
-    "aws_stack", "broker", "broker_process", "mint", "moto_server", "oidc_issuer", "policy_path", "test_policy",
+    "aws_stack", "broker", "broker_process", "chroma_server", "mint", "moto_server", "oidc_issuer", "policy_path",
+    "test_policy",
 ]
 
 
@@ -59,24 +62,31 @@ class Hostile:
     stack: Stack
     moto: str
     broker: str
+    # voyage-test's sample upstream, at `localhost` (the upstream CA's other name), and the real
+    # Chroma behind chroma-dev; None where a test's own gateway has neither.
+    voyage: Upstream | None = None
+    chroma: ChromaServer | None = None
 
 
 @pytest.fixture(scope="module")
 def hostile(
-    tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, broker: str, aws_stack: Stack, moto_server: str
+    tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, broker: str, aws_stack: Stack, moto_server: str,
+    chroma_server: ChromaServer,
 ) -> Iterator[Hostile]:
     work = tmp_path_factory.mktemp("hostile")
-    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
-    with Upstream(api_keys=keys) as up:
+    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "voyage-test")]
+    with Upstream(api_keys=keys) as up, Upstream(api_keys=keys, ca=up.ca, dialect="voyage") as voyage:
         gateway_id = "hostile-" + secrets.token_hex(3)
-        policy = write_policy(work, oidc_issuer.url, up)
+        policy = write_policy(work, oidc_issuer.url, up, upstreams={
+            "voyage-test": f"https://localhost:{voyage.port}", "chroma-dev": chroma_server.url,
+        })
         gw = full_gateway(
             work, policy=policy, upstream=up, broker=broker, stack=aws_stack, moto=moto_server, gateway_id=gateway_id,
             jitgate_max_inspect_bytes=str(1024 * 1024),
         )
         with gw:
             yield Hostile(gw, up, gw.client_bundle(work / "bundle.pem"), work / "spool", gateway_id, aws_stack,
-                          moto_server, broker)
+                          moto_server, broker, voyage, chroma_server)
             if gw.proc.poll() is not None:
                 pytest.fail("the gateway died:\n" + "\n".join(gw.log))
 
@@ -99,12 +109,12 @@ def connect(
 
 def tunnel(
     h: Hostile | Scripted, token: str | None, *, tls: bool = True, alpn: list[str] | None = None, timeout: float = 30,
-    target: str = "127.0.0.1", server_name: str | None = "",
+    target: str = "127.0.0.1", server_name: str | None = "", port: int | None = None,
 ) -> socket.socket:
-    """A CONNECT tunnel through the gateway to `target` at the upstream's port (with `token` as proxy
-    credentials, if any), and TLS inside it to the gateway's CA unless `tls` is False; the ClientHello
-    names `server_name` ("": the target; None: no name at all)."""
-    sock, head = connect(h, token, f"{target}:{h.upstream.port}", timeout=timeout)
+    """A CONNECT tunnel through the gateway to `target` at `port` (default: the upstream's; with
+    `token` as proxy credentials, if any), and TLS inside it to the gateway's CA unless `tls` is
+    False; the ClientHello names `server_name` ("": the target; None: no name at all)."""
+    sock, head = connect(h, token, f"{target}:{port or h.upstream.port}", timeout=timeout)
     assert b" 200 " in head.split(b"\r\n", 1)[0], head
     if not tls:
         return sock

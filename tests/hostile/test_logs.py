@@ -75,7 +75,6 @@ def start_cli_gateway(
         issuer,
         upstreams={
             "cohere-test": upstream.url,
-            "store-test": f"https://localhost:{upstream.port}",
             "jina-test": f"https://127.0.0.1:{_closed_port()}",  # upstream down
         },
     )
@@ -101,7 +100,7 @@ def logged(
     tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer, broker: str, aws_stack: Stack, moto_server: str
 ) -> Iterator[Logged]:
     work = tmp_path_factory.mktemp("logs")
-    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
+    keys = [aws_stack.secrets[secret_id("cohere-test")]]
     with Upstream(api_keys=keys) as up:
         gw = start_cli_gateway(
             work, issuer=oidc_issuer.url, upstream=up, broker=broker, stack=aws_stack, moto=moto_server,

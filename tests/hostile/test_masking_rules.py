@@ -7,14 +7,15 @@ unmasked in an answer. Keys are made at run time; none is a real credential.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
-from jitgate.devstack.policy import READER_SUB, secret_id
+from jitgate.devstack.chroma import collection_path, embedding
+from jitgate.devstack.policy import READER_SUB
 from tests.hostile.conftest import Hostile
 from tests.reliability.harness import client, raw_record_bytes
 
@@ -44,18 +45,24 @@ def test_a_key_id_with_digits_in_a_request_is_blocked(
 
 
 def test_a_key_id_with_digits_in_an_answer_is_masked(hostile: Hostile, mint: Callable[..., dict[str, Any]]) -> None:
+    """The real Chroma holds a document with the key (written there directly, as a loader would);
+    a reader's get through the gateway (chroma-dev, the token as the store's own key header) sees it masked."""
     key = _key_id("AKIA")
-    collection = "candidates"
-    real = hostile.stack.secrets[secret_id("store-test")]
-    seed = {"ids": ["k1"], "documents": [f"rotated key {key} last week"], "metadatas": [{"src": "wiki"}]}
-    added = hostile.upstream.handle(
-        "POST", f"/api/v1/collections/{collection}/add", {"x-chroma-token": real}, json.dumps(seed).encode()
-    )
-    assert added[0] == 201
-    token = mint("store-test", sub=READER_SUB)["token"]
-    url = f"https://localhost:{hostile.upstream.port}/api/v1/collections/{collection}/get"
-    with client(hostile.gateway, hostile.bundle, None) as c:  # the token as the store's own key header
-        resp = c.post(url, json={"ids": ["k1"]}, headers={"X-Chroma-Token": token})
+    assert hostile.chroma is not None
+    record = "k-" + secrets.token_hex(4)
+    with httpx.Client(base_url=hostile.chroma.url, timeout=30, trust_env=False) as direct:
+        col = direct.get(f"{collection_path()}/candidates").json()["id"]
+        seed = {"ids": [record], "documents": [f"rotated key {key} last week"], "metadatas": [{"source": "wiki"}],
+                "embeddings": [embedding(record)]}
+        direct.post(f"{collection_path()}/{col}/add", json=seed).raise_for_status()
+        try:
+            token = mint("chroma-dev", sub=READER_SUB)["token"]
+            with httpx.Client(proxy=hostile.gateway.url, timeout=30, trust_env=False) as c:
+                resp = c.post(f"{hostile.chroma.url}{collection_path()}/{col}/get", json={"ids": [record]},
+                              headers={"X-Chroma-Token": token})
+        finally:
+            direct.post(f"{collection_path()}/{col}/delete", json={"ids": [record]}).raise_for_status()
     assert resp.status_code == 200, resp.text
+    assert resp.json()["ids"] == [record]
     assert key not in resp.text
     assert "[REDACTED:aws_access_key_id" in resp.json()["documents"][0]

@@ -108,7 +108,7 @@ def test_a_header_that_overrides_method_url_or_host_is_refused(
     [
         ("POST /v2/rerank HTTP/1.1", ["evil-{mark}.example"], 403, "host_not_allowed"),
         ("POST /v2/rerank HTTP/1.1", ["evil-{mark}.example:{port}"], 403, "host_not_allowed"),
-        ("POST /v2/rerank HTTP/1.1", ["localhost:{port}"], 403, "host_not_allowed"),  # store-test's name
+        ("POST /v2/rerank HTTP/1.1", ["localhost:{port}"], 403, "host_not_allowed"),  # store-test's host
         ("POST /v2/rerank HTTP/1.1", ["127.0.0.1:1"], 403, "host_not_allowed"),
         ("POST /v2/rerank HTTP/1.1", ["127.1:{port}"], 403, "host_not_allowed"),
         ("POST /v2/rerank HTTP/1.1", ["2130706433:{port}"], 403, "host_not_allowed"),

@@ -18,8 +18,6 @@ import pytest
 
 from tests.hostile.conftest import Hostile, tunnel
 
-READER = "system:serviceaccount:ranking:reader"
-
 
 def _exchange(sock: socket.socket, host: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode()
@@ -58,12 +56,17 @@ def test_a_client_sni_naming_another_host_than_the_tunnel_is_refused(
 def test_the_upstream_sni_is_the_connections_upstream_host(
     hostile: Hostile, mint: Callable[..., dict[str, Any]], server_name: str | None
 ) -> None:
-    """store-test's upstream is https://localhost:<port>; the tunnel goes there, and whatever
-    spelling of that name the client sends (or none), the upstream handshake names `localhost`."""
-    up = hostile.upstream
+    """voyage-test's upstream is https://localhost:<port> (its own sample upstream); the tunnel goes
+    there, and whatever spelling of that name the client sends (or none), the upstream handshake
+    names `localhost`."""
+    up = hostile.voyage
+    assert up is not None
     names, received = len(up.server_names), len(up.received)
-    with tunnel(hostile, mint("store-test", sub=READER)["token"], target="localhost", server_name=server_name) as sock:
-        status, answer = _exchange(sock, f"localhost:{up.port}", "/api/v1/collections/candidates/get", {})
+    with tunnel(hostile, mint("voyage-test")["token"], target="localhost", server_name=server_name,
+                port=up.port) as sock:
+        status, answer = _exchange(sock, f"localhost:{up.port}", "/v1/rerank",
+                                   {"model": "rerank-2", "query": "q", "documents": ["a q", "b"]})
     assert status == 200, answer
+    assert answer["data"][0]["index"] == 0  # the Voyage answer, from voyage-test's own upstream
     assert list(up.server_names)[names:] == ["localhost"]
     assert len(up.received) == received + 1

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from cfnlint.decode import decode
@@ -28,6 +29,22 @@ def test_cfn_lint_passes() -> None:
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     proc = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _resources(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources the template names itself (not the ones an Fn::ForEach makes)."""
+    return [r for key, r in template["Resources"].items() if not key.startswith("Fn::ForEach::")]
+
+
+def _for_each(template: dict[str, Any], name: str, values: list[str]) -> dict[str, dict[str, Any]]:
+    """What AWS::LanguageExtensions makes of `Fn::ForEach::<name>` for `values` of its collection."""
+    variable, _collection, body = template["Resources"][f"Fn::ForEach::{name}"]
+    made: dict[str, dict[str, Any]] = {}
+    for value in values:
+        for logical_id, resource in body.items():
+            text = json.dumps(resource).replace(json.dumps({"Ref": variable}), json.dumps(value))
+            made[logical_id.replace(f"${{{variable}}}", value)] = json.loads(text.replace(f"${{{variable}}}", value))
+    return made
 
 
 def _statements(template: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,7 +107,7 @@ def test_client_address_reaches_the_gateway_through_a_guarded_nlb(template: dict
     task_in = res["TaskSecurityGroup"]["Properties"]["SecurityGroupIngress"][0]
     assert task_in["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"}
     egress = res["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
-    assert egress[0]["FromPort"] == 443 and egress[1]["Fn::If"][0] == "HasExtraUpstream"
+    assert egress[0]["FromPort"] == 443  # the upstreams' ports: test_egress_allows_every_upstream_port_of_the_policy
     # Ready for an HTTP /readyz check (issue 22) by one parameter.
     tg = res["TargetGroup"]["Properties"]
     assert tg["HealthCheckPath"]["Fn::If"][:2] == ["HasReadinessPort", "/readyz"]
@@ -202,7 +219,7 @@ def test_unshipped_segments_outlive_the_task_on_an_access_point_of_the_fleet(tem
 
 def test_nfs_flows_between_the_tasks_and_the_mount_targets_only(template: dict[str, Any]) -> None:
     res = template["Resources"]
-    [nfs_in] = [r["Properties"] for r in res.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    [nfs_in] = [r["Properties"] for r in _resources(template) if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
     assert nfs_in["GroupId"] == {"Ref": "DurableSpoolSecurityGroup"}
     assert (nfs_in["FromPort"], nfs_in["ToPort"], nfs_in["SourceSecurityGroupId"]) == (
         2049, 2049, {"Ref": "TaskSecurityGroup"},
@@ -212,7 +229,7 @@ def test_nfs_flows_between_the_tasks_and_the_mount_targets_only(template: dict[s
                  if isinstance(r, dict) and r.get("FromPort") == 2049]
     assert nfs_out["DestinationSecurityGroupId"] == {"Ref": "DurableSpoolSecurityGroup"} and "CidrIp" not in nfs_out
     # One mount target per zone the tasks run in, and the tasks only where one is.
-    targets = [r["Properties"] for r in res.values() if r["Type"] == "AWS::EFS::MountTarget"]
+    targets = [r["Properties"] for r in _resources(template) if r["Type"] == "AWS::EFS::MountTarget"]
     subnets = [t["SubnetId"] for t in targets]
     assert all(t["SecurityGroups"] == [{"Ref": "DurableSpoolSecurityGroup"}] for t in targets)
     service = res["Service"]
@@ -225,3 +242,45 @@ def test_the_image_has_the_durable_spool_for_its_user() -> None:
     text = (ROOT / "infra" / "gateway" / "Dockerfile").read_text()
     [install] = [line for line in text.splitlines() if "install -d -o jitgate -g jitgate" in line]
     assert "/var/lib/jitgate/durable" in install.split()
+
+
+def _policy_ports(path: Path) -> set[int]:
+    """The ports of the policy's upstream URLs, read here without jitgate's policy model."""
+    import yaml
+
+    defaults = {"https": 443, "http": 80}
+    urls = [urlsplit(c["upstream"]) for c in yaml.safe_load(path.read_text())["connections"].values()]
+    return {u.port or defaults[u.scheme] for u in urls}
+
+
+def test_egress_allows_every_upstream_port_of_the_policy_and_nothing_else(template: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from jitgate.commands.policy import app as policy_cli
+
+    example = ROOT / "infra" / "policy.example.yaml"
+    printed = CliRunner().invoke(policy_cli, ["ports", str(example)])
+    assert printed.exit_code == 0, printed.output
+    parameter = printed.output.strip().split(",")  # UpstreamPorts, as the deployment passes it
+    wanted = _policy_ports(example)
+    assert {443, 5432, 8000} <= wanted  # a vendor, the Postgres and the Chroma of the example
+    assert template["Transform"] == "AWS::LanguageExtensions"
+    assert template["Resources"]["Fn::ForEach::UpstreamEgress"][1] == {"Ref": "UpstreamPorts"}
+
+    made = _for_each(template, "UpstreamEgress", parameter)
+    rules = [r["Properties"] for r in made.values()]
+    group = {"Fn::GetAtt": ["TaskSecurityGroup", "GroupId"]}
+    assert all(r["GroupId"] == group and r["IpProtocol"] == "tcp" and r["CidrIp"] == {"Ref": "UpstreamCidr"}
+               for r in rules), rules
+    # No other egress of the tasks' group anywhere in the template.
+    assert [r for r in _resources(template) if r["Type"] == "AWS::EC2::SecurityGroupEgress"] == []
+    inline = template["Resources"]["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    to_cidrs = [r for r in inline if "CidrIp" in r]
+    assert [(r["FromPort"], r["ToPort"], r["CidrIp"]) for r in to_cidrs] == [(443, 443, "0.0.0.0/0")]
+    [to_group] = [r for r in inline if "CidrIp" not in r]
+    assert (to_group["FromPort"], to_group["DestinationSecurityGroupId"]) == (
+        2049, {"Ref": "DurableSpoolSecurityGroup"},
+    )
+    allowed = {int(r["FromPort"]) for r in rules if r["FromPort"] == r["ToPort"]} | {443}
+    assert allowed == wanted | {443}, (allowed, wanted)
+    assert len(rules) == len(wanted)  # one rule a port, none for a port no connection uses

@@ -41,10 +41,16 @@ DOCS = [
 QUERY = "What is the capital of the United States?"
 
 
-def write_policy(work: Path, issuer: str, upstream: Upstream, *, limits: Mapping[str, int] | None = None) -> Path:
-    doc = policy_dict(
-        issuer, upstreams={"cohere-test": upstream.url, "store-test": f"https://localhost:{upstream.port}"}
-    )
+def write_policy(
+    work: Path, issuer: str, upstream: Upstream, *, limits: Mapping[str, int] | None = None,
+    upstreams: Mapping[str, str] | None = None,
+) -> Path:
+    """The dev policy with cohere-test at `upstream` and store-test at its other name (`localhost`,
+    the same port: a second connection's host), and `upstreams` over that. On store-test only
+    refusals are tested, or answers a scripted upstream plays (framings no store sends): a store's
+    own answers come from the real Chroma, as chroma-dev in `upstreams`."""
+    upstreams = {"cohere-test": upstream.url, "store-test": f"https://localhost:{upstream.port}", **(upstreams or {})}
+    doc = policy_dict(issuer, upstreams=upstreams)
     if limits is not None:
         doc["grants"][0]["limits"] = dict(limits)  # type: ignore[index]
     path = work / "policy.yaml"

@@ -44,7 +44,7 @@ REFRESH = 0.5
 
 
 def _upstream_keys(stack: Stack) -> list[str]:
-    return [stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
+    return [stack.secrets[secret_id("cohere-test")]]
 
 
 def _settled_records(moto: str, stack: Stack, gateway_id: str, spool: Path, want: int) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ def test_sigterm_under_load_finishes_the_flows_in_flight_and_ships_every_record(
     tmp_path: Path, aws_stack: Stack, moto_server: str, broker: str, oidc_issuer: OidcIssuer,
     mint: Callable[..., dict[str, Any]],
 ) -> None:
-    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
+    keys = [aws_stack.secrets[secret_id("cohere-test")]]
     with Upstream(api_keys=keys) as up:
         up.delay = 0.5
         gateway_id = "rel-stop-" + secrets.token_hex(3)
@@ -88,7 +88,7 @@ def test_what_a_stop_cannot_ship_goes_to_the_durable_spool_and_another_gateway_s
     durable = tmp_path / "durable"
     for task in ("task-1", "task-2"):
         (tmp_path / task).mkdir()
-    keys = [aws_stack.secrets[secret_id(n)] for n in ("cohere-test", "store-test")]
+    keys = [aws_stack.secrets[secret_id("cohere-test")]]
     stopped_id, adopter_id = "rel-durable-" + secrets.token_hex(3), "rel-adopter-" + secrets.token_hex(3)
     with Upstream(api_keys=keys) as up, relay_to(moto_server) as s3_path:
         up.delay = 0.2
