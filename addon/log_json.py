@@ -23,6 +23,7 @@ from mitmproxy import ctx, exceptions, http
 from addon import meta
 from addon.mitmproxy_compat import IncompatibleMitmproxy
 from jitgate.logline import render
+from jitgate.records import Decision, decision_of
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ class FlowLog:
     def _log(self, flow: http.HTTPFlow) -> None:
         state = meta.state_of(flow)
         code = state.error
-        decision = str(state.decision) if state.decision is not None else ("blocked" if code else "allowed")
+        decision = decision_of(state.decision, code)
         failed = flow.error is not None
-        if (decision == "allowed" and code is None and not failed) or flow in self._logged:
+        if (decision is Decision.ALLOWED and code is None and not failed) or flow in self._logged:
             return
         self._logged.add(flow)
         fields = {
@@ -117,8 +118,8 @@ class FlowLog:
             "flow": flow.id,
             "client": _address(flow.client_conn.peername),
             "conn": state.connection_name,
-            "decision": decision,
+            "decision": decision.value,
             "code": code,
             "status": flow.response.status_code if flow.response is not None else None,
         }
-        logger.info("jitgate: flow %s %s", decision, code or ("failed" if failed else ""), extra=fields)
+        logger.info("jitgate: flow %s %s", decision.value, code or ("failed" if failed else ""), extra=fields)

@@ -5,17 +5,12 @@ the time from the end of the client's request to that hook is what the request h
 response hook, likewise, follows every other response hook. It counts each finished flow by
 bounded labels (policy connection and operation, decision, error code, status class) and its
 findings by type, and serves `/metrics`, `/healthz` and `/readyz` on `jitgate_metrics_port`.
-The other addons are read, never changed: the revocation list and JWKS of token_gate, the
-secrets credential_inject holds, the holds of approval_hold, the spool of session_recorder.
-Its hooks never raise: a metric that cannot be counted changes no flow.
+The other addons are read, never changed (addon/worker_health.py). Its hooks never raise.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import os
 import threading
 import time
 import weakref
@@ -24,13 +19,13 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from addon import meta, settings
+from addon import meta, settings, worker_health
 from jitgate import metrics
 from jitgate.records import DECISIONS, Decision
 
 logger = logging.getLogger(__name__)
 
-_WAITED = frozenset({Decision.HELD.value, Decision.APPROVED.value, Decision.DENIED.value})
+_WAITED = frozenset({Decision.HELD, Decision.APPROVED, Decision.DENIED})
 TICK_SECONDS = 1.0
 
 
@@ -101,39 +96,8 @@ class Metrics:
     # -- the worker's state -----------------------------------------------------------------
 
     def snapshot(self) -> metrics.Snapshot:
-        now_mono, now = time.monotonic(), time.time()
-        gate, revocations = self._gate, getattr(self._gate, "revocations", None)
-        refreshed = getattr(revocations, "refreshed_at", -math.inf)
-        staleness = getattr(revocations, "staleness", 0.0)
-        verifier = getattr(gate, "verifier", None)
-        keys_ok = bool(verifier.keys_loaded) if verifier is not None else False
-        keys_at = now_mono - verifier.keys_age() if verifier is not None and keys_ok else -math.inf
-        secrets = getattr(self._inject, "secrets", None)
-        secret_age = secrets.memo.oldest_age() if secrets is not None else 0.0
-        spool = getattr(self._recorder, "spool", None)
-        uploader = getattr(self._recorder, "uploader", None)
-        segments: list[float] = []
-        used = 0
-        writable = False
-        if spool is not None:
-            for path in spool.closed_segments():
-                with contextlib.suppress(OSError):  # shipped meanwhile
-                    segments.append(path.stat().st_mtime)
-            used = spool.used_bytes
-            writable = not spool.failing and os.access(spool.config.directory, os.W_OK)
-        return metrics.Snapshot(
-            revocation_age=metrics.age(now_mono, refreshed),
-            revocation_staleness=staleness,
-            jwks_loaded=keys_ok,
-            jwks_age=metrics.age(now_mono, keys_at),
-            secret_cache_age=max(0.0, secret_age),
-            spool_writable=writable,
-            spool_segments=len(segments),
-            spool_bytes=used,
-            spool_oldest_age=metrics.oldest_age(now, segments),
-            held=len(getattr(self._hold, "held", {}) or {}),
-            ship_failures=int(getattr(uploader, "put_failures", 0)),
-            policy_current=settings.POLICIES.trouble(self._policy) is None,
+        return worker_health.snapshot(
+            gate=self._gate, inject=self._inject, hold=self._hold, recorder=self._recorder, policy=self._policy
         )
 
     # -- flows ------------------------------------------------------------------------------
@@ -159,21 +123,20 @@ class Metrics:
 
     def _observe(self, flow: http.HTTPFlow) -> None:
         state = meta.state_of(flow)
-        decision = str(state.decision) if state.decision is not None else None
+        decision = state.decision
         answered = state.error is not None or (flow.response is not None and flow.server_conn.timestamp_start is None)
         metrics.REQUESTS.labels(
             connection=metrics.bounded(state.connection_name, self._connections),
             operation=metrics.bounded(state.operation, self._operations),
-            decision=metrics.bounded(decision or Decision.ALLOWED.value, DECISIONS),
+            decision=metrics.bounded((decision or Decision.ALLOWED).value, DECISIONS),
             code=metrics.bounded(state.error, self._codes),
             status=metrics.status_class(flow.response.status_code if flow.response is not None else None),
         ).inc()
         for finding in state.findings:
-            if isinstance(finding, dict):
-                metrics.FINDINGS.labels(type=metrics.finding_type(finding.get("type"))).inc()
+            metrics.FINDINGS.labels(type=metrics.finding_type(finding.type)).inc()
         self._observe_added(flow, decision, answered)
 
-    def _observe_added(self, flow: http.HTTPFlow, decision: object, answered: bool) -> None:
+    def _observe_added(self, flow: http.HTTPFlow, decision: Decision | None, answered: bool) -> None:
         now = time.time()
         req = flow.request
         done = self._request_done.get(flow)

@@ -17,73 +17,20 @@ body holding a finding that was not masked in place (blocked, held for review or
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from botocore.config import Config as BotoConfig
 from mitmproxy import ctx, http
-from mitmproxy import flow as mflow
 from mitmproxy.addonmanager import Loader
 
-from addon import body, meta, settings
+from addon import body, meta, record_shipping, settings
+from addon.flow_record import build_record
 from addon.respond import refuse
 from jitgate.errors import AuditUnavailable
-from jitgate.recording import Exchange, record_of
-from jitgate.records import SessionRecord
-from jitgate.spool import Spool, SpoolConfig, Uploader, append_record
+from jitgate.spool import Spool, Uploader, append_record
 
 logger = logging.getLogger(__name__)
-
-
-
-def _json(flow: http.HTTPFlow, side: body.Side) -> Any:
-    value = body.json_body(flow, side)  # parsed once per flow, shared with scope_guard / approval_hold
-    return None if value is body.NOT_JSON else value
-
-
-def exchange(flow: http.HTTPFlow) -> Exchange:
-    """What the record needs from the flow itself (jitgate/recording.py)."""
-    request, response = flow.request, flow.response
-    req_content = request.raw_content and request.get_content(strict=False)
-    resp_content = response.raw_content and response.get_content(strict=False) if response is not None else None
-    peer = flow.client_conn.peername
-    failure = None
-    if flow.error is not None:
-        failure = "flow_killed" if flow.error.msg == mflow.Error.KILLED_MESSAGE else "upstream_error"
-    return Exchange(
-        flow_id=flow.id,
-        method=request.method,
-        host=request.pretty_host,
-        path=request.path,
-        client=f"{peer[0]}:{peer[1]}" if peer else None,
-        started=request.timestamp_start,
-        ended=response.timestamp_end if response is not None else None,
-        request_bytes=len(request.raw_content or b""),
-        request_content=req_content or None,
-        request_json=_json(flow, "request") if req_content else None,
-        status=response.status_code if response is not None else None,
-        response_bytes=len(response.raw_content or b"") if response is not None else 0,
-        response_content=resp_content or None,
-        response_json=_json(flow, "response") if resp_content and response is not None else None,
-        failure=failure,
-    )
-
-
-def build_record(flow: http.HTTPFlow, *, gateway: str, body_cap: int, now: float) -> SessionRecord:
-    """The record of `flow` as it stands after the chain."""
-    return record_of(meta.state_of(flow), exchange(flow), gateway=gateway, body_cap=body_cap, now=now)
-
-
-def _check_durable(path: Path) -> None:
-    """The durable spool must take files now: a stop is too late to find out it does not."""
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".probe-{os.getpid()}"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
-    probe.unlink()
 
 
 class SessionRecorder:
@@ -112,16 +59,7 @@ class SessionRecorder:
             return
         opts = ctx.options
         s = settings.session_recorder(opts)
-        config = SpoolConfig(
-            directory=s.directory,
-            gateway=s.gateway,
-            max_segment_bytes=s.segment_bytes,
-            max_segment_age=s.segment_seconds,
-            fsync_interval=s.fsync_seconds,
-            max_bytes=s.spool_max_bytes,
-            # A record holds two capped bodies, the query and its lists: hold room for the worst case.
-            probe_bytes=4 * s.body_cap + 64 * 1024,
-        )
+        config = record_shipping.spool_config(s)
         self.gateway, self.body_cap, self.required = s.gateway, s.body_cap, s.audit_required
         self.ship_timeout = s.ship_timeout
         self.reserve_bytes = config.probe_bytes
@@ -133,45 +71,9 @@ class SessionRecorder:
             return  # only the body cap / audit switch changed: keep the running spool
         self._wiring = wiring
         self._stop()
-        spool = Spool(config, clock=self._clock)
-        try:
-            spool.start()
-        except OSError as exc:
-            raise settings.options_error(f"jitgate_spool_dir: cannot use {s.directory}: {exc.strerror}") from None
-        if s.durable is not None:
-            try:
-                _check_durable(s.durable)
-            except OSError as exc:
-                spool.release()
-                raise settings.options_error(
-                    f"jitgate_durable_spool: cannot use {s.durable}: {exc.strerror}"
-                ) from None
-        self.spool = spool
-        self.uploader = Uploader(
-            spool,
-            self._put_fn(opts, s.bucket),
-            prefix=s.prefix,
-            backoff_base=min(0.5, s.backoff_max_seconds),
-            backoff_max=s.backoff_max_seconds,
-            durable=s.durable,
-        )
-        self.uploader.start()  # ships leftovers of a previous run first, then what the durable spool holds
-
-    def _put_fn(self, opts: Any, bucket: str) -> Any:
-        if not bucket:
-            logger.warning("jitgate_bucket is empty: session records stay in the spool")
-            return None
-        # Short timeouts and few SDK retries: the uploader has its own backoff, and a black-holed
-        # endpoint must not pin the thread (or the shutdown) for minutes.
-        s3 = self._s3 or self._aws.client(
-            "s3", opts,
-            config=BotoConfig(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}),
-        )
-
-        def put(key: str, body: bytes) -> None:
-            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
-
-        return put
+        self.spool = record_shipping.start_spool(config, s, self._clock)
+        put = record_shipping.put_fn(self._aws, self._s3, opts, s.bucket)
+        self.uploader = record_shipping.start_uploader(self.spool, s, put)
 
     def _stop(self, **budget: float) -> None:
         if self.uploader is not None:

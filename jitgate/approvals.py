@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from jitgate.errors import AlreadyVoted, ApprovalClosed, ApprovalExpired, BadRequest, NotAnApprover, SelfApproval
 from jitgate.policy import ApprovalRules, Approvers, Connection, Identity, Policy
+from jitgate.records import Finding
 from jitgate.state import APPROVAL_PK, HOLD_PK
 
 State = Literal["pending", "approved", "denied", "expired"]
@@ -256,7 +257,7 @@ class RequestFacts:
     operation: str | None
     documents: int | None
     size: int  # body bytes once decoded (Content-Encoding), as the upstream will read them
-    findings: Sequence[Mapping[str, Any]] = ()
+    findings: Sequence[Finding] = ()
 
 
 def risk_reasons(rules: ApprovalRules, facts: RequestFacts) -> tuple[str, ...]:
@@ -268,7 +269,7 @@ def risk_reasons(rules: ApprovalRules, facts: RequestFacts) -> tuple[str, ...]:
         reasons.append(f"documents:{facts.documents}>{rules.max_documents}")
     if rules.max_bytes is not None and facts.size > rules.max_bytes:
         reasons.append(f"bytes:{facts.size}>{rules.max_bytes}")
-    review = sorted({str(f.get("type")) for f in facts.findings if f.get("action") == "review"})
+    review = sorted({f.type for f in facts.findings if f.action == "review"})
     reasons.extend(f"finding:{t}" for t in review)
     return tuple(reasons)
 
@@ -306,7 +307,7 @@ def hold_summary(
         "bytes": facts.size,
         "documents": facts.documents,
         "findings": [
-            {"type": str(f.get("type")), "where": str(f.get("where")), "action": str(f.get("action"))}
+            {"type": f.type, "where": f.location, "action": f.action}
             for f in facts.findings
         ],
         "reasons": list(reasons),

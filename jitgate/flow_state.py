@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jitgate.policy import Connection, Policy
-from jitgate.records import Decision
+from jitgate.records import Decision, Finding
 from jitgate.token import Claims
 
 Side = Literal["request", "response"]
@@ -29,7 +29,7 @@ CONNECTION = "jitgate.connection"  # str: the connection's name
 OPERATION = "jitgate.operation"  # str: the named operation scope_guard matched
 COLLECTION = "jitgate.collection"  # str: the store collection (its name, never an id)
 STORE_DATABASE = "jitgate.store_database"  # [tenant, database] of a Chroma call (str | None each)
-FINDINGS = "jitgate.findings"  # list[dict]: {type, where, action, tag, ...} from the inspection
+FINDINGS = "jitgate.findings"  # list[dict]: each records.Finding.plain() ({type, where, action, tag, ...})
 DECISION = "jitgate.decision"  # str: a records.Decision
 ERROR = "jitgate.error"  # str: the stable error code when the gateway answered the flow itself
 INJECTED = "jitgate.injected"  # True once the upstream credential was set on the request
@@ -49,7 +49,7 @@ class FlowState:
     collection: str | None = None  # scope_guard
     tenant: str | None = None  # scope_guard: a Chroma call's tenant
     database: str | None = None  # scope_guard: a Chroma call's database
-    findings: list[dict[str, Any]] = field(default_factory=list)  # leak_guard: one record per finding
+    findings: list[Finding] = field(default_factory=list)  # leak_guard: what the inspection found
     decision: Decision | None = None  # the last check that decided (blocked, masked, held, ...)
     error: str | None = None  # the stable code of the gateway's own answer (respond.refuse)
     inspected: list[Side] = field(default_factory=list)  # leak_guard: sides masked as they stand
@@ -92,7 +92,7 @@ class FlowState:
             OPERATION: self.operation,
             COLLECTION: self.collection,
             STORE_DATABASE: [self.tenant, self.database] if self.tenant or self.database else None,
-            FINDINGS: [dict(f) for f in self.findings] or None,
+            FINDINGS: [f.plain() for f in self.findings] or None,
             DECISION: str(self.decision) if self.decision is not None else None,
             ERROR: self.error,
             INJECTED: self.injected or None,
@@ -122,7 +122,8 @@ class FlowState:
             state.tenant, state.database = _str(store_db[0]), _str(store_db[1])
         findings = data.get(FINDINGS)
         if isinstance(findings, list):
-            state.findings = [dict(f) for f in findings if isinstance(f, dict)]
+            read = (Finding.from_plain(f) for f in findings if isinstance(f, dict))
+            state.findings = [f for f in read if f is not None]
         decision = data.get(DECISION)
         if decision in {d.value for d in Decision}:
             state.decision = Decision(decision)

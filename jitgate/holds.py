@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from jitgate.approval_store import ApprovalStore
@@ -30,7 +30,7 @@ from jitgate.errors import (
     TokenRevoked,
 )
 from jitgate.policy import Connection, Policy
-from jitgate.records import Decision
+from jitgate.records import Decision, Finding
 from jitgate.scope import document_count
 from jitgate.token import Claims
 
@@ -45,7 +45,7 @@ def request_facts(
     conn: Connection,
     operation: str | None,
     body: Callable[[], Any],
-    findings: Sequence[Mapping[str, Any]],
+    findings: Sequence[Finding],
 ) -> RequestFacts:
     """The facts the approval rules judge; raises ValueError for a body that does not decode.
 
@@ -65,7 +65,7 @@ def request_facts(
         operation=operation,
         documents=documents,
         size=size,
-        findings=tuple(f for f in findings if isinstance(f, dict)),
+        findings=tuple(findings),
     )
 
 

@@ -26,9 +26,10 @@ from jitgate.errors import (
     UpstreamResponseTooLarge,
 )
 from jitgate.inspect import Scanner, actions, jsonpath
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.inspect.scanner import ScanResult
 from jitgate.policy import Connection, MaskProfile, Policy
+from jitgate.records import Finding
 from jitgate.token import Claims
 
 Unreadable = Literal["undecodable", "too_large"]
@@ -47,7 +48,6 @@ _IMF_FIXDATE = re.compile(
     rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-3][0-9] (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
     rb"[0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-6][0-9] GMT"
 )
-_PUBLIC = ("type", "where", "path", "offset", "length", "tag")
 
 
 def profile_for(policy: Policy | None, claims: Claims | None, conn: Connection | None, host: str) -> MaskProfile:
@@ -64,20 +64,27 @@ def profile_for(policy: Policy | None, claims: Claims | None, conn: Connection |
 
 
 def finding_records(
-    plan: actions.Plan, where: str, findings: Sequence[Finding], json_body: bytes | None = None
-) -> list[dict[str, Any]]:
-    """The records of `findings` at `where`, each with its action (and JSON path in a JSON body)."""
+    plan: actions.Plan, where: str, hits: Sequence[Hit], json_body: bytes | None = None
+) -> list[Finding]:
+    """The findings of a scan's `hits` at `where`, each with its action (and JSON path in a JSON body)."""
     paths = (
-        jsonpath.locate(json_body, [f.start for f in findings], hidden=[(f.start, f.end) for f in findings])
-        if json_body and findings
+        jsonpath.locate(json_body, [f.start for f in hits], hidden=[(f.start, f.end) for f in hits])
+        if json_body and hits
         else {}
     )
-    return [f.record(where, actions.action_for(plan, f), paths.get(f.start)) for f in findings]
+    # Built from the scanner's own values, so not validated again (a busy body has thousands).
+    return [
+        Finding.model_construct(
+            type=f.type, kind=f.kind, location=where, action=actions.action_for(plan, f), tag=f.tag,
+            path=paths.get(f.start) or None, offset=f.start, length=f.end - f.start, encoding=f.encoding,
+        )
+        for f in hits
+    ]
 
 
-def public(record: dict[str, Any]) -> dict[str, Any]:
+def public(finding: Finding) -> dict[str, Any]:
     """What a 403 tells the caller about a finding: type and place (never the value)."""
-    return {k: record[k] for k in _PUBLIC if k in record}
+    return finding.public()
 
 
 def scan(
@@ -112,8 +119,8 @@ class HeaderScan:
     """What the header fields held: the findings, their records, and the edits in field order
     (name, masked value; or None: the header goes, its name held a finding)."""
 
-    findings: list[Finding] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[Hit] = field(default_factory=list)
+    records: list[Finding] = field(default_factory=list)
     edits: list[tuple[str, str | None]] = field(default_factory=list)
 
 
@@ -157,7 +164,7 @@ def masked_text(result: ScanResult, text: str) -> str:
 
 
 def request_verdict(
-    plan: actions.Plan, found: Sequence[Finding], *, target_unmaskable: bool, review_held: bool
+    plan: actions.Plan, found: Sequence[Hit], *, target_unmaskable: bool, review_held: bool
 ) -> Verdict:
     """What becomes of a request with `found`: blocked, forwarded masked, or as it is.
 

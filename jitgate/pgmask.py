@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jitgate.inspect import Scanner, actions
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.pgsql import allowed_columns
 from jitgate.pgwire import WireError, cstring
 
@@ -143,7 +143,7 @@ def mask_row(
     *,
     forced: frozenset[int] = frozenset(),
     tag: Callable[[bytes], str] | None = None,
-) -> tuple[bytes, list[tuple[str, Finding]]]:
+) -> tuple[bytes, list[tuple[str, Hit]]]:
     """A DataRow ('D') body with its text-like values masked, and the findings by column name.
 
     The values at `forced` (result column indexes, see `forced_columns`) are masked whatever they
@@ -152,7 +152,7 @@ def mask_row(
     values = _values(body)
     if len(values) != len(columns):
         raise WireError("data row does not match its row description")
-    found: list[tuple[str, Finding]] = []
+    found: list[tuple[str, Hit]] = []
     changed = False
     for k in sorted(forced):
         value = values[k]
@@ -162,7 +162,7 @@ def mask_row(
             raise ValueError("forced columns need a tag function")
         mark = tag(value)
         values[k] = _forced_value(columns[k], value, mark)
-        found.append((columns[k].name, Finding(FORCED, "pii", 0, len(value), mark)))
+        found.append((columns[k].name, Hit(FORCED, "pii", 0, len(value), mark)))
         changed = True
     scan = [
         (k, v) for k, (c, v) in enumerate(zip(columns, values, strict=True)) if c.scanned and v and k not in forced

@@ -15,7 +15,7 @@ from typing import Any
 
 from jitgate import digest
 from jitgate.flow_state import FlowState
-from jitgate.records import Decision, Finding, SessionRecord, VectorDigest, escape_text, iso_ts, record_id
+from jitgate.records import Finding, SessionRecord, VectorDigest, decision_of, escape_text, iso_ts, record_id
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,12 @@ def _part(where: str) -> str:
     return "unknown"  # an unfamiliar format counts against every part: withhold more, never less
 
 
-def _withheld(findings: list[dict[str, Any]], part: str) -> bool:
+def _withheld(findings: list[Finding], part: str) -> bool:
     """A part with a finding that was not masked in place still holds the matched text."""
-    return any(f.get("action") != "mask" and _part(str(f.get("where", ""))) in (part, "unknown") for f in findings)
+    return any(f.action != "mask" and _part(f.location) in (part, "unknown") for f in findings)
 
 
-def _body_withheld(findings: list[dict[str, Any]], side: str) -> bool:
+def _body_withheld(findings: list[Finding], side: str) -> bool:
     return _withheld(findings, side)
 
 
@@ -64,7 +64,7 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _path_withheld(findings: list[dict[str, Any]]) -> bool:
+def _path_withheld(findings: list[Finding]) -> bool:
     return _withheld(findings, "url")
 
 
@@ -77,16 +77,7 @@ def record_of(state: FlowState, ex: Exchange, *, gateway: str, body_cap: int, no
     """The record of one exchange as it stands after every check."""
     claims = state.claims
     raw_findings = state.findings
-    findings = tuple(
-        Finding(
-            type=str(f.get("type", "")),
-            kind=_opt_str(f.get("kind")),
-            location=str(f.get("where", "")),
-            action=str(f.get("action", "")),
-            tag=_opt_str(f.get("tag")),
-        )
-        for f in raw_findings
-    )
+    findings = tuple(raw_findings)
     operation = state.operation
     req_content, resp_content = ex.request_content, ex.response_content
     answered = ex.status is not None
@@ -127,7 +118,7 @@ def record_of(state: FlowState, ex: Exchange, *, gateway: str, body_cap: int, no
     error = state.error
     if ex.failure is not None and error is None:  # with a response too: it failed after the headers
         error = ex.failure
-    decision = state.decision or (Decision.BLOCKED if error else Decision.ALLOWED)
+    decision = decision_of(state.decision, error)
     # Built from values typed here, so not validated again (`model_construct`): validating the
     # document hashes and ranking entries cost ~20 us a record. Text from the wire is escaped
     # here as the model's validator would (`escape_text`); tests/addon/test_record_fast_path.py checks

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TypedDict, overload
+from typing import Any, TypedDict, overload
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Decision(StrEnum):
@@ -29,6 +30,14 @@ class Decision(StrEnum):
 
 
 DECISIONS = tuple(d.value for d in Decision)
+
+
+def decision_of(decided: Decision | None, error: str | None) -> Decision:
+    """The decision a flow ends with: the one a check set, else `blocked` when it ended with an
+    error code (the gateway refused it, or it failed), else `allowed`."""
+    if decided is not None:
+        return decided
+    return Decision.BLOCKED if error else Decision.ALLOWED
 
 # (name, Glue/Hive type), in record order. Nested struct field names avoid SQL keywords.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -89,10 +98,14 @@ class _Frozen(BaseModel):
 
 
 class Finding(_Frozen):
-    """What leak_guard found, never the value: detector type, kind, where, what it did, keyed tag.
+    """One finding of the inspection, never the value: the one type for it on every path.
 
-    The tag is a short HMAC of the value under the gateway's key: the same secret correlates
-    across records without being revealed.
+    leak_guard and the Postgres listener make it, the flow state keeps it (`plain` in flow files),
+    a 403 lists its `public` part, the approval rules judge its `action`, the metrics count its
+    `type`, and the record writes its columns: detector type, kind, location, action and keyed tag
+    (a short HMAC of the value under the gateway's key: the same secret correlates across records
+    without being revealed). Where it sat in the scanned text (`path` in a JSON body, `offset`,
+    `length`, `encoding`) is kept for the answer and the flow file, never written to the record.
     """
 
     type: str
@@ -100,6 +113,35 @@ class Finding(_Frozen):
     location: str
     action: str
     tag: str | None = None
+    path: str | None = Field(default=None, exclude=True)
+    offset: int | None = Field(default=None, exclude=True)
+    length: int | None = Field(default=None, exclude=True)
+    encoding: str | None = Field(default=None, exclude=True)
+
+    def public(self) -> dict[str, Any]:
+        """What a 403 tells the caller: type and place (never the value)."""
+        values = {"type": self.type, "where": self.location, "path": self.path, "offset": self.offset,
+                  "length": self.length, "tag": self.tag}
+        return {k: v for k, v in values.items() if v is not None or k in ("type", "where")}
+
+    def plain(self) -> dict[str, Any]:
+        """The JSON form a flow file keeps (`where` for the location, as leak_guard's answers say)."""
+        values = {"path": self.path, "type": self.type, "kind": self.kind, "where": self.location,
+                  "offset": self.offset, "length": self.length, "encoding": self.encoding, "action": self.action,
+                  "tag": self.tag}
+        return {k: v for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> Finding | None:
+        """The finding of a `plain` form read back; None when it is none."""
+        try:
+            return cls(
+                type=data["type"], kind=data.get("kind"), location=data["where"], action=data["action"],
+                tag=data.get("tag"), path=data.get("path"), offset=data.get("offset"), length=data.get("length"),
+                encoding=data.get("encoding"),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 class ColumnFinding(_Frozen):

@@ -6,9 +6,9 @@ chunk, `actions` maps findings to block / mask / allow per masking profile and d
 
 from __future__ import annotations
 
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.inspect.rules import PII_TYPES, SECRET_TYPES
 from jitgate.inspect.scanner import Scanner, ScanResult
 from jitgate.inspect.stream import StreamMasker
 
-__all__ = ["PII_TYPES", "SECRET_TYPES", "Finding", "ScanResult", "Scanner", "StreamMasker"]
+__all__ = ["PII_TYPES", "SECRET_TYPES", "Hit", "ScanResult", "Scanner", "StreamMasker"]

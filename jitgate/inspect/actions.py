@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.policy import MaskProfile
 
 Direction = Literal["request", "response"]
@@ -43,11 +43,11 @@ def plan(profile: MaskProfile, direction: Direction) -> Plan:
     return Plan(frozenset(profile.pii_types), secrets, pii)
 
 
-def action_for(p: Plan, finding: Finding) -> Action:
+def action_for(p: Plan, finding: Hit) -> Action:
     return p.secrets if finding.kind == "secret" else p.pii
 
 
-def decide(p: Plan, findings: Sequence[Finding]) -> Action:
+def decide(p: Plan, findings: Sequence[Hit]) -> Action:
     """block if any finding blocks, else review if any needs review, else mask if any is masked, else allow."""
     actions = {action_for(p, f) for f in findings}
     for action in ("block", "review", "mask"):

@@ -24,7 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 from jitgate.inspect import masking, validators
 from jitgate.inspect.engine import Engine, RunProbe, make_engine
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.inspect.rules import B64_PREFIXES, DECODER_RULES, MIN_BLOB, PII_RULES, SECRET_RULES, Rule
 
 INJECTED = "injected_credential"
@@ -63,11 +63,11 @@ class Edit(NamedTuple):
 
 @dataclass
 class ScanResult:
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Hit] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
 
     @property
-    def secrets(self) -> list[Finding]:
+    def secrets(self) -> list[Hit]:
         return [f for f in self.findings if f.kind == "secret"]
 
     def masked(self, buf: bytes) -> bytes:
@@ -96,7 +96,7 @@ class _Candidate(NamedTuple):
 
 # Tuples built without the Python-level `__new__` of a NamedTuple (busy bodies make thousands).
 _candidate: Callable[[tuple[object, ...]], _Candidate] = partial(tuple.__new__, _Candidate)
-_finding: Callable[[tuple[object, ...]], Finding] = partial(tuple.__new__, Finding)
+_finding: Callable[[tuple[object, ...]], Hit] = partial(tuple.__new__, Hit)
 _START = attrgetter("start")
 
 
@@ -172,11 +172,11 @@ class Scanner:
                 pos = buf.find(lit, pos + len(lit))
         return out
 
-    def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Finding]:
+    def _resolve(self, buf: bytes, candidates: list[_Candidate], encoding: str) -> list[Hit]:
         """Non-overlapping findings: secrets before PII, provider formats before generic rules."""
         tag = self._tag
         candidates.sort(key=_START)
-        found: list[Finding] = []
+        found: list[Hit] = []
         add = found.append
         n = len(candidates)
         i = 0
@@ -255,7 +255,7 @@ class Scanner:
     def _decoded(
         self, buf: bytes, result: ScanResult, pii: Collection[str], literals: Sequence[bytes], json_strings: bool
     ) -> None:
-        regions: list[tuple[int, int, list[Finding], bytes]] = []
+        regions: list[tuple[int, int, list[Hit], bytes]] = []
         starts: tuple[list[int], list[int], list[int]] = ([], [], [])
         if self._b64_probe is None or self._b64_probe(buf):
             for rule_id, m in self._decoder_engine.matches(buf):
@@ -270,7 +270,7 @@ class Scanner:
         if not regions:
             return
         taken = _Intervals()
-        found: list[Finding] = []
+        found: list[Hit] = []
         edits: list[Edit] = []
         for start, end, inner, replacement in sorted(regions, key=lambda r: (r[0], r[0] - r[1])):
             if not taken.overlaps(start, end):
@@ -284,8 +284,8 @@ class Scanner:
 
     def _json_escaped(
         self, buf: bytes, escapes: list[int], pii: Collection[str], literals: Sequence[bytes]
-    ) -> list[tuple[int, int, list[Finding], bytes]]:
-        out: list[tuple[int, int, list[Finding], bytes]] = []
+    ) -> list[tuple[int, int, list[Hit], bytes]]:
+        out: list[tuple[int, int, list[Hit], bytes]] = []
         done_until = -1
         for pos in escapes:
             if pos < done_until or _escaped(buf, pos):
@@ -313,14 +313,14 @@ class Scanner:
             if inner.findings:
                 masked = inner.masked(decoded).decode("utf-8", "surrogatepass")
                 # The whole string is replaced: each finding's place is the string's.
-                found = [Finding(f.type, f.kind, start, end, f.tag, "json-escape") for f in inner.findings]
+                found = [Hit(f.type, f.kind, start, end, f.tag, "json-escape") for f in inner.findings]
                 out.append((start, end, found, json.dumps(masked, ensure_ascii=False).encode("utf-8", "surrogatepass")))
         return out
 
     def _blobs(
         self, buf: bytes, starts: list[int], pii: Collection[str], literals: Sequence[bytes]
-    ) -> list[tuple[int, int, list[Finding], bytes]]:
-        out: list[tuple[int, int, list[Finding], bytes]] = []
+    ) -> list[tuple[int, int, list[Hit], bytes]]:
+        out: list[tuple[int, int, list[Hit], bytes]] = []
         for start in dict.fromkeys(starts):  # a run that is long and prefixed is reported twice
             # The head first: most long runs are images, and an image's head is no text (a run
             # shorter than the head is matched whole, `=` padding included, as below).
@@ -343,8 +343,8 @@ class Scanner:
 
     def _urlencoded(
         self, buf: bytes, escapes: list[int], pii: Collection[str], literals: Sequence[bytes]
-    ) -> list[tuple[int, int, list[Finding], bytes]]:
-        out: list[tuple[int, int, list[Finding], bytes]] = []
+    ) -> list[tuple[int, int, list[Hit], bytes]]:
+        out: list[tuple[int, int, list[Hit], bytes]] = []
         done_until = -1
         for pos in escapes:
             if pos < done_until:
@@ -364,12 +364,12 @@ class Scanner:
 
     def _whole(
         self, start: int, end: int, decoded: bytes, encoding: str, pii: Collection[str], literals: Sequence[bytes]
-    ) -> list[tuple[int, int, list[Finding], bytes]]:
+    ) -> list[tuple[int, int, list[Hit], bytes]]:
         inner = self.scan(decoded, pii=pii, literals=literals, decode=False)
         if not inner.findings:
             return []
         first = min(inner.findings, key=lambda f: (f.kind != "secret", f.start))
-        found = [Finding(f.type, f.kind, start, end, f.tag, encoding) for f in inner.findings]
+        found = [Hit(f.type, f.kind, start, end, f.tag, encoding) for f in inner.findings]
         return [(start, end, found, masking.marker(first))]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.inspect.rules import RULES
 from jitgate.inspect.scanner import Edit, Scanner, open_string_start
 
@@ -56,7 +56,7 @@ class StreamMasker:
         self._carry = b""
         self._left = b""
         self._offset = 0  # stream offset of the first held-back byte
-        self.findings: list[Finding] = []
+        self.findings: list[Hit] = []
         self.total = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -103,5 +103,5 @@ class StreamMasker:
         return b"".join(parts)
 
 
-def _shift[T: (Edit, Finding)](item: T, by: int) -> T:
+def _shift[T: (Edit, Hit)](item: T, by: int) -> T:
     return item._replace(start=item.start + by, end=item.end + by, anchor=item.anchor + by)

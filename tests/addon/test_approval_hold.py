@@ -14,11 +14,13 @@ from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
 from addon import meta
-from addon.approval_hold import ApprovalHold, request_facts
+from addon.approval_hold import ApprovalHold
+from addon.hold_flows import request_facts
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import decide, risk_reasons, state_at
 from jitgate.errors import ApprovalExpired, SelfApproval
 from jitgate.policy import Identity, parse_policy
+from jitgate.records import Finding
 from jitgate.state import HOLD_PK, REVOCATION_PK
 from jitgate.token import Claims, new_jti
 from tests.addon.jit_fixtures import TABLE, anyio_backend_fixture, aws_fixture  # noqa: F401 (fixtures)
@@ -200,7 +202,7 @@ async def test_findings_with_review_action_are_held(aws: dict[str, Any], policy_
     with taddons.context(addon) as tctx:
         _hold(aws, tctx, policy_file, addon=addon)
         f = _flow("rerank", "rerank", "/v2/rerank", {"query": "q", "documents": ["a"]},
-                  findings=[{"type": "email", "where": "request.body", "action": action, "tag": "[EMAIL_1]"}])
+                  findings=[Finding(type="email", location="request.body", action=action, tag="[EMAIL_1]")])
         await addon.request(f)
         assert f.intercepted is (action == "review")
         addon.done()
@@ -523,7 +525,7 @@ async def test_review_findings_from_leak_guard_are_held_or_blocked_without_a_hol
         leak.request(f)
         if with_hold:
             assert f.response is None
-            assert [x["action"] for x in meta.state_of(f).findings] == ["review"]
+            assert [x.action for x in meta.state_of(f).findings] == ["review"]
             assert email.encode() not in f.request.content  # masked either way
             await hold.request(f)
             assert f.intercepted

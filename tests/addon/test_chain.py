@@ -23,6 +23,19 @@ ADDON_MODULES = sorted(
 )
 
 
+# Every other module of addon/ is a helper: glue the addons call (meta, respond, body, settings,
+# failsafe, compat, and the parts moved out of the addons: flow_scan, store_scope, hold_flows, ...).
+HELPER_MODULES = sorted(
+    {p.stem for p in ADDON_DIR.glob("*.py")} - set(ADDON_MODULES) - {"jitgate_addons", "__init__"}
+)
+# mitmproxy's own addons are 50-150 lines (blocklist.py, proxyauth.py): so is each addon of the chain.
+MAX_LINES = 150
+# Chain addons still over the size, each with why it is not split yet.
+NOT_YET_SPLIT = {
+    "pg_listener": "the Postgres listener; the branches of issues 21 and 24 change it now, so it is split after them",
+}
+
+
 def _imports(module: str) -> set[str]:
     tree = ast.parse((ADDON_DIR / f"{module}.py").read_text())
     names: set[str] = set()
@@ -42,11 +55,33 @@ def test_no_addon_imports_another(module: str) -> None:
     assert not (_imports(module) & set(ADDON_MODULES)) - {module}
 
 
+@pytest.mark.parametrize("module", HELPER_MODULES)
+def test_no_helper_imports_a_chain_addon(module: str) -> None:
+    """An addon never reaches another through a helper either."""
+    assert not _imports(module) & set(ADDON_MODULES)
+
+
 @pytest.mark.parametrize("module", ADDON_MODULES)
+def test_a_chain_addon_is_the_size_of_mitmproxys_own(module: str) -> None:
+    lines = len((ADDON_DIR / f"{module}.py").read_text().splitlines())
+    if module in NOT_YET_SPLIT:
+        assert lines > MAX_LINES, f"{module} is split now: take it out of NOT_YET_SPLIT"
+    else:
+        assert lines <= MAX_LINES, f"{module} has {lines} lines: move code into helper modules"
+
+
+def test_the_helpers_and_the_exemptions_are_what_they_say() -> None:
+    assert set(NOT_YET_SPLIT) <= set(ADDON_MODULES)
+    assert {"flow_scan", "store_scope", "hold_flows", "flow_record", "meta", "settings"} <= set(HELPER_MODULES)
+    assert {"leak_guard", "scope_guard", "approval_hold", "session_recorder"} <= set(ADDON_MODULES)
+
+
+@pytest.mark.parametrize("module", ADDON_MODULES + HELPER_MODULES)
 def test_no_addon_looks_up_the_chain_or_the_metadata(module: str) -> None:
     source = (ADDON_DIR / f"{module}.py").read_text()
-    assert "ctx.master.addons" not in source and "master.addons.get" not in source
-    if module != "flow_metadata":  # the one writer of the plain form
+    if module != "mitmproxy_compat":  # it finds mitmproxy's own proxyserver: the one room for its internals
+        assert "ctx.master.addons" not in source and "master.addons.get" not in source
+    if module not in ("flow_metadata", "meta"):  # the one writer of the plain form, and its one reader
         assert ".metadata[" not in source and ".metadata.get(" not in source and ".metadata.pop(" not in source
 
 

@@ -15,7 +15,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from addon import leak_guard, meta
+from addon import meta, response_masking
 from addon.leak_guard import LeakGuard
 from jitgate.inspect import Scanner
 from jitgate.token import Claims, new_jti
@@ -88,9 +88,9 @@ def test_secret_in_request_blocks_without_echoing_it(guard: LeakGuard) -> None:
     assert [(x["type"], x["where"], x["path"]) for x in answer["findings"]] == [
         ("github_pat", "request.body", "$.documents[1]")
     ]
-    assert tok not in (f.response.text or "") and tok not in json.dumps(meta.state_of(f).findings)
+    assert tok not in (f.response.text or "") and tok not in json.dumps([x.plain() for x in meta.state_of(f).findings])
     assert meta.state_of(f).error == "leak_blocked"
-    assert meta.state_of(f).findings[0]["action"] == "block"
+    assert meta.state_of(f).findings[0].action == "block"
 
 
 def test_pii_in_request_is_masked_and_forwarded(guard: LeakGuard) -> None:
@@ -100,7 +100,7 @@ def test_pii_in_request_is_masked_and_forwarded(guard: LeakGuard) -> None:
     sent = json.loads(f.request.content or b"")
     assert sent["documents"][0].startswith("write to [REDACTED:email:") and sent["documents"][1] == "plain"
     assert meta.state_of(f).decision == "masked"
-    assert meta.state_of(f).findings[0]["action"] == "mask"
+    assert meta.state_of(f).findings[0].action == "mask"
 
 
 def test_strict_profile_blocks_pii(guard: LeakGuard) -> None:
@@ -141,11 +141,11 @@ def test_secret_in_header_or_query_blocks_but_credential_headers_are_left_alone(
     tok = _token(1)
     f = _flow(_rerank("a"), headers={"X-Debug": f"token {tok}"})
     guard.request(f)
-    assert f.response is not None and meta.state_of(f).findings[0]["where"] == "request.header:x-debug"
+    assert f.response is not None and meta.state_of(f).findings[0].location == "request.header:x-debug"
     f = _flow(_rerank("a"))
     f.request.path = f"/v2/rerank?api_key={tok}"
     guard.request(f)
-    assert f.response is not None and meta.state_of(f).findings[0]["where"] == "request.path"
+    assert f.response is not None and meta.state_of(f).findings[0].location == "request.path"
     jwt = corpus._jwt(random.Random(2))
     f = _flow(_rerank("a"), headers={"Authorization": f"Bearer {jwt}"})
     guard.request(f)
@@ -166,7 +166,7 @@ def test_response_masks_secrets_pii_and_the_injected_credential(guard: LeakGuard
     text0, text1 = out["results"][0]["document"]["text"], out["results"][1]["document"]["text"]
     assert "[REDACTED:github_pat:" in text0 and "[REDACTED:injected_credential:" in text0 and injected not in text0
     assert text1.startswith("call [REDACTED:phone:")
-    assert {x["type"] for x in meta.state_of(f).findings} == {"github_pat", "injected_credential", "phone"}
+    assert {x.type for x in meta.state_of(f).findings} == {"github_pat", "injected_credential", "phone"}
     assert meta.state_of(f).injected_secret is None  # dropped once the response is masked
 
 
@@ -201,7 +201,7 @@ def test_an_exact_http_date_is_not_scanned_but_anything_else_in_a_date_header_is
         assert seen == [name.encode(), value.encode()]
         if "+44" in value:
             assert "[REDACTED:phone:" in f.response.headers[name]
-            assert [x["where"] for x in meta.state_of(f).findings] == [f"response.header:{name.lower()}"]
+            assert [x.location for x in meta.state_of(f).findings] == [f"response.header:{name.lower()}"]
 
 
 def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
@@ -216,7 +216,7 @@ def test_streamed_response_is_masked_across_chunks(guard: LeakGuard) -> None:
     out = b"".join(f.response.stream(data[:cut]) + f.response.stream(data[cut:]) + f.response.stream(b""))
     assert tok.encode() not in out and b"[REDACTED:github_pat:" in out and b"[REDACTED:email:" in out
     guard.response(f)
-    assert [x["type"] for x in meta.state_of(f).findings] == ["github_pat", "email"]
+    assert [x.type for x in meta.state_of(f).findings] == ["github_pat", "email"]
     assert f.response.content == out  # the record sees what was sent, masked
 
 
@@ -269,7 +269,7 @@ def test_refused_flows_are_masked_for_their_record_only(guard: LeakGuard) -> Non
     assert f.response is None and meta.state_of(f).error == "invalid_token"
     assert token.encode() not in (f.request.content or b"") and token not in f.request.path
     assert meta.state_of(f).inspected == ["request"]
-    assert {r["where"] for r in meta.state_of(f).findings} == {"request.body", "request.path"}
+    assert {r.location for r in meta.state_of(f).findings} == {"request.body", "request.path"}
 
 
 def test_refused_flow_with_an_unreadable_body_is_not_marked_inspected(guard: LeakGuard) -> None:
@@ -325,7 +325,7 @@ def test_streamed_bomb_is_cut_at_the_limit_and_the_upstream_closed(
     guard: LeakGuard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed: list[str] = []
-    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: closed.append(flow.id) or True)
+    monkeypatch.setattr(response_masking, "close_upstream", lambda flow: closed.append(flow.id) or True)
     f = _streamed(guard, "gzip")
     packed = bomb("gzip", 64 * 1024 * 1024)
     stream = f.response.stream
@@ -346,7 +346,7 @@ def test_streamed_bomb_is_cut_at_the_limit_and_the_upstream_closed(
 def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
     guard: LeakGuard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: True)
+    monkeypatch.setattr(response_masking, "close_upstream", lambda flow: True)
     f = _streamed(guard, "br")
     stream = f.response.stream
     assert callable(stream)
@@ -359,7 +359,7 @@ def test_streamed_bomb_that_ends_before_the_close_is_replaced_and_killed(
 
 def test_streamed_garbage_is_cut_as_undecodable(guard: LeakGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     closed: list[str] = []
-    monkeypatch.setattr(leak_guard, "close_upstream", lambda flow: closed.append(flow.id) or True)
+    monkeypatch.setattr(response_masking, "close_upstream", lambda flow: closed.append(flow.id) or True)
     f = _streamed(guard, "gzip")
     stream = f.response.stream
     assert callable(stream)
@@ -391,7 +391,7 @@ def test_a_header_whose_name_holds_a_secret_is_removed_and_is_a_finding(guard: L
         assert name not in f.response.headers and f.response.headers["Server"] == "up"
     message = f.request if side == "request" else f.response
     assert name not in message.headers
-    where = [x["where"] for x in meta.state_of(f).findings]
+    where = [x.location for x in meta.state_of(f).findings]
     assert where == [f"{side}.header-name"] and name not in repr(meta.state_of(f).findings)
 
 

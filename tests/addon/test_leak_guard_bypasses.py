@@ -174,7 +174,7 @@ def test_streamed_answer_headers_are_masked(guard: LeakGuard, ctype: str, chunke
     out = _streamed(f, b"data: fine\n\n")
     guard.response(f)
     assert out == b"data: fine\n\n" and meta.state_of(f).decision == "masked"
-    assert {x["where"] for x in meta.state_of(f).findings} == {"response.header:x-echo", "response.header:x-leak"}
+    assert {x.location for x in meta.state_of(f).findings} == {"response.header:x-echo", "response.header:x-leak"}
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])

@@ -15,6 +15,7 @@ from addon.flow_metadata import FlowMetadata
 from jitgate import flow_state
 from jitgate.devstack.policy import policy_dict
 from jitgate.policy import Connection, Policy
+from jitgate.records import Finding
 from jitgate.token import Claims, Limits, Scope
 
 POLICY = Policy.model_validate(policy_dict("https://issuer.test"))
@@ -48,7 +49,7 @@ def test_published_state_is_plain_and_reads_back_from_a_flow_file(monkeypatch: p
     state.use_connection(POLICY.connections["cohere-test"])
     state.operation, state.error, state.injected = "rerank", "leak_blocked", True
     state.injected_secret = "the-upstream-credential"
-    state.findings.append({"type": "email", "where": "request.body", "action": "block"})
+    state.findings.append(Finding(type="email", location="request.body", action="block", offset=3, length=9))
     state.mark_inspected("request")
     FlowMetadata().response(f)
     assert isinstance(f.metadata[flow_state.CLAIMS], dict)

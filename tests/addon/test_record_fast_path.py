@@ -18,8 +18,8 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from addon import meta
-from addon.session_recorder import build_record
-from jitgate.records import SessionRecord
+from addon.flow_record import build_record
+from jitgate.records import Finding, SessionRecord
 from jitgate.token import Claims, Limits, Scope
 
 # Text as JSON can carry it: any code point, lone surrogates included.
@@ -75,7 +75,7 @@ def test_rerank_records_equal_their_validated_form(
         meta.state_of(flow).collection = collection
     if error is not None:
         meta.state_of(flow).error = error
-    meta.state_of(flow).findings = [{"type": "email", "kind": "pii", "where": "request.body", "action": "mask"}]
+    meta.state_of(flow).findings = [Finding(type="email", kind="pii", location="request.body", action="mask")]
     meta.state_of(flow).inspected = ["request", "response"]
     flow.response = http.Response.make(status, json.dumps({"results": results}), {"content-type": "application/json"})
     record = _assert_same_as_validated(flow)

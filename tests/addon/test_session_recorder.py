@@ -17,7 +17,7 @@ from addon.respond import refuse
 from addon.session_recorder import SessionRecorder
 from jitgate.digest import sha256_text
 from jitgate.errors import InvalidToken
-from jitgate.records import COLUMNS
+from jitgate.records import COLUMNS, Finding
 from jitgate.token import Claims, Limits, Scope
 
 pytestmark = pytest.mark.anyio
@@ -143,17 +143,11 @@ async def test_blocked_secret_in_request_body_is_not_recorded(tmp_path: Path) ->
         flow = _rerank_flow(_claims(), "x", ["my key is " + secret])
         flow.request.content = json.dumps({"query": "find " + secret, "documents": ["my key is " + secret]}).encode()
         meta.state_of(flow).findings = [
-            {
-                "type": "aws_access_key",
-                "kind": "secret",
-                "where": "request.body",
-                "action": "block",
-                "tag": "a1b2c3d4e5",
-                "offset": 10,
-                "length": 20,
-                "encoding": "raw",
-            },
-            {"type": "aws_access_key", "where": "request.path", "action": "block", "tag": "a1b2c3d4e5"},
+            Finding(
+                type="aws_access_key", kind="secret", location="request.body", action="block", tag="a1b2c3d4e5",
+                offset=10, length=20, encoding="raw",
+            ),
+            Finding(type="aws_access_key", location="request.path", action="block", tag="a1b2c3d4e5"),
         ]
         _answer(flow)
         refuse(flow, InvalidToken("placeholder"), extra=None)
@@ -442,7 +436,7 @@ async def test_bodies_with_unmasked_findings_are_withheld(
     with taddons.context(rec) as tctx:
         tctx.configure(rec, jitgate_spool_dir=str(tmp_path))
         flow = _rerank_flow(_claims(), "x", ["d"])
-        meta.state_of(flow).findings = [{"type": "email", "where": where, "action": action}]
+        meta.state_of(flow).findings = [Finding(type="email", location=where, action=action)]
         rec.request(flow)
         _answer(flow)
         await rec.response(flow)

@@ -37,6 +37,7 @@ from jitgate.errors import (
     SelfApproval,
 )
 from jitgate.policy import ApprovalRules, Approvers, Identity, Principal, parse_policy
+from jitgate.records import Finding
 from jitgate.state import APPROVAL_PK, HOLD_PK
 
 NOW = 1_800_000_000.0
@@ -260,12 +261,12 @@ def test_view_has_counts_and_no_request_internals() -> None:
         (ApprovalRules(max_bytes=100), RequestFacts("rerank", 3, 101), ("bytes:101>100",)),
         (
             ApprovalRules(),
-            RequestFacts("rerank", 3, 10, ({"type": "email", "where": "body", "action": "review"},)),
+            RequestFacts("rerank", 3, 10, (Finding(type="email", location="body", action="review"),)),
             ("finding:email",),
         ),
         (
             ApprovalRules(),
-            RequestFacts("rerank", 3, 10, ({"type": "email", "where": "body", "action": "mask"},)),
+            RequestFacts("rerank", 3, 10, (Finding(type="email", location="body", action="mask"),)),
             (),
         ),
         (
@@ -275,9 +276,9 @@ def test_view_has_counts_and_no_request_internals() -> None:
                 3,
                 6,
                 (
-                    {"type": "ssn", "where": "body", "action": "review"},
-                    {"type": "email", "where": "body", "action": "review"},
-                    {"type": "email", "where": "query", "action": "review"},
+                    Finding(type="ssn", location="body", action="review"),
+                    Finding(type="email", location="body", action="review"),
+                    Finding(type="email", location="query", action="review"),
                 ),
             ),
             ("operation:upsert", "documents:3>2", "bytes:6>5", "finding:email", "finding:ssn"),
@@ -289,8 +290,8 @@ def test_risk_reasons(rules: ApprovalRules, facts: RequestFacts, expected: tuple
 
 
 def test_hold_summary_drops_query_string_and_finding_values() -> None:
-    facts = RequestFacts("rerank", 2000, 123_456, ({"type": "aws_key", "where": "body", "action": "review",
-                                                    "tag": "[AWS_KEY_1]", "value": "secret-looking"},))
+    facts = RequestFacts("rerank", 2000, 123_456, (Finding(type="aws_key", location="body", action="review",
+                                                           tag="secret-looking", offset=4, length=20),))
     s = hold_summary(sub="ci", jti="j" * 32, job="nightly", connection="cohere-test", facts=facts, method="POST",
                      host="api.example", path="/v2/rerank?api_key=abc", reasons=("documents:2000>1000",))
     assert s["path"] == "/v2/rerank"

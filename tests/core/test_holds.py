@@ -15,7 +15,7 @@ from jitgate import holds
 from jitgate.approval_store import ApprovalStore
 from jitgate.approvals import Approval, decide, risk_reasons, state_at
 from jitgate.policy import Identity, Policy
-from jitgate.records import Decision
+from jitgate.records import Decision, Finding
 from jitgate.token import Claims, new_jti
 
 POLICY = Policy.model_validate({
@@ -48,7 +48,7 @@ def test_facts_count_documents_only_when_a_rule_needs_them() -> None:
         asked.append(1)
         return _body(4)
 
-    facts = holds.request_facts(raw, "", CONN, "rerank", body, [{"type": "email", "action": "review"}, "junk"])  # type: ignore[list-item]
+    facts = holds.request_facts(raw, "", CONN, "rerank", body, [Finding(type="email", location="q", action="review")])
     assert (facts.documents, facts.size, len(facts.findings), asked) == (4, len(raw), 1, [1])
     assert risk_reasons(CONN.approval, facts) == ("documents:4>3", "finding:email")
     assert holds.request_facts(raw, "", CONN, None, body, []).documents is None and asked == [1]

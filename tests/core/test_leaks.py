@@ -11,7 +11,7 @@ import pytest
 from jitgate import leaks
 from jitgate.devstack.policy import policy_dict
 from jitgate.inspect import Scanner, StreamMasker, actions
-from jitgate.inspect.masking import Finding
+from jitgate.inspect.masking import Hit
 from jitgate.masked_stream import MaskStream, decompressor
 from jitgate.policy import MaskProfile, Policy
 from jitgate.token import Claims, Limits, Scope
@@ -35,8 +35,8 @@ def _claims(mask: str) -> Claims:
     )
 
 
-def _finding(kind: str) -> Finding:
-    return Finding(type="email" if kind == "pii" else "github_pat", kind=kind, start=0, end=4, tag="t")
+def _finding(kind: str) -> Hit:
+    return Hit(type="email" if kind == "pii" else "github_pat", kind=kind, start=0, end=4, tag="t")
 
 
 def test_the_tokens_profile_wins_then_the_connections_then_the_default() -> None:
@@ -65,7 +65,7 @@ def test_scan_headers_masks_values_and_drops_a_header_whose_name_holds_a_finding
     masked = out.edits[0][1]
     assert masked is not None and tok not in masked and "[REDACTED:github_pat:" in masked
     assert out.edits[1][1] is None  # the header goes
-    assert [r["where"] for r in out.records] == ["response.header:x-leak", "response.header-name"]
+    assert [r.location for r in out.records] == ["response.header:x-leak", "response.header-name"]
     assert tok not in repr(out.records)
     assert leaks.scan_headers(SCANNER, RESPONSE, "response", fields[:1], []).edits == []
 
@@ -81,8 +81,8 @@ def test_records_carry_the_action_and_the_json_path() -> None:
     body = ('{"documents": ["a", "write to ' + EMAIL + '"]}').encode()
     result = leaks.scan(SCANNER, body, REQUEST, [], json_text=True)
     (record,) = leaks.finding_records(REQUEST, "request.body", result.findings, body)
-    assert (record["type"], record["action"], record["path"]) == ("email", "mask", "$.documents[1]")
-    assert EMAIL not in repr(leaks.public(record)) and set(leaks.public(record)) <= set(record)
+    assert (record.type, record.action, record.path) == ("email", "mask", "$.documents[1]")
+    assert EMAIL not in repr(leaks.public(record)) and set(leaks.public(record)) <= set(record.plain())
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from jitgate.flow_state import FlowState
 from jitgate.recording import Exchange, record_of
-from jitgate.records import Decision
+from jitgate.records import Decision, Finding
 from jitgate.token import Claims, Limits, Scope
 
 REQUEST = {"model": "m", "query": "which doc", "documents": ["alpha", "beta"]}
@@ -51,7 +51,7 @@ def test_an_allowed_rerank_is_recorded_with_its_summary_and_no_query_string() ->
 @pytest.mark.parametrize(("where", "gone"), [("request.body", "request"), ("response.body", "response"),
                                              ("request.path", "path"), ("somewhere.new", "all")])
 def test_a_finding_not_masked_in_place_keeps_its_part_out(where: str, gone: str) -> None:
-    state = _state(findings=[{"type": "email", "where": where, "action": "block"}], decision=Decision.BLOCKED)
+    state = _state(findings=[Finding(type="email", location=where, action="block")], decision=Decision.BLOCKED)
     rec = record_of(state, _exchange(), gateway="gw", body_cap=8192, now=200.0)
     assert (rec.request_body is None) is (gone in ("request", "all"))
     assert (rec.rerank_query is None) is (gone in ("request", "all"))

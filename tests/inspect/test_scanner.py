@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
+from jitgate import leaks
 from jitgate.inspect import Scanner, actions
 from jitgate.inspect.masking import MARKER
 from jitgate.policy import MaskProfile
@@ -79,9 +80,9 @@ def test_block_decision_lists_types_and_locations(scanner: Scanner) -> None:
     raw = json.dumps({"query": "q", "documents": ["fine", f"leak {tok}"]}).encode()
     result = scanner.contains_secret(raw)
     (f,) = result.secrets
-    rec = f.record("request.body", "block")
-    assert rec["type"] == "github_pat" and rec["offset"] == raw.index(tok.encode())
-    assert tok not in json.dumps(rec)
+    (rec,) = leaks.finding_records(actions.plan(MaskProfile(), "request"), "request.body", [f], raw)
+    assert (rec.type, rec.action, rec.offset) == ("github_pat", "block", raw.index(tok.encode()))
+    assert tok not in json.dumps(rec.plain()) and tok not in rec.model_dump_json() and tok not in repr(rec)
 
 
 @pytest.mark.parametrize(
