@@ -213,6 +213,36 @@ def test_curl_over_http2_gets_json_in_jinas_shape(stack: DevStack, secret: str) 
     assert answer["code"] == "leak_blocked" and answer["detail"] == answer["message"] and secret not in proc.stdout
 
 
+NO_TOKEN = """
+# The proxy without credentials and no token as the key: the gateway answers 407 token_required.
+import re
+gateway = re.sub(r"//[^@]*@", "//", os.environ["HTTPS_PROXY"])
+for name in ("HTTPS_PROXY", "https_proxy"):
+    os.environ[name] = gateway
+errors = {}
+import cohere, voyageai
+try:
+    cohere.ClientV2(api_key="not-a-token").rerank(model="m", query="whale", documents=DOCS)
+except Exception as exc:
+    errors["cohere"] = f"{type(exc).__name__}: {exc}"
+try:
+    voyageai.Client(api_key="not-a-token", max_retries=0).rerank("whale", DOCS, model="rerank-2")
+except Exception as exc:
+    errors["voyage"] = f"{type(exc).__name__}: {exc}"
+out(**errors)
+"""
+
+
+def test_token_required_reaches_each_sdk_with_jitgates_message(stack: DevStack, secret: str) -> None:
+    """The 407 a job without its token meets: cohere's ApiError and voyageai's APIError carry the message."""
+    got = _result(_run(stack, "voyage-test", [sys.executable, "-c", _PY_HEAD + NO_TOKEN], env={"JOB_SECRET": secret}))
+    message = "a JIT token is required"
+    assert got["cohere"].startswith("ApiError: ") and "status_code: 407" in got["cohere"], got
+    assert message in got["cohere"] and "token_required" in got["cohere"]
+    assert got["voyage"].startswith("APIError: " + message), got
+    assert "Invalid response object" not in got["voyage"]
+
+
 # -- item 2's client table, checked by what the jobs observe -----------------------------------------
 
 
