@@ -185,7 +185,7 @@ def run(
             _ttl_seconds(ttl)
             oidc = _oidc(oidc_token, http)
             listing = _listing(client, oidc)
-            if check_gateway:
+            if check_gateway and not capture:  # captured jobs do not use the proxy port the probe goes to
                 _check_gateway(client, listing, connection, gateway=gateway, pg_gateway=pg_gateway, bundle=bundle,
                                gateway_ca=gateway_ca)
             minted = _mint(client, oidc, connection, ttl=ttl, operations=operation, job=job, wait=wait_approval)
