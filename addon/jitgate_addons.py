@@ -13,6 +13,7 @@ from addon.approval_hold import ApprovalHold
 from addon.credential_inject import CredentialInject, CredentialRetry
 from addon.failsafe import fail_closed
 from addon.flow_metadata import FlowMetadata
+from addon.gateway_probe import GatewayProbe
 from addon.gc_freeze import GcFreeze
 from addon.graceful_stop import GracefulStop
 from addon.http_only import HttpOnly
@@ -43,6 +44,8 @@ upstream_sni = fail_closed(UpstreamSni())
 # counters and holds), built when the options are first configured.
 aws = AwsClients()
 token_gate = fail_closed(TokenGate(aws=aws))
+# `jitgate run`'s check (issue 25): answered by the gateway itself, before a token is asked for.
+gateway_probe = fail_closed(GatewayProbe(token_gate))
 credential_inject = fail_closed(CredentialInject(aws=aws))
 # A Chroma collection id it has not seen in an answer is looked up at the store with the credential.
 scope_guard = fail_closed(ScopeGuard(aws=aws, lookup=credential_inject.store_lookup))
@@ -64,7 +67,7 @@ metrics = Metrics(
 )
 
 addons = [
-    log_json, PolicyRefresh(), http_only, upstream_sni,
+    log_json, PolicyRefresh(), http_only, upstream_sni, gateway_probe,
     token_gate, credential_retry, scope_guard, leak_guard, approval_hold, credential_inject, graceful_stop,
     session_recorder,
     upstream_timeout,

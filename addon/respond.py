@@ -1,4 +1,8 @@
-"""Answer a flow from the gateway with a JSON error `{code, message}` and record why."""
+"""Answer a flow from the gateway with a JSON error `{code, message}` and record why.
+
+The body also carries the fields the flow's dialect's SDK reads its message from
+(`jitgate.dialects.error_body`), so a job's own exception says what jitgate said.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from mitmproxy import http
 
 from addon.meta import state_of
+from jitgate.dialects import error_body
 from jitgate.errors import JitgateError
 from jitgate.records import Decision
 
@@ -23,7 +28,8 @@ def refuse(
 ) -> None:
     """Answer `flow` with `error`; nothing is forwarded upstream. The record's decision is
     `decision` unless an earlier hook set one (approval_hold: `denied` for a held flow)."""
-    body: dict[str, Any] = error.to_dict()
+    state = state_of(flow)
+    body: dict[str, Any] = error_body(state.dialect, error.code, error.message)
     if extra:
         body.update(extra)
     flow.response = http.Response.make(
@@ -31,6 +37,5 @@ def refuse(
         json.dumps(body).encode(),
         {"Content-Type": "application/json", **(headers or {})},
     )
-    state = state_of(flow)
     state.error = error.code
     state.decide(decision)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 from botocore.config import Config as BotoConfig
 from mitmproxy import exceptions
 from mitmproxy.addonmanager import Loader
@@ -29,6 +30,7 @@ from jitgate.errors import PolicyError
 from jitgate.inspect.stream import DEFAULT_WINDOW
 from jitgate.policy import Policy
 from jitgate.policy_source import S3_SCHEME, PolicySource
+from jitgate.token import KeySet
 
 DEFAULT_MAX_INSPECT = 16 * 1024 * 1024
 DEFAULT_SECRET_TTL = 300
@@ -254,6 +256,13 @@ def seconds(value: str, name: str, *, zero_ok: bool = False) -> float:
 
 
 JWKS_PATH = "/.well-known/jwks.json"
+
+
+def fetch_jwks(url: str) -> KeySet:
+    """The broker's JWKS (blocking; called from a worker thread): token_gate's default fetcher."""
+    resp = httpx.get(url, timeout=3.0, follow_redirects=False)
+    resp.raise_for_status()
+    return KeySet.from_jwks(resp.json())
 
 
 def broker_keys(opts: Any) -> tuple[str, str]:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
@@ -41,20 +40,13 @@ JWKS_PATH = settings.JWKS_PATH
 PROXY_AUTHENTICATE = 'Basic realm="jitgate"'
 
 
-def fetch_jwks(url: str) -> KeySet:
-    """The broker's JWKS (blocking; called from a worker thread)."""
-    resp = httpx.get(url, timeout=3.0, follow_redirects=False)
-    resp.raise_for_status()
-    return KeySet.from_jwks(resp.json())
-
-
 class TokenGate:
     def __init__(
         self,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        jwks_fetcher: Callable[[str], KeySet] = fetch_jwks,
+        jwks_fetcher: Callable[[str], KeySet] = settings.fetch_jwks,
         dynamodb: Any = None,
         aws: settings.AwsClients | None = None,
     ) -> None:
@@ -121,6 +113,7 @@ class TokenGate:
         if meta.refused(flow):
             return
         conns = self.policy.connections_for_host(flow.request.host) if self.policy is not None else ()
+        meta.state_of(flow).host_dialect = self.policy.dialect_for_host(flow.request.host) if self.policy else None
         token = take_token(flow.request.headers, conns) or self._bound.get(flow.client_conn.id)
         if token is None:
             refuse(

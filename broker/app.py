@@ -9,7 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from broker.observability import logger, metrics
-from broker.routes import approvals, jwks, tokens
+from broker.routes import approvals, connections, jwks, tokens
 from broker.routes.common import json_response
 from jitgate.errors import JitgateError, NotFound
 
@@ -17,6 +17,7 @@ app = APIGatewayHttpResolver()
 app.include_router(tokens.router)
 app.include_router(jwks.router)
 app.include_router(approvals.router)
+app.include_router(connections.router)
 
 
 @app.exception_handler(JitgateError)  # type: ignore[untyped-decorator]

@@ -27,6 +27,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("run", "run", "run"),
     ("run", "token", "token"),
     ("run", "revoke", "revoke"),
+    ("connections", "connections", "connections"),
     ("dev", "dev", "dev"),
     ("dev", "gateway", "gateway"),
 ]

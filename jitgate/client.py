@@ -124,6 +124,12 @@ class BrokerClient:
         data: dict[str, Any] = self._call("POST", path, oidc_token, json={"reason": reason}).json()
         return data
 
+    def connections(self, oidc_token: str) -> list[dict[str, Any]]:
+        """The connections and operations the caller's own identity may get (GET /v1/connections)."""
+        data = self._call("GET", "/v1/connections", oidc_token).json()
+        items = data.get("connections") if isinstance(data, dict) else None
+        return [c for c in items if isinstance(c, dict)] if isinstance(items, list) else []
+
     def jwks(self) -> dict[str, Any]:
         data: dict[str, Any] = self._call("GET", "/.well-known/jwks.json", None).json()
         return data

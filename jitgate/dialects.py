@@ -7,6 +7,7 @@ the policy starts from its dialect's operations and may add or override its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jitgate.chroma import ROUTES as CHROMA_ROUTES
@@ -19,6 +20,23 @@ SQL_OPERATIONS = ("select", "insert", "update", "delete")
 # Headers in which any dialect's client may send its own credential (or the JIT token): the gateway
 # never forwards them (credential_inject), and they are not scanned as data (leak_guard).
 CLIENT_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "X-Api-Key", "Api-Key", "X-Chroma-Token")
+
+# The body a dialect's SDK reads its error message from, for the gateway's own refusals (issue 25,
+# item 6): voyageai and Jina's API read `detail` (voyageai calls any 4xx body without it "Invalid
+# response object from API"), TEI and huggingface_hub read `error` and `error_type`, cohere's SDK
+# shows the body with its `message`. Every shape keeps jitgate's `code` and `message` beside them.
+_ERROR_FIELDS: dict[str, Callable[[str, str], dict[str, str]]] = {
+    "voyage": lambda code, message: {"detail": message},
+    "jina": lambda code, message: {"detail": message},
+    "tei": lambda code, message: {"error": message, "error_type": code},
+}
+
+
+def error_body(dialect: str | None, code: str, message: str) -> dict[str, str]:
+    """jitgate's `{code, message}`, plus what `dialect`'s SDK reads the message from."""
+    extra = _ERROR_FIELDS.get(dialect or "")
+    return {"code": code, "message": message, **(extra(code, message) if extra else {})}
+
 
 def _routes(operation: str, method: str, *paths: str) -> list[Route]:
     return [Route(operation, method, p) for p in paths]

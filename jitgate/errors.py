@@ -538,6 +538,19 @@ class BrokerError(JitgateError):
     status = 502
 
 
+class GatewayUnreachable(Unavailable):
+    """`jitgate run` could not reach the gateway, or what answered is no jitgate gateway; nothing was minted."""
+
+    code = "gateway_unreachable"
+
+
+class GatewayUntrusted(JitgateError):
+    """The gateway answered but does not verify this broker's tokens, or the job would not trust its CA."""
+
+    code = "gateway_untrusted"
+    status = 502
+
+
 class ApprovalPending(JitgateError):
     """Issuance still waits for approvers after the client's wait; the approval stays open (202, no token)."""
 

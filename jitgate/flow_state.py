@@ -44,6 +44,7 @@ class FlowState:
     claims: Claims | None = None  # token_gate: the verified token's claims
     token_sha256: str | None = None  # token_gate
     connection: Connection | None = None  # scope_guard: the token's connection serving this host
+    host_dialect: str | None = None  # token_gate: the dialect of every connection serving the host, if one
     connection_name: str | None = None  # the connection's name (alone in a state read back from plain)
     operation: str | None = None  # scope_guard
     collection: str | None = None  # scope_guard
@@ -73,6 +74,11 @@ class FlowState:
         if self.connection is None and self.connection_name is not None and policy is not None:
             self.connection = policy.connections.get(self.connection_name)
         return self.connection
+
+    @property
+    def dialect(self) -> str | None:
+        """The dialect whose error shape the gateway's refusals take: the connection's, else the host's."""
+        return self.connection.dialect if self.connection is not None else self.host_dialect
 
     def decide(self, decision: Decision) -> None:
         """Set the decision unless an earlier check set one (a held flow stays `denied`)."""

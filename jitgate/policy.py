@@ -6,6 +6,7 @@ the field and the line. `evaluate_grants` is the pure decision the broker makes 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import ipaddress
 import re
@@ -441,6 +442,11 @@ class Policy(_Model):
         serving = self.connections_for_host(host)
         return serving[0] if len(serving) == 1 else None
 
+    def dialect_for_host(self, host: str) -> str | None:
+        """The dialect of every connection serving `host`, when they agree (the shape of its answers)."""
+        dialects = {c.dialect for c in self.connections_for_host(host)}
+        return dialects.pop() if len(dialects) == 1 else None
+
     def issuer(self, iss: str) -> Issuer | None:
         return next((i for i in self.issuers if i.issuer == iss), None)
 
@@ -627,7 +633,55 @@ def evaluate_grants(
             database=grant.database,
             mask_columns=grant.mask_columns,
         )
-    raise NotGranted(f"no grant allows this identity {conn.name!r} with the requested operations")
+    raise NotGranted(f"no grant gives you connection {conn.name!r} with the requested operations")
+
+
+@dataclass(frozen=True)
+class Grantable:
+    """One connection an identity may get tokens for: the union of what its matching grants allow."""
+
+    connection: str
+    dialect: str
+    operations: tuple[str, ...]
+    max_ttl: int
+    approval: bool  # every grant that gives it needs issuance approval
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "connection": self.connection,
+            "dialect": self.dialect,
+            "operations": list(self.operations),
+            "max_ttl": self.max_ttl,
+            "approval_required": self.approval,
+        }
+
+
+def grantable(policy: Policy, identity: Identity) -> tuple[Grantable, ...]:
+    """What `identity` may get, by the same grant matching as `evaluate_grants`, and nothing of others':
+    connections no grant of this identity names are not listed (`jitgate connections`, issue 25)."""
+    found: dict[str, tuple[set[str], int, bool]] = {}
+    for grant in policy.grants:
+        if not _matches(grant, identity):
+            continue
+        names = policy.connections if "*" in grant.connections else grant.connections
+        for name in names:
+            conn = policy.connections[name]
+            ops = conn.operation_names if "*" in grant.operations else frozenset(grant.operations)
+            seen_ops, ttl, approval = found.get(name, (set(), 0, True))
+            found[name] = (seen_ops | ops, max(ttl, grant.max_ttl), approval and grant.approval.required)
+    return tuple(
+        Grantable(name, policy.connections[name].dialect, tuple(sorted(ops)), ttl, approval)
+        for name, (ops, ttl, approval) in sorted(found.items())
+    )
+
+
+def close_names(name: str, names: Sequence[str], *, limit: int = 3) -> list[str]:
+    """The names in `names` closest to a mistyped `name` (case-insensitive; a prefix counts as close)."""
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=limit, cutoff=0.6)
+    prefixed = [n for n in lowered if n.startswith(name.lower()) or name.lower().startswith(n)]
+    ordered = list(dict.fromkeys(close + sorted(prefixed)))[:limit]
+    return [lowered[n] for n in ordered]
 
 
 def is_admin(policy: Policy, identity: Identity) -> bool:

@@ -6,6 +6,7 @@ import getpass
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -16,10 +17,21 @@ from rich.console import Console
 from jitgate.capture import capture_unavailable_reason
 from jitgate.client import BrokerClient, Minted, Pending
 from jitgate.durations import parse_duration
-from jitgate.errors import ApprovalDenied, ApprovalExpired, ApprovalPending, JitgateError
+from jitgate.errors import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalPending,
+    BadRequest,
+    JitgateError,
+    NotFound,
+    NotGranted,
+    UnknownConnection,
+)
+from jitgate.gateway_check import check_pg, probe_http, verdict
 from jitgate.oidc_source import find_oidc_token
-from jitgate.policy import load_policy
+from jitgate.policy import close_names, load_policy
 from jitgate.run import JobEnv, job_environment, pg_environment, run_job, write_ca_bundle
+from jitgate.token import KeySet
 
 err = Console(stderr=True)
 
@@ -28,12 +40,70 @@ OidcOpt = Annotated[str | None, typer.Option("--oidc-token", help="OIDC token (e
 
 
 def _fail(exc: JitgateError) -> typer.Exit:
-    err.print(f"[red]jitgate: {exc.code}: {exc.message}[/red]")
+    """One line (never wrapped: scripts grep it), the message as it is (no markup read into it)."""
+    err.print(f"jitgate: {exc.code}: {exc.message}", style="red", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
 def _oidc(explicit: str | None, http: httpx.Client) -> str:
     return find_oidc_token(explicit=explicit, env=os.environ, http=http).token
+
+
+def iso_utc(epoch: int) -> str:
+    """An expiry as people and tools read it: ISO 8601, UTC, `2027-01-15T08:10:00Z`."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ttl_seconds(ttl: str | None) -> int | None:
+    """`--ttl` in seconds; a bad one is a one-line error with a code, before anything is asked of the broker."""
+    if ttl is None:
+        return None
+    try:
+        return parse_duration(ttl)
+    except ValueError as exc:
+        raise BadRequest(f"--ttl: {exc}") from None
+
+
+def _listing(client: BrokerClient, oidc: str) -> list[dict[str, object]] | None:
+    """The caller's connections; None from a broker without GET /v1/connections."""
+    try:
+        return client.connections(oidc)
+    except NotFound:
+        return None
+
+
+def _with_suggestion(exc: JitgateError, connection: str, listing: list[dict[str, object]] | None) -> JitgateError:
+    """An unknown or ungranted name, with the close names among the caller's own (never anyone else's)."""
+    if not isinstance(exc, UnknownConnection | NotGranted) or listing is None:
+        return exc
+    mine = [str(c.get("connection")) for c in listing]
+    if connection in mine:
+        return exc
+    close = close_names(connection, mine)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return type(exc)(f"{exc.message}{hint} (`jitgate connections` lists the ones you may get)")
+
+
+def _check_gateway(
+    client: BrokerClient,
+    listing: list[dict[str, object]] | None,
+    connection: str,
+    *,
+    gateway: str,
+    pg_gateway: str | None,
+    bundle: Path,
+    gateway_ca: Path,
+) -> None:
+    """Raise unless the gateway the job will use is there, trusted by the job and trusting this broker."""
+    entry = next((c for c in listing or () if c.get("connection") == connection), None)
+    if listing is not None and entry is None:
+        return  # the mint refuses the name, with suggestions
+    if entry is not None and entry.get("dialect") == "postgres":
+        if pg_gateway:
+            check_pg(pg_gateway, bundle, ca_file=gateway_ca)
+        return
+    answer = probe_http(gateway, bundle, ca_file=gateway_ca)
+    verdict(answer, KeySet.from_jwks(client.jwks()).kids(), gateway=gateway, broker=client.base_url)
 
 
 def _mint(
@@ -46,7 +116,7 @@ def _mint(
     job: str | None,
     wait: int,
 ) -> Minted:
-    answer = client.mint(oidc, connection, operations=operations, ttl=ttl and parse_duration(ttl), job=job)
+    answer = client.mint(oidc, connection, operations=operations, ttl=_ttl_seconds(ttl), job=job)
     deadline = time.monotonic() + wait
     while isinstance(answer, Pending):
         err.print(f"issuance needs approval: approval id [bold]{answer.approval_id}[/bold]; waiting up to {wait}s")
@@ -96,6 +166,9 @@ def run(
     pg_gateway: Annotated[
         str | None, typer.Option(envvar="JITGATE_PG_GATEWAY", help="The gateway's Postgres listener host:port.")
     ] = None,
+    check_gateway: Annotated[
+        bool, typer.Option(help="Check the gateway (reachable, trusted, trusting this broker) before minting.")
+    ] = True,
 ) -> None:
     """Run CMD with a JIT token that is revoked when CMD ends; exit with CMD's status.
 
@@ -111,13 +184,20 @@ def run(
             raise typer.Exit(2)
     with httpx.Client(timeout=10.0) as http:
         client = BrokerClient(broker, http=http)
-        try:
-            oidc = _oidc(oidc_token, http)
-            minted = _mint(client, oidc, connection, ttl=ttl, operations=operation, job=job, wait=wait_approval)
-        except JitgateError as exc:
-            raise _fail(exc) from None
         state_dir = os.environ.get("JITGATE_STATE_DIR")
         bundle = write_ca_bundle(gateway_ca, Path(state_dir) if state_dir else None)
+        listing = None
+        try:
+            _ttl_seconds(ttl)
+            oidc = _oidc(oidc_token, http)
+            listing = _listing(client, oidc)
+            if check_gateway and not capture:  # captured jobs do not use the proxy port the probe goes to
+                _check_gateway(client, listing, connection, gateway=gateway, pg_gateway=pg_gateway, bundle=bundle,
+                               gateway_ca=gateway_ca)
+            minted = _mint(client, oidc, connection, ttl=ttl, operations=operation, job=job, wait=wait_approval)
+        except JitgateError as exc:
+            bundle.unlink(missing_ok=True)
+            raise _fail(_with_suggestion(exc, connection, listing)) from None
         rc = 1
         try:
             if minted.dialect == "postgres":
@@ -128,7 +208,10 @@ def run(
                 env = pg_environment(os.environ, minted, gateway=pg_gateway, ca_bundle=bundle, user=user)
             else:
                 env = job_environment(os.environ, minted, JobEnv(gateway, bundle, _key_env(minted, key_env), broker))
-            err.print(f"jitgate: token {minted.jti} for {minted.connection}, expires at {minted.expires_at}")
+            err.print(
+                f"jitgate: token {minted.jti} for {minted.connection}, expires at {iso_utc(minted.expires_at)}",
+                soft_wrap=True,
+            )
             rc = run_job(cmd, env)
         except FileNotFoundError as exc:
             err.print(f"[red]jitgate: {exc}[/red]")
@@ -155,15 +238,20 @@ def token(
 ) -> None:
     """Mint a JIT token and print it (stdout) with its jti and expiry (stderr)."""
     with httpx.Client(timeout=10.0) as http:
+        client = BrokerClient(broker, http=http)
+        listing = None
         try:
+            _ttl_seconds(ttl)
             oidc = _oidc(oidc_token, http)
-            minted = _mint(
-                BrokerClient(broker, http=http), oidc, connection,
-                ttl=ttl, operations=operation, job=job, wait=wait_approval,
-            )
+            try:
+                minted = _mint(client, oidc, connection, ttl=ttl, operations=operation, job=job, wait=wait_approval)
+            except (UnknownConnection, NotGranted):
+                listing = _listing(client, oidc)
+                raise
         except JitgateError as exc:
-            raise _fail(exc) from None
-    err.print(f"jti {minted.jti}, connection {minted.connection}, expires at {minted.expires_at}")
+            raise _fail(_with_suggestion(exc, connection, listing)) from None
+    err.print(f"jti {minted.jti}, connection {minted.connection}, expires at {iso_utc(minted.expires_at)}",
+              soft_wrap=True)
     sys.stdout.write(minted.token + "\n")
 
 
