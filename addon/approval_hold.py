@@ -22,7 +22,7 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from addon import meta, settings
+from addon import meta, settings, worker_health
 from addon.hold_flows import Held, Poll, finish, request_facts
 from addon.respond import refuse
 from jitgate import holds
@@ -41,9 +41,9 @@ class ApprovalHold:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        dynamodb: Any = None,
-        sns: Any = None,
+        dynamodb: Any = None, sns: Any = None,
         aws: settings.AwsClients | None = None,
+        parts: worker_health.WorkerParts | None = None,
     ) -> None:
         self._aws = aws or settings.AwsClients()
         self._clock = clock
@@ -61,6 +61,7 @@ class ApprovalHold:
         self.topic = ""
         self.gateway = socket.gethostname()
         self.held: dict[str, Held] = {}
+        worker_health.publish(parts, held=self.held)  # counted by metrics
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 

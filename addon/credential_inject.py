@@ -4,10 +4,9 @@ The connection's secret comes from Secrets Manager through `aws-secretsmanager-c
 held in memory only. Any client-supplied credential is stripped, the secret is set in the
 connection's header format, and the request is pointed at the connection's real upstream (so a
 client using its vendor's default URL works unchanged). If the upstream answers 401, the secret
-is fetched afresh and the request sent once more (addon/credential_retry.py): `CredentialRetry`, an
-addon of its own placed before the response checks (scope_guard, leak_guard) in the chain, so they
-run on the answer the client gets, once, without this module walking the chain. Upstream TLS trusts
-the public roots plus an optional private CA, `jitgate_upstream_ca` (addon/upstream_client.py).
+is fetched afresh and the request sent once more by `CredentialRetry` (addon/credential_retry.py),
+placed before the response checks so they run once, on the answer the client gets. Upstream TLS
+trusts the public roots plus `jitgate_upstream_ca` if set (addon/upstream_client.py).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from aws_secretsmanager_caching import SecretCache, SecretCacheConfig
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from addon import credential_retry, meta, settings
+from addon import credential_retry, meta, settings, worker_health
 from addon.respond import refuse
 from addon.upstream_client import UpstreamClient, apply_credential
 from jitgate import credentials
@@ -41,10 +40,10 @@ class CredentialInject:
         cache_factory: Callable[[Any], SecretCache] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         aws: settings.AwsClients | None = None,
+        parts: worker_health.WorkerParts | None = None,
     ) -> None:
         self._aws = aws or settings.AwsClients()
-        self._sm = secretsmanager
-        self._given_sm = secretsmanager is not None
+        self._sm, self._given_sm = secretsmanager, secretsmanager is not None
         self._cache_factory = cache_factory or (
             lambda client: SecretCache(SecretCacheConfig(secret_refresh_interval=self.ttl), client)
         )
@@ -52,6 +51,7 @@ class CredentialInject:
         self.secrets = credentials.SecretSource(
             settings.DEFAULT_SECRET_TTL, lambda: self._cache_factory(self._sm), monotonic=monotonic
         )
+        worker_health.publish(parts, secrets=self.secrets)  # its cache age, read by metrics
         # Flows that carry the injected credential until their `response` or `error` (see `done`).
         self._carrying: weakref.WeakSet[http.HTTPFlow] = weakref.WeakSet()
         self.ttl = settings.DEFAULT_SECRET_TTL

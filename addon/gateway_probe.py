@@ -11,20 +11,20 @@ token yet, and no connection serves the probe host.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from mitmproxy import http
 
 from addon import meta
 from addon.respond import refuse
+from addon.worker_health import WorkerParts
 from jitgate.errors import NotFound
 from jitgate.gateway_check import PROBE_HOST, PROBE_PATH, ProbeAnswer
 from jitgate.policy import normalize_host
 
 
 class GatewayProbe:
-    def __init__(self, token_gate: Any) -> None:
-        self._gate = token_gate  # read only: its verifier's issuer and keys
+    def __init__(self, parts: WorkerParts) -> None:
+        self._parts = parts  # read only: token_gate's verifier (its issuer and keys)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         """A tunnel to the probe host is opened here (scope_guard would refuse a host no connection
@@ -38,7 +38,10 @@ class GatewayProbe:
         if flow.request.method != "GET" or flow.request.path.split("?", 1)[0] != PROBE_PATH:
             refuse(flow, NotFound(f"the gateway answers GET {PROBE_PATH} on {PROBE_HOST} and nothing else"))
             return
-        verifier = self._gate.verifier
-        answer = ProbeAnswer(verifier.issuer, verifier.keys.kids(), verifier.keys_loaded)
+        verifier = self._parts.verifier
+        if verifier is None:  # no token gate in this chain: no key a token could be checked with
+            answer = ProbeAnswer("", frozenset(), False)
+        else:
+            answer = ProbeAnswer(verifier.issuer, verifier.keys.kids(), verifier.keys_loaded)
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         flow.response = http.Response.make(200, json.dumps(answer.to_json()).encode(), headers)

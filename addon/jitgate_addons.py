@@ -28,6 +28,7 @@ from addon.settings import AwsClients
 from addon.token_gate import TokenGate
 from addon.upstream_sni import UpstreamSni
 from addon.upstream_timeout import UpstreamTimeout
+from addon.worker_health import WorkerParts
 
 # Before anything logs: JSON log lines with nothing of the traffic, mitmdump's flow output kept off.
 log_json = LogJson()
@@ -43,28 +44,29 @@ upstream_sni = fail_closed(UpstreamSni())
 # One AWS client per service for the whole chain (one DynamoDB client for revocations, usage
 # counters and holds), built when the options are first configured.
 aws = AwsClients()
-token_gate = fail_closed(TokenGate(aws=aws))
+# The parts other addons read (the verifier, the revocation list, the secret cache, the holds, the
+# spool, the scanner): each published by the addon that owns it, read by gateway_probe, metrics and
+# pg_listener. No addon is handed another addon.
+parts = WorkerParts()
+token_gate = fail_closed(TokenGate(aws=aws, parts=parts))
 # `jitgate run`'s check (issue 25): answered by the gateway itself, before a token is asked for.
-gateway_probe = fail_closed(GatewayProbe(token_gate))
-credential_inject = fail_closed(CredentialInject(aws=aws))
+gateway_probe = fail_closed(GatewayProbe(parts))
+credential_inject = fail_closed(CredentialInject(aws=aws, parts=parts))
 # A Chroma collection id it has not seen in an answer is looked up at the store with the credential.
 scope_guard = fail_closed(ScopeGuard(aws=aws, lookup=credential_inject.store_lookup))
 # approval_hold follows: findings whose action is `review` are held, not blocked.
-leak_guard = fail_closed(LeakGuard(review_held=True, aws=aws))
-approval_hold = fail_closed(ApprovalHold(aws=aws))
+leak_guard = fail_closed(LeakGuard(review_held=True, aws=aws, parts=parts))
+approval_hold = fail_closed(ApprovalHold(aws=aws, parts=parts))
 # Its retry after a 401 comes before the response checks, so they run on the answer the client gets.
 credential_retry = fail_closed(CredentialRetry(credential_inject))
 # At SIGTERM: stop accepting, let flows in flight finish (their records written), then the recorder ships.
 graceful_stop = fail_closed(GracefulStop())
-session_recorder = fail_closed(SessionRecorder(aws=aws))
+session_recorder = fail_closed(SessionRecorder(aws=aws, parts=parts))
 # Last: its timer starts once every request hook (and any approval hold) is through.
 upstream_timeout = fail_closed(UpstreamTimeout())
 
 # Issue 22: counts every flow after the chain is through; serves /metrics, /healthz, /readyz.
-metrics = Metrics(
-    token_gate=token_gate, credential_inject=credential_inject, approval_hold=approval_hold,
-    session_recorder=session_recorder,
-)
+metrics = Metrics(parts)
 
 addons = [
     log_json, PolicyRefresh(), http_only, upstream_sni, gateway_probe,
@@ -75,6 +77,6 @@ addons = [
     metrics,  # last flow hooks: after every request and response hook of the chain
     FlowMetadata(),  # after every flow hook: the flow's state into flow.metadata, for flow files
     # The Postgres path: a listener of its own on this event loop (no flow hooks; off unless jitgate_pg_listen).
-    PgListener(aws=aws, scanner=lambda: leak_guard.scanner),  # the HTTP path's scanner: the same tags
+    PgListener(aws=aws, scanner=lambda: parts.scanner),  # the HTTP path's scanner: the same tags
     GcFreeze(),  # no flow hooks: start-up heap out of the cyclic GC's full scans
 ]

@@ -18,7 +18,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from addon import body as bodies
-from addon import flow_scan, meta, response_masking, scanner_setup, settings
+from addon import flow_scan, meta, response_masking, scanner_setup, settings, worker_health
 from addon.respond import refuse
 from jitgate import jsontext, leaks
 from jitgate.errors import LeakBlocked, PayloadTooLarge
@@ -36,9 +36,10 @@ class LeakGuard:
     nobody can hold it (fail closed)."""
 
     def __init__(
-        self, scanner: Scanner | None = None, *, review_held: bool = False, aws: settings.AwsClients | None = None
+        self, scanner: Scanner | None = None, *, review_held: bool = False, aws: settings.AwsClients | None = None,
+        parts: worker_health.WorkerParts | None = None,
     ) -> None:
-        self._aws = aws or settings.AwsClients()
+        self._aws, self._parts = aws or settings.AwsClients(), parts
         self._given = scanner
         self.review_held = review_held
         self.scanner: Scanner | None = scanner
@@ -61,6 +62,7 @@ class LeakGuard:
             "jitgate_mask_key_secret", "jitgate_inspect_engine", "jitgate_pii_phone_regions"
         }:
             self.scanner = scanner_setup.build_scanner(self._aws, s)
+            worker_health.publish(self._parts, scanner=self.scanner)  # the Postgres path's, too: the same tags
 
     # -- reading the flow, applying the answers -----------------------------------------------
 

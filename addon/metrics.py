@@ -5,7 +5,7 @@ the time from the end of the client's request to that hook is what the request h
 response hook, likewise, follows every other response hook. It counts each finished flow by
 bounded labels (policy connection and operation, decision, error code, status class) and its
 findings by type, and serves `/metrics`, `/healthz` and `/readyz` on `jitgate_metrics_port`.
-The other addons are read, never changed (addon/worker_health.py). Its hooks never raise.
+It reads the parts the other addons publish (addon/worker_health.py's board), never an addon. Its hooks never raise.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
@@ -30,18 +29,8 @@ TICK_SECONDS = 1.0
 
 
 class Metrics:
-    def __init__(
-        self,
-        *,
-        token_gate: Any = None,
-        credential_inject: Any = None,
-        approval_hold: Any = None,
-        session_recorder: Any = None,
-    ) -> None:
-        self._gate = token_gate
-        self._inject = credential_inject
-        self._hold = approval_hold
-        self._recorder = session_recorder
+    def __init__(self, parts: worker_health.WorkerParts | None = None) -> None:
+        self._parts = parts or worker_health.WorkerParts()
         # flow -> time.time() after its last request hook (beside the flow: never in its metadata)
         self._request_done: weakref.WeakKeyDictionary[http.HTTPFlow, float] = weakref.WeakKeyDictionary()
         self.server: metrics.HealthServer | None = None
@@ -96,9 +85,7 @@ class Metrics:
     # -- the worker's state -----------------------------------------------------------------
 
     def snapshot(self) -> metrics.Snapshot:
-        return worker_health.snapshot(
-            gate=self._gate, inject=self._inject, hold=self._hold, recorder=self._recorder, policy=self._policy
-        )
+        return worker_health.snapshot(self._parts, policy=self._policy)
 
     # -- flows ------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
-from addon import body, meta, record_shipping, settings
+from addon import body, meta, record_shipping, settings, worker_health
 from addon.flow_record import build_record
 from addon.respond import refuse
 from jitgate.errors import AuditUnavailable
@@ -34,8 +34,12 @@ logger = logging.getLogger(__name__)
 
 
 class SessionRecorder:
-    def __init__(self, *, s3: Any = None, clock: Any = time.time, aws: settings.AwsClients | None = None) -> None:
+    def __init__(
+        self, *, s3: Any = None, clock: Any = time.time, aws: settings.AwsClients | None = None,
+        parts: worker_health.WorkerParts | None = None,
+    ) -> None:
         self._aws = aws or settings.AwsClients()
+        self._parts = parts  # its spool and uploader, read by metrics
         self._s3 = s3
         self._clock = clock
         self.spool: Spool | None = None
@@ -74,11 +78,13 @@ class SessionRecorder:
         self.spool = record_shipping.start_spool(config, s, self._clock)
         put = record_shipping.put_fn(self._aws, self._s3, opts, s.bucket)
         self.uploader = record_shipping.start_uploader(self.spool, s, put)
+        worker_health.publish(self._parts, spool=self.spool, uploader=self.uploader)
 
     def _stop(self, **budget: float) -> None:
         if self.uploader is not None:
             self.uploader.stop(**budget)
             self.uploader = None
+            worker_health.publish(self._parts, uploader=None)
 
     def done(self) -> None:
         # At exit (SIGTERM: after addon/graceful_stop.py let the flows in flight finish): the open

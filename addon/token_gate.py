@@ -20,7 +20,7 @@ from typing import Any
 from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 
-from addon import meta, settings
+from addon import meta, settings, worker_health
 from addon.respond import refuse
 from addon.revocations import RevocationList
 from jitgate.errors import (
@@ -49,6 +49,7 @@ class TokenGate:
         jwks_fetcher: Callable[[str], KeySet] = settings.fetch_jwks,
         dynamodb: Any = None,
         aws: settings.AwsClients | None = None,
+        parts: worker_health.WorkerParts | None = None,
     ) -> None:
         self._aws = aws or settings.AwsClients()
         self._given_dynamodb = dynamodb is not None
@@ -56,6 +57,7 @@ class TokenGate:
         self.revocations.dynamodb = dynamodb
         self.policy: Policy | None = None
         self.verifier = TokenVerifier(jwks_fetcher, clock=clock, monotonic=monotonic)
+        worker_health.publish(parts, verifier=self.verifier, revocations=self.revocations)  # probe, metrics
         self._bound: dict[str, str] = {}
 
     # -- configuration ----------------------------------------------------------------------

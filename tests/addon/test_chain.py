@@ -85,6 +85,42 @@ def test_no_addon_looks_up_the_chain_or_the_metadata(module: str) -> None:
         assert ".metadata[" not in source and ".metadata.get(" not in source and ".metadata.pop(" not in source
 
 
+def _addon_names() -> dict[str, str]:
+    """The entry file's addon variables: name -> the module of its addon class."""
+    return {
+        name: type(value).__module__.removeprefix("addon.")
+        for name, value in vars(jitgate_addons).items()
+        if any(value is a for a in jitgate_addons.addons)
+    }
+
+
+def test_no_addon_is_handed_another_addon() -> None:
+    """The entry file hands an addon shared parts (the AWS clients, the WorkerParts board) or a
+    function, never another addon object whose attributes it could read: only the pair of one
+    module (CredentialRetry beside CredentialInject) shares state."""
+    tree = ast.parse(Path(jitgate_addons.__file__).read_text())
+    classes = {type(a).__name__: type(a).__module__.removeprefix("addon.") for a in jitgate_addons.addons}
+    names = _addon_names()
+    handed = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes:
+            args = [*node.args, *(k.value for k in node.keywords)]
+            for arg in args:
+                if isinstance(arg, ast.Name) and names.get(arg.id, classes[node.func.id]) != classes[node.func.id]:
+                    handed.append((node.func.id, arg.id))
+    assert handed == []
+    assert {"token_gate", "metrics", "gateway_probe", "credential_inject"} <= set(names)
+
+
+def test_the_parts_metrics_and_the_probe_read_are_the_owners_own() -> None:
+    parts = jitgate_addons.parts
+    assert parts.verifier is jitgate_addons.token_gate.verifier
+    assert parts.revocations is jitgate_addons.token_gate.revocations
+    assert parts.secrets is jitgate_addons.credential_inject.secrets
+    assert parts.held is jitgate_addons.approval_hold.held
+    assert "leak_guard" not in Path(jitgate_addons.__file__).read_text().split("PgListener(", 1)[1].split(")", 1)[0]
+
+
 def test_the_chain_holds_review_findings_and_a_leak_guard_alone_blocks_them() -> None:
     assert jitgate_addons.leak_guard.review_held is True
     assert LeakGuard().review_held is False

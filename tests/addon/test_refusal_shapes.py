@@ -12,6 +12,7 @@ from mitmproxy.test import taddons, tflow
 from addon import meta
 from addon.gateway_probe import GatewayProbe
 from addon.token_gate import TokenGate
+from addon.worker_health import WorkerParts
 from jitgate.gateway_check import PROBE_HOST, PROBE_PATH, ProbeAnswer
 from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     JWKS_URL,
@@ -21,7 +22,7 @@ from tests.addon.jit_fixtures import (  # noqa: F401 (fixtures)
     aws_fixture,
     policy_file_fixture,
 )
-from tests.addon.test_token_gate import Fetcher, _flow, _gate
+from tests.addon.test_token_gate import Clock, Fetcher, _flow, _gate
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]
@@ -59,8 +60,9 @@ async def test_a_refusal_before_the_token_takes_the_hosts_dialect_shape(
 
 async def test_the_probe_answers_with_the_gates_issuer_and_keys(aws: dict[str, Any], policy_file: Path) -> None:
     signers = (Signer(), Signer())
-    gate = _gate(aws, Fetcher(*signers))
-    probe = GatewayProbe(gate)
+    parts = WorkerParts()  # the probe is handed the board token_gate publishes its verifier on, not the gate
+    gate = TokenGate(jwks_fetcher=Fetcher(*signers), dynamodb=aws["dynamodb"], monotonic=Clock(), parts=parts)
+    probe = GatewayProbe(parts)
     with taddons.context(gate, probe) as tctx:
         _configured(tctx, gate, policy_file)
         connect = tflow.tflow()
@@ -84,8 +86,9 @@ async def test_the_probe_answers_with_the_gates_issuer_and_keys(aws: dict[str, A
 
 
 async def test_the_probe_says_when_the_keys_are_not_loaded(aws: dict[str, Any], policy_file: Path) -> None:
-    gate = _gate(aws, Fetcher(fail=True))
-    probe = GatewayProbe(gate)
+    parts = WorkerParts()
+    gate = TokenGate(jwks_fetcher=Fetcher(fail=True), dynamodb=aws["dynamodb"], monotonic=Clock(), parts=parts)
+    probe = GatewayProbe(parts)
     with taddons.context(gate, probe) as tctx:
         tctx.configure(gate, jitgate_policy=str(policy_file), jitgate_jwks_url=JWKS_URL, jitgate_table=TABLE)
         f = _flow(host=PROBE_HOST)
@@ -98,3 +101,11 @@ async def test_the_probe_says_when_the_keys_are_not_loaded(aws: dict[str, Any], 
 def test_token_gate_stays_small() -> None:
     """STYLE.md 1: one concern, 50-150 lines; code added to the gate moves out of it first."""
     assert len((REPO / "addon" / "token_gate.py").read_text().splitlines()) <= 150
+
+
+def test_a_probe_without_a_token_gate_says_no_key_is_loaded() -> None:
+    """A chain with no token gate publishes no verifier: the probe says so, and `jitgate run` stops."""
+    f = _flow(host=PROBE_HOST)
+    f.request.method, f.request.path = "GET", PROBE_PATH
+    GatewayProbe(WorkerParts()).requestheaders(f)
+    assert ProbeAnswer.from_json(f.response.json()) == ProbeAnswer("", frozenset(), False)
