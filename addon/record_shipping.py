@@ -7,15 +7,13 @@ The spool must take files at start, and so must the durable spool: a stop is too
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from botocore.config import Config as BotoConfig
 
 from addon import settings
-from jitgate.spool import Spool, SpoolConfig, Uploader
+from jitgate.spool import Spool, SpoolConfig, Uploader, check_durable
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ def start_spool(config: SpoolConfig, s: settings.SessionRecorderSettings, clock:
         raise settings.options_error(f"jitgate_spool_dir: cannot use {s.directory}: {exc.strerror}") from None
     if s.durable is not None:
         try:
-            _check_durable(s.durable)
+            check_durable(s.durable)
         except OSError as exc:
             spool.release()
             raise settings.options_error(
@@ -82,12 +80,3 @@ def put_fn(aws: settings.AwsClients, s3: Any, opts: Any, bucket: str) -> Put | N
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson")
 
     return put
-
-
-def _check_durable(path: Path) -> None:
-    """The durable spool must take files now: a stop is too late to find out it does not."""
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".probe-{os.getpid()}"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
-    probe.unlink()
