@@ -314,6 +314,13 @@ class Grant(_Model):
                 raise ValueError(f"mask_columns: {name!r} is not `column`, `table.column` or `schema.table.column`")
         return v
 
+    def names(self, connection: str) -> bool:
+        return "*" in self.connections or connection in self.connections
+
+    def operations_on(self, connection: Connection) -> frozenset[str]:
+        """The operations this grant gives on `connection` (`"*"`: every one it defines)."""
+        return connection.operation_names if "*" in self.operations else frozenset(self.operations)
+
 
 class MaskProfile(_Model):
     """What the gateway does with findings, per direction (inspection reads this)."""
@@ -605,9 +612,9 @@ def evaluate_grants(
     for grant in policy.grants:
         if not _matches(grant, identity):
             continue
-        if "*" not in grant.connections and conn.name not in grant.connections:
+        if not grant.names(conn.name):
             continue
-        allowed = conn.operation_names if "*" in grant.operations else frozenset(grant.operations)
+        allowed = grant.operations_on(conn)
         wanted = frozenset(request.operations) if request.operations is not None else allowed
         if not wanted or not wanted <= allowed:
             continue
@@ -663,10 +670,8 @@ def grantable(policy: Policy, identity: Identity) -> tuple[Grantable, ...]:
     for grant in policy.grants:
         if not _matches(grant, identity):
             continue
-        names = policy.connections if "*" in grant.connections else grant.connections
-        for name in names:
-            conn = policy.connections[name]
-            ops = conn.operation_names if "*" in grant.operations else frozenset(grant.operations)
+        for name in [n for n in policy.connections if grant.names(n)]:
+            ops = grant.operations_on(policy.connections[name])
             seen_ops, ttl, approval = found.get(name, (set(), 0, True))
             found[name] = (seen_ops | ops, max(ttl, grant.max_ttl), approval and grant.approval.required)
     return tuple(
