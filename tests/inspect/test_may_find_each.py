@@ -74,3 +74,13 @@ def test_the_same_as_scanning_each_value_alone(scanner: Scanner, seed: int) -> N
             assert flag, value
     clean = [v for v, f in zip(values, flags, strict=True) if not f]
     assert all(not _finds(scanner, v) for v in clean)
+
+
+def test_a_match_straddling_two_values_flags_both_and_is_no_finding(scanner: Scanner) -> None:
+    pem = corpus._pem(random.Random(1)).encode()
+    first, rest = pem.rsplit(b"\n", 1)  # the block, and its END line alone (no candidate there)
+    values = [b"clean", first, rest, b"clean"]
+    assert scanner.may_find_each([rest], pii=PII_TYPES) == [False]
+    assert scanner.scan(b"\n".join(values)).findings  # joined, the block is whole
+    assert scanner.may_find_each(values, pii=PII_TYPES) == [False, True, True, False]
+    assert not _finds(scanner, first) and not _finds(scanner, rest)  # each alone holds none
