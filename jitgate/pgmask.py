@@ -63,25 +63,31 @@ def row_description(body: bytes) -> tuple[Column, ...]:
     return tuple(out)
 
 
+_COUNT = struct.Struct("!H").unpack_from
+_LENGTH = struct.Struct("!i").unpack_from
+
+
 def _values(body: bytes) -> list[bytes | None]:
-    if len(body) < 2:
+    end = len(body)
+    if end < 2:
         raise WireError("data row too short")
-    (count,) = struct.unpack_from("!H", body)
+    (count,) = _COUNT(body)
     i = 2
     out: list[bytes | None] = []
+    add = out.append
     for _ in range(count):
-        if i + 4 > len(body):
+        if i + 4 > end:
             raise WireError("data row value too short")
-        (n,) = struct.unpack_from("!i", body, i)
+        (n,) = _LENGTH(body, i)
         i += 4
         if n < 0:
-            out.append(None)
+            add(None)
             continue
-        if i + n > len(body):
+        if i + n > end:
             raise WireError("data row value past its end")
-        out.append(body[i : i + n])
+        add(body[i : i + n])
         i += n
-    if i != len(body):
+    if i != end:
         raise WireError("data row has bytes after its values")
     return out
 
