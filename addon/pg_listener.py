@@ -120,8 +120,9 @@ _EXTENDED = frozenset(b"PBDECHS")
 _ABORTED_OK = frozenset({"rollback", "rollback_to", "commit"})
 # A record lists a statement's first findings one by one; `column_findings` counts all of them.
 _MAX_FINDINGS = 100
-# DataRows the server sent in one burst are written to the client together, up to this many bytes.
-_ROWS_BATCH = 64 * 1024
+# What the server sent in one read is written to the client together; past this much buffered for
+# a slow client, the relay waits for it.
+_CLIENT_BUFFER = 256 * 1024
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -558,14 +559,15 @@ class _Session:
         self.prepared: dict[str, Statement | None] = {}
         self.portals: dict[str, str] = {}
         self.pending: deque[_Pending] = deque()
-        self.columns: tuple[pgmask.Column, ...] | None = None  # the last RowDescription of this cycle
+        self.shape: pgmask.RowShape | None = None  # of the last RowDescription of this cycle
+        self.shapes = pgmask.ShapeCache(frozenset())  # RowShapes by RowDescription (after mask_columns are read)
         self.awaiting_rfq = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self.tx = b"I"
         self.aborted = False
         self.discarding: JitgateError | None = None
-        self.rows_out = bytearray()  # DataRows relayed but not yet written (on_server)
+        self.out = bytearray()  # what is relayed to the client but not yet written (on_server)
         self.plan: tuple[Policy | None, actions.Plan] | None = None  # the token's masking plan, per policy (mask)
         self.closing = False
         self.pump: asyncio.Task[None] | None = None
@@ -573,7 +575,6 @@ class _Session:
         self.server_key: bytes | None = None  # the server's BackendKeyData: never sent to the client
         self.own_key: bytes | None = None  # the one the client got (its CancelRequest names it)
         self.masked_attrs: frozenset[tuple[int, int]] = frozenset()  # mask_columns as (table oid, attnum)
-        self.forced: frozenset[int] = frozenset()  # result columns of the current RowDescription masked whole
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -774,6 +775,7 @@ class _Session:
         assert self.claims is not None
         if self.claims.scope.mask_columns:
             self.masked_attrs = await self._masked_attributes(r, w, self.claims.scope.mask_columns)
+        self.shapes = pgmask.ShapeCache(self.masked_attrs)
         await self.send(bytes(out))
         return "ok"
 
@@ -802,40 +804,67 @@ class _Session:
 
     async def relay_server(self) -> None:
         assert self.up_reader is not None
+        reader = pgwire.MessageReader(self.up_reader.read)
         try:
             while True:
-                msg = await pgwire.read_message(self.up_reader.readexactly)
-                await self.on_server(msg)
+                await self.on_server(await reader.batch())
         except (asyncio.IncompleteReadError, ConnectionError, pgwire.WireError):
             pass
         finally:
             self.closing = True
             with contextlib.suppress(Exception):
+                self.writer.write(self._take_out())
                 self.writer.close()
 
-    async def on_server(self, msg: Message) -> None:
-        t = msg.type
+    async def on_server(self, msgs: list[Message]) -> None:
+        """What one read from the server brought: relayed in order, then written as one write."""
+        rows: list[bytes] = []
+        wait = False
+        for msg in msgs:
+            if msg.type == b"D":  # a run of DataRows is masked together
+                rows.append(msg.body)
+                continue
+            if rows:
+                self.on_rows(rows)
+                rows = []
+            self.on_message(msg)
+            wait = wait or msg.type in (b"Z", b"C")
+        if rows:
+            self.on_rows(rows)
+        self.writer.write(self._take_out())
+        # Wait for a slow client at each completion, or when its buffer grows: memory stays bounded.
+        if wait or self.writer.transport.get_write_buffer_size() > _CLIENT_BUFFER:
+            await self.writer.drain()
+
+    def on_rows(self, bodies: list[bytes]) -> None:
         limits = self.claims.limits if self.claims is not None else None
+        if self.discarding is None:
+            try:
+                bodies = self.mask(bodies)
+            except (pgwire.WireError, ResultNotMaskable):
+                self._cut(ResultNotMaskable("result rows the gateway cannot read are not passed on"))
+        head = self.pending[0] if self.pending else None
+        for body in bodies:
+            if head is not None:
+                head.rows += 1
+                head.bytes += len(body) + 5
+                if self.discarding is None and limits is not None:
+                    if limits.max_documents is not None and head.rows > limits.max_documents:
+                        self._cut(RowLimitExceeded(f"the result passed this token's {limits.max_documents} rows"))
+                    elif limits.max_bytes is not None and head.bytes > limits.max_bytes:
+                        self._cut(RowLimitExceeded(f"the result passed this token's {limits.max_bytes} bytes"))
+            if self.discarding is None:
+                self.out += b"D"
+                self.out += struct.pack("!I", len(body) + 4)
+                self.out += body
+
+    def on_message(self, msg: Message) -> None:
+        t = msg.type
         if t == b"T":
             try:
-                self.columns = pgmask.row_description(msg.body)
-                self.forced = pgmask.forced_columns(self.columns, self.masked_attrs)
+                self.shape = self.shapes.shape(msg.body)
             except pgwire.WireError:
-                self.columns, self.forced = None, frozenset()
-        if t == b"D" and self.discarding is None:
-            try:
-                msg = self.mask(msg)
-            except (pgwire.WireError, ResultNotMaskable):
-                await self._cut(ResultNotMaskable("result rows the gateway cannot read are not passed on"))
-        if t == b"D" and self.pending:
-            head = self.pending[0]
-            head.rows += 1
-            head.bytes += len(msg.body) + 5
-            if self.discarding is None and limits is not None:
-                if limits.max_documents is not None and head.rows > limits.max_documents:
-                    await self._cut(RowLimitExceeded(f"the result passed this token's {limits.max_documents} rows"))
-                elif limits.max_bytes is not None and head.bytes > limits.max_bytes:
-                    await self._cut(RowLimitExceeded(f"the result passed this token's {limits.max_bytes} bytes"))
+                self.shape = None
         elif t in (b"C", b"E", b"I", b"s") and self.pending:
             head = self.pending.popleft()
             err = self.discarding
@@ -849,7 +878,7 @@ class _Session:
                 if left.stmt is not None:
                     self.write_record(left.stmt, Decision.BLOCKED, "not_run", left)
             self.pending.clear()
-            self.columns, self.forced = None, frozenset()
+            self.shape = None
             self.tx = msg.body[:1]
             self.awaiting_rfq = max(0, self.awaiting_rfq - 1)
             if self.discarding is not None:
@@ -861,45 +890,34 @@ class _Session:
                 msg = Message(b"Z", b"E")
             if self.awaiting_rfq == 0:
                 self.idle.set()
-        if self.discarding is not None and t != b"Z":
-            return
-        if t == b"D":  # rows go out together: one TLS record and send(2) a burst, not one a row
-            self.rows_out += msg.raw()
-            if len(self.rows_out) < _ROWS_BATCH and getattr(self.up_reader, "_buffer", None):
-                return  # more of the answer is already read: keep collecting
-            self.writer.write(self._take_rows())
-        else:
-            self.writer.write(self._take_rows() + msg.raw())
-        # Wait for a slow client at each completion, or when its buffer grows: memory stays bounded.
-        if t in (b"Z", b"C") or self.writer.transport.get_write_buffer_size() > 256 * 1024:
-            await self.writer.drain()
+        if self.discarding is None or t == b"Z":
+            self.out += msg.raw()
 
-    def mask(self, msg: Message) -> Message:
-        """A DataRow with its text-like values masked per the connection's profile."""
-        if self.columns is None:
+    def mask(self, bodies: list[bytes]) -> list[bytes]:
+        """DataRows with their text-like values masked per the connection's profile."""
+        if self.shape is None:
             raise ResultNotMaskable("rows without a row description")
         scanner = self.gw.scanner()
         policy = self.gw.policy
         if self.plan is None or self.plan[0] is not policy:  # one plan per policy a session, not one a row
             self.plan = (policy, actions.plan(leaks.profile_for(policy, self.claims, self.conn, ""), "response"))
-        body, found = pgmask.mask_row(
-            scanner, self.plan[1], self.columns, msg.body, forced=self.forced, tag=scanner.tag
-        )
-        if found and self.pending:
+        masked = pgmask.mask_rows(scanner, self.plan[1], self.shape, bodies, tag=scanner.tag)
+        if self.pending:
             head = self.pending[0]
-            for c, f in found:
-                head.found(escape_text(c), f)
-        return msg if body is msg.body else Message(b"D", body)
+            for _, found in masked:
+                for c, f in found:
+                    head.found(escape_text(c), f)
+        return [body for body, _ in masked]
 
-    def _take_rows(self) -> bytes:
-        out = bytes(self.rows_out)
-        self.rows_out.clear()
+    def _take_out(self) -> bytes:
+        out = bytes(self.out)
+        self.out.clear()
         return out
 
-    async def _cut(self, err: JitgateError) -> None:
+    def _cut(self, err: JitgateError) -> None:
         """A result over a limit: the client gets an error, the rest of the answer is dropped."""
         self.discarding = err
-        self.writer.write(self._take_rows() + error_response(pgwire.SQLSTATE_LIMIT, err.message, code=err.code))
+        self.out += error_response(pgwire.SQLSTATE_LIMIT, err.message, code=err.code)
 
     # -- client → server -----------------------------------------------------------------------
 

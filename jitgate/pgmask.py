@@ -63,25 +63,31 @@ def row_description(body: bytes) -> tuple[Column, ...]:
     return tuple(out)
 
 
+_COUNT = struct.Struct("!H").unpack_from
+_LENGTH = struct.Struct("!i").unpack_from
+
+
 def _values(body: bytes) -> list[bytes | None]:
-    if len(body) < 2:
+    end = len(body)
+    if end < 2:
         raise WireError("data row too short")
-    (count,) = struct.unpack_from("!H", body)
+    (count,) = _COUNT(body)
     i = 2
     out: list[bytes | None] = []
+    add = out.append
     for _ in range(count):
-        if i + 4 > len(body):
+        if i + 4 > end:
             raise WireError("data row value too short")
-        (n,) = struct.unpack_from("!i", body, i)
+        (n,) = _LENGTH(body, i)
         i += 4
         if n < 0:
-            out.append(None)
+            add(None)
             continue
-        if i + n > len(body):
+        if i + n > end:
             raise WireError("data row value past its end")
-        out.append(body[i : i + n])
+        add(body[i : i + n])
         i += n
-    if i != len(body):
+    if i != end:
         raise WireError("data row has bytes after its values")
     return out
 
@@ -135,6 +141,96 @@ def _forced_value(column: Column, value: bytes, tag: str) -> bytes | None:
     return None
 
 
+@dataclass(frozen=True)
+class RowShape:
+    """What masking needs of one RowDescription: its columns, those masked whole (`forced`), and
+    the text-like others that are scanned."""
+
+    columns: tuple[Column, ...]
+    forced: tuple[int, ...] = ()
+    scanned: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, columns: Sequence[Column], forced: frozenset[int] = frozenset()) -> RowShape:
+        scanned = tuple(k for k, c in enumerate(columns) if c.scanned and k not in forced)
+        return cls(tuple(columns), tuple(sorted(forced)), scanned)
+
+
+class ShapeCache:
+    """RowShapes by RowDescription body, for one session (its masked attributes fixed): a repeated
+    statement's answer is not described again. Bounded: the oldest goes past `size` entries."""
+
+    def __init__(self, attributes: frozenset[tuple[int, int]], size: int = 64) -> None:
+        self.attributes = attributes
+        self.size = size
+        self._shapes: dict[bytes, RowShape] = {}
+
+    def shape(self, description: bytes) -> RowShape:
+        """The shape of a RowDescription ('T') body; raises WireError for one that cannot be read."""
+        found = self._shapes.get(description)
+        if found is None:
+            columns = row_description(description)
+            found = RowShape.of(columns, forced_columns(columns, self.attributes))
+            if len(self._shapes) >= self.size:
+                del self._shapes[next(iter(self._shapes))]
+            self._shapes[description] = found
+        return found
+
+
+def mask_rows(
+    scanner: Scanner,
+    plan: actions.Plan,
+    shape: RowShape,
+    bodies: Sequence[bytes],
+    *,
+    tag: Callable[[bytes], str] | None = None,
+) -> list[tuple[bytes, list[tuple[str, Hit]]]]:
+    """DataRow ('D') bodies of one answer with their text-like values masked, and the findings
+    of each by column name; a body without a change is returned as it came.
+
+    One scanner pass (`may_find_each`) over the scanned values of all the rows says which may
+    hold a finding; only those are scanned alone. The values at `shape.forced` are masked
+    whatever they hold, tagged by `tag` (a keyed HMAC of the value), with the type `FORCED`.
+    """
+    columns = shape.columns
+    if shape.forced and tag is None:
+        raise ValueError("forced columns need a tag function")
+    rows = [_values(body) for body in bodies]
+    out: list[tuple[bytes, list[tuple[str, Hit]]]] = [(body, []) for body in bodies]
+    changed = [False] * len(rows)
+    places: list[tuple[int, int]] = []
+    texts: list[bytes] = []
+    for r, values in enumerate(rows):
+        if len(values) != len(columns):
+            raise WireError("data row does not match its row description")
+        for k in shape.forced:
+            value = values[k]
+            if value is not None and tag is not None:
+                mark = tag(value)
+                values[k] = _forced_value(columns[k], value, mark)
+                out[r][1].append((columns[k].name, Hit(FORCED, "pii", 0, len(value), mark)))
+                changed[r] = True
+        for k in shape.scanned:
+            value = values[k]
+            if value:
+                places.append((r, k))
+                texts.append(value)
+    flags = scanner.may_find_each(texts, pii=plan.pii_types) if texts else []
+    for (r, k), value, flag in zip(places, texts, flags, strict=True):
+        if not flag:
+            continue
+        column = columns[k]
+        head = b""
+        if column.type_oid == JSONB_OID and value[:1] == _JSONB_VERSION:  # binary jsonb: version byte, then text
+            head, value = value[:1], value[1:]
+        result = scanner.scan(value, pii=plan.pii_types, json_strings=column.type_oid in (JSON_OID, JSONB_OID))
+        if result.edits:
+            out[r][1].extend((column.name, f) for f in result.findings)
+            rows[r][k] = head + result.masked(value)
+            changed[r] = True
+    return [(_row(rows[r]), found) if changed[r] else (body, found) for r, (body, found) in enumerate(out)]
+
+
 def mask_row(
     scanner: Scanner,
     plan: actions.Plan,
@@ -144,42 +240,5 @@ def mask_row(
     forced: frozenset[int] = frozenset(),
     tag: Callable[[bytes], str] | None = None,
 ) -> tuple[bytes, list[tuple[str, Hit]]]:
-    """A DataRow ('D') body with its text-like values masked, and the findings by column name.
-
-    The values at `forced` (result column indexes, see `forced_columns`) are masked whatever they
-    hold, tagged by `tag` (a keyed HMAC of the value); their findings have the type `FORCED`.
-    """
-    values = _values(body)
-    if len(values) != len(columns):
-        raise WireError("data row does not match its row description")
-    found: list[tuple[str, Hit]] = []
-    changed = False
-    for k in sorted(forced):
-        value = values[k]
-        if value is None:
-            continue
-        if tag is None:
-            raise ValueError("forced columns need a tag function")
-        mark = tag(value)
-        values[k] = _forced_value(columns[k], value, mark)
-        found.append((columns[k].name, Hit(FORCED, "pii", 0, len(value), mark)))
-        changed = True
-    scan = [
-        (k, v) for k, (c, v) in enumerate(zip(columns, values, strict=True)) if c.scanned and v and k not in forced
-    ]
-    if not scan or not scanner.may_find([v for _, v in scan if v], pii=plan.pii_types):
-        return (_row(values) if changed else body), found
-    for k, value in scan:
-        assert value is not None
-        column = columns[k]
-        head = b""
-        if column.type_oid == JSONB_OID and value[:1] == _JSONB_VERSION:  # binary jsonb: version byte, then text
-            head, value = value[:1], value[1:]
-        json_text = column.type_oid in (JSON_OID, JSONB_OID)
-        result = scanner.scan(value, pii=plan.pii_types, json_strings=json_text)
-        if not result.edits:
-            continue
-        found.extend((column.name, f) for f in result.findings)
-        values[k] = head + result.masked(value)
-        changed = True
-    return (_row(values) if changed else body), found
+    """One DataRow ('D') body masked (`mask_rows` of one row)."""
+    return mask_rows(scanner, plan, RowShape.of(columns, forced), [body], tag=tag)[0]

@@ -7,6 +7,7 @@ cannot make the gateway hold more than `MAX_MESSAGE` bytes for one message.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ SQLSTATE_UNAVAILABLE = "57P03"  # cannot_connect_now
 SQLSTATE_ABORTED = "25P02"  # in_failed_sql_transaction
 
 Reader = Callable[[int], Awaitable[bytes]]
+READ_CHUNK = 256 * 1024
 
 
 class WireError(ValueError):
@@ -47,6 +49,61 @@ async def read_message(read: Reader, *, limit: int = MAX_MESSAGE) -> Message:
     if length < 4 or length - 4 > limit:
         raise WireError("message length out of range")
     return Message(head[:1], await read(length - 4) if length > 4 else b"")
+
+
+class MessageReader:
+    """Typed messages from a stream read in large chunks: `batch` hands out every message one read
+    completed, so a burst of DataRows is relayed (and masked, and written) together.
+
+    `read(n)` returns up to n bytes, b"" at the end (asyncio's `StreamReader.read`). A message's
+    length is checked from its header before its body is waited for, as in `read_message`.
+    """
+
+    def __init__(self, read: Reader, *, chunk: int = READ_CHUNK, limit: int = MAX_MESSAGE) -> None:
+        self._read = read
+        self._chunk = chunk
+        self._limit = limit
+        self._buf = b""
+
+    async def batch(self) -> list[Message]:
+        """The complete messages buffered, reading when there is none; at least one.
+
+        Raises asyncio.IncompleteReadError at the stream's end, WireError for a bad length."""
+        while True:
+            out, need = self._take()
+            if out:
+                return out
+            parts = [self._buf]
+            have = len(self._buf)
+            while have < need:
+                data = await self._read(max(self._chunk, need - have))
+                if not data:
+                    raise asyncio.IncompleteReadError(b"".join(parts), need)
+                parts.append(data)
+                have += len(data)
+            self._buf = b"".join(parts)
+
+    def _take(self) -> tuple[list[Message], int]:
+        """The complete messages at the head of the buffer, and the bytes the next one needs."""
+        buf = self._buf
+        n = len(buf)
+        pos = 0
+        out: list[Message] = []
+        while True:
+            if n - pos < 5:
+                need = 5
+                break
+            (length,) = struct.unpack_from("!I", buf, pos + 1)
+            if length < 4 or length - 4 > self._limit:
+                raise WireError("message length out of range")
+            if n - pos < 1 + length:
+                need = 1 + length
+                break
+            out.append(Message(buf[pos : pos + 1], buf[pos + 5 : pos + 1 + length]))
+            pos += 1 + length
+        if pos:
+            self._buf = buf[pos:]
+        return out, need
 
 
 async def read_startup(read: Reader) -> tuple[int, bytes]:

@@ -240,6 +240,35 @@ class Scanner:
             return True
         return any(rule_id in (0, 1) for rule_id, _ in self._decoder_engine.matches(joined))
 
+    def may_find_each(
+        self, values: Sequence[bytes], *, pii: Collection[str] = (), literals: Sequence[bytes] = ()
+    ) -> list[bool]:
+        """For each of `values`: False only when `scan` (JSON strings decoded or not) would find
+        nothing in it. One engine pass over the values joined with `\n`, as `may_find`.
+
+        A candidate or a place to decode flags every value its span touches (one that straddles a
+        separator flags both sides, and is never taken as a finding: the flagged values are then
+        scanned alone). JSON escapes flag their value too, for values scanned as JSON text.
+        """
+        flags = [False] * len(values)
+        if not values:
+            return flags
+        starts: list[int] = []
+        pos = 0
+        for v in values:
+            starts.append(pos)
+            pos += len(v) + 1
+        joined = b"\n".join(values)
+        spans = [(c.start, c.end) for c in self._candidates(joined, pii, literals) if c.kind != "marker"]
+        spans.extend(m.span() for _, m in self._decoder_engine.matches(joined))
+        last = len(values) - 1
+        for start, end in spans:
+            first = bisect.bisect_right(starts, start) - 1
+            final = bisect.bisect_right(starts, max(start, end - 1)) - 1
+            for k in range(max(first, 0), min(final, last) + 1):
+                flags[k] = True
+        return flags
+
     def contains_secret(self, buf: bytes, *, literals: Sequence[bytes] = ()) -> ScanResult:
         """The block decision: secrets only, raw first; the decoding pass only when raw is clean.
 

@@ -109,3 +109,46 @@ def test_masked_attributes_from_the_catalog_rows() -> None:
     assert "ARRAY['it''s', 'x']" in query  # one entry per name, quoted as a literal
     with pytest.raises(WireError):
         pgmask.masked_attributes([_row(b"1", None, b"a", b"b", b"c")], names, "public")
+
+
+def test_a_json_escaped_email_in_json_columns_is_masked() -> None:
+    scanner = Scanner(secrets.token_bytes(32))
+    plan = actions.plan(MaskProfile(), "response")
+    email = f"{secrets.token_hex(4)}@example.com"
+    escaped = b'{"mail": "' + email.replace("@", "\\u0040").encode() + b'"}'
+    cols = pgmask.row_description(_desc(("js", 114, 0), ("jb", 3802, 1), ("jt", 3802, 0)))
+    body, found = pgmask.mask_row(scanner, plan, cols, _row(escaped, b"\x01" + escaped, escaped))
+    values = pgmask._values(body)
+    assert all(v is not None and b"\\u0040" not in v and b"[REDACTED:email:" in v for v in values)
+    assert values[1] is not None and values[1][:1] == b"\x01"
+    assert [c for c, _ in found] == ["js", "jb", "jt"]
+
+
+def test_a_burst_of_rows_masks_as_each_row_alone() -> None:
+    scanner = Scanner(secrets.token_bytes(32))
+    plan = actions.plan(MaskProfile(), "response")
+    cols = pgmask.row_description(_desc(("id", 23, 0), ("body", 25, 0), ("meta", 114, 0)))
+    rows = []
+    for i in range(60):
+        mail = f" write to {secrets.token_hex(3)}@example.com" if i % 7 == 0 else ""
+        text = f"candidate {i} about rerankers{mail}"
+        meta = b'{"n": %d}' % i if i % 5 else b'{"who": "' + secrets.token_hex(3).encode() + b'\\u0040example.org"}'
+        rows.append(_row(str(i).encode(), text.encode(), meta))
+    shape = pgmask.RowShape.of(cols)
+    burst = pgmask.mask_rows(scanner, plan, shape, rows)
+    assert burst == [pgmask.mask_row(scanner, plan, cols, r) for r in rows]
+    assert sum(1 for body, _ in burst if b"[REDACTED:email:" in body) == len({*range(0, 60, 7), *range(0, 60, 5)})
+    assert all(out is row for (out, found), row in zip(burst, rows, strict=True) if not found)
+
+
+def test_row_shapes_are_cached_per_description_and_bounded() -> None:
+    cache = pgmask.ShapeCache(frozenset({(7001, 2)}), size=3)
+    desc = _desc_from(("id", 7001, 1, 23, 0), ("mail", 7001, 2, 25, 0), ("body", 7001, 3, 25, 0))
+    shape = cache.shape(desc)
+    assert shape.forced == (1,) and shape.scanned == (2,)
+    assert cache.shape(desc) is shape
+    for n in range(3):
+        cache.shape(_desc((f"c{n}", 25, 0)))
+    assert cache.shape(desc) is not shape and cache.shape(desc) == shape  # the oldest went
+    with pytest.raises(WireError):
+        cache.shape(b"\x00")
