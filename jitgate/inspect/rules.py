@@ -86,6 +86,14 @@ class Rule:
     # Compiled into a Hyperscan database of its own: a pattern that keeps the others from being
     # accelerated when they share one (each extra database is one more short pass).
     hs_alone: bool = False
+    # For an `hs_ends` rule: the bytes every match is made of up to `hs_run_skip` bytes before
+    # the reported end, where the match is led by a byte not among them (a lookbehind). `re`
+    # then confirms from where that run starts instead of the window's far end.
+    hs_run: bytes | None = None
+    hs_run_skip: int = 0
+    # The bytes a match can start with (None: any): `re` stops confirming a region once what is
+    # left of it holds none (after a phone number, only its boundary byte is left).
+    hs_lead: bytes | None = None
 
     @cached_property
     def regex(self) -> re.Pattern[bytes]:
@@ -398,6 +406,10 @@ PII_RULES: tuple[Rule, ...] = (
         hs=r"@[A-Za-z0-9-]",
         hs_ends=True,
         hs_alone=True,
+        # The local part before the reported `@` and domain character: the window of 411 bytes
+        # before each `@` shrinks to the run of local-part characters.
+        hs_run=b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-",
+        hs_run_skip=2,
     ),
     # Every grouping (US 3-3-4, `(415) 5550132`, FR 2-2-2-2-2, ES 3-2-2-2, IN 5-5, JP 2-4-4, NL 1-8,
     # `+33 6 12 34 56 78`): an area code in parentheses and the rest in one run or more groups, or
@@ -417,6 +429,11 @@ PII_RULES: tuple[Rule, ...] = (
         # scores (`0.13629831567813933`) are no candidates.
         hs=r"(?:[0-9][ .-]|\)[ .-]?)[0-9]{2,8}(?:[^0-9A-Za-z]|$)",
         hs_ends=True,
+        # Digits, separators, parentheses and `+` up to the last digit (the byte before the
+        # reported end is the boundary, or a digit at the end of the text).
+        hs_run=b"0123456789 .()+-",
+        hs_run_skip=1,
+        hs_lead=b"0123456789+(",
     ),
     # E.164 written without separators: `+14155550132`.
     Rule("phone", "pii", _lb("\\w+.-") + r"\+[1-9][0-9]{6,14}(?![0-9A-Za-z]|[.-][0-9])", v.phone),

@@ -434,3 +434,25 @@ def test_the_probe_looks_for_runs_as_long_as_the_base64_rule_needs(hs_scanner: S
         assert [f.type for f in found] == ["aws_access_key_id"]
         other = base64.b64encode(key_id.lower().encode())
         assert scanner.contains_secret(b"data:\n  id: " + other + b"\n").findings == []
+
+
+# -- confirm regions that start where a phone number's or an e-mail's run starts ------------------
+
+_RUN_PARTS = ["415", "555", "0132", "+44", "(020)", "7946", "0958", " ", " ", ".", "-", "(", ")", "+", ",", "\\n",
+              "jane.doe", "@", "example", ".com", "x", "A", "%", "_", "\n", "2024-06-12", "06 12 34 56 78",
+              "jane.doe@example.com", "a+b@mail.example.org", "+44 20 7946 0958", "(415) 555-0132"]
+
+
+@_SETTINGS
+@given(parts=st.lists(st.sampled_from(_RUN_PARTS), max_size=60), pad=st.integers(0, 500))
+def test_run_regions_confirm_what_finditer_finds(parts: list[str], pad: int) -> None:
+    """Each `hs_run` rule on Hyperscan returns exactly `finditer`'s matches, also where the run is
+    longer than the window, numbers share one run, or the text before the run is long."""
+    pytest.importorskip("hyperscan")
+    from jitgate.inspect.engine import HyperscanEngine
+    from jitgate.inspect.rules import PII_RULES
+
+    raw = ("word " * pad + "".join(parts)).encode()
+    for rule in (r for r in PII_RULES if r.hs_run is not None):
+        engine = HyperscanEngine([rule])
+        assert [m.span() for _, m in engine.matches(raw)] == [m.span() for m in rule.regex.finditer(raw)]
