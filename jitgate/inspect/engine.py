@@ -139,9 +139,10 @@ class HyperscanEngine:
         # An `hs_ends` pattern reports where one may end (or just after, past a boundary it
         # consumes): the region reaches back as far as both together.
         self._back = tuple(r.max_len + r.hs_max_len if r.hs_ends else r.hs_max_len for r in self.rules)
-        # A match never starts more than the rule's max length before a report's end: a start of
-        # match further left (an unbounded `+` in a Hyperscan pattern) is clamped to that.
-        self._reach = tuple(r.max_len for r in self.rules)
+        # A match never starts more than the rule's max length (or its Hyperscan pattern's, which
+        # may consume a boundary byte after the match) before a report's end: a start of match
+        # further left (an unbounded `+` in a Hyperscan pattern) is clamped to that.
+        self._reach = tuple(max(r.max_len, r.hs_max_len) for r in self.rules)
         self._ahead = tuple(r.max_len if r.trigger else 0 for r in self.rules)
         # One database for the rules, and one of its own for each `hs_alone` rule.
         groups = [[i for i, r in enumerate(self.rules) if not r.hs_alone]]
