@@ -466,3 +466,32 @@ def test_pii_rules_on_hyperscan_confirm_what_finditer_finds(parts: list[str], pa
     for rule in PII_RULES:
         engine = _one_rule_engine(rule)
         assert [m.span() for _, m in engine.matches(raw)] == [m.span() for m in rule.regex.finditer(raw)]
+
+
+def _is_text_as_first_written(data: bytes) -> bool:
+    head = data[:512]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:
+            return False
+    printable = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+    return bool(head) and sum(1 for c in head if c in printable or c >= 0x80) >= 0.95 * len(head)
+
+
+@_SETTINGS
+@given(data=st.one_of(st.binary(max_size=600), st.text(max_size=600).map(str.encode),
+                      st.text(alphabet="ab\x01\x7f\n", max_size=80).map(str.encode)))
+def test_is_text_as_first_written(data: bytes) -> None:
+    assert scanner_module._is_text(data) == _is_text_as_first_written(data)
+    assert scanner_module._b64(data) == _b64_as_first_written(data)
+
+
+def _b64_as_first_written(blob: bytes) -> bytes | None:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(blob + b"=" * (-len(blob) % 4))
+    except (binascii.Error, ValueError):
+        return None
