@@ -27,6 +27,8 @@ figures are printed alongside in `wall_mb_s`):
   tests/inspect/formats.py; benign_false_positives: findings on its benign corpus.
 
 Run: .venv/bin/python benchmarks/scan.py --json
+Instructions per dense scan: `valgrind --tool=callgrind .venv/bin/python benchmarks/scan.py --mb 0.5
+--dense-loop N [--dense-pii]` for N = 3 and N = 1, the difference over 2.
 """
 
 from __future__ import annotations
@@ -177,6 +179,17 @@ def format_figures(scanner: Scanner) -> dict[str, Any]:
     }
 
 
+def dense_loop(args: argparse.Namespace) -> None:
+    """`--dense-loop N`: the dense body of `pii_figures`, scanned and masked N times, nothing else."""
+    raw = corpus.rerank_body(
+        args.seed + 4, target_bytes=int(args.mb * 1e6), secret_rate=0.5, pii_rate=1.0, negative_rate=0.3, doc_words=150
+    ).encode()
+    scanner = Scanner(secrets.token_bytes(32), engine="auto")
+    pii = frozenset(MaskProfile().pii_types) if args.dense_pii else frozenset()
+    for _ in range(args.dense_loop):
+        scanner.scan(raw, pii=pii, json_strings=True).masked(raw)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -184,7 +197,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--ds-sample", type=int, default=256 * 1024, help="bytes of the body detect-secrets scans")
+    ap.add_argument("--dense-loop", type=int, metavar="N", help="only scan the findings-dense body N times, print "
+                    "nothing (for instruction counts: callgrind, N against a smaller N)")
+    ap.add_argument("--dense-pii", action="store_true", help="with --dense-loop: secrets + PII + mask")
     args = ap.parse_args()
+    if args.dense_loop is not None:
+        dense_loop(args)
+        return
 
     body = corpus.rerank_body(
         args.seed, target_bytes=int(args.mb * 1e6), secret_rate=0.05, pii_rate=0.1, negative_rate=0.3, doc_words=150

@@ -139,9 +139,10 @@ class HyperscanEngine:
         # An `hs_ends` pattern reports where one may end (or just after, past a boundary it
         # consumes): the region reaches back as far as both together.
         self._back = tuple(r.max_len + r.hs_max_len if r.hs_ends else r.hs_max_len for r in self.rules)
-        # A match never starts more than the rule's max length before a report's end: a start of
-        # match further left (an unbounded `+` in a Hyperscan pattern) is clamped to that.
-        self._reach = tuple(r.max_len for r in self.rules)
+        # A match never starts more than the rule's max length (or its Hyperscan pattern's, which
+        # may consume a boundary byte after the match) before a report's end: a start of match
+        # further left (an unbounded `+` in a Hyperscan pattern) is clamped to that.
+        self._reach = tuple(max(r.max_len, r.hs_max_len) for r in self.rules)
         self._ahead = tuple(r.max_len if r.trigger else 0 for r in self.rules)
         # One database for the rules, and one of its own for each `hs_alone` rule.
         groups = [[i for i, r in enumerate(self.rules) if not r.hs_alone]]
@@ -200,7 +201,10 @@ class HyperscanEngine:
         endpos = min(len(buf), b + rule.max_len + 1)
         pos = a
         search = rule.regex.search
+        not_lead = _NOT_LEAD[rule.hs_lead] if rule.hs_lead is not None else None
         while pos < b:
+            if not_lead is not None and not buf[pos:b].translate(None, not_lead):
+                return  # no byte left where a match could start
             m = search(buf, pos, endpos)
             if m is None or m.start() >= b:
                 return
@@ -225,12 +229,53 @@ class HyperscanEngine:
                             last_end = m.end() if m.end() > start else start + 1
                 continue
             has_som, reach_r, back_r, ahead_r = som[rule_id], reach[rule_id], back[rule_id], ahead[rule_id]
-            regions = [
-                (max(start, end - reach_r) if has_som else max(0, end - back_r), end + ahead_r) for _, start, end in run
-            ]
-            for a, b in self._merge(regions):
+            if rule.hs_run is not None:
+                regions = _run_regions(buf, run, back_r, rule.hs_run, rule.hs_run_skip)
+            else:
+                regions = self._merge([
+                    (max(start, end - reach_r) if has_som else max(0, end - back_r), end + ahead_r)
+                    for _, start, end in run
+                ])
+            for a, b in regions:
                 out.extend((rule_id, m) for m in self._confirm(buf, rule, a, b))
         return out
+
+
+class _NotLead(dict[bytes, bytes]):
+    """Per set of lead bytes, the bytes to delete so that only lead bytes remain."""
+
+    def __missing__(self, lead: bytes) -> bytes:
+        self[lead] = value = bytes(sorted(set(range(256)) - set(lead)))
+        return value
+
+
+_NOT_LEAD = _NotLead()
+
+
+def _run_regions(
+    buf: bytes, reports: Iterable[tuple[int, int, int]], back: int, chars: bytes, skip: int
+) -> list[tuple[int, int]]:
+    """Merged confirm regions of an `hs_ends` rule whose matches are runs of `chars` up to `skip`
+    bytes before each reported end, each led by a byte not in `chars`: a region starts where that
+    run starts (no earlier than the window of `back` bytes), so `re` does not search the text
+    before it. Reports come sorted by end; so do the regions."""
+    regions: list[tuple[int, int]] = []
+    last_a, last_b = -1, -1
+    for _, _, end in reports:
+        stop = end - skip
+        if stop <= last_b:  # in the previous region's run: the region grows
+            last_b = end
+            regions[-1] = (last_a, end)
+            continue
+        a = max(0, end - back)
+        a += len(buf[a:stop].rstrip(chars))
+        if a < last_b:
+            last_b = end
+            regions[-1] = (last_a, end)
+            continue
+        last_a, last_b = a, end
+        regions.append((a, end))
+    return regions
 
 
 class RunProbe:

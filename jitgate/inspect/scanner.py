@@ -10,7 +10,6 @@ text, and URL-encoded tokens (both masked whole).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import bisect
 import json
@@ -35,6 +34,7 @@ _B64_HEAD = re.compile(rb"[A-Za-z0-9+/]{0,%d}" % _HEAD_CHARS)
 _URL_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~%+=&/:@-")
 _URL_REST = re.compile(rb"[A-Za-z0-9._~%+=&/:@-]*")
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+_TEXT_BYTES = bytes(sorted(_PRINTABLE | set(range(0x80, 0x100))))
 # A JSON string (unrolled: several times faster in `re` than `"(?:[^"\\]|\\.)*"`, same matches).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NUMBER_CHARS = frozenset(b"0123456789+-.eE")
@@ -455,8 +455,8 @@ _RANK = _rank
 
 
 def _b64(blob: bytes) -> bytes | None:
-    try:
-        return base64.b64decode(blob + b"=" * (-len(blob) % 4))
+    try:  # `base64.b64decode` without its Python-level argument handling
+        return binascii.a2b_base64(blob + b"=" * (-len(blob) % 4), strict_mode=False)
     except (binascii.Error, ValueError):
         return None
 
@@ -525,12 +525,16 @@ def _clearly_in_string(buf: bytes, pos: int) -> bool:
 def _is_text(data: bytes) -> bool:
     """Decoded bytes worth scanning: UTF-8 text, mostly printable (images and keys are not)."""
     head = data[:512]
+    # Printable or not ASCII: what is left once those bytes are deleted is the rest (checked
+    # first: most blobs are images, and this is cheaper than a failed decode).
+    if not head or len(head) - len(head.translate(None, _TEXT_BYTES)) < 0.95 * len(head):
+        return False
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # a character cut at the end of the sample is fine
             return False
-    return bool(head) and sum(1 for c in head if c in _PRINTABLE or c >= 0x80) >= 0.95 * len(head)
+    return True
 
 
 def _string_bounds(buf: bytes, pos: int) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@ secrets-only scan (then the decoding pass when raw is clean).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from jitgate.inspect import Scanner
 from jitgate.inspect import scanner as scanner_module
 from jitgate.inspect import validators as v
+from jitgate.inspect.engine import HyperscanEngine
 from jitgate.inspect.masking import MARKER
 from jitgate.inspect.rules import Rule
 from tests.inspect import corpus
@@ -434,3 +436,62 @@ def test_the_probe_looks_for_runs_as_long_as_the_base64_rule_needs(hs_scanner: S
         assert [f.type for f in found] == ["aws_access_key_id"]
         other = base64.b64encode(key_id.lower().encode())
         assert scanner.contains_secret(b"data:\n  id: " + other + b"\n").findings == []
+
+
+# -- confirm regions that start where a phone number's or an e-mail's run starts ------------------
+
+@functools.cache
+def _one_rule_engine(rule: Rule) -> HyperscanEngine:
+    return HyperscanEngine([rule])
+
+
+_RUN_PARTS = ["415", "555", "0132", "+44", "(020)", "7946", "0958", " ", " ", ".", "-", "(", ")", "+", ",", "\\n",
+              "jane.doe", "@", "example", ".com", "x", "A", "%", "_", "\n", "2024-06-12", "06 12 34 56 78",
+              "jane.doe@example.com", "a+b@mail.example.org", "+44 20 7946 0958", "(415) 555-0132",
+              "221.226.113.146", "10.0.0.1", "fd35::21cc", "::ffff:198.51.100.23", ":", "DE89 3704 0044 0532 0130 00",
+              "GB82WEST12345698765432", "4111 1111 1111 1111", "378282246310005", "123-45-6789", "_", "AB12"]
+
+
+@_SETTINGS
+@given(parts=st.lists(st.sampled_from(_RUN_PARTS), max_size=60), pad=st.integers(0, 500))
+def test_pii_rules_on_hyperscan_confirm_what_finditer_finds(parts: list[str], pad: int) -> None:
+    """Each PII rule on Hyperscan returns exactly `finditer`'s matches: the `hs_run` rules also
+    where a run is longer than the window, numbers share one run, or the text before is long; the
+    rules whose Hyperscan pattern consumes the boundary byte after a match also for the longest
+    values (`221.226.113.146`)."""
+    pytest.importorskip("hyperscan")
+    from jitgate.inspect.rules import PII_RULES
+
+    raw = ("word " * pad + "".join(parts)).encode()
+    for rule in PII_RULES:
+        engine = _one_rule_engine(rule)
+        assert [m.span() for _, m in engine.matches(raw)] == [m.span() for m in rule.regex.finditer(raw)]
+
+
+def _is_text_as_first_written(data: bytes) -> bool:
+    head = data[:512]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:
+            return False
+    printable = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+    return bool(head) and sum(1 for c in head if c in printable or c >= 0x80) >= 0.95 * len(head)
+
+
+@_SETTINGS
+@given(data=st.one_of(st.binary(max_size=600), st.text(max_size=600).map(str.encode),
+                      st.text(alphabet="ab\x01\x7f\n", max_size=80).map(str.encode)))
+def test_is_text_as_first_written(data: bytes) -> None:
+    assert scanner_module._is_text(data) == _is_text_as_first_written(data)
+    assert scanner_module._b64(data) == _b64_as_first_written(data)
+
+
+def _b64_as_first_written(blob: bytes) -> bytes | None:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(blob + b"=" * (-len(blob) % 4))
+    except (binascii.Error, ValueError):
+        return None
