@@ -7,13 +7,17 @@ replaces with `json_error_response` (and refuses to start where mitmproxy's diff
 (client side) mitmproxy writes the headers (`content-type: text/html`) and the page with the raw
 error text inline in `Http2Server`'s event handler: addon/mitmproxy_compat.py puts a handler in front
 of it that answers such an error with `json_error_body` (the same status, code and message).
-The message is a fixed sentence per status: mitmproxy's own text can name internal hosts.
+The message is a fixed sentence per status: mitmproxy's own text can name internal hosts. The body
+takes the error shape of the host's dialect (`jitgate.dialects.error_body`, as the chain's refusals
+do), so a vendor SDK's own exception carries jitgate's message and code.
 tests/reliability/test_upstream.py fails if a mitmproxy upgrade moves the seam.
 
 The builder is not told which flow it answers. An addon that knows better (upstream_timeout: the
 gateway itself cut a silent upstream) calls `answer_as(504)` from the flow's `error` hook: mitmproxy
 runs the `error` hooks and then builds the answer in the same asyncio task (the hook task), so a
 context variable set in the hook reaches the builder and no other connection. It is used once.
+The dialect comes the same way: upstream_timeout's `error` hook (every flow's) calls `answer_for`.
+An answer with no flow (a request that is not valid HTTP) has no dialect: plain `{code, message}`.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from __future__ import annotations
 import contextvars
 import json
 
-from mitmproxy import http, version
+from mitmproxy import ctx, http, version
 from mitmproxy.net.http import http1
 
+from addon import meta, settings
+from jitgate.dialects import error_body
 from jitgate.errors import (
     BadRequest,
     GatewayError,
     JitgateError,
     PayloadTooLarge,
+    PolicyError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -46,6 +53,7 @@ _FALLBACK = (GatewayError.code, "the gateway could not complete the request")
 # Only a 502 (upstream closed or unreachable) may be re-labelled: the gateway closed it itself.
 _RELABEL_FROM = 502
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar("jitgate_error_answer", default=None)
+_dialect: contextvars.ContextVar[str | None] = contextvars.ContextVar("jitgate_error_dialect", default=None)
 
 
 def answer_as(status_code: int) -> None:
@@ -55,16 +63,33 @@ def answer_as(status_code: int) -> None:
     _override.set(status_code)
 
 
+def answer_for(flow: http.HTTPFlow) -> None:
+    """Call from an `error` hook: this flow's coming answer from mitmproxy takes the error shape of
+    its dialect: the flow's, else its host's in the policy in use (a body over `body_size_limit` is
+    answered before the `request` hooks name one)."""
+    dialect = meta.state_of(flow).dialect
+    location = getattr(ctx.options, "jitgate_policy", "")
+    if dialect is None and location:
+        try:
+            dialect = settings.POLICIES.current(location).policy.dialect_for_host(flow.request.host)
+        except PolicyError:
+            dialect = None
+    _dialect.set(dialect)
+
+
 def json_error_body(status_code: int) -> tuple[int, bytes]:
     """The status and JSON body jitgate answers for mitmproxy's error `status_code` (either HTTP
-    version); an `answer_as` from this flow's `error` hook applies, once."""
-    override = _override.get()
+    version); an `answer_as` and an `answer_in` from this flow's `error` hook apply, once."""
+    override, dialect = _override.get(), _dialect.get()
+    # Once: tasks started later from this one must not inherit them.
     if override is not None:
-        _override.set(None)  # once: tasks started later from this one must not inherit it
+        _override.set(None)
         if status_code == _RELABEL_FROM:
             status_code = override
+    if dialect is not None:
+        _dialect.set(None)
     code, text = ANSWERS.get(status_code, _FALLBACK)
-    return status_code, json.dumps({"code": code, "message": text}).encode()
+    return status_code, json.dumps(error_body(dialect, code, text)).encode()
 
 
 def json_error_response(status_code: int, message: str = "") -> bytes:

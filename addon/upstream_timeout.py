@@ -97,6 +97,7 @@ class UpstreamTimeout:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
+        error_answers.answer_for(flow)  # mitmproxy's own answer to it takes the host's error shape
         if self._timed_out(flow):
             error_answers.answer_as(UpstreamTimeoutError.status)
 

@@ -30,3 +30,12 @@ def test_install_replaces_mitmproxys_builder() -> None:
         assert _http1.make_error_response is error_answers.json_error_response
     finally:
         _http1.make_error_response = original
+
+
+def test_the_answer_takes_the_dialect_the_error_hook_named() -> None:
+    error_answers._dialect.set("voyage")
+    _, body = error_answers.json_error_body(413)
+    message = error_answers.ANSWERS[413][1]
+    assert json.loads(body) == {"code": "payload_too_large", "message": message, "detail": message}
+    _, again = error_answers.json_error_body(413)  # once: the next answer has no dialect
+    assert json.loads(again) == {"code": "payload_too_large", "message": message}

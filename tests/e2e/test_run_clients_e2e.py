@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,32 @@ asyncio.run(main())
 """,
 }
 
+# llama-index's Cohere rerank needs cohere<7: it runs from .venv-llamaindex (`make llamaindex-setup`).
+# It reads COHERE_API_KEY, one of the cohere connections' key variables `jitgate run` sets.
+LLAMAINDEX = """
+from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.postprocessor.cohere_rerank import CohereRerank
+rerank = CohereRerank(top_n=1, model="rerank-v3.5", max_retries=1)
+def nodes(docs):
+    return [NodeWithScore(node=TextNode(text=d)) for d in docs]
+top = DOCS.index(rerank.postprocess_nodes(nodes(DOCS), query_str="whale")[0].node.text)
+try:
+    rerank.postprocess_nodes(nodes(LEAKY), query_str="whale")
+    out(ok=top, error=None)
+except Exception as exc:
+    out(ok=top, error=f"{type(exc).__name__}: {exc}")
+"""
+
+
+@cache
+def llamaindex_python() -> str:
+    """The python of .venv-llamaindex, made by make (once, then cached) when it is not there."""
+    venv = REPO / ".venv-llamaindex"
+    if not (venv / ".installed").exists():
+        subprocess.run(["make", "-C", str(REPO), "llamaindex-setup"], check=True, capture_output=True, timeout=1200)
+    return str(venv / "bin" / "python")
+
+
 # Node 20's fetch ignores HTTPS_PROXY (Node >= 24 reads it with NODE_USE_ENV_PROXY=1, which
 # `jitgate run` sets); what works on Node 20 without a package: a CONNECT tunnel by hand.
 NODE_FETCH = """
@@ -155,7 +182,8 @@ http.request({host: proxy.hostname, port: proxy.port, method: "CONNECT", path: h
 
 
 def _py(stack: DevStack, connection: str, job: str, secret: str, **env: str) -> dict[str, Any]:
-    proc = _run(stack, connection, [sys.executable, "-c", _PY_HEAD + JOBS[job]], env={"JOB_SECRET": secret, **env})
+    python, code = (llamaindex_python(), LLAMAINDEX) if job == "llamaindex" else (sys.executable, JOBS[job])
+    proc = _run(stack, connection, [python, "-c", _PY_HEAD + code], env={"JOB_SECRET": secret, **env})
     assert proc.returncode == 0, proc.stderr
     return _result(proc)
 
@@ -183,6 +211,15 @@ def test_cohere_sdk_works_and_its_exception_carries_jitgates_refusal(stack: DevS
     assert got["ok"] == 0
     assert refusal["body"]["message"] in got["error"] and "leak_blocked" in got["error"]
     assert secret not in got["error"]
+
+
+def test_llamaindex_cohere_rerank_reads_cohere_api_key_and_carries_the_refusal(stack: DevStack, secret: str) -> None:
+    refusal = _gateway_refusal(stack, "cohere-test", "https://api.cohere.com/v2/rerank", secret, "COHERE_API_KEY")
+    assert (refusal["status"], refusal["body"]["code"]) == (403, "leak_blocked")
+    got = _py(stack, "cohere-test", "llamaindex", secret)
+    assert got["ok"] == 0, got  # the whale document, ranked by the sample upstream through the gateway
+    assert got["error"].startswith("ForbiddenError") and refusal["body"]["message"] in got["error"], got  # an ApiError
+    assert "leak_blocked" in got["error"] and secret not in got["error"]
 
 
 def test_voyage_sync_client_reports_jitgates_message_not_an_invalid_response(stack: DevStack, secret: str) -> None:
@@ -261,6 +298,8 @@ def _observe(stack: DevStack, secret: str, row: str) -> tuple[bool, bool | None]
     """(works unchanged, works with what the row says to set; None when nothing is to be set)."""
     if row.startswith("`cohere`"):
         return _py(stack, "cohere-test", "cohere", secret)["ok"] == 0, None
+    if row.startswith("llama-index"):
+        return _py(stack, "cohere-test", "llamaindex", secret)["ok"] == 0, None
     if row.startswith("`voyageai.Client`"):
         return "leak_blocked" in _py(stack, "voyage-test", "voyage_sync", secret)["error"], None
     if row.startswith("`voyageai.AsyncClient`"):
@@ -289,7 +328,7 @@ def _observe(stack: DevStack, secret: str, row: str) -> tuple[bool, bool | None]
 
 def test_the_readme_client_table_says_what_the_clients_do(stack: DevStack, secret: str) -> None:
     table = _readme_table()
-    assert len(table) >= 7, table
+    assert len(table) >= 8, table
     node_major = None
     if shutil.which("node"):
         node_major = int(subprocess.run(["node", "--version"], capture_output=True, text=True).stdout[1:].split(".")[0])
