@@ -7,6 +7,7 @@ on). The first `warmup` requests handed out are not measured.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import random
@@ -44,6 +45,11 @@ def documents(n: int, size: int, rng: random.Random) -> list[str]:
             words.append(rng.choice(vocab))
         docs.append(" ".join(words)[:size])
     return docs
+
+
+def rerank_body(docs: list[str]) -> bytes:
+    """The gateway benchmarks' Cohere v2 rerank request: a four-word query from one of `docs`."""
+    return json.dumps({"model": "rerank-v3.5", "query": " ".join(docs[3].split()[:4]), "documents": docs}).encode()
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from typing import Any
 from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import bench_stack, cpu_seconds, documents
+from _load import bench_stack, cpu_seconds, documents, rerank_body
 from gateway_overhead import _load, _summary
 
 _IMPORTS = """
@@ -174,7 +174,7 @@ def main() -> None:
             parser.error(f"{tree}: no addon/ folder (extract a commit with git archive)")
 
     docs = documents(100, 1024, random.Random(7))
-    body = json.dumps({"model": "rerank-v3.5", "query": " ".join(docs[3].split()[:4]), "documents": docs}).encode()
+    body = rerank_body(docs)
     real_key = "bench-" + secrets.token_urlsafe(24)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-chains-") as tmp:
         work = Path(tmp)

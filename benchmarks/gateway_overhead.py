@@ -46,7 +46,7 @@ import boto3
 from jitgate.devstack.gateway import start_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import bench_stack, drive, drive_open, summary
+from _load import bench_stack, drive, drive_open, rerank_body, summary
 from _load import cpu_seconds as _cpu_seconds
 from _load import documents as _documents
 from peer_litellm import PeerUnavailable, litellm_proxy
@@ -145,7 +145,7 @@ def main() -> None:
 
     rng = random.Random(7)
     docs = _documents(args.docs, args.doc_bytes, rng)
-    body = json.dumps({"model": "rerank-v3.5", "query": " ".join(docs[3].split()[:4]), "documents": docs}).encode()
+    body = rerank_body(docs)
     real_key = "bench-" + secrets.token_urlsafe(24)
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="jitgate-bench-") as tmp:

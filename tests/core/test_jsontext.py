@@ -36,7 +36,8 @@ def test_what_a_parser_could_read_otherwise_is_not_utf8(body: bytes, strict: boo
     "body",
     [
         b'{"a": 1, "a": 2}', b'[{"x": {"y": 1, "y": 1}}]', b"NaN", b'{"n": -Infinity}', b"[1e400]",
-        b"[" + b"9" * 320 + b".5]", b"[" * 5000 + b"]" * 5000, b'{"a": }', b"  [1,]",
+        b"[" + b"9" * 320 + b".5]", b'{"a": [1, {"b": [2.5, "x", -1E+999]}], "c": "1e400"}',
+        b'{"documents": ["a"], "n": {"m": 1.5e309}}', b"[" * 5000 + b"]" * 5000, b'{"a": }', b"  [1,]",
     ],
 )
 def test_requests_must_be_strict_json(body: bytes) -> None:
