@@ -79,7 +79,7 @@ def answer_for(flow: http.HTTPFlow) -> None:
 
 def json_error_body(status_code: int) -> tuple[int, bytes]:
     """The status and JSON body jitgate answers for mitmproxy's error `status_code` (either HTTP
-    version); an `answer_as` and an `answer_in` from this flow's `error` hook apply, once."""
+    version); an `answer_as` and an `answer_for` from this flow's `error` hook apply, once."""
     override, dialect = _override.get(), _dialect.get()
     # Once: tasks started later from this one must not inherit them.
     if override is not None:

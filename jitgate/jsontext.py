@@ -57,6 +57,8 @@ class BodyText:
 EMPTY: Final = BodyText(None, False)
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8, UTF-16 LE / BE (and UTF-32 LE, which starts so)
 _JSON_OPENERS = frozenset("{[\"")
+
+
 class _Strictness(ValueError):
     """Valid for a lenient parser, not for the strict one."""
 
@@ -91,9 +93,9 @@ def _overflowed(value: Any) -> bool:
     return False
 
 
-def loads_strict(text: str, raw: bytes | None = None) -> Any:
+def loads_strict(text: str) -> Any:
     """`json.loads`, refusing duplicate keys, NaN / Infinity and overflowing numbers (`ValueError`,
-    or `RecursionError` past the parser's depth). `raw` (`text` as UTF-8) is not needed any more."""
+    or `RecursionError` past the parser's depth)."""
     value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
     if _overflowed(value):
         raise _Strictness("number overflows")
@@ -130,7 +132,7 @@ def read(body: bytes, content_type: str = "", *, strict: bool) -> BodyText:
         except (ValueError, RecursionError):
             return BodyText(NOT_JSON, looks)
     try:
-        return BodyText(loads_strict(text, body), True)
+        return BodyText(loads_strict(text), True)
     except _Strictness:
         return BodyText(NOT_JSON, True, Problem.INVALID_JSON)
     except RecursionError:
